@@ -1,0 +1,1 @@
+"""PrivateTune stage logic: one module per pipeline stage, importable without Airflow."""

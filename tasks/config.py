@@ -1,0 +1,196 @@
+"""One validated configuration for the whole pipeline, and the data root.
+
+`include/config/pipeline.yaml` is parsed into `PipelineConfig`; DAG Params
+override a documented subset (`apply_overrides`). Every path the pipeline writes
+derives from `PFT_HOME` through `Paths`, so one variable moves all state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INCLUDE_DIR = REPO_ROOT / "include"
+DEFAULT_CONFIG_PATH = INCLUDE_DIR / "config" / "pipeline.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    landing_glob: str = Field("**/*", description="files under landing/ to ingest")
+    required_fields: list[str] = ["record_id", "record_type", "text"]
+    min_text_chars: int = Field(8, ge=1)
+    max_text_chars: int = Field(4000, ge=16)
+    record_types: list[str] = ["claim_note", "member_letter", "support_ticket", "plan_document"]
+    gx_suite: str = "include/gx/records_suite.json"
+
+
+class MaskConfig(_Section):
+    recognizers: str = "include/presidio/recognizers.yaml"
+    key_env: str = Field("PFT_PSEUDONYM_KEY", description="env var holding the HMAC key")
+    key_conn_id: str = Field("pft_pseudonym_key", description="Airflow connection with the key in its password")
+    score_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    language: str = "en"
+
+
+class BaseModelConfig(_Section):
+    """The base causal LM: either the demo model built by `tasks.base_model`, or a local HF directory."""
+
+    path: str | None = Field(None, description="a local Hugging Face causal-LM directory; None builds the demo model")
+    size: Literal["demo", "tiny"] = "demo"
+
+
+class TrainConfig(_Section):
+    method: Literal["lora"] = "lora"
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    epochs: float = Field(8.0, gt=0)
+    batch_size: int = Field(64, ge=1, description="expected logical batch (Poisson sampling under DP)")
+    physical_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(5e-3, gt=0)
+    max_seq_len: int = Field(96, ge=8)
+    seed: int = 0
+    nproc_per_node: int = Field(1, ge=1)
+    dp: bool = True
+    target_epsilon: float = Field(8.0, gt=0)
+    target_delta: float | None = Field(None, gt=0, lt=1, description="None → 1/(10·N)")
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class EvalConfig(_Section):
+    qa_limit: int | None = Field(None, ge=1, description="evaluate only the first N questions")
+    max_gen_toks: int = Field(24, ge=1)
+    toxicity_prompts: str = "include/prompts/toxicity_prompts.jsonl"
+    toxicity_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    toxicity_max_new_tokens: int = Field(32, ge=1)
+
+
+class RegisterConfig(_Section):
+    model_name: str = "privatetune-domain-lm"
+    alias: str = "challenger"
+
+
+class SynthConfig(_Section):
+    seed: int = 7
+    n_records: int = Field(2400, ge=10)
+    months: list[str] = ["2026-01"]
+    csv_share: float = Field(0.25, ge=0.0, le=1.0)
+    bad_rows: int = Field(6, ge=0, description="deliberately malformed rows in the landing data")
+
+
+class PipelineConfig(_Section):
+    data: DataConfig = DataConfig()
+    mask: MaskConfig = MaskConfig()
+    base_model: BaseModelConfig = BaseModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    register: RegisterConfig = RegisterConfig()
+    synth: SynthConfig = SynthConfig()
+
+    @model_validator(mode="after")
+    def _batches_consistent(self) -> "PipelineConfig":
+        if self.train.physical_batch_size > self.train.batch_size:
+            raise ValueError(
+                f"train.physical_batch_size ({self.train.physical_batch_size}) must not exceed "
+                f"train.batch_size ({self.train.batch_size})"
+            )
+        return self
+
+
+# DAG Params that may override config, as "param name" → "section.field".
+OVERRIDABLE = {
+    "train_method": "train.method",
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "target_epsilon": "train.target_epsilon",
+    "dp": "train.dp",
+    "lora_r": "train.lora_r",
+    "base_model_path": "base_model.path",
+    "base_model_size": "base_model.size",
+    "qa_limit": "evaluate.qa_limit",
+    "model_name": "register.model_name",
+}
+
+
+def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
+    path = Path(path or os.environ.get("PFT_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"pipeline config not found: {path} (set PFT_CONFIG or restore the file)") from None
+    return PipelineConfig.model_validate(raw)
+
+
+def apply_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
+    """Return a copy of `cfg` with DAG Params applied; None means "keep the config value"."""
+    data = cfg.model_dump()
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in OVERRIDABLE:
+            raise ValueError(f"unknown override '{name}'; allowed: {sorted(OVERRIDABLE)}")
+        section, field = OVERRIDABLE[name].split(".")
+        data[section][field] = value
+    return PipelineConfig.model_validate(data)
+
+
+def pft_home() -> Path:
+    return Path(os.environ.get("PFT_HOME") or REPO_ROOT / ".local").resolve()
+
+
+def safe_run_id(run_id: str) -> str:
+    """Airflow run ids hold ':' and '+'; keep a name that is safe as a folder and a git tag."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_.")
+
+
+class Paths:
+    """Every location under the data root. Raw zone: landing, staging, quarantine."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home) if home else pft_home()
+
+    landing = property(lambda self: self.home / "landing")
+    staging = property(lambda self: self.home / "staging")
+    quarantine = property(lambda self: self.home / "quarantine")
+    datasets = property(lambda self: self.home / "datasets")
+    dvc_remote = property(lambda self: self.home / "dvc-remote")
+    mlflow = property(lambda self: self.home / "mlflow")
+    models = property(lambda self: self.home / "models")
+    synth = property(lambda self: self.home / "synth")
+    runs = property(lambda self: self.home / "runs")
+    airflow = property(lambda self: self.home / "airflow")
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow / "artifacts"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / safe_run_id(run_id)
+
+    def staging_dir(self, run_id: str) -> Path:
+        return self.staging / safe_run_id(run_id)
+
+    def quarantine_dir(self, run_id: str) -> Path:
+        return self.quarantine / safe_run_id(run_id)
+
+
+def save_resolved(cfg: PipelineConfig, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "config.resolved.json"
+    out.write_text(json.dumps(cfg.model_dump(), indent=2, sort_keys=True))
+    return out
