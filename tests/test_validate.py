@@ -1,0 +1,232 @@
+"""Validate: the versioned GX suite gates staged rows; saved results and errors never hold cell values."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.config import REPO_ROOT, DataConfig
+from tasks.validate import ValidationFailed, load_suite_spec, summarize_result, validate
+
+SUITE = REPO_ROOT / "include" / "gx" / "records_suite.json"
+# PII-like markers planted in failing cells; none may reach any output.
+PII_MARKERS = ("Zelda Quintero", "987-65-4321", "zelda.q@example.com")
+PII = " ".join(PII_MARKERS)
+
+
+def row(i: int, **over) -> dict:
+    base = {
+        "record_id": f"R-2026-01-{i:06d}",
+        "record_type": DataConfig().record_types[i % 4],
+        "created_at": "2026-01-14",
+        "text": f"Member asked about claim status, note {i}.",
+        "source_file": "2026-01/a.jsonl",
+        "source_line": i + 1,
+    }
+    return base | over
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def assert_no_pii(*texts: str) -> None:
+    for text in texts:
+        for marker in PII_MARKERS:
+            assert marker not in text
+
+
+def outputs(out_dir: Path) -> tuple[dict, str, str]:
+    raw = (out_dir / "validation.json").read_text(encoding="utf-8")
+    return json.loads(raw), raw, (out_dir / "validation.md").read_text(encoding="utf-8")
+
+
+def by_label(report: dict) -> dict[str, dict]:
+    return {f"{e['type']}({e['column']})": e for e in report["expectations"]}
+
+
+def test_suite_file_severities_and_bounds_match_config():
+    spec = load_suite_spec(SUITE)
+    cfg = DataConfig()
+    sev = {(e["type"], e["kwargs"].get("column")): e["meta"]["severity"] for e in spec["expectations"]}
+    assert sev[("expect_column_values_to_match_regex", "created_at")] == "warn"
+    for column in ("record_id", "record_type", "created_at", "text"):
+        assert sev[("expect_column_to_exist", column)] == "fail"
+    for column in ("record_id", "record_type", "text"):
+        assert sev[("expect_column_values_to_not_be_null", column)] == "fail"
+    assert sev[("expect_column_values_to_be_unique", "record_id")] == "fail"
+    kwargs = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in spec["expectations"]}
+    assert kwargs[("expect_column_values_to_be_in_set", "record_type")]["value_set"] == cfg.record_types
+    lengths = kwargs[("expect_column_value_lengths_to_be_between", "text")]
+    assert (lengths["min_value"], lengths["max_value"]) == (cfg.min_text_chars, cfg.max_text_chars)
+    assert cfg.gx_suite == SUITE.relative_to(REPO_ROOT).as_posix()
+
+
+def test_clean_rows_pass(tmp_path):
+    rows = write_rows(tmp_path / "rows.jsonl", [row(i) for i in range(12)])
+    result = validate(rows_path=rows, suite_path=SUITE, out_dir=tmp_path / "val")
+    assert result["success"] is True
+    assert result["failed_fail"] == 0 and result["failed_warn"] == 0 and result["warnings"] == []
+    assert result["evaluated_expectations"] == len(load_suite_spec(SUITE)["expectations"])
+    assert result["result_path"] == str(tmp_path / "val" / "validation.json")
+    assert json.loads(json.dumps(result)) == result
+    report, _, md = outputs(tmp_path / "val")
+    assert report["success"] and report["all_passed"] and report["rows"] == 12
+    assert all(e["success"] for e in report["expectations"])
+    assert by_label(report)["expect_column_values_to_be_unique(record_id)"]["unexpected_count"] == 0
+    assert "PASSED" in md and md.count("| pass |") == result["evaluated_expectations"]
+
+
+def test_failing_fail_expectations_raise_after_saving_without_values(tmp_path):
+    rows = [row(i) for i in range(10)]
+    rows[3]["record_type"] = PII  # not in the allowed set
+    rows[5]["record_id"] = rows[4]["record_id"] = PII  # duplicate id
+    rows[6]["text"] = "tiny"  # under the minimum length
+    rows[7]["text"] = PII * 200  # over max length
+    rows[8]["created_at"] = PII  # warn only
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(ValidationFailed) as err:
+        validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "val")
+
+    message = str(err.value)
+    assert "expect_column_values_to_be_in_set(record_type)" in message
+    assert "expect_column_values_to_be_unique(record_id)" in message
+    assert "expect_column_value_lengths_to_be_between(text)" in message
+    assert "match_regex" not in message  # a warn is not a failure
+    assert str(tmp_path / "val" / "validation.json") in message
+    assert err.value.result_path == tmp_path / "val" / "validation.json"
+
+    report, raw, md = outputs(tmp_path / "val")
+    assert report["success"] is False and report["failed_fail"] == 3 and report["failed_warn"] == 1
+    checks = by_label(report)
+    assert checks["expect_column_values_to_be_unique(record_id)"]["unexpected_count"] == 2
+    assert checks["expect_column_values_to_be_in_set(record_type)"]["unexpected_count"] == 1
+    assert checks["expect_column_value_lengths_to_be_between(text)"]["unexpected_count"] == 2
+    assert checks["expect_column_values_to_match_regex(created_at)"]["severity"] == "warn"
+    assert "FAILED" in md and "| FAIL |" in md
+    assert_no_pii(raw, md, message)
+    assert "partial_unexpected" not in raw and "unexpected_list" not in raw
+
+
+def test_warn_failure_does_not_raise(tmp_path, caplog):
+    rows = [row(i) for i in range(6)]
+    rows[2]["created_at"] = f"14/01/2026 {PII}"
+    rows[3]["created_at"] = None
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    caplog.set_level(logging.INFO)
+    result = validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "val")
+    assert result["success"] is True and result["failed_fail"] == 0 and result["failed_warn"] == 2
+    assert sorted(result["warnings"]) == [
+        "expect_column_values_to_match_regex(created_at)",
+        "expect_column_values_to_not_be_null(created_at)",
+    ]
+    report, raw, md = outputs(tmp_path / "val")
+    assert report["success"] is True and report["all_passed"] is False
+    assert by_label(report)["expect_column_values_to_match_regex(created_at)"]["unexpected_count"] == 1
+    assert "| warn |" in md
+    assert_no_pii(raw, md, json.dumps(result), caplog.text)
+    # GX stays quiet: nothing from its loggers below WARNING reaches the task log
+    assert not [r for r in caplog.records if r.name.startswith("great_expectations") and r.levelno < logging.WARNING]
+
+
+def test_missing_columns_and_empty_rows_fail(tmp_path):
+    path = write_rows(tmp_path / "rows.jsonl", [{"record_id": "R-1", "text": "no type or date here"}])
+    with pytest.raises(ValidationFailed) as err:
+        validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "a")
+    assert "expect_column_to_exist(record_type)" in str(err.value)
+    assert "expect_column_to_exist(created_at)" in str(err.value)
+
+    empty = write_rows(tmp_path / "empty.jsonl", [])
+    with pytest.raises(ValidationFailed) as err:
+        validate(rows_path=empty, suite_path=SUITE, out_dir=tmp_path / "b")
+    assert "expect_table_row_count_to_be_between" in str(err.value)
+    assert (tmp_path / "b" / "validation.json").exists()
+
+
+def test_suite_comes_from_the_json_file(tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({
+        "name": "tiny",
+        "expectations": [
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "record_type", "value_set": ["memo"]},
+             "meta": {"severity": "warn"}},
+        ],
+    }))
+    path = write_rows(tmp_path / "rows.jsonl", [row(i) for i in range(3)])
+    result = validate(rows_path=path, suite_path=suite, out_dir=tmp_path / "val")
+    assert result["evaluated_expectations"] == 1 and result["failed_warn"] == 1
+    # flip the same expectation to "fail" in the file: now it stops the run
+    spec = json.loads(suite.read_text())
+    spec["expectations"][0]["meta"]["severity"] = "fail"
+    suite.write_text(json.dumps(spec))
+    with pytest.raises(ValidationFailed):
+        validate(rows_path=path, suite_path=suite, out_dir=tmp_path / "val")
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"name": "s", "expectations": []}, "non-empty"),
+        ({"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "x"}}]}, "meta.severity"),
+        ({"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "x"},
+                                         "meta": {"severity": "error"}}]}, "#1"),
+    ],
+)
+def test_bad_suite_file_is_reported(tmp_path, bad, needle):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=needle):
+        load_suite_spec(suite)
+
+
+def test_unknown_expectation_type_names_the_expectation(tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"name": "s", "expectations": [
+        {"type": "expect_column_to_be_pretty", "kwargs": {"column": "x"}, "meta": {"severity": "fail"}}]}))
+    path = write_rows(tmp_path / "rows.jsonl", [row(0)])
+    with pytest.raises(ValueError, match=r"#1 \(expect_column_to_be_pretty\)"):
+        validate(rows_path=path, suite_path=suite, out_dir=tmp_path / "val")
+
+
+def test_missing_rows_file_says_run_ingest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the ingest stage"):
+        validate(rows_path=tmp_path / "nope.jsonl", suite_path=SUITE, out_dir=tmp_path / "val")
+
+
+def test_summary_whitelists_counts_only():
+    leaky = {
+        "element_count": 3, "unexpected_count": 1, "unexpected_percent": 33.3, "missing_count": 0,
+        "partial_unexpected_list": [PII], "partial_unexpected_counts": [{"value": PII, "count": 1}],
+        "unexpected_list": [PII], "unexpected_index_list": [{"record_id": PII}], "observed_value": [PII],
+        "details": {"value_counts": [{"value": PII}]},
+    }
+    exp = {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "record_type", "value_set": ["a"]},
+           "meta": {"severity": "fail"}}
+    info = {"raised_exception": True, "exception_message": f"bad value {PII}", "exception_traceback": PII}
+    summary = summarize_result(exp, False, leaky, info)
+    assert_no_pii(json.dumps(summary))
+    assert summary["unexpected_count"] == 1 and summary["raised_exception"] is True
+    assert "observed_value" not in summary
+
+
+def test_import_is_cheap_and_cli_prints_json(tmp_path):
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, tasks.validate; print('great_expectations' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert probe.stdout.strip() == "False"
+    path = write_rows(tmp_path / "rows.jsonl", [row(i) for i in range(4)])
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks.validate", "--rows", str(path), "--suite", str(SUITE), "--out", str(tmp_path / "v")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["success"] is True
+    assert "Calculating Metrics" not in out.stderr  # progress bars are off
