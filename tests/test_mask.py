@@ -1,0 +1,246 @@
+"""Masking stage: every PII type is caught, placeholders are typed and keyed, domain facts survive."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import mask
+from tasks.config import REPO_ROOT
+from tasks.mask import MissingKeyError, mask_dataset, mask_texts, resolve_key
+
+RECOGNIZERS = REPO_ROOT / "include" / "presidio" / "recognizers.yaml"
+KEY = b"test-key-0123456789abcdef0123456789"
+OTHER_KEY = b"another-key-fedcba9876543210fedcba"
+PLACEHOLDER = re.compile(r"<([A-Z_]+)_[0-9a-f]{8}>")
+
+FACTS = [
+    "The annual deductible for the Silver Saver plan is $1,500.",
+    "Prior authorization is required for CPT 70551.",
+    "Appeals must be filed within 60 days.",
+    "Use Form HX-12 for out-of-network claims.",
+    "The out-of-pocket maximum for the Bronze Basic plan is $8,700.",
+    "An ER visit on the Harbor Kids plan costs a copay of $50.",
+    "Effective 2026-01-01, members have 90 days to submit an out-of-network claim.",
+    "Question: Which form is used to appeal a denied claim?\nAnswer: Form AP-7",
+    "Harborview Health plan summary. CPT 27447, a knee replacement, requires prior authorization.",
+]
+
+# Every PII type in the contract, plus the other types the stage masks. The key lists
+# (type, raw value) for each; the leak check looks for each value literally.
+RECORDS = [
+    ("R-1", "claim_note",
+     "Claim pended for review. Member: Maria Gonzalez, ID MBR-48213377, DOB: 1961-04-12, "
+     "phone (312) 555-0147, SSN 219-09-9999. Claim CLM-2026-004821. " + FACTS[0]),
+    ("R-2", "member_letter",
+     "Dear James Whitaker, your policy POL-HX-482133 is active. We mailed the new card to "
+     "1423 Maple Avenue, Springfield, IL 62704. Questions? Write to james.whitaker@example.com. " + FACTS[2]),
+    ("R-3", "support_ticket",
+     "Maria Gonzalez called back from 312-555-0147 about medical record MRN-4821337; she was "
+     "born 04/12/1961. " + FACTS[1]),
+    ("R-4", "support_ticket",
+     "Caller Aisha Okafor paid with card 4111 1111 1111 1111 and asked for a refund to IBAN "
+     "GB82 WEST 1234 5698 7654 32. Portal login from 192.168.14.22 at https://portal.example.com/claims/77. "
+     + FACTS[3]),
+    ("R-5", "plan_document", " ".join(FACTS[4:7])),
+]
+PII = [
+    ("PERSON", "Maria Gonzalez"), ("PERSON", "James Whitaker"), ("PERSON", "Aisha Okafor"),
+    ("MEMBER_ID", "MBR-48213377"), ("CLAIM_ID", "CLM-2026-004821"), ("POLICY_NUMBER", "POL-HX-482133"),
+    ("MEDICAL_RECORD_NUMBER", "MRN-4821337"), ("DATE_OF_BIRTH", "1961-04-12"), ("DATE_OF_BIRTH", "04/12/1961"),
+    ("PHONE_NUMBER", "(312) 555-0147"), ("PHONE_NUMBER", "312-555-0147"), ("US_SSN", "219-09-9999"),
+    ("STREET_ADDRESS", "1423 Maple Avenue, Springfield, IL 62704"),
+    ("EMAIL_ADDRESS", "james.whitaker@example.com"), ("CREDIT_CARD", "4111 1111 1111 1111"),
+    ("IBAN_CODE", "GB82 WEST 1234 5698 7654 32"), ("IP_ADDRESS", "192.168.14.22"),
+    ("URL", "https://portal.example.com/claims/77"),
+]
+DIGIT_TYPES = {"PHONE_NUMBER", "US_SSN", "CREDIT_CARD"}
+
+
+def _write_rows(path: Path, records) -> Path:
+    path.write_text("".join(
+        json.dumps({"record_id": rid, "record_type": rtype, "created_at": "2026-01-14", "text": text,
+                    "source_file": "2026-01/records.jsonl", "source_line": i}) + "\n"
+        for i, (rid, rtype, text) in enumerate(records, 1)))
+    return path
+
+
+def _read_masked(out_dir: Path) -> dict[str, dict]:
+    return {row["record_id"]: row for row in map(json.loads, (out_dir / "train.jsonl").read_text().splitlines())}
+
+
+def _digits(s: str) -> str:
+    return re.sub(r"\D", "", s)
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory):
+    """The synthetic records masked once with KEY (the engines load once for the module)."""
+    tmp = tmp_path_factory.mktemp("mask")
+    rows = _write_rows(tmp / "rows.jsonl", RECORDS)
+    result = mask_dataset(rows_path=rows, out_dir=tmp / "masked", key=KEY, recognizers_path=RECOGNIZERS)
+    return result, tmp / "masked"
+
+
+def test_no_raw_pii_survives(masked):
+    result, out_dir = masked
+    rows = _read_masked(out_dir)
+    assert [rows[rid]["record_type"] for rid, _, _ in RECORDS] == [rtype for _, rtype, _ in RECORDS]
+    everything = "\n".join(row["text"] for row in rows.values())
+    # Digits-only check ignores the placeholders, whose hex digests hold digits.
+    digits_outside_placeholders = [_digits(t) for t in PLACEHOLDER.split(everything)]
+    for etype, value in PII:
+        assert value not in everything, f"{etype} survived masking"
+        if etype == "PERSON":
+            for part in value.split():
+                assert part not in everything, f"part of a {etype} survived masking"
+        if etype in DIGIT_TYPES:
+            assert not any(_digits(value) in d for d in digits_outside_placeholders), f"{etype} digits survived"
+    found_types = set(PLACEHOLDER.findall(everything))
+    assert {etype for etype, _ in PII} <= found_types
+    assert found_types <= {etype for etype, _ in PII}, "something that is not PII was masked"
+
+
+def test_result_dict_and_entities_file_hold_counts_only(masked):
+    result, out_dir = masked
+    assert set(result) == {"rows", "entities", "entities_total", "masked_path"}
+    assert result["rows"] == len(RECORDS)
+    assert result["masked_path"] == str(out_dir / "train.jsonl")
+    assert json.loads((out_dir / "entities.json").read_text()) == result["entities"]
+    assert result["entities_total"] == sum(result["entities"].values())
+    assert result["entities"]["PERSON"] == 4  # Maria in R-1 and R-3, James, Aisha
+    blob = json.dumps(result) + (out_dir / "entities.json").read_text()
+    assert not any(value in blob for _, value in PII)
+    assert not (out_dir / "train.jsonl.tmp").exists()
+
+
+def test_domain_facts_survive_unchanged(masked):
+    _, out_dir = masked
+    rows = _read_masked(out_dir)
+    assert rows["R-5"]["text"] == RECORDS[4][2]
+    for rid, fact in (("R-1", FACTS[0]), ("R-2", FACTS[2]), ("R-3", FACTS[1]), ("R-4", FACTS[3])):
+        assert rows[rid]["text"].endswith(fact)
+    assert [text for text, _ in mask_texts(FACTS, key=KEY, recognizers_path=RECOGNIZERS)] == FACTS
+
+
+def test_placeholders_are_typed_consistent_and_keyed(masked):
+    _, out_dir = masked
+    rows = _read_masked(out_dir)
+    maria = mask.pseudonym("PERSON", "Maria Gonzalez", KEY)
+    assert re.fullmatch(r"<PERSON_[0-9a-f]{8}>", maria)
+    assert maria in rows["R-1"]["text"] and maria in rows["R-3"]["text"]
+    # One phone in two formats, one birth date in two records: one placeholder each.
+    phone = mask.pseudonym("PHONE_NUMBER", "312-555-0147", KEY)
+    assert phone == mask.pseudonym("PHONE_NUMBER", "(312) 555-0147", KEY)
+    assert phone in rows["R-1"]["text"] and phone in rows["R-3"]["text"]
+    assert rows["R-1"]["text"].startswith(f"Claim pended for review. Member: {maria}, ID <MEMBER_ID_")
+    assert "DOB: <DATE_OF_BIRTH_" in rows["R-1"]["text"]  # the label stays, the date goes
+
+    # Same key → same text on a later run; another key → other placeholders.
+    text = RECORDS[2][2]
+    (again,) = [t for t, _ in mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS)]
+    (other,) = [t for t, _ in mask_texts([text], key=OTHER_KEY, recognizers_path=RECOGNIZERS)]
+    assert again == rows["R-3"]["text"]
+    assert maria not in other and mask.pseudonym("PERSON", "Maria Gonzalez", OTHER_KEY) in other
+    assert PLACEHOLDER.sub("<>", other) == PLACEHOLDER.sub("<>", again)
+
+
+def test_custom_identifier_from_yaml_without_code(tmp_path):
+    text = "Approved by employee EMP-123456 after review. Appeals must be filed within 60 days."
+    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config["recognizers"].append({
+        "name": "employee_id", "supported_language": "en", "supported_entity": "EMPLOYEE_ID",
+        "patterns": [{"name": "employee id", "regex": r"\bEMP-\d{6}\b", "score": 0.9}],
+        "context": ["employee"],
+    })
+    custom = tmp_path / "recognizers.yaml"
+    custom.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    (before,) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS)
+    (after,) = mask_texts([text], key=KEY, recognizers_path=custom)
+    assert before[0] == text
+    assert after[0] == f"Approved by employee {mask.pseudonym('EMPLOYEE_ID', 'EMP-123456', KEY)} after review. " \
+                       "Appeals must be filed within 60 days."
+    assert after[1] == {"EMPLOYEE_ID": 1}
+
+
+def test_yaml_operators_and_errors(tmp_path):
+    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config["mask"]["entities"].update({"US_SSN": "replace", "MEMBER_ID": "redact", "PERSON": "keep"})
+    custom = tmp_path / "ops.yaml"
+    custom.write_text(yaml.safe_dump(config, sort_keys=False))
+    ((text, counts),) = mask_texts(["Maria Gonzalez, MBR-48213377, SSN 219-09-9999."], key=KEY,
+                                   recognizers_path=custom)
+    assert text == "Maria Gonzalez, , SSN <US_SSN>."
+    assert counts == {"US_SSN": 1, "MEMBER_ID": 1}
+
+    config["mask"]["entities"]["US_SSN"] = "scramble"
+    custom.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ValueError, match=r"ops\.yaml: mask\.entities\.US_SSN"):
+        list(mask_texts(["x"], key=KEY, recognizers_path=custom))
+
+
+def test_missing_key_raises_and_key_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    monkeypatch.delenv("PFT_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_PFT_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(MissingKeyError, match="PFT_PSEUDONYM_KEY") as err:
+        resolve_key()
+    assert "pft_pseudonym_key" in str(err.value)
+
+    # An Airflow connection (here from its env-var form) supplies the key's password.
+    monkeypatch.setenv("AIRFLOW_CONN_PFT_PSEUDONYM_KEY", "generic://:conn-secret@")
+    assert resolve_key() == b"conn-secret"
+    monkeypatch.setenv("PFT_PSEUDONYM_KEY", "env-secret")  # the env var wins
+    assert resolve_key() == b"env-secret"
+
+    rows = _write_rows(tmp_path / "rows.jsonl", RECORDS[:1])
+    with pytest.raises(MissingKeyError):
+        mask_dataset(rows_path=rows, out_dir=tmp_path / "out", key=b"", recognizers_path=RECOGNIZERS)
+
+
+def test_no_network_and_no_text_in_logs(tmp_path, monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise AssertionError("masking tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    # Rebuild the analyzer and the TLD extractor under the ban (spaCy stays loaded).
+    monkeypatch.setattr(mask, "_ANALYZERS", {})
+    monkeypatch.setattr(mask, "_OFFLINE_TLD", None)
+    caplog.set_level("DEBUG")
+
+    rows = _write_rows(tmp_path / "rows.jsonl", RECORDS[1:2])
+    result = mask_dataset(rows_path=rows, out_dir=tmp_path / "out", key=KEY, recognizers_path=RECOGNIZERS)
+    assert result["entities"]["EMAIL_ADDRESS"] == 1  # the TLD check ran, offline
+    assert not any(value in caplog.text for _, value in PII)
+    assert KEY.decode() not in caplog.text
+
+
+def test_bad_rows_name_file_and_line_without_text(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"record_id": "R-1", "record_type": "claim_note", "text": "ok"}) + "\n"
+                    + json.dumps({"record_id": "R-2", "record_type": "claim_note", "text": 42,
+                                  "note": "Maria Gonzalez"}) + "\n")
+    with pytest.raises(ValueError, match=r"rows\.jsonl line 2: field 'text'") as err:
+        mask_dataset(rows_path=rows, out_dir=tmp_path / "out", key=KEY, recognizers_path=RECOGNIZERS)
+    assert "Maria" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="run ingest"):
+        mask_dataset(rows_path=tmp_path / "nope.jsonl", out_dir=tmp_path / "out", key=KEY,
+                     recognizers_path=RECOGNIZERS)
+
+
+def test_cli_prints_result_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PFT_PSEUDONYM_KEY", KEY.decode())
+    rows = _write_rows(tmp_path / "rows.jsonl", RECORDS[2:3])
+    assert mask.main(["--rows", str(rows), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == 1 and result["entities"]["PERSON"] == 1
+    assert mask.pseudonym("PERSON", "Maria Gonzalez", KEY) in (tmp_path / "out" / "train.jsonl").read_text()
