@@ -1,0 +1,76 @@
+"""The MLflow pyfunc that serves a fine-tuned domain QA model (base model + PEFT LoRA adapter).
+
+Logged by `tasks.register` as an MLflow "model from code": MLflow copies this
+file into the model artifact and runs it at load time, so a registered model
+needs only mlflow, torch, transformers and peft, not this repository. Keep it
+self-contained: no `tasks.*` imports.
+
+Input: a pandas DataFrame with a "question" column. Output: one answer string
+per row, from the pipeline's QA prompt with greedy decoding, cut at the first
+newline (the base model ends each answer with one), at most 24 new tokens.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+PROMPT = "Question: {question}\nAnswer:"
+MAX_NEW_TOKENS = 24
+
+
+def first_line(text: str) -> str:
+    """The answer is what the model wrote before its first newline, without surrounding spaces."""
+    return text.split("\n", 1)[0].strip()
+
+
+class DomainQAModel(PythonModel):
+    """Loads artifacts "base_model" (HF causal-LM dir) and "adapter" (PEFT LoRA dir)."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+        base_dir, adapter_dir = context.artifacts["base_model"], context.artifacts["adapter"]
+        self._torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        self.model = PeftModel.from_pretrained(base, adapter_dir).to(self.device).eval()
+        tokenizer = self.tokenizer
+
+        class NewlineStop(StoppingCriteria):
+            """Stop as soon as the generated continuation holds a newline (the answer is complete)."""
+
+            def __init__(self, prompt_len: int):
+                self.prompt_len = prompt_len
+
+            def __call__(self, input_ids, scores, **kwargs):
+                done = ["\n" in tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True) for row in input_ids]
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        self._stops = lambda prompt_len: StoppingCriteriaList([NewlineStop(prompt_len)])
+
+    def _answer(self, question: str) -> str:
+        enc = self.tokenizer(PROMPT.format(question=question), return_tensors="pt").to(self.device)
+        prompt_len = enc["input_ids"].shape[1]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with self._torch.no_grad():
+            out = self.model.generate(
+                **enc,
+                do_sample=False,
+                max_new_tokens=MAX_NEW_TOKENS,
+                stopping_criteria=self._stops(prompt_len),
+                pad_token_id=pad_id,
+            )
+        return first_line(self.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True))
+
+    def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
+        if "question" not in model_input.columns:
+            raise ValueError(f"input needs a 'question' column; got columns {list(model_input.columns)}")
+        return [self._answer(str(q)) for q in model_input["question"]]
+
+
+mlflow.models.set_model(DomainQAModel())

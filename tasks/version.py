@@ -1,0 +1,323 @@
+"""Version the masked dataset with DVC in a git data registry.
+
+The registry ($PFT_HOME/datasets) is a git repository of `.dvc` pointer files;
+the bytes live in a DVC remote ($PFT_HOME/dvc-remote). Each pipeline run commits
+`data/train.jsonl.dvc` (only when the content changed) and tags the commit
+`run-<safe_run_id>`, so a training worker anywhere can `checkout_dataset` the
+exact bytes a run trained on from the returned git revision.
+
+Only the masked (clean-zone) file enters the registry. git and DVC are driven
+through their CLIs in subprocesses: DVC keeps process-global state and its own
+repo lock, so one short-lived process per command is the reliable way to use it
+from long-lived Airflow workers. Every mutation of one registry is serialised
+by an inter-process file lock, so concurrent runs queue instead of failing on
+DVC's lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import yaml
+
+from tasks import offline
+from tasks.config import safe_run_id
+
+DATASET_PATH = "data/train.jsonl"
+REMOTE_NAME = "storage"
+GIT_USER = ("PrivateTune", "privatetune@localhost")
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+
+class VersioningError(RuntimeError):
+    """A git or DVC command failed, or the registry is in a state we cannot use."""
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(offline.OFFLINE_ENV)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    # The registry's identity, whatever the worker's global git config says.
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = GIT_USER[0]
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = GIT_USER[1]
+    return env
+
+
+def _dvc_cmd() -> list[str]:
+    # The dvc next to this interpreter, never whatever is first on PATH.
+    return [sys.executable, "-m", "dvc"]
+
+
+def _run(args: Sequence[str], cwd: Path, *, what: str, extra_env: dict[str, str] | None = None) -> str:
+    """Run one command; on failure raise with the command and the tail of its stderr.
+
+    git/DVC stderr holds paths, hashes and refs, never record text.
+    """
+    proc = subprocess.run(list(args), cwd=cwd, env={**_env(), **(extra_env or {})}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
+        shown = " ".join(str(a) for a in args)
+        raise VersioningError(
+            f"{what} failed (exit {proc.returncode}) in {cwd}\n  command: {shown}\n  stderr: {tail}"
+        )
+    return proc.stdout
+
+
+def _git(cwd: Path, *args: str, what: str = "git") -> str:
+    # Signing needs keys a worker does not have; hooks are never ours to run.
+    base = ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
+    return _run([*base, *args], cwd, what=what)
+
+
+def _dvc(cwd: Path, *args: str, what: str = "dvc") -> str:
+    # DVC's per-repo site cache defaults to /var/tmp/dvc; keep it inside the
+    # repo's own ignored tmp/ so all pipeline state stays under PFT_HOME.
+    extra = {"DVC_SITE_CACHE_DIR": str(cwd / ".dvc" / "tmp" / "site-cache")} if (cwd / ".dvc").is_dir() else {}
+    return _run([*_dvc_cmd(), *args], cwd, what=what, extra_env=extra)
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def lock_path(registry_dir: Path) -> Path:
+    """The lock sits beside the registry, so it exists before the registry does."""
+    registry_dir = Path(registry_dir).resolve()
+    return registry_dir.parent / f".{registry_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def registry_lock(registry_dir: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive inter-process lock on one registry (flock: released when the holder dies)."""
+    path = lock_path(registry_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "unknown"
+                    raise TimeoutError(
+                        f"could not lock the data registry {registry_dir} within {timeout_s:.0f}s: "
+                        f"another versioning process (pid {holder}) holds {path}. Wait for it to "
+                        "finish, or raise the lock timeout if registry operations are slow."
+                    ) from None
+                time.sleep(0.1)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _has_head(registry_dir: Path) -> bool:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
+        cwd=registry_dir, env=_env(), capture_output=True, text=True,
+    )
+    return proc.returncode == 0
+
+
+def _staged_changes(registry_dir: Path) -> bool:
+    """True when the index differs from HEAD (what `git commit` would record)."""
+    proc = subprocess.run(
+        ["git", "diff", "--cached", "--quiet"], cwd=registry_dir, env=_env(), capture_output=True, text=True,
+    )
+    if proc.returncode not in (0, 1):
+        raise VersioningError(f"git diff --cached failed in {registry_dir}: {proc.stderr.strip()[-2000:]}")
+    return proc.returncode == 1
+
+
+def _ensure_registry(registry_dir: Path, remote_dir: Path) -> None:
+    """Create the git + DVC registry on first use; each step is idempotent so a crash mid-way heals."""
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    remote_dir.mkdir(parents=True, exist_ok=True)
+    if not (registry_dir / ".git").exists():
+        _git(registry_dir, "init", "-q", "-b", "main", what="git init")
+        _git(registry_dir, "config", "user.name", GIT_USER[0])
+        _git(registry_dir, "config", "user.email", GIT_USER[1])
+    if not (registry_dir / ".dvc").exists():
+        _dvc(registry_dir, "init", "-q", what="dvc init")
+        _edit_dvc_config(registry_dir, remote_dir, level="repo")
+        _git(registry_dir, "add", ".dvc/config", ".dvc/.gitignore", ".dvcignore")
+    if not _has_head(registry_dir) or _staged_changes(registry_dir):
+        _git(registry_dir, "commit", "-q", "-m", "Initialise PrivateTune data registry", what="git commit (init)")
+    _point_remote(registry_dir, remote_dir)
+
+
+def _edit_dvc_config(repo_dir: Path, remote_dir: Path, *, level: str) -> None:
+    """What `dvc config` / `dvc remote add -d` write, in one edit instead of one process per key."""
+    from dvc.config import Config
+
+    with Config(dvc_dir=str(repo_dir / ".dvc")).edit(level) as conf:
+        if level == "repo":
+            conf["core"]["analytics"] = False
+            conf["core"]["check_update"] = False
+        conf["core"]["remote"] = REMOTE_NAME
+        conf["remote"][REMOTE_NAME] = {"url": str(remote_dir.resolve())}
+
+
+def _point_remote(repo_dir: Path, remote_dir: Path) -> None:
+    """Make `remote_dir` the default remote for this checkout (in .dvc/config.local, never committed).
+
+    The committed URL is where the registry was created; a moved PFT_HOME or a
+    worker that mounts the remote elsewhere overrides it locally.
+    """
+    from dvc.config import Config
+
+    conf = Config(dvc_dir=str(repo_dir / ".dvc"), validate=False)
+    url = conf.get("remote", {}).get(REMOTE_NAME, {}).get("url")
+    if conf.get("core", {}).get("remote") != REMOTE_NAME or url != str(remote_dir.resolve()):
+        _edit_dvc_config(repo_dir, remote_dir, level="local")
+
+
+def _read_md5(dvc_file: Path) -> str:
+    try:
+        meta = yaml.safe_load(dvc_file.read_text())
+        return str(meta["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
+        raise VersioningError(
+            f"{dvc_file}: cannot read outs[0].md5 ({exc!r}); the .dvc file is damaged — "
+            "restore it with `git checkout` in the registry"
+        ) from None
+
+
+def _rev_of(registry_dir: Path, ref: str) -> str:
+    return _git(registry_dir, "rev-parse", f"{ref}^{{commit}}", what=f"git rev-parse {ref}").strip()
+
+
+def _tag_commit(registry_dir: Path, tag: str) -> str | None:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}"],
+        cwd=registry_dir, env=_env(), capture_output=True, text=True,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def version_dataset(
+    *,
+    masked_dir: Path,
+    registry_dir: Path,
+    remote_dir: Path,
+    run_id: str,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> dict:
+    """Commit masked_dir/train.jsonl to the registry under DVC, tag it for the run, push the bytes.
+
+    Identical content yields the same md5 and no new commit (created=False); the
+    run's tag then points at the existing commit. If the run's tag already exists
+    at another commit (the run was re-run on changed data) it is moved: the tag
+    names the dataset the latest attempt of that run used.
+    """
+    offline.apply()
+    masked_dir = Path(masked_dir)
+    registry_dir, remote_dir = Path(registry_dir).resolve(), Path(remote_dir).resolve()
+    source = masked_dir / "train.jsonl"
+    if not source.is_file():
+        raise FileNotFoundError(f"masked dataset not found: {source} (run the mask stage for this run first)")
+    tag = f"run-{safe_run_id(run_id)}"
+    if tag == "run-":
+        raise ValueError(f"run id {run_id!r} has no characters usable in a git tag")
+
+    with registry_lock(registry_dir, lock_timeout_s):
+        _ensure_registry(registry_dir, remote_dir)
+        target = registry_dir / DATASET_PATH
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Replace, never write through: the workspace file may be a link into the DVC cache.
+        target.unlink(missing_ok=True)
+        shutil.copyfile(source, target)
+        _dvc(registry_dir, "add", DATASET_PATH, what="dvc add")
+        dvc_file = registry_dir / f"{DATASET_PATH}.dvc"
+        md5 = _read_md5(dvc_file)
+        _git(registry_dir, "add", f"{DATASET_PATH}.dvc", str(Path(DATASET_PATH).parent / ".gitignore"))
+        created = _staged_changes(registry_dir)
+        if created:
+            message = f"Dataset for run {run_id}\n\n{DATASET_PATH} md5 {md5}"
+            _git(registry_dir, "commit", "-q", "-m", message, what="git commit (dataset)")
+        rev = _rev_of(registry_dir, "HEAD")
+        if _tag_commit(registry_dir, tag) != rev:
+            _git(registry_dir, "tag", "-f", "-a", tag, "-m", f"Dataset for run {run_id}", rev, what="git tag")
+        _dvc(registry_dir, "push", "-r", REMOTE_NAME, f"{DATASET_PATH}.dvc", what="dvc push")
+
+    return {
+        "dataset_rev": rev,
+        "dvc_md5": md5,
+        "dataset_path": DATASET_PATH,
+        "created": created,
+        "tag": tag,
+        "registry": str(registry_dir),
+    }
+
+
+def checkout_dataset(*, registry_dir: Path, remote_dir: Path, rev: str, out_dir: Path) -> Path:
+    """Clone the registry at `rev` (sha or tag) into a fresh `out_dir` and pull the data from the remote.
+
+    This is what a training worker does: it needs only read access to the git
+    registry and the remote, never the raw zone. Returns the local data file.
+    """
+    offline.apply()
+    registry_dir, remote_dir = Path(registry_dir).resolve(), Path(remote_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"checkout folder {out_dir} is not empty; pass a new or empty folder")
+    if not (registry_dir / ".git").exists():
+        raise FileNotFoundError(f"data registry not found: {registry_dir} (run the version stage first)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _git(out_dir, "clone", "-q", "--no-checkout", str(registry_dir), ".", what="git clone")
+    _git(out_dir, "checkout", "-q", "--detach", rev, what=f"git checkout {rev}")
+    _point_remote(out_dir, remote_dir)
+    _dvc(out_dir, "pull", "-r", REMOTE_NAME, f"{DATASET_PATH}.dvc", what="dvc pull")
+    data = out_dir / DATASET_PATH
+    if not data.is_file():
+        raise VersioningError(f"dvc pull finished but {data} is missing; is {remote_dir} the registry's remote?")
+    return data
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    offline.apply()
+    parser = argparse.ArgumentParser(prog="python -m tasks.version", description=__doc__.splitlines()[0])
+    parser.add_argument("--masked", type=Path, required=True, help="folder holding train.jsonl (masked)")
+    parser.add_argument("--registry", type=Path, required=True, help="git + DVC data registry folder")
+    parser.add_argument("--remote", type=Path, required=True, help="DVC remote folder")
+    parser.add_argument("--run-id", required=True, help="pipeline run id (tagged as run-<safe id>)")
+    parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_S, help="seconds")
+    args = parser.parse_args(argv)
+    result = version_dataset(
+        masked_dir=args.masked, registry_dir=args.registry, remote_dir=args.remote,
+        run_id=args.run_id, lock_timeout_s=args.lock_timeout,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""DVC versioning of the masked dataset: commits, tags, remote, reproduction, locking."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks import offline
+from tasks.version import DATASET_PATH, VersioningError, checkout_dataset, registry_lock, version_dataset
+
+offline.apply()
+
+V1 = [
+    {"record_id": "R-2026-01-000001", "record_type": "claim_note",
+     "text": "Member <PERSON_1> asked about claim <CLAIM_ID_1>."},
+    {"record_id": "R-2026-01-000002", "record_type": "support_ticket", "text": "Call back at <PHONE_NUMBER_1>."},
+]
+V2 = V1 + [
+    {"record_id": "R-2026-02-000003", "record_type": "plan_document", "text": "Out-of-network deductible is $1,500."},
+]
+
+
+def write_masked(folder: Path, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def commit_count(repo: Path) -> int:
+    return int(git(repo, "rev-list", "--count", "HEAD"))
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    """One registry with three versioning calls: v1, v1 again under another run, then v2."""
+    root = tmp_path_factory.mktemp("version")
+    registry, remote = root / "datasets", root / "dvc-remote"
+    m1 = write_masked(root / "runs" / "a" / "masked", V1)
+    m2 = write_masked(root / "runs" / "c" / "masked", V2)
+    first = version_dataset(masked_dir=m1, registry_dir=registry, remote_dir=remote,
+                            run_id="scheduled__2026-01-01T00:00:00+00:00")
+    commits_after_first = commit_count(registry)
+    again = version_dataset(masked_dir=m1, registry_dir=registry, remote_dir=remote, run_id="manual__b")
+    commits_after_again = commit_count(registry)
+    changed = version_dataset(masked_dir=m2, registry_dir=registry, remote_dir=remote,
+                              run_id="scheduled__2026-02-01T00:00:00+00:00")
+    return {
+        "root": root, "registry": registry, "remote": remote, "m1": m1, "m2": m2,
+        "first": first, "again": again, "changed": changed,
+        "commits_after_first": commits_after_first, "commits_after_again": commits_after_again,
+    }
+
+
+def test_first_version_commits_tags_and_pushes(history):
+    res, registry, remote = history["first"], history["registry"], history["remote"]
+    assert set(res) == {"dataset_rev", "dvc_md5", "dataset_path", "created", "tag", "registry"}
+    assert res["created"] is True
+    assert res["dataset_path"] == DATASET_PATH
+    assert res["registry"] == str(registry.resolve())
+    assert res["tag"] == "run-scheduled__2026-01-01T00_00_00_00_00"
+    assert len(res["dataset_rev"]) == 40
+    # The tag names the commit, and the commit names the run.
+    assert git(registry, "rev-parse", f"{res['tag']}^{{commit}}") == res["dataset_rev"]
+    assert "scheduled__2026-01-01T00:00:00+00:00" in git(registry, "log", "-1", "--format=%B", res["dataset_rev"])
+    assert history["commits_after_first"] == 2  # registry init + dataset
+    # DVC hashed exactly the masked bytes, and the bytes are on the remote.
+    assert res["dvc_md5"] == hashlib.md5((history["m1"] / "train.jsonl").read_bytes()).hexdigest()
+    pushed = remote / "files" / "md5" / res["dvc_md5"][:2] / res["dvc_md5"][2:]
+    assert pushed.read_bytes() == (history["m1"] / "train.jsonl").read_bytes()
+    # Git tracks the pointer, never the data; the workspace is clean; nothing sensitive is returned.
+    tracked = git(registry, "ls-files").splitlines()
+    assert "data/train.jsonl.dvc" in tracked and "data/train.jsonl" not in tracked
+    assert git(registry, "status", "--porcelain") == ""
+    assert "<PERSON_1>" not in json.dumps(res)
+    assert git(registry, "config", "user.email") == "privatetune@localhost"
+
+
+def test_identical_input_same_md5_and_no_new_commit(history):
+    first, again, registry = history["first"], history["again"], history["registry"]
+    assert again["created"] is False
+    assert again["dvc_md5"] == first["dvc_md5"]
+    assert again["dataset_rev"] == first["dataset_rev"]
+    assert history["commits_after_again"] == history["commits_after_first"]
+    # The new run still gets its tag, on the existing commit.
+    assert again["tag"] == "run-manual__b"
+    assert git(registry, "rev-parse", "run-manual__b^{commit}") == first["dataset_rev"]
+
+
+def test_same_run_again_is_a_no_op(history, tmp_path):
+    registry, remote = history["registry"], history["remote"]
+    head = git(registry, "rev-parse", "HEAD")
+    res = version_dataset(masked_dir=history["m2"], registry_dir=registry, remote_dir=remote,
+                          run_id="scheduled__2026-02-01T00:00:00+00:00")
+    assert res["created"] is False and res["dataset_rev"] == head == history["changed"]["dataset_rev"]
+    assert git(registry, "rev-parse", "HEAD") == head
+
+
+def test_changed_input_gives_new_rev_and_md5(history):
+    first, changed, registry = history["first"], history["changed"], history["registry"]
+    assert changed["created"] is True
+    assert changed["dvc_md5"] != first["dvc_md5"]
+    assert changed["dataset_rev"] != first["dataset_rev"]
+    assert git(registry, "rev-parse", f"{changed['dataset_rev']}^") == first["dataset_rev"]
+    assert git(registry, "rev-parse", "HEAD") == changed["dataset_rev"]
+
+
+def test_checkout_older_rev_reproduces_bytes(history, tmp_path):
+    registry, remote = history["registry"], history["remote"]
+    # Drop the registry's own cache: the bytes must come from the remote, as on a GPU worker.
+    shutil.rmtree(registry / ".dvc" / "cache", ignore_errors=True)
+    old = checkout_dataset(registry_dir=registry, remote_dir=remote, rev=history["first"]["dataset_rev"],
+                           out_dir=tmp_path / "old")
+    assert old == (tmp_path / "old" / DATASET_PATH).resolve()
+    assert old.read_bytes() == (history["m1"] / "train.jsonl").read_bytes()
+    by_tag = checkout_dataset(registry_dir=registry, remote_dir=remote, rev=history["changed"]["tag"],
+                              out_dir=tmp_path / "new")
+    assert by_tag.read_bytes() == (history["m2"] / "train.jsonl").read_bytes()
+    with pytest.raises(FileExistsError):
+        checkout_dataset(registry_dir=registry, remote_dir=remote, rev="HEAD", out_dir=tmp_path / "old")
+
+
+def test_bad_inputs_fail_clearly(history, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.jsonl"):
+        version_dataset(masked_dir=tmp_path / "nothing", registry_dir=history["registry"],
+                        remote_dir=history["remote"], run_id="x")
+    with pytest.raises(VersioningError, match="git checkout no-such-rev"):
+        checkout_dataset(registry_dir=history["registry"], remote_dir=history["remote"], rev="no-such-rev",
+                         out_dir=tmp_path / "bad")
+
+
+def test_lock_timeout_is_a_clear_error(tmp_path):
+    registry = tmp_path / "datasets"
+    masked = write_masked(tmp_path / "masked", V1)
+    with registry_lock(registry):
+        with pytest.raises(TimeoutError, match="could not lock the data registry"):
+            version_dataset(masked_dir=masked, registry_dir=registry, remote_dir=tmp_path / "remote",
+                            run_id="r", lock_timeout_s=0.3)
+    assert not (registry / ".git").exists()  # nothing ran without the lock
+
+
+def test_concurrent_processes_both_succeed(tmp_path):
+    registry, remote = tmp_path / "datasets", tmp_path / "dvc-remote"
+    procs = []
+    for name, rows in (("p1", V1), ("p2", V2)):
+        masked = write_masked(tmp_path / name, rows)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tasks.version", "--masked", str(masked), "--registry", str(registry),
+             "--remote", str(remote), "--run-id", name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        ))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out))
+    assert all(r["created"] for r in results)
+    assert {r["tag"] for r in results} == {"run-p1", "run-p2"}
+    assert len({r["dataset_rev"] for r in results}) == 2
+    assert commit_count(registry) == 3  # init + one commit per process, no init race
+    for r in results:
+        assert git(registry, "rev-parse", f"{r['tag']}^{{commit}}") == r["dataset_rev"]
