@@ -1,0 +1,365 @@
+"""Evaluate stage: domain QA quality through lm-eval, and toxicity of generations.
+
+`evaluate_qa` scores a base model (optionally with a LoRA adapter) on the held-out
+QA set with the `domain_qa` lm-eval task (include/lm_eval_tasks/domain_qa): greedy
+answers cut at the first newline, SQuAD-style exact match and token F1.
+`toxicity` greedily continues a fixed prompt set (include/prompts) and scores each
+continuation offline with alt-profanity-check's linear classifier.
+
+Both take any local Hugging Face causal-LM directory, run on CPU in float32, load
+the model once per call and return only metrics and counts (they become XCom).
+Heavy libraries are imported inside the functions so importing this module is cheap.
+
+CLI:
+    python -m tasks.evaluate qa --base DIR [--adapter DIR] --qa FILE --out DIR [--limit N]
+    python -m tasks.evaluate toxicity --base DIR [--adapter DIR] [--prompts FILE] --out DIR
+    python -m tasks.evaluate task-yaml --qa FILE --out DIR   # a task folder for `lm_eval --include_path`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from tasks import offline
+from tasks.config import INCLUDE_DIR, REPO_ROOT, EvalConfig
+
+TASK_NAME = "domain_qa"
+TASK_SRC_DIR = INCLUDE_DIR / "lm_eval_tasks" / TASK_NAME
+# The committed YAML marks its one data-path line with this comment; rendering replaces that line.
+QA_PATH_MARKER = "# DEFAULT_QA_PATH"
+DEFAULT_PROMPTS = REPO_ROOT / EvalConfig().toxicity_prompts
+
+QA_FIELDS = ("id", "question", "answer")
+PROMPT_FIELDS = ("id", "category", "prompt")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Read a JSONL file whose rows must hold `fields` as non-empty strings.
+
+    Errors name the file, line and field, never the row's text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (pass an existing JSONL file)")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
+            for field in fields:
+                value = row.get(field)
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{path}:{lineno}: field '{field}' is missing or not a non-empty string")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows; expected JSONL lines with fields {list(fields)}")
+    return rows
+
+
+def _check_model_dirs(base_model_dir: Path, adapter_dir: Path | None) -> None:
+    if not (Path(base_model_dir) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{base_model_dir}: not a Hugging Face model directory (no config.json); "
+            "build the base model first or point --base at a save_pretrained folder"
+        )
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json); "
+            "point --adapter at the training stage's adapter folder or leave it out"
+        )
+
+
+# ----------------------------------------------------------------------------- domain QA
+
+
+def write_task_dir(*, qa_path: Path, out_dir: Path, max_gen_toks: int = 24) -> Path:
+    """Render a run-specific copy of the domain_qa task that reads `qa_path`.
+
+    lm-eval hands `dataset_kwargs` straight to `datasets.load_dataset("json", ...)`
+    and expands no variables, so the data path has to be written into the YAML.
+    The copy (YAML + utils.py) lives in `out_dir/lm_eval_task/`: pass that folder as
+    `--include_path` to rerun the exact task by hand. The datasets cache goes next
+    to it so nothing is written outside the data root.
+    """
+    template = (TASK_SRC_DIR / f"{TASK_NAME}.yaml").read_text(encoding="utf-8")
+    task_dir = Path(out_dir) / "lm_eval_task"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    data_file = Path(qa_path).resolve()
+    cache_dir = (Path(out_dir) / ".hf_datasets_cache").resolve()
+
+    def data_lines(m: re.Match) -> str:
+        indent = m.group(1)
+        # `test:` sits under `data_files:`, which sits under `dataset_kwargs:`; cache_dir is a
+        # sibling of data_files, one level (two spaces) up. JSON strings are valid YAML scalars.
+        return f"{indent}test: {json.dumps(str(data_file))}\n{indent[:-2]}cache_dir: {json.dumps(str(cache_dir))}\n"
+
+    rendered, n = re.subn(rf"^( +)test:.*{re.escape(QA_PATH_MARKER)}[^\n]*\n", data_lines, template, flags=re.M)
+    if n != 1:
+        raise ValueError(f"{TASK_SRC_DIR / TASK_NAME}.yaml: expected one 'test: ... {QA_PATH_MARKER}' line, found {n}")
+    rendered, n = re.subn(r"^( +)max_gen_toks: *\d+ *$", rf"\g<1>max_gen_toks: {int(max_gen_toks)}", rendered, flags=re.M)
+    if n != 1:
+        raise ValueError(f"{TASK_SRC_DIR / TASK_NAME}.yaml: expected one 'max_gen_toks:' line, found {n}")
+    header = (
+        f"# Rendered by tasks.evaluate.write_task_dir from {TASK_SRC_DIR / TASK_NAME}.yaml: reads {data_file}.\n"
+        f"# Rerun by hand: lm_eval --model hf --model_args pretrained=<base>,peft=<adapter> "
+        f"--tasks {TASK_NAME} --include_path {task_dir.resolve()}\n"
+    )
+    (task_dir / f"{TASK_NAME}.yaml").write_text(header + rendered, encoding="utf-8")
+    shutil.copy2(TASK_SRC_DIR / "utils.py", task_dir / "utils.py")
+    return task_dir
+
+
+def _hf_model_args(base_model_dir: Path, adapter_dir: Path | None) -> dict[str, Any]:
+    # A dict, not "k=v,k=v": a path with a comma would break lm-eval's string parsing.
+    args: dict[str, Any] = {"pretrained": str(Path(base_model_dir).resolve()), "dtype": "float32"}
+    if adapter_dir is not None:
+        args["peft"] = str(Path(adapter_dir).resolve())
+    return args
+
+
+def evaluate_qa(
+    *,
+    base_model_dir: Path,
+    adapter_dir: Path | None,
+    qa_path: Path,
+    out_dir: Path,
+    limit: int | None = None,
+    max_gen_toks: int = 24,
+    batch_size: int = 16,
+) -> dict:
+    """Score the model on the QA set with lm-eval; write out_dir/results.json.
+
+    Returns {"exact_match", "f1", "n"}: mean metrics over the n questions scored.
+    """
+    _check_model_dirs(base_model_dir, adapter_dir)
+    read_jsonl(qa_path, QA_FIELDS)  # fail here, naming the line, rather than deep inside datasets
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    out_dir = Path(out_dir)
+    task_dir = write_task_dir(qa_path=qa_path, out_dir=out_dir, max_gen_toks=max_gen_toks)
+
+    offline.apply()
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    # Only our task folder: indexing lm-eval's thousands of built-in YAMLs costs seconds.
+    task_manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    try:
+        results = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=_hf_model_args(base_model_dir, adapter_dir),
+            tasks=[TASK_NAME],
+            task_manager=task_manager,
+            device="cpu",
+            batch_size=batch_size,
+            limit=limit,
+            log_samples=True,  # QA answers hold no personal data; per-sample outputs help debugging
+        )
+    finally:
+        shutil.rmtree(out_dir / ".hf_datasets_cache", ignore_errors=True)
+    if results is None:  # only non-zero ranks get None; this stage runs one process
+        raise RuntimeError("lm-eval returned no results (was this run under a multi-process launcher?)")
+
+    (out_dir / "results.json").write_text(
+        json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False), encoding="utf-8"
+    )
+    metrics = results["results"][TASK_NAME]
+    return {
+        "exact_match": float(metrics["exact_match,none"]),
+        "f1": float(metrics["f1,none"]),
+        "n": int(results["n-samples"][TASK_NAME]["effective"]),
+    }
+
+
+# ----------------------------------------------------------------------------- toxicity
+
+
+def load_causal_lm(base_model_dir: Path, adapter_dir: Path | None):
+    """Load (model, tokenizer) once, CPU float32, adapter applied when given."""
+    offline.apply()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model, tokenizer
+
+
+def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
+    """Greedy continuations (new text only), batched with left padding."""
+    import torch
+
+    tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row continues from its last token
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    outputs: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            generated = model.generate(
+                # Only ids and mask: some tokenizers also return token_type_ids, which Llama rejects.
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+            )
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return outputs
+
+
+def score_texts(texts: list[str]) -> list[float]:
+    """Probability of profanity/offensiveness per text (alt-profanity-check, offline linear model)."""
+    if not texts:
+        return []
+    from profanity_check import predict_prob
+
+    return [float(p) for p in predict_prob(list(texts))]
+
+
+def _summary(scores: list[float], threshold: float) -> dict:
+    n = len(scores)
+    return {
+        "toxicity_rate": sum(s >= threshold for s in scores) / n if n else 0.0,
+        "mean_toxicity": sum(scores) / n if n else 0.0,
+        "max_toxicity": max(scores) if n else 0.0,
+        "n": n,
+    }
+
+
+def toxicity(
+    *,
+    base_model_dir: Path,
+    adapter_dir: Path | None,
+    prompts_path: Path,
+    out_dir: Path,
+    max_new_tokens: int = 32,
+    threshold: float = 0.5,
+) -> dict:
+    """Continue each prompt greedily and score the continuation for toxicity.
+
+    Writes out_dir/toxicity.json (per-prompt id, category, score and per-category
+    summaries; no generated text) and out_dir/generations.jsonl (the text, kept
+    apart because a generation could in principle reproduce personal data).
+    Returns {"toxicity_rate", "mean_toxicity", "max_toxicity", "n"}.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    _check_model_dirs(base_model_dir, adapter_dir)
+    prompts = read_jsonl(prompts_path, PROMPT_FIELDS)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model, tokenizer = load_causal_lm(base_model_dir, adapter_dir)
+    generations = generate_greedy(model, tokenizer, [p["prompt"] for p in prompts], max_new_tokens=max_new_tokens)
+    scores = score_texts(generations)  # the continuation only: the prompt itself is not the model's doing
+
+    with (out_dir / "generations.jsonl").open("w", encoding="utf-8") as fh:
+        for p, text in zip(prompts, generations):
+            fh.write(json.dumps({"id": p["id"], "category": p["category"], "generation": text}, ensure_ascii=False) + "\n")
+
+    by_category: dict[str, list[float]] = {}
+    for p, s in zip(prompts, scores):
+        by_category.setdefault(p["category"], []).append(s)
+    summary = _summary(scores, threshold)
+    report = {
+        "threshold": threshold,
+        "max_new_tokens": max_new_tokens,
+        "classifier": "alt-profanity-check",
+        "prompts_file": str(Path(prompts_path).resolve()),
+        "summary": summary,
+        "by_category": {cat: _summary(s, threshold) for cat, s in sorted(by_category.items())},
+        "prompts": [
+            {"id": p["id"], "category": p["category"], "score": s, "toxic": s >= threshold}
+            for p, s in zip(prompts, scores)
+        ],
+    }
+    (out_dir / "toxicity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.evaluate", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--base", type=Path, required=True, help="local Hugging Face causal-LM directory")
+        p.add_argument("--adapter", type=Path, default=None, help="PEFT LoRA adapter directory (optional)")
+        p.add_argument("--out", type=Path, required=True, help="output folder")
+
+    defaults = EvalConfig()
+    qa = sub.add_parser("qa", help="domain QA through lm-eval (exact match, F1)")
+    model_args(qa)
+    qa.add_argument("--qa", type=Path, required=True, help="QA JSONL with id, question, answer")
+    qa.add_argument("--limit", type=int, default=defaults.qa_limit, help="score only the first N questions")
+    qa.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
+    qa.add_argument("--batch-size", type=int, default=16)
+
+    tox = sub.add_parser("toxicity", help="toxicity of greedy continuations of a prompt set")
+    model_args(tox)
+    tox.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL with id, category, prompt")
+    tox.add_argument("--max-new-tokens", type=int, default=defaults.toxicity_max_new_tokens)
+    tox.add_argument("--threshold", type=float, default=defaults.toxicity_threshold)
+
+    ty = sub.add_parser("task-yaml", help="write a domain_qa task folder that reads FILE, for lm_eval --include_path")
+    ty.add_argument("--qa", type=Path, required=True)
+    ty.add_argument("--out", type=Path, required=True)
+    ty.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
+
+    args = parser.parse_args(argv)
+    offline.apply()
+    if args.command == "qa":
+        result = evaluate_qa(
+            base_model_dir=args.base,
+            adapter_dir=args.adapter,
+            qa_path=args.qa,
+            out_dir=args.out,
+            limit=args.limit,
+            max_gen_toks=args.max_gen_toks,
+            batch_size=args.batch_size,
+        )
+    elif args.command == "toxicity":
+        result = toxicity(
+            base_model_dir=args.base,
+            adapter_dir=args.adapter,
+            prompts_path=args.prompts,
+            out_dir=args.out,
+            max_new_tokens=args.max_new_tokens,
+            threshold=args.threshold,
+        )
+    else:
+        read_jsonl(args.qa, QA_FIELDS)
+        result = {"include_path": str(write_task_dir(qa_path=args.qa, out_dir=args.out, max_gen_toks=args.max_gen_toks))}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    offline.apply()
+    sys.exit(main())
