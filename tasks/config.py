@@ -62,6 +62,7 @@ class TrainConfig(_Section):
     max_seq_len: int = Field(96, ge=8)
     seed: int = 0
     nproc_per_node: int = Field(1, ge=1)
+    cpu_threads: int = Field(1, ge=1, description="torch threads per process on CPU (small models run fastest on 1)")
     dp: bool = True
     target_epsilon: float = Field(8.0, gt=0)
     target_delta: float | None = Field(None, gt=0, lt=1, description="None → 1/(10·N)")
@@ -95,7 +96,7 @@ class PipelineConfig(_Section):
     base_model: BaseModelConfig = BaseModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
-    register: RegisterConfig = RegisterConfig()
+    registry: RegisterConfig = RegisterConfig()
     synth: SynthConfig = SynthConfig()
 
     @model_validator(mode="after")
@@ -119,7 +120,7 @@ OVERRIDABLE = {
     "base_model_path": "base_model.path",
     "base_model_size": "base_model.size",
     "qa_limit": "evaluate.qa_limit",
-    "model_name": "register.model_name",
+    "model_name": "registry.model_name",
 }
 
 
@@ -158,7 +159,7 @@ class Paths:
     """Every location under the data root. Raw zone: landing, staging, quarantine."""
 
     def __init__(self, home: Path | None = None):
-        self.home = Path(home) if home else pft_home()
+        self.home = Path(home).resolve() if home else pft_home()
 
     landing = property(lambda self: self.home / "landing")
     staging = property(lambda self: self.home / "staging")
