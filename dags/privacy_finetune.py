@@ -1,0 +1,113 @@
+"""
+### privacy_finetune — fine-tune a domain LLM on sensitive data, privately
+
+Ingests the landing files, validates them with Great Expectations, masks personal
+data with Presidio, versions the masked set with DVC, fine-tunes the base model with
+LoRA under differential privacy (Opacus DP-SGD, launched with `torchrun`), evaluates
+domain QA (lm-eval: exact match, F1) and toxicity, and registers the model in MLflow
+with alias `challenger`.
+
+Every run writes `$PFT_HOME/runs/<run_id>/report.json` and `report.md`.
+Trigger it with the form: empty fields keep the values of `include/config/pipeline.yaml`.
+Tasks pass only paths, counts, revisions and metrics between them, never record text.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from tasks import pipeline
+
+NULLABLE_NUMBER = ["null", "number"]
+
+
+@dag(
+    dag_id="privacy_finetune",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["privatetune", "fine-tuning", "differential-privacy"],
+    default_args={
+        "owner": "privatetune",
+        "retries": 1,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(hours=2),
+    },
+    params={
+        "train_method": Param("lora", enum=["lora"], description="parameter-efficient method"),
+        "dp": Param(True, type="boolean", description="train under differential privacy (DP-SGD)"),
+        "target_epsilon": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0, description="privacy budget ε"),
+        "epochs": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0, description="training epochs"),
+        "learning_rate": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0),
+        "lora_r": Param(None, type=["null", "integer"], minimum=1, description="LoRA rank"),
+        "base_model_path": Param(None, type=["null", "string"], description="local HF causal-LM dir; empty = demo model"),
+        "base_model_size": Param(None, type=["null", "string"], enum=[None, "demo", "tiny"]),
+        "qa_limit": Param(None, type=["null", "integer"], minimum=1, description="evaluate only N questions"),
+        "model_name": Param(None, type=["null", "string"], description="registered model name"),
+    },
+    render_template_as_native_obj=True,
+)
+def privacy_finetune():
+    @task
+    def prepare(params=None, run_id=None) -> dict:
+        """Resolve the config with the run's Params and build (or reuse) the base model."""
+        return pipeline.stage_prepare(run_id, dict(params or {}))
+
+    @task
+    def ingest(prepared: dict) -> dict:
+        """Read landing JSONL/CSV; bad rows go to quarantine with file, line, field and reason."""
+        return pipeline.stage_ingest(prepared["run_id"])
+
+    @task
+    def validate(prepared: dict, ingested: dict) -> dict:
+        """Great Expectations suite; a failing 'fail' expectation stops the run before masking."""
+        return pipeline.stage_validate(prepared["run_id"], ingested)
+
+    @task
+    def mask(prepared: dict, ingested: dict, validated: dict) -> dict:
+        """Presidio: typed, consistent pseudonyms keyed by the pseudonymisation secret."""
+        return pipeline.stage_mask(prepared["run_id"], ingested)
+
+    @task
+    def version(prepared: dict, masked: dict) -> dict:
+        """DVC: commit and push the masked set; identical input keeps its revision."""
+        return pipeline.stage_version(prepared["run_id"], masked)
+
+    @task(execution_timeout=timedelta(hours=6))
+    def train(prepared: dict, versioned: dict) -> dict:
+        """torchrun -m tasks.train: LoRA + Opacus DP-SGD on the versioned masked set."""
+        return pipeline.stage_train(prepared["run_id"], prepared, versioned)
+
+    @task
+    def evaluate(prepared: dict, trained: dict) -> dict:
+        """lm-eval domain QA for base vs fine-tuned, and toxicity of generations."""
+        return pipeline.stage_evaluate(prepared["run_id"], prepared, trained)
+
+    @task
+    def register(prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
+        """MLflow registry: a new version with alias 'challenger', tagged with lineage and metrics."""
+        return pipeline.stage_register(prepared["run_id"], prepared, versioned, trained, evaluated)
+
+    @task(trigger_rule="all_done", retries=0)
+    def report(prepared: dict) -> dict:
+        """Write report.json / report.md, also when a stage failed; fails then, so the run shows as failed."""
+        return pipeline.stage_report(prepared["run_id"])
+
+    prepared = prepare()
+    ingested = ingest(prepared)
+    validated = validate(prepared, ingested)
+    masked = mask(prepared, ingested, validated)
+    versioned = version(prepared, masked)
+    trained = train(prepared, versioned)
+    evaluated = evaluate(prepared, trained)
+    registered = register(prepared, versioned, trained, evaluated)
+    registered >> report(prepared)
+
+
+privacy_finetune()

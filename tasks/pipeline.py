@@ -1,0 +1,284 @@
+"""Stage glue: what each Airflow task (or `python -m tasks.pipeline`) runs.
+
+Each `stage_*` function takes the run id plus the small dicts its upstream stages
+returned, calls the stage's pure function with values from the resolved config, saves
+its own result as `runs/<run>/stages/<stage>.json` (the report is built from those
+files, not from XCom) and returns a small JSON-able dict: paths, counts, revisions,
+metrics — never record text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks import offline
+from tasks.config import (REPO_ROOT, Paths, PipelineConfig, apply_overrides, load_config, safe_run_id,
+                          save_resolved)
+
+log = logging.getLogger("tasks.pipeline")
+
+STAGES = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register"]
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def _paths() -> Paths:
+    return Paths()
+
+
+def run_config(run_id: str) -> PipelineConfig:
+    """The config this run resolved in `stage_prepare` (DAG Params already applied)."""
+    path = _paths().run_dir(run_id) / "config.resolved.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the run has no resolved config; the prepare task must run first")
+    return PipelineConfig.model_validate_json(path.read_text())
+
+
+def _repo_path(value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _save_stage(run_id: str, stage: str, result: dict) -> dict:
+    out = _paths().run_dir(run_id) / "stages"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{stage}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+    tmp.replace(out / f"{stage}.json")
+    return result
+
+
+def _timed(run_id: str, stage: str, fn, /, *args, **kwargs) -> dict:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    result = {**result, "seconds": round(time.perf_counter() - start, 1)}
+    log.info("%s done in %.1fs: %s", stage, result["seconds"],
+             {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str)) and not str(v).startswith("/")})
+    return _save_stage(run_id, stage, result)
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_prepare(run_id: str, params: dict[str, Any] | None = None) -> dict:
+    """Resolve config (+ DAG Params), save it with the run, and resolve the base model."""
+    offline.apply()
+
+    def prepare() -> dict:
+        paths = _paths()
+        cfg = apply_overrides(load_config(), params or {})
+        run_dir = paths.run_dir(run_id)
+        save_resolved(cfg, run_dir)
+        base = resolve_base_model(cfg, paths)
+        return {"run_id": run_id, "safe_run_id": safe_run_id(run_id), "run_dir": str(run_dir),
+                "pft_home": str(paths.home), **base}
+
+    return _timed(run_id, "prepare", prepare)
+
+
+def resolve_base_model(cfg: PipelineConfig, paths: Paths) -> dict:
+    """A configured local HF directory, or the demo model built (once) from the general corpus."""
+    if cfg.base_model.path:
+        model_dir = Path(cfg.base_model.path)
+        config_file = model_dir / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"base_model.path: {model_dir} is not a Hugging Face model directory "
+                                    f"(no config.json); point it at a local causal-LM directory")
+        arch = json.loads(config_file.read_text()).get("architectures") or []
+        if not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in arch):
+            raise ValueError(f"base_model.path: {model_dir} holds {arch or 'no architecture'}, not a causal LM")
+        return {"base_model_dir": str(model_dir), "base_model_source": "configured"}
+
+    from tasks.base_model import build_base_model
+
+    corpus = paths.synth / "general_corpus.txt"
+    if not corpus.exists():
+        raise FileNotFoundError(f"{corpus}: no general corpus to build the demo base model; run "
+                                f"`python -m tasks.synth --home {paths.home}` (make demo does) or set base_model.path")
+    built = build_base_model(corpus_path=corpus, models_root=paths.models, size=cfg.base_model.size)
+    return {"base_model_dir": built["model_dir"], "base_model_source": f"built:{cfg.base_model.size}",
+            "base_model_params": built["parameters"]}
+
+
+def stage_ingest(run_id: str) -> dict:
+    from tasks.ingest import ingest
+
+    cfg, paths = run_config(run_id), _paths()
+    return _timed(run_id, "ingest", ingest, landing_dir=paths.landing, staging_dir=paths.staging_dir(run_id),
+                  quarantine_dir=paths.quarantine_dir(run_id), required_fields=tuple(cfg.data.required_fields),
+                  min_text_chars=cfg.data.min_text_chars, max_text_chars=cfg.data.max_text_chars,
+                  glob=cfg.data.landing_glob)
+
+
+def stage_validate(run_id: str, ingested: dict) -> dict:
+    from tasks.validate import validate
+
+    cfg, paths = run_config(run_id), _paths()
+    return _timed(run_id, "validate", validate, rows_path=Path(ingested["staged_path"]),
+                  suite_path=_repo_path(cfg.data.gx_suite), out_dir=paths.run_dir(run_id) / "validation")
+
+
+def stage_mask(run_id: str, ingested: dict) -> dict:
+    from tasks.mask import mask_dataset, resolve_key
+
+    cfg, paths = run_config(run_id), _paths()
+    key = resolve_key(env_var=cfg.mask.key_env, conn_id=cfg.mask.key_conn_id)
+    return _timed(run_id, "mask", mask_dataset, rows_path=Path(ingested["staged_path"]),
+                  out_dir=paths.run_dir(run_id) / "masked", key=key,
+                  recognizers_path=_repo_path(cfg.mask.recognizers), score_threshold=cfg.mask.score_threshold,
+                  language=cfg.mask.language)
+
+
+def stage_version(run_id: str, masked: dict) -> dict:
+    from tasks.version import version_dataset
+
+    paths = _paths()
+    return _timed(run_id, "version", version_dataset, masked_dir=Path(masked["masked_path"]).parent,
+                  registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id)
+
+
+def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
+    """Check out the versioned dataset (what a GPU worker does) and launch the recipe under torchrun."""
+
+    def train() -> dict:
+        from tasks.version import checkout_dataset
+
+        cfg, paths = run_config(run_id), _paths()
+        run_dir = paths.run_dir(run_id)
+        checkout = run_dir / "dataset"
+        if checkout.exists():  # a retried task starts from a clean checkout
+            import shutil
+
+            shutil.rmtree(checkout)
+        data_path = checkout_dataset(registry_dir=paths.datasets, remote_dir=paths.dvc_remote,
+                                     rev=versioned["dataset_rev"], out_dir=checkout)
+        spec = {"train": cfg.train.model_dump(), "base_model_dir": prepared["base_model_dir"],
+                "data_path": str(data_path), "out_dir": str(run_dir / "train"),
+                "dataset_rev": versioned["dataset_rev"],
+                "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id)}}
+        spec_path = run_dir / "train_spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        launch_torchrun(spec_path, nproc_per_node=cfg.train.nproc_per_node, log_path=run_dir / "train" / "torchrun.log")
+        return json.loads((run_dir / "train" / "train_result.json").read_text())
+
+    return _timed(run_id, "train", train)
+
+
+def launch_torchrun(spec_path: Path, *, nproc_per_node: int, log_path: Path) -> None:
+    """`torchrun --standalone -m tasks.train`: the same entrypoint a GPU node runs."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+           "-m", "tasks.train", "--spec", str(spec_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    log.info("launching: %s", " ".join(cmd))
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+        for line in proc.stdout:  # progress lines hold step, loss, ε, tokens/s — no record text
+            out.write(line)
+            if " step " in line or "Error" in line:
+                log.info("train | %s", line.rstrip())
+        code = proc.wait()
+    if code != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError(f"training failed (exit {code}); see {log_path}. Last lines:\n" + "\n".join(tail))
+
+
+def stage_evaluate(run_id: str, prepared: dict, trained: dict) -> dict:
+    """Domain QA (lm-eval) for base and fine-tuned model side by side, and toxicity of the fine-tuned model."""
+
+    def evaluate() -> dict:
+        from tasks.evaluate import evaluate_qa, toxicity
+
+        cfg, paths = run_config(run_id), _paths()
+        out = paths.run_dir(run_id) / "eval"
+        qa_path = paths.synth / "qa_heldout.jsonl"
+        base_dir, adapter = Path(prepared["base_model_dir"]), Path(trained["adapter_dir"])
+        common = {"qa_path": qa_path, "limit": cfg.evaluate.qa_limit, "max_gen_toks": cfg.evaluate.max_gen_toks}
+        base = evaluate_qa(base_model_dir=base_dir, adapter_dir=None, out_dir=out / "qa_base", **common)
+        tuned = evaluate_qa(base_model_dir=base_dir, adapter_dir=adapter, out_dir=out / "qa_finetuned", **common)
+        tox = toxicity(base_model_dir=base_dir, adapter_dir=adapter, prompts_path=_repo_path(cfg.evaluate.toxicity_prompts),
+                       out_dir=out / "toxicity", max_new_tokens=cfg.evaluate.toxicity_max_new_tokens,
+                       threshold=cfg.evaluate.toxicity_threshold)
+        metrics = {"base": base, "finetuned": tuned, "toxicity_rate": tox["toxicity_rate"],
+                   "toxicity": tox, "exact_match_gain": round(tuned["exact_match"] - base["exact_match"], 4)}
+        if trained.get("mlflow_run_id"):
+            _log_eval_metrics(paths, trained["mlflow_run_id"], metrics)
+        return metrics
+
+    return _timed(run_id, "evaluate", evaluate)
+
+
+def _log_eval_metrics(paths: Paths, mlflow_run_id: str, metrics: dict) -> None:
+    import mlflow
+
+    from tasks.tracking import mlflow_experiment
+
+    mlflow_experiment(paths)
+    flat = {"base_exact_match": metrics["base"]["exact_match"], "base_f1": metrics["base"]["f1"],
+            "finetuned_exact_match": metrics["finetuned"]["exact_match"], "finetuned_f1": metrics["finetuned"]["f1"],
+            "toxicity_rate": metrics["toxicity_rate"]}
+    with mlflow.start_run(run_id=mlflow_run_id):
+        mlflow.log_metrics(flat)
+
+
+def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
+    from tasks.register import register_model
+
+    cfg, paths = run_config(run_id), _paths()
+    tags = {"pipeline_run_id": run_id, "dataset_rev": versioned["dataset_rev"], "dataset_md5": versioned["dvc_md5"],
+            "method": trained["method"], "dp": str(trained["dp"]).lower(),
+            "epsilon": trained["epsilon"], "delta": trained["delta"], "trainable_pct": trained["trainable_pct"],
+            "base_model": Path(prepared["base_model_dir"]).name,
+            "exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
+            "base_exact_match": evaluated["base"]["exact_match"], "toxicity_rate": evaluated["toxicity_rate"]}
+    metrics = {"exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
+               "toxicity_rate": evaluated["toxicity_rate"]}
+    return _timed(run_id, "register", register_model, paths=paths, model_name=cfg.registry.model_name,
+                  alias=cfg.registry.alias, base_model_dir=Path(prepared["base_model_dir"]),
+                  adapter_dir=Path(trained["adapter_dir"]), mlflow_run_id=trained.get("mlflow_run_id"),
+                  tags={k: "" if v is None else str(v) for k, v in tags.items()}, metrics=metrics)
+
+
+def stage_report(run_id: str, *, strict: bool = True) -> dict:
+    """Write the report; with `strict`, then fail if a stage did not complete, so the run shows as failed."""
+    from tasks.report import write_report
+
+    result = write_report(_paths().run_dir(run_id))
+    if strict and not result["complete"]:
+        raise RuntimeError(f"run incomplete, report written to {result['report_path']}; "
+                           f"missing: {', '.join(result['missing_fields'])}")
+    return result
+
+
+def run_all(run_id: str, params: dict[str, Any] | None = None) -> dict:
+    """The whole pipeline in one process, without Airflow (debugging, containers)."""
+    prepared = stage_prepare(run_id, params)
+    ingested = stage_ingest(run_id)
+    stage_validate(run_id, ingested)
+    masked = stage_mask(run_id, ingested)
+    versioned = stage_version(run_id, masked)
+    trained = stage_train(run_id, prepared, versioned)
+    evaluated = stage_evaluate(run_id, prepared, trained)
+    stage_register(run_id, prepared, versioned, trained, evaluated)
+    return stage_report(run_id)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description="Run the PrivateTune pipeline in one process (no Airflow).")
+    parser.add_argument("--run-id", default=f"cli_{time.strftime('%Y%m%dT%H%M%S')}")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="a DAG Param override")
+    args = parser.parse_args()
+    params = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
+    print(json.dumps(run_all(args.run_id, params), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The run report: `runs/<run>/report.json` and a readable `report.md`.
+
+Built from the per-stage result files (`runs/<run>/stages/*.json`), so it is the same
+whether the pipeline ran under Airflow, `dag.test()` or `python -m tasks.pipeline`.
+Stage results hold only counts, paths, revisions and metrics, never record text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+STAGE_ORDER = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register"]
+
+# The fields every complete run must report (dotted paths into report.json).
+REQUIRED_FIELDS = [
+    "ingest.rows_in", "ingest.rows_valid", "ingest.rows_quarantined", "validate.success", "mask.entities",
+    "version.dataset_rev", "train.method", "train.epsilon", "train.delta", "train.trainable_pct",
+    "evaluate.base.exact_match", "evaluate.finetuned.exact_match", "evaluate.base.f1", "evaluate.finetuned.f1",
+    "evaluate.toxicity_rate", "register.model_name", "register.version",
+]
+
+
+def lookup(report: dict, dotted: str):
+    node = report
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def build_report(run_dir: Path) -> dict:
+    stages_dir = run_dir / "stages"
+    report: dict = {"run_id": None, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {}}
+    for stage in STAGE_ORDER:
+        path = stages_dir / f"{stage}.json"
+        if path.exists():
+            report[stage] = json.loads(path.read_text())
+            report["stages"][stage] = "completed"
+        else:
+            report["stages"][stage] = "not run"
+    report["run_id"] = report.get("prepare", {}).get("run_id", run_dir.name)
+    missing = []
+    for field in REQUIRED_FIELDS:
+        try:
+            lookup(report, field)
+        except KeyError:
+            missing.append(field)
+    report["complete"] = not missing
+    report["missing_fields"] = missing
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    def get(field, default="—"):
+        try:
+            return lookup(report, field)
+        except KeyError:
+            return default
+
+    entities = get("mask.entities", {}) or {}
+    ent = ", ".join(f"{k} {v}" for k, v in sorted(entities.items(), key=lambda kv: -kv[1])) or "—"
+    eps, delta = get("train.epsilon"), get("train.delta")
+    privacy = "non-private (dp: false)" if get("train.dp", True) is False else f"ε = {eps} (target {get('train.target_epsilon')}), δ = {delta:.2e}" if isinstance(delta, float) else f"ε = {eps}, δ = {delta}"
+    return [
+        f"run                 {report.get('run_id')}",
+        f"rows in/valid/quar. {get('ingest.rows_in')} / {get('ingest.rows_valid')} / {get('ingest.rows_quarantined')}",
+        f"validation          {'passed' if get('validate.success', False) else 'FAILED'} "
+        f"({get('validate.evaluated_expectations')} expectations)",
+        f"entities masked     {get('mask.entities_total')}: {ent}",
+        f"dataset revision    {str(get('version.dataset_rev'))[:12]} (md5 {get('version.dvc_md5')})",
+        f"training            {get('train.method')}, {get('train.trainable_pct')}% trainable, {get('train.steps')} steps, "
+        f"{get('train.train_seconds')} s",
+        f"privacy             {privacy}",
+        f"domain QA exact match  base {get('evaluate.base.exact_match')} → fine-tuned {get('evaluate.finetuned.exact_match')}",
+        f"domain QA F1           base {get('evaluate.base.f1')} → fine-tuned {get('evaluate.finetuned.f1')}",
+        f"toxicity rate       {get('evaluate.toxicity_rate')}",
+        f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')})",
+    ]
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# PrivateTune run report — {report.get('run_id')}", "", "```", *summary_lines(report), "```", "",
+             "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    for stage in STAGE_ORDER:
+        lines.append(f"| {stage} | {report['stages'][stage]} | {report.get(stage, {}).get('seconds', '')} |")
+    quarantine = (report.get("ingest") or {}).get("quarantine_reasons") or {}
+    if quarantine:
+        lines += ["", "## Quarantine reasons", "", "| reason | rows |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(quarantine.items())]
+    if report.get("missing_fields"):
+        lines += ["", "## Missing fields", "", *[f"- {f}" for f in report["missing_fields"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    (run_dir / "report.md").write_text(render_markdown(report))
+    return {"report_path": str(run_dir / "report.json"), "complete": report["complete"],
+            "missing_fields": report["missing_fields"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print (or rebuild) a run report summary.")
+    parser.add_argument("run_dir", type=Path, nargs="?", help="runs/<run>; default: the latest run")
+    parser.add_argument("--home", type=Path)
+    args = parser.parse_args()
+    run_dir = args.run_dir
+    if run_dir is None:
+        from tasks.config import Paths
+
+        runs = sorted(Paths(args.home).runs.glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SystemExit("no run report yet: run `make demo` first")
+        run_dir = runs[-1].parent
+    write_report(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    print("\n".join(["PrivateTune run summary", f"report              {run_dir / 'report.json'}", *summary_lines(report)]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Test session setup: an isolated data root and Airflow home, offline, before Airflow is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Never touch the user's .local/: every test session gets its own data root and Airflow home.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="pft-test-"))
+os.environ["PFT_HOME"] = str(_SESSION_HOME)
+os.environ["AIRFLOW_HOME"] = str(_SESSION_HOME / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.setdefault("PFT_PSEUDONYM_KEY", "test-only-pseudonymisation-key")
+os.environ.pop("PFT_CONFIG", None)
+
+from tasks import offline  # noqa: E402
+
+offline.apply()
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def airflow_db(session_home: Path) -> Path:
+    """Airflow's metadata DB (SQLite) for DAG tests, migrated once per session."""
+    airflow_home = session_home / "airflow"
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return airflow_home
