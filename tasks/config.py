@@ -174,7 +174,8 @@ class Paths:
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+        """A tracking server when the deployment names one (compose), else the embedded SQLite store."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow / 'mlflow.db'}"
 
     @property
     def mlflow_artifacts(self) -> Path:

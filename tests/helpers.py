@@ -1,0 +1,41 @@
+"""Small builders shared by tests: a random (untrained) Llama + tokenizer, and masked-record files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SENTENCES = [
+    "Question: What is the deductible for the Gold plan?\nAnswer: $500",
+    "The annual deductible for the Silver plan is $1,500.",
+    "Prior authorization is required for CPT 70551.",
+    "Members have 60 days to file an appeal after a denial.",
+    "Use Form HX-12 to file an out-of-network claim.",
+]
+
+
+def random_llama(out_dir: Path, *, hidden: int = 32, layers: int = 2) -> Path:
+    """An untrained Llama with the project's tokenizer recipe: enough to exercise training code paths."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tasks.base_model import train_tokenizer
+
+    torch.manual_seed(0)
+    tok = train_tokenizer(SENTENCES * 4, vocab_size=300)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def masked_records(path: Path, n: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"record_id": f"R-{i}", "record_type": "plan_document",
+                                 "text": SENTENCES[i % len(SENTENCES)]}) + "\n")
+    return path
