@@ -115,7 +115,7 @@ def check_record(
             return None, Problem(name, "wrong_type", f"field '{name}' must be a string, got {type(value).__name__}")
         if not _encodable(value):
             return None, Problem(name, "invalid_utf8", f"field '{name}' holds an unpaired surrogate (not UTF-8)")
-        row[name] = normalize_text(value)
+        row[name] = normalize_text(value) if name == "text" else " ".join(normalize_text(value).split())
 
     text = row["text"]
     if text is not None:

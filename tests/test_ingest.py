@@ -197,7 +197,7 @@ def test_csv_row_with_wrong_column_count(dirs):
 def test_csv_quoted_multiline_field_keeps_its_start_line(dirs):
     put(dirs, "b.csv", f'{HEADER}\r\nR-1,claim_note,2026-01-14,"line one\r\nline two"\r\n\r\nR-2,claim_note,2026-01-14,"x"\r\n')
     _, staged, quarantined = run(dirs)
-    assert [(r["record_id"], r["text"], r["source_line"]) for r in staged] == [("R-1", "line one line two", 2)]
+    assert [(r["record_id"], r["text"], r["source_line"]) for r in staged] == [("R-1", "line one\nline two", 2)]
     assert [(q["line"], q["reason"], q["raw"]) for q in quarantined] == [(5, "text_too_short", 'R-2,claim_note,2026-01-14,"x"')]
 
 
@@ -210,7 +210,9 @@ def test_csv_with_bom_header(dirs):
 def test_text_is_nfkc_normalised_and_whitespace_collapsed():
     assert normalize_text("  ﬁle\u00a0№ 5\t\tend\n") == "file No 5 end"
     assert normalize_text("Ｆｕｌｌ　width") == "Full width"
-    assert normalize_text("bell\x07 and nul\x00 gone,\r\nCRLF\x0bVT\x7f") == "bell and nul gone, CRLF VT"
+    assert normalize_text("bell\x07 and nul\x00 gone,\r\nCRLF\x0bVT\x7f") == "bell and nul gone,\nCRLF VT"
+    # Single line breaks carry structure (FAQ lines) and survive; blank-line runs collapse.
+    assert normalize_text("Question: x?  \n\n\n  Answer:  y") == "Question: x?\nAnswer: y"
     assert normalize_text("a\u2028b   c") == "a b c"
 
 
@@ -218,7 +220,7 @@ def test_all_string_fields_are_normalised_on_staging(dirs):
     put(dirs, "a.jsonl", jline(rec(" R-1\t", text="Ｍａｒｉａ   called\n\nabout ﬁling\x01 a claim")) + "\n")
     _, staged, _ = run(dirs)
     assert staged[0]["record_id"] == "R-1"
-    assert staged[0]["text"] == "Maria called about filing a claim"
+    assert staged[0]["text"] == "Maria called\nabout filing a claim"
 
 
 def test_length_limits_apply_after_normalisation(dirs):
