@@ -18,10 +18,19 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks import pipeline
 
 NULLABLE_NUMBER = ["null", "number"]
+
+
+def run_stage(stage, *args):
+    """Run a stage; input or secret errors fail at once instead of burning retries."""
+    try:
+        return stage(*args)
+    except pipeline.permanent_errors() as err:
+        raise AirflowFailException(str(err)) from err
 
 
 @dag(
@@ -57,47 +66,47 @@ def privacy_finetune():
     @task
     def prepare(params=None, run_id=None) -> dict:
         """Resolve the config with the run's Params and build (or reuse) the base model."""
-        return pipeline.stage_prepare(run_id, dict(params or {}))
+        return run_stage(pipeline.stage_prepare, run_id, dict(params or {}))
 
     @task
     def ingest(prepared: dict) -> dict:
         """Read landing JSONL/CSV; bad rows go to quarantine with file, line, field and reason."""
-        return pipeline.stage_ingest(prepared["run_id"])
+        return run_stage(pipeline.stage_ingest, prepared["run_id"])
 
     @task
     def validate(prepared: dict, ingested: dict) -> dict:
         """Great Expectations suite; a failing 'fail' expectation stops the run before masking."""
-        return pipeline.stage_validate(prepared["run_id"], ingested)
+        return run_stage(pipeline.stage_validate, prepared["run_id"], ingested)
 
     @task
     def mask(prepared: dict, ingested: dict, validated: dict) -> dict:
         """Presidio: typed, consistent pseudonyms keyed by the pseudonymisation secret."""
-        return pipeline.stage_mask(prepared["run_id"], ingested)
+        return run_stage(pipeline.stage_mask, prepared["run_id"], ingested)
 
     @task
     def version(prepared: dict, masked: dict) -> dict:
         """DVC: commit and push the masked set; identical input keeps its revision."""
-        return pipeline.stage_version(prepared["run_id"], masked)
+        return run_stage(pipeline.stage_version, prepared["run_id"], masked)
 
     @task(execution_timeout=timedelta(hours=6))
     def train(prepared: dict, versioned: dict) -> dict:
         """torchrun -m tasks.train: LoRA + Opacus DP-SGD on the versioned masked set."""
-        return pipeline.stage_train(prepared["run_id"], prepared, versioned)
+        return run_stage(pipeline.stage_train, prepared["run_id"], prepared, versioned)
 
     @task
     def evaluate(prepared: dict, trained: dict) -> dict:
         """lm-eval domain QA for base vs fine-tuned, and toxicity of generations."""
-        return pipeline.stage_evaluate(prepared["run_id"], prepared, trained)
+        return run_stage(pipeline.stage_evaluate, prepared["run_id"], prepared, trained)
 
     @task
     def register(prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
         """MLflow registry: a new version with alias 'challenger', tagged with lineage and metrics."""
-        return pipeline.stage_register(prepared["run_id"], prepared, versioned, trained, evaluated)
+        return run_stage(pipeline.stage_register, prepared["run_id"], prepared, versioned, trained, evaluated)
 
     @task(trigger_rule="all_done", retries=0)
     def report(prepared: dict) -> dict:
         """Write report.json / report.md, also when a stage failed; fails then, so the run shows as failed."""
-        return pipeline.stage_report(prepared["run_id"])
+        return run_stage(pipeline.stage_report, prepared["run_id"])
 
     prepared = prepare()
     ingested = ingest(prepared)

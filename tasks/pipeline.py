@@ -30,6 +30,17 @@ STAGES = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate
 
 # ---------------------------------------------------------------- shared helpers
 
+def permanent_errors() -> tuple[type[BaseException], ...]:
+    """Failures a retry cannot fix (bad or missing input, a missing secret): fail the task at once."""
+    from pydantic import ValidationError
+
+    from tasks.ingest import EmptyLandingError
+    from tasks.mask import MissingKeyError
+    from tasks.validate import ValidationFailed
+
+    return (EmptyLandingError, ValidationFailed, MissingKeyError, ValidationError)
+
+
 def _paths() -> Paths:
     return Paths()
 
