@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PFT_HOME ?= $(CURDIR)/.local
 export AIRFLOW_HOME := $(PFT_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags

@@ -101,6 +101,19 @@ def apply_peft(model, spec: dict):
     return get_peft_model(model, lora)
 
 
+def make_optimizer(params: list, t: dict):
+    """AdamW (default) or SGD with momentum. Under DP-SGD the noise is isotropic: SGD keeps it so, while
+    Adam rescales every coordinate, noise included, which can favour either depending on the signal."""
+    import torch
+
+    name = t.get("optimizer", "adamw")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=t["learning_rate"], weight_decay=0.0)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=t["learning_rate"], momentum=0.9)
+    raise ValueError(f"train.optimizer: '{name}' is not one of 'adamw', 'sgd'")
+
+
 def trainable_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -162,7 +175,7 @@ def train(spec: dict) -> dict:
     steps_per_epoch = max(1, math.ceil(n / t["batch_size"]))
     total_steps = max(1, round(t["epochs"] * steps_per_epoch))
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t["learning_rate"], weight_decay=0.0)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
     privacy_engine, noise = None, 0.0
     if t["dp"]:
         from opacus import PrivacyEngine
@@ -290,7 +303,7 @@ def _mlflow_log_params(spec: dict, *, n: int, delta: float, noise: float, traina
     params = {k: t[k] for k in ("method", "lora_r", "lora_alpha", "lora_dropout", "epochs", "batch_size",
                                 "physical_batch_size", "learning_rate", "max_seq_len", "dp", "target_epsilon",
                                 "max_grad_norm", "seed")}
-    params.update({"target_modules": ",".join(t["target_modules"]), "records": n, "delta": delta,
+    params.update({"optimizer": t.get("optimizer", "adamw"), "target_modules": ",".join(t["target_modules"]), "records": n, "delta": delta,
                    "noise_multiplier": round(noise, 5), "trainable_params": trainable, "total_params": total,
                    "base_model": Path(spec["base_model_dir"]).name, "dataset_rev": spec.get("dataset_rev", "")})
     mlflow.log_params(params)
