@@ -7,8 +7,11 @@ version carries its lineage tags, and the report holds every required field.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,15 +45,33 @@ def e2e(session_home, airflow_db):
     cfg_path = session_home / "e2e-pipeline.yaml"
     cfg_path.write_text(yaml.safe_dump(base_cfg))
     os.environ["PFT_CONFIG"] = str(cfg_path)
+    console = session_home / "e2e-console.log"
     try:
         dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
-        dag_run = dag.test(run_conf={"model_name": "e2e-domain-lm"})
+        with capture_output(console):  # everything the run logs, to scan for PII below
+            dag_run = dag.test(run_conf={"model_name": "e2e-domain-lm"})
     finally:
         os.environ.pop("PFT_CONFIG", None)
     reports = sorted((session_home / "runs").glob("*/report.json"))
     assert reports, "the run wrote no report"
     report = json.loads(reports[-1].read_text())
-    return {"home": session_home, "dag_run": dag_run, "report": report, "run_dir": reports[-1].parent}
+    return {"home": session_home, "dag_run": dag_run, "report": report, "run_dir": reports[-1].parent,
+            "console": console}
+
+
+@contextlib.contextmanager
+def capture_output(path: Path):
+    """Send this process's stdout/stderr (file descriptors, so structlog and subprocesses too) to a file."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "wb") as sink:
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
 
 
 def test_dag_run_succeeds_and_report_is_complete(e2e):
@@ -135,15 +156,31 @@ def test_registered_version_carries_lineage_tags(e2e):
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
 
 
-def test_pipeline_outputs_hold_no_raw_pii(e2e):
-    """XCom-shaped stage results, the report and MLflow params never carry record text."""
+def test_pipeline_plumbing_holds_no_raw_pii(e2e):
+    """Task logs, XCom, the report, stage results and MLflow params never carry record text."""
+    from mlflow import MlflowClient
+
+    from tasks.config import Paths
+
     key = json.loads((e2e["home"] / "synth" / "pii_key.json").read_text())
     values = {entry["value"] for entry in key}
-    texts = [(e2e["run_dir"] / "report.json").read_text(), (e2e["run_dir"] / "report.md").read_text()]
-    texts += [p.read_text() for p in (e2e["run_dir"] / "stages").glob("*.json")]
-    texts += [(e2e["run_dir"] / "train" / "torchrun.log").read_text()]
-    hits = [v for v in values for t in texts if v in t]
-    assert hits == []
+    console = e2e["console"].read_text(errors="replace")
+    assert "train done in" in console and "step " in console  # the capture really holds the run's logs
+    with sqlite3.connect(e2e["home"] / "airflow" / "airflow.db") as db:
+        xcom = [str(v) for (v,) in db.execute("select value from xcom")]
+    assert xcom
+    client = MlflowClient(tracking_uri=Paths(e2e["home"]).mlflow_tracking_uri)
+    params = client.get_run(e2e["report"]["train"]["mlflow_run_id"]).data.params
+    sources = {
+        "console/task logs": console,
+        "xcom": "\n".join(xcom),
+        "report": (e2e["run_dir"] / "report.json").read_text() + (e2e["run_dir"] / "report.md").read_text(),
+        "stage results": "".join(p.read_text() for p in (e2e["run_dir"] / "stages").glob("*.json")),
+        "torchrun log": (e2e["run_dir"] / "train" / "torchrun.log").read_text(),
+        "mlflow params": json.dumps(params),
+    }
+    hits = {name: sorted({v for v in values if v in text})[:3] for name, text in sources.items()}
+    assert all(not found for found in hits.values()), hits
 
 
 def _has(report: dict, field: str) -> bool:
