@@ -30,6 +30,7 @@ class DataConfig(_Section):
     required_fields: list[str] = ["record_id", "record_type", "text"]
     min_text_chars: int = Field(8, ge=1)
     max_text_chars: int = Field(4000, ge=16)
+    max_quarantine_share: float = Field(0.2, ge=0.0, le=1.0, description="ingest fails above this share quarantined")
     record_types: list[str] = ["claim_note", "member_letter", "support_ticket", "plan_document"]
     gx_suite: str = "include/gx/records_suite.json"
 

@@ -34,11 +34,12 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     """Failures a retry cannot fix (bad or missing input, a missing secret): fail the task at once."""
     from pydantic import ValidationError
 
-    from tasks.ingest import EmptyLandingError
+    from tasks.ingest import EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded
     from tasks.mask import MissingKeyError
     from tasks.validate import ValidationFailed
 
-    return (EmptyLandingError, ValidationFailed, MissingKeyError, ValidationError)
+    return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
+            MissingKeyError, ValidationError)
 
 
 def _paths() -> Paths:
@@ -125,7 +126,7 @@ def stage_ingest(run_id: str) -> dict:
     return _timed(run_id, "ingest", ingest, landing_dir=paths.landing, staging_dir=paths.staging_dir(run_id),
                   quarantine_dir=paths.quarantine_dir(run_id), required_fields=tuple(cfg.data.required_fields),
                   min_text_chars=cfg.data.min_text_chars, max_text_chars=cfg.data.max_text_chars,
-                  glob=cfg.data.landing_glob)
+                  glob=cfg.data.landing_glob, max_quarantine_share=cfg.data.max_quarantine_share)
 
 
 def stage_validate(run_id: str, ingested: dict) -> dict:

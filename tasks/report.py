@@ -68,6 +68,7 @@ def summary_lines(report: dict) -> list[str]:
     return [
         f"run                 {report.get('run_id')}",
         f"rows in/valid/quar. {get('ingest.rows_in')} / {get('ingest.rows_valid')} / {get('ingest.rows_quarantined')}",
+        f"duplicates removed  {get('ingest.duplicates_removed')} (exact text, by content hash)",
         f"validation          {'passed' if get('validate.success', False) else 'FAILED'} "
         f"({get('validate.evaluated_expectations')} expectations)",
         f"entities masked     {get('mask.entities_total')}: {ent}",

@@ -1,4 +1,5 @@
-"""Ingest: every bad-input case lands in quarantine with its reason, field and line; good rows are staged."""
+"""Ingest: every bad-input case lands in quarantine with its reason, field and line; good rows are staged;
+exact duplicates are counted out; rows_in == rows_valid + rows_quarantined + duplicates_removed."""
 
 from __future__ import annotations
 
@@ -8,16 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import DataConfig
-from tasks.ingest import REASONS, EmptyLandingError, ingest, normalize_text
+import tasks.ingest as ingest_module
+from tasks.config import DataConfig, load_config
+from tasks.ingest import (REASONS, EmptyLandingError, InvalidPartitionError, MissingPartitionError,
+                          QuarantineThresholdExceeded, ingest, normalize_text, text_hash)
 
 HEADER = "record_id,record_type,created_at,text"
 PII = "Maria Gonzalez SSN 123-45-6789"
 
 
-def rec(record_id: str = "R-2026-01-000001", text: str = "Member called about a denied claim.", **extra) -> dict:
+def rec(record_id: str = "R-2026-01-000001", text: str | None = None, **extra) -> dict:
+    # Distinct default text per id, so only the duplicate tests meet duplicate text.
+    text = f"Member called about denied claim {record_id}." if text is None else text
     return {"record_id": record_id, "record_type": "claim_note", "created_at": "2026-01-14", "text": text, **extra}
 
 
@@ -44,9 +51,17 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def put_parquet(dirs: dict[str, Path], name: str, rows: list[dict] | pa.Table, **write_kw) -> Path:
+    path = dirs["landing_dir"] / "2026-01" / name
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    pq.write_table(table, path, **write_kw)
+    return path
+
+
 def run(dirs: dict[str, Path], **kw) -> tuple[dict, list[dict], list[dict]]:
+    kw.setdefault("max_quarantine_share", 1.0)  # most cases here are mostly bad rows on purpose
     result = ingest(**dirs, **kw)
-    assert result["rows_in"] == result["rows_valid"] + result["rows_quarantined"]
+    assert result["rows_in"] == result["rows_valid"] + result["rows_quarantined"] + result["duplicates_removed"]
     assert json.loads(json.dumps(result)) == result  # JSON-able (it becomes XCom)
     return result, read_jsonl(Path(result["staged_path"])), read_jsonl(Path(result["quarantine_path"]))
 
@@ -60,6 +75,9 @@ def test_defaults_mirror_data_config():
     assert params["min_text_chars"].default == cfg.min_text_chars
     assert params["max_text_chars"].default == cfg.max_text_chars
     assert params["glob"].default == cfg.landing_glob
+    assert params["max_quarantine_share"].default == cfg.max_quarantine_share == 0.2
+    assert params["partition"].default is None
+    assert load_config().data.max_quarantine_share == cfg.max_quarantine_share  # pipeline.yaml agrees
 
 
 def test_good_jsonl_and_csv_are_staged_with_provenance(dirs):
@@ -301,7 +319,7 @@ def test_rerun_is_idempotent_and_replaces_outputs(dirs):
     assert [r["record_id"] for r in staged] == ["R-7"] and quarantined == []
     # no temp files left behind
     leftovers = [p.name for d in (dirs["staging_dir"], dirs["quarantine_dir"]) for p in d.iterdir()]
-    assert sorted(leftovers) == ["quarantine.jsonl", "rows.jsonl"]
+    assert sorted(leftovers) == ["duplicates.jsonl", "quarantine.jsonl", "rows.jsonl"]
 
 
 def test_files_are_read_in_sorted_order(dirs):
@@ -321,3 +339,299 @@ def test_cli_prints_result_json(dirs):
     assert json.loads(out.stdout)["rows_valid"] == 1
     empty = subprocess.run([*cmd[:4], str(dirs["landing_dir"] / "nothing"), *cmd[5:]], capture_output=True, text=True)
     assert empty.returncode == 2 and "make demo" in empty.stderr
+
+
+# ---------------------------------------------------------------------------
+# Parquet
+
+
+def test_good_parquet_is_staged_with_row_numbers_as_lines(dirs):
+    rows = [rec("R-1"), rec("R-2", text="Ｆｕｌｌ　width   text\n\nkept")]
+    put_parquet(dirs, "c.parquet", rows)
+    # string variants Arrow writers produce are all text columns
+    table = pa.table({"record_id": pa.array(["R-3"], pa.large_string()),
+                      "record_type": pa.array(["plan_document"]).dictionary_encode(),
+                      "text": ["Plan summary for the year."], "extra": [1]})
+    put_parquet(dirs, "d.parquet", table)
+    result, staged, quarantined = run(dirs)
+    assert quarantined == [] and result["files"] == 2
+    assert [(r["record_id"], r["source_file"], r["source_line"]) for r in staged] == [
+        ("R-1", "2026-01/c.parquet", 1), ("R-2", "2026-01/c.parquet", 2), ("R-3", "2026-01/d.parquet", 1)]
+    assert staged[1]["text"] == "Full width text\nkept"
+    assert staged[2]["created_at"] is None and staged[2]["record_type"] == "plan_document" and "extra" not in staged[2]
+
+
+def test_parquet_null_and_short_values_are_row_problems(dirs):
+    put_parquet(dirs, "c.parquet", [rec("R-1"), rec("R-2") | {"record_type": None}, rec("R-3", text="tiny")])
+    _, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1"]
+    assert [(q["line"], q["field"], q["reason"]) for q in quarantined] == [
+        (2, "record_type", "missing_field"), (3, "text", "text_too_short")]
+    assert json.loads(quarantined[1]["raw"])["record_id"] == "R-3"
+
+
+@pytest.mark.parametrize(
+    "table, field, words",
+    [
+        (pa.table({"record_id": ["R-1", "R-2"], "record_type": ["claim_note"] * 2}), "text", ["lacks", "text"]),
+        (pa.table({"record_id": ["R-1", "R-2"], "record_type": ["claim_note"] * 2, "text": [12345678, 87654321]}),
+         "text", ["'text'", "int64", "string"]),
+        (pa.table({"record_id": [1, 2], "record_type": ["claim_note"] * 2, "text": ["some long text", "more text!"]}),
+         "record_id", ["'record_id'", "int64"]),
+    ],
+    ids=["missing_column", "wrong_type_text", "wrong_type_id"],
+)
+def test_parquet_with_wrong_schema_quarantines_every_row(dirs, table, field, words):
+    put_parquet(dirs, "c.parquet", table)
+    put(dirs, "a.jsonl", jline(rec("R-9")) + "\n")
+    result, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-9"]
+    assert [(q["source_file"], q["line"], q["field"], q["reason"]) for q in quarantined] == [
+        ("2026-01/c.parquet", 1, field, "bad_schema"), ("2026-01/c.parquet", 2, field, "bad_schema")]
+    assert result["quarantine_reasons"] == {"bad_schema": 2} and "bad_schema" in REASONS
+    assert all(w in quarantined[0]["message"] for w in words)
+    assert json.loads(quarantined[0]["raw"])["record_type"] == "claim_note"  # the whole row is kept in quarantine
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "footer_only_magic"])
+def test_unreadable_parquet_is_one_line_zero_entry(dirs, damage):
+    good = put_parquet(dirs, "c.parquet", [rec("R-1"), rec("R-2")])
+    data = good.read_bytes()
+    good.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not parquet at all " * 10,
+                      "footer_only_magic": b"PAR1" + b"\0" * 20 + b"PAR1"}[damage])
+    put(dirs, "a.jsonl", jline(rec("R-9")) + "\n")
+    result, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-9"]
+    assert (result["rows_in"], result["rows_quarantined"]) == (2, 1)
+    [q] = quarantined
+    assert (q["source_file"], q["line"], q["field"], q["reason"], q["raw"]) == (
+        "2026-01/c.parquet", 0, None, "unreadable_file", "")
+    assert "Parquet" in q["message"] and "re-deliver" in q["message"]
+
+
+def test_corrupt_parquet_row_group_costs_only_its_rows(dirs):
+    path = put_parquet(dirs, "c.parquet", [rec(f"R-{i}") for i in range(1, 7)], row_group_size=3,
+                       compression="none", use_dictionary=False)
+    column = pq.ParquetFile(path).metadata.row_group(1).column(3)  # text of rows 4-6
+    data = bytearray(path.read_bytes())
+    start = column.data_page_offset + column.total_compressed_size // 2
+    data[start: column.data_page_offset + column.total_compressed_size - 2] = b"\xff" * (
+        column.total_compressed_size - 2 - column.total_compressed_size // 2)
+    path.write_bytes(bytes(data))
+    result, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1", "R-2", "R-3"]
+    assert [(q["line"], q["reason"]) for q in quarantined] == [(n, "unreadable_file") for n in (4, 5, 6)]
+    assert "row group 1" in quarantined[0]["message"]
+    assert result["rows_in"] == 6
+
+
+# ---------------------------------------------------------------------------
+# Truncated files, vanished files, zero-byte files
+
+
+def test_truncated_jsonl_last_line_is_quarantined_as_truncated(dirs):
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\n" + jline(rec("R-2"))[:30])
+    result, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1"]
+    [q] = quarantined
+    assert (q["line"], q["field"], q["reason"]) == (2, None, "truncated_line")
+    assert "cut off" in q["message"] and q["raw"] == jline(rec("R-2"))[:30]
+
+
+def test_truncated_mid_character_and_unterminated_good_line(dirs):
+    put(dirs, "a.jsonl", jline(rec("R-1")).encode() + b"\n" + jline(rec("R-2", text="café au lait text")).encode()[:-6])
+    put(dirs, "b.jsonl", jline(rec("R-3")) + "\n" + jline(rec("R-4")))  # complete, just no final newline
+    put(dirs, "c.jsonl", jline(rec("R-5")) + "\nnot json\n")  # a bad line that *is* terminated
+    _, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1", "R-3", "R-4", "R-5"]
+    assert [(q["source_file"], q["reason"]) for q in quarantined] == [
+        ("2026-01/a.jsonl", "truncated_line"), ("2026-01/c.jsonl", "malformed_json")]
+
+
+@pytest.mark.parametrize("tail", ['R-2,claim_note,2026-01-14,"cut off in the mid', "R-2,claim_note,20",
+                                  'R-2,claim_note,2026-01-14,"cut off\nafter a line break\n'])
+def test_truncated_csv_last_record(dirs, tail):
+    put(dirs, "b.csv", f'{HEADER}\nR-1,claim_note,2026-01-14,"good ""quoted"" text"\nR-3,x,y,a stray " quote\n{tail}')
+    _, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1", "R-3"]
+    assert [(q["line"], q["reason"]) for q in quarantined] == [(4, "truncated_line")]
+    assert "cut off" in quarantined[0]["message"]
+
+
+def test_file_that_vanishes_after_listing_is_recorded_not_a_crash(dirs, monkeypatch):
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
+    gone = put(dirs, "b.jsonl", jline(rec("R-2")) + "\n")
+    listed = ingest_module.landing_files
+
+    def list_then_delete(*args, **kwargs):
+        files = listed(*args, **kwargs)
+        gone.unlink()  # a producer moves the file away after the listing
+        return files
+
+    monkeypatch.setattr(ingest_module, "landing_files", list_then_delete)
+    result, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1"] and quarantined == []
+    assert (result["files"], result["files_missing"], result["rows_in"]) == (2, 1, 1)
+    assert result["notes"] == ["file disappeared during the run: 2026-01/b.jsonl"]
+
+
+@pytest.mark.parametrize("name", ["b.jsonl", "b.csv", "b.parquet"])
+def test_file_that_vanishes_when_opened(dirs, monkeypatch, name):
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
+    gone = put(dirs, name, b"x")  # content never read: it is gone by then
+    read = ingest_module._read_rows
+
+    def delete_then_read(path, required):
+        if path == gone:
+            gone.unlink()  # stat() saw it; open() will not
+        return read(path, required)
+
+    monkeypatch.setattr(ingest_module, "_read_rows", delete_then_read)
+    result, staged, _ = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1"]
+    assert result["files_missing"] == 1 and result["notes"] == [f"file disappeared during the run: 2026-01/{name}"]
+
+
+def test_missing_output_folder_is_not_mistaken_for_a_vanished_landing_file(dirs, monkeypatch):
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
+
+    def broken(path, required):
+        raise FileNotFoundError("some other file")
+
+    monkeypatch.setattr(ingest_module, "_read_rows", broken)
+    with pytest.raises(FileNotFoundError, match="some other file"):
+        run(dirs)
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.csv", "empty.parquet"])
+def test_zero_byte_file_of_each_format_is_counted(dirs, name):
+    put(dirs, name, b"")
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
+    result, staged, quarantined = run(dirs)
+    assert (result["files"], result["files_empty"], result["rows_in"]) == (2, 1, 1)
+    assert result["notes"] == [f"empty file: 2026-01/{name}"] and quarantined == []
+
+
+# ---------------------------------------------------------------------------
+# Month partitions
+
+
+def test_partition_reads_only_its_month(dirs):
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
+    feb = dirs["landing_dir"] / "2026-02"
+    (feb / "sub").mkdir(parents=True)
+    (feb / "a.jsonl").write_text(jline(rec("R-2")) + "\n")
+    pq.write_table(pa.Table.from_pylist([rec("R-3")]), feb / "sub" / "c.parquet")
+    result, staged, _ = run(dirs, partition="2026-02")
+    assert [(r["record_id"], r["source_file"]) for r in staged] == [
+        ("R-2", "2026-02/a.jsonl"), ("R-3", "2026-02/sub/c.parquet")]
+    assert result["partition"] == "2026-02" and result["files"] == 2
+    result, staged, _ = run(dirs)  # no partition: every month
+    assert [r["record_id"] for r in staged] == ["R-1", "R-2", "R-3"] and result["partition"] is None
+
+
+@pytest.mark.parametrize("bad", ["2026-13", "2026-1", "202601", "../2026-01", "2026-01/", ""])
+def test_invalid_partition_name_is_a_clear_error(dirs, bad):
+    with pytest.raises(InvalidPartitionError) as err:
+        ingest(**dirs, partition=bad)
+    assert str(dirs["landing_dir"] / bad) in str(err.value) and "YYYY-MM" in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_missing_or_empty_partition_folder_is_a_clear_error(dirs):
+    with pytest.raises(MissingPartitionError) as err:
+        ingest(**dirs, partition="2026-03")
+    assert str(dirs["landing_dir"] / "2026-03") in str(err.value) and "does not exist" in str(err.value)
+    assert isinstance(err.value, EmptyLandingError)  # a permanent input error, like an empty landing
+    with pytest.raises(EmptyLandingError) as err:  # the folder exists but holds nothing to ingest
+        ingest(**dirs, partition="2026-01")
+    assert str(dirs["landing_dir"] / "2026-01") in str(err.value)
+    assert not dirs["staging_dir"].exists()
+
+
+# ---------------------------------------------------------------------------
+# Exact duplicates
+
+
+def test_exact_duplicate_text_is_removed_counted_and_audited(dirs):
+    same = "Member asked about the deductible for plan HX."
+    put(dirs, "a.jsonl", "\n".join([
+        jline(rec("R-1", text=same)),
+        jline(rec("R-2", text="  Member asked about the\tdeductible for plan ＨＸ.  ")),  # same once normalised
+        jline(rec("R-3", text=same + " Different.")),
+        jline(rec("R-1", text=same)),  # same id: a conflict, quarantined, not a duplicate
+    ]) + "\n")
+    put(dirs, "b.csv", f"{HEADER}\nR-4,claim_note,2026-01-14,{same}\n")
+    put_parquet(dirs, "c.parquet", [rec("R-5", text=same)])
+    result, staged, quarantined = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-1", "R-3"]
+    assert (result["rows_in"], result["rows_valid"], result["rows_quarantined"], result["duplicates_removed"]) == (
+        6, 2, 1, 3)
+    assert [(q["line"], q["reason"]) for q in quarantined] == [(4, "duplicate_id")]
+    dups = read_jsonl(Path(result["duplicates_path"]))
+    assert result["duplicates_path"] == str(dirs["staging_dir"] / "duplicates.jsonl")
+    assert [(d["record_id"], d["source_file"], d["source_line"], d["duplicate_of"]) for d in dups] == [
+        ("R-2", "2026-01/a.jsonl", 2, "R-1"), ("R-4", "2026-01/b.csv", 2, "R-1"), ("R-5", "2026-01/c.parquet", 1, "R-1")]
+    assert {d["text_sha256"] for d in dups} == {text_hash(same)}
+    assert same not in Path(result["duplicates_path"]).read_text()  # ids and hashes only, never text
+    assert result["quarantine_reasons"] == {"duplicate_id": 1}  # duplicates are not quarantined
+
+
+def test_a_quarantined_row_does_not_claim_its_text(dirs):
+    text = "A text shared by a bad row and a good row."
+    put(dirs, "a.jsonl", jline(rec("R-1", text=text, record_type=None)) + "\n" + jline(rec("R-2", text=text)) + "\n")
+    result, staged, _ = run(dirs)
+    assert [r["record_id"] for r in staged] == ["R-2"] and result["duplicates_removed"] == 0
+
+
+# ---------------------------------------------------------------------------
+# Quarantine-share threshold
+
+
+def test_quarantine_share_over_threshold_fails_with_a_clear_message(dirs):
+    put(dirs, "a.jsonl", "\n".join([jline(rec("R-1")), "not json", "still not json",
+                                    jline(rec("R-2", text=PII[:5]))]) + "\n")
+    put(dirs, "b.jsonl", jline(rec("R-3")) + "\n" + jline(rec("R-4")) + "\n")
+    with pytest.raises(QuarantineThresholdExceeded) as err:
+        ingest(**dirs, max_quarantine_share=0.4)
+    message = str(err.value)
+    quarantine_path = dirs["quarantine_dir"] / "quarantine.jsonl"
+    assert "3 of 6 rows" in message and "50.0%" in message and "40.0%" in message
+    assert "data.max_quarantine_share" in message and str(quarantine_path) in message
+    assert "malformed_json 2, text_too_short 1" in message
+    assert "Maria" not in message and "not json" not in message  # no row text
+    assert isinstance(err.value, ValueError)
+    assert (err.value.share, err.value.threshold, err.value.quarantine_path) == (0.5, 0.4, str(quarantine_path))
+    assert err.value.result["rows_quarantined"] == 3
+    # the outputs are written before failing, so the quarantine can be inspected
+    assert len(read_jsonl(quarantine_path)) == 3 and len(read_jsonl(dirs["staging_dir"] / "rows.jsonl")) == 3
+    # exactly at the threshold passes; the default (0.2) fails
+    assert ingest(**dirs, max_quarantine_share=0.5)["quarantine_share"] == 0.5
+    with pytest.raises(QuarantineThresholdExceeded):
+        ingest(**dirs)
+
+
+def test_duplicates_do_not_count_toward_the_quarantine_share(dirs):
+    put(dirs, "a.jsonl", "\n".join(jline(rec(f"R-{i}", text="the very same text here")) for i in range(5)) + "\n")
+    result = ingest(**dirs, max_quarantine_share=0.0)
+    assert (result["rows_valid"], result["duplicates_removed"], result["quarantine_share"]) == (1, 4, 0.0)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_threshold_out_of_range_is_rejected(dirs, share):
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
+    with pytest.raises(ValueError, match="max_quarantine_share"):
+        ingest(**dirs, max_quarantine_share=share)
+
+
+def test_cli_partition_and_threshold_exit_codes(dirs):
+    put(dirs, "a.jsonl", jline(rec("R-1")) + "\nbad\n")
+    base = [sys.executable, "-m", "tasks.ingest", "--landing", str(dirs["landing_dir"]),
+            "--staging", str(dirs["staging_dir"]), "--quarantine", str(dirs["quarantine_dir"])]
+    ok = subprocess.run([*base, "--partition", "2026-01", "--max-quarantine-share", "0.5"],
+                        capture_output=True, text=True, check=True)
+    assert json.loads(ok.stdout)["partition"] == "2026-01"
+    over = subprocess.run(base, capture_output=True, text=True)
+    assert over.returncode == 3 and "max_quarantine_share" in over.stderr
+    bad = subprocess.run([*base, "--partition", "2026-99"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
