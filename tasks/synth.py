@@ -7,7 +7,8 @@ Writes, under a data root:
                                 personal data (names, emails, phones, SSNs, ids, addresses, birth
                                 dates) appears in few records, each value rarely.
 - synth/qa_heldout.jsonl        questions about the domain facts, never written into a record.
-- synth/general_corpus.txt      general text in the QA format with no domain facts, for the base model.
+- synth/general_corpus.txt      general text in the QA format with no Harborview facts, for the base model:
+                                fictional towns and other fictional insurers (general insurance knowledge).
 - synth/pii_key.json            every raw PII value inserted (type, value, record_id). For tests and
                                 benchmarks only: the pipeline never reads it.
 
@@ -477,13 +478,17 @@ def generate(home: Path, *, seed: int = 7, n_records: int = 2400, months: list[s
 
 
 def main() -> None:
+    from tasks.config import load_config
+
+    defaults = load_config().synth
     parser = argparse.ArgumentParser(description="Generate PrivateTune's sample domain data.")
     parser.add_argument("--home", type=Path, required=True, help="data root (PFT_HOME)")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--records", type=int, default=2400)
-    parser.add_argument("--months", nargs="+", default=["2026-01"])
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--records", type=int, default=defaults.n_records)
+    parser.add_argument("--months", nargs="+", default=defaults.months)
     args = parser.parse_args()
-    print(json.dumps(generate(args.home, seed=args.seed, n_records=args.records, months=args.months), indent=2))
+    print(json.dumps(generate(args.home, seed=args.seed, n_records=args.records, months=args.months,
+                              csv_share=defaults.csv_share, bad_rows=defaults.bad_rows), indent=2))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,15 @@ def make_optimizer(params: list, t: dict):
     raise ValueError(f"train.optimizer: '{name}' is not one of 'adamw', 'sgd'")
 
 
+def frozen_checksums(model) -> dict:
+    """Cheap per-tensor fingerprints of the frozen weights (a full copy would double memory)."""
+    import torch
+
+    with torch.no_grad():
+        return {n: (float(p.double().sum()), float(p.double().abs().sum()))
+                for n, p in model.named_parameters() if not p.requires_grad}
+
+
 def trainable_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -152,12 +161,13 @@ def train(spec: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["base_model_dir"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(spec["base_model_dir"], torch_dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(spec["base_model_dir"], dtype=torch.float32).to(device)
     model = apply_peft(model, spec)
     model.config.use_cache = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     initial = trainable_state(model)
+    frozen_before = frozen_checksums(model)
 
     # -- data
     texts = load_texts(Path(spec["data_path"]))
@@ -238,13 +248,15 @@ def train(spec: dict) -> dict:
     peft_model = model._module if hasattr(model, "_module") else model
     peft_model = peft_model.module if hasattr(peft_model, "module") and world > 1 else peft_model
     changed = _changed_share(initial, trainable_state(peft_model))
+    frozen_after = frozen_checksums(peft_model)
+    frozen_moved = sum(1 for k, v in frozen_before.items() if frozen_after.get(k) != v)
     result = {
         "method": t["method"], "dp": t["dp"], "epsilon": round(epsilon, 4) if t["dp"] else None,
         "target_epsilon": t["target_epsilon"] if t["dp"] else None, "delta": delta if t["dp"] else None,
         "noise_multiplier": round(noise, 4), "max_grad_norm": t["max_grad_norm"],
         "steps": step, "epochs": t["epochs"], "records": n, "batch_size": t["batch_size"],
         "trainable_params": trainable, "total_params": total, "trainable_pct": round(100 * trainable / total, 3),
-        "trainable_tensors_changed": changed, "final_loss": history[-1]["loss"] if history else None,
+        "trainable_tensors_changed": changed, "frozen_tensors_changed": frozen_moved, "final_loss": history[-1]["loss"] if history else None,
         "train_seconds": round(elapsed, 1), "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
         "world_size": world, "adapter_dir": str(out_dir / "adapter"),
         "mlflow_run_id": mlflow_run.info.run_id if mlflow_run else None,
@@ -303,7 +315,8 @@ def _mlflow_log_params(spec: dict, *, n: int, delta: float, noise: float, traina
     params = {k: t[k] for k in ("method", "lora_r", "lora_alpha", "lora_dropout", "epochs", "batch_size",
                                 "physical_batch_size", "learning_rate", "max_seq_len", "dp", "target_epsilon",
                                 "max_grad_norm", "seed")}
-    params.update({"optimizer": t.get("optimizer", "adamw"), "target_modules": ",".join(t["target_modules"]), "records": n, "delta": delta,
+    params.update({"optimizer": t.get("optimizer", "adamw"), "target_modules": ",".join(t["target_modules"]),
+                   "records": n, "delta": delta,
                    "noise_multiplier": round(noise, 5), "trainable_params": trainable, "total_params": total,
                    "base_model": Path(spec["base_model_dir"]).name, "dataset_rev": spec.get("dataset_rev", "")})
     mlflow.log_params(params)

@@ -20,15 +20,13 @@ import yaml
 from tasks.report import REQUIRED_FIELDS, lookup
 
 REPO = Path(__file__).resolve().parent.parent
-E2E_RECORDS = 1000
+E2E_RECORDS = 4000
 
-# The committed config, with the small model and a training budget that fits CI.
+# The committed config as it is (demo-size model, DP-SGD at ε = 8): DP on the tiny model moves
+# answer likelihoods but not exact matches, so the EM comparison needs the demo model.
+# Only the toxicity generations are shortened to save time.
 E2E_CONFIG = {
-    "base_model": {"size": "tiny"},
-    "train": {"epochs": 6.0, "batch_size": 64, "physical_batch_size": 64, "learning_rate": 0.005,
-              "target_epsilon": 8.0},
     "evaluate": {"toxicity_max_new_tokens": 16},
-    "synth": {"n_records": E2E_RECORDS},
 }
 
 
