@@ -30,13 +30,14 @@ export TOKENIZERS_PARALLELISM := false
 KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 WITH_KEY = export PFT_PSEUDONYM_KEY="$${PFT_PSEUDONYM_KEY:-$$(cat $(KEY_FILE))}";
 
-.PHONY: help setup demo test airflow data base-model report clean-runs clean
+.PHONY: help setup demo test airflow data base-model report bench-mask clean-runs clean
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
 	@echo "make test      install and run the test suite"
 	@echo "make airflow   start Airflow (web UI on http://localhost:8080) on the same PFT_HOME"
 	@echo "make report    print the summary of the latest run"
+	@echo "make bench-mask  masking recall per entity and throughput (results in bench/results/)"
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +77,10 @@ airflow: setup
 	@echo "Airflow UI: http://localhost:8080  — user 'admin'; its password is printed below and kept in"
 	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
 	@$(WITH_KEY) $(BIN)/airflow standalone
+
+# Masking quality (precision/recall/F2 per entity) and throughput vs a plain Presidio loop.
+bench-mask: $(STAMP)
+	$(BIN)/python bench/bench_mask.py --out bench/results/mask.json
 
 clean-runs:
 	rm -rf $(PFT_HOME)/runs $(PFT_HOME)/staging $(PFT_HOME)/quarantine

@@ -41,6 +41,9 @@ class MaskConfig(_Section):
     key_conn_id: str = Field("pft_pseudonym_key", description="Airflow connection with the key in its password")
     score_threshold: float = Field(0.4, ge=0.0, le=1.0)
     language: str = "en"
+    workers: int = Field(2, ge=1, description="masking processes (each loads its engines once)")
+    max_residual_share: float | None = Field(0.01, ge=0.0, le=1.0,
+                                             description="fail when more records still look like PII; None = count only")
 
 
 class BaseModelConfig(_Section):

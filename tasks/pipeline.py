@@ -35,11 +35,11 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from tasks.ingest import EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded
-    from tasks.mask import MissingKeyError
+    from tasks.mask import MissingKeyError, ResidualPiiError
     from tasks.validate import ValidationFailed
 
     return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
-            MissingKeyError, ValidationError)
+            MissingKeyError, ResidualPiiError, ValidationError)
 
 
 def _paths() -> Paths:
@@ -145,7 +145,7 @@ def stage_mask(run_id: str, ingested: dict) -> dict:
     return _timed(run_id, "mask", mask_dataset, rows_path=Path(ingested["staged_path"]),
                   out_dir=paths.run_dir(run_id) / "masked", key=key,
                   recognizers_path=_repo_path(cfg.mask.recognizers), score_threshold=cfg.mask.score_threshold,
-                  language=cfg.mask.language)
+                  language=cfg.mask.language, workers=cfg.mask.workers, max_residual_share=cfg.mask.max_residual_share)
 
 
 def stage_version(run_id: str, masked: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Masking stage: every PII type is caught, placeholders are typed and keyed, domain facts survive."""
+"""Masking stage: every PII type is caught, placeholders are typed and keyed, domain facts survive;
+operators per entity from the YAML; the residual scan counts and fails; workers and batching."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import yaml
 
 from tasks import mask
 from tasks.config import REPO_ROOT
-from tasks.mask import MissingKeyError, mask_dataset, mask_texts, resolve_key
+from tasks.mask import MissingKeyError, ResidualPiiError, mask_dataset, mask_records, mask_texts, resolve_key
 
 RECOGNIZERS = REPO_ROOT / "include" / "presidio" / "recognizers.yaml"
 KEY = b"test-key-0123456789abcdef0123456789"
@@ -108,7 +109,7 @@ def test_no_raw_pii_survives(masked):
 
 def test_result_dict_and_entities_file_hold_counts_only(masked):
     result, out_dir = masked
-    assert set(result) == {"rows", "entities", "entities_total", "masked_path"}
+    assert set(result) == {"rows", "entities", "entities_total", "masked_path", "residual", "residual_share"}
     assert result["rows"] == len(RECORDS)
     assert result["masked_path"] == str(out_dir / "train.jsonl")
     assert json.loads((out_dir / "entities.json").read_text()) == result["entities"]
@@ -214,6 +215,7 @@ def test_no_network_and_no_text_in_logs(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     # Rebuild the analyzer and the TLD extractor under the ban (spaCy stays loaded).
     monkeypatch.setattr(mask, "_ANALYZERS", {})
+    monkeypatch.setattr(mask, "_RESIDUAL_RECOGNIZERS", {})
     monkeypatch.setattr(mask, "_OFFLINE_TLD", None)
     caplog.set_level("DEBUG")
 
@@ -244,3 +246,171 @@ def test_cli_prints_result_json(tmp_path, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == 1 and result["entities"]["PERSON"] == 1
     assert mask.pseudonym("PERSON", "Maria Gonzalez", KEY) in (tmp_path / "out" / "train.jsonl").read_text()
+
+
+# ---------------------------------------------------------------- operators per entity
+
+def _custom_yaml(tmp_path: Path, name: str = "custom.yaml", *, drop_recognizer: str | None = None, **entities) -> Path:
+    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config["mask"]["entities"].update(entities)
+    if drop_recognizer:
+        config["recognizers"] = [r for r in config["recognizers"] if r["name"] != drop_recognizer]
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_mask_chars_keeps_the_last_letters_and_digits_and_the_separators():
+    assert mask.mask_chars("219-09-9999") == "***-**-9999"
+    assert mask.mask_chars("4111 1111 1111 1111", keep_last=4, masking_char="#") == "#### #### #### 1111"
+    assert mask.mask_chars("(312) 555-0147", keep_last=0) == "(***) ***-****"
+    assert mask.mask_chars("MBR-48", keep_last=9) == "MBR-48"  # shorter than keep_last: nothing hidden
+
+
+def test_each_operator_from_yaml(tmp_path):
+    custom = _custom_yaml(
+        tmp_path, PERSON="replace", MEMBER_ID="redact", PHONE_NUMBER="pseudonym",
+        US_SSN={"operator": "mask"},  # keep_last 4 and "*" by default
+        CREDIT_CARD={"operator": "mask", "keep_last": 2, "masking_char": "#"},
+        CLAIM_ID=None,  # no operator given: the default one (pseudonym)
+    )
+    text = ("Maria Gonzalez, MBR-48213377, SSN 219-09-9999, card 4111 1111 1111 1111, "
+            "phone 312-555-0147, claim CLM-2026-004821.")
+    ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=custom)
+    assert masked == (f"<PERSON>, , SSN ***-**-9999, card #### #### #### ##11, "
+                      f"phone {mask.pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, "
+                      f"claim {mask.pseudonym('CLAIM_ID', 'CLM-2026-004821', KEY)}.")
+    assert counts == {"PERSON": 1, "MEMBER_ID": 1, "US_SSN": 1, "CREDIT_CARD": 1, "PHONE_NUMBER": 1, "CLAIM_ID": 1}
+    spec = mask.load_spec(custom)
+    assert spec.entities["CREDIT_CARD"] == mask.Operator("mask", 2, "#")
+    assert spec.entities["CLAIM_ID"] == mask.Operator("pseudonym")
+
+
+@pytest.mark.parametrize("entry, error", [
+    ({"operator": "redact", "keep_last": 4}, "only apply to the 'mask' operator"),
+    ({"operator": "mask", "keep_last": -1}, "keep_last must be a whole number"),
+    ({"operator": "mask", "keep_last": "4"}, "keep_last must be a whole number"),
+    ({"operator": "mask", "masking_char": "x"}, "masking_char must be one character"),
+    ({"operator": "mask", "masking_char": "**"}, "masking_char must be one character"),
+    ({"operator": "mask", "keep": 4}, "unknown option"),
+    ({"operator": "shuffle"}, "operator 'shuffle' is not one of"),
+    (["mask"], "expected an operator name or a mapping"),
+])
+def test_operator_errors_name_file_and_entity(tmp_path, entry, error):
+    custom = _custom_yaml(tmp_path, "ops.yaml", US_SSN=entry)
+    with pytest.raises(ValueError, match=rf"ops\.yaml: mask\.entities\.US_SSN: .*{re.escape(error)}"):
+        mask.load_spec(custom)
+
+
+def test_formats_beyond_presidio_defaults():
+    texts = [
+        "Please call me at 0335 7793958 today.",  # a foreign format, after "call" (a spaCy stop word)
+        "Card 2224840206583879 was declined.",  # Mastercard 2-series, Luhn-valid
+        "Card 2224840206583870 was declined.",  # fails the Luhn check: not a card
+        "Contact: Member: Aisha Okafor, ID MBR-48213377.",  # the second label is not a name
+    ]
+    out = [text for text, _ in mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS)]
+    assert out[0] == f"Please call me at {mask.pseudonym('PHONE_NUMBER', '0335 7793958', KEY)} today."
+    assert out[1] == f"Card {mask.pseudonym('CREDIT_CARD', '2224840206583879', KEY)} was declined."
+    assert out[2] == texts[2]
+    assert out[3].startswith(f"Contact: Member: {mask.pseudonym('PERSON', 'Aisha Okafor', KEY)}, ID <MEMBER_ID_")
+
+
+# ---------------------------------------------------------------- residual scan
+
+def test_residual_findings_ignore_placeholders_masks_and_allow_list():
+    spec = mask.load_spec(RECOGNIZERS)
+    clean = (f"Member {mask.pseudonym('PERSON', 'Maria Gonzalez', KEY)} <US_SSN>, card **** **** **** 1111, "
+             f"phone {mask.pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, CPT 70551 costs $1,500 from 2026-01-01.")
+    assert mask.residual_findings(clean, [], spec) == {}
+    leaky = "SSN 219-09-9999 and MBR 48213377, call (312) 555-0147 or mail maria.g@example.com; DOB: 04/12/1961."
+    assert mask.residual_findings(leaky, [], spec) == {
+        "US_SSN": 1, "MEMBER_ID": 1, "PHONE_NUMBER": 1, "EMAIL_ADDRESS": 1, "DATE_OF_BIRTH": 1}
+    # One value two detectors agree on counts once.
+    from presidio_analyzer import RecognizerResult
+    assert mask.residual_findings("SSN 219-09-9999.", [RecognizerResult("US_SSN", 4, 15, 0.5)], spec) == {"US_SSN": 1}
+
+
+def test_residual_scan_is_zero_on_clean_output(masked):
+    result, out_dir = masked
+    assert result["residual"] == {} and result["residual_share"] == 0.0
+    report = json.loads((out_dir / "residual.json").read_text())
+    assert report == {"rows": len(RECORDS), "residual": {}, "residual_records": 0, "residual_share": 0.0,
+                      "max_residual_share": 0.01, "record_ids": []}
+
+
+def test_residual_pii_fails_the_stage_with_counts_and_ids_only(tmp_path, caplog):
+    # A customer's YAML lost the member-id recognizer: masking misses the ids, the residual scan does not.
+    broken = _custom_yaml(tmp_path, drop_recognizer="member_id")
+    rows = _write_rows(tmp_path / "rows.jsonl", RECORDS)
+    out = tmp_path / "out"
+    with pytest.raises(ResidualPiiError) as err:
+        mask_dataset(rows_path=rows, out_dir=out, key=KEY, recognizers_path=broken)
+    message = str(err.value)
+    assert "1 of 5 masked records (20.00%)" in message and "MEMBER_ID: 1" in message and "R-1" in message
+    assert "max_residual_share=1.00%" in message
+    assert not any(value in message for _, value in PII) and "48213377" not in message
+    assert not any(value in caplog.text for _, value in PII)
+    assert err.value.residual == {"MEMBER_ID": 1} and err.value.record_ids == ["R-1"]
+    assert not (out / "train.jsonl").exists() and not (out / "train.jsonl.tmp").exists()
+    assert json.loads((out / "residual.json").read_text())["record_ids"] == ["R-1"]
+
+    # Counting only (None), or a looser threshold: the stage publishes and reports the residue.
+    for share in (None, 0.5):
+        result = mask_dataset(rows_path=rows, out_dir=out, key=KEY, recognizers_path=broken,
+                              max_residual_share=share)
+        assert result["residual"] == {"MEMBER_ID": 1} and result["residual_share"] == pytest.approx(0.2)
+        assert "MBR-48213377" in (out / "train.jsonl").read_text()  # what the scan flagged
+
+
+def test_residual_config_errors_name_the_field(tmp_path):
+    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config["residual"]["patterns"]["US_SSN"] = "(\\d{3}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ValueError, match=r"bad\.yaml: residual\.patterns\.US_SSN\[0\] is not a valid regex"):
+        mask.load_spec(bad)
+    config["residual"] = {"score_threshold": 2}
+    bad.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ValueError, match=r"residual\.score_threshold"):
+        mask.load_spec(bad)
+    with pytest.raises(ValueError, match="max_residual_share"):
+        mask_dataset(rows_path=_write_rows(tmp_path / "rows.jsonl", RECORDS[:1]), out_dir=tmp_path / "o", key=KEY,
+                     recognizers_path=RECOGNIZERS, max_residual_share=1.5)
+
+
+# ---------------------------------------------------------------- throughput: batching and workers
+
+def test_spacy_runs_only_ner_in_one_batched_pipe(monkeypatch):
+    spec = mask.load_spec(RECOGNIZERS)
+    nlp = mask._analyzer(RECOGNIZERS, "en", spec).nlp_engine.nlp["en"]
+    assert nlp.pipe_names == ["ner"]
+    calls = []
+    real_pipe = nlp.pipe
+
+    def counting_pipe(texts, **kwargs):
+        texts = list(texts)
+        calls.append((len(texts), kwargs.get("batch_size")))
+        return real_pipe(texts, **kwargs)
+
+    monkeypatch.setattr(nlp, "pipe", counting_pipe)
+    texts = [text for _, _, text in RECORDS] * 2
+    out = list(mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, batch_size=64, workers=1))
+    assert len(out) == len(texts)
+    assert calls == [(len(texts), 64)]  # one nlp.pipe over all texts, not one nlp() per text
+
+
+def test_workers_give_the_same_result_in_input_order(monkeypatch):
+    started = []
+    real_start = mask._start_pool
+    monkeypatch.setattr(mask, "_start_pool", lambda *a: started.append(a) or real_start(*a))
+    # Distinct texts, so an order mix-up would show.
+    texts = [f"Ticket {i}. {text}" for i in range(3) for _, _, text in RECORDS]
+    single = list(mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1, chunk_size=4))
+    assert not started
+    parallel = list(mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=2, chunk_size=4))
+    assert len(started) == (1 if mask.usable_workers(2) > 1 else 0)
+    assert parallel == single
+    assert [m.text.split(".")[0] for m in parallel] == [t.split(".")[0] for t in texts]
+    assert single[0].spans and all(isinstance(e, str) and 0 <= s < e_ <= len(texts[0]) for e, s, e_ in single[0].spans)
+
