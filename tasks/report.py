@@ -57,9 +57,10 @@ def build_report(run_dir: Path) -> dict:
 def summary_lines(report: dict) -> list[str]:
     def get(field, default="—"):
         try:
-            return lookup(report, field)
+            value = lookup(report, field)
         except KeyError:
             return default
+        return round(value, 3) if isinstance(value, float) and field.startswith("evaluate.") else value
 
     entities = get("mask.entities", {}) or {}
     ent = ", ".join(f"{k} {v}" for k, v in sorted(entities.items(), key=lambda kv: -kv[1])) or "—"
