@@ -28,6 +28,7 @@ from typing import Any
 
 from tasks import offline
 from tasks.config import INCLUDE_DIR, REPO_ROOT, EvalConfig
+from tasks.jsonl import read_objects
 
 TASK_NAME = "domain_qa"
 TASK_SRC_DIR = INCLUDE_DIR / "lm_eval_tasks" / TASK_NAME
@@ -43,29 +44,8 @@ PROMPT_FIELDS = ("id", "category", "prompt")
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Read a JSONL file whose rows must hold `fields` as non-empty strings.
-
-    Errors name the file, line and field, never the row's text.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (pass an existing JSONL file)")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
-            for field in fields:
-                value = row.get(field)
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{path}:{lineno}: field '{field}' is missing or not a non-empty string")
-            rows.append(row)
+    """Read a JSONL file whose rows must hold `fields` as non-empty strings (errors name file, line, field)."""
+    rows = list(read_objects(path, fields=fields))
     if not rows:
         raise ValueError(f"{path}: no rows; expected JSONL lines with fields {list(fields)}")
     return rows

@@ -46,6 +46,8 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import yaml
 
+from tasks.jsonl import read_objects
+
 log = logging.getLogger(__name__)
 
 OPERATORS = ("pseudonym", "replace", "redact", "mask", "keep")
@@ -825,21 +827,8 @@ def mask_texts(texts: Iterable[str], *, key: bytes, recognizers_path: Path, scor
 
 
 def _read_rows(rows_path: Path) -> Iterator[dict]:
-    with open(rows_path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{rows_path} line {line_no}: not valid JSON ({exc.msg}); re-run ingest") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{rows_path} line {line_no}: expected a JSON object; re-run ingest")
-            for field in ("record_id", "record_type", "text"):
-                if not isinstance(row.get(field), str):
-                    raise ValueError(f"{rows_path} line {line_no}: field '{field}' is missing or not a string; "
-                                     "staged rows must pass validation before masking")
-            yield row
+    return read_objects(rows_path, fields=("record_id", "record_type", "text"),
+                        hint="; staged rows must pass ingest and validation before masking")
 
 
 def _residual_message(residual: dict[str, int], flagged: list[str], rows: int, share: float,

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tasks import offline
+from tasks.jsonl import read_objects
 
 log = logging.getLogger("tasks.train")
 
@@ -29,15 +30,7 @@ log = logging.getLogger("tasks.train")
 # ---------------------------------------------------------------- setup helpers
 
 def load_texts(path: Path) -> list[str]:
-    texts = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{path}:{line_no}: not a masked record with a 'text' field ({type(exc).__name__})") from None
+    texts = [row["text"] for row in read_objects(path, fields=("text",), hint="; re-run the version stage")]
     if not texts:
         raise ValueError(f"{path}: the training set is empty")
     return texts

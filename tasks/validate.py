@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tasks.jsonl import read_objects
+
 log = logging.getLogger(__name__)
 
 SEVERITIES = ("fail", "warn")
@@ -80,24 +82,7 @@ def load_suite_spec(suite_path: Path) -> dict[str, Any]:
 
 def read_rows(rows_path: Path) -> list[dict[str, Any]]:
     """Staged rows as dicts; a broken line is reported by file and line number only."""
-    rows_path = Path(rows_path)
-    if not rows_path.is_file():
-        raise FileNotFoundError(f"staged rows not found: {rows_path} (run the ingest stage first)")
-    rows = []
-    with rows_path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{rows_path} line {number} is not valid JSON ({exc.msg}); rerun ingest to rebuild it"
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{rows_path} line {number} is not a JSON object; rerun ingest to rebuild it")
-            rows.append(row)
-    return rows
+    return list(read_objects(rows_path, hint="; run the ingest stage first to (re)build it"))
 
 
 # ---------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_bad_rows_name_file_and_line_without_text(tmp_path):
     rows.write_text(json.dumps({"record_id": "R-1", "record_type": "claim_note", "text": "ok"}) + "\n"
                     + json.dumps({"record_id": "R-2", "record_type": "claim_note", "text": 42,
                                   "note": "Maria Gonzalez"}) + "\n")
-    with pytest.raises(ValueError, match=r"rows\.jsonl line 2: field 'text'") as err:
+    with pytest.raises(ValueError, match=r"rows\.jsonl:2: field 'text'") as err:
         mask_dataset(rows_path=rows, out_dir=tmp_path / "out", key=KEY, recognizers_path=RECOGNIZERS)
     assert "Maria" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="run ingest"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tasks.config import TrainConfig
@@ -73,3 +74,21 @@ def test_bad_training_file_names_file_and_line(tmp_path, base_dir):
         fh.write('{"record_id": "x"}\n')
     with pytest.raises(ValueError, match=r"train\.jsonl:65"):
         train(spec)
+
+
+def test_seeded_reconstruction_of_the_initial_adapter_is_exact(tmp_path, base_dir):
+    """The e2e test rebuilds the initial LoRA weights from the seed to prove training moved them;
+    this shows the rebuild is exact (a negligible step leaves lora_A equal to it), so that check can fail."""
+    from transformers import AutoModelForCausalLM
+
+    from tasks.train import apply_peft
+
+    spec = _spec(tmp_path, base_dir, dp=False, learning_rate=1e-30)
+    train(spec)
+    torch.manual_seed(spec["train"]["seed"])
+    model = apply_peft(AutoModelForCausalLM.from_pretrained(base_dir), spec)
+    initial = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_A" in k}
+    trained = {k: v for k, v in load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors").items()
+               if "lora_A" in k}
+    assert trained and trained.keys() == initial.keys()
+    assert all(torch.equal(initial[k], trained[k]) for k in trained)
