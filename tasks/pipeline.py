@@ -160,6 +160,7 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
     """Check out the versioned dataset (what a GPU worker does) and launch the recipe under torchrun."""
 
     def train() -> dict:
+        from tasks.tracking import pipeline_mlflow_run
         from tasks.version import checkout_dataset
 
         cfg, paths = run_config(run_id), _paths()
@@ -174,7 +175,8 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
         spec = {"train": cfg.train.model_dump(), "base_model_dir": prepared["base_model_dir"],
                 "data_path": str(data_path), "out_dir": str(run_dir / "train"),
                 "dataset_rev": versioned["dataset_rev"],
-                "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id)}}
+                "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id),
+                           "run_id": pipeline_mlflow_run(paths, run_id)}}
         spec_path = run_dir / "train_spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         launch_torchrun(spec_path, nproc_per_node=cfg.train.nproc_per_node, log_path=run_dir / "train" / "torchrun.log")

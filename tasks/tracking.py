@@ -20,3 +20,25 @@ def mlflow_experiment(paths: Paths, name: str = EXPERIMENT) -> str:
     if experiment is not None:
         return experiment.experiment_id
     return mlflow.create_experiment(name, artifact_location=paths.mlflow_artifacts.as_uri())
+
+
+def pipeline_mlflow_run(paths: Paths, run_id: str) -> str:
+    """The one MLflow run of a pipeline run: found by tag, created on first use.
+
+    Every stage (validation Data Docs, masking counts, dataset revision, training
+    curves, evaluation) logs into it, and a retried task finds the same run instead of
+    starting a second one.
+    """
+    from mlflow import MlflowClient
+
+    from tasks.config import safe_run_id
+
+    experiment_id = mlflow_experiment(paths)
+    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri)
+    found = client.search_runs([experiment_id], filter_string=f"tags.pipeline_run_id = '{safe_run_id(run_id)}'",
+                               max_results=1, order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=safe_run_id(run_id),
+                            tags={"pipeline_run_id": safe_run_id(run_id)})
+    return run.info.run_id

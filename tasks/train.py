@@ -295,10 +295,13 @@ def _mlflow_start(spec: dict):
     from tasks.tracking import mlflow_experiment
 
     experiment_id = mlflow_experiment(Paths(Path(spec["mlflow"]["home"])))
+    tags = {"dataset_rev": spec.get("dataset_rev", ""), "dp": str(spec["train"]["dp"]).lower()}
+    if spec["mlflow"].get("run_id"):  # the pipeline's run, shared with the data and evaluation stages
+        run = mlflow.start_run(run_id=spec["mlflow"]["run_id"])
+        mlflow.set_tags(tags)
+        return run
     return mlflow.start_run(experiment_id=experiment_id, run_name=spec["mlflow"].get("run_name"),
-                            tags={"pipeline_run_id": spec["mlflow"].get("run_name", ""),
-                                  "dataset_rev": spec.get("dataset_rev", ""),
-                                  "dp": str(spec["train"]["dp"]).lower()})
+                            tags={"pipeline_run_id": spec["mlflow"].get("run_name", ""), **tags})
 
 
 def _mlflow_log_params(spec: dict, *, n: int, delta: float, noise: float, trainable: int, total: int) -> None:
