@@ -98,6 +98,25 @@ class SynthConfig(_Section):
     bad_rows: int = Field(6, ge=0, description="deliberately malformed rows in the landing data")
 
 
+class DatasetBudget(_Section):
+    epsilon_budget: float | None = Field(..., gt=0)
+    delta_budget: float | None = Field(..., gt=0, lt=1)
+
+
+class PrivacyConfig(_Section):
+    """Total privacy budget per source dataset, enforced by tasks.ledger before training.
+
+    Basic composition: ε and δ of every run on the same source dataset add up (monthly
+    versions accumulate, so all its runs overlap). None = record only, not enforced."""
+
+    source_dataset: str = Field("harborview-records", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$",
+                                description="id of the source whose records the pipeline trains on")
+    epsilon_budget: float | None = Field(80.0, gt=0, description="total ε per source dataset")
+    delta_budget: float | None = Field(2.5e-4, gt=0, lt=1, description="total δ per source dataset")
+    allow_non_private: bool = Field(False, description="allow dp: false runs, which void the dataset's DP guarantee")
+    budgets: dict[str, DatasetBudget] = Field({}, description="per-dataset overrides of the two budgets")
+
+
 class PipelineConfig(_Section):
     data: DataConfig = DataConfig()
     mask: MaskConfig = MaskConfig()
@@ -106,6 +125,7 @@ class PipelineConfig(_Section):
     evaluate: EvalConfig = EvalConfig()
     registry: RegisterConfig = RegisterConfig()
     synth: SynthConfig = SynthConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _batches_consistent(self) -> "PipelineConfig":
