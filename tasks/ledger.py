@@ -444,7 +444,9 @@ def _check(conn: Connection, dataset: str, epsilon: float, delta: float, budget:
                f"limit ε={_fmt(budget.epsilon)}; spent δ={_fmt(s.delta)}, requested δ={_fmt(requested_delta)}, "
                f"limit δ={_fmt(budget.delta)}")
     where = f"dataset '{dataset}'"
-    if not private and not budget.allow_non_private:
+    if not private:
+        if budget.allow_non_private:
+            return status  # the operator accepted that this dataset loses its DP guarantee
         raise PrivacyBudgetExceeded(
             f"privacy budget refused a non-private run on {where}: {figures}. A non-private run spends unbounded "
             f"ε and voids the DP guarantee for every record of the dataset; set privacy.allow_non_private: true "

@@ -1,0 +1,292 @@
+"""Privacy budget ledger: recording, composition, refusal, append-only, idempotence, CLI, concurrency."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DatabaseError
+
+from tasks import ledger as L
+from tasks.config import PipelineConfig, PrivacyConfig
+
+REPO = Path(__file__).resolve().parent.parent
+DIGEST = L.lineage_digest(["rec-0001", "rec-0002", "rec-0003"])
+
+
+@pytest.fixture
+def url(tmp_path):
+    yield f"sqlite:///{tmp_path / 'ledger.db'}"
+    L.dispose_engines()
+
+
+def _run(url, run_id, eps=2.0, delta=1e-5, dataset="ds-a", budget=None, **kw):
+    args = dict(run_id=run_id, dataset=dataset, dataset_revisions=["rev-" + run_id], record_count=3,
+                lineage_digest=DIGEST, epsilon=eps, delta=delta, accountant="prv", noise_multiplier=0.9,
+                sample_rate=0.032, steps=79, max_grad_norm=1.0, budget=budget, url=url)
+    args.update(kw)
+    return L.record_run(**args)
+
+
+def test_record_and_read_back(url):
+    entry = _run(url, "manual__2026-01-01T00:00:00+00:00", eps=3.5, delta=2.5e-5, notes="monthly run")
+    [back] = L.entries(url=url)
+    assert back == entry
+    assert (back.seq, back.run_id, back.source_dataset) == (1, "manual__2026-01-01T00:00:00+00:00", "ds-a")
+    assert back.dataset_revisions == ("rev-manual__2026-01-01T00:00:00+00:00",)
+    assert (back.record_count, back.lineage_digest, back.private) == (3, DIGEST, True)
+    assert (back.mechanism, back.accountant, back.noise_multiplier, back.sample_rate, back.steps,
+            back.max_grad_norm) == ("DP-SGD (Opacus)", "prv", 0.9, 0.032, 79, 1.0)
+    assert (back.epsilon, back.delta, back.notes) == (3.5, 2.5e-5, "monthly run")
+    assert back.created_at.tzinfo is not None and abs(time.time() - back.created_at.timestamp()) < 60
+    assert json.loads(json.dumps(back.as_dict(), allow_nan=False))["epsilon"] == 3.5
+
+
+def test_cumulative_totals_and_other_datasets_not_counted(url):
+    for i in range(10):
+        _run(url, f"run-{i}", eps=8.0, delta=2.5e-5)
+    _run(url, "other", eps=5.0, delta=1e-6, dataset="ds-b")
+    s = L.spent("ds-a", url=url)
+    assert (s.epsilon, s.runs) == (80.0, 10) and math.isclose(s.delta, 2.5e-4)
+    assert L.spent("ds-b", url=url) == L.Spent(epsilon=5.0, delta=1e-6, runs=1)
+    assert L.spent("nothing", url=url) == L.Spent(0.0, 0.0, 0)
+    # exactly at the limit is allowed (float sums of δ must not trip it); ds-b's spend is not in ds-a's
+    assert L.check_budget("ds-b", 75.0, 1e-5, budget=L.Budget(80.0, 2.5e-4), url=url).spent_epsilon == 5.0
+    with pytest.raises(L.PrivacyBudgetExceeded):
+        L.check_budget("ds-a", 0.5, 0.0, budget=L.Budget(80.0, 2.5e-4), url=url)
+    status = L.check_budget("ds-a", 1.0, 0.0, budget=L.Budget(81.0, 2.5e-4), url=url)
+    assert (status.spent_epsilon, status.runs, status.requested_epsilon) == (80.0, 10, 1.0)
+
+
+def test_refusal_states_spent_requested_limit_and_is_not_recorded(url):
+    budget = L.Budget(epsilon=10.0, delta=1e-4)
+    _run(url, "r1", eps=4.0, delta=2e-5, budget=budget)
+    _run(url, "r2", eps=4.5, delta=2e-5, budget=budget)
+    with pytest.raises(L.PrivacyBudgetExceeded) as err:
+        _run(url, "r3", eps=3.0, delta=1e-5, budget=budget)
+    msg = str(err.value)
+    for part in ("'ds-a'", "spent ε=8.5", "2 run(s)", "requested ε=3", "limit ε=10",
+                 "spent δ=4e-05", "requested δ=1e-05", "limit δ=0.0001"):
+        assert part in msg, (part, msg)
+    assert err.value.status.spent_epsilon == 8.5 and err.value.status.limit_epsilon == 10.0
+    assert [e.run_id for e in L.entries(url=url)] == ["r1", "r2"]
+    # δ alone can exceed too
+    with pytest.raises(L.PrivacyBudgetExceeded, match=r"requested δ=0.0001"):
+        L.check_budget("ds-a", 0.1, 1e-4, budget=budget, url=url)
+    assert _run(url, "r3", eps=1.5, delta=1e-5, budget=budget).seq == 3
+
+
+def test_same_run_twice_is_one_entry_and_not_counted_twice(url):
+    budget = L.Budget(epsilon=10.0, delta=1e-4)
+    first = _run(url, "resumed", eps=6.0, budget=budget)
+    again = _run(url, "resumed", eps=6.0, budget=budget)  # retry: 6 + 6 > 10 would refuse if counted twice
+    assert again == first and len(L.entries(url=url)) == 1
+    assert L.spent("ds-a", url=url).epsilon == 6.0
+    status = L.check_budget("ds-a", 6.0, 1e-5, budget=budget, run_id="resumed", url=url)
+    assert status.already_recorded and status.spent_epsilon == 0.0
+    with pytest.raises(L.PrivacyBudgetExceeded):
+        L.check_budget("ds-a", 6.0, 1e-5, budget=budget, run_id="a-new-run", url=url)
+    # the same id on other data or with other parameters is a new mechanism, not a retry
+    with pytest.raises(L.LedgerConflict, match="dataset_revisions.*new run id"):
+        _run(url, "resumed", eps=6.0, dataset_revisions=["another-rev"])
+    with pytest.raises(L.LedgerConflict, match="epsilon"):
+        _run(url, "resumed", eps=7.0)
+    assert len(L.entries(url=url)) == 1
+
+
+def test_update_and_delete_are_refused_by_the_database(url, tmp_path):
+    _run(url, "r1", eps=2.0)
+    raw = sqlite3.connect(tmp_path / "ledger.db")
+    for sql in ("UPDATE privacy_ledger SET epsilon = 0", "DELETE FROM privacy_ledger"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            raw.execute(sql)
+        raw.rollback()
+    raw.close()
+    with create_engine(url).begin() as conn, pytest.raises(DatabaseError, match="append-only"):
+        conn.execute(text("UPDATE privacy_ledger SET delta = 0 WHERE run_id = 'r1'"))
+    [entry] = L.entries(url=url)
+    assert (entry.epsilon, entry.delta) == (2.0, 1e-5)
+    assert not any(hasattr(L, name) for name in ("update_run", "delete_run", "remove_run"))
+
+
+def test_non_private_runs(url):
+    budget = L.Budget(epsilon=20.0, delta=1e-4)
+    _run(url, "dp-1", eps=3.0, budget=budget)
+    with pytest.raises(L.PrivacyBudgetExceeded, match=r"non-private run on dataset 'ds-a'.*requested ε=inf.*"
+                                                      r"limit ε=20.*allow_non_private"):
+        _run(url, "plain", private=False, epsilon=None, delta=None, budget=budget)
+    assert len(L.entries(url=url)) == 1
+
+    allow = L.Budget(epsilon=20.0, delta=1e-4, allow_non_private=True)
+    entry = _run(url, "plain", private=False, epsilon=None, delta=None, budget=allow)
+    assert (entry.epsilon, entry.delta, entry.private) == (math.inf, 0.0, False)
+    assert (entry.mechanism, entry.noise_multiplier) == ("none (non-private)", None)
+    s = L.spent("ds-a", url=url)
+    assert math.isinf(s.epsilon) and s.non_private_runs == ("plain",)
+    # the dataset's guarantee is void: a later DP run is refused, and the message says why
+    with pytest.raises(L.PrivacyBudgetExceeded, match=r"non-private run\(s\) plain voided.*spent ε=inf"):
+        L.check_budget("ds-a", 1.0, 1e-6, budget=budget, url=url)
+    assert L.check_budget("ds-a", 1.0, 1e-6, budget=allow, url=url).non_private_runs == ("plain",)
+    summ = L.summary("ds-a", budget, url=url)
+    assert summ["spent_epsilon"] == "inf" and summ["non_private_runs"] == ["plain"]
+    json.dumps(summ, allow_nan=False)
+    # with no budget configured the ledger only records
+    assert L.check_budget("ds-c", 0.0, 0.0, budget=L.Budget(None, None), private=False, url=url).runs == 0
+
+
+def test_invalid_entries_are_rejected(url):
+    with pytest.raises(L.LedgerError, match="lineage_digest"):
+        _run(url, "x", lineage_digest="rec-0001,rec-0002")
+    with pytest.raises(L.LedgerError, match="epsilon"):
+        _run(url, "x", eps=0.0)
+    with pytest.raises(L.LedgerError, match="epsilon"):
+        _run(url, "x", eps=math.inf)
+    with pytest.raises(L.LedgerError, match="notes"):
+        _run(url, "x", notes="line one\nline two")
+    with pytest.raises(L.LedgerError, match="SQLite or PostgreSQL"):
+        L.entries(url="mysql://u@h/db")
+    assert L.entries(url=url) == []
+
+
+def test_env_url_is_honoured(tmp_path, monkeypatch):
+    target = tmp_path / "elsewhere" / "ledger.sqlite"
+    monkeypatch.setenv("PFT_LEDGER_URL", f"sqlite:///{target}")
+    try:
+        assert L.ledger_url() == f"sqlite:///{target}"
+        _run(None, "via-env")
+        assert target.is_file()
+        assert [e.run_id for e in L.entries()] == ["via-env"]
+        assert [r[0] for r in sqlite3.connect(target).execute("SELECT run_id FROM privacy_ledger")] == ["via-env"]
+        monkeypatch.delenv("PFT_LEDGER_URL")
+        assert L.ledger_url().endswith("/ledger/privacy_ledger.db")
+        assert L.ledger_url().startswith("sqlite:///" + os.environ["PFT_HOME"])
+    finally:
+        L.dispose_engines()
+
+
+def test_lineage_and_no_record_text_or_ids_in_the_ledger(url, tmp_path):
+    data = tmp_path / "train.jsonl"
+    rows = [{"record_id": f"CLM-77{i:04d}", "record_type": "claim_note", "text": f"Secret diagnosis zebra-{i}"}
+            for i in range(5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    lin = L.lineage_of(data)
+    assert lin.record_count == 5
+    assert lin.digest == L.lineage_digest(r["record_id"] for r in rows)  # order-independent
+    assert lin.digest != L.lineage_digest(r["record_id"] for r in rows[:4])
+    L.record_run(run_id="r1", dataset="ds-a", dataset_revisions="abc", record_count=lin.record_count,
+                 lineage_digest=lin.digest, epsilon=1.0, delta=1e-6, url=url)
+    L.dispose_engines()
+    blob = (tmp_path / "ledger.db").read_bytes()
+    assert b"zebra" not in blob and b"CLM-77" not in blob and lin.digest.encode() in blob
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"record_id": "a", "text": "t"}\n{"text": "no id here"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'record_id'") as err:
+        L.lineage_of(bad)
+    assert "no id here" not in str(err.value)
+
+
+def test_budget_from_config():
+    cfg = PipelineConfig.model_validate({"privacy": {"epsilon_budget": 30, "delta_budget": 1e-4,
+                                                     "budgets": {"small": {"epsilon_budget": 2,
+                                                                           "delta_budget": None}}}})
+    assert L.budget_for(cfg.privacy, "harborview-records") == L.Budget(30.0, 1e-4, False)
+    assert L.budget_for(cfg.privacy, "small") == L.Budget(2.0, None, False)
+    assert cfg.privacy.source_dataset == "harborview-records"
+    with pytest.raises(ValueError, match="epsilon_budget"):
+        PrivacyConfig.model_validate({"epsilon_budget": -1})
+    with pytest.raises(ValueError, match="source_dataset"):
+        PrivacyConfig.model_validate({"source_dataset": "has space"})
+
+
+def _cli(args, url, config, capsys):
+    """In-process `python -m tasks.ledger` (subprocesses cost seconds each on a busy machine)."""
+    rc = L.main(["--url", url, "--config", str(config), *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_show_and_check(url, tmp_path, capsys):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"privacy": {"source_dataset": "ds-a", "epsilon_budget": 10.0,
+                                                  "delta_budget": 1e-4}}))
+    _run(url, "r1", eps=4.0)
+    _run(url, "r2", eps=4.0)
+    _run(url, "b1", eps=1.0, dataset="ds-b")
+
+    rc, out, _ = _cli(["show"], url, config, capsys)
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["seq", "created", "(UTC)", "run_id"]
+    assert sum(1 for line in lines if line.split()[:1] in (["1"], ["2"], ["3"])) == 3
+    totals = next(line for line in lines if line.startswith("ds-a "))
+    assert totals.split()[:6] == ["ds-a", "2", "8", "10", "2e-05", "0.0001"]
+
+    rc, out, _ = _cli(["show", "--json", "--dataset", "ds-a"], url, config, capsys)
+    doc = json.loads(out)
+    assert rc == 0 and [e["run_id"] for e in doc["entries"]] == ["r1", "r2"]
+    assert doc["totals"] == [L.summary("ds-a", L.Budget(10.0, 1e-4), url=url)]
+
+    rc, out, _ = _cli(["check", "--epsilon", "2", "--delta", "1e-5"], url, config, capsys)
+    assert rc == 0 and "within budget on dataset 'ds-a'" in out
+    rc, _, err = _cli(["check", "--epsilon", "4", "--delta", "1e-5", "--run-id", "r2"], url, config, capsys)
+    assert rc == 0, err  # a resumed run is not counted twice
+    rc, _, err = _cli(["check", "--non-private"], url, config, capsys)
+    assert rc == 1 and "allow_non_private" in err
+    with pytest.raises(SystemExit) as exit_:
+        _cli(["check"], url, config, capsys)  # --epsilon missing
+    assert exit_.value.code == 2
+
+    # the real entry point and its exit status
+    env = dict(os.environ, PFT_LEDGER_URL=url, PFT_CONFIG=str(config))
+    over = subprocess.run([sys.executable, "-m", "tasks.ledger", "check", "--dataset", "ds-a", "--epsilon", "3",
+                           "--delta", "1e-5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert over.returncode == 1, over.stderr
+    for part in ("dataset 'ds-a'", "spent ε=8", "requested ε=3", "limit ε=10"):
+        assert part in over.stderr, (part, over.stderr)
+
+
+_WORKER = textwrap.dedent("""
+    import sys, time
+    from tasks import ledger as L
+    url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    L.entries(url=url)  # schema ready before the race
+    while time.time() < start:
+        time.sleep(0.005)
+    budget = L.Budget(epsilon=10.0, delta=None)
+    ok = 0
+    shared = L.record_run(run_id="shared", dataset="ds-a", dataset_revisions="r", record_count=3,
+                          lineage_digest=sys.argv[4], epsilon=1.0, delta=1e-6, budget=budget, url=url)
+    for i in range(8):
+        try:
+            L.record_run(run_id=f"{name}-{i}", dataset="ds-a", dataset_revisions="r", record_count=3,
+                         lineage_digest=sys.argv[4], epsilon=1.0, delta=1e-6, budget=budget, url=url)
+            ok += 1
+        except L.PrivacyBudgetExceeded:
+            pass
+    print(ok, shared.seq)
+""")
+
+
+def test_two_processes_recording_at_once(url, tmp_path):
+    L.entries(url=url)
+    start = time.time() + 3.0
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, url, name, str(start), DIGEST], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("p", "q")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    oks = [int(o[0].split()[0]) for o in outs]
+    shared_seqs = {o[0].split()[1] for o in outs}
+    rows = L.entries(url=url)
+    assert len(shared_seqs) == 1 and sum(1 for e in rows if e.run_id == "shared") == 1
+    assert sum(oks) == 9 and len(rows) == 10  # 1 shared + 9 more fill ε = 10 exactly, never more
+    assert L.spent("ds-a", url=url).epsilon == 10.0
