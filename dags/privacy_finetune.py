@@ -2,7 +2,9 @@
 ### privacy_finetune — fine-tune a domain LLM on sensitive data, privately
 
 Ingests the landing files, validates them with Great Expectations, masks personal
-data with Presidio, versions the masked set with DVC, fine-tunes the base model with
+data with Presidio (one mapped task per landing partition / shard, so Celery workers share
+the work), versions the masked set with DVC (published as the Asset
+`privatetune-masked-dataset`), fine-tunes the base model with
 LoRA under differential privacy (Opacus DP-SGD, launched with `torchrun`), evaluates
 domain QA (lm-eval: exact match, F1) and toxicity, and registers the model in MLflow
 with alias `challenger`.
@@ -17,10 +19,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks import pipeline
+from tasks.assets import MASKED_DATASET, dataset_event_extra
 
 NULLABLE_NUMBER = ["null", "number"]
 
@@ -79,14 +82,31 @@ def privacy_finetune():
         return run_stage(pipeline.stage_validate, prepared["run_id"], ingested)
 
     @task
-    def mask(prepared: dict, ingested: dict, validated: dict) -> dict:
-        """Presidio: typed, consistent pseudonyms keyed by the pseudonymisation secret."""
-        return run_stage(pipeline.stage_mask, prepared["run_id"], ingested)
+    def mask_plan(prepared: dict, ingested: dict, validated: dict) -> list[dict]:
+        """Split the staged rows into shards: one per landing partition, at most mask.shard_rows rows each."""
+        return run_stage(pipeline.stage_mask_plan, prepared["run_id"], ingested)
+
+    @task(map_index_template="{{ shard_label }}")
+    def mask_shard(prepared: dict, shard: dict) -> dict:
+        """Presidio on one shard (a mapped task instance; Celery workers share them): typed,
+        consistent pseudonyms keyed by the pseudonymisation secret."""
+        get_current_context()["shard_label"] = shard["label"]
+        return run_stage(pipeline.stage_mask_shard, prepared["run_id"], shard)
 
     @task
-    def version(prepared: dict, masked: dict) -> dict:
-        """DVC: commit and push the masked set; identical input keeps its revision."""
-        return run_stage(pipeline.stage_version, prepared["run_id"], masked)
+    def mask(prepared: dict, shards: list[dict], shard_results) -> dict:
+        """Merge the masked shards in order into one dataset; the residual threshold applies to the totals."""
+        # A lazy sequence of the mapped results; indexing reads exactly the shards that exist.
+        results = [shard_results[i] for i in range(len(shard_results))]
+        return run_stage(pipeline.stage_mask_merge, prepared["run_id"], shards, results)
+
+    @task(outlets=[MASKED_DATASET])
+    def version(prepared: dict, masked: dict, outlet_events=None) -> dict:
+        """DVC: commit and push the masked set (identical input keeps its revision); publish the
+        version as the Asset privatetune-masked-dataset with revision and counts in the event's extra."""
+        versioned = run_stage(pipeline.stage_version, prepared["run_id"], masked)
+        outlet_events[MASKED_DATASET].extra = dataset_event_extra(prepared["run_id"], versioned, masked)
+        return versioned
 
     @task(execution_timeout=timedelta(hours=6))
     def train(prepared: dict, versioned: dict) -> dict:
@@ -111,7 +131,8 @@ def privacy_finetune():
     prepared = prepare()
     ingested = ingest(prepared)
     validated = validate(prepared, ingested)
-    masked = mask(prepared, ingested, validated)
+    shards = mask_plan(prepared, ingested, validated)
+    masked = mask(prepared, shards, mask_shard.partial(prepared=prepared).expand(shard=shards))
     versioned = version(prepared, masked)
     trained = train(prepared, versioned)
     evaluated = evaluate(prepared, trained)

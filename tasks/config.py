@@ -44,6 +44,7 @@ class MaskConfig(_Section):
     workers: int = Field(2, ge=1, description="masking processes (each loads its engines once)")
     max_residual_share: float | None = Field(0.01, ge=0.0, le=1.0,
                                              description="fail when more records still look like PII; None = count only")
+    shard_rows: int = Field(2000, ge=1, description="most rows per masking shard (one mapped Airflow task each)")
 
 
 class BaseModelConfig(_Section):

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,30 +131,119 @@ def stage_ingest(run_id: str) -> dict:
 
 
 def stage_validate(run_id: str, ingested: dict) -> dict:
-    from tasks.validate import validate
+    """The GX suite plus drift checks against the previous dataset version; Data Docs and counts to MLflow."""
+    from tasks.validate import ValidationFailed, log_to_mlflow, validate
+    from tasks.version import previous_profile
 
     cfg, paths = run_config(run_id), _paths()
-    return _timed(run_id, "validate", validate, rows_path=Path(ingested["staged_path"]),
-                  suite_path=_repo_path(cfg.data.gx_suite), out_dir=paths.run_dir(run_id) / "validation")
+    out_dir = paths.run_dir(run_id) / "validation"
+
+    def run() -> dict:
+        # Reads git objects only (no registry lock); this run's own version, on a rerun, is never its baseline.
+        previous = previous_profile(paths.datasets, exclude_run_id=run_id)
+        try:
+            result = validate(rows_path=Path(ingested["staged_path"]), suite_path=_repo_path(cfg.data.gx_suite),
+                              out_dir=out_dir, previous=previous, data=cfg.data, run_name=safe_run_id(run_id))
+        except ValidationFailed:
+            try:  # a failed validation's Data Docs are the ones worth reading
+                log_to_mlflow(paths, run_id, out_dir)
+            except Exception as exc:  # never hide the validation failure behind a tracking error
+                log.warning("validation results not logged to MLflow: %s", exc)
+            raise
+        return {**result, "mlflow_run_id": log_to_mlflow(paths, run_id, out_dir)}
+
+    return _timed(run_id, "validate", run)
+
+
+def _mask_key(cfg: PipelineConfig) -> bytes:
+    from tasks.mask import resolve_key
+
+    return resolve_key(env_var=cfg.mask.key_env, conn_id=cfg.mask.key_conn_id)
+
+
+def _shard_out_dir(run_id: str, shard: dict) -> Path:
+    return _paths().run_dir(run_id) / "mask_shards" / shard["shard_id"]
+
+
+def stage_mask_plan(run_id: str, ingested: dict) -> list[dict]:
+    """Split the staged rows into masking shards (one per landing partition, at most
+    mask.shard_rows rows each); returns one small dict per shard: ids, paths, counts."""
+    from tasks.mask_shards import plan_shards
+
+    cfg, paths = run_config(run_id), _paths()
+    _mask_key(cfg)  # a missing key fails here, once, not in every shard
+    shutil.rmtree(paths.run_dir(run_id) / "mask_shards", ignore_errors=True)  # a re-plan drops old outputs
+    # Shard inputs hold raw text: they stay in the raw zone, next to the staged rows.
+    return plan_shards(Path(ingested["staged_path"]), paths.staging_dir(run_id) / "mask_shards",
+                       cfg.mask.shard_rows)
+
+
+def stage_mask_shard(run_id: str, shard: dict) -> dict:
+    """Mask one shard into runs/<run>/mask_shards/<shard_id>/ (counts only: the residual threshold
+    applies to the merged totals). A retry overwrites the shard's own output."""
+    from tasks.mask import mask_dataset
+
+    cfg = run_config(run_id)
+    out_dir = _shard_out_dir(run_id, shard)
+    start = time.perf_counter()
+    result = mask_dataset(rows_path=Path(shard["path"]), out_dir=out_dir, key=_mask_key(cfg),
+                          recognizers_path=_repo_path(cfg.mask.recognizers), score_threshold=cfg.mask.score_threshold,
+                          language=cfg.mask.language, workers=cfg.mask.workers, max_residual_share=None)
+    result = {"shard_id": shard["shard_id"], "partition": shard["partition"], "rows": result["rows"],
+              "entities_total": result["entities_total"], "residual_records": len(_residual_ids(out_dir)),
+              "seconds": round(time.perf_counter() - start, 1)}
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    log.info("mask shard %s (%s) done in %.1fs: %d rows, %d entities", shard["shard_id"], shard["label"],
+             result["seconds"], result["rows"], result["entities_total"])
+    return result
+
+
+def _residual_ids(shard_dir: Path) -> list[str]:
+    return json.loads((shard_dir / "residual.json").read_text())["record_ids"]
+
+
+def stage_mask_merge(run_id: str, shards: list[dict], shard_results: list[dict] | None = None) -> dict:
+    """Concatenate the masked shards in order into runs/<run>/masked/ (the layout the version
+    stage reads), sum the counts, apply mask.max_residual_share to the totals; saves stages/mask.json."""
+    from tasks.mask_shards import merge_shards
+
+    if shard_results is not None and len(shard_results) != len(shards):
+        raise RuntimeError(f"{len(shard_results)} mask_shard results for {len(shards)} planned shards")
+    cfg, paths = run_config(run_id), _paths()
+    out_dirs = [_shard_out_dir(run_id, s) for s in shards]
+
+    def merge() -> dict:
+        merged = merge_shards(shards, out_dirs, paths.run_dir(run_id) / "masked", cfg.mask.max_residual_share)
+        seconds = [json.loads((d / "result.json").read_text())["seconds"] for d in out_dirs]
+        return {**merged, "shard_rows": cfg.mask.shard_rows, "workers": cfg.mask.workers,
+                "shard_seconds_total": round(sum(seconds), 1), "shard_seconds_max": max(seconds, default=0.0)}
+
+    return _timed(run_id, "mask", merge)
 
 
 def stage_mask(run_id: str, ingested: dict) -> dict:
-    from tasks.mask import mask_dataset, resolve_key
+    """The mapped masking of the DAG, one shard after another in this process (no Airflow)."""
+    from tasks.mask import mask_workers
 
-    cfg, paths = run_config(run_id), _paths()
-    key = resolve_key(env_var=cfg.mask.key_env, conn_id=cfg.mask.key_conn_id)
-    return _timed(run_id, "mask", mask_dataset, rows_path=Path(ingested["staged_path"]),
-                  out_dir=paths.run_dir(run_id) / "masked", key=key,
-                  recognizers_path=_repo_path(cfg.mask.recognizers), score_threshold=cfg.mask.score_threshold,
-                  language=cfg.mask.language, workers=cfg.mask.workers, max_residual_share=cfg.mask.max_residual_share)
+    cfg = run_config(run_id)
+    shards = stage_mask_plan(run_id, ingested)
+    # One warm pool of workers for all shards: the engines load once, not once per shard.
+    with mask_workers(cfg.mask.workers, recognizers_path=_repo_path(cfg.mask.recognizers), language=cfg.mask.language):
+        results = [stage_mask_shard(run_id, shard) for shard in shards]
+    return stage_mask_merge(run_id, shards, results)
 
 
 def stage_version(run_id: str, masked: dict) -> dict:
     from tasks.version import version_dataset
 
     paths = _paths()
+    # validate's counts-only profile of the staged rows: committed with the version as the next run's drift baseline.
+    profile_path = paths.run_dir(run_id) / "validation" / "profile.json"
+    profile = json.loads(profile_path.read_text(encoding="utf-8")) if profile_path.is_file() else None
+    if profile is None:
+        log.warning("%s not found: this dataset version carries no profile for the next run's drift check", profile_path)
     return _timed(run_id, "version", version_dataset, masked_dir=Path(masked["masked_path"]).parent,
-                  registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id)
+                  registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id, profile=profile)
 
 
 def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:

@@ -33,11 +33,41 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 
 def test_privacy_finetune_flow(dagbag):
     dag = dagbag.dags["privacy_finetune"]
-    order = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register", "report"]
+    order = ["prepare", "ingest", "validate", "mask_plan", "mask_shard", "mask", "version", "train", "evaluate",
+             "register", "report"]
     assert set(order) == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False)
     assert dag.schedule is None or str(dag.timetable.summary) in ("None", "")
+
+
+def test_masking_is_mapped_over_the_planned_shards(dagbag):
+    """One mask_shard task instance per shard (dynamic task mapping), so Celery workers share the masking."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = dagbag.dags["privacy_finetune"]
+    shard = dag.get_task("mask_shard")
+    assert isinstance(shard, MappedOperator)
+    expanded = shard.op_kwargs_expand_input.value  # expanded over the plan; the run config is partial
+    assert set(expanded) == {"shard"} and expanded["shard"].operator.task_id == "mask_plan"
+    assert set(shard.partial_kwargs["op_kwargs"]) == {"prepared"}
+    assert shard.retries >= 1 and shard.map_index_template
+    merge = dag.get_task("mask")
+    assert {"mask_plan", "mask_shard"} <= merge.upstream_task_ids
+    assert not isinstance(merge, MappedOperator)
+
+
+def test_version_publishes_the_dataset_asset(dagbag):
+    from airflow.sdk import Asset
+
+    from tasks.assets import MASKED_DATASET
+
+    dag = dagbag.dags["privacy_finetune"]
+    assert dag.get_task("version").outlets == [MASKED_DATASET]
+    assert isinstance(MASKED_DATASET, Asset)
+    assert (MASKED_DATASET.name, MASKED_DATASET.uri) == ("privatetune-masked-dataset", "privatetune://datasets/masked")
+    for task_id in set(dag.task_ids) - {"version"}:
+        assert not dag.get_task(task_id).outlets, task_id
 
 
 def test_dag_file_parses_fast():
