@@ -158,7 +158,7 @@ _SQLITE_TRIGGERS = [
 ]
 _POSTGRES_TRIGGERS = [
     """CREATE OR REPLACE FUNCTION privacy_ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-       BEGIN RAISE EXCEPTION 'privacy_ledger is append-only: % refused', TG_OP; END $$""",
+       BEGIN RAISE EXCEPTION USING MESSAGE = 'privacy_ledger is append-only: ' || TG_OP || ' refused'; END $$""",
     """CREATE OR REPLACE TRIGGER privacy_ledger_no_change BEFORE UPDATE OR DELETE ON privacy_ledger
        FOR EACH ROW EXECUTE FUNCTION privacy_ledger_append_only()""",
     """CREATE OR REPLACE TRIGGER privacy_ledger_no_truncate BEFORE TRUNCATE ON privacy_ledger
