@@ -33,6 +33,10 @@ class DataConfig(_Section):
     max_quarantine_share: float = Field(0.2, ge=0.0, le=1.0, description="ingest fails above this share quarantined")
     record_types: list[str] = ["claim_note", "member_letter", "support_ticket", "plan_document"]
     gx_suite: str = "include/gx/records_suite.json"
+    # Drift against the previous dataset version's profile (KL divergence, GX ExpectColumnKLDivergenceToBeLessThan).
+    drift_severity: Literal["warn", "fail"] = Field("warn", description="warn: reported only; fail: stops the run")
+    drift_max_kl: float = Field(0.1, gt=0, description="KL divergence above this (text length or record-type mix) is drift")
+    drift_length_bins: int = Field(16, ge=2, le=200, description="text-length histogram bins in each version's profile")
 
 
 class MaskConfig(_Section):

@@ -72,6 +72,8 @@ def summary_lines(report: dict) -> list[str]:
         f"duplicates removed  {get('ingest.duplicates_removed')} (exact text, by content hash)",
         f"validation          {'passed' if get('validate.success', False) else 'FAILED'} "
         f"({get('validate.evaluated_expectations')} expectations)",
+        f"drift vs previous   {_drift(get('validate.drift', None))}",
+        f"GX Data Docs        {get('validate.data_docs_path')}",
         f"entities masked     {get('mask.entities_total')}: {ent}",
         f"dataset revision    {str(get('version.dataset_rev'))[:12]} (md5 {get('version.dvc_md5')})",
         f"training            {get('train.method')}, {get('train.trainable_pct')}% trainable, {get('train.steps')} steps, "
@@ -82,6 +84,16 @@ def summary_lines(report: dict) -> list[str]:
         f"toxicity rate       {get('evaluate.toxicity_rate')}",
         f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')})",
     ]
+
+
+def _drift(drift: dict | None) -> str:
+    if not isinstance(drift, dict):
+        return "—"
+    if drift.get("status") == "skipped":
+        return f"skipped: {drift.get('reason')}"
+    kl = ", ".join(f"{n} KL {'inf' if drift.get(n + '_kl') is None else round(drift[n + '_kl'], 4)}"
+                   for n in ("text_chars", "record_type"))
+    return f"{drift.get('status')} ({kl}; max {drift.get('max_kl')}, {drift.get('severity')}) vs {str(drift.get('previous_rev'))[:12]}"
 
 
 def render_markdown(report: dict) -> str:

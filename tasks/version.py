@@ -6,7 +6,9 @@ the bytes live in a DVC remote ($PFT_HOME/dvc-remote). Each pipeline run commits
 `run-<safe_run_id>`, so a training worker anywhere can `checkout_dataset` the
 exact bytes a run trained on from the returned git revision.
 
-Only the masked (clean-zone) file enters the registry. git and DVC are driven
+Only the masked (clean-zone) file enters the registry, plus `data/profile.json`:
+counts describing the rows it was built from (no record values), which the next
+run's validation compares against (`previous_profile`). git and DVC are driven
 through their CLIs in subprocesses: DVC keeps process-global state and its own
 repo lock, so one short-lived process per command is the reliable way to use it
 from long-lived Airflow workers. Every mutation of one registry is serialised
@@ -34,6 +36,9 @@ from tasks import offline
 from tasks.config import safe_run_id
 
 DATASET_PATH = "data/train.jsonl"
+# The staged data's profile (counts only: row count, text-length histogram, record-type
+# counts), committed in git beside the pointer so the next run can check drift against it.
+PROFILE_PATH = "data/profile.json"
 REMOTE_NAME = "storage"
 GIT_USER = ("PrivateTune", "privatetune@localhost")
 DEFAULT_LOCK_TIMEOUT_S = 600.0
@@ -227,8 +232,13 @@ def version_dataset(
     remote_dir: Path,
     run_id: str,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    profile: dict | None = None,
 ) -> dict:
     """Commit masked_dir/train.jsonl to the registry under DVC, tag it for the run, push the bytes.
+
+    `profile` (counts only, from `tasks.validate.build_profile`) is committed as
+    data/profile.json with the version; without one, a profile left by an earlier
+    version is removed, so a version never carries another dataset's profile.
 
     Identical content yields the same md5 and no new commit (created=False); the
     run's tag then points at the existing commit. If the run's tag already exists
@@ -256,6 +266,7 @@ def version_dataset(
         dvc_file = registry_dir / f"{DATASET_PATH}.dvc"
         md5 = _read_md5(dvc_file)
         _git(registry_dir, "add", f"{DATASET_PATH}.dvc", str(Path(DATASET_PATH).parent / ".gitignore"))
+        _stage_profile(registry_dir, profile)
         created = _staged_changes(registry_dir)
         if created:
             message = f"Dataset for run {run_id}\n\n{DATASET_PATH} md5 {md5}"
@@ -273,6 +284,50 @@ def version_dataset(
         "tag": tag,
         "registry": str(registry_dir),
     }
+
+
+def profile_text(profile: dict) -> str:
+    """Canonical JSON, so an identical profile is identical bytes (and no new commit)."""
+    return json.dumps(profile, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+
+
+def _stage_profile(registry_dir: Path, profile: dict | None) -> None:
+    path = registry_dir / PROFILE_PATH
+    if profile is not None:
+        path.write_text(profile_text(profile), encoding="utf-8")
+        _git(registry_dir, "add", PROFILE_PATH)
+        return
+    tracked = _git(registry_dir, "ls-files", "--", PROFILE_PATH).strip()
+    if tracked:
+        _git(registry_dir, "rm", "-q", "--cached", "--", PROFILE_PATH)
+    path.unlink(missing_ok=True)
+
+
+def previous_profile(registry_dir: Path, *, exclude_run_id: str | None = None) -> dict | None:
+    """The profile of the newest dataset version that is not `exclude_run_id`'s, or None (first run).
+
+    Reads git objects only (no workspace files, no lock): a concurrent versioning
+    run may move HEAD, never rewrite a commit. Returns
+    {"rev", "tags", "profile"}; versions committed without a profile are skipped.
+    """
+    registry_dir = Path(registry_dir).resolve()
+    if not (registry_dir / ".git").exists() or not _has_head(registry_dir):
+        return None
+    own = _tag_commit(registry_dir, f"run-{safe_run_id(exclude_run_id)}") if exclude_run_id else None
+    for rev in _git(registry_dir, "rev-list", "--first-parent", "HEAD", what="git rev-list").split():
+        if rev == own:
+            continue
+        proc = subprocess.run(["git", "show", f"{rev}:{PROFILE_PATH}"], cwd=registry_dir, env=_env(),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            continue  # this commit has no profile (registry init, or a version made without one)
+        try:
+            profile = json.loads(proc.stdout)
+        except json.JSONDecodeError as exc:
+            raise VersioningError(f"{registry_dir}: {PROFILE_PATH} at {rev[:12]} is not valid JSON ({exc})") from None
+        tags = _git(registry_dir, "tag", "--points-at", rev, what="git tag --points-at").split()
+        return {"rev": rev, "tags": sorted(tags), "profile": profile}
+    return None
 
 
 def checkout_dataset(*, registry_dir: Path, remote_dir: Path, rev: str, out_dir: Path) -> Path:
@@ -310,10 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--remote", type=Path, required=True, help="DVC remote folder")
     parser.add_argument("--run-id", required=True, help="pipeline run id (tagged as run-<safe id>)")
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_S, help="seconds")
+    parser.add_argument("--profile", type=Path, help="profile.json from tasks.validate, committed with the version")
     args = parser.parse_args(argv)
+    profile = json.loads(args.profile.read_text(encoding="utf-8")) if args.profile else None
     result = version_dataset(
         masked_dir=args.masked, registry_dir=args.registry, remote_dir=args.remote,
-        run_id=args.run_id, lock_timeout_s=args.lock_timeout,
+        run_id=args.run_id, lock_timeout_s=args.lock_timeout, profile=profile,
     )
     print(json.dumps(result, indent=2))
     return 0

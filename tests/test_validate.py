@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tasks.config import REPO_ROOT, DataConfig
-from tasks.validate import ValidationFailed, load_suite_spec, summarize_result, validate
+from tasks.config import REPO_ROOT, DataConfig, Paths
+from tasks.validate import (OTHER_TYPE, ValidationFailed, build_profile, load_suite_spec, log_to_mlflow, safe_result,
+                            summarize_result, validate)
 
 SUITE = REPO_ROOT / "include" / "gx" / "records_suite.json"
 # PII-like markers planted in failing cells; none may reach any output.
@@ -230,3 +232,176 @@ def test_import_is_cheap_and_cli_prints_json(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["success"] is True
     assert "Calculating Metrics" not in out.stderr  # progress bars are off
+
+
+# ---------------------------------------------------------------------------
+# Drift against the previous dataset version, Data Docs, MLflow
+
+FILLER = "Member asked whether the plan covers physical therapy after surgery and what the copay is. " * 60
+
+
+def sample_rows(n: int, seed: int, *, lengths=(20, 400), types=None) -> list[dict]:
+    """n rows whose text lengths are uniform in `lengths` and whose types are drawn from `types`."""
+    rng = random.Random(seed)
+    types = types or DataConfig().record_types
+    return [row(i, record_type=rng.choice(types), text=FILLER[: rng.randint(*lengths)]) for i in range(n)]
+
+
+def previous_version(rows: list[dict], data: DataConfig | None = None) -> dict:
+    """What tasks.version.previous_profile returns for a version built from `rows`."""
+    return {"rev": "1" * 40, "tags": ["run-previous"], "profile": build_profile(rows, data or DataConfig())}
+
+
+def drift_checks(report: dict) -> dict[str, dict]:
+    return {e["column"]: e for e in report["expectations"] if e["type"] == "expect_column_kl_divergence_to_be_less_than"}
+
+
+def test_profile_is_counts_only_and_deterministic():
+    rows = sample_rows(50, 1)
+    rows[0]["record_type"] = PII
+    profile = build_profile(rows, DataConfig())
+    assert profile == build_profile([dict(r) for r in rows], DataConfig())  # no timestamps, no randomness
+    assert profile["rows"] == 50
+    tc, rt = profile["text_chars"], profile["record_type"]
+    assert sum(tc["counts"]) + tc["below"] + tc["above"] + tc["missing"] == 50
+    assert len(tc["bins"]) == DataConfig().drift_length_bins + 2 and tc["bins"][0] == 0
+    assert tc["bins"][-1] == DataConfig().max_text_chars
+    assert rt["values"] == [*DataConfig().record_types, OTHER_TYPE] and sum(rt["counts"]) == 50
+    assert rt["counts"][-1] == 1  # the PII "type" is counted as other, never named
+    assert_no_pii(json.dumps(profile))
+
+
+def test_drift_skipped_without_previous_version(tmp_path):
+    path = write_rows(tmp_path / "rows.jsonl", sample_rows(40, 1))
+    result = validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "val", previous=None)
+    assert result["drift"]["status"] == "skipped" and result["drift"]["reason"] == "no previous version"
+    report, _, md = outputs(tmp_path / "val")
+    assert drift_checks(report) == {}
+    assert result["evaluated_expectations"] == len(load_suite_spec(SUITE)["expectations"])
+    assert "skipped: no previous version" in md
+    saved = json.loads((tmp_path / "val" / "profile.json").read_text())
+    assert saved == build_profile(sample_rows(40, 1), DataConfig()) and result["profile_path"].endswith("profile.json")
+
+
+def test_no_drift_on_same_distribution(tmp_path):
+    previous = previous_version(sample_rows(400, seed=1))
+    path = write_rows(tmp_path / "rows.jsonl", sample_rows(400, seed=2))  # a new sample, same distribution
+    result = validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "val", previous=previous)
+    drift = result["drift"]
+    assert drift["status"] == "passed" and drift["previous_rev"] == "1" * 40 and drift["previous_rows"] == 400
+    assert 0 <= drift["text_chars_kl"] < DataConfig().drift_max_kl
+    assert 0 <= drift["record_type_kl"] < DataConfig().drift_max_kl
+    assert result["failed_warn"] == 0
+    report, _, _ = outputs(tmp_path / "val")
+    assert set(drift_checks(report)) == {"text_chars", "record_type_group"}
+    assert result["evaluated_expectations"] == len(load_suite_spec(SUITE)["expectations"]) + 2
+    # identical rows: only the weight held out for empty bins separates them
+    path = write_rows(tmp_path / "same.jsonl", sample_rows(400, seed=1))
+    same = validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "same", previous=previous)["drift"]
+    assert same["text_chars_kl"] < 0.01 and same["record_type_kl"] < 0.01
+
+
+def test_shifted_lengths_warn_and_are_reported(tmp_path, caplog):
+    previous = previous_version(sample_rows(300, seed=1))
+    path = write_rows(tmp_path / "rows.jsonl", sample_rows(300, seed=2, lengths=(1200, 3000)))
+    caplog.set_level(logging.INFO)
+    result = validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "val", previous=previous)  # no raise
+    drift = result["drift"]
+    assert drift["status"] == "drifted" and drift["severity"] == "warn"
+    assert drift["text_chars_kl"] > 1.0 and drift["record_type_kl"] < DataConfig().drift_max_kl
+    assert result["success"] is True and result["failed_warn"] == 1
+    assert result["warnings"] == ["expect_column_kl_divergence_to_be_less_than(text_chars)"]
+    report, _, md = outputs(tmp_path / "val")
+    assert drift_checks(report)["text_chars"]["success"] is False
+    assert drift_checks(report)["text_chars"]["kwargs"] == {"threshold": DataConfig().drift_max_kl}
+    assert "drifted vs 111111111111" in md and "drifted" in caplog.text
+
+
+def test_record_type_mix_shift_fails_under_fail_severity(tmp_path):
+    data = DataConfig(drift_severity="fail", drift_max_kl=0.2)
+    previous = previous_version(sample_rows(300, seed=1), data)
+    path = write_rows(tmp_path / "rows.jsonl", sample_rows(300, seed=2, types=["claim_note"]))
+    with pytest.raises(ValidationFailed) as err:
+        validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "val", previous=previous, data=data)
+    assert err.value.failed == ["expect_column_kl_divergence_to_be_less_than(record_type_group)"]
+    report, _, _ = outputs(tmp_path / "val")
+    assert report["drift"]["status"] == "drifted" and report["drift"]["record_type_kl"] > 1.0
+    assert report["drift"]["text_chars_kl"] < 0.2 and report["failed_fail"] == 1
+    # the same shift under the default severity is a warning only
+    result = validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "warn", previous=previous)
+    assert result["drift"]["status"] == "drifted" and result["failed_warn"] == 1
+
+
+def test_unusable_previous_profile_skips_drift(tmp_path):
+    previous = {"rev": "2" * 40, "tags": [], "profile": {"profile_version": 99}}
+    path = write_rows(tmp_path / "rows.jsonl", sample_rows(20, 1))
+    drift = validate(rows_path=path, suite_path=SUITE, out_dir=tmp_path / "val", previous=previous)["drift"]
+    assert drift["status"] == "skipped" and "profile_version 99" in drift["reason"]
+
+
+def test_data_docs_saved_without_cell_values(tmp_path):
+    rows = sample_rows(60, 3)
+    rows[3]["record_type"] = PII  # outside the allowed set: would be listed by GX's categorical KL partition
+    rows[5]["record_id"] = rows[4]["record_id"] = PII  # duplicate id
+    rows[6]["text"] = PII * 200  # over the length limit
+    rows[7]["created_at"] = PII  # warn only
+    rows[8]["text"] = "Zelda"  # under the minimum length
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "val"
+    with pytest.raises(ValidationFailed) as err:
+        validate(rows_path=path, suite_path=SUITE, out_dir=out, previous=previous_version(sample_rows(60, 1)),
+                 run_name="manual__docs")
+    index = out / "data_docs" / "index.html"
+    pages = sorted((out / "data_docs" / "validations").rglob("*.html"))
+    assert index.is_file() and len(pages) == 1 and "manual__docs" in str(pages[0])
+    page = pages[0].read_text(encoding="utf-8")
+    assert "record_type_group" in page and "text_chars" in page and "KL Divergence" in page
+    assert OTHER_TYPE in page  # the categorical partition is rendered, with the PII type grouped as other
+    saved = [p for p in out.rglob("*") if p.is_file() and p.suffix in {".html", ".json", ".md", ".js", ".css"}]
+    assert len(saved) >= 5
+    for file in saved:
+        text = file.read_text(encoding="utf-8", errors="replace")
+        assert_no_pii(text)
+        assert "Zelda" not in text, file
+    assert_no_pii(str(err.value))
+    assert json.loads((out / "validation.json").read_text())["data_docs_path"] == str(index)
+
+
+def test_safe_result_drops_raw_values():
+    leaky_kl = {"observed_value": 0.4, "details": {
+        "observed_partition": {"values": ["claim_note", PII], "weights": [0.5, 0.5]},
+        "expected_partition": {"values": ["claim_note", PII], "weights": [0.99, 0.01]}}}
+    kept = safe_result(leaky_kl, {"claim_note", OTHER_TYPE})
+    assert kept == {"observed_value": 0.4}
+    clean_kl = {"observed_value": 0.1, "details": {
+        "observed_partition": {"bins": [0, 10, 20], "weights": [0.5, 0.5], "tail_weights": [0, 0]},
+        "expected_partition": {"bins": [0, 10, 20], "weights": [0.4, 0.6], "tail_weights": [0.005, 0.005]}}}
+    assert safe_result(clean_kl, set())["details"]["observed_partition"]["bins"] == [0.0, 10.0, 20.0]
+    assert safe_result({"unexpected_count": 1, "partial_unexpected_list": [PII], "observed_value": PII}, set()) == {
+        "unexpected_count": 1}
+
+
+def test_log_to_mlflow_metrics_and_data_docs(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from tasks.tracking import pipeline_mlflow_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = Paths(tmp_path / "home")
+    rows = sample_rows(200, seed=2, lengths=(1200, 3000))
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    out = paths.run_dir("manual__ml") / "validation"
+    validate(rows_path=path, suite_path=SUITE, out_dir=out, previous=previous_version(sample_rows(200, 1)))
+    run_id = log_to_mlflow(paths, "manual__ml", out)
+    assert run_id == pipeline_mlflow_run(paths, "manual__ml")  # the pipeline run's one MLflow run
+    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri)
+    metrics = client.get_run(run_id).data.metrics
+    expected = len(load_suite_spec(SUITE)["expectations"]) + 2
+    assert metrics["validation_expectations_evaluated"] == expected
+    assert metrics["validation_expectations_passed"] == expected - 1
+    assert metrics["validation_failed_warn"] == 1 and metrics["validation_failed_fail"] == 0
+    assert metrics["drift_detected"] == 1 and metrics["drift_text_chars_kl"] > 1.0
+    assert {a.path for a in client.list_artifacts(run_id, "validation")} >= {
+        "validation/validation.json", "validation/validation.md", "validation/profile.json", "validation/data_docs"}
+    assert "validation/data_docs/index.html" in {a.path for a in client.list_artifacts(run_id, "validation/data_docs")}
+    assert client.get_run(run_id).data.params == {}  # counts go to metrics; nothing from the rows becomes a param
