@@ -4,7 +4,7 @@ Where it lives
 --------------
 A SQLAlchemy database: `$PFT_LEDGER_URL` when set (Postgres in compose, e.g.
 `postgresql+psycopg2://…/ledger`), else the SQLite file
-`$PFT_HOME/ledger/privacy_ledger.db`. Only SQLite and PostgreSQL are accepted: the
+`$PFT_HOME/ledger.db`. Only SQLite and PostgreSQL are accepted: the
 ledger relies on their triggers (append-only) and locks (serialised check-and-record).
 
 API (every function takes `url=None` → `ledger_url()`)
@@ -292,7 +292,7 @@ def lineage_of(path: str | os.PathLike) -> Lineage:
 def default_url() -> str:
     from tasks.config import Paths
 
-    return f"sqlite:///{Paths().home / 'ledger' / 'privacy_ledger.db'}"
+    return f"sqlite:///{Paths().home / 'ledger.db'}"
 
 
 def ledger_url() -> str:

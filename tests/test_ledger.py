@@ -168,7 +168,7 @@ def test_env_url_is_honoured(tmp_path, monkeypatch):
         assert [e.run_id for e in L.entries()] == ["via-env"]
         assert [r[0] for r in sqlite3.connect(target).execute("SELECT run_id FROM privacy_ledger")] == ["via-env"]
         monkeypatch.delenv("PFT_LEDGER_URL")
-        assert L.ledger_url().endswith("/ledger/privacy_ledger.db")
+        assert L.ledger_url().endswith("/ledger.db")
         assert L.ledger_url().startswith("sqlite:///" + os.environ["PFT_HOME"])
     finally:
         L.dispose_engines()
