@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from tasks import offline
-from tasks.version import DATASET_PATH, VersioningError, checkout_dataset, registry_lock, version_dataset
+from tasks.config import DataConfig
+from tasks.validate import build_profile
+from tasks.version import (DATASET_PATH, PROFILE_PATH, VersioningError, checkout_dataset, previous_profile,
+                           profile_text, registry_lock, version_dataset)
 
 offline.apply()
 
@@ -25,6 +28,8 @@ V1 = [
 V2 = V1 + [
     {"record_id": "R-2026-02-000003", "record_type": "plan_document", "text": "Out-of-network deductible is $1,500."},
 ]
+# What validate computes from the staged rows and the version stage commits beside the pointer.
+P1, P2 = build_profile(V1, DataConfig()), build_profile(V2, DataConfig())
 
 
 def write_masked(folder: Path, rows: list[dict]) -> Path:
@@ -48,13 +53,16 @@ def history(tmp_path_factory):
     registry, remote = root / "datasets", root / "dvc-remote"
     m1 = write_masked(root / "runs" / "a" / "masked", V1)
     m2 = write_masked(root / "runs" / "c" / "masked", V2)
+    assert previous_profile(registry) is None  # no registry yet: the first run skips drift
     first = version_dataset(masked_dir=m1, registry_dir=registry, remote_dir=remote,
-                            run_id="scheduled__2026-01-01T00:00:00+00:00")
+                            run_id="scheduled__2026-01-01T00:00:00+00:00", profile=P1)
     commits_after_first = commit_count(registry)
-    again = version_dataset(masked_dir=m1, registry_dir=registry, remote_dir=remote, run_id="manual__b")
+    # identical input: the profile is rebuilt as an equal (not the same) dict
+    again = version_dataset(masked_dir=m1, registry_dir=registry, remote_dir=remote, run_id="manual__b",
+                            profile=json.loads(json.dumps(P1)))
     commits_after_again = commit_count(registry)
     changed = version_dataset(masked_dir=m2, registry_dir=registry, remote_dir=remote,
-                              run_id="scheduled__2026-02-01T00:00:00+00:00")
+                              run_id="scheduled__2026-02-01T00:00:00+00:00", profile=P2)
     return {
         "root": root, "registry": registry, "remote": remote, "m1": m1, "m2": m2,
         "first": first, "again": again, "changed": changed,
@@ -101,7 +109,7 @@ def test_same_run_again_is_a_no_op(history, tmp_path):
     registry, remote = history["registry"], history["remote"]
     head = git(registry, "rev-parse", "HEAD")
     res = version_dataset(masked_dir=history["m2"], registry_dir=registry, remote_dir=remote,
-                          run_id="scheduled__2026-02-01T00:00:00+00:00")
+                          run_id="scheduled__2026-02-01T00:00:00+00:00", profile=P2)
     assert res["created"] is False and res["dataset_rev"] == head == history["changed"]["dataset_rev"]
     assert git(registry, "rev-parse", "HEAD") == head
 
@@ -113,6 +121,37 @@ def test_changed_input_gives_new_rev_and_md5(history):
     assert changed["dataset_rev"] != first["dataset_rev"]
     assert git(registry, "rev-parse", f"{changed['dataset_rev']}^") == first["dataset_rev"]
     assert git(registry, "rev-parse", "HEAD") == changed["dataset_rev"]
+
+
+def test_profile_is_committed_with_its_version(history):
+    registry, first, changed = history["registry"], history["first"], history["changed"]
+    assert git(registry, "show", f"{first['dataset_rev']}:{PROFILE_PATH}") + "\n" == profile_text(P1)
+    assert git(registry, "show", f"{changed['dataset_rev']}:{PROFILE_PATH}") + "\n" == profile_text(P2)
+    assert PROFILE_PATH in git(registry, "ls-files").splitlines()
+    assert "<PERSON_1>" not in profile_text(P1) and "claim <CLAIM_ID_1>" not in profile_text(P1)  # counts only
+
+
+def test_previous_profile_is_the_latest_other_version(history):
+    registry, first, changed = history["registry"], history["first"], history["changed"]
+    latest = previous_profile(registry, exclude_run_id="manual__new")
+    assert latest == {"rev": changed["dataset_rev"], "tags": [changed["tag"]], "profile": P2}
+    # a rerun of the February run compares against January, never against its own version
+    rerun = previous_profile(registry, exclude_run_id="scheduled__2026-02-01T00:00:00+00:00")
+    assert rerun["rev"] == first["dataset_rev"] and rerun["profile"] == P1
+    assert rerun["tags"] == sorted(["run-manual__b", first["tag"]])
+    assert previous_profile(registry) == latest
+
+
+def test_version_without_profile_drops_the_old_one(tmp_path):
+    registry, remote = tmp_path / "datasets", tmp_path / "dvc-remote"
+    with_profile = version_dataset(masked_dir=write_masked(tmp_path / "a", V1), registry_dir=registry,
+                                   remote_dir=remote, run_id="a", profile=P1)
+    without = version_dataset(masked_dir=write_masked(tmp_path / "b", V2), registry_dir=registry,
+                              remote_dir=remote, run_id="b")
+    assert PROFILE_PATH not in git(registry, "ls-files").splitlines()
+    assert git(registry, "status", "--porcelain") == ""
+    # the newest version has no profile, so the baseline is the newest one that has
+    assert previous_profile(registry)["rev"] == with_profile["dataset_rev"] != without["dataset_rev"]
 
 
 def test_checkout_older_rev_reproduces_bytes(history, tmp_path):
