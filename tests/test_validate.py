@@ -405,3 +405,36 @@ def test_log_to_mlflow_metrics_and_data_docs(tmp_path, monkeypatch):
         "validation/validation.json", "validation/validation.md", "validation/profile.json", "validation/data_docs"}
     assert "validation/data_docs/index.html" in {a.path for a in client.list_artifacts(run_id, "validation/data_docs")}
     assert client.get_run(run_id).data.params == {}  # counts go to metrics; nothing from the rows becomes a param
+
+
+def test_stage_glue_reads_the_registry_baseline_and_commits_the_profile(tmp_path, monkeypatch):
+    """stage_validate takes its baseline from the data registry; stage_version commits the new profile."""
+    from mlflow import MlflowClient
+
+    from tasks import pipeline
+    from tasks.config import load_config, save_resolved
+    from tasks.version import PROFILE_PATH
+
+    monkeypatch.setenv("PFT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = Paths()
+
+    def run(run_id: str, rows: list[dict]) -> tuple[dict, dict]:
+        save_resolved(load_config(), paths.run_dir(run_id))
+        staged = write_rows(paths.staging_dir(run_id) / "rows.jsonl", rows)
+        validated = pipeline.stage_validate(run_id, {"staged_path": str(staged)})
+        masked = write_rows(paths.run_dir(run_id) / "masked" / "train.jsonl", rows)
+        return validated, pipeline.stage_version(run_id, {"masked_path": str(masked)})
+
+    first, v1 = run("manual__jan", sample_rows(200, 1))
+    assert first["drift"]["status"] == "skipped"
+    second, v2 = run("manual__feb", sample_rows(200, 2, lengths=(1200, 3000)))
+    assert second["drift"]["status"] == "drifted" and second["drift"]["previous_rev"] == v1["dataset_rev"]
+    assert v2["created"] is True
+    committed = subprocess.run(["git", "show", f"{v2['dataset_rev']}:{PROFILE_PATH}"], cwd=paths.datasets,
+                               capture_output=True, text=True, check=True).stdout
+    assert json.loads(committed) == json.loads(Path(second["profile_path"]).read_text())
+    saved = json.loads((paths.run_dir("manual__feb") / "stages" / "validate.json").read_text())
+    assert saved["drift"]["status"] == "drifted" and saved["data_docs_path"].endswith("data_docs/index.html")
+    metrics = MlflowClient(tracking_uri=paths.mlflow_tracking_uri).get_run(second["mlflow_run_id"]).data.metrics
+    assert metrics["drift_detected"] == 1 and metrics["validation_failed_warn"] == 1
