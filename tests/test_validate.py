@@ -386,8 +386,9 @@ def test_log_to_mlflow_metrics_and_data_docs(tmp_path, monkeypatch):
 
     from tasks.tracking import pipeline_mlflow_run
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     paths = Paths(tmp_path / "home")
+    # set (not del): mlflow.set_tracking_uri exports the variable, and monkeypatch then removes it again
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{paths.mlflow / 'mlflow.db'}")
     rows = sample_rows(200, seed=2, lengths=(1200, 3000))
     path = write_rows(tmp_path / "rows.jsonl", rows)
     out = paths.run_dir("manual__ml") / "validation"
@@ -416,8 +417,8 @@ def test_stage_glue_reads_the_registry_baseline_and_commits_the_profile(tmp_path
     from tasks.version import PROFILE_PATH
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     paths = Paths()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{paths.mlflow / 'mlflow.db'}")  # undone after the test
 
     def run(run_id: str, rows: list[dict]) -> tuple[dict, dict]:
         save_resolved(load_config(), paths.run_dir(run_id))
