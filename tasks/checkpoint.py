@@ -459,5 +459,6 @@ def describe(ckpt_dir: Path | str) -> dict[str, Any]:
     if not pointer.is_file():
         return {"dir": str(d), "latest": None}
     name = pointer.read_text().strip()
-    manifest = json.loads((d / name / "manifest.json").read_text())
-    return {"dir": str(d), "latest": name, "step": manifest["step"], "world_size": manifest["world_size"]}
+    match = _STEP_DIR.match(name)
+    # the step from the name, not the manifest: safe to call while a training process is pruning
+    return {"dir": str(d), "latest": name, "step": int(match.group(1)) if match else None}

@@ -94,7 +94,6 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
         log.warning("resuming from step %d", step)
         print(f"resuming from step {step}", flush=True)
     model.train()
-    epsilon = 0.0
     while step < total_steps:
         ckpt.begin_epoch(loader, step)
         ctx = BatchMemoryManager(data_loader=loader, max_physical_batch_size=t["physical_batch_size"],
@@ -117,14 +116,14 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
                     continue
                 scheduler.step()
                 step += 1
-                if engine is not None:
-                    epsilon = engine.get_epsilon(delta)
-                history.append({"step": step, "loss": loss_value, "epsilon": epsilon})
+                history.append({"step": step, "loss": loss_value})
                 ckpt.maybe_save(step, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader,
                                 privacy_engine=engine, extra={"history": history})
                 if stop_at is not None and step == stop_at:
                     raise Stop(step)
                 time.sleep(step_delay)
+    # ε once at the end: a PRV evaluation costs ~1 s here; tasks.train logs it every step.
+    epsilon = engine.get_epsilon(delta) if engine is not None else 0.0
     peft_model = model._module if hasattr(model, "_module") else model
     weights = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
     return {"weights": weights, "epsilon": epsilon, "history": history, "resumed_from": resumed_from,
@@ -243,14 +242,14 @@ def test_restored_accountant_gives_the_same_epsilon():
             (RDPAccountant() if cls is PRVAccountant else PRVAccountant()).load_state_dict(a.state_dict())
 
 
-def test_sigkilled_training_process_resumes(tmp_path, setup):
+def test_sigkilled_training_process_resumes(tmp_path, setup, capsys):
     base, data = setup
     spec = _spec(base, data, dp=True)
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "tests.test_checkpoint", "--spec", str(spec_path), "--out", str(out),
-           "--steps", "12", "--every", "1", "--step-delay", "0.4"]
+           "--steps", "12", "--every", "1", "--step-delay", "0.3"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -267,16 +266,16 @@ def test_sigkilled_training_process_resumes(tmp_path, setup):
     killed_at = describe(out / "ckpt")["step"]
     assert 2 <= killed_at < 12
 
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    resumed_from = int(again.stdout.split("resuming from step ")[1].split()[0])
-    assert resumed_from >= killed_at >= 2
-    result = json.loads((out / "result.json").read_text())
+    # The rerun happens in this process (a fresh model, optimizer and loader, as in a new task attempt):
+    # a second interpreter start would only add ~10 s of imports on the CI machine.
+    resumed = run(spec, out / "ckpt", total_steps=12, every=1)
+    printed = capsys.readouterr().out
+    resumed_from = int(printed.split("resuming from step ")[1].split()[0])
+    assert resumed_from == resumed["resumed_from"] and resumed_from >= killed_at >= 2
     reference = run(spec, tmp_path / "ref", total_steps=12, every=0)
-    assert result["epsilon"] == reference["epsilon"] > 0
-    assert result["steps"] == 12 and result["resumed_from"] == resumed_from
-    got = torch.load(out / "weights.pt", weights_only=True)
-    _assert_same_weights(reference["weights"], got)
+    assert resumed["epsilon"] == reference["epsilon"] > 0
+    assert len(resumed["history"]) == 12
+    _assert_same_weights(reference["weights"], resumed["weights"])
 
 
 def main() -> None:
