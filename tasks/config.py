@@ -58,15 +58,27 @@ class BaseModelConfig(_Section):
     size: Literal["demo", "tiny"] = "demo"
 
 
+TARGET_SHORTHANDS = ("mlp", "attention", "all", "all-linear")
+
+
 class TrainConfig(_Section):
     """Defaults tuned on the demo model (bench notes in README): DP-SGD with momentum on a
-    low-rank LoRA of the MLP blocks — few trainable dimensions means less noise per step."""
+    low-rank LoRA of the MLP blocks — few trainable dimensions means less noise per step.
 
-    method: Literal["lora"] = "lora"
+    Methods: lora; adapter (PEFT IA3 scaling vectors); prefix (PEFT prefix-tuning); freeze
+    (only the top `trainable_layers` blocks train, optionally only LoRA inside them); full."""
+
+    method: Literal["lora", "adapter", "prefix", "freeze", "full"] = "lora"
     lora_r: int = Field(4, ge=1)
     lora_alpha: int = Field(8, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["gate_proj", "up_proj", "down_proj"]
+    target_modules: list[str] | str = Field(
+        "mlp", description="module names, or per-family shorthand: mlp | attention | all | all-linear (PEFT)")
+    num_virtual_tokens: int = Field(8, ge=1, description="prefix: virtual tokens prepended to every layer")
+    trainable_layers: int = Field(1, ge=1, description="freeze: the top N transformer blocks that train")
+    freeze_with_lora: bool = Field(False, description="freeze: train only LoRA inside the top N blocks")
+    grad_sample_mode: Literal["auto", "hooks", "ghost", "functorch"] = Field(
+        "auto", description="DP clipping: auto = per-sample hooks on CPU, ghost on CUDA where supported")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd = SGD with momentum 0.9")
     epochs: float = Field(2.5, gt=0)
     batch_size: int = Field(128, ge=1, description="expected logical batch (Poisson sampling under DP)")
@@ -80,6 +92,33 @@ class TrainConfig(_Section):
     target_epsilon: float = Field(8.0, gt=0)
     target_delta: float | None = Field(None, gt=0, lt=1, description="None → 1/(10·N)")
     max_grad_norm: float = Field(1.0, gt=0)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets_known_shape(cls, v):
+        if isinstance(v, str) and v not in TARGET_SHORTHANDS:
+            raise ValueError(f"train.target_modules: '{v}' is not a list of module names nor one of {TARGET_SHORTHANDS}")
+        if isinstance(v, list) and not v:
+            raise ValueError("train.target_modules: empty list; name modules or use a shorthand such as 'mlp'")
+        return v
+
+    @model_validator(mode="after")
+    def _method_runs_under_dp(self) -> "TrainConfig":
+        """Combinations that Opacus 1.6 cannot privatise, refused before any model load (measured in tests)."""
+        if self.method != "freeze" and self.freeze_with_lora:
+            raise ValueError("train.freeze_with_lora: only applies to method 'freeze'")
+        if not self.dp:
+            return self
+        if self.method == "adapter":
+            raise ValueError(
+                "train.method: 'adapter' (PEFT IA3) cannot run under DP: its scaling vectors sit in a ParameterDict "
+                "that is never called as a module, so Opacus gets no per-sample gradients for them. Use method "
+                "'lora' (or 'freeze' with freeze_with_lora) under DP, or set dp: false for a non-private adapter run")
+        if self.grad_sample_mode == "ghost" and self.method == "prefix":
+            raise ValueError(
+                "train.grad_sample_mode: 'ghost' does not support prefix-tuning (Opacus's embedding norm sampler "
+                "fails on the expanded prefix tokens); use grad_sample_mode 'hooks' or 'auto'")
+        return self
 
 
 class EvalConfig(_Section):

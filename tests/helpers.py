@@ -1,4 +1,4 @@
-"""Small builders shared by tests: a random (untrained) Llama + tokenizer, and masked-record files."""
+"""Small builders shared by tests: random (untrained) Llama and GPT-2 models + tokenizer, and masked-record files."""
 
 from __future__ import annotations
 
@@ -28,6 +28,22 @@ def random_llama(out_dir: Path, *, hidden: int = 32, layers: int = 2) -> Path:
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
     LlamaForCausalLM(cfg).save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def random_gpt2(out_dir: Path, *, hidden: int = 32, layers: int = 2) -> Path:
+    """An untrained GPT-2 (Conv1D projections, LayerNorm, learned positions, tied embeddings): the other family."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tasks.base_model import train_tokenizer
+
+    torch.manual_seed(0)
+    tok = train_tokenizer(SENTENCES * 4, vocab_size=300)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=2, n_positions=128,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
 
