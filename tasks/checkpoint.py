@@ -40,7 +40,8 @@ How the train loop calls it (tasks/train.py)::
         step, history, tokens, elapsed_before = state.step, extra["history"], extra["tokens"], extra["elapsed"]
         log.info("resuming from step %d (%s)", step, state.path)
     while step < total_steps:
-        ckpt.begin_epoch(loader, step)              # before the loader (or BatchMemoryManager) is iterated
+        ckpt.begin_epoch(loader, step)              # before the loader (or BatchMemoryManager) is iterated;
+                                                    # it calls set_epoch on a DistributedSampler itself
         with batches as it:
             for ids, labels in ckpt.batches(it):    # skips batches a resumed non-DP epoch already used
                 ...forward/backward; optimizer.step(); skipped = ...; optimizer.zero_grad()
@@ -65,6 +66,9 @@ to the copy's state — exactly where an uninterrupted run's G would be. The non
 checkpoint stores G's state at the epoch start and the number of batches used; the resumed epoch
 restarts G there and `batches()` skips the used batches. Both need the DataLoader built with
 `generator=torch.Generator().manual_seed(seed)` (secure_mode's CSPRNG cannot be resumed).
+The position is counted in logical steps; Opacus' distributed Poisson sampler silently drops a
+draw that is empty on one rank (which already desynchronises DPDDP ranks), and such an epoch would
+resume one draw off.
 """
 
 from __future__ import annotations
@@ -266,6 +270,7 @@ class Checkpointer:
         self._pending: dict | None = None  # sampler position from a checkpoint, used by the next begin_epoch
         self._swap = None  # DP: (original generator, draws per epoch) while a resumed epoch samples from a copy
         self._skip = 0
+        self._epoch = -1  # epochs begun; a DistributedSampler gets it through set_epoch
 
     @property
     def enabled(self) -> bool:
@@ -328,8 +333,6 @@ class Checkpointer:
 
     def begin_epoch(self, data_loader, step: int) -> None:
         """Call at the top of every epoch, before the loader is iterated."""
-        if not self.enabled:
-            return
         sampler = _poisson_sampler(data_loader)
         if self._swap is not None:  # the resumed partial epoch is over: hand its generator state back
             original, draws = self._swap
@@ -337,9 +340,15 @@ class Checkpointer:
             sampler.generator = original
             setattr(sampler, _draws_attr(sampler), draws)
             self._swap = None
-        _require_generator(data_loader)
         pending, self._pending = self._pending, None
         self._skip = 0
+        self._epoch = pending["epoch"] if pending is not None else self._epoch + 1
+        inner = getattr(data_loader.batch_sampler, "sampler", None)
+        if sampler is None and hasattr(inner, "set_epoch"):  # torch DistributedSampler: reshuffle per epoch
+            inner.set_epoch(self._epoch)
+        if not self.enabled:
+            return
+        _require_generator(data_loader)
         if pending is None:
             self._epoch_start_step = step
             self._epoch_start_gen_state = None if sampler is not None else data_loader.generator.get_state()
@@ -361,9 +370,6 @@ class Checkpointer:
                 raise RuntimeError("checkpoint was written with Poisson sampling, this run uses a plain loader")
             data_loader.generator.set_state(pending["generator_state"])
             self._epoch_start_gen_state = pending["generator_state"]
-            sampler_obj = getattr(data_loader.batch_sampler, "sampler", None)
-            if hasattr(sampler_obj, "set_epoch") and "epoch" in pending:
-                sampler_obj.set_epoch(pending["epoch"])
             self._skip = used
 
     def batches(self, iterable: Iterable) -> Iterator:
@@ -400,10 +406,7 @@ class Checkpointer:
             position = {"kind": "poisson", "generator_state": sampler.generator.get_state()}
         else:
             position = {"kind": "shuffle", "generator_state": self._epoch_start_gen_state}
-            epoch = getattr(getattr(data_loader.batch_sampler, "sampler", None), "epoch", None)
-            if epoch is not None:
-                position["epoch"] = int(epoch)
-        position.update(epoch_start_step=self._epoch_start_step, used=used)
+        position.update(epoch=self._epoch, epoch_start_step=self._epoch_start_step, used=used)
         _save({"rng": _rng_state(), "sampler": position}, tmp / f"rank-{self.rank}.pt")
 
         if self.rank == 0:

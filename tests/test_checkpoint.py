@@ -295,3 +295,73 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _ddp_loop(rank: int, ckpt_dir: Path, *, total_steps: int, every: int, stop_at: int | None = None) -> dict:
+    """Non-DP DDP with a DistributedSampler and dropout: per-rank RNG and the set_epoch shuffle."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    torch.manual_seed(100 + rank)  # per-rank dropout masks
+    data = [torch.randn(4, generator=torch.Generator().manual_seed(i)) for i in range(24)]
+    gen = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+    model = torch.nn.parallel.DistributedDataParallel(net)
+    loader = DataLoader(data, batch_size=3, sampler=DistributedSampler(data, shuffle=True, seed=0), generator=gen)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
+    ckpt = Checkpointer(ckpt_dir, fingerprint={"toy": 1, "world": 2}, every=every, keep=2, rank=rank, world=2)
+    step, resumed_from = 0, None
+    state = ckpt.load_latest()
+    if state is not None:
+        ckpt.restore(state, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader)
+        step = resumed_from = state.step
+    while step < total_steps:
+        ckpt.begin_epoch(loader, step)
+        for x in ckpt.batches(loader):
+            if step >= total_steps:
+                break
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            scheduler.step()
+            step += 1
+            ckpt.maybe_save(step, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader, extra={})
+            if step == stop_at:
+                raise Stop(step)
+    return {"weights": {n: p.detach().clone() for n, p in net.named_parameters()}, "resumed_from": resumed_from}
+
+
+def _ddp_worker(rank: int, port: int, root: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        root_path = Path(root)
+        ref = _ddp_loop(rank, root_path / "ref", total_steps=10, every=0)
+        try:
+            _ddp_loop(rank, root_path / "ckpt", total_steps=10, every=3, stop_at=7)
+        except Stop:
+            pass
+        resumed = _ddp_loop(rank, root_path / "ckpt", total_steps=10, every=3)
+        same = all(torch.equal(ref["weights"][k], resumed["weights"][k]) for k in ref["weights"])
+        (root_path / f"result-{rank}.json").write_text(json.dumps({"same": same, "resumed_from": resumed["resumed_from"]}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_rank_ddp_checkpoint_resumes_each_rank(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"result-{rank}.json").read_text())
+        assert result == {"same": True, "resumed_from": 6}, rank
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "step-00000009").iterdir()) == \
+        ["manifest.json", "rank-0.pt", "rank-1.pt", "shared.pt"]
