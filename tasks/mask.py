@@ -437,7 +437,9 @@ def _nlp_engine(model: str, language: str):
     return _NLP_ENGINES[cache_key]
 
 
-_CARD_DIGITS = r"(?<![\w-])(?:\d[ -]?){11,18}\d(?![\w-])"
+# Card-like groupings only: one run of digits, groups of four ("2221 0000 0000 0009"), or
+# Amex-like 4-6-5; a phone's "21 218 920 4879" (Luhn-valid by chance) is not a card.
+_CARD_DIGITS = r"(?<![\w-])(?:\d{12,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?|\d{4}[ -]\d{6}[ -]\d{4,5})(?![\w-])"
 
 # ---------------------------------------------------------------- PERSON gazetteer
 
@@ -618,8 +620,8 @@ def build_registry(recognizers_path: Path, language: str, spec: MaskSpec, nlp_en
     registry.remove_recognizer("PhoneRecognizer")
     registry.add_recognizer(PhoneRecognizer(supported_language=language, supported_regions=spec.phone_regions))
     # Presidio's card pattern wants 13+ digits and a 3/4/5/6/1 first digit: it misses Mastercard's
-    # 2-series, JCB 2131 and 12-digit Maestro numbers. Any 12-19 digits count here, and the Luhn
-    # check the recognizer runs on every match keeps the rest out.
+    # 2-series, JCB 2131 and 12-digit Maestro numbers. Any 12-19 digits in a card grouping count
+    # here, and the Luhn check the recognizer runs on every match keeps the rest out.
     registry.remove_recognizer("CreditCardRecognizer")
     registry.add_recognizer(CreditCardRecognizer(
         supported_language=language,
