@@ -107,6 +107,48 @@ def test_masked_and_versioned_split_hold_no_raw_pii(e2e):
     assert sum(e2e["report"]["mask"]["entities"].values()) >= len(key) * 0.9
 
 
+def test_masking_ran_as_one_mapped_task_per_shard(e2e):
+    report = e2e["report"]
+    shard_tis = [ti for ti in e2e["dag_run"].get_task_instances() if ti.task_id == "mask_shard"]
+    plan = json.loads((e2e["home"] / "staging" / e2e["run_dir"].name / "mask_shards" / "plan.json").read_text())
+    # 4000 generated records in one month partition, at most mask.shard_rows = 2000 a shard.
+    assert len(plan) == report["mask"]["shards"] >= 2
+    assert sorted(ti.map_index for ti in shard_tis) == list(range(len(plan)))
+    assert all("success" in str(ti.state).lower() for ti in shard_tis)
+    assert sorted(ti.rendered_map_index for ti in shard_tis) == sorted(s["label"] for s in plan)
+    assert report["mask"]["partitions"] == {"2026-01": report["ingest"]["rows_valid"]}
+    assert report["mask"]["rows"] == sum(s["rows"] for s in plan) == report["ingest"]["rows_valid"]
+    assert max(s["rows"] for s in plan) <= report["mask"]["shard_rows"]
+
+
+def _asset_events(run_id: str) -> list:
+    from sqlalchemy import select
+
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from tasks.assets import MASKED_DATASET
+
+    with create_session() as session:
+        query = (select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                 .where(AssetModel.name == MASKED_DATASET.name, AssetModel.uri == MASKED_DATASET.uri,
+                        AssetEvent.source_run_id == run_id))
+        return [(ev.source_dag_id, ev.source_task_id, dict(ev.extra or {})) for ev in session.scalars(query)]
+
+
+def test_dataset_version_is_published_as_an_asset_event(e2e):
+    report = e2e["report"]
+    events = _asset_events(e2e["dag_run"].run_id)
+    assert len(events) == 1, events
+    dag_id, task_id, extra = events[0]
+    assert (dag_id, task_id) == ("privacy_finetune", "version")
+    assert extra["dataset_rev"] == report["version"]["dataset_rev"]
+    assert extra["dvc_md5"] == report["version"]["dvc_md5"]
+    assert extra["tag"] == report["version"]["tag"] and extra["pipeline_run_id"] == report["run_id"]
+    assert extra["rows"] == report["mask"]["rows"] == report["ingest"]["rows_valid"]
+    assert extra["entities_total"] == report["mask"]["entities_total"] and extra["shards"] == report["mask"]["shards"]
+
+
 def test_lora_weights_moved_from_their_initial_values(e2e):
     import torch
     from safetensors.torch import load_file
@@ -175,12 +217,14 @@ def test_pipeline_plumbing_holds_no_raw_pii(e2e):
     assert "train done in" in console and "step " in console  # the capture really holds the run's logs
     with sqlite3.connect(e2e["home"] / "airflow" / "airflow.db") as db:
         xcom = [str(v) for (v,) in db.execute("select value from xcom")]
-    assert xcom
+        asset_extras = [str(v) for (v,) in db.execute("select extra from asset_event")]
+    assert xcom and asset_extras
     client = MlflowClient(tracking_uri=Paths(e2e["home"]).mlflow_tracking_uri)
     params = client.get_run(e2e["report"]["train"]["mlflow_run_id"]).data.params
     sources = {
         "console/task logs": console,
         "xcom": "\n".join(xcom),
+        "asset events": "\n".join(asset_extras),
         "report": (e2e["run_dir"] / "report.json").read_text() + (e2e["run_dir"] / "report.md").read_text(),
         "stage results": "".join(p.read_text() for p in (e2e["run_dir"] / "stages").glob("*.json")),
         "torchrun log": (e2e["run_dir"] / "train" / "torchrun.log").read_text(),
