@@ -15,6 +15,7 @@ resolved pipeline config plus paths), no class hierarchy.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -240,20 +241,26 @@ def trainable_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@functools.lru_cache(maxsize=32)
 def noise_for_target(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> tuple[float, str]:
-    """Noise multiplier from the PRV accountant (tightest); RDP when PRV cannot compute (its numerics
-    fail for some tiny-noise / many-step settings). Returns (noise, accountant name)."""
+    """Noise multiplier from the PRV accountant (tightest); RDP when PRV cannot compute — it raises, or
+    gives a non-finite ε, for some tiny-noise / many-step settings. Returns (noise, accountant name).
+    Cached: the search is the slowest part of a small run's setup and is deterministic."""
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        return get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                    steps=steps, accountant="prv"), "prv"
+        noise = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                     steps=steps, accountant="prv")
+        if not math.isfinite(epsilon_after(steps, noise=noise, sample_rate=sample_rate, delta=delta, accountant="prv")):
+            raise ArithmeticError("PRV epsilon is not finite")
+        return noise, "prv"
     except Exception as exc:  # noqa: BLE001 — any PRV numerical failure; RDP is a valid (looser) bound
         log.warning("PRV accountant could not compute (%s: %s); falling back to RDP", type(exc).__name__, exc)
         return get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                     steps=steps, accountant="rdp"), "rdp"
 
 
+@functools.lru_cache(maxsize=256)
 def epsilon_after(steps: int, *, noise: float, sample_rate: float, delta: float, accountant: str) -> float:
     """ε after `steps` Poisson-sampled steps, from a fresh accountant of the engine's kind."""
     from opacus.accountants import create_accountant
