@@ -41,3 +41,27 @@ def test_paths_derive_from_one_root(tmp_path):
     assert p.run_dir("manual__2026-01-01T00:00:00+00:00").parent == tmp_path / "runs"
     assert ":" not in safe_run_id("manual__2026-01-01T00:00:00+00:00")
     assert p.mlflow_tracking_uri.startswith("sqlite:///") and str(tmp_path) in p.mlflow_tracking_uri
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"method": "adapter"}, "adapter.*cannot run under DP.*dp: false"),
+    ({"method": "prefix", "grad_sample_mode": "ghost"}, "grad_sample_mode.*prefix"),
+    ({"method": "lora", "freeze_with_lora": True}, "freeze_with_lora"),
+    ({"target_modules": "everything"}, "target_modules"),
+    ({"target_modules": []}, "target_modules"),
+    ({"method": "dora"}, "method"),
+    ({"grad_sample_mode": "ew"}, "grad_sample_mode"),
+])
+def test_method_and_dp_combinations_refused_at_validation(train, message):
+    with pytest.raises(ValidationError, match=message):
+        PipelineConfig.model_validate({"train": train})
+
+
+def test_methods_that_run_validate():
+    for train in ({"method": "adapter", "dp": False}, {"method": "prefix"}, {"method": "full"},
+                  {"method": "freeze", "trainable_layers": 2, "freeze_with_lora": True, "target_modules": "all"},
+                  {"method": "lora", "target_modules": ["q_proj", "v_proj"], "grad_sample_mode": "ghost"}):
+        assert PipelineConfig.model_validate({"train": train}).train.method == train["method"]
+    cfg = apply_overrides(PipelineConfig(), {"train_method": "freeze", "trainable_layers": 2, "freeze_with_lora": True,
+                                             "grad_sample_mode": "hooks"})
+    assert (cfg.train.method, cfg.train.trainable_layers, cfg.train.grad_sample_mode) == ("freeze", 2, "hooks")
