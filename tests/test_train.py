@@ -214,8 +214,27 @@ def test_plots_and_non_private_marker(tmp_path, base_dir):
     assert result["privacy"] == "NON-PRIVATE" and result["accountant"] is None and result["grad_sample_mode"] is None
     assert (tmp_path / "out" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "out" / "epsilon_curve.png").exists()  # no ε without DP
-    result = train(_spec(tmp_path / "dp", base_dir, n=32, max_seq_len=24))
-    assert (tmp_path / "dp" / "out" / "epsilon_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mlflow_gets_curves_tags_and_trainable_share(tmp_path, base_dir, monkeypatch):
+    from mlflow import MlflowClient
+
+    from tasks.config import Paths
+
+    # set (not del): mlflow.set_tracking_uri exports the variable, and monkeypatch then removes it again
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}")
+    spec = _spec(tmp_path, base_dir, n=32, max_seq_len=24, method="freeze", trainable_layers=1)
+    spec["mlflow"] = {"home": str(tmp_path / "home"), "run_name": "t"}
+    result = train(spec)
+    assert (tmp_path / "out" / "epsilon_curve.png").read_bytes()[:4] == b"\x89PNG"
+    client = MlflowClient(tracking_uri=Paths(tmp_path / "home").mlflow_tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["dp"] == "true" and run.data.tags["train_method"] == "freeze"
+    assert run.data.params["accountant"] == "prv" and run.data.params["grad_sample_mode"] == "hooks"
+    assert float(run.data.params["trainable_pct"]) == result["trainable_pct"] < 100
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "epsilon")} == set(range(1, result["steps"] + 1))
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "training")} == {
+        "training/loss_curve.png", "training/epsilon_curve.png"}
 
 
 def test_out_of_memory_names_the_physical_batch():
