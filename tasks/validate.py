@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import re
 import logging
 import numbers
 import os
@@ -393,7 +394,24 @@ def build_data_docs(context: Any, result: Any, docs_dir: Path) -> Path:
     index = docs_dir / "index.html"
     if not index.is_file():
         raise RuntimeError(f"GX did not write Data Docs to {docs_dir}")
+    for page in docs_dir.rglob("*.html"):
+        page.write_text(make_offline(page.read_text(encoding="utf-8")), encoding="utf-8")
     return index
+
+
+# GX's page templates pull Bootstrap, jQuery and Vega from public CDNs: a reviewer opening the page
+# inside the customer network would make calls out. Drop those tags (the tables stay readable) and
+# add a CSP so the browser refuses any other remote load.
+_REMOTE_ASSET = re.compile(
+    r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link\b[^>]*\bhref=[\"']https?://[^>]*>",
+    re.IGNORECASE)
+_OFFLINE_CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'self\' \'unsafe-inline\' '
+                'data:; connect-src \'none\'">')
+
+
+def make_offline(html: str) -> str:
+    html = _REMOTE_ASSET.sub("", html)
+    return re.sub(r"(<head[^>]*>)", r"\1" + _OFFLINE_CSP, html, count=1, flags=re.IGNORECASE)
 
 
 def _raised(exception_info: Any) -> bool:

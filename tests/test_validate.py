@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import random
 import subprocess
@@ -363,6 +364,10 @@ def test_data_docs_saved_without_cell_values(tmp_path):
         text = file.read_text(encoding="utf-8", errors="replace")
         assert_no_pii(text)
         assert "Zelda" not in text, file
+    for file in [index, *pages]:  # opened inside the customer network, a page must not load from the internet
+        html = file.read_text(encoding="utf-8")
+        assert not re.search(r"<script[^>]*src=[\"']https?://|<link[^>]*href=[\"']https?://", html), file
+        assert "Content-Security-Policy" in html
     assert_no_pii(str(err.value))
     assert json.loads((out / "validation.json").read_text())["data_docs_path"] == str(index)
 
