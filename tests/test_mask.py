@@ -398,14 +398,40 @@ def test_spacy_runs_only_ner_in_one_batched_pipe(monkeypatch):
 
     def counting_pipe(texts, **kwargs):
         texts = list(texts)
-        calls.append((len(texts), kwargs.get("batch_size")))
+        calls.append((len(texts), sum(map(len, texts)), kwargs.get("batch_size")))
         return real_pipe(texts, **kwargs)
 
     monkeypatch.setattr(nlp, "pipe", counting_pipe)
     texts = [text for _, _, text in RECORDS] * 2
     out = list(mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, batch_size=64, workers=1))
     assert len(out) == len(texts)
-    assert calls == [(len(texts), 64)]  # one nlp.pipe over all texts, not one nlp() per text
+    # One nlp.pipe over the NER segments of all texts, not one nlp() per text; sentences with
+    # no capitalised word that may be a name (most plan-document text) are not read at all.
+    gate = mask._ner_gate(spec)
+    expected = [(s, e) for text in texts for s, e in gate.segments(text)]
+    assert calls == [(len(expected), sum(e - s for s, e in expected), 64)]
+    assert sum(e - s for s, e in expected) < 0.9 * sum(map(len, texts))
+
+
+def test_ner_gate_reads_only_sentences_that_may_hold_a_name():
+    gate = mask._ner_gate(mask.load_spec(RECOGNIZERS))
+    facts = f"{FACTS[0]} {FACTS[1]}"  # capitalised words: "The", "Silver Saver" (a domain term), "Prior", "CPT"
+    text = f"{facts}\nDear Mr. Gábor, your claim is approved.\n{facts} {facts}"
+    ((start, end),) = gate.segments(text)
+    # The name's sentence with one neighbour each side ("Mr." does not end a sentence).
+    assert text[start:end].strip() == f"{FACTS[1]}\nDear Mr. Gábor, your claim is approved.\n{FACTS[0]}"
+    assert gate.segments(facts + " The plan is sold by Member Services.") == []
+    assert gate.segments("Prior authorization is required. Appeals go to Ingrid.") == [(0, 54)]
+
+
+def test_gate_changes_nothing_on_the_records(tmp_path):
+    config = _config()
+    config["mask"]["ner_gate"] = False
+    ungated = tmp_path / "ungated.yaml"
+    ungated.write_text(yaml.safe_dump(config, sort_keys=False))
+    texts = [text for _, _, text in RECORDS]
+    assert list(mask_texts(texts, key=KEY, recognizers_path=ungated, workers=1)) == \
+        list(mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1))
 
 
 def test_workers_give_the_same_result_in_input_order(monkeypatch):
@@ -422,3 +448,48 @@ def test_workers_give_the_same_result_in_input_order(monkeypatch):
     assert [m.text.split(".")[0] for m in parallel] == [t.split(".")[0] for t in texts]
     assert single[0].spans and all(isinstance(e, str) and 0 <= s < e_ <= len(texts[0]) for e, s, e_ in single[0].spans)
 
+
+
+@pytest.mark.parametrize("text, name", [
+    # Not in spaCy's small model, nor in the name lists: a cue word makes it a name.
+    ("Our adjuster spoke with Dzhamalay Batukayev regarding the appeal.", "Dzhamalay Batukayev"),
+    ("Policy belongs to Qoqa M Arsanukayev, effective today.", "Qoqa M Arsanukayev"),  # middle initial
+    ("Hideo Yamanaka\nCardiographer\nSeqLL Inc.", "Hideo Yamanaka"),  # listed names at a line start
+    ("Mr. Gábor is a 39 year old man who grew up in Constitución.", "Gábor"),  # accented: was dropped
+    ("The subscriber, Sietske van der Wardt, asked us to stop calling.", "Sietske van der Wardt"),
+])
+def test_person_names_the_ner_misses(text, name):
+    ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
+    assert name not in masked and mask.pseudonym("PERSON", name, KEY) in masked
+    assert counts["PERSON"] >= 1
+
+
+def test_words_of_a_found_name_are_masked_alone_too():
+    text = "My name is Muriz Panković but everyone calls me Muriz."
+    ((masked, _),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
+    assert "Muriz" not in masked and mask.pseudonym("PERSON", "Muriz", KEY) in masked
+
+
+def test_name_lists_keep_words_that_are_not_names():
+    spec = mask.load_spec(RECOGNIZERS).name_lists
+    assert mask.name_list_spans("Grace periods end in May. Morris Street is closed.", spec) == []
+    assert mask.name_list_spans("call sofia brandt today", spec) == [(5, 17, spec.score)]
+
+
+@pytest.mark.parametrize("phone", ["(07700) 459 044", "+41 (0)88 694 68 51", "04.27.13.70.72", "0498 33 37 76",
+                                   "(11) 2313-7324", "+1-555-123-4567", "001-938-473-0441", "(659)711-4952x605"])
+def test_international_phone_formats(phone):
+    text = f"Her number is {phone} since March."
+    ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
+    assert masked == f"Her number is {mask.pseudonym('PHONE_NUMBER', phone, KEY)} since March."
+    assert counts == {"PHONE_NUMBER": 1}
+
+
+def test_phone_digit_groups_after_a_label_or_a_phone_word_only():
+    texts = ["Phone: 33 93 31", "Call back at 42-62-71-61.", "Personal Info:\\nPhone:\\n963 90 011\\n",
+             "Effective 05.06.2026 and 2026-01-15, see 1125 73 Rue Ibn Al Khatib."]
+    out = [t for t, _ in mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1)]
+    assert out[0] == f"Phone: {mask.pseudonym('PHONE_NUMBER', '33 93 31', KEY)}"
+    assert out[1] == f"Call back at {mask.pseudonym('PHONE_NUMBER', '42-62-71-61', KEY)}."
+    assert "963 90 011" not in out[2]
+    assert "05.06.2026" in out[3] and "2026-01-15" in out[3] and "1125 73" in out[3]
