@@ -66,9 +66,9 @@ to the copy's state — exactly where an uninterrupted run's G would be. The non
 checkpoint stores G's state at the epoch start and the number of batches used; the resumed epoch
 restarts G there and `batches()` skips the used batches. Both need the DataLoader built with
 `generator=torch.Generator().manual_seed(seed)` (secure_mode's CSPRNG cannot be resumed).
-The position is counted in logical steps; Opacus' distributed Poisson sampler silently drops a
-draw that is empty on one rank (which already desynchronises DPDDP ranks), and such an epoch would
-resume one draw off.
+The position is counted in logical steps. Opacus' distributed Poisson sampler silently drops a
+draw that is empty on one rank (desynchronising DPDDP ranks, and such an epoch would resume one
+draw off); tasks.train replaces it with `KeepEmptyDistributedSampler`, which yields the empty draw.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ log = logging.getLogger("tasks.checkpoint")
 
 FORMAT = 1
 # Knobs that change speed or bookkeeping, not the trained model or the privacy spent.
+# World size is fingerprinted on its own; rendezvous settings may change between attempts (new host, new id).
 EXECUTION_ONLY = frozenset({"physical_batch_size", "cpu_threads", "nproc_per_node", "checkpoint_every",
-                            "checkpoint_keep"})
+                            "checkpoint_keep", "nnodes", "rdzv_endpoint", "rdzv_backend", "rdzv_id"})
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 

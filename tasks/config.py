@@ -86,12 +86,22 @@ class TrainConfig(_Section):
     learning_rate: float = Field(0.5, gt=0)
     max_seq_len: int = Field(96, ge=8)
     seed: int = 0
-    nproc_per_node: int = Field(1, ge=1)
+    nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node under torchrun")
     cpu_threads: int = Field(1, ge=1, description="torch threads per process on CPU (small models run fastest on 1)")
     dp: bool = True
     target_epsilon: float = Field(8.0, gt=0)
     target_delta: float | None = Field(None, gt=0, lt=1, description="None → 1/(10·N)")
     max_grad_norm: float = Field(1.0, gt=0)
+    # Resumable runs (tasks/checkpoint.py): trainable weights, optimizer, schedule, RNG, sampler, accountant.
+    checkpoint_every: int = Field(10, ge=0, description="checkpoint every N logical steps; 0 = off (no resume)")
+    checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    # Multi-node: torchrun rendezvous (tasks.train.torchrun_args). One node: --standalone.
+    nnodes: int = Field(1, ge=1, description="nodes; every node runs the same torchrun command")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous; None = --standalone (one node)")
+    rdzv_backend: Literal["c10d", "static", "etcd", "etcd-v2"] = "c10d"
+    rdzv_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="rendezvous id; None = the run's id")
+    deepspeed: str | None = Field(None, description="ZeRO config (e.g. include/deepspeed/zero2.json); non-private "
+                                                     "runs on CUDA only, needs requirements-gpu.txt")
 
     @field_validator("target_modules")
     @classmethod
@@ -107,6 +117,12 @@ class TrainConfig(_Section):
         """Combinations that Opacus 1.6 cannot privatise, refused before any model load (measured in tests)."""
         if self.method != "freeze" and self.freeze_with_lora:
             raise ValueError("train.freeze_with_lora: only applies to method 'freeze'")
+        if self.deepspeed and self.dp:
+            raise ValueError(
+                "train.deepspeed: cannot be combined with dp: true. DP-SGD clips every record's gradient before "
+                "they are summed; DeepSpeed ZeRO reduces, shards and fuses gradients inside its engine, bypassing "
+                "Opacus's per-sample clipping and noise. For private multi-GPU training leave deepspeed: null "
+                "(the recipe uses Opacus DPDDP under torchrun); use DeepSpeed only with dp: false")
         if not self.dp:
             return self
         if self.method == "adapter":
@@ -118,6 +134,22 @@ class TrainConfig(_Section):
             raise ValueError(
                 "train.grad_sample_mode: 'ghost' does not support prefix-tuning (Opacus's embedding norm sampler "
                 "fails on the expanded prefix tokens); use grad_sample_mode 'hooks' or 'auto'")
+        return self
+
+    @model_validator(mode="after")
+    def _launch_consistent(self) -> "TrainConfig":
+        world = self.nnodes * self.nproc_per_node
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"train.rdzv_endpoint: required when train.nnodes={self.nnodes} > 1 "
+                             "(host:port that every node reaches, e.g. the first node's address:29400)")
+        if self.rdzv_endpoint and not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", self.rdzv_endpoint):
+            raise ValueError(f"train.rdzv_endpoint: '{self.rdzv_endpoint}' is not host:port")
+        if not self.dp and world > 1 and self.batch_size % world:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be divisible by the world size "
+                             f"nnodes × nproc_per_node = {world} for non-private DDP (equal per-rank batches)")
+        if self.deepspeed and self.batch_size % (self.physical_batch_size * world):
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of physical_batch_size × world "
+                             f"= {self.physical_batch_size * world} under DeepSpeed (micro batch × accumulation × ranks)")
         return self
 
 

@@ -195,6 +195,8 @@ def preflight(spec: dict, n_records: int) -> dict:
 
     t = spec["train"]
     model_cfg = check_model_dir(Path(spec["base_model_dir"]))
+    if t.get("deepspeed"):
+        deepspeed_preflight(t)
     if t["batch_size"] > n_records:
         raise ValueError(f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n_records} records)")
     delta = t["target_delta"] or 1.0 / (10 * n_records)
@@ -354,16 +356,90 @@ def save_plots(history: list[dict], out_dir: Path, dp: bool) -> list[Path]:
     return paths
 
 
-def init_distributed():
+def init_distributed() -> tuple[int, int, int]:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK: NCCL across GPUs, gloo on CPU. Returns (rank, world, local rank)."""
+    import torch
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # before NCCL init: each process owns one GPU
     if world > 1 and not dist.is_initialized():
-        import torch
-
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, world
+    return rank, world, local_rank
+
+
+def torchrun_args(train_cfg: dict, *, spec_path: Path | str, run_id: str | None = None) -> list[str]:
+    """The full launch command of the recipe. One node: `--standalone`. Several: every node runs this same
+    command and they meet at the c10d rendezvous `rdzv_endpoint` under one `rdzv_id` (default: the run id,
+    so two pipeline runs never join each other's job). No restarts inside torchrun: an Airflow retry
+    relaunches the task, which resumes from the last checkpoint."""
+    import re
+    import sys
+
+    nnodes, nproc = int(train_cfg.get("nnodes", 1)), int(train_cfg.get("nproc_per_node", 1))
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if train_cfg.get("rdzv_endpoint"):
+        rdzv_id = train_cfg.get("rdzv_id") or re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "").strip("_.") or "privatetune"
+        cmd += [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", f"--rdzv_backend={train_cfg.get('rdzv_backend', 'c10d')}",
+                f"--rdzv_endpoint={train_cfg['rdzv_endpoint']}", f"--rdzv_id={rdzv_id}"]
+    else:
+        if nnodes > 1:
+            raise ValueError(f"train.rdzv_endpoint: required when train.nnodes={nnodes} > 1")
+        cmd += ["--standalone", f"--nproc_per_node={nproc}"]
+    return cmd + ["--max_restarts=0", "-m", "tasks.train", "--spec", str(spec_path)]
+
+
+@functools.lru_cache(maxsize=1)
+def _keep_empty_sampler_class():
+    from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
+
+    class KeepEmptyDistributedSampler(DistributedUniformWithReplacementSampler):
+        """Opacus' distributed Poisson sampler, except that a draw that selects nothing on this rank is
+        yielded (empty) instead of skipped. Skipping desynchronises the ranks: one rank's k-th step pairs
+        with another's (k+1)-th draw in the gradient all-reduce, and a local batch conditioned on being
+        non-empty is no longer Poisson. The recipe turns an empty draw into a zero-gradient step."""
+
+        def __iter__(self):
+            import torch
+
+            if self.shuffle:
+                g = torch.Generator()
+                g.manual_seed(self.shuffle_seed + self.epoch)
+                indices = torch.randperm(self.total_size, generator=g)
+            else:
+                indices = torch.arange(self.total_size)
+            indices = indices[self.rank: self.total_size: self.num_replicas]
+            for _ in range(self.num_batches):
+                mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+                yield indices[mask.nonzero(as_tuple=False).reshape(-1)]
+
+    return KeepEmptyDistributedSampler
+
+
+def weights_digest(model) -> str:
+    """sha256 over the trainable tensors (name, dtype, bytes): equal digests = bit-identical weights."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        h.update(name.encode() + str(p.dtype).encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _unwrapped(model):
+    """The PEFT/HF model under Opacus' GradSampleModule and (DP)DDP."""
+    import torch
+
+    inner = model._module if hasattr(model, "_module") else model
+    if isinstance(inner, torch.nn.parallel.DistributedDataParallel) or \
+            type(inner).__name__ == "DifferentiallyPrivateDistributedDataParallel":
+        inner = inner.module
+    return inner
 
 
 # ---------------------------------------------------------------- the recipe
@@ -371,8 +447,11 @@ def init_distributed():
 def train(spec: dict) -> dict:
     offline.apply()
     import torch
+    import torch.distributed as dist
     from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.checkpoint import Checkpointer, spec_fingerprint
 
     t = spec["train"]
     out_dir = Path(spec["out_dir"])
@@ -383,10 +462,10 @@ def train(spec: dict) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         torch.set_num_threads(t["cpu_threads"])
-    rank, world = init_distributed()
+    rank, world, local_rank = init_distributed()
     random.seed(t["seed"] + rank)
-    torch.manual_seed(t["seed"])
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(t["seed"])  # same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway)
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
     # -- model: to its device before PEFT and Opacus wrap it (Opacus+PEFT silent-failure guard)
     tokenizer = AutoTokenizer.from_pretrained(spec["base_model_dir"])
@@ -398,17 +477,39 @@ def train(spec: dict) -> dict:
     model.train()  # Opacus refuses modules in eval mode (from_pretrained returns eval)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("method %s: %d of %d parameters trainable (%.3f%%)", t["method"], trainable, total, 100 * trainable / total)
+    if rank == 0:
+        log.info("method %s: %d of %d parameters trainable (%.3f%%); world size %d", t["method"], trainable, total,
+                 100 * trainable / total, world)
     initial = trainable_state(model)
     frozen_before = frozen_checksums(model)
+    if t.get("deepspeed"):
+        return _train_deepspeed(spec, model=model, tokenizer=tokenizer, texts=texts, info=info, rank=rank,
+                                world=world, device=device, trainable=trainable, total=total)
+    if world > 1:
+        # DPDDP (DP) / DDP: wrapped after PEFT and before make_private, which sees the wrapper and switches to
+        # distributed Poisson sampling (local batch ~ batch_size/world) and the DistributedDPOptimizer.
+        if t["dp"]:
+            from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+            model = DPDDP(model)
+        else:
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        torch.manual_seed(t["seed"] + rank)  # from here on (dropout), ranks draw independently
 
     # -- data
     rows = tokenize(texts, tokenizer, t["max_seq_len"])
     n = len(rows)
     dataset = TokenDataset(rows)
-    loader = DataLoader(dataset, batch_size=t["batch_size"], shuffle=True,
-                        collate_fn=make_collate(tokenizer.pad_token_id, t["max_seq_len"]),
-                        generator=torch.Generator().manual_seed(t["seed"]))
+    collate = make_collate(tokenizer.pad_token_id, t["max_seq_len"])
+    # the generator draws the Poisson masks under DP: one stream per rank (rank 0's = the single-process one)
+    generator = torch.Generator().manual_seed(t["seed"] + rank)
+    if world > 1 and not t["dp"]:
+        from torch.utils.data import DistributedSampler
+
+        loader = DataLoader(dataset, batch_size=t["batch_size"] // world, collate_fn=collate, generator=generator,
+                            sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"]))
+    else:  # under DP this loader only conveys the global sample rate (batch_size / N) to make_private
+        loader = DataLoader(dataset, batch_size=t["batch_size"], shuffle=True, collate_fn=collate, generator=generator)
     steps_per_epoch = max(1, math.ceil(n / t["batch_size"]))
     planned_steps = total_steps = max(1, round(t["epochs"] * steps_per_epoch))
 
@@ -423,12 +524,13 @@ def train(spec: dict) -> dict:
         # the run stops before exceeding its target: cap the steps at the last one within ε
         total_steps = max_steps_within(t["target_epsilon"], total_steps, noise=noise, sample_rate=sample_rate,
                                        delta=delta, accountant=accountant)
-        if total_steps < planned_steps:
+        if total_steps < planned_steps and rank == 0:
             log.warning("capping training at %d of %d steps: more would exceed ε=%s", total_steps, planned_steps,
                         t["target_epsilon"])
         mode = resolve_grad_sample_mode(t, model, device, info["tied_embeddings"])
-        log.info("DP-SGD: accountant %s, noise %.4f, sample rate %.4f, clipping mode %s", accountant, noise,
-                 sample_rate, mode)
+        if rank == 0:
+            log.info("DP-SGD: accountant %s, noise %.4f, sample rate %.4f, clipping mode %s", accountant, noise,
+                     sample_rate, mode)
         privacy_engine = PrivacyEngine(accountant=accountant, secure_mode=False)
         private = privacy_engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
@@ -438,8 +540,25 @@ def train(spec: dict) -> dict:
             model, optimizer, criterion, loader = private
         else:
             model, optimizer, loader = private
+        if world > 1:
+            loader.batch_sampler.__class__ = _keep_empty_sampler_class()
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+
+    # -- resume: after everything that draws random numbers at setup (restore resets the RNGs)
+    ckpt = Checkpointer(out_dir / "checkpoints", fingerprint=spec_fingerprint(spec, world=world),
+                        every=t.get("checkpoint_every", 0), keep=t.get("checkpoint_keep", 2), rank=rank, world=world)
+    step, history, tokens, elapsed_before, resumed_from = 0, [], 0, 0.0, None
+    epsilon = 0.0
+    state = ckpt.load_latest()
+    if state is not None:
+        extra = ckpt.restore(state, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader,
+                             privacy_engine=privacy_engine)
+        step, history, tokens, elapsed_before = state.step, extra["history"], extra["tokens"], extra["elapsed"]
+        resumed_from = step
+        epsilon = history[-1]["epsilon"] if history else 0.0
+        if rank == 0:
+            log.info("resuming from step %d of %d (%s)", step, total_steps, state.path)
 
     mlflow_run = _mlflow_start(spec) if rank == 0 else None
     if mlflow_run:
@@ -449,27 +568,33 @@ def train(spec: dict) -> dict:
     # -- train loop
     # GPT-2's learned position embedding sees position_ids of batch 1 unless expanded: per-sample grads need the batch
     expand_positions = t["dp"] and t["method"] == "full"
-    step, history, start, tokens = 0, [], time.perf_counter(), 0
-    epsilon = 0.0
+    start = time.perf_counter()
+    step_samples = step_tokens = 0  # this rank's records and tokens in the current logical step
     with _OomHint(t):
         while step < total_steps:
+            ckpt.begin_epoch(loader, step)  # before the loader is iterated (sampler position, set_epoch)
             batches = _physical_batches(loader, optimizer, t, privacy_engine)
             with batches as it:
-                for ids, labels in it:
+                for ids, labels in ckpt.batches(it):
                     if step >= total_steps:
                         break
                     ids, labels = ids.to(device), labels.to(device)
-                    if ids.shape[0] > 0:
-                        kwargs = {"input_ids": ids, "attention_mask": (labels != -100).long()}
-                        if expand_positions:
-                            kwargs["position_ids"] = torch.arange(ids.shape[1], device=device).expand(ids.shape[0], -1)
-                        logits = model(**kwargs).logits
-                        loss = per_sample_mean_loss(logits, labels) if criterion is None else ghost_loss(criterion, logits, labels)
-                        loss.backward()
-                        tokens += int((labels != -100).sum())
-                        loss_value = loss.item()
-                    else:
-                        loss_value = float("nan")
+                    rows_here = ids.shape[0]
+                    attention = (labels != -100).long()
+                    if rows_here == 0:
+                        # An empty Poisson draw still is a step (noise, accountant, the ranks' all-reduce): one
+                        # fully ignored row gives every parameter an exactly-zero per-sample gradient.
+                        ids = torch.full((1, 2), tokenizer.pad_token_id, dtype=torch.long, device=device)
+                        labels, attention = torch.full_like(ids, -100), torch.ones_like(ids)
+                    kwargs = {"input_ids": ids, "attention_mask": attention}
+                    if expand_positions:
+                        kwargs["position_ids"] = torch.arange(ids.shape[1], device=device).expand(ids.shape[0], -1)
+                    logits = model(**kwargs).logits
+                    loss = per_sample_mean_loss(logits, labels) if criterion is None else ghost_loss(criterion, logits, labels)
+                    loss.backward()
+                    loss_value = loss.item() if rows_here else float("nan")
+                    step_samples += rows_here
+                    step_tokens += int((labels != -100).sum())
                     optimizer.step()
                     skipped = getattr(optimizer, "_is_last_step_skipped", False)
                     optimizer.zero_grad(set_to_none=True)
@@ -477,14 +602,21 @@ def train(spec: dict) -> dict:
                         continue  # a physical sub-batch of a larger logical batch: no update yet
                     scheduler.step()
                     step += 1
-                    if privacy_engine is not None:
+                    if world > 1:  # global records and tokens of this logical step
+                        counts = torch.tensor([step_samples, step_tokens], dtype=torch.long, device=device)
+                        dist.all_reduce(counts)
+                        step_samples, step_tokens = (int(c) for c in counts.tolist())
+                    tokens += step_tokens
+                    if privacy_engine is not None and rank == 0:  # every rank's accountant is the same; rank 0 reports
                         epsilon = privacy_engine.get_epsilon(delta)
                         if epsilon > t["target_epsilon"]:  # unreachable with the cap above; never release such a model
                             raise RuntimeError(f"privacy guard: ε={epsilon:.4f} after step {step} exceeds "
                                                f"train.target_epsilon={t['target_epsilon']}; the run is stopped unsaved")
-                    history.append({"step": step, "loss": loss_value, "epsilon": epsilon})
-                    if step % max(1, total_steps // 20) == 0 or step == total_steps:
-                        rate = tokens / (time.perf_counter() - start)
+                    history.append({"step": step, "loss": loss_value, "epsilon": epsilon, "samples": step_samples})
+                    step_samples = step_tokens = 0
+                    elapsed = elapsed_before + time.perf_counter() - start
+                    if rank == 0 and (step % max(1, total_steps // 20) == 0 or step == total_steps):
+                        rate = tokens / max(elapsed, 1e-9)
                         log.info("step %d/%d loss %.4f lr %.2e epsilon %.3f tokens/s %.0f",
                                  step, total_steps, loss_value, scheduler.get_last_lr()[0], epsilon, rate)
                         if mlflow_run:
@@ -492,14 +624,22 @@ def train(spec: dict) -> dict:
 
                             mlflow.log_metrics({"loss": loss_value, "epsilon": epsilon, "tokens_per_s": rate,
                                                 "lr": scheduler.get_last_lr()[0]}, step=step)
+                    ckpt.maybe_save(step, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader,
+                                    privacy_engine=privacy_engine,
+                                    extra={"history": history, "tokens": tokens, "elapsed": elapsed})
 
-    elapsed = time.perf_counter() - start
-    inner = model._module if hasattr(model, "_module") else model
-    inner = inner.module if hasattr(inner, "module") and world > 1 else inner
+    elapsed = elapsed_before + time.perf_counter() - start
+    inner = _unwrapped(model)
     changed = _changed_share(initial, trainable_state(inner))
     frozen_after = frozen_checksums(inner)
     frozen_moved = sum(1 for k, v in frozen_before.items() if frozen_after.get(k) != v)
     is_peft = hasattr(inner, "peft_config")
+    digests = None
+    if world > 1:  # every rank must hold the same weights; rank 0's are the ones saved
+        digests = [None] * world
+        dist.all_gather_object(digests, weights_digest(inner))
+        if len(set(digests)) != 1:
+            log.error("ranks hold different trainable weights after training (digests %s)", digests)
     result = {
         "method": t["method"], "dp": t["dp"], "privacy": privacy_marker(t, epsilon, delta),
         "epsilon": round(epsilon, 4) if t["dp"] else None,
@@ -511,29 +651,180 @@ def train(spec: dict) -> dict:
         "trainable_params": trainable, "total_params": total, "trainable_pct": round(100 * trainable / total, 3),
         "trainable_tensors_changed": changed, "frozen_tensors_changed": frozen_moved, "final_loss": history[-1]["loss"] if history else None,
         "train_seconds": round(elapsed, 1), "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
-        "world_size": world,
+        "world_size": world, "resumed_from_step": resumed_from,
+        "rank_weight_digests": digests, "ranks_in_sync": None if digests is None else len(set(digests)) == 1,
         # PEFT methods save an adapter; freeze (without LoRA) and full save the whole model
         "adapter_dir": str(out_dir / "adapter") if is_peft else None,
         "model_dir": None if is_peft else str(out_dir / "model"),
         "mlflow_run_id": mlflow_run.info.run_id if mlflow_run else None,
     }
     if rank == 0:
-        if is_peft:
-            inner.save_pretrained(out_dir / "adapter")
-        else:
-            inner.save_pretrained(out_dir / "model")
-            tokenizer.save_pretrained(out_dir / "model")
-        (out_dir / "train_history.json").write_text(json.dumps(history))
-        (out_dir / "train_result.json").write_text(json.dumps(result, indent=2))
-        plots = save_plots(history, out_dir, t["dp"])
-        if mlflow_run:
-            import mlflow
+        _save_outputs(inner, tokenizer, is_peft, out_dir, history, result, t, mlflow_run, epsilon, trainable)
+        # Checkpoints exist to finish an unfinished run. The saved adapter/model supersedes them, and for full
+        # fine-tuning each one is ~3x the model (weights + optimizer moments): removed once the result is written.
+        ckpt_dir = out_dir / "checkpoints"
+        if ckpt_dir.exists():
+            import shutil
 
-            mlflow.log_metrics({"final_epsilon": epsilon, "trainable_pct": result["trainable_pct"],
-                                "trainable_params": trainable})
-            for plot in plots:
-                mlflow.log_artifact(str(plot), artifact_path="training")
-            mlflow.end_run()
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result
+
+
+def _save_outputs(inner, tokenizer, is_peft: bool, out_dir: Path, history: list, result: dict, t: dict,
+                  mlflow_run, epsilon: float, trainable: int, state_dict=None) -> None:
+    if is_peft:
+        inner.save_pretrained(out_dir / "adapter", **({"state_dict": state_dict} if state_dict is not None else {}))
+    else:
+        inner.save_pretrained(out_dir / "model", **({"state_dict": state_dict} if state_dict is not None else {}))
+        tokenizer.save_pretrained(out_dir / "model")
+    (out_dir / "train_history.json").write_text(json.dumps(history))
+    (out_dir / "train_result.json").write_text(json.dumps(result, indent=2))
+    plots = save_plots(history, out_dir, t["dp"])
+    if mlflow_run:
+        import mlflow
+
+        mlflow.log_metrics({"final_epsilon": epsilon, "trainable_pct": result["trainable_pct"],
+                            "trainable_params": trainable})
+        for plot in plots:
+            mlflow.log_artifact(str(plot), artifact_path="training")
+        mlflow.end_run()
+
+
+# ---------------------------------------------------------------- DeepSpeed (non-private, CUDA only)
+# UNTESTED HERE: the CI machine has no GPU and no deepspeed package. Only the refusals (dp: true, no CUDA,
+# no package, bad config file) are tested; this path is written against the DeepSpeed 0.19 engine API.
+
+def deepspeed_config(t: dict, *, world: int, config_path: Path | str, bf16_supported: bool) -> dict:
+    """The ZeRO config with its "auto" values filled from the train config: micro batch = physical batch,
+    accumulation = batch / (physical × world), bf16 when the GPU supports it."""
+    path = Path(config_path)
+    if not path.is_absolute():
+        path = Path(__file__).resolve().parent.parent / path
+    if not path.is_file():
+        raise FileNotFoundError(f"train.deepspeed: {path} does not exist (ZeRO configs: include/deepspeed/zero2.json, zero3.json)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"train.deepspeed: {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    micro, accum = t["physical_batch_size"], t["batch_size"] // (t["physical_batch_size"] * world)
+    if accum < 1 or micro * accum * world != t["batch_size"]:
+        raise ValueError(f"train.batch_size ({t['batch_size']}) must be a multiple of physical_batch_size × world "
+                         f"({micro} × {world}) under DeepSpeed")
+    fill = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum}
+    for key, value in fill.items():
+        if cfg.get(key, "auto") == "auto":
+            cfg[key] = value
+    cfg["train_batch_size"] = cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * world
+    if cfg.get("gradient_clipping") == "auto":
+        cfg["gradient_clipping"] = t["max_grad_norm"]
+    bf16 = cfg.setdefault("bf16", {"enabled": "auto"})
+    if bf16.get("enabled") == "auto":
+        bf16["enabled"] = bool(bf16_supported)
+    return cfg
+
+
+def deepspeed_preflight(t: dict) -> None:
+    """Refuse before any compute: DeepSpeed needs CUDA GPUs and the optional package (requirements-gpu.txt)."""
+    import importlib.util
+
+    import torch
+
+    if t.get("dp"):  # also refused by the config validator; a hand-written spec may bypass it
+        raise ValueError("train.deepspeed: cannot be combined with dp: true (DeepSpeed bypasses Opacus's per-sample "
+                         "clipping); leave deepspeed: null for private multi-GPU training (Opacus DPDDP)")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.deepspeed: needs CUDA GPUs and this machine has none; set deepspeed: null "
+                           "(torchrun DDP runs on CPU) or run the training task on a GPU worker")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError("train.deepspeed: the deepspeed package is not installed; pip install -r requirements-gpu.txt "
+                           "on the GPU workers, or set deepspeed: null")
+
+
+def _train_deepspeed(spec: dict, *, model, tokenizer, texts, info, rank: int, world: int, device, trainable: int,
+                     total: int) -> dict:
+    """Non-private ZeRO-2/3 training. UNTESTED HERE (no GPU): see the section comment."""
+    import deepspeed  # noqa: F401 — optional GPU extra
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    t = spec["train"]
+    out_dir = Path(spec["out_dir"])
+    cfg = deepspeed_config(t, world=world, config_path=t["deepspeed"], bf16_supported=torch.cuda.is_bf16_supported())
+    rows = tokenize(texts, tokenizer, t["max_seq_len"])
+    dataset = TokenDataset(rows)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"]) if world > 1 else None
+    loader = DataLoader(dataset, batch_size=cfg["train_micro_batch_size_per_gpu"], sampler=sampler, shuffle=sampler is None,
+                        collate_fn=make_collate(tokenizer.pad_token_id, t["max_seq_len"]),
+                        generator=torch.Generator().manual_seed(t["seed"]), drop_last=True)
+    micro_per_step = cfg["gradient_accumulation_steps"]
+    steps_per_epoch = max(1, len(loader) // micro_per_step)
+    total_steps = max(1, round(t["epochs"] * max(1, math.ceil(len(rows) / t["batch_size"]))))
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                           config=cfg)
+    ckpt_dir = out_dir / "checkpoints" / "deepspeed"  # ZeRO shards optimizer state per rank: DeepSpeed's own format
+    step, history, tokens, resumed_from = 0, [], 0, None
+    if t.get("checkpoint_every", 0) and (ckpt_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        if client:
+            step, history, tokens, resumed_from = client["step"], client["history"], client["tokens"], client["step"]
+            log.info("resuming from step %d (%s)", step, ckpt_dir)
+    start, epoch = time.perf_counter(), step // steps_per_epoch
+    while step < total_steps:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        skip = (step - epoch * steps_per_epoch) * micro_per_step  # micro-batches a resumed epoch already used
+        for i, (ids, labels) in enumerate(loader):
+            if i < skip:
+                continue
+            if step >= total_steps:
+                break
+            ids, labels = ids.to(device), labels.to(device)
+            loss = per_sample_mean_loss(engine(input_ids=ids, attention_mask=(labels != -100).long()).logits, labels)
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()  # optimizer + scheduler at the accumulation boundary only
+            tokens += int((labels != -100).sum()) * world
+            if not boundary:
+                continue
+            step += 1
+            history.append({"step": step, "loss": loss.item(), "epsilon": 0.0})
+            if rank == 0 and (step % max(1, total_steps // 20) == 0 or step == total_steps):
+                log.info("step %d/%d loss %.4f lr %.2e epsilon %.3f tokens/s %.0f", step, total_steps, loss.item(),
+                         scheduler.get_last_lr()[0], 0.0, tokens / (time.perf_counter() - start))
+            if t.get("checkpoint_every", 0) and step % t["checkpoint_every"] == 0:
+                engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step:08d}",
+                                       client_state={"step": step, "history": history, "tokens": tokens})
+        epoch += 1
+    elapsed = time.perf_counter() - start
+    inner = engine.module
+    is_peft = hasattr(inner, "peft_config")
+    zero3 = cfg.get("zero_optimization", {}).get("stage") == 3
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else None  # collective: every rank calls it
+    result = {
+        "method": t["method"], "dp": False, "privacy": privacy_marker(t, 0.0, 0.0), "epsilon": None,
+        "target_epsilon": None, "delta": None, "noise_multiplier": 0.0, "max_grad_norm": t["max_grad_norm"],
+        "accountant": None, "grad_sample_mode": None, "steps": step, "planned_steps": total_steps, "epochs": t["epochs"],
+        "records": len(rows), "batch_size": t["batch_size"], "model_type": info["model_type"],
+        "trainable_params": trainable, "total_params": total, "trainable_pct": round(100 * trainable / total, 3),
+        "trainable_tensors_changed": None, "frozen_tensors_changed": None,
+        "final_loss": history[-1]["loss"] if history else None, "train_seconds": round(elapsed, 1),
+        "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1), "world_size": world, "resumed_from_step": resumed_from,
+        "rank_weight_digests": None, "ranks_in_sync": None, "deepspeed": {"config": t["deepspeed"], "zero_stage":
+                                                                          cfg.get("zero_optimization", {}).get("stage")},
+        "adapter_dir": str(out_dir / "adapter") if is_peft else None, "model_dir": None if is_peft else str(out_dir / "model"),
+        "mlflow_run_id": None,
+    }
+    if rank == 0:
+        mlflow_run = _mlflow_start(spec)
+        result["mlflow_run_id"] = mlflow_run.info.run_id if mlflow_run else None
+        _save_outputs(inner, tokenizer, is_peft, out_dir, history, result, t, mlflow_run, 0.0, trainable,
+                      state_dict=state_dict)
+        import shutil
+
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return result
 
 
@@ -620,7 +911,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="PrivateTune training recipe (run under torchrun).")
     parser.add_argument("--spec", type=Path, required=True, help="JSON: resolved config + paths")
     args = parser.parse_args()
-    result = train(json.loads(args.spec.read_text()))
+    try:
+        result = train(json.loads(args.spec.read_text()))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
 
