@@ -23,8 +23,10 @@ types a set labels. F2 = 5PR / (4P + R) weighs recall four times as much as prec
 The synth_key set also reports `leaked`: key values still present verbatim in the masked text.
 
 Throughput, on the first --n synth_key records, side by side:
-  batched     tasks.mask.mask_records with --workers processes (NER-only spaCy, nlp.pipe
-              batches, engines loaded once per worker, residual scan included), warm pool.
+  batched     tasks.mask.mask_records with --workers processes (NER-only spaCy, run in nlp.pipe
+              batches on the sentences that may hold a name and their neighbours, engines
+              loaded once per worker, residual scan included), warm pool. The share of text
+              the NER reads is reported.
   batched_1   the same in this process (workers=1), to separate batching from parallelism.
   plain_loop  AnalyzerEngine.analyze + AnonymizerEngine.anonymize per text, engines loaded
               once, with exactly the same recognizers (tasks.mask.build_registry) and operators,
@@ -326,7 +328,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name}: {r['what']} | {r['docs_per_s']} | {r['seconds']} | {r['startup_s']} | "
                      f"{_f(r['recall_all_types'])} |")
     lines += ["", f"Speed-up of batched over plain_loop: **{t['speedup']}×** (batched_1 over plain_loop: "
-                  f"{t['speedup_1_worker']}×).", ""]
+                  f"{t['speedup_1_worker']}×)."]
+    if t.get("ner_read_share") is not None:
+        lines.append(f"The batched pipelines' spaCy NER read {t['ner_read_share']:.0%} of the characters (sentences "
+                     "that may hold a name, with their neighbours); plain_loop runs spaCy on all of them.")
+    if t.get("load_1min") is not None:
+        lines.append(f"1-minute load average before / after the throughput runs: {t['load_1min']} (2 CPUs; other "
+                     "jobs on the machine slow the side-by-side runs alike, the 2-worker run most).")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -342,6 +351,23 @@ def _residual(masked) -> dict:
     flagged = sum(1 for m in masked if m.residual)
     return {"records": flagged, "share": _r(flagged / len(masked)) if masked else 0.0,
             "per_type": dict(sorted(counts.items()))}
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _ner_read_share(texts: list[str]) -> float | None:
+    """Share of the characters the masking stage's NER gate sends to spaCy (None: gate off)."""
+    from tasks import mask
+
+    gate = mask._ner_gate(mask.load_spec(RECOGNIZERS))
+    if gate is None:
+        return None
+    return _r(sum(e - s for t in texts for s, e in gate.segments(t)) / sum(map(len, texts)))
 
 
 def _overall_recall(docs, preds) -> float | None:
@@ -378,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     synth_docs = sets["synth_key"]["docs"]
     texts = [d["text"] for d in synth_docs]
 
+    load_before = _load()
     t0 = time.perf_counter()
     with mask.mask_workers(args.workers, recognizers_path=RECOGNIZERS) as workers:
         pool_startup = time.perf_counter() - t0
@@ -415,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = lambda secs: round(n / secs, 2)
     throughput = {
         "docs": n, "mean_chars": round(sum(map(len, texts)) / n),
+        "ner_read_share": _ner_read_share(texts),
         "batched": {"what": f"mask_records, {workers} workers, residual scan", "docs_per_s": rate(ours_s),
                     "seconds": round(ours_s, 2), "startup_s": round(pool_startup, 2),
                     "recall_all_types": _overall_recall(synth_docs, predictions["synth_key"])},
@@ -426,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                        "recall_all_types": _overall_recall(synth_docs, [p for _, p in plain]),
                        "per_type": score(synth_docs, [p for _, p in plain], sets["synth_key"]["labeled_types"])},
     }
+    throughput["load_1min"] = f"{load_before} / {_load()}"
     throughput["speedup"] = round(plain_s / ours_s, 2)
     throughput["speedup_1_worker"] = round(plain_s / ours_1_s, 2)
 
