@@ -588,7 +588,8 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
     A name starts at a capitalised word that is listed ("Sofia"), follows a cue word from
     `after_words` ("spoke with Aslak", "Hi Proclus"), or is followed by a middle initial and a
     capitalised word ("Qoqa M Arsanukayev"). It takes in the capitalised words and initials
-    joined to it by spaces, up to four words, and one unlisted capitalised word before it
+    joined to it by spaces (and particles: "van der"), up to five words, and one unlisted
+    capitalised word before it
     ("Tzigane Lantos"). In lower case only a listed first name followed by a listed last name
     counts ("sofia brandt"). Never a name: a word in not_names.txt or spaCy's stop words; a
     span right before a not_names word ("Morris Street", "Hope Clinic") or right after a house
