@@ -589,9 +589,8 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
     `after_words` ("spoke with Aslak", "Hi Proclus"), or is followed by a middle initial and a
     capitalised word ("Qoqa M Arsanukayev"). It takes in the capitalised words and initials
     joined to it by spaces (and particles: "van der"), up to five words, and one unlisted
-    capitalised word before it
-    ("Tzigane Lantos"). In lower case only a listed first name followed by a listed last name
-    counts ("sofia brandt"). Never a name: a word in not_names.txt or spaCy's stop words; a
+    capitalised word before it ("Tzigane Lantos"). In lower case only a listed first name
+    followed by a listed last name counts ("sofia brandt"). Never a name: a word in not_names.txt or spaCy's stop words; a
     span right before a not_names word ("Morris Street", "Hope Clinic") or right after a house
     number ("500 Forbes Road") is dropped.
     """
