@@ -53,6 +53,8 @@ setup: $(STAMP)
 	@test -s $(KEY_FILE) || (umask 077; $(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > $(KEY_FILE))
 	@test -f $(AIRFLOW_HOME)/.db-ready || ($(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 && touch $(AIRFLOW_HOME)/.db-ready) \
 		|| (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+	@test -f $(AIRFLOW_HOME)/.pool-ready || ($(BIN)/airflow pools set gpu 1 "training slots: one per GPU worker" > /dev/null \
+		&& touch $(AIRFLOW_HOME)/.pool-ready)
 
 # Sample domain data (landing files, held-out QA, general corpus) unless landing files already exist.
 data: setup

@@ -26,6 +26,8 @@ from tasks import pipeline
 from tasks.assets import MASKED_DATASET, dataset_event_extra
 
 NULLABLE_NUMBER = ["null", "number"]
+TRAIN_QUEUE = "gpu"
+TRAIN_POOL = "gpu"
 
 
 def run_stage(stage, *args):
@@ -52,8 +54,15 @@ def run_stage(stage, *args):
         "execution_timeout": timedelta(hours=2),
     },
     params={
-        "train_method": Param("lora", enum=["lora"], description="parameter-efficient method"),
-        "dp": Param(True, type="boolean", description="train under differential privacy (DP-SGD)"),
+        "train_method": Param(None, type=["null", "string"], enum=[None, "lora", "adapter", "prefix", "freeze", "full"],
+                              description="lora | adapter (IA3, non-private only) | prefix | freeze (top N blocks) | "
+                                          "full (baseline); empty = config"),
+        "trainable_layers": Param(None, type=["null", "integer"], minimum=1, description="freeze: train the top N blocks"),
+        "freeze_with_lora": Param(None, type=["null", "boolean"], description="freeze: LoRA on the top blocks only"),
+        "grad_sample_mode": Param(None, type=["null", "string"], enum=[None, "auto", "hooks", "ghost", "functorch"],
+                                  description="DP clipping: per-sample hooks, ghost clipping, functorch; auto = measured best"),
+        "dp": Param(True, type="boolean", description="train under differential privacy (DP-SGD); false = an explicit "
+                                                      "non-private run, marked as such in the report, MLflow and registry"),
         "target_epsilon": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0, description="privacy budget ε"),
         "epochs": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0, description="training epochs"),
         "learning_rate": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0),
@@ -108,9 +117,11 @@ def privacy_finetune():
         outlet_events[MASKED_DATASET].extra = dataset_event_extra(prepared["run_id"], versioned, masked)
         return versioned
 
-    @task(execution_timeout=timedelta(hours=6))
+    # GPU workers consume the `gpu` queue; the `gpu` pool caps concurrent trainings at the GPUs there are.
+    @task(execution_timeout=timedelta(hours=6), queue=TRAIN_QUEUE, pool=TRAIN_POOL)
     def train(prepared: dict, versioned: dict) -> dict:
-        """torchrun -m tasks.train: LoRA + Opacus DP-SGD on the versioned masked set."""
+        """torchrun -m tasks.train: PEFT + Opacus DP-SGD on the versioned masked set; a retry resumes
+        from the last checkpoint, and the privacy ledger is charged once per run."""
         return run_stage(pipeline.stage_train, prepared["run_id"], prepared, versioned)
 
     @task

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,12 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from tasks.ingest import EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded
+    from tasks.ledger import LedgerConflict, PrivacyBudgetExceeded
     from tasks.mask import MissingKeyError, ResidualPiiError
     from tasks.validate import ValidationFailed
 
     return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
-            MissingKeyError, ResidualPiiError, ValidationError)
+            MissingKeyError, ResidualPiiError, ValidationError, PrivacyBudgetExceeded, LedgerConflict)
 
 
 def _paths() -> Paths:
@@ -269,17 +270,80 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
                            "run_id": pipeline_mlflow_run(paths, run_id)}}
         spec_path = run_dir / "train_spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
-        launch_torchrun(spec_path, nproc_per_node=cfg.train.nproc_per_node, log_path=run_dir / "train" / "torchrun.log")
-        return json.loads((run_dir / "train" / "train_result.json").read_text())
+        entry = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"])
+        launch_torchrun(spec_path, train_cfg=spec["train"], run_id=run_id, log_path=run_dir / "train" / "torchrun.log")
+        result = json.loads((run_dir / "train" / "train_result.json").read_text())
+        result["privacy_ledger"] = _ledger_summary(cfg, entry, result.get("mlflow_run_id"))
+        return result
 
     return _timed(run_id, "train", train)
 
 
-def launch_torchrun(spec_path: Path, *, nproc_per_node: int, log_path: Path) -> None:
-    """`torchrun --standalone -m tasks.train`: the same entrypoint a GPU node runs."""
+def privacy_plan(spec: dict) -> dict:
+    """The DP mechanism the recipe will run, computed the same way it does (same functions, same inputs):
+    records, δ, sample rate, noise, accountant, steps after the ε cap, and the ε those steps spend."""
+    from tasks.train import epsilon_after, max_steps_within, noise_for_target
+
+    t = spec["train"]
+    with open(spec["data_path"], "rb") as f:
+        n = sum(1 for line in f if line.strip())
+    delta = t["target_delta"] or 1.0 / (10 * n)
+    planned = max(1, round(t["epochs"] * max(1, math.ceil(n / t["batch_size"]))))
+    if not t["dp"]:
+        return {"private": False, "records": n, "epsilon": math.inf, "delta": 0.0, "steps": planned}
+    sample_rate = t["batch_size"] / n
+    noise, accountant = noise_for_target(target_epsilon=t["target_epsilon"], delta=delta,
+                                         sample_rate=sample_rate, steps=planned)
+    mech = {"noise": noise, "sample_rate": sample_rate, "delta": delta, "accountant": accountant}
+    steps = max_steps_within(t["target_epsilon"], planned, **mech)
+    return {"private": True, "records": n, "delta": delta, "sample_rate": sample_rate, "noise_multiplier": noise,
+            "accountant": accountant, "steps": steps, "epsilon": epsilon_after(steps, **mech)}
+
+
+def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str):
+    """Write this run's ledger entry before any training step, at the ε its capped steps can spend at most.
+    Refused (PrivacyBudgetExceeded) when it would take the source dataset past its budget. A retried or
+    resumed run computes the same mechanism and finds its own entry: it is not counted twice."""
+    from tasks import ledger
+
+    plan = privacy_plan(spec)
+    dataset = cfg.privacy.source_dataset
+    lineage = ledger.lineage_of(spec["data_path"])
+    entry = ledger.record_run(
+        run_id=safe_run_id(run_id), dataset=dataset, dataset_revisions=dataset_rev,
+        record_count=lineage.record_count, lineage_digest=lineage.digest,
+        epsilon=plan["epsilon"], delta=plan["delta"], private=plan["private"],
+        accountant=plan.get("accountant"), noise_multiplier=plan.get("noise_multiplier"),
+        sample_rate=plan.get("sample_rate"), steps=plan["steps"], max_grad_norm=spec["train"]["max_grad_norm"],
+        budget=ledger.budget_for(cfg.privacy, dataset))
+    log.info("privacy ledger: run %s on %s reserved ε=%s δ=%s", safe_run_id(run_id), dataset,
+             "inf" if not plan["private"] else f"{plan['epsilon']:.4f}", plan["delta"])
+    return entry
+
+
+def _ledger_summary(cfg: PipelineConfig, entry, mlflow_run_id: str | None) -> dict:
+    from tasks import ledger
+
+    dataset = cfg.privacy.source_dataset
+    summary = {**ledger.summary(dataset, ledger.budget_for(cfg.privacy, dataset)),
+               "run_epsilon": entry.epsilon if math.isfinite(entry.epsilon) else "inf", "run_delta": entry.delta}
+    if mlflow_run_id:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=_paths().mlflow_tracking_uri)
+        for key in ("spent_epsilon", "spent_delta", "runs"):
+            if isinstance(summary[key], (int, float)):
+                client.log_metric(mlflow_run_id, f"ledger_{key}", float(summary[key]))
+        client.set_tag(mlflow_run_id, "privacy_ledger_dataset", dataset)
+    return summary
+
+
+def launch_torchrun(spec_path: Path, *, train_cfg: dict, run_id: str | None = None, log_path: Path) -> None:
+    """torchrun -m tasks.train: the same entrypoint a GPU node runs (rendezvous flags from train config)."""
+    from tasks.train import torchrun_args
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-           "-m", "tasks.train", "--spec", str(spec_path)]
+    cmd = torchrun_args(train_cfg, spec_path=spec_path, run_id=run_id)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     log.info("launching: %s", " ".join(cmd))
     with open(log_path, "w") as out:
@@ -303,11 +367,12 @@ def stage_evaluate(run_id: str, prepared: dict, trained: dict) -> dict:
         cfg, paths = run_config(run_id), _paths()
         out = paths.run_dir(run_id) / "eval"
         qa_path = paths.synth / "qa_heldout.jsonl"
-        base_dir, adapter = Path(prepared["base_model_dir"]), Path(trained["adapter_dir"])
+        base_dir, adapter = Path(prepared["base_model_dir"]), _adapter(trained)
+        tuned_dir = Path(trained.get("model_dir") or base_dir)  # full / freeze save whole weights, no adapter
         common = {"qa_path": qa_path, "limit": cfg.evaluate.qa_limit, "max_gen_toks": cfg.evaluate.max_gen_toks}
         base = evaluate_qa(base_model_dir=base_dir, adapter_dir=None, out_dir=out / "qa_base", **common)
-        tuned = evaluate_qa(base_model_dir=base_dir, adapter_dir=adapter, out_dir=out / "qa_finetuned", **common)
-        tox = toxicity(base_model_dir=base_dir, adapter_dir=adapter, prompts_path=_repo_path(cfg.evaluate.toxicity_prompts),
+        tuned = evaluate_qa(base_model_dir=tuned_dir, adapter_dir=adapter, out_dir=out / "qa_finetuned", **common)
+        tox = toxicity(base_model_dir=tuned_dir, adapter_dir=adapter, prompts_path=_repo_path(cfg.evaluate.toxicity_prompts),
                        out_dir=out / "toxicity", max_new_tokens=cfg.evaluate.toxicity_max_new_tokens,
                        threshold=cfg.evaluate.toxicity_threshold)
         metrics = {"base": base, "finetuned": tuned, "toxicity_rate": tox["toxicity_rate"],
@@ -317,6 +382,10 @@ def stage_evaluate(run_id: str, prepared: dict, trained: dict) -> dict:
         return metrics
 
     return _timed(run_id, "evaluate", evaluate)
+
+
+def _adapter(trained: dict) -> Path | None:
+    return Path(trained["adapter_dir"]) if trained.get("adapter_dir") else None
 
 
 def _log_eval_metrics(paths: Paths, mlflow_run_id: str, metrics: dict) -> None:
@@ -337,7 +406,8 @@ def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, 
 
     cfg, paths = run_config(run_id), _paths()
     tags = {"pipeline_run_id": run_id, "dataset_rev": versioned["dataset_rev"], "dataset_md5": versioned["dvc_md5"],
-            "method": trained["method"], "dp": str(trained["dp"]).lower(),
+            "method": trained["method"], "dp": str(trained["dp"]).lower(), "privacy": trained.get("privacy"),
+            "ledger_spent_epsilon": (trained.get("privacy_ledger") or {}).get("spent_epsilon"),
             "epsilon": trained["epsilon"], "delta": trained["delta"], "trainable_pct": trained["trainable_pct"],
             "base_model": Path(prepared["base_model_dir"]).name,
             "exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
@@ -345,8 +415,8 @@ def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, 
     metrics = {"exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
                "toxicity_rate": evaluated["toxicity_rate"]}
     return _timed(run_id, "register", register_model, paths=paths, model_name=cfg.registry.model_name,
-                  alias=cfg.registry.alias, base_model_dir=Path(prepared["base_model_dir"]),
-                  adapter_dir=Path(trained["adapter_dir"]), mlflow_run_id=trained.get("mlflow_run_id"),
+                  alias=cfg.registry.alias, base_model_dir=Path(trained.get("model_dir") or prepared["base_model_dir"]),
+                  adapter_dir=_adapter(trained), mlflow_run_id=trained.get("mlflow_run_id"),
                   tags={k: "" if v is None else str(v) for k, v in tags.items()}, metrics=metrics)
 
 

@@ -26,19 +26,21 @@ def first_line(text: str) -> str:
 
 
 class DomainQAModel(PythonModel):
-    """Loads artifacts "base_model" (HF causal-LM dir) and "adapter" (PEFT LoRA dir)."""
+    """Loads artifacts "base_model" (HF causal-LM dir) and, for PEFT methods, "adapter" (PEFT dir)."""
 
     def load_context(self, context: PythonModelContext) -> None:
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
-        base_dir, adapter_dir = context.artifacts["base_model"], context.artifacts["adapter"]
+        base_dir, adapter_dir = context.artifacts["base_model"], context.artifacts.get("adapter")
         self._torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
         base = AutoModelForCausalLM.from_pretrained(base_dir)
-        self.model = PeftModel.from_pretrained(base, adapter_dir).to(self.device).eval()
+        # full / freeze fine-tuning register whole tuned weights as base_model and no adapter
+        model = PeftModel.from_pretrained(base, adapter_dir) if adapter_dir else base
+        self.model = model.to(self.device).eval()
         tokenizer = self.tokenizer
 
         class NewlineStop(StoppingCriteria):

@@ -59,7 +59,7 @@ def register_model(
     model_name: str,
     alias: str = "challenger",
     base_model_dir: Path,
-    adapter_dir: Path,
+    adapter_dir: Path | None,
     mlflow_run_id: str | None,
     tags: Mapping[str, object],
     metrics: Mapping[str, float],
@@ -73,7 +73,8 @@ def register_model(
     offline.apply()
     _quiet_mlflow()
     base_model_dir = _check_dir(base_model_dir, "base model", "config.json")
-    adapter_dir = _check_dir(adapter_dir, "adapter", "adapter_config.json")
+    # full / freeze fine-tuning save whole weights: base_model_dir is then the tuned model, no adapter
+    adapter_dir = _check_dir(adapter_dir, "adapter", "adapter_config.json") if adapter_dir else None
     experiment_id = mlflow_experiment(paths)
 
     import mlflow
@@ -99,7 +100,7 @@ def register_model(
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_NAME,
             python_model=str(PYFUNC_CODE),
-            artifacts={"base_model": str(base_model_dir), "adapter": str(adapter_dir)},
+            artifacts={"base_model": str(base_model_dir), **({"adapter": str(adapter_dir)} if adapter_dir else {})},
             signature=signature,
             input_example=input_example,
             pip_requirements=pip_requirements(),

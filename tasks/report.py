@@ -79,11 +79,21 @@ def summary_lines(report: dict) -> list[str]:
         f"training            {get('train.method')}, {get('train.trainable_pct')}% trainable, {get('train.steps')} steps, "
         f"{get('train.train_seconds')} s",
         f"privacy             {privacy}",
+        f"privacy ledger      {_ledger(get('train.privacy_ledger', None))}",
         f"domain QA exact match  base {get('evaluate.base.exact_match')} → fine-tuned {get('evaluate.finetuned.exact_match')}",
         f"domain QA F1           base {get('evaluate.base.f1')} → fine-tuned {get('evaluate.finetuned.f1')}",
         f"toxicity rate       {get('evaluate.toxicity_rate')}",
         f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')})",
     ]
+
+
+def _ledger(ledger: dict | None) -> str:
+    if not isinstance(ledger, dict):
+        return "—"
+    budget = ledger.get("epsilon_budget")
+    return (f"{ledger.get('source_dataset')}: ε spent {ledger.get('spent_epsilon')} of "
+            f"{'no limit' if budget is None else budget} over {ledger.get('runs')} run(s), "
+            f"δ spent {ledger.get('spent_delta')} (basic composition)")
 
 
 def _drift(drift: dict | None) -> str:

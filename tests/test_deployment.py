@@ -39,3 +39,32 @@ def test_dockerfile_builds_from_the_pinned_airflow_image():
     pinned = [l for l in (REPO / "requirements.txt").read_text().splitlines() if l.startswith("apache-airflow==")]
     version = pinned[0].split("==")[1]
     assert f"FROM apache/airflow:{version}-python3.11" in dockerfile
+
+
+def test_every_dag_queue_has_a_worker_and_the_gpu_pool_is_created():
+    """A task on a queue no worker consumes would wait forever; so would one in a pool nobody created."""
+    import ast
+
+    services = _compose()["services"]
+    consumed = {"default"}
+    for svc in services.values():
+        cmd = svc.get("command") or []
+        if isinstance(cmd, list) and cmd[:3] == ["airflow", "celery", "worker"]:
+            consumed |= set(cmd[cmd.index("--queues") + 1].split(",")) if "--queues" in cmd else {"default"}
+    tree = ast.parse((REPO / "dags" / "privacy_finetune.py").read_text())
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+              for t in n.targets if isinstance(t, ast.Name)}
+    assert consts["TRAIN_QUEUE"] in consumed
+    gpu = services["airflow-worker-gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    init = " ".join(services["airflow-init"]["command"])
+    assert f"airflow pools set {consts['TRAIN_POOL']}" in init
+    assert f"airflow pools set {consts['TRAIN_POOL']}" in (REPO / "Makefile").read_text()
+
+
+def test_compose_points_the_ledger_at_postgres():
+    from tasks import ledger
+
+    env = _compose()["x-airflow-common"]["environment"]
+    assert env["PFT_LEDGER_URL"].startswith("postgresql")
+    assert "PFT_LEDGER_URL" in Path(ledger.__file__).read_text()  # the name the code reads

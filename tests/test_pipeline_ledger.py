@@ -1,0 +1,61 @@
+"""The training stage charges the privacy ledger once per run, before any step, and refuses over budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tasks import ledger, pipeline
+from tasks.config import PipelineConfig
+from tests.helpers import masked_records
+
+
+@pytest.fixture()
+def ledger_url(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("PFT_LEDGER_URL", url)
+    yield url
+    ledger.dispose_engines()
+
+
+def _setup(tmp_path, *, epsilon_budget=20.0, dp=True, allow_non_private=False, target_epsilon=8.0):
+    cfg = PipelineConfig.model_validate({
+        "train": {"batch_size": 20, "physical_batch_size": 10, "epochs": 1.0, "dp": dp, "target_epsilon": target_epsilon},
+        "privacy": {"source_dataset": "test-records", "epsilon_budget": epsilon_budget, "delta_budget": 1e-2,
+                    "allow_non_private": allow_non_private}})
+    spec = {"train": cfg.train.model_dump(), "data_path": str(masked_records(tmp_path / "train.jsonl", 200))}
+    return cfg, spec
+
+
+def test_plan_matches_the_recipe_and_stays_within_target(tmp_path):
+    cfg, spec = _setup(tmp_path)
+    plan = pipeline.privacy_plan(spec)
+    assert plan["records"] == 200 and plan["steps"] == 10 and plan["delta"] == pytest.approx(1 / 2000)
+    assert 0 < plan["epsilon"] <= 8.0 and plan["noise_multiplier"] > 0 and plan["accountant"] in ("prv", "rdp")
+
+
+def test_reservation_is_charged_once_and_refused_over_budget(tmp_path, ledger_url):
+    cfg, spec = _setup(tmp_path)
+    first = pipeline.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")
+    again = pipeline.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")  # an Airflow retry
+    assert again.run_id == first.run_id
+    assert ledger.spent("test-records").runs == 1
+    pipeline.reserve_privacy_budget("manual__two", cfg, spec, dataset_rev="rev1")
+    spent = ledger.spent("test-records").epsilon
+    assert spent == pytest.approx(2 * first.epsilon) and spent <= 16.0
+    with pytest.raises(ledger.PrivacyBudgetExceeded) as err:  # a third ε≈8 run passes the 20 budget
+        pipeline.reserve_privacy_budget("manual__three", cfg, spec, dataset_rev="rev1")
+    message = str(err.value)
+    assert "test-records" in message and "20" in message and f"{spent:.4g}"[:4] in message
+    assert ledger.spent("test-records").runs == 2  # the refused run is not recorded
+    assert isinstance(err.value, pipeline.permanent_errors())  # the Airflow task fails at once, no retry
+
+
+def test_non_private_run_is_refused_unless_allowed(tmp_path, ledger_url):
+    cfg, spec = _setup(tmp_path, dp=False)
+    with pytest.raises(ledger.PrivacyBudgetExceeded):
+        pipeline.reserve_privacy_budget("manual__nodp", cfg, spec, dataset_rev="rev1")
+    cfg, spec = _setup(tmp_path, dp=False, allow_non_private=True)
+    entry = pipeline.reserve_privacy_budget("manual__nodp", cfg, spec, dataset_rev="rev1")
+    assert math.isinf(entry.epsilon) and not entry.private
