@@ -519,11 +519,16 @@ def train(spec: dict) -> dict:
         from opacus import PrivacyEngine
 
         sample_rate = t["batch_size"] / n
-        noise, accountant = noise_for_target(target_epsilon=t["target_epsilon"], delta=delta,
-                                             sample_rate=sample_rate, steps=total_steps)
-        # the run stops before exceeding its target: cap the steps at the last one within ε
-        total_steps = max_steps_within(t["target_epsilon"], total_steps, noise=noise, sample_rate=sample_rate,
-                                       delta=delta, accountant=accountant)
+        if rank == 0:
+            noise, accountant = noise_for_target(target_epsilon=t["target_epsilon"], delta=delta,
+                                                 sample_rate=sample_rate, steps=total_steps)
+            # the run stops before exceeding its target: cap the steps at the last one within ε
+            total_steps = max_steps_within(t["target_epsilon"], total_steps, noise=noise, sample_rate=sample_rate,
+                                           delta=delta, accountant=accountant)
+        if world > 1:  # the search costs seconds of CPU: rank 0 runs it, every rank uses its exact result
+            box = [noise, accountant, total_steps]
+            dist.broadcast_object_list(box, src=0)
+            noise, accountant, total_steps = box
         if total_steps < planned_steps and rank == 0:
             log.warning("capping training at %d of %d steps: more would exceed ε=%s", total_steps, planned_steps,
                         t["target_epsilon"])
@@ -906,7 +911,25 @@ def _mlflow_log_params(spec: dict, *, n: int, delta: float, noise: float, traina
     mlflow.log_params(params)
 
 
+def _die_with_launcher() -> None:
+    """torchrun starts every worker in a session of its own, so a SIGKILL of the launcher (a killed Airflow
+    task, the OOM killer) would leave its workers training on, writing into the checkpoint directory that
+    the retry resumes from. On Linux the kernel SIGKILLs this worker when its parent (the launcher) dies."""
+    import signal
+    import sys
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    if os.getppid() == 1:  # the launcher was already gone before the request took effect
+        os._exit(1)
+
+
 def main() -> None:
+    _die_with_launcher()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [rank %(process)d] %(message)s")
     parser = argparse.ArgumentParser(description="PrivateTune training recipe (run under torchrun).")
     parser.add_argument("--spec", type=Path, required=True, help="JSON: resolved config + paths")

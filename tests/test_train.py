@@ -261,3 +261,176 @@ def test_model_dir_is_checked_before_loading(tmp_path, base_dir, make_dir, messa
     with pytest.raises((FileNotFoundError, ValueError), match=f"base_model.path.*{message}"):
         train(spec)
     assert not (tmp_path / "out").exists()  # nothing was created or computed
+
+
+# ---------------------------------------------------------------- resumable: SIGKILL the real torchrun job, rerun it
+
+def _launch(spec: dict, spec_path, log_path):
+    """The command tasks.pipeline launches (torchrun_args), in its own process group so a kill takes every process."""
+    import os
+    import subprocess
+
+    from tasks.config import REPO_ROOT
+    from tasks.train import torchrun_args
+
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    with open(log_path, "wb") as fh:  # a file, not a pipe: nobody reads a pipe while the test polls
+        return subprocess.Popen(torchrun_args(spec["train"], spec_path=spec_path), cwd=REPO_ROOT, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, base_dir):
+    import hashlib
+    import os
+    import re
+    import signal
+    import time
+
+    from tasks.checkpoint import describe
+
+    # 32 records / batch 8: 4 steps an epoch, 12 steps; a checkpoint after every step
+    spec = _spec(tmp_path, base_dir, n=32, batch_size=8, physical_batch_size=4, epochs=3.0, max_seq_len=24,
+                 checkpoint_every=1, checkpoint_keep=2)
+    ckpt_dir = tmp_path / "out" / "checkpoints"
+    proc = _launch(spec, tmp_path / "spec.json", tmp_path / "killed.log")
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while (describe(ckpt_dir).get("step") or 0) < 2:
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint at step 2 within 60 s"
+            time.sleep(0.02)
+        # torchrun's process group. Its workers run in sessions of their own (torch elastic), so this kills
+        # the launcher only; the recipe's parent-death signal must take the worker down with it.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        workers = {int(pid) for pid in re.findall(r"\[rank (\d+)\]", (tmp_path / "killed.log").read_text())}
+        assert workers
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, f"worker(s) {workers} outlived the killed launcher"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for pid in workers:  # only when an assertion above failed: leave no worker of this test behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not (tmp_path / "out" / "train_result.json").exists()
+    killed_at = describe(ckpt_dir)["step"]  # read after the kill: nothing writes any more
+    assert 2 <= killed_at < 12
+
+    proc = _launch(spec, tmp_path / "spec.json", tmp_path / "resumed.log")  # what an Airflow retry runs
+    assert proc.wait(timeout=120) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    log_text = (tmp_path / "resumed.log").read_text()
+    assert f"resuming from step {killed_at} of 12" in log_text
+    resumed = json.loads((tmp_path / "out" / "train_result.json").read_text())
+    assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == 12
+    assert not ckpt_dir.exists()  # the saved adapter supersedes the checkpoints
+
+    ref_spec = {**spec, "out_dir": str(tmp_path / "ref"), "train": {**spec["train"], "checkpoint_every": 0}}
+    reference = train(ref_spec)  # uninterrupted, never checkpointed
+    assert reference["resumed_from_step"] is None
+    assert resumed["epsilon"] == reference["epsilon"] > 0
+    history = json.loads((tmp_path / "out" / "train_history.json").read_text())
+    ref_history = json.loads((tmp_path / "ref" / "train_history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, 13))
+    assert history[-1]["epsilon"] == ref_history[-1]["epsilon"]  # unrounded: the restored accountant is exact
+    # bit-identical adapter: same CPU kernels, same batches, same RNG streams from the restored state
+    digest = {d: hashlib.sha256((tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
+              for d in ("out", "ref")}
+    assert digest["out"] == digest["ref"]
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in ref_history], rel=0, abs=0, nan_ok=True)
+
+
+def test_checkpointing_does_not_change_the_result(tmp_path, base_dir):
+    """Saving reads RNG and sampler state without consuming it: a run checkpointed every step ends bit-identical."""
+    a = train(_spec(tmp_path / "a", base_dir, n=32, max_seq_len=24, checkpoint_every=1))
+    b = train(_spec(tmp_path / "b", base_dir, n=32, max_seq_len=24, checkpoint_every=0))
+    assert a["epsilon"] == b["epsilon"] and a["final_loss"] == b["final_loss"]
+    files = [p / "out" / "adapter" / "adapter_model.safetensors" for p in (tmp_path / "a", tmp_path / "b")]
+    assert files[0].read_bytes() == files[1].read_bytes()
+    assert not (tmp_path / "a" / "out" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- launch command, DeepSpeed refusals
+
+def test_torchrun_args_single_and_multi_node():
+    import sys
+
+    from tasks.train import torchrun_args
+
+    one = torchrun_args(TrainConfig(nproc_per_node=2).model_dump(), spec_path="/r/spec.json")
+    assert one == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "--max_restarts=0", "-m", "tasks.train", "--spec", "/r/spec.json"]
+    multi = TrainConfig(nnodes=2, nproc_per_node=4, rdzv_endpoint="node-0.cluster:29400").model_dump()
+    cmd = torchrun_args(multi, spec_path="/r/spec.json", run_id="manual__2026-01-01T00:00:00+00:00")
+    assert "--standalone" not in cmd
+    assert cmd[3:8] == ["--nnodes=2", "--nproc_per_node=4", "--rdzv_backend=c10d",
+                        "--rdzv_endpoint=node-0.cluster:29400", "--rdzv_id=manual__2026-01-01T00_00_00_00_00"]
+    assert torchrun_args({**multi, "rdzv_id": "job7"}, spec_path="s")[7] == "--rdzv_id=job7"
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        torchrun_args({"nnodes": 2, "nproc_per_node": 1}, spec_path="s")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"nnodes": 2}, r"train\.rdzv_endpoint: required when train\.nnodes=2"),
+    ({"rdzv_endpoint": "no-port"}, r"train\.rdzv_endpoint: 'no-port' is not host:port"),
+    ({"dp": False, "nproc_per_node": 3, "batch_size": 16, "physical_batch_size": 8}, r"train\.batch_size \(16\) must be divisible"),
+    ({"deepspeed": "include/deepspeed/zero2.json"}, r"train\.deepspeed: cannot be combined with dp: true.*per-sample"),
+    ({"deepspeed": "include/deepspeed/zero2.json", "dp": False, "batch_size": 12, "physical_batch_size": 8},
+     r"multiple of physical_batch_size"),
+    ({"checkpoint_every": -1}, "checkpoint_every"),
+    ({"checkpoint_keep": 0}, "checkpoint_keep"),
+])
+def test_launch_and_checkpoint_fields_are_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**fields)
+
+
+def test_deepspeed_is_refused_before_compute_without_cuda(tmp_path, base_dir):
+    assert not torch.cuda.is_available()  # the CI machine; on a GPU worker this refusal does not apply
+    spec = _spec(tmp_path, base_dir, dp=False, deepspeed="include/deepspeed/zero2.json")
+    with pytest.raises(RuntimeError, match=r"train\.deepspeed: needs CUDA GPUs"):
+        train(spec)
+    assert not (tmp_path / "out").exists()
+    spec["train"]["dp"] = True  # a hand-written spec that skipped config validation
+    with pytest.raises(ValueError, match=r"train\.deepspeed: cannot be combined with dp: true"):
+        train(spec)
+
+
+def test_deepspeed_without_the_package_is_refused(monkeypatch):
+    """A CUDA machine without requirements-gpu.txt: CUDA is faked (there is none here), the package check is real."""
+    import importlib.util
+
+    from tasks.train import deepspeed_preflight
+
+    assert importlib.util.find_spec("deepspeed") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match=r"deepspeed package is not installed.*requirements-gpu\.txt"):
+        deepspeed_preflight({"dp": False, "deepspeed": "include/deepspeed/zero2.json"})
+
+
+def test_deepspeed_config_autos_are_filled_from_the_train_config(tmp_path):
+    from tasks.train import deepspeed_config
+
+    t = TrainConfig(dp=False, batch_size=64, physical_batch_size=8, deepspeed="include/deepspeed/zero3.json").model_dump()
+    cfg = deepspeed_config(t, world=4, config_path=t["deepspeed"], bf16_supported=True)
+    assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["train_batch_size"]) == (8, 2, 64)
+    assert cfg["bf16"]["enabled"] is True and cfg["zero_optimization"]["stage"] == 3
+    assert deepspeed_config(t, world=1, config_path="include/deepspeed/zero2.json", bf16_supported=False)["bf16"] == {"enabled": False}
+    with pytest.raises(FileNotFoundError, match=r"train\.deepspeed: .*missing\.json does not exist"):
+        deepspeed_config(t, world=1, config_path=tmp_path / "missing.json", bf16_supported=False)
+    with pytest.raises(ValueError, match="multiple of physical_batch_size"):
+        deepspeed_config(t, world=3, config_path=t["deepspeed"], bf16_supported=False)
