@@ -5,8 +5,16 @@ the same entrypoint runs on a laptop, a Celery GPU worker or a Kubernetes pod. I
 reads the masked, versioned dataset (clean zone).
 
 preflight (config, model dir, data; no compute) → model + method (lora | adapter | prefix |
-freeze | full) → (DP) make_private → train loop, capped at the last step within target ε →
-save adapter (or full weights) + train_result.json + loss/ε plots
+freeze | full) → (DP) make_private → resume from the last checkpoint, if any → train loop,
+capped at the last step within target ε, checkpointing every `checkpoint_every` steps → save
+adapter (or full weights) + train_result.json + loss/ε plots → delete the checkpoints
+
+Distributed (WORLD_SIZE > 1; gloo on CPU, NCCL on GPU): under DP the PEFT model is wrapped in
+Opacus DPDDP before make_private, which then samples Poisson batches per rank (expected local
+batch = batch_size / world, rank-specific generator), clips on every rank, adds the noise once
+(rank 0) and all-reduces; without DP plain DDP with a DistributedSampler. Rank 0 alone logs
+progress, talks to MLflow and saves. `torchrun_args` builds the launch command (one node:
+--standalone; several: c10d rendezvous from config). DeepSpeed ZeRO: non-private, CUDA only.
 
 Reads like a torchtune recipe on purpose: one file, every knob from the spec (the
 resolved pipeline config plus paths), no class hierarchy.

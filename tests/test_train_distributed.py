@@ -1,0 +1,105 @@
+"""2-process torchrun training on CPU (gloo): DP-SGD through Opacus DPDDP keeps both ranks' weights
+bit-identical, the per-step global Poisson batch matches batch_size, and ε equals a single-process
+run's (the accountant depends only on q, σ and the step count). Plain DDP without DP briefly."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+from tasks.config import REPO_ROOT, TrainConfig
+from tasks.train import torchrun_args, train
+from tests.helpers import masked_records, random_llama
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return random_llama(tmp_path_factory.mktemp("base"))
+
+
+def _spec(tmp_path, base_dir, n, **overrides) -> dict:
+    cfg = TrainConfig(**{"batch_size": 16, "physical_batch_size": 8, "lora_r": 4, "lora_alpha": 8, "max_seq_len": 24,
+                         "checkpoint_every": 0, **overrides}).model_dump()
+    return {"train": cfg, "base_model_dir": str(base_dir), "out_dir": str(tmp_path / "out"),
+            "data_path": str(masked_records(tmp_path / "data" / "train.jsonl", n))}
+
+
+def _torchrun(spec: dict, tmp_path) -> dict:
+    spec_path, log_path = tmp_path / "spec.json", tmp_path / "torchrun.log"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    with open(log_path, "wb") as fh:
+        proc = subprocess.run(torchrun_args(spec["train"], spec_path=spec_path), cwd=REPO_ROOT, env=env, stdout=fh,
+                              stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == 0, log_path.read_text()[-4000:]
+    return json.loads((tmp_path / "out" / "train_result.json").read_text())
+
+
+def test_two_rank_dp_training_stays_in_sync_with_the_global_batch_and_epsilon(tmp_path, base_dir):
+    n, batch = 64, 16  # q = 0.25; each rank's expected local batch is 8
+    spec = _spec(tmp_path, base_dir, n, nproc_per_node=2, epochs=4.0, checkpoint_every=5)  # 16 logical steps
+    result = _torchrun(spec, tmp_path)
+    assert result["world_size"] == 2 and result["dp"] is True and result["steps"] == 16
+    # DPDDP: rank 0 adds the noise, gradients are all-reduced, so every rank applies the same update
+    assert result["ranks_in_sync"] is True and len(set(result["rank_weight_digests"])) == 1
+    assert len(result["rank_weight_digests"]) == 2
+    assert result["trainable_tensors_changed"] == 1.0 and result["frozen_tensors_changed"] == 0
+    assert "(step 15)" in (tmp_path / "torchrun.log").read_text()  # both ranks met at the checkpoint barriers
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+    # per-step global sample counts (all-reduced over the ranks): Poisson with mean q·N = batch_size
+    history = json.loads((tmp_path / "out" / "train_history.json").read_text())
+    samples = [h["samples"] for h in history]
+    mean, q = sum(samples) / len(samples), batch / n
+    sd_of_mean = math.sqrt(n * q * (1 - q) / len(samples))  # Var(Binomial(N, q)) / steps
+    assert abs(mean - batch) <= 3 * sd_of_mean, (mean, samples)
+    assert len(set(samples)) > 1  # Poisson sizes vary; a fixed batch would mean the sampler is not Poisson
+    assert max(samples) <= n
+
+    # ε: the same mechanism (q, σ, steps) as one process running the same config
+    single = train(_spec(tmp_path / "single", base_dir, n, epochs=4.0))
+    assert single["world_size"] == 1 and single["steps"] == result["steps"]
+    assert result["noise_multiplier"] == single["noise_multiplier"]
+    single_history = json.loads((tmp_path / "single" / "out" / "train_history.json").read_text())
+    assert history[-1]["epsilon"] == single_history[-1]["epsilon"] > 0  # exact, unrounded
+
+
+def test_two_rank_non_private_ddp_stays_in_sync(tmp_path, base_dir):
+    spec = _spec(tmp_path, base_dir, 32, nproc_per_node=2, dp=False, epochs=1.0)
+    result = _torchrun(spec, tmp_path)
+    assert result["world_size"] == 2 and result["privacy"] == "NON-PRIVATE" and result["steps"] == 2
+    assert result["ranks_in_sync"] is True and result["trainable_tensors_changed"] == 1.0
+    history = json.loads((tmp_path / "out" / "train_history.json").read_text())
+    assert [h["samples"] for h in history] == [16, 16]  # DistributedSampler: batch_size / 2 on each rank
+
+
+def test_empty_local_poisson_draws_are_kept_not_skipped():
+    """Opacus' distributed sampler drops a draw that is empty on one rank; ours yields it, so every rank
+    takes the same number of draws (the all-reduce pairs step k with step k)."""
+    import torch
+    import torch.distributed as dist
+
+    from tasks.train import _keep_empty_sampler_class
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29531")
+        dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
+
+        opacus_sampler = DistributedUniformWithReplacementSampler(
+            total_size=4, sample_rate=0.2, generator=torch.Generator().manual_seed(0))
+        ours = DistributedUniformWithReplacementSampler(total_size=4, sample_rate=0.2,
+                                                        generator=torch.Generator().manual_seed(0))
+        ours.__class__ = _keep_empty_sampler_class()
+        theirs, mine = list(opacus_sampler), list(ours)
+        assert len(mine) == 5 and any(len(b) == 0 for b in mine)  # 1/q draws, empties included
+        assert len(theirs) < len(mine)  # Opacus skipped the empty ones
+        assert [b.tolist() for b in mine if len(b)] == [b.tolist() for b in theirs]  # same non-empty draws
+    finally:
+        dist.destroy_process_group()
