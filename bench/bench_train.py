@@ -220,6 +220,13 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] in ("--child-train", "--child-baseline"):
         (child_train if sys.argv[1] == "--child-train" else child_baseline)(Path(sys.argv[2]), Path(sys.argv[3]))
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":  # tables and markdown again from a run's raw JSON
+        path = Path(sys.argv[2])
+        doc = json.loads(path.read_text())
+        doc["tables"] = tables(doc)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        path.with_suffix(".md").write_text(render_md(doc))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json")
     parser.add_argument("--home", type=Path, default=None, help="data, base model and run folders (cached)")
@@ -301,7 +308,7 @@ def tables(doc: dict) -> dict:
     within = [c for c in peft if c["em_delta_points"] >= -TARGET_EM_LOSS_POINTS]
     best = max(within or peft, key=lambda c: c["time_reduction"])
     compute_target = {"best_peft": best["method"], "time_reduction": best["time_reduction"],
-                      "em_delta_points": best["em_delta_points"],
+                      "em_delta_points": best["em_delta_points"], "any_within_em_bound": bool(within),
                       "met": bool(within) and best["time_reduction"] >= TARGET_TIME_REDUCTION}
 
     np_lora = runs["np_lora_recipe"]
@@ -376,19 +383,23 @@ def render_md(doc: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in t["compute"]:
+        vs_full = "—" if c["method"] == "full" else f"{-100 * c['time_reduction']:+.1f}%"
         lines.append(f"| {c['method']} | {c['trainable_params']:,} | {c['trainable_pct']:.3f}% | {c['steps']} | "
-                     f"{c['seconds_per_epoch']:.1f} | {-100 * c['time_reduction']:+.1f}% | {c['peak_rss_mb']:.0f} "
+                     f"{c['seconds_per_epoch']:.1f} | {vs_full} | {c['peak_rss_mb']:.0f} "
                      f"({c['rss_over_baseline_mb']:+.0f}) | {c['exact_match']:.3f} | {c['f1']:.3f} | {c['em_delta_points']:+.1f} |")
     ct = t["compute_target"]
     lines += ["", f"Target: ≥ {100 * TARGET_TIME_REDUCTION:.0f}% less time than full for the best PEFT setting, losing "
-              f"≤ {TARGET_EM_LOSS_POINTS:g} points of exact match — {mark(ct['met'])}: best PEFT setting within the EM bound "
-              f"is `{ct['best_peft']}` at {100 * ct['time_reduction']:.1f}% less time per epoch, "
-              f"{ct['em_delta_points']:+.1f} EM points vs full.", ""]
+              f"≤ {TARGET_EM_LOSS_POINTS:g} points of exact match — {mark(ct['met'])}: "
+              + (f"best PEFT setting within the EM bound is `{ct['best_peft']}`" if ct.get("any_within_em_bound", True)
+                 else f"no PEFT setting is within {TARGET_EM_LOSS_POINTS:g} EM points of full; the fastest is `{ct['best_peft']}`")
+              + f" at {100 * ct['time_reduction']:.1f}% less time per epoch, {ct['em_delta_points']:+.1f} EM points vs full.", ""]
     lines += ["## 2. DP overhead (LoRA, equal logical batch)", "",
               f"Logical batch {np_lora['batch_size']} in both (DP: Poisson sampling, expected {np_lora['batch_size']}, "
               f"physical batches of {np_lora['physical_batch_size']} through BatchMemoryManager). Per-step time excludes "
               "the recipe's per-step ε computation (`PrivacyEngine.get_epsilon`, timed in the run), which is shown "
-              "apart as accounting overhead. Per-token ratio corrects for Poisson batch sizes.", "",
+              "apart as accounting overhead. Per-token ratio corrects for Poisson batch sizes. The non-private run "
+              "takes each batch in one pass, DP in physical batches; a ratio near or below 1 means the clipping cost is "
+              "within this shared machine's run-to-run noise (bench/README.md), not that DP is faster.", "",
               "| run | clipping | steps | s / step (compute) | ε accounting s / step | s / step incl. accounting | ms / 1k tokens | ratio / step | ratio / token | ratio incl. accounting | peak RSS MB |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for o in t["overhead"]:
