@@ -628,15 +628,15 @@ def train(spec: dict) -> dict:
                     history.append({"step": step, "loss": loss_value, "epsilon": epsilon, "samples": step_samples})
                     step_samples = step_tokens = 0
                     elapsed = elapsed_before + time.perf_counter() - start
+                    rate = tokens / max(elapsed, 1e-9)
+                    if rank == 0 and mlflow_run:  # every step to MLflow; the task log gets a line every ~5 %
+                        import mlflow
+
+                        mlflow.log_metrics({"loss": loss_value, "epsilon": epsilon, "tokens_per_s": rate,
+                                            "lr": scheduler.get_last_lr()[0]}, step=step)
                     if rank == 0 and (step % max(1, total_steps // 20) == 0 or step == total_steps):
-                        rate = tokens / max(elapsed, 1e-9)
                         log.info("step %d/%d loss %.4f lr %.2e epsilon %.3f tokens/s %.0f",
                                  step, total_steps, loss_value, scheduler.get_last_lr()[0], epsilon, rate)
-                        if mlflow_run:
-                            import mlflow
-
-                            mlflow.log_metrics({"loss": loss_value, "epsilon": epsilon, "tokens_per_s": rate,
-                                                "lr": scheduler.get_last_lr()[0]}, step=step)
                     ckpt.maybe_save(step, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader,
                                     privacy_engine=privacy_engine,
                                     extra={"history": history, "tokens": tokens, "elapsed": elapsed})
