@@ -1177,7 +1177,31 @@ def _read_rows(rows_path: Path) -> Iterator[dict]:
                         hint="; staged rows must pass ingest and validation before masking")
 
 
-def _residual_message(residual: dict[str, int], flagged: list[str], rows: int, share: float,
+def publish_masked(out_dir: Path, tmp_path: Path, masked_path: Path, *, rows: int, entities: Counter,
+                   residual: Counter, flagged: list[str], max_residual_share: float | None,
+                   ) -> tuple[dict[str, int], dict[str, int], float]:
+    """Write residual.json (counts and ids only), apply the residual threshold, then move the masked file
+    into place and write entities.json. Over the threshold nothing is published — neither this attempt's
+    file nor an earlier attempt's — and ResidualPiiError says which types and records."""
+    entity_counts = dict(sorted(entities.items()))
+    residual_counts = dict(sorted(residual.items()))
+    share = len(flagged) / rows if rows else 0.0
+    report = out_dir / "residual.json"
+    report.write_text(json.dumps({"rows": rows, "residual": residual_counts, "residual_records": len(flagged),
+                                  "residual_share": share, "max_residual_share": max_residual_share,
+                                  "record_ids": flagged}, indent=2) + "\n")
+    if max_residual_share is not None and share > max_residual_share:
+        tmp_path.unlink(missing_ok=True)
+        masked_path.unlink(missing_ok=True)
+        log.error("residual scan failed: %d of %d records, %s", len(flagged), rows, residual_counts)
+        raise ResidualPiiError(residual_message(residual_counts, flagged, rows, share, max_residual_share, report),
+                               residual=residual_counts, share=share, record_ids=flagged)
+    os.replace(tmp_path, masked_path)
+    (out_dir / "entities.json").write_text(json.dumps(entity_counts, indent=2, sort_keys=True) + "\n")
+    return entity_counts, residual_counts, share
+
+
+def residual_message(residual: dict[str, int], flagged: list[str], rows: int, share: float,
                       max_share: float, report: Path) -> str:
     ids = ", ".join(flagged[:20]) + (f" and {len(flagged) - 20} more" if len(flagged) > 20 else "")
     found = ", ".join(f"{etype}: {n}" for etype, n in residual.items())
@@ -1229,20 +1253,9 @@ def mask_dataset(*, rows_path: Path, out_dir: Path, key: bytes, recognizers_path
         tmp_path.unlink(missing_ok=True)
         raise
 
-    entities = dict(sorted(totals.items()))
-    residual_counts = dict(sorted(residual.items()))
-    share = len(flagged) / n if n else 0.0
-    report = out_dir / "residual.json"
-    report.write_text(json.dumps({"rows": n, "residual": residual_counts, "residual_records": len(flagged),
-                                  "residual_share": share, "max_residual_share": max_residual_share,
-                                  "record_ids": flagged}, indent=2) + "\n")
-    if max_residual_share is not None and share > max_residual_share:
-        tmp_path.unlink(missing_ok=True)
-        log.error("residual scan failed: %d of %d records, %s", len(flagged), n, residual_counts)
-        raise ResidualPiiError(_residual_message(residual_counts, flagged, n, share, max_residual_share, report),
-                               residual=residual_counts, share=share, record_ids=flagged)
-    os.replace(tmp_path, masked_path)
-    (out_dir / "entities.json").write_text(json.dumps(entities, indent=2, sort_keys=True) + "\n")
+    entities, residual_counts, share = publish_masked(out_dir, tmp_path, masked_path, rows=n, entities=totals,
+                                                      residual=residual, flagged=flagged,
+                                                      max_residual_share=max_residual_share)
     log.info("masked %d rows, %d entities %s; residual in %d records %s", n, sum(entities.values()), entities,
              len(flagged), residual_counts)
     return {"rows": n, "entities": entities, "entities_total": sum(entities.values()),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.jsonl import read_objects
-from tasks.mask import ResidualPiiError
+from tasks.mask import publish_masked
 
 log = logging.getLogger(__name__)
 
@@ -153,34 +152,12 @@ def merge_shards(shards: list[dict], shard_out_dirs: list[Path], out_dir: Path,
         tmp_path.unlink(missing_ok=True)
         raise
 
-    entity_counts = dict(sorted(entities.items()))
-    residual_counts = dict(sorted(residual.items()))
-    share = len(flagged) / rows if rows else 0.0
-    report = out_dir / "residual.json"
-    report.write_text(json.dumps({"rows": rows, "residual": residual_counts, "residual_records": len(flagged),
-                                  "residual_share": share, "max_residual_share": max_residual_share,
-                                  "record_ids": flagged}, indent=2) + "\n")
-    if max_residual_share is not None and share > max_residual_share:
-        tmp_path.unlink(missing_ok=True)
-        masked_path.unlink(missing_ok=True)  # an earlier attempt's output must not be versioned either
-        log.error("residual scan failed: %d of %d records, %s", len(flagged), rows, residual_counts)
-        raise ResidualPiiError(_residual_message(residual_counts, flagged, rows, share, max_residual_share, report),
-                               residual=residual_counts, share=share, record_ids=flagged)
-    os.replace(tmp_path, masked_path)
-    (out_dir / "entities.json").write_text(json.dumps(entity_counts, indent=2, sort_keys=True) + "\n")
+    entity_counts, residual_counts, share = publish_masked(out_dir, tmp_path, masked_path, rows=rows,
+                                                           entities=entities, residual=residual, flagged=flagged,
+                                                           max_residual_share=max_residual_share)
     log.info("merged %d masked shards: %d rows, %d entities; residual in %d records", len(shards), rows,
              sum(entity_counts.values()), len(flagged))
     return {"rows": rows, "entities": entity_counts, "entities_total": sum(entity_counts.values()),
             "masked_path": str(masked_path), "residual": residual_counts, "residual_share": share,
             "residual_records": len(flagged), "max_residual_share": max_residual_share,
             "shards": len(shards), "partitions": dict(sorted(partitions.items()))}
-
-
-def _residual_message(residual: dict[str, int], flagged: list[str], rows: int, share: float,
-                      max_share: float, report: Path) -> str:
-    ids = ", ".join(flagged[:20]) + (f" and {len(flagged) - 20} more" if len(flagged) > 20 else "")
-    found = ", ".join(f"{etype}: {n}" for etype, n in residual.items())
-    return (f"residual scan: {len(flagged)} of {rows} masked records ({share:.2%}) still look like they hold "
-            f"personal data ({found}), above max_residual_share={max_share:.2%}; records: {ids}. Nothing was "
-            f"published (counts and ids in {report}). Add or fix a recognizer in the recognizers YAML for these "
-            "types, or mark a value that is not personal data in mask.allow_list, then re-run.")
