@@ -104,7 +104,8 @@ def resolve_targets(target, model_type: str, method: str) -> list[str] | str:
     """`mlp` | `attention` | `all` per family, `all-linear` through PEFT (LoRA), or an explicit list."""
     if isinstance(target, list):
         return list(target)
-    if target == "all-linear" and method != "adapter":
+    # PEFT expands "all-linear" itself, but not together with layers_to_transform (freeze + LoRA)
+    if target == "all-linear" and method not in ("adapter", "freeze"):
         return target
     family = FAMILY_MODULES.get(model_type)
     if family is None:

@@ -434,3 +434,12 @@ def test_deepspeed_config_autos_are_filled_from_the_train_config(tmp_path):
         deepspeed_config(t, world=1, config_path=tmp_path / "missing.json", bf16_supported=False)
     with pytest.raises(ValueError, match="multiple of physical_batch_size"):
         deepspeed_config(t, world=3, config_path=t["deepspeed"], bf16_supported=False)
+
+
+def test_freeze_with_lora_accepts_the_all_linear_shorthand():
+    """PEFT refuses layers_to_transform with the string "all-linear"; the recipe resolves it per family."""
+    from tasks.train import resolve_targets
+
+    assert resolve_targets("all-linear", "llama", "freeze") == [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert resolve_targets("all-linear", "llama", "lora") == "all-linear"
