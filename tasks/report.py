@@ -91,9 +91,13 @@ def _ledger(ledger: dict | None) -> str:
     if not isinstance(ledger, dict):
         return "—"
     budget = ledger.get("epsilon_budget")
-    return (f"{ledger.get('source_dataset')}: ε spent {ledger.get('spent_epsilon')} of "
-            f"{'no limit' if budget is None else budget} over {ledger.get('runs')} run(s), "
-            f"δ spent {ledger.get('spent_delta')} (basic composition)")
+
+    def num(x):
+        return f"{x:.4g}" if isinstance(x, float) else x
+
+    return (f"{ledger.get('source_dataset')}: ε spent {num(ledger.get('spent_epsilon'))} of "
+            f"{'no limit' if budget is None else num(budget)} over {ledger.get('runs')} run(s), "
+            f"δ spent {num(ledger.get('spent_delta'))} (basic composition)")
 
 
 def _drift(drift: dict | None) -> str:
