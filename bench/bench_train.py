@@ -272,6 +272,11 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def dump_doc(doc: dict) -> str:
+    """The results JSON, with this machine's repo path cut from every path (committed files stay portable)."""
+    return json.dumps(doc, indent=2).replace(str(REPO) + "/", "") + "\n"
+
+
 def main() -> None:
     children = {"--child-train": child_train, "--child-baseline": child_baseline, "--child-eval": child_eval}
     if len(sys.argv) == 4 and sys.argv[1] in children:
@@ -281,7 +286,7 @@ def main() -> None:
         path = Path(sys.argv[2])
         doc = json.loads(path.read_text())
         doc["tables"] = tables(doc)
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        path.write_text(dump_doc(doc))
         path.with_suffix(".md").write_text(render_md(doc))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -360,7 +365,7 @@ def main() -> None:
            "baseline_rss_mb": baseline["peak_rss_mb"], "base_eval": base_eval, "runs": runs, "sweep": sweep}
     doc["tables"] = tables(doc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    args.out.write_text(dump_doc(doc))
     md = render_md(doc)
     args.out.with_suffix(".md").write_text(md)
     print(md)
@@ -423,7 +428,7 @@ def run_sweep(args, home: Path, base_spec: dict, qa_path: str, started: str, mac
             points[n] = point
             doc["sweep"] = sorted(points.values(), key=lambda p: order.index(p["name"]) if p["name"] in order else 1e9)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(doc, indent=2) + "\n")
+            args.out.write_text(dump_doc(doc))
             if "tables" in doc:
                 args.out.with_suffix(".md").write_text(render_md(doc))
         print(f"{n}: EM {point['exact_match']:.3f} F1 {point['f1']:.3f} loss {point['final_loss']:.3f} "
