@@ -282,22 +282,17 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
 def privacy_plan(spec: dict) -> dict:
     """The DP mechanism the recipe will run, computed the same way it does (same functions, same inputs):
     records, δ, sample rate, noise, accountant, steps after the ε cap, and the ε those steps spend."""
-    from tasks.train import epsilon_after, max_steps_within, noise_for_target
+    from tasks.train import dp_mechanism, planned_steps_for
 
     t = spec["train"]
     with open(spec["data_path"], "rb") as f:
         n = sum(1 for line in f if line.strip())
-    delta = t["target_delta"] or 1.0 / (10 * n)
-    planned = max(1, round(t["epochs"] * max(1, math.ceil(n / t["batch_size"]))))
     if not t["dp"]:
-        return {"private": False, "records": n, "epsilon": math.inf, "delta": 0.0, "steps": planned}
-    sample_rate = t["batch_size"] / n
-    noise, accountant = noise_for_target(target_epsilon=t["target_epsilon"], delta=delta,
-                                         sample_rate=sample_rate, steps=planned)
-    mech = {"noise": noise, "sample_rate": sample_rate, "delta": delta, "accountant": accountant}
-    steps = max_steps_within(t["target_epsilon"], planned, **mech)
-    return {"private": True, "records": n, "delta": delta, "sample_rate": sample_rate, "noise_multiplier": noise,
-            "accountant": accountant, "steps": steps, "epsilon": epsilon_after(steps, **mech)}
+        return {"private": False, "records": n, "epsilon": math.inf, "delta": 0.0, "steps": planned_steps_for(t, n)}
+    mech = dp_mechanism(t, n)
+    return {"private": True, "records": n, "delta": mech["delta"], "sample_rate": mech["sample_rate"],
+            "noise_multiplier": mech["noise"], "accountant": mech["accountant"], "steps": mech["steps"],
+            "epsilon": mech["epsilon"]}
 
 
 def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str):

@@ -294,6 +294,24 @@ def max_steps_within(target_epsilon: float, upper: int, **mech) -> int:
     return lo
 
 
+def planned_steps_for(t: dict, n: int) -> int:
+    return max(1, round(t["epochs"] * max(1, math.ceil(n / t["batch_size"]))))
+
+
+def dp_mechanism(t: dict, n: int) -> dict:
+    """The DP-SGD mechanism a run on `n` records will use: δ, sample rate, noise (PRV, RDP fallback), steps
+    capped at the last one within the target ε, and the ε those steps spend. The recipe runs with it and the
+    pipeline charges the privacy ledger with it, so the two can never disagree."""
+    delta = t["target_delta"] or 1.0 / (10 * n)
+    planned = planned_steps_for(t, n)
+    sample_rate = t["batch_size"] / n
+    noise, accountant = noise_for_target(target_epsilon=t["target_epsilon"], delta=delta,
+                                         sample_rate=sample_rate, steps=planned)
+    mech = {"noise": noise, "sample_rate": sample_rate, "delta": delta, "accountant": accountant}
+    steps = max_steps_within(t["target_epsilon"], planned, **mech)
+    return {**mech, "planned_steps": planned, "steps": steps, "epsilon": epsilon_after(steps, **mech)}
+
+
 def ghost_supported(model) -> bool:
     """Ghost clipping computes norms without per-sample gradients only for layers with a norm sampler."""
     from opacus.grad_sample import GradSampleModuleFastGradientClipping as GSM
@@ -519,8 +537,7 @@ def train(spec: dict) -> dict:
                             sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"]))
     else:  # under DP this loader only conveys the global sample rate (batch_size / N) to make_private
         loader = DataLoader(dataset, batch_size=t["batch_size"], shuffle=True, collate_fn=collate, generator=generator)
-    steps_per_epoch = max(1, math.ceil(n / t["batch_size"]))
-    planned_steps = total_steps = max(1, round(t["epochs"] * steps_per_epoch))
+    planned_steps = total_steps = planned_steps_for(t, n)
 
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
     privacy_engine, noise, accountant, mode, criterion = None, 0.0, None, None, None
@@ -528,12 +545,9 @@ def train(spec: dict) -> dict:
         from opacus import PrivacyEngine
 
         sample_rate = t["batch_size"] / n
-        if rank == 0:
-            noise, accountant = noise_for_target(target_epsilon=t["target_epsilon"], delta=delta,
-                                                 sample_rate=sample_rate, steps=total_steps)
-            # the run stops before exceeding its target: cap the steps at the last one within ε
-            total_steps = max_steps_within(t["target_epsilon"], total_steps, noise=noise, sample_rate=sample_rate,
-                                           delta=delta, accountant=accountant)
+        if rank == 0:  # the run stops before exceeding its target: steps capped at the last one within ε
+            mech = dp_mechanism(t, n)
+            noise, accountant, total_steps = mech["noise"], mech["accountant"], mech["steps"]
         if world > 1:  # the search costs seconds of CPU: rank 0 runs it, every rank uses its exact result
             box = [noise, accountant, total_steps]
             dist.broadcast_object_list(box, src=0)
