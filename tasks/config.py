@@ -69,6 +69,8 @@ class TrainConfig(_Section):
     (only the top `trainable_layers` blocks train, optionally only LoRA inside them); full."""
 
     method: Literal["lora", "adapter", "prefix", "freeze", "full"] = "lora"
+    audit_holdout_share: float = Field(0.05, ge=0.0, lt=0.5, description="records kept out of training (by a hash "
+                                       "of record_id) as non-members for the membership-inference test; 0 = off")
     lora_r: int = Field(4, ge=1)
     lora_alpha: int = Field(8, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)

@@ -261,10 +261,14 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
             import shutil
 
             shutil.rmtree(checkout)
+        from tasks.splits import split_audit_holdout
+
         data_path = checkout_dataset(registry_dir=paths.datasets, remote_dir=paths.dvc_remote,
                                      rev=versioned["dataset_rev"], out_dir=checkout)
+        # Records kept out of training, so the membership-inference test has true non-members.
+        split = split_audit_holdout(data_path, run_dir / "split", cfg.train.audit_holdout_share)
         spec = {"train": cfg.train.model_dump(), "base_model_dir": prepared["base_model_dir"],
-                "data_path": str(data_path), "out_dir": str(run_dir / "train"),
+                "data_path": split["train_path"], "out_dir": str(run_dir / "train"),
                 "dataset_rev": versioned["dataset_rev"],
                 "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id),
                            "run_id": pipeline_mlflow_run(paths, run_id)}}
@@ -274,6 +278,7 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
         launch_torchrun(spec_path, train_cfg=spec["train"], run_id=run_id, log_path=run_dir / "train" / "torchrun.log")
         result = json.loads((run_dir / "train" / "train_result.json").read_text())
         result["privacy_ledger"] = _ledger_summary(cfg, entry, result.get("mlflow_run_id"))
+        result["split"] = split
         return result
 
     return _timed(run_id, "train", train)
