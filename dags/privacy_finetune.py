@@ -6,10 +6,15 @@ data with Presidio (one mapped task per landing partition / shard, so Celery wor
 the work), versions the masked set with DVC (published as the Asset
 `privatetune-masked-dataset`), fine-tunes the base model with
 LoRA under differential privacy (Opacus DP-SGD, launched with `torchrun`), evaluates
-domain QA (lm-eval: exact match, F1) and toxicity, and registers the model in MLflow
-with alias `challenger`.
+base, fine-tuned and current champion side by side (lm-eval domain QA: exact match, F1,
+relevance; robustness, fairness, calibration, efficiency; toxicity; PII leakage, canary
+exposure, membership inference) into a HELM-style report, and registers the model in
+MLflow as `challenger`. Promotion gates (config `gates:`) must pass; then, when
+`require_approval` is on, a reviewer approves or rejects in **Required Actions**;
+approval moves the `champion` alias.
 
-Every run writes `$PFT_HOME/runs/<run_id>/report.json` and `report.md`.
+Every run writes `$PFT_HOME/runs/<run_id>/report.json`, `report.md` and a model card;
+the report is linked from the approval request and served under *PrivateTune reports*.
 Trigger it with the form: empty fields keep the values of `include/config/pipeline.yaml`.
 Tasks pass only paths, counts, revisions and metrics between them, never record text.
 """
@@ -19,15 +24,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks import pipeline
 from tasks.assets import MASKED_DATASET, dataset_event_extra
+from tasks.config import load_config
 
 NULLABLE_NUMBER = ["null", "number"]
 TRAIN_QUEUE = "gpu"
 TRAIN_POOL = "gpu"
+# Who may answer the approval request (config registry.approvers; empty = anyone allowed to act on the DAG).
+APPROVERS = [{"id": name, "name": name} for name in load_config().registry.approvers] or None
 
 
 def run_stage(stage, *args):
@@ -71,6 +81,9 @@ def run_stage(stage, *args):
         "base_model_size": Param(None, type=["null", "string"], enum=[None, "demo", "tiny"]),
         "qa_limit": Param(None, type=["null", "integer"], minimum=1, description="evaluate only N questions"),
         "model_name": Param(None, type=["null", "string"], description="registered model name"),
+        "require_approval": Param(None, type=["null", "boolean"],
+                                  description="a reviewer approves in Required Actions before promotion; "
+                                              "empty = config (registry.require_approval, default true)"),
     },
     render_template_as_native_obj=True,
 )
@@ -126,17 +139,54 @@ def privacy_finetune():
 
     @task
     def evaluate(prepared: dict, trained: dict) -> dict:
-        """lm-eval domain QA for base vs fine-tuned, and toxicity of generations."""
+        """Base, fine-tuned and champion side by side (lm-eval QA, HELM-style scenarios), toxicity,
+        PII leakage, canary exposure, membership inference; the HELM-style report."""
         return run_stage(pipeline.stage_evaluate, prepared["run_id"], prepared, trained)
 
     @task
     def register(prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
-        """MLflow registry: a new version with alias 'challenger', tagged with lineage and metrics."""
+        """MLflow registry: a new version with alias 'challenger', tagged with lineage and evidence, with its model card."""
         return run_stage(pipeline.stage_register, prepared["run_id"], prepared, versioned, trained, evaluated)
 
+    @task
+    def gates(prepared: dict, evaluated: dict, registered: dict, trained: dict) -> dict:
+        """Promotion gates from config: a failing gate fails this task and the run ends 'gated'."""
+        from airflow.sdk import conf
+
+        return run_stage(pipeline.stage_gates, prepared["run_id"], evaluated, registered, trained,
+                         dag_id="privacy_finetune", base_url=conf.get("api", "base_url", fallback=""))
+
+    @task.branch
+    def approval_route(gated: dict) -> str:
+        """A reviewer decides when the run requires approval; otherwise the gates alone promote."""
+        return "approve" if gated["require_approval"] else "gates_only"
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} "
+                "v{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
+        body="{{ ti.xcom_pull(task_ids='gates')['approval_body'] }}",
+        params={"comment": Param("", type="string", title="Comment",
+                                 description="why you approve or reject (recorded on the model version and its card)")},
+        assigned_users=APPROVERS,
+        response_timeout=timedelta(days=14),
+    )
+
+    gates_only = EmptyOperator(task_id="gates_only", doc_md="No approval required: the gates alone promote.")
+
+    # Runs after an approval, or after gates_only; a rejection skips it (the report task records it).
+    @task(trigger_rule="none_failed_min_one_success")
+    def decide(prepared: dict, registered: dict, ti=None) -> dict:
+        """Move the 'champion' alias to this version (the previous champion stays for rollback)."""
+        return run_stage(pipeline.stage_decide, prepared["run_id"], registered, ti.xcom_pull(task_ids="approve"))
+
     @task(trigger_rule="all_done", retries=0)
-    def report(prepared: dict) -> dict:
-        """Write report.json / report.md, also when a stage failed; fails then, so the run shows as failed."""
+    def report(prepared: dict, ti=None) -> dict:
+        """Record a rejection if there was one, then write report.json / report.md; fails when a stage
+        failed or the run was gated, so the run shows as failed."""
+        approval, registered = ti.xcom_pull(task_ids="approve"), ti.xcom_pull(task_ids="register")
+        if approval and registered and ti.xcom_pull(task_ids="decide") is None:
+            run_stage(pipeline.stage_decide, prepared["run_id"], registered, approval)
         return run_stage(pipeline.stage_report, prepared["run_id"])
 
     prepared = prepare()
@@ -148,7 +198,9 @@ def privacy_finetune():
     trained = train(prepared, versioned)
     evaluated = evaluate(prepared, trained)
     registered = register(prepared, versioned, trained, evaluated)
-    registered >> report(prepared)
-
+    gated = gates(prepared, evaluated, registered, trained)
+    decided = decide(prepared, registered)
+    approval_route(gated) >> [approve, gates_only] >> decided
+    decided >> report(prepared)
 
 privacy_finetune()

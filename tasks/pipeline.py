@@ -26,7 +26,7 @@ from tasks.config import (REPO_ROOT, Paths, PipelineConfig, apply_overrides, loa
 
 log = logging.getLogger("tasks.pipeline")
 
-STAGES = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register"]
+STAGES = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register", "gates", "decision"]
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -35,13 +35,15 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     """Failures a retry cannot fix (bad or missing input, a missing secret): fail the task at once."""
     from pydantic import ValidationError
 
+    from tasks.gates import PromotionGated
     from tasks.ingest import EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded
     from tasks.ledger import LedgerConflict, PrivacyBudgetExceeded
     from tasks.mask import MissingKeyError, ResidualPiiError
     from tasks.validate import ValidationFailed
 
     return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
-            MissingKeyError, ResidualPiiError, ValidationError, PrivacyBudgetExceeded, LedgerConflict)
+            MissingKeyError, ResidualPiiError, ValidationError, PrivacyBudgetExceeded, LedgerConflict,
+            PromotionGated)
 
 
 def _paths() -> Paths:
@@ -359,24 +361,13 @@ def launch_torchrun(spec_path: Path, *, train_cfg: dict, run_id: str | None = No
 
 
 def stage_evaluate(run_id: str, prepared: dict, trained: dict) -> dict:
-    """Domain QA (lm-eval) for base and fine-tuned model side by side, and toxicity of the fine-tuned model."""
+    """Quality for base, fine-tuned and champion side by side; toxicity; PII leakage, canary exposure and
+    membership inference on the fine-tuned model; the HELM-style report (tasks/evidence.py)."""
+    from tasks.evidence import gather
 
     def evaluate() -> dict:
-        from tasks.evaluate import evaluate_qa, toxicity
-
         cfg, paths = run_config(run_id), _paths()
-        out = paths.run_dir(run_id) / "eval"
-        qa_path = paths.synth / "qa_heldout.jsonl"
-        base_dir, adapter = Path(prepared["base_model_dir"]), _adapter(trained)
-        tuned_dir = Path(trained.get("model_dir") or base_dir)  # full / freeze save whole weights, no adapter
-        common = {"qa_path": qa_path, "limit": cfg.evaluate.qa_limit, "max_gen_toks": cfg.evaluate.max_gen_toks}
-        base = evaluate_qa(base_model_dir=base_dir, adapter_dir=None, out_dir=out / "qa_base", **common)
-        tuned = evaluate_qa(base_model_dir=tuned_dir, adapter_dir=adapter, out_dir=out / "qa_finetuned", **common)
-        tox = toxicity(base_model_dir=tuned_dir, adapter_dir=adapter, prompts_path=_repo_path(cfg.evaluate.toxicity_prompts),
-                       out_dir=out / "toxicity", max_new_tokens=cfg.evaluate.toxicity_max_new_tokens,
-                       threshold=cfg.evaluate.toxicity_threshold)
-        metrics = {"base": base, "finetuned": tuned, "toxicity_rate": tox["toxicity_rate"],
-                   "toxicity": tox, "exact_match_gain": round(tuned["exact_match"] - base["exact_match"], 4)}
+        metrics = gather(run_id, cfg, paths, prepared, trained)
         if trained.get("mlflow_run_id"):
             _log_eval_metrics(paths, trained["mlflow_run_id"], metrics)
         return metrics
@@ -388,21 +379,27 @@ def _adapter(trained: dict) -> Path | None:
     return Path(trained["adapter_dir"]) if trained.get("adapter_dir") else None
 
 
+EVAL_METRICS = ("exact_match_gain", "regression_vs_champion", "toxicity_rate", "identity_gap", "pii_leaks",
+                "canary_exposure_max", "mia_auc")
+
+
 def _log_eval_metrics(paths: Paths, mlflow_run_id: str, metrics: dict) -> None:
     import mlflow
 
     from tasks.tracking import mlflow_experiment
 
     mlflow_experiment(paths)
-    flat = {"base_exact_match": metrics["base"]["exact_match"], "base_f1": metrics["base"]["f1"],
-            "finetuned_exact_match": metrics["finetuned"]["exact_match"], "finetuned_f1": metrics["finetuned"]["f1"],
-            "toxicity_rate": metrics["toxicity_rate"]}
+    flat = {f"{model}_{k}": v for model in ("base", "finetuned", "champion") for k, v in (metrics.get(model) or {}).items()
+            if isinstance(v, (int, float)) and k != "n"}
+    flat.update({k: metrics[k] for k in EVAL_METRICS if isinstance(metrics.get(k), (int, float))})
     with mlflow.start_run(run_id=mlflow_run_id):
-        mlflow.log_metrics(flat)
+        mlflow.log_metrics({k: float(v) for k, v in flat.items()})
 
 
 def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
+    """A new registry version with alias `challenger`, tagged with lineage and evidence, with its model card."""
     from tasks.register import register_model
+    from tasks.release import refresh_model_card
 
     cfg, paths = run_config(run_id), _paths()
     tags = {"pipeline_run_id": run_id, "dataset_rev": versioned["dataset_rev"], "dataset_md5": versioned["dvc_md5"],
@@ -411,13 +408,67 @@ def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, 
             "epsilon": trained["epsilon"], "delta": trained["delta"], "trainable_pct": trained["trainable_pct"],
             "base_model": Path(prepared["base_model_dir"]).name,
             "exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
-            "base_exact_match": evaluated["base"]["exact_match"], "toxicity_rate": evaluated["toxicity_rate"]}
+            "base_exact_match": evaluated["base"]["exact_match"], "toxicity_rate": evaluated["toxicity_rate"],
+            **{k: evaluated.get(k) for k in ("pii_leaks", "canary_exposure_max", "mia_auc")}}
     metrics = {"exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
                "toxicity_rate": evaluated["toxicity_rate"]}
-    return _timed(run_id, "register", register_model, paths=paths, model_name=cfg.registry.model_name,
-                  alias=cfg.registry.alias, base_model_dir=Path(trained.get("model_dir") or prepared["base_model_dir"]),
-                  adapter_dir=_adapter(trained), mlflow_run_id=trained.get("mlflow_run_id"),
-                  tags={k: "" if v is None else str(v) for k, v in tags.items()}, metrics=metrics)
+    result = _timed(run_id, "register", register_model, paths=paths, model_name=cfg.registry.model_name,
+                    alias=cfg.registry.alias, base_model_dir=Path(trained.get("model_dir") or prepared["base_model_dir"]),
+                    adapter_dir=_adapter(trained), mlflow_run_id=trained.get("mlflow_run_id"),
+                    tags={k: "" if v is None else str(v) for k, v in tags.items()}, metrics=metrics)
+    refresh_model_card(paths, paths.run_dir(run_id), cfg)
+    return result
+
+
+def stage_gates(run_id: str, evaluated: dict, registered: dict, trained: dict, *, dag_id: str = "privacy_finetune",
+                base_url: str = "") -> dict:
+    """Check the promotion gates; save the outcome (and the reviewer's summary) before failing a gated run."""
+    from mlflow import MlflowClient
+
+    from tasks.gates import check_gates, enforce
+    from tasks.release import approval_body, report_url
+    from tasks.tracking import mlflow_experiment
+
+    cfg, paths = run_config(run_id), _paths()
+    outcome = check_gates(evaluated, cfg.gates)
+    for g in outcome["gates"]:
+        log.info("gate %-22s %-13s value %s threshold %s", g["name"], g["status"], g["value"], g["threshold"])
+    link = report_url(dag_id, run_id, base_url=base_url)
+    result = {**outcome, "require_approval": cfg.registry.require_approval, "report_url": link,
+              "approval_body": approval_body(evaluated=evaluated, gates=outcome, registered=registered,
+                                             trained=trained, report_link=link)}
+    _save_stage(run_id, "gates", result)
+    mlflow_experiment(paths)
+    MlflowClient().set_model_version_tag(registered["model_name"], str(registered["version"]), "gates", outcome["status"])
+    if outcome["status"] == "gated":
+        from tasks.release import refresh_model_card
+
+        refresh_model_card(paths, paths.run_dir(run_id), cfg)
+    enforce(outcome)  # raises PromotionGated, naming every failed gate
+    return result
+
+
+def stage_decide(run_id: str, registered: dict, approval: dict | None) -> dict:
+    """Apply the decision: promote to champion (approved, or gates only) or record the rejection."""
+    from tasks.register import promote, record_rejection
+    from tasks.release import decision_from_approval, refresh_model_card
+
+    cfg, paths = run_config(run_id), _paths()
+    decision = decision_from_approval(approval)
+    if decision["outcome"] == "promoted":
+        registry = promote(paths=paths, model_name=registered["model_name"], version=int(registered["version"]),
+                           champion_alias=cfg.registry.champion_alias, approved_by=decision["by"],
+                           approval=decision["approval"], comment=decision["comment"])
+    else:
+        registry = record_rejection(paths=paths, model_name=registered["model_name"],
+                                    version=int(registered["version"]), rejected_by=decision["by"] or "unknown",
+                                    comment=decision["comment"])
+    log.info("decision: %s v%s %s (%s)", registered["model_name"], registered["version"], decision["outcome"],
+             decision["approval"])
+    result = _save_stage(run_id, "decision", {**decision, "model_name": registered["model_name"],
+                                              "version": registered["version"], "registry": registry})
+    refresh_model_card(paths, paths.run_dir(run_id), cfg)
+    return result
 
 
 def stage_report(run_id: str, *, strict: bool = True) -> dict:
@@ -425,8 +476,10 @@ def stage_report(run_id: str, *, strict: bool = True) -> dict:
     from tasks.report import write_report
 
     result = write_report(_paths().run_dir(run_id))
+    if strict and result["outcome"] == "gated":
+        raise RuntimeError(f"run gated: the model was not promoted (reasons in {result['report_path']})")
     if strict and not result["complete"]:
-        raise RuntimeError(f"run incomplete, report written to {result['report_path']}; "
+        raise RuntimeError(f"run incomplete ({result['outcome']}), report written to {result['report_path']}; "
                            f"missing: {', '.join(result['missing_fields'])}")
     return result
 
@@ -440,7 +493,13 @@ def run_all(run_id: str, params: dict[str, Any] | None = None) -> dict:
     versioned = stage_version(run_id, masked)
     trained = stage_train(run_id, prepared, versioned)
     evaluated = stage_evaluate(run_id, prepared, trained)
-    stage_register(run_id, prepared, versioned, trained, evaluated)
+    registered = stage_register(run_id, prepared, versioned, trained, evaluated)
+    stage_gates(run_id, evaluated, registered, trained)
+    if run_config(run_id).registry.require_approval:
+        log.info("approval required: v%s stays challenger; approve in Airflow, or promote with "
+                 "`python -m tasks.register promote`", registered["version"])
+    else:
+        stage_decide(run_id, registered, None)
     return stage_report(run_id)
 
 

@@ -12,15 +12,30 @@ import json
 import time
 from pathlib import Path
 
-STAGE_ORDER = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register"]
+STAGE_ORDER = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register", "gates", "decision"]
 
 # The fields every complete run must report (dotted paths into report.json).
 REQUIRED_FIELDS = [
     "ingest.rows_in", "ingest.rows_valid", "ingest.rows_quarantined", "validate.success", "mask.entities",
     "version.dataset_rev", "train.method", "train.epsilon", "train.delta", "train.trainable_pct",
     "evaluate.base.exact_match", "evaluate.finetuned.exact_match", "evaluate.base.f1", "evaluate.finetuned.f1",
-    "evaluate.toxicity_rate", "register.model_name", "register.version",
+    "evaluate.toxicity_rate", "evaluate.base.relevance", "evaluate.finetuned.relevance", "evaluate.pii_leaks",
+    "evaluate.mia_auc", "evaluate.helm_html", "register.model_name", "register.version", "gates.status",
+    "decision.outcome",
 ]
+
+
+def outcome(report: dict) -> str:
+    """promoted | rejected | gated | awaiting approval | failed: how the run ended for its model."""
+    decision = report.get("decision") or {}
+    if decision.get("outcome"):
+        return decision["outcome"]
+    gates = report.get("gates") or {}
+    if gates.get("status") == "gated":
+        return "gated"
+    if gates.get("status") == "passed" and gates.get("require_approval"):
+        return "awaiting approval"
+    return "failed"
 
 
 def lookup(report: dict, dotted: str):
@@ -51,6 +66,7 @@ def build_report(run_dir: Path) -> dict:
             missing.append(field)
     report["complete"] = not missing
     report["missing_fields"] = missing
+    report["outcome"] = outcome(report)
     return report
 
 
@@ -80,11 +96,47 @@ def summary_lines(report: dict) -> list[str]:
         f"{get('train.train_seconds')} s",
         f"privacy             {privacy}",
         f"privacy ledger      {_ledger(get('train.privacy_ledger', None))}",
-        f"domain QA exact match  base {get('evaluate.base.exact_match')} → fine-tuned {get('evaluate.finetuned.exact_match')}",
-        f"domain QA F1           base {get('evaluate.base.f1')} → fine-tuned {get('evaluate.finetuned.f1')}",
-        f"toxicity rate       {get('evaluate.toxicity_rate')}",
+        *[f"domain QA {label:<13}base {get('evaluate.base.' + key)} → fine-tuned {get('evaluate.finetuned.' + key)}"
+          f"{_champion(report, key)}" for label, key in (("exact match", "exact_match"), ("F1", "f1"),
+                                                         ("relevance", "relevance"))],
+        f"toxicity            rate {get('evaluate.toxicity_rate')} (base {get('evaluate.base_toxicity_rate')}), "
+        f"identity gap {get('evaluate.identity_gap')}",
+        f"privacy attacks     PII leaks {get('evaluate.pii_leaks')}, canary exposure "
+        f"{get('evaluate.canary_exposure_max')} bits, MIA AUC {get('evaluate.mia_auc')}",
+        f"HELM-style report   {get('evaluate.helm_html')}",
         f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')})",
+        f"gates               {_gates(report.get('gates'))}",
+        f"outcome             {_outcome_line(report)}",
     ]
+
+
+def _champion(report: dict, key: str) -> str:
+    champ = (report.get("evaluate") or {}).get("champion")
+    if not champ:
+        return ""
+    value = champ.get(key)
+    version = (report.get("evaluate") or {}).get("champion_version")
+    return f" (champion v{version} {round(value, 3) if isinstance(value, float) else value})"
+
+
+def _gates(gates: dict | None) -> str:
+    if not isinstance(gates, dict):
+        return "—"
+    if gates.get("status") == "gated":
+        return "GATED: " + "; ".join(gates.get("reasons") or [])
+    measured = sum(g["status"] == "passed" for g in gates.get("gates", []))
+    unmeasured = [g["name"] for g in gates.get("gates", []) if g["status"] == "not measured"]
+    return f"passed ({measured} checked" + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else "") + ")"
+
+
+def _outcome_line(report: dict) -> str:
+    out = report.get("outcome") or outcome(report)
+    decision = report.get("decision") or {}
+    if out in ("promoted", "rejected"):
+        who = decision.get("by") or "gates only (approval not required)"
+        comment = f" — “{decision['comment']}”" if decision.get("comment") else ""
+        return f"{out} by {who}{' at ' + decision['at'] if decision.get('at') else ''}{comment}"
+    return out
 
 
 def _ledger(ledger: dict | None) -> str:
@@ -119,6 +171,11 @@ def render_markdown(report: dict) -> str:
     if quarantine:
         lines += ["", "## Quarantine reasons", "", "| reason | rows |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(quarantine.items())]
+    gates = report.get("gates") or {}
+    if gates.get("gates"):
+        lines += ["", f"## Promotion gates: {gates.get('status')}", "", "| gate | value | threshold | status |",
+                  "|---|---|---|---|"]
+        lines += [f"| {g['name']} | {g['value']} | {g['threshold']} | {g['status']} |" for g in gates["gates"]]
     if report.get("missing_fields"):
         lines += ["", "## Missing fields", "", *[f"- {f}" for f in report["missing_fields"]]]
     return "\n".join(lines) + "\n"
@@ -130,7 +187,7 @@ def write_report(run_dir: Path) -> dict:
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
     (run_dir / "report.md").write_text(render_markdown(report))
     return {"report_path": str(run_dir / "report.json"), "complete": report["complete"],
-            "missing_fields": report["missing_fields"]}
+            "missing_fields": report["missing_fields"], "outcome": report["outcome"]}
 
 
 def main() -> None:
