@@ -34,11 +34,28 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 def test_privacy_finetune_flow(dagbag):
     dag = dagbag.dags["privacy_finetune"]
     order = ["prepare", "ingest", "validate", "mask_plan", "mask_shard", "mask", "version", "train", "evaluate",
-             "register", "report"]
-    assert set(order) == set(dag.task_ids)
+             "register", "gates", "approval_route", "approve", "decide", "report"]
+    assert set(order) | {"gates_only"} == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False)
     assert dag.schedule is None or str(dag.timetable.summary) in ("None", "")
+
+
+def test_promotion_waits_for_gates_and_an_approval_when_required(dagbag):
+    """gates → branch: approve (HITL) or gates_only → decide (champion); a rejection skips decide and the
+    report task (all_done) still runs and records it."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["privacy_finetune"]
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator)
+    assert "comment" in approve.params and "approval_body" in approve.body
+    assert dag.get_task("approval_route").downstream_task_ids == {"approve", "gates_only"}
+    decide = dag.get_task("decide")
+    assert {"approve", "gates_only"} <= decide.upstream_task_ids
+    assert decide.trigger_rule == "none_failed_min_one_success"
+    assert dag.get_task("report").trigger_rule == "all_done"
+    assert "require_approval" in dag.params
 
 
 def test_masking_is_mapped_over_the_planned_shards(dagbag):

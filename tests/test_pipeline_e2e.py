@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tasks.report import REQUIRED_FIELDS, lookup
+from tests.airflow_api import Reviewer, api_server
 
 REPO = Path(__file__).resolve().parent.parent
 E2E_RECORDS = 4000
@@ -30,31 +31,62 @@ E2E_CONFIG = {
 }
 
 
+def _config_file(home: Path, name: str, overrides: dict) -> Path:
+    cfg = yaml.safe_load((REPO / "include" / "config" / "pipeline.yaml").read_text())
+    for section, values in overrides.items():
+        cfg.setdefault(section, {}).update(values)
+    path = home / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(dag, home: Path, config: Path, conf: dict, console: Path, server, *, choice: str, comment: str) -> dict:
+    """One dag.test() run whose approval request a reviewer answers through the api-server's REST API."""
+    os.environ["PFT_CONFIG"] = str(config)
+    reviewer = Reviewer(server, dag_id="privacy_finetune", choice=choice, comment=comment)
+    reviewer.start()
+    try:
+        with capture_output(console):  # everything the run logs, to scan for PII below
+            dag_run = dag.test(run_conf=conf)
+    finally:
+        os.environ.pop("PFT_CONFIG", None)
+        reviewer.stop.set()
+        reviewer.join(timeout=30)
+    if reviewer.error:
+        raise reviewer.error
+    from tasks.config import Paths
+
+    run_dir = Paths(home).run_dir(dag_run.run_id)
+    report = json.loads((run_dir / "report.json").read_text())
+    return {"dag_run": dag_run, "report": report, "run_dir": run_dir, "console": console, "reviewer": reviewer}
+
+
 @pytest.fixture(scope="module")
 def e2e(session_home, airflow_db):
+    """Two runs on one data root: the first approved through the REST API (it becomes champion), the
+    second (a short training, lenient quality gates) evaluated against that champion and rejected."""
     from airflow.dag_processing.dagbag import DagBag
 
     from tasks import synth
 
     synth.generate(session_home, n_records=E2E_RECORDS)
-    base_cfg = yaml.safe_load((REPO / "include" / "config" / "pipeline.yaml").read_text())
-    for section, values in E2E_CONFIG.items():
-        base_cfg.setdefault(section, {}).update(values)
-    cfg_path = session_home / "e2e-pipeline.yaml"
-    cfg_path.write_text(yaml.safe_dump(base_cfg))
-    os.environ["PFT_CONFIG"] = str(cfg_path)
-    console = session_home / "e2e-console.log"
-    try:
-        dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
-        with capture_output(console):  # everything the run logs, to scan for PII below
-            dag_run = dag.test(run_conf={"model_name": "e2e-domain-lm"})
-    finally:
-        os.environ.pop("PFT_CONFIG", None)
-    reports = sorted((session_home / "runs").glob("*/report.json"))
-    assert reports, "the run wrote no report"
-    report = json.loads(reports[-1].read_text())
-    return {"home": session_home, "dag_run": dag_run, "report": report, "run_dir": reports[-1].parent,
-            "console": console}
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
+    conf = {"model_name": "e2e-domain-lm", "require_approval": True}
+    with api_server(session_home) as server:
+        first = _run(dag, session_home, _config_file(session_home, "e2e-pipeline.yaml", E2E_CONFIG), conf,
+                     session_home / "e2e-console.log", server, choice="Approve", comment="e2e: evidence reviewed, approved")
+        lenient = {**E2E_CONFIG, "gates": {"min_exact_match_gain": None, "max_regression_vs_champion": None}}
+        second = _run(dag, session_home, _config_file(session_home, "e2e-pipeline-2.yaml", lenient),
+                      {**conf, "epochs": 0.3}, session_home / "e2e-console-2.log", server,
+                      choice="Reject", comment="e2e: too little training, rejected")
+        pages = {}
+        with server.client("auditor") as viewer, server.client(None) as anonymous:
+            base = f"/privatetune/reports/privacy_finetune/{first['dag_run'].run_id}"
+            for name, path in (("report", base), ("helm", base + "/helm"), ("card", base + "/model-card")):
+                resp = viewer.get(path)
+                pages[name] = (resp.status_code, resp.text)
+            pages["anonymous"] = (anonymous.get(base).status_code, "")
+    return {**first, "home": session_home, "second": second, "pages": pages}
 
 
 @contextlib.contextmanager
@@ -195,8 +227,7 @@ def test_registered_version_carries_lineage_tags(e2e):
     report = e2e["report"]
     client = MlflowClient(tracking_uri=Paths(e2e["home"]).mlflow_tracking_uri,
                           registry_uri=Paths(e2e["home"]).mlflow_tracking_uri)
-    version = client.get_model_version_by_alias(report["register"]["model_name"], "challenger")
-    assert int(version.version) == int(report["register"]["version"])
+    version = client.get_model_version(report["register"]["model_name"], str(report["register"]["version"]))
     assert version.tags["dataset_rev"] == report["version"]["dataset_rev"]
     assert float(version.tags["epsilon"]) == pytest.approx(report["train"]["epsilon"])
     assert float(version.tags["exact_match"]) == pytest.approx(report["evaluate"]["finetuned"]["exact_match"])
@@ -229,6 +260,11 @@ def test_pipeline_plumbing_holds_no_raw_pii(e2e):
         "stage results": "".join(p.read_text() for p in (e2e["run_dir"] / "stages").glob("*.json")),
         "torchrun log": (e2e["run_dir"] / "train" / "torchrun.log").read_text(),
         "mlflow params": json.dumps(params),
+        "evaluation reports": "".join(p.read_text(errors="replace") for p in (e2e["run_dir"] / "eval").rglob("*")
+                                      if p.is_file() and p.suffix in (".json", ".html", ".md")
+                                      and p.name != "results.json"),  # lm-eval's per-sample QA answers only
+        "model card": (e2e["run_dir"] / "model_card.md").read_text(),
+        "approval request": json.dumps(e2e["reviewer"].request),
     }
     hits = {name: sorted({v for v in values if v in text})[:3] for name, text in sources.items()}
     assert all(not found for found in hits.values()), hits
@@ -240,3 +276,76 @@ def _has(report: dict, field: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def _registry(home: Path):
+    from mlflow import MlflowClient
+
+    from tasks.config import Paths
+
+    uri = Paths(home).mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_approval_went_through_the_rest_api_and_promoted_the_model(e2e):
+    report, reviewer = e2e["report"], e2e["reviewer"]
+    assert reviewer.request is not None and reviewer.response["chosen_options"] == ["Approve"]
+    body = reviewer.request["body"]
+    assert "exact match" in body and "/privatetune/reports/privacy_finetune/" in body and "| gate |" in body
+    assert reviewer.viewer_status == 403  # the auditor (viewer role) may read, not decide
+    assert report["gates"]["status"] == "passed" and report["outcome"] == "promoted"
+    decision = report["decision"]
+    assert decision["approval"] == "approved" and decision["by"] == "reviewer"
+    assert decision["comment"] == "e2e: evidence reviewed, approved"
+    client = _registry(e2e["home"])
+    name, version = report["register"]["model_name"], str(report["register"]["version"])
+    tags = client.get_model_version(name, version).tags
+    assert tags["approved_by"] == "reviewer" and tags["gates"] == "passed"
+    card = client.get_model_version(name, version).description
+    assert "reviewer" in card and report["version"]["dataset_rev"][:12] in card
+
+
+def test_second_run_was_compared_with_the_champion_and_rejected(e2e):
+    first, second = e2e["report"], e2e["second"]["report"]
+    assert str(e2e["second"]["dag_run"].state).endswith("success"), second["stages"]
+    assert second["evaluate"]["champion_version"] == first["register"]["version"]
+    assert second["evaluate"]["champion"]["exact_match"] == pytest.approx(first["evaluate"]["finetuned"]["exact_match"])
+    assert second["outcome"] == "rejected" and second["decision"]["by"] == "reviewer"
+    assert second["decision"]["comment"] == "e2e: too little training, rejected"
+    client = _registry(e2e["home"])
+    name = first["register"]["model_name"]
+    assert client.get_model_version_by_alias(name, "champion").version == str(first["register"]["version"])
+    assert client.get_model_version_by_alias(name, "challenger").version == str(second["register"]["version"])
+    assert client.get_model_version(name, str(second["register"]["version"])).tags["decision"] == "rejected"
+
+
+def test_champion_loads_from_the_registry_and_answers(e2e):
+    import mlflow
+    import pandas as pd
+
+    from tasks.config import Paths
+
+    mlflow.set_tracking_uri(Paths(e2e["home"]).mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{e2e['report']['register']['model_name']}@champion")
+    answers = model.predict(pd.DataFrame({"question": ["How much is the deductible on the Bronze Basic plan?"]}))
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_helm_style_report_and_privacy_figures(e2e):
+    evaluation = e2e["report"]["evaluate"]
+    helm = json.loads(Path(evaluation["helm_json"]).read_text())
+    text = json.dumps(helm)
+    for scenario in ("accuracy", "robustness", "fairness", "calibration", "efficiency", "toxicity", "privacy"):
+        assert scenario in text, scenario
+    assert Path(evaluation["helm_html"]).read_text().lstrip().lower().startswith("<!doctype html")
+    assert evaluation["pii_leaks"] == 0
+    assert 0.0 <= evaluation["mia_auc"] <= 1.0
+    assert evaluation["canary_exposure_max"] is not None and evaluation["canary_exposure_max"] >= 0.0
+    assert 0.0 <= evaluation["finetuned"]["relevance"] <= 1.0
+
+
+def test_report_pages_are_served_inside_airflow_behind_login(e2e):
+    pages = e2e["pages"]
+    assert pages["report"][0] == 200 and "PrivateTune run report" in pages["report"][1]
+    assert pages["helm"][0] == 200 and pages["card"][0] == 200
+    assert pages["anonymous"][0] in (401, 403)
