@@ -25,11 +25,11 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks import pipeline
+from tasks.approval import DECISION_XCOM_KEY, RecordedApprovalOperator
 from tasks.assets import MASKED_DATASET, dataset_event_extra
 from tasks.config import load_config
 
@@ -161,7 +161,8 @@ def privacy_finetune():
         """A reviewer decides when the run requires approval; otherwise the gates alone promote."""
         return "approve" if gated["require_approval"] else "gates_only"
 
-    approve = ApprovalOperator(
+    # Airflow's ApprovalOperator; it also keeps the answer (XCom key "decision") when the reviewer rejects.
+    approve = RecordedApprovalOperator(
         task_id="approve",
         subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} "
                 "v{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
@@ -178,13 +179,15 @@ def privacy_finetune():
     @task(trigger_rule="none_failed_min_one_success")
     def decide(prepared: dict, registered: dict, ti=None) -> dict:
         """Move the 'champion' alias to this version (the previous champion stays for rollback)."""
-        return run_stage(pipeline.stage_decide, prepared["run_id"], registered, ti.xcom_pull(task_ids="approve"))
+        approval = ti.xcom_pull(task_ids="approve", key=DECISION_XCOM_KEY)
+        return run_stage(pipeline.stage_decide, prepared["run_id"], registered, approval)
 
     @task(trigger_rule="all_done", retries=0)
     def report(prepared: dict, ti=None) -> dict:
         """Record a rejection if there was one, then write report.json / report.md; fails when a stage
         failed or the run was gated, so the run shows as failed."""
-        approval, registered = ti.xcom_pull(task_ids="approve"), ti.xcom_pull(task_ids="register")
+        approval = ti.xcom_pull(task_ids="approve", key=DECISION_XCOM_KEY)
+        registered = ti.xcom_pull(task_ids="register")
         if approval and registered and ti.xcom_pull(task_ids="decide") is None:
             run_stage(pipeline.stage_decide, prepared["run_id"], registered, approval)
         return run_stage(pipeline.stage_report, prepared["run_id"])

@@ -48,7 +48,7 @@ def test_promotion_waits_for_gates_and_an_approval_when_required(dagbag):
 
     dag = dagbag.dags["privacy_finetune"]
     approve = dag.get_task("approve")
-    assert isinstance(approve, ApprovalOperator)
+    assert isinstance(approve, ApprovalOperator)  # RecordedApprovalOperator keeps rejections too
     assert "comment" in approve.params and "approval_body" in approve.body
     assert dag.get_task("approval_route").downstream_task_ids == {"approve", "gates_only"}
     decide = dag.get_task("decide")
