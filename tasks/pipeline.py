@@ -245,8 +245,13 @@ def stage_version(run_id: str, masked: dict) -> dict:
     profile = json.loads(profile_path.read_text(encoding="utf-8")) if profile_path.is_file() else None
     if profile is None:
         log.warning("%s not found: this dataset version carries no profile for the next run's drift check", profile_path)
+    cfg = run_config(run_id)
+    qa_path = Path(cfg.evaluate.qa_path) if cfg.evaluate.qa_path else paths.synth / "qa_heldout.jsonl"
+    if not qa_path.is_file():
+        raise FileNotFoundError(f"{qa_path}: no held-out QA split to version with the dataset (evaluate.qa_path)")
     return _timed(run_id, "version", version_dataset, masked_dir=Path(masked["masked_path"]).parent,
-                  registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id, profile=profile)
+                  registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id, profile=profile,
+                  qa_path=qa_path)
 
 
 def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:

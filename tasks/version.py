@@ -39,6 +39,8 @@ DATASET_PATH = "data/train.jsonl"
 # The staged data's profile (counts only: row count, text-length histogram, record-type
 # counts), committed in git beside the pointer so the next run can check drift against it.
 PROFILE_PATH = "data/profile.json"
+# The held-out QA split (questions about the domain, no personal data): small, so plain git, not DVC.
+QA_PATH = "data/qa_heldout.jsonl"
 REMOTE_NAME = "storage"
 GIT_USER = ("PrivateTune", "privatetune@localhost")
 DEFAULT_LOCK_TIMEOUT_S = 600.0
@@ -233,12 +235,15 @@ def version_dataset(
     run_id: str,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     profile: dict | None = None,
+    qa_path: Path | None = None,
 ) -> dict:
     """Commit masked_dir/train.jsonl to the registry under DVC, tag it for the run, push the bytes.
 
     `profile` (counts only, from `tasks.validate.build_profile`) is committed as
     data/profile.json with the version; without one, a profile left by an earlier
     version is removed, so a version never carries another dataset's profile.
+    `qa_path`, the held-out QA split the evaluation scores, is committed the same way
+    as data/qa_heldout.jsonl, so every dataset revision names its evaluation set too.
 
     Identical content yields the same md5 and no new commit (created=False); the
     run's tag then points at the existing commit. If the run's tag already exists
@@ -267,6 +272,7 @@ def version_dataset(
         md5 = _read_md5(dvc_file)
         _git(registry_dir, "add", f"{DATASET_PATH}.dvc", str(Path(DATASET_PATH).parent / ".gitignore"))
         _stage_profile(registry_dir, profile)
+        _stage_qa(registry_dir, qa_path)
         created = _staged_changes(registry_dir)
         if created:
             message = f"Dataset for run {run_id}\n\n{DATASET_PATH} md5 {md5}"
@@ -300,6 +306,17 @@ def _stage_profile(registry_dir: Path, profile: dict | None) -> None:
     tracked = _git(registry_dir, "ls-files", "--", PROFILE_PATH).strip()
     if tracked:
         _git(registry_dir, "rm", "-q", "--cached", "--", PROFILE_PATH)
+    path.unlink(missing_ok=True)
+
+
+def _stage_qa(registry_dir: Path, qa_path: Path | None) -> None:
+    path = registry_dir / QA_PATH
+    if qa_path is not None:
+        shutil.copyfile(qa_path, path)
+        _git(registry_dir, "add", QA_PATH)
+        return
+    if _git(registry_dir, "ls-files", "--", QA_PATH).strip():
+        _git(registry_dir, "rm", "-q", "--cached", "--", QA_PATH)
     path.unlink(missing_ok=True)
 
 

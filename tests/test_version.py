@@ -209,3 +209,23 @@ def test_concurrent_processes_both_succeed(tmp_path):
     assert commit_count(registry) == 3  # init + one commit per process, no init race
     for r in results:
         assert git(registry, "rev-parse", f"{r['tag']}^{{commit}}") == r["dataset_rev"]
+
+
+def test_qa_split_is_committed_with_the_dataset_and_checked_out(tmp_path):
+    from tasks.version import QA_PATH
+
+    registry, remote = tmp_path / "datasets", tmp_path / "dvc-remote"
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"id": "q1", "question": "What is the deductible?", "answer": "$500"}\n')
+    first = version_dataset(masked_dir=write_masked(tmp_path / "a", V1), registry_dir=registry,
+                            remote_dir=remote, run_id="a", qa_path=qa)
+    assert QA_PATH in git(registry, "ls-files").splitlines()
+    again = version_dataset(masked_dir=write_masked(tmp_path / "a2", V1), registry_dir=registry,
+                            remote_dir=remote, run_id="a2", qa_path=qa)
+    assert again["created"] is False and again["dataset_rev"] == first["dataset_rev"]
+    qa.write_text(qa.read_text() + '{"id": "q2", "question": "What is the copay?", "answer": "$20"}\n')
+    changed = version_dataset(masked_dir=write_masked(tmp_path / "b", V1), registry_dir=registry,
+                              remote_dir=remote, run_id="b", qa_path=qa)
+    assert changed["created"] is True  # a new QA split is a new revision, even on the same records
+    data = checkout_dataset(registry_dir=registry, remote_dir=remote, rev=first["dataset_rev"], out_dir=tmp_path / "co")
+    assert (data.parent / "qa_heldout.jsonl").read_text().count("\n") == 1
