@@ -8,16 +8,33 @@ self-contained: no `tasks.*` imports.
 Input: a pandas DataFrame with a "question" column. Output: one answer string
 per row, from the pipeline's QA prompt with greedy decoding, cut at the first
 newline (the base model ends each answer with one), at most 24 new tokens.
+
+Inference param `max_new_tokens` (in the signature's params, default 24, at most
+MAX_NEW_TOKENS_LIMIT): `model.predict(df, params={"max_new_tokens": 8})`. Versions
+logged before the param existed ignore it (MLflow warns) and keep 24.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 PROMPT = "Question: {question}\nAnswer:"
-MAX_NEW_TOKENS = 24
+MAX_NEW_TOKENS = 24  # the default; the signature's params carry it too
+MAX_NEW_TOKENS_LIMIT = 256  # a caller cannot make one request hold the model for minutes
+
+
+def max_new_tokens(params: dict | None) -> int:
+    """The request's `max_new_tokens` param, checked: an int in [1, MAX_NEW_TOKENS_LIMIT]."""
+    value = (params or {}).get("max_new_tokens", MAX_NEW_TOKENS)
+    if value is None:
+        return MAX_NEW_TOKENS
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_NEW_TOKENS_LIMIT:
+        raise ValueError(f"params.max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}, got {value!r}")
+    return int(value)
 
 
 def first_line(text: str) -> str:
@@ -55,7 +72,7 @@ class DomainQAModel(PythonModel):
 
         self._stops = lambda prompt_len: StoppingCriteriaList([NewlineStop(prompt_len)])
 
-    def _answer(self, question: str) -> str:
+    def _answer(self, question: str, new_tokens: int = MAX_NEW_TOKENS) -> str:
         enc = self.tokenizer(PROMPT.format(question=question), return_tensors="pt").to(self.device)
         prompt_len = enc["input_ids"].shape[1]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -63,7 +80,7 @@ class DomainQAModel(PythonModel):
             out = self.model.generate(
                 **enc,
                 do_sample=False,
-                max_new_tokens=MAX_NEW_TOKENS,
+                max_new_tokens=new_tokens,
                 stopping_criteria=self._stops(prompt_len),
                 pad_token_id=pad_id,
             )
@@ -72,7 +89,8 @@ class DomainQAModel(PythonModel):
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         if "question" not in model_input.columns:
             raise ValueError(f"input needs a 'question' column; got columns {list(model_input.columns)}")
-        return [self._answer(str(q)) for q in model_input["question"]]
+        new_tokens = max_new_tokens(params)
+        return [self._answer(str(q), new_tokens) for q in model_input["question"]]
 
 
 mlflow.models.set_model(DomainQAModel())
