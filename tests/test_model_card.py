@@ -1,0 +1,135 @@
+"""Model cards: rendering from full, partial and odd facts; attaching to a registered version."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tasks import offline
+
+offline.apply()
+
+from tasks.config import Paths  # noqa: E402
+from tasks.model_card import (DESCRIPTION_MAX_CHARS, NOT_RECORDED, attach_model_card, fmt,  # noqa: E402
+                              render_model_card)
+
+NAME = "card-test-lm"
+
+FACTS = {
+    "model_name": NAME, "version": 3, "generated_at": "2026-02-01T10:00:00Z",
+    "pipeline_run_id": "scheduled__2026-02-01T00:00:00+00:00", "mlflow_run_id": "abc123",
+    "base_model": "demo-llama", "base_model_source": "built:demo",
+    "method": "lora", "trainable_pct": 0.512, "trainable_params": 4864, "total_params": 950000,
+    "source_dataset": "harborview-records", "dataset_rev": "9f" * 20, "dataset_md5": "d41d8cd98f00b204e9800998ecf8427e",
+    "dataset_tag": "dataset-2026-02", "records_trained": 3600, "audit_holdout_records": 400, "qa_sha256": "ab" * 32,
+    "masking": {"entities_total": 12345, "residual_records": 3},
+    "dp": True, "epsilon": 7.93, "delta": 2.5e-5, "target_epsilon": 8.0, "noise_multiplier": 0.87, "max_grad_norm": 1.0,
+    "privacy_ledger": {"source_dataset": "harborview-records", "runs": 2, "spent_epsilon": 15.86, "spent_delta": 5e-5,
+                       "epsilon_budget": 80.0, "delta_budget": 2.5e-4, "remaining_epsilon": 64.14,
+                       "composition": "basic (sum of ε and of δ over all runs on the source dataset)",
+                       "non_private_runs": []},
+    "metrics": {"base": {"exact_match": 0.12, "f1": 0.3, "robustness": {"exact_match": 0.1}, "n": 50},
+                "finetuned": {"exact_match": 0.36, "f1": 0.52, "robustness": {"exact_match": 0.3}, "n": 50,
+                              "generations_path": "/somewhere/generations.jsonl"},
+                "champion": {"exact_match": 0.33, "f1": 0.5}},
+    "champion_version": 2,
+    "safety": {"toxicity_rate": 0.0, "identity_gap": 0.01, "pii_leaks": 0, "canary_exposure_max": 2.5, "mia_auc": 0.52},
+    "gates": [
+        {"name": "exact_match_gain", "what": "fine-tuned EM minus base EM", "metric": "exact_match_gain",
+         "threshold": 0.0, "value": 0.24, "status": "passed", "reason": None},
+        {"name": "canary_exposure", "what": "highest canary exposure (bits)", "metric": "canary_exposure_max",
+         "threshold": 6.0, "value": None, "status": "not measured", "reason": None},
+        {"name": "toxicity", "what": "share of toxic generations", "metric": "toxicity_rate", "threshold": None,
+         "value": 0.0, "status": "off", "reason": None},
+    ],
+    "gates_status": "passed",
+    "decision": {"outcome": "promoted", "approval": "approved", "by": "alice", "at": "2026-02-01T11:00:00Z",
+                 "comment": "EM up | no leaks\nship"},
+}
+
+
+def test_full_card_states_every_fact():
+    card = render_model_card(FACTS)
+    assert card.startswith(f"# Model card: {NAME} v3")
+    for expected in ("demo-llama", "lora", "0.512 %", "4864 of 950000", "9f" * 20, "d41d8cd98f00b204e9800998ecf8427e",
+                     "scheduled__2026-02-01T00:00:00+00:00", "(ε = 7.93, δ = 2.5e-05)-differential privacy",
+                     "15.86 / 80", "5e-05 / 0.00025", "harborview-records", "12345",
+                     "| exact_match | 0.12 | 0.36 | 0.33 |", "champion (v2)", "| robustness.exact_match | 0.1 | 0.3 | "
+                     f"{NOT_RECORDED} |", "| canary exposure, highest (bits) | 2.5 |",
+                     "| exact_match_gain | fine-tuned EM minus base EM | 0 | 0.24 | passed |",
+                     "| canary_exposure | highest canary exposure (bits) | 6 | not measured | not measured |",
+                     "| toxicity | share of toxic generations | off | 0 | off |",
+                     "approved by alice", "2026-02-01T11:00:00Z", "EM up \\| no leaks ship", "## Intended use",
+                     "## Limitations", "retire=true"):
+        assert expected in card, expected
+    assert "/somewhere" not in card  # paths (and any text field) are not metrics
+    # Every table row has the same number of cells as its header (a stray "|" or newline would break it).
+    for block in card.split("\n\n"):
+        rows = [r for r in block.splitlines() if r.startswith("|")]
+        if rows:
+            widths = {len(r.replace("\\|", "").split("|")) for r in rows}
+            assert len(widths) == 1, block
+
+
+@pytest.mark.parametrize("facts", [{}, None, {"version": None, "metrics": "n/a", "gates": "?", "decision": 3,
+                                               "privacy_ledger": None, "safety": [], "scenarios": 5}])
+def test_missing_or_odd_facts_render_as_not_recorded(facts):
+    card = render_model_card(facts)
+    assert "# Model card:" in card and NOT_RECORDED in card
+    assert "Pending: no promotion decision recorded yet" in card
+    assert "Quality metrics: not recorded." in card and "Gates: not recorded." in card
+
+
+def test_decision_variants():
+    gates_only = render_model_card({**FACTS, "decision": {"outcome": "promoted", "approval": "gates-only", "by": None,
+                                                          "at": None, "comment": None}})
+    assert "promoted on the promotion gates alone" in gates_only and "none (gates only)" in gates_only
+    rejected = render_model_card({**FACTS, "decision": {"outcome": "rejected", "approval": "rejected", "by": "bob",
+                                                        "at": "t", "comment": "too toxic"}})
+    assert "rejected by bob" in rejected and "too toxic" in rejected
+    non_private = render_model_card({**FACTS, "dp": False, "epsilon": None})
+    assert "none: trained without differential privacy" in non_private and "∞ (non-private)" in non_private
+
+
+def test_fmt():
+    assert fmt(None) == NOT_RECORDED and fmt("") == NOT_RECORDED
+    assert fmt(math.inf) == "∞" and fmt("inf") == "∞" and fmt(True) == "yes"
+    assert fmt(0.123456) == "0.1235" and fmt(7) == "7" and fmt("a|b\nc") == "a\\|b c" and fmt([]) == "none"
+
+
+def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tests.test_register import build_model
+    from tasks.register import register_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "restored-after-the-test")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # see tests/test_register.py forget_tracking_uri
+    paths = Paths(tmp_path / "home")
+    base_dir, adapter_dir = build_model(tmp_path / "model", "Ġyes")
+    reg = register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
+                         adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+
+    pending = render_model_card({**FACTS, "decision": None})
+    first = attach_model_card(paths=paths, model_name=NAME, version=reg["version"], markdown=pending)
+    assert first["artifact_uri"] == f"runs:/{reg['run_id']}/model_card.md" and not first["description_truncated"]
+    client = MlflowClient()
+    assert client.get_model_version(NAME, "1").description == pending
+    assert mlflow.artifacts.load_text(first["artifact_uri"]) == pending
+
+    # After approval the card is re-rendered and replaces both.
+    approved = render_model_card(FACTS)
+    again = attach_model_card(paths=paths, model_name=NAME, version=1, markdown=approved)
+    assert client.get_model_version(NAME, "1").description == approved
+    assert mlflow.artifacts.load_text(again["artifact_uri"]) == approved
+    assert client.get_model_version(NAME, "1").tags["model_card_sha256"] == again["sha256"] != first["sha256"]
+
+    # A card longer than the registry column: shortened description, whole artifact.
+    long_card = approved + "\n".join(f"- extra line {i}" for i in range(600))
+    res = attach_model_card(paths=paths, model_name=NAME, version=1, markdown=long_card)
+    description = client.get_model_version(NAME, "1").description
+    assert res["description_truncated"] and len(description) <= DESCRIPTION_MAX_CHARS
+    assert "full card is the artifact runs:/" in description
+    assert mlflow.artifacts.load_text(res["artifact_uri"]) == long_card
