@@ -20,6 +20,8 @@ goes into them; where it is kept at all it is in a file of its own, named as suc
    of the same format by log-perplexity; exposure = log2(candidates + 1) - log2(rank).
 4. Membership inference (`mia_auc`): a loss-based attack (lower loss → "member") on training
    records vs an audit hold-out (tasks.splits); the exact ROC AUC (Mann-Whitney, ties count 1/2).
+   Both 3 and 4 take an optional `reference` model (the base model): scores become differences
+   to it, so a base model's own preferences are not mistaken for memorisation.
 
 Heavy libraries are imported inside the functions so importing this module is cheap.
 """
@@ -617,19 +619,29 @@ def secret_rank(secret_score: float, candidate_scores: Sequence[float]) -> float
     return 1 + lower + ties / 2
 
 
+def _canary_scores(model, tokenizer, texts: list[str], batch_size: int) -> list[float]:
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return [nll for nll, _ in token_nll(model, rows, pad_id=_pad_id(tokenizer), batch_size=batch_size)]
+
+
 def canary_exposure(model, tokenizer, canaries: list[dict], *, n_candidates: int = 1000, seed: int = 0,
-                    batch_size: int = 256) -> dict:
+                    batch_size: int = 256, reference: tuple | None = None) -> dict:
     """Exposure of each canary: the log-perplexity of BOS + prefix + secret (the canary opens its records,
     so that is the context training saw) against `n_candidates` distinct random secrets of the same format.
 
+    `reference` = (model, tokenizer) of a model that never saw the data (the base model): each sequence
+    is then scored by its log-perplexity minus the reference's, which removes what the base model
+    already prefers (some digit patterns are likelier than others to any model of this corpus), so only
+    what training added counts. Without it, a base model's prior alone can rank a secret high.
+
     All sequences of all canaries are scored in one batched pass (token_nll). Returns {"exposure_max",
     "exposure_mean", "per_canary": [{"id", "repeats", "rank", "exposure"}], "n_candidates",
-    "max_possible"}; with no canaries the exposures are None (not measured). No secret is returned.
+    "max_possible", "calibrated"}; with no canaries the exposures are None (not measured). No secret
+    is returned.
     """
     if n_candidates < 1:
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
     rng = random.Random(seed)
-    bos = tokenizer.bos_token or ""
     texts: list[str] = []
     spans: list[tuple[int, int]] = []
     for i, c in enumerate(canaries):
@@ -646,10 +658,14 @@ def canary_exposure(model, tokenizer, canaries: list[dict], *, n_candidates: int
                 seen.add(s)
                 candidates.append(s)
         spans.append((len(texts), len(texts) + 1 + n_candidates))
-        texts += [f"{bos}{c['prefix']} {s}" for s in [c["secret"], *candidates]]
+        texts += [f"{c['prefix']} {s}" for s in [c["secret"], *candidates]]
 
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    scores = [nll for nll, _ in token_nll(model, rows, pad_id=_pad_id(tokenizer), batch_size=batch_size)]
+    # BOS first, as training saw every record (tasks.train.tokenize).
+    scores = _canary_scores(model, tokenizer, [(tokenizer.bos_token or "") + t for t in texts], batch_size)
+    if reference is not None:
+        ref_model, ref_tok = reference
+        ref = _canary_scores(ref_model, ref_tok, [(ref_tok.bos_token or "") + t for t in texts], batch_size)
+        scores = [a - b for a, b in zip(scores, ref)]
     per = []
     for c, (a, b) in zip(canaries, spans):
         rank = secret_rank(scores[a], scores[a + 1:b])
@@ -657,7 +673,8 @@ def canary_exposure(model, tokenizer, canaries: list[dict], *, n_candidates: int
     values = [p["exposure"] for p in per]
     return {"exposure_max": max(values) if values else None,
             "exposure_mean": sum(values) / len(values) if values else None,
-            "per_canary": per, "n_candidates": n_candidates, "max_possible": math.log2(n_candidates + 1)}
+            "per_canary": per, "n_candidates": n_candidates, "max_possible": math.log2(n_candidates + 1),
+            "calibrated": reference is not None}
 
 
 # ============================================================================ membership inference
@@ -692,14 +709,25 @@ def record_losses(model, tokenizer, texts: Iterable[str], *, max_len: int, batch
 
 
 def mia_auc(model, tokenizer, *, members: Sequence[str], non_members: Sequence[str], max_len: int = 96,
-            batch_size: int = 32) -> dict:
+            batch_size: int = 32, reference: tuple | None = None) -> dict:
     """Loss-based membership inference (Yeom et al. 2018): score = -mean token loss; members are the
     positives. 0.5 = the attack cannot tell training records from held-out ones; 1.0 = it always can.
-    Returns {"auc", "n_members", "n_non_members"}."""
+
+    `reference` = (model, tokenizer) of a model that never saw the data (the base model): the score
+    becomes the reference's loss minus the model's (difficulty calibration, as in Watson et al. 2022 and
+    Carlini et al. 2022's reference models), a stronger attack: a record is suspicious when training
+    lowered its loss, not when it is merely easy text.
+    Returns {"auc", "n_members", "n_non_members", "calibrated"}."""
     if not members or not non_members:
         raise ValueError(f"mia_auc needs members and non-members; got {len(members)} and {len(non_members)} "
                          "(check train.audit_holdout_share)")
-    m_loss = record_losses(model, tokenizer, members, max_len=max_len, batch_size=batch_size)
-    n_loss = record_losses(model, tokenizer, non_members, max_len=max_len, batch_size=batch_size)
-    return {"auc": auc([-x for x in m_loss], [-x for x in n_loss]), "n_members": len(m_loss),
-            "n_non_members": len(n_loss)}
+    m_score = [-x for x in record_losses(model, tokenizer, members, max_len=max_len, batch_size=batch_size)]
+    n_score = [-x for x in record_losses(model, tokenizer, non_members, max_len=max_len, batch_size=batch_size)]
+    if reference is not None:
+        ref_model, ref_tok = reference
+        m_ref = record_losses(ref_model, ref_tok, members, max_len=max_len, batch_size=batch_size)
+        n_ref = record_losses(ref_model, ref_tok, non_members, max_len=max_len, batch_size=batch_size)
+        m_score = [a + b for a, b in zip(m_score, m_ref)]
+        n_score = [a + b for a, b in zip(n_score, n_ref)]
+    return {"auc": auc(m_score, n_score), "n_members": len(m_score), "n_non_members": len(n_score),
+            "calibrated": reference is not None}

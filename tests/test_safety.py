@@ -465,3 +465,17 @@ def test_record_losses_match_the_models_own_loss(models):
         ids = torch.tensor([tokenize([text], tok, 96)[0]])
         with torch.no_grad():
             assert loss == pytest.approx(model(input_ids=ids, labels=ids).loss.item(), rel=1e-4)
+
+
+def test_reference_calibration_cancels_what_the_base_already_knew(models):
+    """Scored against itself, every sequence differs by 0: all ties, exposure ~1 bit, AUC exactly 0.5.
+    Against an untrained reference, what training added still shows."""
+    overfit, rand = models["overfit"], models["random"]
+    self_exp = safety.canary_exposure(*overfit, [CANARY], n_candidates=100, seed=3, reference=overfit)
+    assert self_exp["calibrated"] and self_exp["per_canary"][0]["rank"] == 51.0
+    assert self_exp["exposure_max"] == pytest.approx(math.log2(101) - math.log2(51))
+    assert safety.mia_auc(*overfit, members=MEMBERS, non_members=NON_MEMBERS, reference=overfit)["auc"] == 0.5
+    cal = safety.canary_exposure(*overfit, [CANARY], n_candidates=100, seed=3, reference=rand)
+    assert cal["exposure_max"] > 5.0
+    mia = safety.mia_auc(*overfit, members=MEMBERS, non_members=NON_MEMBERS, reference=rand)
+    assert mia["auc"] > 0.7 and mia["calibrated"]
