@@ -161,6 +161,11 @@ def _run_lm_eval(
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
+    if relevance_model and not Path(relevance_model).is_dir():
+        raise FileNotFoundError(
+            f"relevance model {relevance_model}: no such folder; set evaluate.relevance_model to a local "
+            "sentence-transformers folder, or leave it empty for the packaged all-MiniLM-L6-v2"
+        )
     # utils.py reads the embedding model folder from the environment (lm-eval passes no task arguments).
     previous = os.environ.get(RELEVANCE_MODEL_ENV)
     if relevance_model:

@@ -346,10 +346,13 @@ def test_suite_scores_every_scenario(tiny, tmp_path, capsys):
     assert set(json.loads((out / "results.json").read_text())["results"]) == tasks
 
 
-def test_suite_rejects_duplicate_ids(tiny, tmp_path):
+def test_suite_rejects_bad_inputs(tiny, tmp_path):
     qa = _write_jsonl(tmp_path / "dup.jsonl", [QA[0], QA[0]])
     with pytest.raises(ValueError, match="'q1' appears more than once"):
         evaluate_qa_suite(base_model_dir=tiny["base"], adapter_dir=None, qa_path=qa, out_dir=tmp_path / "o")
+    with pytest.raises(FileNotFoundError, match="relevance model .*missing: no such folder"):
+        evaluate_qa_suite(base_model_dir=tiny["base"], adapter_dir=None, qa_path=tiny["qa"], out_dir=tmp_path / "o",
+                          relevance_model=str(tmp_path / "missing"))
 
 
 # ----------------------------------------------------------------------------- toxicity
