@@ -30,13 +30,15 @@ export TOKENIZERS_PARALLELISM := false
 KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 WITH_KEY = export PFT_PSEUDONYM_KEY="$${PFT_PSEUDONYM_KEY:-$$(cat $(KEY_FILE))}";
 
-.PHONY: help setup demo test airflow data base-model report bench-mask bench-train clean-runs clean
+.PHONY: help setup demo test airflow data base-model report bench-mask bench-train clean-runs clean serve rollback
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
 	@echo "make test      install and run the test suite"
 	@echo "make airflow   start Airflow (web UI on http://localhost:8080) on the same PFT_HOME"
 	@echo "make report    print the summary of the latest run"
+	@echo "make serve     serve the champion model on http://$(SERVE_HOST):$(SERVE_PORT) (needs PFT_SERVE_TOKEN)"
+	@echo "make rollback  move the champion back to the previous champion (TO_VERSION=N for a given one)"
 	@echo "make bench-mask  masking recall per entity and throughput (results in bench/results/)"
 	@echo "make bench-train PEFT vs full fine-tuning, DP overhead, privacy-utility (~30 min; results in bench/results/)"
 
@@ -72,6 +74,20 @@ demo: base-model
 
 report: $(STAMP)
 	@$(BIN)/python -m tasks.report
+
+# Serving and release. MODEL_NAME: the registered model (registry.model_name in the pipeline config).
+MODEL_NAME ?= privatetune-domain-lm
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8000
+TO_VERSION ?=
+
+serve: $(STAMP)
+	@test -n "$$PFT_SERVE_TOKEN" || { echo "PFT_SERVE_TOKEN is not set: the API needs a bearer token. Set one and give it to the clients:"; \
+		echo "  export PFT_SERVE_TOKEN=\$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))')"; exit 1; }
+	$(BIN)/python -m tasks.serve --host $(SERVE_HOST) --port $(SERVE_PORT) --model-name $(MODEL_NAME)
+
+rollback: $(STAMP)
+	@$(BIN)/python -m tasks.register rollback --model-name $(MODEL_NAME) $(if $(TO_VERSION),--to-version $(TO_VERSION))
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -59,6 +59,8 @@ def _check_dir(path: Path, what: str, must_hold: str) -> Path:
 def _quiet_mlflow() -> None:
     # MLflow logs INFO lines (alembic migrations) and progress bars per call; keep task logs readable.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401  (its import configures the "mlflow" logger: set the level after it)
+
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -184,6 +186,7 @@ def _clean_comment(comment: str | None) -> str | None:
 
 def registry_client(paths: Paths):
     """An MlflowClient on the embedded store (or the deployment's tracking server)."""
+    _quiet_mlflow()
     mlflow_experiment(paths)  # sets tracking and registry URIs, creates the store on first use
     from mlflow import MlflowClient
 
@@ -469,9 +472,18 @@ def versions(paths: Paths, model_name: str) -> list[dict]:
     client = registry_client(paths)
     keys = ("decision", "approval", "approved_by", "promoted_at", "previous_champion", "rejected_by", "rejected_at",
             "rolled_back_at", "rolled_back_to", "retire", "retire_reason", "gates", "dataset_rev", "epsilon")
+    from mlflow.exceptions import MlflowException
+
+    try:  # search results carry no aliases: read them from the registered model
+        aliases = client.get_registered_model(model_name).aliases
+    except MlflowException as exc:
+        if _not_found(exc):
+            return []
+        raise
     out = []
     for mv in client.search_model_versions(f"name = '{model_name}'"):
-        out.append({"version": int(mv.version), "aliases": sorted(mv.aliases or []),
+        out.append({"version": int(mv.version),
+                    "aliases": sorted(a for a, v in aliases.items() if int(v) == int(mv.version)),
                     **{k: mv.tags[k] for k in keys if k in mv.tags}})
     return sorted(out, key=lambda v: v["version"])
 

@@ -345,6 +345,7 @@ def test_cli_promote_show_rollback(tmp_path, tiny_model):
     assert "champion of test-domain-lm is now v1 (rolled back from v2)" in out.stderr
     state = json.loads(out.stdout[out.stdout.rindex('{\n  "model_name"'):])
     assert state["champion"]["version"] == 1 and [v["version"] for v in state["versions"]] == [1, 2]
+    assert [v["aliases"] for v in state["versions"]] == [["champion"], ["challenger"]]
     assert [e["event"] for e in state["audit"]] == ["promote", "promote", "rollback"]
     out = subprocess.run([*cli, "rollback"], capture_output=True, text=True)
     assert out.returncode == 2 and "error: test-domain-lm v1 is the first champion" in out.stderr
