@@ -262,6 +262,11 @@ def _retired(tags: Mapping[str, str]) -> bool:
     return tags.get("retire") == "true"
 
 
+def _restorable(tags: Mapping[str, str]) -> bool:
+    """A rollback may restore it: neither retired nor rejected (a reviewer may reject a demoted champion)."""
+    return not _retired(tags) and tags.get("decision") != "rejected"
+
+
 def promote(*, paths: Paths, model_name: str, version: int, champion_alias: str = "champion",
             approved_by: str | None, approval: str, comment: str | None = None,
             previous_alias: str = PREVIOUS_ALIAS) -> dict:
@@ -320,13 +325,19 @@ def record_rejection(*, paths: Paths, model_name: str, version: int, rejected_by
     """Record a reviewer's rejection on the version: decision=rejected, reviewer, time, comment.
 
     The version keeps its other aliases (it stays `challenger` until a newer one is registered)
-    and can no longer be promoted. The serving champion cannot be rejected: roll back first.
+    and can no longer be promoted or rolled back to. The serving champion cannot be rejected: roll
+    back first. Recording the same rejection again (a retried task) changes nothing.
     """
     if not rejected_by:
         raise ValueError("rejected_by: the reviewer's user name is required")
     client = registry_client(paths)
     version = int(version)
-    _get_version(client, model_name, version)
+    tags = _get_version(client, model_name, version).tags
+    if tags.get("decision") == "rejected" and tags.get("rejected_by") == rejected_by \
+            and tags.get("rejection_comment") == _clean_comment(comment):
+        # a retried task: already recorded, no second audit entry
+        return {"model_name": model_name, "version": version, "decision": "rejected", "rejected_by": rejected_by,
+                "rejected_at": tags.get("rejected_at")}
     if _alias_version(client, model_name, champion_alias) == version:
         raise RegistryError(f"{model_name} v{version} is the {champion_alias}; roll back first "
                             f"(`make rollback` or `python -m tasks.register rollback`), then record the rejection")
@@ -340,7 +351,7 @@ def record_rejection(*, paths: Paths, model_name: str, version: int, rejected_by
 
 def _rollback_target(client, model_name: str, start: int) -> tuple[int | None, list[int]]:
     """Walk the previous_champion chain from `start`: the first version that still exists and is
-    not retired. Returns (target or None, the versions walked past)."""
+    neither retired nor rejected. Returns (target or None, the versions walked past)."""
     from mlflow.exceptions import MlflowException
 
     seen, skipped = {start}, []
@@ -354,7 +365,7 @@ def _rollback_target(client, model_name: str, start: int) -> tuple[int | None, l
                 raise
             skipped.append(nxt)  # deleted (e.g. erased): keep walking
             break
-        if not _retired(tags):
+        if _restorable(tags):
             return nxt, skipped
         skipped.append(nxt)
     return None, skipped
@@ -366,8 +377,8 @@ def rollback(*, paths: Paths, model_name: str, to_version: int | None = None, ch
     """Point `champion_alias` back at the champion the current one replaced (or at `to_version`).
 
     The demoted version is tagged rolled_back_at / rolled_back_to; `previous_alias` moves one step
-    further back along the chain (or is removed at its start). Retired or deleted versions are
-    skipped. `to_version` must have been champion before (promote a version that never was).
+    further back along the chain (or is removed at its start). Retired, rejected or deleted
+    versions are skipped. `to_version` must have been champion before (promote a version that never was).
     Raises RegistryError when there is nothing to roll back to.
     """
     client = registry_client(paths)
@@ -378,7 +389,7 @@ def rollback(*, paths: Paths, model_name: str, to_version: int | None = None, ch
     if to_version is None:
         target, skipped = _rollback_target(client, model_name, current)
         if target is None:
-            why = f" (skipped retired or deleted versions {skipped})" if skipped else ""
+            why = f" (skipped retired, rejected or deleted versions {skipped})" if skipped else ""
             raise RegistryError(f"{model_name} v{current} is the first {champion_alias}: no earlier champion to roll "
                                 f"back to{why}. Promote another version instead, or pass --to-version N")
     else:
@@ -386,9 +397,10 @@ def rollback(*, paths: Paths, model_name: str, to_version: int | None = None, ch
         if target == current:
             raise RegistryError(f"{model_name} v{target} is already the {champion_alias}")
         tags = _get_version(client, model_name, target).tags
-        if _retired(tags):
-            raise RegistryError(f"{model_name} v{target} is marked for retirement "
-                                f"({tags.get('retire_reason', 'no reason recorded')}); pick another version")
+        if not _restorable(tags):
+            why = (f"is marked for retirement ({tags.get('retire_reason', 'no reason recorded')})" if _retired(tags)
+                   else f"was rejected by {tags.get('rejected_by')} at {tags.get('rejected_at')}")
+            raise RegistryError(f"{model_name} v{target} {why}; pick another version")
         if not tags.get("promoted_at"):
             raise RegistryError(f"{model_name} v{target} was never {champion_alias}; a rollback only restores a "
                                 f"version that was approved before. Use `promote` for a new version")

@@ -254,7 +254,7 @@ def test_promote_rollback_chain(registry):
     assert _tags(paths, 3)["retire"] == "true" and _tags(paths, 3)["retire_reason"] == "erasure request ER-1"
     with pytest.raises(RegistryError, match="marked for retirement"):
         promote(paths=paths, model_name=NAME, version=3, approved_by="eve", approval="approved")
-    with pytest.raises(RegistryError, match=r"skipped retired or deleted versions \[3\]"):
+    with pytest.raises(RegistryError, match=r"skipped retired, rejected or deleted versions \[3\]"):
         rollback(paths=paths, model_name=NAME)  # 2 replaced 3 (retired), and 3's chain is not followed
 
     info = champion(paths, NAME)
@@ -293,7 +293,20 @@ def test_rejection_tags(tmp_path, tiny_model):
         promote(paths=paths, model_name=NAME, version=2, approved_by="bob", approval="approved")
     with pytest.raises(RegistryError, match="roll back first"):
         record_rejection(paths=paths, model_name=NAME, version=1, rejected_by="bob", comment=None)
+    again = record_rejection(paths=paths, model_name=NAME, version=2, rejected_by="alice",
+                             comment="EM fell on claims questions\x00" + "y" * 900)
+    assert again["rejected_at"] == res["rejected_at"]  # a retried task records nothing twice
     assert [e["event"] for e in audit_trail(paths, NAME)] == ["promote", "reject"]
+
+    # A demoted champion that a reviewer rejects afterwards is no rollback target.
+    register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
+                   adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+    promote(paths=paths, model_name=NAME, version=3, approved_by="bob", approval="approved")
+    record_rejection(paths=paths, model_name=NAME, version=1, rejected_by="carol", comment="bias found later")
+    with pytest.raises(RegistryError, match=r"skipped retired, rejected or deleted versions \[1\]"):
+        rollback(paths=paths, model_name=NAME)
+    with pytest.raises(RegistryError, match="v1 was rejected by carol"):
+        rollback(paths=paths, model_name=NAME, to_version=1)
 
 
 def test_download_champion_and_load_by_alias(tmp_path, tiny_model):
