@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tasks import offline
 from tasks.config import Paths
 
@@ -14,8 +16,15 @@ def mlflow_experiment(paths: Paths, name: str = EXPERIMENT) -> str:
     import mlflow
 
     paths.mlflow.mkdir(parents=True, exist_ok=True)
+    deployment_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     mlflow.set_registry_uri(paths.mlflow_tracking_uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which Paths reads as "the deployment names a
+    # server": left there, the first data root's store would win for every later Paths in this process.
+    if deployment_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = deployment_uri
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
