@@ -30,7 +30,7 @@ export TOKENIZERS_PARALLELISM := false
 KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 WITH_KEY = export PFT_PSEUDONYM_KEY="$${PFT_PSEUDONYM_KEY:-$$(cat $(KEY_FILE))}";
 
-.PHONY: help setup demo test airflow data base-model report bench-mask bench-train clean-runs clean serve rollback
+.PHONY: help setup demo test airflow data base-model report bench-mask bench-train bench-privacy clean-runs clean serve rollback
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
@@ -41,6 +41,7 @@ help:
 	@echo "make rollback  move the champion back to the previous champion (TO_VERSION=N for a given one)"
 	@echo "make bench-mask  masking recall per entity and throughput (results in bench/results/)"
 	@echo "make bench-train PEFT vs full fine-tuning, DP overhead, privacy-utility (~30 min; results in bench/results/)"
+	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private controls (~12 min; bench/results/)"
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -104,6 +105,10 @@ bench-mask: $(STAMP)
 # Training: time/epoch, peak memory, exact match per method; DP-LoRA overhead; exact match at ε 1, 3, 8, ∞.
 bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py --out bench/results/train.json
+
+# Privacy attacks: canary exposure, MIA AUC and PII leaks of DP LoRA vs non-private controls (~12 min).
+bench-privacy: $(STAMP)
+	$(BIN)/python bench/bench_privacy.py --out bench/results/privacy.json
 
 clean-runs:
 	rm -rf $(PFT_HOME)/runs $(PFT_HOME)/staging $(PFT_HOME)/quarantine
