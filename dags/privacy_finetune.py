@@ -40,10 +40,10 @@ TRAIN_POOL = "gpu"
 APPROVERS = [{"id": name, "name": name} for name in load_config().registry.approvers] or None
 
 
-def run_stage(stage, *args):
-    """Run a stage; input or secret errors fail at once instead of burning retries."""
+def run_stage(stage, *args, **kwargs):
+    """Run a stage; input, secret and gate failures fail at once instead of burning retries."""
     try:
-        return stage(*args)
+        return stage(*args, **kwargs)
     except pipeline.permanent_errors() as err:
         raise AirflowFailException(str(err)) from err
 
