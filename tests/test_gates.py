@@ -76,3 +76,40 @@ def test_holdout_off_keeps_every_record(tmp_path):
     assert out["train_records"] == 50 and out["holdout_records"] == 0
     with pytest.raises(ValueError, match="audit_holdout_share"):
         split_audit_holdout(rows, tmp_path / "s", 0.6)
+
+
+def test_a_gated_run_fails_visibly_and_keeps_its_evidence(tmp_path, monkeypatch):
+    """stage_gates with a failing figure: gates.json and the version tag say 'gated', the task raises
+    PromotionGated naming the gate, and the strict report fails with 'run gated'."""
+    from mlflow import MlflowClient
+
+    from tasks import pipeline
+    from tasks.config import Paths, PipelineConfig, save_resolved
+    from tasks.register import register_model
+    from tests.test_register import build_model
+
+    monkeypatch.setenv("PFT_HOME", str(tmp_path / "home"))
+    paths = Paths()
+    run_id = "manual__gated"
+    run_dir = paths.run_dir(run_id)
+    save_resolved(PipelineConfig(), run_dir)
+    base, adapter = build_model(tmp_path / "model", "x")
+    registered = register_model(paths=paths, model_name="gated-lm", base_model_dir=base, adapter_dir=adapter,
+                                mlflow_run_id=None, tags={}, metrics={})
+    evaluated = {"base": {"exact_match": 0.1, "f1": 0.1, "relevance": 0.5},
+                 "finetuned": {"exact_match": 0.2, "f1": 0.2, "relevance": 0.5}, **GOOD, "pii_leaks": 2}
+    trained = {"dp": True, "epsilon": 7.9, "delta": 1e-5, "method": "lora", "trainable_pct": 2.0}
+    for name, payload in (("prepare", {"run_id": run_id}), ("evaluate", evaluated), ("train", trained),
+                          ("register", registered)):
+        pipeline._save_stage(run_id, name, payload)
+    with pytest.raises(PromotionGated, match="pii_leaks"):
+        pipeline.stage_gates(run_id, evaluated, registered, trained)
+    saved = json.loads((run_dir / "stages" / "gates.json").read_text())
+    assert saved["status"] == "gated" and saved["failed"] == ["pii_leaks"]
+    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri, registry_uri=paths.mlflow_tracking_uri)
+    version = client.get_model_version("gated-lm", str(registered["version"]))
+    assert version.tags["gates"] == "gated" and "gated" in version.description
+    assert "champion" not in client.get_registered_model("gated-lm").aliases
+    with pytest.raises(RuntimeError, match="run gated"):
+        pipeline.stage_report(run_id)
+    assert json.loads((run_dir / "report.json").read_text())["outcome"] == "gated"
