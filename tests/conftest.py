@@ -42,3 +42,15 @@ def airflow_db(session_home: Path) -> Path:
                           env=os.environ.copy(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return airflow_home
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models only lose from extra threads on a busy 2-core machine; modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

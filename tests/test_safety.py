@@ -52,14 +52,6 @@ NON_MEMBERS = [_ticket(i) for i in range(1, 48, 2)]
 CANARY_TEXTS = [f"{CANARY['prefix']} {CANARY['secret']}. Filed under box {k}." for k in range(CANARY["repeats"])]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train_tiny(out_dir: Path, texts: list[str], steps: int) -> Path:
@@ -96,6 +88,8 @@ def _train_tiny(out_dir: Path, texts: list[str], steps: int) -> Path:
     tok.save_pretrained(out_dir)
     return out_dir
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
