@@ -104,7 +104,8 @@ def summary_lines(report: dict) -> list[str]:
         f"privacy attacks     PII leaks {get('evaluate.pii_leaks')}, canary exposure "
         f"{get('evaluate.canary_exposure_max')} bits, MIA AUC {get('evaluate.mia_auc')}",
         f"HELM-style report   {get('evaluate.helm_html')}",
-        f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')})",
+        f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')}"
+        f"{', now champion' if get('decision.outcome', None) == 'promoted' else ''})",
         f"gates               {_gates(report.get('gates'))}",
         f"outcome             {_outcome_line(report)}",
     ]
@@ -124,9 +125,12 @@ def _gates(gates: dict | None) -> str:
         return "—"
     if gates.get("status") == "gated":
         return "GATED: " + "; ".join(gates.get("reasons") or [])
-    measured = sum(g["status"] == "passed" for g in gates.get("gates", []))
-    unmeasured = [g["name"] for g in gates.get("gates", []) if g["status"] == "not measured"]
-    return f"passed ({measured} checked" + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else "") + ")"
+    rows = gates.get("gates", [])
+    measured = sum(g["status"] == "passed" for g in rows)
+    notes = [f"{label}: {', '.join(names)}" for label, names in
+             (("not measured", [g["name"] for g in rows if g["status"] == "not measured"]),
+              ("off", [g["name"] for g in rows if g["status"] == "off"])) if names]
+    return f"passed ({measured} checked" + "".join(f"; {n}" for n in notes) + ")"
 
 
 def _outcome_line(report: dict) -> str:

@@ -125,7 +125,7 @@ def test_every_row_is_accounted_for(e2e):
     ingest = e2e["report"]["ingest"]
     assert ingest["rows_in"] == ingest["rows_valid"] + ingest["rows_quarantined"] + ingest["duplicates_removed"]
     assert ingest["rows_quarantined"] > 0  # the generator plants malformed rows
-    quarantined = (e2e["home"] / "quarantine").rglob("quarantine.jsonl")
+    quarantined = (e2e["home"] / "quarantine" / e2e["run_dir"].name).rglob("quarantine.jsonl")
     assert sum(1 for f in quarantined for _ in open(f)) == ingest["rows_quarantined"]
 
 

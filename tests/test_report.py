@@ -54,7 +54,7 @@ def test_complete_report_and_summary(tmp_path):
     text = "\n".join(summary_lines(report))
     assert "ε = 7.9" in text and "base 0.1 → fine-tuned 0.5 (champion v3 0.45)" in text and "m v4" in text
     assert "promoted by alice at 2026-11-29T06:00:00Z — “looks good”" in text
-    assert "PII leaks 0" in text and "not measured: canary_exposure" in text
+    assert "PII leaks 0" in text and "not measured: canary_exposure" in text and "m v4 (alias challenger, now champion)" in text
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# PrivateTune run report — r1") and "## Promotion gates: passed" in md
 
