@@ -271,6 +271,10 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
         f"Generated: {fmt(_get(facts, 'generated_at'))}. This card holds figures, identifiers, revisions and "
         "digests only: no training record, prompt or generated text.",
         "",
+        "## Decision",
+        "",
+        *_decision_lines(facts),
+        "",
         "## Model",
         "",
         *_table(("item", "value"), [
@@ -313,10 +317,6 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
         "## Promotion gates",
         "",
         *_gate_lines(facts),
-        "",
-        "## Decision",
-        "",
-        *_decision_lines(facts),
         "",
         "## Intended use",
         "",

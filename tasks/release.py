@@ -92,15 +92,18 @@ def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
         path = stages / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    prepared, versioned, trained = stage("prepare"), stage("version"), stage("train")
+    prepared, versioned, trained, masked = stage("prepare"), stage("version"), stage("train"), stage("mask")
     evaluated, gates, decision, registered = stage("evaluate"), stage("gates"), stage("decision"), stage("register")
     return {
         "model_name": registered.get("model_name"), "version": registered.get("version"),
-        "pipeline_run_id": prepared.get("run_id"),
+        "pipeline_run_id": prepared.get("run_id"), "mlflow_run_id": trained.get("mlflow_run_id"),
+        "source_dataset": cfg.privacy.source_dataset, "max_grad_norm": cfg.train.max_grad_norm,
+        "accountant": (trained.get("privacy_ledger") or {}).get("accountant") or trained.get("accountant"),
+        "masking": {k: masked.get(k) for k in ("entities_total", "residual_records")} if masked else None,
         "base_model": prepared.get("base_model_dir") and Path(prepared["base_model_dir"]).name,
         "base_model_source": prepared.get("base_model_source"),
         "method": trained.get("method"), "trainable_pct": trained.get("trainable_pct"),
-        "trainable_params": trained.get("trainable_params"),
+        "trainable_params": trained.get("trainable_params"), "total_params": trained.get("total_params"),
         "dataset_rev": versioned.get("dataset_rev"), "dataset_md5": versioned.get("dvc_md5"),
         "dataset_tag": versioned.get("tag"), "records_trained": (trained.get("split") or {}).get("train_records"),
         "audit_holdout_records": (trained.get("split") or {}).get("holdout_records"),

@@ -314,8 +314,8 @@ def test_second_run_was_compared_with_the_champion_and_rejected(e2e):
     assert second["decision"]["comment"] == "e2e: too little training, rejected"
     client = _registry(e2e["home"])
     name = first["register"]["model_name"]
-    assert client.get_model_version_by_alias(name, "champion").version == str(first["register"]["version"])
-    assert client.get_model_version_by_alias(name, "challenger").version == str(second["register"]["version"])
+    assert str(client.get_model_version_by_alias(name, "champion").version) == str(first["register"]["version"])
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == str(second["register"]["version"])
     assert client.get_model_version(name, str(second["register"]["version"])).tags["decision"] == "rejected"
 
 
