@@ -13,7 +13,6 @@ Only metrics, counts and paths come back; generations stay in files under `eval/
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import shutil
@@ -54,9 +53,11 @@ def _texts(path: Path, n: int, seed: int) -> list[str]:
 def _quality(name: str, base_dir: Path, adapter_dir: Path | None, qa_path: Path, out: Path, cfg: PipelineConfig) -> dict:
     from tasks.helm import evaluate_model_quality
 
+    relevance = cfg.evaluate.relevance_model
     return evaluate_model_quality(name, base_dir, adapter_dir, qa_path, out / f"quality_{name}",
                                   limit=cfg.evaluate.qa_limit, max_gen_toks=cfg.evaluate.max_gen_toks,
-                                  seed=cfg.evaluate.perturbation_seed, relevance_model=cfg.evaluate.relevance_model)
+                                  seed=cfg.evaluate.perturbation_seed,
+                                  relevance_model=str(_repo_path(relevance)) if relevance else None)
 
 
 def _toxicity(model, tokenizer, out: Path, cfg: PipelineConfig) -> dict:
@@ -69,8 +70,11 @@ def _toxicity(model, tokenizer, out: Path, cfg: PipelineConfig) -> dict:
                                 scorer=scorer, threshold=ev.toxicity_threshold, max_new_tokens=ev.toxicity_max_new_tokens)
 
 
-def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, trained: dict) -> dict:
-    """PII leakage, canary exposure and MIA on one model; a figure is None when its input is absent."""
+def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, trained: dict, reference: tuple) -> dict:
+    """PII leakage, canary exposure and MIA on one model; a figure is None when its input is absent.
+
+    `reference` is the base model: exposure and MIA scores become differences to it, so only what
+    training added counts (a reference-calibrated, stronger attack)."""
     from tasks import safety
 
     ev = cfg.evaluate
@@ -91,9 +95,9 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
 
     canaries_path = _optional_home_file(ev.canaries_path, paths.synth / "canaries.json")
     if canaries_path is not None:
-        canaries = json.loads(canaries_path.read_text(encoding="utf-8"))
-        exposure = safety.canary_exposure(model, tokenizer, canaries, n_candidates=ev.canary_candidates,
-                                          seed=ev.perturbation_seed)
+        exposure = safety.canary_exposure(model, tokenizer, safety.load_canaries(canaries_path),
+                                          n_candidates=ev.canary_candidates, seed=ev.perturbation_seed,
+                                          reference=reference)
         result["canary_exposure_max"] = exposure["exposure_max"]
         result["canaries"] = {k: v for k, v in exposure.items() if k != "per_canary"} | {
             "per_canary": [{k: c[k] for k in ("id", "repeats", "rank", "exposure")} for c in exposure["per_canary"]]}
@@ -105,7 +109,7 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
         n = min(ev.mia_records, holdout_n)
         mia = safety.mia_auc(model, tokenizer, members=_texts(train_path, n, ev.perturbation_seed),
                              non_members=_texts(holdout_path, n, ev.perturbation_seed),
-                             max_len=cfg.train.max_seq_len)
+                             max_len=cfg.train.max_seq_len, reference=reference)
         result["mia_auc"], result["mia"] = mia["auc"], mia
     else:
         log.warning("membership inference skipped: %d audit hold-out records (train.audit_holdout_share)", holdout_n)
@@ -159,11 +163,10 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
 
     base_model, base_tok = load_causal_lm(base_dir, None)
     safety_by_model = {"base": _toxicity(base_model, base_tok, out / "toxicity_base", cfg)}
-    del base_model
     model, tok = load_causal_lm(tuned_dir, adapter)
     safety_by_model["finetuned"] = _toxicity(model, tok, out / "toxicity_finetuned", cfg)
-    privacy = _privacy(model, tok, out / "privacy", cfg, paths, trained)
-    del model
+    privacy = _privacy(model, tok, out / "privacy", cfg, paths, trained, reference=(base_model, base_tok))
+    del model, base_model
 
     helm = build_report(_helm_table(quality, safety_by_model, privacy, trained), out / "helm",
                         title=f"PrivateTune evaluation — {run_id}",
