@@ -232,6 +232,30 @@ class PrivacyConfig(_Section):
     budgets: dict[str, DatasetBudget] = Field({}, description="per-dataset overrides of the two budgets")
 
 
+class NotifyConfig(_Section):
+    """Where a failed task is announced (tasks/notify.py, the DAG's on_failure_callback).
+
+    Only ids, the exception type and a short one-line message are sent; never record text."""
+
+    channel: Literal["none", "webhook", "email"] = Field(
+        "none", description="none = log only; webhook = POST JSON; email = SMTP")
+    webhook_conn_id: str = Field("pft_notify_webhook", description="Airflow HTTP connection: schema (http/https), "
+                                 "host, port, extra {\"endpoint\": \"/path\", \"headers\": {...}}; "
+                                 "fallback: env PFT_NOTIFY_WEBHOOK_URL")
+    smtp_conn_id: str = Field("smtp_default", description="Airflow SMTP connection: host, port, login, password, "
+                              "extra {\"from_email\", \"ssl\", \"disable_tls\"}; fallback: env PFT_SMTP_HOST/PFT_SMTP_PORT")
+    email_to: list[str] = Field([], description="recipients when channel is email")
+    timeout_s: float = Field(10, gt=0, le=120, description="seconds per delivery attempt; a slow receiver never "
+                                                          "holds the failed task longer")
+
+    @model_validator(mode="after")
+    def _email_has_recipients(self) -> "NotifyConfig":
+        if self.channel == "email" and not self.email_to:
+            raise ValueError("notify.email_to: empty while notify.channel is 'email'; list at least one address "
+                             "or set channel: none")
+        return self
+
+
 class PipelineConfig(_Section):
     data: DataConfig = DataConfig()
     mask: MaskConfig = MaskConfig()
@@ -242,6 +266,7 @@ class PipelineConfig(_Section):
     gates: GatesConfig = GatesConfig()
     synth: SynthConfig = SynthConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @model_validator(mode="after")
     def _batches_consistent(self) -> "PipelineConfig":
