@@ -32,6 +32,7 @@ from tasks import pipeline
 from tasks.approval import DECISION_XCOM_KEY, RecordedApprovalOperator
 from tasks.assets import MASKED_DATASET, dataset_event_extra
 from tasks.config import load_config
+from tasks.notify import on_failure as notify_failure
 
 NULLABLE_NUMBER = ["null", "number"]
 TRAIN_QUEUE = "gpu"
@@ -62,6 +63,7 @@ def run_stage(stage, *args, **kwargs):
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(hours=2),
+        "on_failure_callback": notify_failure,  # config notify: webhook or email; never masks the failure
     },
     params={
         "train_method": Param(None, type=["null", "string"], enum=[None, "lora", "adapter", "prefix", "freeze", "full"],
