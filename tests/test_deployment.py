@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tasks.config import MaskConfig
@@ -68,3 +74,177 @@ def test_compose_points_the_ledger_at_postgres():
     env = _compose()["x-airflow-common"]["environment"]
     assert env["PFT_LEDGER_URL"].startswith("postgresql")
     assert "PFT_LEDGER_URL" in Path(ledger.__file__).read_text()  # the name the code reads
+
+
+# ---------------------------------------------------------------- production-shaped deployment
+
+# One-shot services: they run to completion on every `up`; everything else runs for good.
+ONE_SHOT_RESTART = "no"
+# Secrets: compose must refuse to start without them (`${VAR:?...}`), never fall back to a default.
+SECRETS = ("POSTGRES_PASSWORD", "PFT_PSEUDONYM_KEY", "PFT_SERVE_TOKEN", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
+           "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "PFT_S3_ACCESS_KEY_ID", "PFT_S3_SECRET_ACCESS_KEY")
+# `${VAR}`, `${VAR:-x}`, `${VAR:?msg}`..., not `$${VAR}` (escaped: the container's shell expands it).
+_INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([:?+-]*)")
+_BARE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _compose_text() -> str:
+    return (REPO / "docker-compose.yaml").read_text()
+
+
+def _env_example() -> dict[str, str]:
+    pairs = (l.split("=", 1) for l in (REPO / ".env.example").read_text().splitlines()
+             if l.strip() and not l.lstrip().startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _long_running(services: dict) -> dict:
+    return {n: s for n, s in services.items() if str(s.get("restart", "")) != ONE_SHOT_RESTART}
+
+
+def _argv(value) -> list[str]:
+    return value if isinstance(value, list) else str(value).split()
+
+
+def test_every_long_running_service_has_a_healthcheck():
+    """`docker compose ps` (and depends_on: service_healthy) can only tell a stuck service when it is checked."""
+    services = _compose()["services"]
+    long_running = _long_running(services)
+    assert {"postgres", "redis", "minio", "mlflow", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer", "airflow-worker", "airflow-worker-gpu", "privatetune-serve"} <= set(long_running)
+    missing = [n for n, s in long_running.items() if not s.get("healthcheck", {}).get("test")
+               or s["healthcheck"].get("disable")]
+    assert not missing, f"long-running services without a healthcheck: {missing}"
+    for name, job in (("airflow-scheduler", "SchedulerJob"), ("airflow-dag-processor", "DagProcessorJob"),
+                      ("airflow-triggerer", "TriggererJob")):
+        test = " ".join(_argv(services[name]["healthcheck"]["test"]))
+        assert f"airflow jobs check --job-type {job} --local" in test, name
+    for name in ("airflow-worker", "airflow-worker-gpu"):
+        test = " ".join(_argv(services[name]["healthcheck"]["test"]))
+        assert "celery_executor.app inspect ping" in test and 'celery@$${HOSTNAME}' in test, name
+
+
+def test_one_shot_services_are_awaited_and_waited_on_services_are_checked():
+    """An init nobody waits for races its consumers; `service_healthy` on an unchecked service never starts."""
+    services = _compose()["services"]
+    awaited, healthy = set(), set()
+    for svc in services.values():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            (awaited if cond.get("condition") == "service_completed_successfully" else healthy).add(dep)
+    one_shot = set(services) - set(_long_running(services))
+    assert one_shot == {"airflow-init", "mlflow-db-init", "minio-init"}
+    assert one_shot <= awaited
+    assert all("healthcheck" in services[d] for d in healthy)
+
+
+def test_mlflow_uses_its_own_postgres_database_and_s3_artifacts_on_minio():
+    services = _compose()["services"]
+    mlflow = services["mlflow"]
+    env, argv = mlflow["environment"], _argv(mlflow["command"])
+    backend = env["MLFLOW_BACKEND_STORE_URI"]
+    assert backend.startswith("postgresql+psycopg2://") and "@postgres/${MLFLOW_DB" in backend
+    assert "--serve-artifacts" in argv
+    assert argv[argv.index("--artifacts-destination") + 1].startswith("s3://${MLFLOW_BUCKET")
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"].startswith("${PFT_S3_ACCESS_KEY_ID:?")
+    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${PFT_S3_SECRET_ACCESS_KEY:?")
+    # Airflow's own database stays Airflow's: MLflow migrates its schema into a database of its own.
+    assert "${MLFLOW_DB" in services["mlflow-db-init"]["environment"]["MLFLOW_DB"]
+    assert "CREATE DATABASE" in (REPO / "include" / "mlflow" / "create-db.sh").read_text()
+    # Clients reach the server by its service name; MLflow's host check must allow it.
+    assert "mlflow:5000" in argv[argv.index("--allowed-hosts") + 1]
+    assert "mlflow:5000" in _env_example()["MLFLOW_ALLOWED_HOSTS"]
+    assert set(mlflow["depends_on"]) >= {"postgres", "mlflow-db-init", "minio", "minio-init"}
+
+
+def test_the_mlflow_image_pins_the_client_version_and_has_the_drivers():
+    """Client and server speak one REST API; the server needs psycopg2 (backend) and boto3 (S3 artifacts)."""
+    dockerfile = (REPO / "include" / "mlflow" / "Dockerfile").read_text()
+    pinned = [l.split("#")[0].strip() for l in (REPO / "requirements.txt").read_text().splitlines()
+              if l.startswith("mlflow==")]
+    assert pinned and pinned[0] in dockerfile
+    assert re.search(r"psycopg2-binary==\S+", dockerfile) and re.search(r"boto3==\S+", dockerfile)
+    assert _compose()["services"]["mlflow"]["build"] == "include/mlflow"
+
+
+def test_minio_is_pinned_and_its_init_creates_the_buckets():
+    services = _compose()["services"]
+    for name, repo in (("minio", "minio/minio:RELEASE."), ("minio-init", "minio/mc:RELEASE.")):
+        assert repo in services[name]["image"], f"{name}: pin a release tag, not latest"
+    init = services["minio-init"]
+    script_path = init["entrypoint"][-1]
+    host_path = next(v.split(":")[0] for v in init["volumes"] if v.split(":")[1] == script_path)
+    script = (REPO / host_path).read_text()
+    assert 'mc mb --ignore-existing "local/$MLFLOW_BUCKET" "local/$DVC_BUCKET"' in script
+    assert "mc admin policy attach" in script  # MLflow gets a scoped key, not the root user
+    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_every_compose_variable_is_documented_in_env_example():
+    text = _compose_text()
+    used = {m.group(1) for m in _INTERPOLATION.finditer(text)} | {m.group(1) for m in _BARE.finditer(text)}
+    undocumented = used - set(_env_example())
+    assert not undocumented, f"add to .env.example: {sorted(undocumented)}"
+
+
+def test_secrets_have_no_defaults():
+    """A missing secret must stop `docker compose up`, never start a service with a known value."""
+    text, example = _compose_text(), _env_example()
+    for name in SECRETS:
+        uses = [m.group(2) for m in _INTERPOLATION.finditer(text) if m.group(1) == name]
+        assert uses, f"{name} is never passed"
+        assert all(op in ("", ":?", "?") for op in uses), f"{name} has a default in docker-compose.yaml"
+        assert ":?" in uses, f"{name}: use ${{{name}:?message}} at least once so compose refuses to start"
+        assert example.get(name) == "", f"{name} must be empty in .env.example"
+
+
+def test_serve_service_runs_the_api_with_the_token_the_code_reads():
+    from tasks.serve import create_app
+
+    token_env = inspect.signature(create_app).parameters["token_env"].default
+    serve = _compose()["services"]["privatetune-serve"]
+    argv = _argv(serve.get("entrypoint") or []) + _argv(serve.get("command") or [])
+    assert argv[:3] == ["python", "-m", "tasks.serve"] and "--token-env" not in argv
+    assert argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == "8000"
+    assert serve["environment"][token_env].startswith(f"${{{token_env}:?")
+    assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "http://localhost:8000/healthz" in _argv(serve["healthcheck"]["test"])
+    # The serving tier never holds the pseudonymisation key (tasks/serve.py's design): no .env, no key.
+    assert "env_file" not in serve and MaskConfig().key_env not in serve["environment"]
+    assert not any("privatetune-data" in v for v in serve.get("volumes", []))
+
+
+def test_object_store_and_serving_secrets_stay_out_of_airflow():
+    common = _compose()["x-airflow-common"]
+    assert "env_file" not in common
+    for name in ("MINIO_ROOT_PASSWORD", "PFT_S3_SECRET_ACCESS_KEY", "PFT_SERVE_TOKEN"):
+        assert not any(name in str(v) for v in common["environment"].values()), name
+
+
+def _docker_compose() -> list[str] | None:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_docker_compose_config_accepts_the_file_with_dummy_secrets(tmp_path):
+    """The compose client's own validation (schema, interpolation, anchors); no engine needed."""
+    client = _docker_compose()
+    if client is None:
+        pytest.skip("no docker compose client here (`docker compose version` failed, no docker-compose)")
+    env = {k: (v or f"dummy-{k.lower().replace('_', '-')}-0123456789") for k, v in _env_example().items()}
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    clean = {k: v for k, v in os.environ.items() if k not in env}  # the file, not this shell, decides
+    done = subprocess.run([*client, "--project-directory", str(REPO), "--env-file", str(env_file),
+                           "-f", str(REPO / "docker-compose.yaml"), "config", "--quiet"],
+                          capture_output=True, text=True, env=clean, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # And without a secret it refuses, naming it.
+    env_file.write_text("".join(f"{k}={'' if k == 'PFT_SERVE_TOKEN' else v}\n" for k, v in env.items()))
+    done = subprocess.run([*client, "--project-directory", str(REPO), "--env-file", str(env_file),
+                           "-f", str(REPO / "docker-compose.yaml"), "config", "--quiet"],
+                          capture_output=True, text=True, env=clean, timeout=60)
+    assert done.returncode != 0 and "PFT_SERVE_TOKEN" in done.stderr
