@@ -28,6 +28,44 @@ from tasks import offline  # noqa: E402
 offline.apply()
 
 
+# Everything runs inside the customer's network: a test that opens a connection to anything but
+# loopback fails here, naming the address. (Subprocesses are not covered; `make verify-offline`
+# is the whole-run proof.)
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+
+_REAL_CONNECT, _REAL_CONNECT_EX = socket.socket.connect, socket.socket.connect_ex
+
+
+def _loopback(host) -> bool:
+    if host in ("localhost", "localhost.localdomain", ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost would need DNS: not loopback
+
+
+def _check(sock: socket.socket, address) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+        raise ConnectionRefusedError(f"network access blocked in tests: connect to {address[0]!r}:{address[1]} "
+                                     "(only loopback is allowed; PrivateTune must run offline)")
+
+
+def _guarded_connect(self, address):
+    _check(self, address)
+    return _REAL_CONNECT(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    _check(self, address)
+    return _REAL_CONNECT_EX(self, address)
+
+
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = _guarded_connect_ex
+
+
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME
