@@ -248,7 +248,11 @@ def stage_version(run_id: str, masked: dict) -> dict:
     cfg = run_config(run_id)
     qa_path = Path(cfg.evaluate.qa_path) if cfg.evaluate.qa_path else paths.synth / "qa_heldout.jsonl"
     if not qa_path.is_file():
-        raise FileNotFoundError(f"{qa_path}: no held-out QA split to version with the dataset (evaluate.qa_path)")
+        if cfg.evaluate.qa_path:
+            raise FileNotFoundError(f"evaluate.qa_path: {qa_path} does not exist")
+        # Versioning does not need it; the evaluate stage then fails, naming the missing split.
+        log.warning("%s not found: this dataset version carries no held-out QA split", qa_path)
+        qa_path = None
     return _timed(run_id, "version", version_dataset, masked_dir=Path(masked["masked_path"]).parent,
                   registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id, profile=profile,
                   qa_path=qa_path)
