@@ -28,7 +28,8 @@ def mlflow_experiment(paths: Paths, name: str = EXPERIMENT) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    if deployment_uri:  # a tracking server (compose) keeps artifacts in its own store (MinIO), reachable by all
+    if paths.mlflow_tracking_uri.startswith(("http://", "https://")):
+        # A tracking server (compose) keeps artifacts in its own store (MinIO), reachable by every service.
         return mlflow.create_experiment(name)
     return mlflow.create_experiment(name, artifact_location=paths.mlflow_artifacts.as_uri())
 
