@@ -30,11 +30,12 @@ export TOKENIZERS_PARALLELISM := false
 KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 WITH_KEY = export PFT_PSEUDONYM_KEY="$${PFT_PSEUDONYM_KEY:-$$(cat $(KEY_FILE))}";
 
-.PHONY: help setup demo test airflow data base-model report bench-mask bench-train bench-privacy clean-runs clean serve rollback
+.PHONY: help setup demo verify-offline test airflow data base-model report bench-mask bench-train bench-privacy clean-runs clean serve rollback
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
 	@echo "make test      install and run the test suite"
+	@echo "make verify-offline  the demo run inside a network namespace with only loopback"
 	@echo "make airflow   start Airflow (web UI on http://localhost:8080) on the same PFT_HOME"
 	@echo "make report    print the summary of the latest run"
 	@echo "make serve     serve the champion model on http://$(SERVE_HOST):$(SERVE_PORT) (needs PFT_SERVE_TOKEN)"
@@ -72,6 +73,17 @@ demo: base-model
 	@$(WITH_KEY) $(BIN)/airflow dags test privacy_finetune -c '{"require_approval": false}' > $(PFT_HOME)/last-demo.log 2>&1 \
 		|| (tail -40 $(PFT_HOME)/last-demo.log; echo "demo failed: full log in $(PFT_HOME)/last-demo.log"; exit 1)
 	@$(BIN)/python -m tasks.report
+
+# The same run inside a network namespace that has only loopback (util-linux unshare, iproute2):
+# proof that no step of the pipeline needs the network. Installing happens before, outside it.
+UNSHARE := $(if $(filter 0,$(shell id -u)),unshare -n,unshare -rn)
+verify-offline: base-model
+	@command -v unshare > /dev/null && command -v ip > /dev/null || (echo "verify-offline needs unshare (util-linux) and ip (iproute2)"; exit 1)
+	@$(WITH_KEY) $(UNSHARE) bash -c 'ip link set lo up && ! ip route get 1.1.1.1 > /dev/null 2>&1 && echo "network namespace: loopback only" \
+		&& $(BIN)/airflow dags test privacy_finetune -c "{\"require_approval\": false}"' > $(PFT_HOME)/last-verify-offline.log 2>&1 \
+		|| (tail -40 $(PFT_HOME)/last-verify-offline.log; echo "verify-offline FAILED: full log in $(PFT_HOME)/last-verify-offline.log"; exit 1)
+	@$(BIN)/python -m tasks.report
+	@echo "verify-offline: privacy_finetune ran end to end with only loopback (log: $(PFT_HOME)/last-verify-offline.log)"
 
 report: $(STAMP)
 	@$(BIN)/python -m tasks.report
