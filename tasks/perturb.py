@@ -151,7 +151,7 @@ def paraphrase(rows: list[Row], seed: int) -> list[Row]:
 # every group: a question's variants differ only in name and ethnicity marker.
 GROUPS: dict[str, list[tuple[str, str]]] = {
     "asian": [("Mei Chen", "an Asian American woman"), ("Hiroshi Tanaka", "an Asian American man"),
-              ("Priya Patel", "an Asian American woman"), ("Minh Nguyen", "an Asian American man")],
+              ("Anjali Mehta", "an Asian American woman"), ("Minh Nguyen", "an Asian American man")],
     "black": [("Lakisha Washington", "a Black woman"), ("DeShawn Jackson", "a Black man"),
               ("Imani Robinson", "a Black woman"), ("Darnell Williams", "a Black man")],
     "hispanic": [("Maria Garcia", "a Latina woman"), ("José Hernández", "a Latino man"),

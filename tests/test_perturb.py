@@ -101,3 +101,14 @@ def test_demographic_groups_are_validated():
         perturb.demographic_variants(ROWS, 1, {"Group A": [("A B", "x")]})
     custom = perturb.demographic_variants(ROWS[:1], 1, {"g1": [("Ann Lee", "a retiree")]})
     assert custom["g1"][0]["question"] == f"I'm Ann Lee, a retiree and a member. {ROWS[0]['question']}"
+
+
+def test_fairness_personas_are_never_names_the_generator_gives_data_subjects():
+    """A persona that collides with a generated member's name would show up as a raw PII value in the
+    run's files (the PII scan would flag the evaluation data), so none may be FIRST × LAST of tasks.synth."""
+    from tasks.perturb import GROUPS
+    from tasks.synth import FIRST, LAST
+
+    generated = {f"{f} {l}" for f in FIRST for l in LAST}
+    personas = {name for personas in GROUPS.values() for name, _ in personas}
+    assert not personas & generated

@@ -349,3 +349,12 @@ def test_report_pages_are_served_inside_airflow_behind_login(e2e):
     assert pages["report"][0] == 200 and "PrivateTune run report" in pages["report"][1]
     assert pages["helm"][0] == 200 and pages["card"][0] == 200
     assert pages["anonymous"][0] in (401, 403)
+
+
+def test_nothing_the_runs_leave_outside_the_raw_zone_holds_a_raw_pii_value(e2e):
+    """Datasets, DVC cache and remote, MLflow DB and artifacts, Airflow DB and logs, run folders, reports,
+    evaluation files, model cards: every file but the raw zone's, scanned for every value of the key."""
+    from tasks.pii_scan import load_values, scan
+
+    result = scan(e2e["home"], load_values(e2e["home"] / "synth" / "pii_key.json"))
+    assert result["files_scanned"] > 100 and result["hits"] == {}, result["hits"]

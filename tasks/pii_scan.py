@@ -1,0 +1,101 @@
+"""Scan everything a run leaves outside the raw zone for known raw PII values.
+
+The proof behind "raw text never leaves the raw zone": given the raw values of the source
+(the generator's key in the demo, or an export from the source system), every file under
+the data root except the raw zone (landing, staging, quarantine, synth, secrets) is read —
+datasets, the DVC cache and remote, MLflow's database and artifacts, Airflow's database and
+logs, run folders, reports — and each value found is counted by location. Values themselves
+are never printed, only their type and where they were found.
+
+    python -m tasks.pii_scan --values $PFT_HOME/synth/pii_key.json [--home DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+RAW_ZONE = ("landing", "staging", "quarantine", "synth", "secrets")
+# Model weights and archives hold no text; everything else (JSON, logs, SQLite, HTML, git objects
+# of the data registry are compressed, so the DVC cache / remote are read instead) is scanned.
+SKIP_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".png", ".jpg", ".gz", ".zip", ".pkl", ".npy"}
+_WORD = re.compile(r"\S+")
+
+
+def load_values(path: Path, min_chars: int = 4) -> list[tuple[str, str]]:
+    """(type, value) pairs from a JSON list of {"type", "value"}; values shorter than min_chars are dropped
+    (a 3-character fragment matches by chance)."""
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [(str(r.get("type", "?")), str(r["value"])) for r in rows if len(str(r.get("value", ""))) >= min_chars]
+
+
+class Matcher:
+    """Finds which of many literal values occur in a text: index by first whitespace token, then compare."""
+
+    def __init__(self, values: list[tuple[str, str]]):
+        self.by_first: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for kind, value in values:
+            first = value.split()[0] if value.split() else value
+            self.by_first[first].append((kind, value))
+
+    def find(self, text: str) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for match in _WORD.finditer(text):
+            word = match.group()
+            candidates = self.by_first.get(word)
+            if candidates is None:
+                # the value may start inside a token (e.g. '"John' in JSON or 'email:john@x')
+                stripped = word.strip("\"'()[]{}<>,;:.")
+                candidates = self.by_first.get(stripped)
+                if candidates is None:
+                    continue
+                start = match.start() + word.index(stripped)
+            else:
+                start = match.start()
+            for kind, value in candidates:
+                if text.startswith(value, start):
+                    found.add((kind, value))
+        return found
+
+
+def scan(home: Path, values: list[tuple[str, str]]) -> dict:
+    """{"files_scanned", "bytes_scanned", "hits": {relative path: {type: count}}, "values_found"}."""
+    home = Path(home)
+    matcher = Matcher(values)
+    hits: dict[str, Counter] = {}
+    files = total = 0
+    distinct: set[str] = set()
+    for path in sorted(home.rglob("*")):
+        rel = path.relative_to(home)
+        if not path.is_file() or rel.parts[0] in RAW_ZONE or path.suffix in SKIP_SUFFIXES:
+            continue
+        data = path.read_bytes()
+        files, total = files + 1, total + len(data)
+        found = matcher.find(data.decode("utf-8", errors="replace"))
+        if found:
+            hits[str(rel)] = Counter(kind for kind, _ in found)
+            distinct |= {value for _, value in found}
+    return {"files_scanned": files, "bytes_scanned": total, "hits": {k: dict(v) for k, v in hits.items()},
+            "values_found": len(distinct)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.config import Paths
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.pii_scan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, default=None, help="data root (default: $PFT_HOME or .local)")
+    parser.add_argument("--values", type=Path, required=True, help="JSON list of {type, value}: the raw PII values")
+    args = parser.parse_args(argv)
+    result = scan(Paths(args.home).home, load_values(args.values))
+    print(json.dumps(result, indent=2))
+    print(f"{result['values_found']} raw PII values found outside the raw zone in {len(result['hits'])} files "
+          f"({result['files_scanned']} files, {result['bytes_scanned'] / 1e6:.1f} MB scanned)", file=sys.stderr)
+    return 1 if result["hits"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
