@@ -23,7 +23,8 @@ RAW_ZONE = ("landing", "staging", "quarantine", "synth", "secrets")
 # Model weights and archives hold no text; everything else (JSON, logs, SQLite, HTML, git objects
 # of the data registry are compressed, so the DVC cache / remote are read instead) is scanned.
 SKIP_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".png", ".jpg", ".gz", ".zip", ".pkl", ".npy"}
-_WORD = re.compile(r"\S+")
+# Tokens split on whitespace and the punctuation that wraps values in JSON, logs and markup.
+_WORD = re.compile(r"[^\s\"'()\[\]{}<>,;:=|]+")
 
 
 def load_values(path: Path, min_chars: int = 4) -> list[tuple[str, str]]:
@@ -34,31 +35,25 @@ def load_values(path: Path, min_chars: int = 4) -> list[tuple[str, str]]:
 
 
 class Matcher:
-    """Finds which of many literal values occur in a text: index by first whitespace token, then compare."""
+    """Finds which of many literal values occur in a text: index each value by its first token (and
+    where that token sits in the value), so a text is read once, token by token."""
 
     def __init__(self, values: list[tuple[str, str]]):
-        self.by_first: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        self.by_first: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
         for kind, value in values:
-            first = value.split()[0] if value.split() else value
-            self.by_first[first].append((kind, value))
+            first = _WORD.search(value)
+            if first is not None:
+                self.by_first[first.group()].append((kind, value, first.start()))
 
     def find(self, text: str) -> set[tuple[str, str]]:
         found: set[tuple[str, str]] = set()
         for match in _WORD.finditer(text):
-            word = match.group()
-            candidates = self.by_first.get(word)
-            if candidates is None:
-                # the value may start inside a token (e.g. '"John' in JSON or 'email:john@x')
-                stripped = word.strip("\"'()[]{}<>,;:.")
-                candidates = self.by_first.get(stripped)
-                if candidates is None:
-                    continue
-                start = match.start() + word.index(stripped)
-            else:
-                start = match.start()
-            for kind, value in candidates:
-                if text.startswith(value, start):
-                    found.add((kind, value))
+            token = match.group()
+            # a token may carry the sentence's full stop: "… ssn 123-45-6789."
+            for key in {token, token.rstrip(".!?")}:
+                for kind, value, offset in self.by_first.get(key, ()):
+                    if text.startswith(value, match.start() - offset):
+                        found.add((kind, value))
         return found
 
 
