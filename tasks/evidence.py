@@ -32,12 +32,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _optional_home_file(configured: str | None, default: Path) -> Path | None:
+def _optional_home_file(configured: str | None, default: Path, field: str) -> Path | None:
     """A configured file (must exist), else the default under PFT_HOME when it exists, else None."""
     if configured:
         path = Path(configured)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: configured in evaluate: but missing")
+            raise FileNotFoundError(f"evaluate.{field}: {path} does not exist")
         return path
     return default if default.is_file() else None
 
@@ -82,7 +82,7 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
     holdout_path = Path(trained["split"]["holdout_path"])
     result: dict = {}
 
-    raw_values_path = _optional_home_file(ev.pii_values_path, paths.synth / "pii_key.json")
+    raw_values_path = _optional_home_file(ev.pii_values_path, paths.synth / "pii_key.json", "pii_values_path")
     if raw_values_path is None:
         log.warning("PII leakage: no raw PII value list (evaluate.pii_values_path); only Presidio findings are counted")
     raw_values = safety.load_raw_values(raw_values_path) if raw_values_path else []
@@ -93,7 +93,7 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
     result["pii_leaks"] = leak["pii_leaks"] if raw_values_path else None
     result["leakage"] = leak
 
-    canaries_path = _optional_home_file(ev.canaries_path, paths.synth / "canaries.json")
+    canaries_path = _optional_home_file(ev.canaries_path, paths.synth / "canaries.json", "canaries_path")
     if canaries_path is not None:
         exposure = safety.canary_exposure(model, tokenizer, safety.load_canaries(canaries_path),
                                           n_candidates=ev.canary_candidates, seed=ev.perturbation_seed,
