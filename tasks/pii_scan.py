@@ -30,8 +30,9 @@ _WORD = re.compile(r"[^\s\"'()\[\]{}<>,;:=|]+")
 def load_values(path: Path, min_chars: int = 4) -> list[tuple[str, str]]:
     """(type, value) pairs from a JSON list of {"type", "value"}; values shorter than min_chars are dropped
     (a 3-character fragment matches by chance)."""
-    rows = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [(str(r.get("type", "?")), str(r["value"])) for r in rows if len(str(r.get("value", ""))) >= min_chars]
+    from tasks.safety import load_raw_values  # the same reader (and errors) as the leakage evaluation
+
+    return [(r["type"], r["value"]) for r in load_raw_values(Path(path)) if len(r["value"]) >= min_chars]
 
 
 class Matcher:

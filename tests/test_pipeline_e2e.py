@@ -334,9 +334,11 @@ def test_champion_loads_from_the_registry_and_answers(e2e):
 def test_helm_style_report_and_privacy_figures(e2e):
     evaluation = e2e["report"]["evaluate"]
     helm = json.loads(Path(evaluation["helm_json"]).read_text())
-    text = json.dumps(helm)
     for scenario in ("accuracy", "robustness", "fairness", "calibration", "efficiency", "toxicity", "privacy"):
-        assert scenario in text, scenario
+        assert scenario in helm["scenarios"], scenario
+    assert helm["scenarios"]["accuracy"]["exact_match"]["finetuned"] == pytest.approx(
+        evaluation["finetuned"]["exact_match"])
+    assert helm["scenarios"]["privacy"]["pii_leaks"]["finetuned"] == evaluation["pii_leaks"]
     assert Path(evaluation["helm_html"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert evaluation["pii_leaks"] == 0
     assert 0.0 <= evaluation["mia_auc"] <= 1.0
