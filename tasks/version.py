@@ -42,6 +42,12 @@ PROFILE_PATH = "data/profile.json"
 # The held-out QA split (questions about the domain, no personal data): small, so plain git, not DVC.
 QA_PATH = "data/qa_heldout.jsonl"
 REMOTE_NAME = "storage"
+# Object-store remote (compose: MinIO). Set: the default remote is this URL (s3://bucket/prefix) at
+# the S3 endpoint named by REMOTE_ENDPOINT_ENV, with credentials from the standard AWS_ACCESS_KEY_ID /
+# AWS_SECRET_ACCESS_KEY environment, never from a file. Unset: the local remote folder.
+REMOTE_URL_ENV = "PFT_DVC_REMOTE_URL"
+REMOTE_ENDPOINT_ENV = "PFT_DVC_REMOTE_ENDPOINT"
+REMOTE_SCHEMES = ("s3",)
 GIT_USER = ("PrivateTune", "privatetune@localhost")
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 
@@ -176,28 +182,62 @@ def _ensure_registry(registry_dir: Path, remote_dir: Path) -> None:
 
 
 def _edit_dvc_config(repo_dir: Path, remote_dir: Path, *, level: str) -> None:
-    """What `dvc config` / `dvc remote add -d` write, in one edit instead of one process per key."""
+    """What `dvc config` / `dvc remote add -d` write, in one edit instead of one process per key.
+
+    The committed (repo-level) config always names the local folder and turns analytics
+    off; the object-store URL and endpoint go to the local level only (.dvc/config.local,
+    git-ignored), and credentials into no config at all.
+    """
     from dvc.config import Config
 
+    remote = {"url": str(remote_dir.resolve())} if level == "repo" else _remote_settings(remote_dir)
     with Config(dvc_dir=str(repo_dir / ".dvc")).edit(level) as conf:
         if level == "repo":
             conf["core"]["analytics"] = False
             conf["core"]["check_update"] = False
         conf["core"]["remote"] = REMOTE_NAME
-        conf["remote"][REMOTE_NAME] = {"url": str(remote_dir.resolve())}
+        conf["remote"][REMOTE_NAME] = remote
+
+
+def _remote_settings(remote_dir: Path) -> dict[str, str]:
+    """The default remote for this process: the object store in $PFT_DVC_REMOTE_URL, else `remote_dir`.
+
+    Errors name the variable, never its value (a mistyped secret may have been pasted there).
+    """
+    from urllib.parse import urlsplit
+
+    url = os.environ.get(REMOTE_URL_ENV, "").strip()
+    if not url:
+        return {"url": str(Path(remote_dir).resolve())}
+    parts = urlsplit(url)
+    if parts.scheme not in REMOTE_SCHEMES or not parts.netloc:
+        raise ValueError(f"${REMOTE_URL_ENV} must be s3://<bucket>[/<prefix>] (unset it to use the local "
+                         f"remote folder {remote_dir})")
+    settings = {"url": url.rstrip("/")}
+    endpoint = os.environ.get(REMOTE_ENDPOINT_ENV, "").strip()
+    if endpoint:
+        ep = urlsplit(endpoint)
+        if ep.scheme not in ("http", "https") or not ep.hostname:
+            raise ValueError(f"${REMOTE_ENDPOINT_ENV} must be an http(s):// URL of the S3 endpoint")
+        settings["endpointurl"] = endpoint
+    if any("@" in urlsplit(v).netloc for v in settings.values()):
+        raise ValueError(f"${REMOTE_URL_ENV} / ${REMOTE_ENDPOINT_ENV} must not hold credentials: set "
+                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead")
+    return settings
 
 
 def _point_remote(repo_dir: Path, remote_dir: Path) -> None:
-    """Make `remote_dir` the default remote for this checkout (in .dvc/config.local, never committed).
+    """Make this process's remote (`_remote_settings`) the checkout's default, in .dvc/config.local.
 
-    The committed URL is where the registry was created; a moved PFT_HOME or a
-    worker that mounts the remote elsewhere overrides it locally.
+    The committed URL is where the registry was created; a moved PFT_HOME, a
+    worker that mounts the remote elsewhere, or $PFT_DVC_REMOTE_URL (an S3
+    bucket) overrides it locally; config.local is git-ignored, never committed.
     """
     from dvc.config import Config
 
     conf = Config(dvc_dir=str(repo_dir / ".dvc"), validate=False)
-    url = conf.get("remote", {}).get(REMOTE_NAME, {}).get("url")
-    if conf.get("core", {}).get("remote") != REMOTE_NAME or url != str(remote_dir.resolve()):
+    current = dict(conf.get("remote", {}).get(REMOTE_NAME, {}))
+    if conf.get("core", {}).get("remote") != REMOTE_NAME or current != _remote_settings(remote_dir):
         _edit_dvc_config(repo_dir, remote_dir, level="local")
 
 
@@ -259,6 +299,7 @@ def version_dataset(
     tag = f"run-{safe_run_id(run_id)}"
     if tag == "run-":
         raise ValueError(f"run id {run_id!r} has no characters usable in a git tag")
+    _remote_settings(remote_dir)  # a bad $PFT_DVC_REMOTE_URL fails here, before the registry is touched
 
     with registry_lock(registry_dir, lock_timeout_s):
         _ensure_registry(registry_dir, remote_dir)
@@ -367,7 +408,8 @@ def checkout_dataset(*, registry_dir: Path, remote_dir: Path, rev: str, out_dir:
     _dvc(out_dir, "pull", "-r", REMOTE_NAME, f"{DATASET_PATH}.dvc", what="dvc pull")
     data = out_dir / DATASET_PATH
     if not data.is_file():
-        raise VersioningError(f"dvc pull finished but {data} is missing; is {remote_dir} the registry's remote?")
+        where = _remote_settings(remote_dir)["url"]
+        raise VersioningError(f"dvc pull finished but {data} is missing; is {where} the registry's remote?")
     return data
 
 
