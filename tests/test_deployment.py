@@ -82,7 +82,8 @@ def test_compose_points_the_ledger_at_postgres():
 ONE_SHOT_RESTART = "no"
 # Secrets: compose must refuse to start without them (`${VAR:?...}`), never fall back to a default.
 SECRETS = ("POSTGRES_PASSWORD", "PFT_PSEUDONYM_KEY", "PFT_SERVE_TOKEN", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
-           "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "PFT_S3_ACCESS_KEY_ID", "PFT_S3_SECRET_ACCESS_KEY")
+           "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "PFT_S3_ACCESS_KEY_ID", "PFT_S3_SECRET_ACCESS_KEY",
+           "PFT_DVC_S3_ACCESS_KEY_ID", "PFT_DVC_S3_SECRET_ACCESS_KEY")
 # `${VAR}`, `${VAR:-x}`, `${VAR:?msg}`..., not `$${VAR}` (escaped: the container's shell expands it).
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([:?+-]*)")
 _BARE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -219,6 +220,95 @@ def test_object_store_and_serving_secrets_stay_out_of_airflow():
     assert "env_file" not in common
     for name in ("MINIO_ROOT_PASSWORD", "PFT_S3_SECRET_ACCESS_KEY", "PFT_SERVE_TOKEN"):
         assert not any(name in str(v) for v in common["environment"].values()), name
+
+
+# Celery workers run the version and training stages: they, and only they, reach the DVC bucket.
+TASK_WORKERS = ("airflow-worker", "airflow-worker-gpu")
+
+
+def _default(value: str, name: str) -> str:
+    """The `${name:-default}` default inside a compose value."""
+    found = re.search(r"\$\{" + name + r":-([^}]*)\}", value)
+    assert found, f"{value!r} does not use ${{{name}:-...}}"
+    return found.group(1)
+
+
+def test_the_workers_get_the_dvc_remote_the_code_reads(monkeypatch):
+    from tasks.version import REMOTE_ENDPOINT_ENV, REMOTE_URL_ENV, _remote_settings
+
+    services, example = _compose()["services"], _env_example()
+    init_env = services["minio-init"]["environment"]
+    for name in TASK_WORKERS:
+        svc = services[name]
+        env = svc["environment"]
+        url, endpoint = env[REMOTE_URL_ENV], env[REMOTE_ENDPOINT_ENV]
+        # The bucket minio-init creates, with the same default as .env.example.
+        assert url.startswith("s3://${DVC_BUCKET:-") and url.endswith("/registry"), name
+        assert _default(url, "DVC_BUCKET") == _default(init_env["DVC_BUCKET"], "DVC_BUCKET") == example["DVC_BUCKET"]
+        # The S3 API address MinIO serves on (the one MLflow and minio-init use).
+        assert endpoint == services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+        # The DVC-bucket key, from .env, under the names DVC's S3 client reads; compose refuses to start without it.
+        assert env["AWS_ACCESS_KEY_ID"].startswith("${PFT_DVC_S3_ACCESS_KEY_ID:?"), name
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${PFT_DVC_S3_SECRET_ACCESS_KEY:?"), name
+        assert env["AWS_DEFAULT_REGION"]
+        assert not any("PFT_S3_SECRET_ACCESS_KEY" in str(v) for v in env.values()), f"{name} holds MLflow's key"
+        assert svc["depends_on"]["minio-init"]["condition"] == "service_completed_successfully", name
+        # What the code makes of these values: the bucket as the default remote, the endpoint beside it.
+        monkeypatch.setenv(REMOTE_URL_ENV, url.replace(f"${{DVC_BUCKET:-{_default(url, 'DVC_BUCKET')}}}",
+                                                       example["DVC_BUCKET"]))
+        monkeypatch.setenv(REMOTE_ENDPOINT_ENV, endpoint)
+        assert _remote_settings(Path("/unused")) == {"url": f"s3://{example['DVC_BUCKET']}/registry",
+                                                     "endpointurl": "http://minio:9000"}
+    # The other Airflow components run no task: no object-store key, and no remote to use it on.
+    for name, svc in services.items():
+        if name.startswith("airflow-") and name not in TASK_WORKERS:
+            assert not {"AWS_SECRET_ACCESS_KEY", REMOTE_URL_ENV} & set(svc["environment"]), name
+    # DVC's analytics stay off in the image too (tasks/version.py also sets it per command).
+    assert "DVC_NO_ANALYTICS=1" in (REPO / "Dockerfile").read_text()
+
+
+def _run_minio_init(tmp_path: Path, **overrides: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """include/minio/init.sh against a stub `mc` that records its arguments (no MinIO needed)."""
+    stub = tmp_path / "bin" / "mc"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "mc.log"}\n')
+    stub.chmod(0o755)
+    env = {"PATH": f"{stub.parent}:/usr/bin:/bin", "TMPDIR": str(tmp_path),
+           "MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "root-password",
+           "PFT_S3_ACCESS_KEY_ID": "mlflow-key", "PFT_S3_SECRET_ACCESS_KEY": "mlflow-secret",
+           "PFT_DVC_S3_ACCESS_KEY_ID": "dvc-key", "PFT_DVC_S3_SECRET_ACCESS_KEY": "dvc-secret",
+           "MLFLOW_BUCKET": "b-mlflow", "DVC_BUCKET": "b-dvc", **overrides}
+    done = subprocess.run(["sh", str(REPO / "include" / "minio" / "init.sh")], env=env, capture_output=True,
+                          text=True, timeout=30)
+    log = tmp_path / "mc.log"
+    return done, (log.read_text().splitlines() if log.exists() else [])
+
+
+def test_minio_init_gives_each_key_its_own_bucket_only(tmp_path):
+    import json
+
+    init = _compose()["services"]["minio-init"]
+    script = (REPO / "include" / "minio" / "init.sh").read_text()
+    required = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):\?\}", script))
+    assert {"PFT_DVC_S3_ACCESS_KEY_ID", "PFT_DVC_S3_SECRET_ACCESS_KEY", "DVC_BUCKET"} <= required
+    assert required <= set(init["environment"]), "minio-init lacks a variable its script requires"
+
+    done, calls = _run_minio_init(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "mb --ignore-existing local/b-mlflow local/b-dvc" in calls
+    for policy, bucket, other, key in (("privatetune-rw", "b-mlflow", "b-dvc", "mlflow-key"),
+                                       ("privatetune-dvc-rw", "b-dvc", "b-mlflow", "dvc-key")):
+        doc = json.loads((tmp_path / f"{policy}.json").read_text())
+        resources = [r for st in doc["Statement"] for r in st["Resource"]]
+        assert resources == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"], policy
+        assert not any(other in r for r in resources), policy
+        assert f"admin policy create local {policy} {tmp_path / (policy + '.json')}" in calls
+        assert f"admin policy attach local {policy} --user {key}" in calls
+    # One key for both buckets would hand the workers MLflow's bucket: refused before any mc call.
+    same = tmp_path / "same"
+    same.mkdir()
+    done, calls = _run_minio_init(same, PFT_DVC_S3_ACCESS_KEY_ID="mlflow-key")
+    assert done.returncode != 0 and "must differ" in done.stderr and calls == []
 
 
 def _docker_compose() -> list[str] | None:
