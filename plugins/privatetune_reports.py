@@ -19,6 +19,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
+from tasks import run_notes
 from tasks.config import Paths, safe_run_id
 
 app = FastAPI(title="PrivateTune reports", docs_url=None, redoc_url=None, openapi_url=None)
@@ -43,7 +44,9 @@ def _page(title: str, body: str) -> HTMLResponse:
 
 @app.get("/reports/{dag_id}", dependencies=[can_read_runs])
 def list_reports(dag_id: str) -> HTMLResponse:
-    runs = sorted(Paths().runs.glob("*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    # Monthly runs are also linked under their Airflow run id: list each folder once.
+    runs = sorted((p for p in Paths().runs.glob("*/report.json") if not p.parent.is_symlink()),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
     items = []
     for path in runs[:200]:
         report = json.loads(path.read_text())
@@ -86,6 +89,7 @@ def model_card(dag_id: str, run_id: str) -> HTMLResponse:
 
 class PrivateTuneReports(AirflowPlugin):
     name = "privatetune_reports"
+    listeners = [run_notes]  # each run's note in the UI: the report's summary and link
     fastapi_apps = [{"app": app, "url_prefix": "/privatetune", "name": "PrivateTune reports"}]
     external_views = [{"name": "PrivateTune reports", "href": "/privatetune/reports/privacy_finetune",
                        "destination": "nav", "url_route": "privatetune_reports"}]

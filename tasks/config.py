@@ -256,6 +256,19 @@ class NotifyConfig(_Section):
         return self
 
 
+class MonthlyConfig(_Section):
+    """The scheduled DAG monthly_refinetune: one run per month, each building on the last."""
+
+    schedule: str = Field("0 3 1 * *", description="cron (CronTriggerTimetable): the run of a month starts at this "
+                                                   "time; its logical date names the month it owns")
+    timezone: str = Field("UTC", description="time zone of the cron expression")
+    warm_start: Literal["champion", "base"] = Field(
+        "champion", description="start training from the champion's adapter (same base model and PEFT config; "
+                                "never one marked for retirement) or from the base model")
+    erasure_id_type: str = Field("MEMBER_ID", description="entity type of a request's subject_id when the request "
+                                                          "names none: its keyed pseudonym finds the records")
+
+
 class PipelineConfig(_Section):
     data: DataConfig = DataConfig()
     mask: MaskConfig = MaskConfig()
@@ -267,6 +280,7 @@ class PipelineConfig(_Section):
     synth: SynthConfig = SynthConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     notify: NotifyConfig = NotifyConfig()
+    monthly: MonthlyConfig = MonthlyConfig()
 
     @model_validator(mode="after")
     def _batches_consistent(self) -> "PipelineConfig":

@@ -36,6 +36,8 @@ STAGED_NAME = "rows.jsonl"
 QUARANTINE_NAME = "quarantine.jsonl"
 DUPLICATES_NAME = "duplicates.jsonl"
 INGEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
+# Right-to-erasure requests (subject ids) land in landing/YYYY-MM/erasure/: read by tasks.monthly, never ingested.
+ERASURE_DIRNAME = "erasure"
 PARTITION_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 # Fields a staged row carries, besides its provenance (source_file, source_line).
 RECORD_FIELDS = ("record_id", "record_type", "created_at", "text")
@@ -419,7 +421,8 @@ def landing_files(landing_dir: Path, glob: str = "**/*", root: Path | None = Non
     if not root.is_dir():
         return [], []
     found = sorted(
-        (p for p in root.glob(glob) if p.is_file()), key=lambda p: p.relative_to(landing_dir).as_posix()
+        (p for p in root.glob(glob) if p.is_file() and ERASURE_DIRNAME not in p.relative_to(landing_dir).parts[:-1]),
+        key=lambda p: p.relative_to(landing_dir).as_posix(),
     )
     wanted = [p for p in found if p.suffix.lower() in INGEST_SUFFIXES]
     others = [p for p in found if p.suffix.lower() not in INGEST_SUFFIXES]

@@ -39,11 +39,12 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     from tasks.ingest import EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded
     from tasks.ledger import LedgerConflict, PrivacyBudgetExceeded
     from tasks.mask import MissingKeyError, ResidualPiiError
+    from tasks.monthly import ErasureRequestError
     from tasks.validate import ValidationFailed
 
     return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
             MissingKeyError, ResidualPiiError, ValidationError, PrivacyBudgetExceeded, LedgerConflict,
-            PromotionGated)
+            PromotionGated, ErasureRequestError)
 
 
 def _paths() -> Paths:
@@ -123,14 +124,16 @@ def resolve_base_model(cfg: PipelineConfig, paths: Paths) -> dict:
             "base_model_params": built["parameters"]}
 
 
-def stage_ingest(run_id: str) -> dict:
+def stage_ingest(run_id: str, partition: str | None = None) -> dict:
+    """All of landing/, or only the month partition landing/<partition>/ (the monthly DAG)."""
     from tasks.ingest import ingest
 
     cfg, paths = run_config(run_id), _paths()
     return _timed(run_id, "ingest", ingest, landing_dir=paths.landing, staging_dir=paths.staging_dir(run_id),
                   quarantine_dir=paths.quarantine_dir(run_id), required_fields=tuple(cfg.data.required_fields),
                   min_text_chars=cfg.data.min_text_chars, max_text_chars=cfg.data.max_text_chars,
-                  glob=cfg.data.landing_glob, max_quarantine_share=cfg.data.max_quarantine_share)
+                  glob=cfg.data.landing_glob, max_quarantine_share=cfg.data.max_quarantine_share,
+                  partition=partition)
 
 
 def stage_validate(run_id: str, ingested: dict) -> dict:
@@ -258,8 +261,33 @@ def stage_version(run_id: str, masked: dict) -> dict:
                   qa_path=qa_path)
 
 
-def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
-    """Check out the versioned dataset (what a GPU worker does) and launch the recipe under torchrun."""
+def completed_training(run_id: str, prepared: dict, versioned: dict) -> dict | None:
+    """The run's saved train result when it trained this dataset revision with this config and base model."""
+    cfg, run_dir = run_config(run_id), _paths().run_dir(run_id)
+    try:
+        saved = json.loads((run_dir / "stages" / "train.json").read_text())
+        spec = json.loads((run_dir / "train_spec.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = (spec.get("dataset_rev") == versioned["dataset_rev"] and spec.get("train") == json.loads(json.dumps(cfg.train.model_dump()))
+            and spec.get("base_model_dir") == prepared["base_model_dir"])
+    outputs = [saved.get("adapter_dir") or saved.get("model_dir")]
+    return saved if same and all(p and Path(p).exists() for p in outputs) else None
+
+
+def stage_train(run_id: str, prepared: dict, versioned: dict, *, init_adapter: dict | None = None,
+                reuse_completed: bool = False) -> dict:
+    """Check out the versioned dataset (what a GPU worker does) and launch the recipe under torchrun.
+
+    `init_adapter` ({"adapter_dir", "source"}): warm start from that adapter's weights. With
+    `reuse_completed`, a run that already trained this dataset revision with this config returns that
+    result instead of training again: a rerun replays the month without a second model or privacy spend."""
+    if reuse_completed:
+        done = completed_training(run_id, prepared, versioned)
+        if done is not None:
+            log.info("train: this run already trained dataset %s with this config; reusing that model",
+                     versioned["dataset_rev"][:12])
+            return _save_stage(run_id, "train", {**done, "reused": True})
 
     def train() -> dict:
         from tasks.tracking import pipeline_mlflow_run
@@ -281,6 +309,7 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
         spec = {"train": cfg.train.model_dump(), "base_model_dir": prepared["base_model_dir"],
                 "data_path": split["train_path"], "out_dir": str(run_dir / "train"),
                 "dataset_rev": versioned["dataset_rev"],
+                "init_adapter_dir": (init_adapter or {}).get("adapter_dir"),
                 "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id),
                            "run_id": pipeline_mlflow_run(paths, run_id)}}
         spec_path = run_dir / "train_spec.json"
@@ -290,6 +319,8 @@ def stage_train(run_id: str, prepared: dict, versioned: dict) -> dict:
         result = json.loads((run_dir / "train" / "train_result.json").read_text())
         result["privacy_ledger"] = _ledger_summary(cfg, entry, result.get("mlflow_run_id"))
         result["split"] = split
+        if init_adapter:
+            result["warm_start"] = {**(result.get("warm_start") or {}), **init_adapter}
         return result
 
     return _timed(run_id, "train", train)

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-STAGE_ORDER = ["prepare", "ingest", "validate", "mask", "version", "train", "evaluate", "register", "gates", "decision"]
+STAGE_ORDER = ["prepare", "ingest", "validate", "mask", "dataset", "version", "train", "evaluate", "register", "gates", "decision"]
 
 # The fields every complete run must report (dotted paths into report.json).
 REQUIRED_FIELDS = [
@@ -91,7 +91,9 @@ def summary_lines(report: dict) -> list[str]:
         f"drift vs previous   {_drift(get('validate.drift', None))}",
         f"GX Data Docs        {get('validate.data_docs_path')}",
         f"entities masked     {get('mask.entities_total')}: {ent}",
-        f"dataset revision    {str(get('version.dataset_rev'))[:12]} (md5 {get('version.dvc_md5')})",
+        *_monthly_lines(report),
+        f"dataset revision    {str(get('version.dataset_rev'))[:12]} (md5 {get('version.dvc_md5')})"
+        f"{' — unchanged, no new commit' if get('version.reused', False) else ''}",
         f"training            {get('train.method')}, {get('train.trainable_pct')}% trainable, {get('train.steps')} steps, "
         f"{get('train.train_seconds')} s",
         f"privacy             {privacy}",
@@ -108,6 +110,29 @@ def summary_lines(report: dict) -> list[str]:
         f"{', now champion' if get('decision.outcome', None) == 'promoted' else ''})",
         f"gates               {_gates(report.get('gates'))}",
         f"outcome             {_outcome_line(report)}",
+    ]
+
+
+def _monthly_lines(report: dict) -> list[str]:
+    """The monthly DAG's dataset build: what the month added, what erasure removed, what it retired."""
+    built = report.get("dataset")
+    if not isinstance(built, dict):
+        return []
+    erasure = built.get("erasure") or {}
+    retired = built.get("retired_versions") or []
+    warm = (report.get("train") or {}).get("warm_start") or {}
+    prev = f"{built.get('previous_month')} ({str(built.get('previous_rev'))[:12]})" if built.get("previous_month") \
+        else "none (first month)"
+    return [
+        f"month               {built.get('month')}: previous version {prev}",
+        f"dataset build       {built.get('previous_records')} previous + {built.get('new_records')} new "
+        f"({built.get('replaced')} replaced) − {built.get('erased_records')} erased = {built.get('records')} records",
+        f"right to erasure    {erasure.get('requests_this_month', 0)} request(s) this month, "
+        f"{erasure.get('requests_earlier_months', 0)} earlier; {erasure.get('records_removed', 0)} records removed "
+        f"({erasure.get('subjects_found', 0)} of {erasure.get('subjects', 0)} subjects found)",
+        f"retired versions    {', '.join('v' + str(r['version']) + (' (champion)' if r.get('was_champion') else '') for r in retired) or 'none'}",
+        f"warm start          {warm.get('source', '—')}{' (' + warm['reason'] + ')' if warm.get('reason') else ''}"
+        f"{' — replayed, not retrained' if (report.get('train') or {}).get('reused') else ''}",
     ]
 
 

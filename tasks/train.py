@@ -176,6 +176,48 @@ def apply_method(model, spec: dict, model_type: str | None = None):
     return model
 
 
+# PEFT config fields that must match for a saved adapter's weights to mean the same thing in a new model.
+ADAPTER_SHAPE_FIELDS = ("peft_type", "r", "lora_alpha", "target_modules", "layers_to_transform", "num_virtual_tokens",
+                        "feedforward_modules")
+
+
+def adapter_mismatch(model, adapter_dir: Path) -> list[str]:
+    """Why the adapter in `adapter_dir` cannot initialise `model`'s adapter ([] when it can)."""
+    if not hasattr(model, "peft_config"):
+        return ["the training method has no PEFT adapter to initialise"]
+    saved_path = Path(adapter_dir) / "adapter_config.json"
+    if not saved_path.is_file():
+        return [f"{saved_path} does not exist"]
+    saved = json.loads(saved_path.read_text())
+    current = model.peft_config["default"].to_dict()
+
+    def norm(value):
+        return sorted(value) if isinstance(value, (list, set, tuple)) else value
+
+    return [f"{f}: adapter {norm(saved.get(f))!r} vs this run {norm(current.get(f))!r}"
+            for f in ADAPTER_SHAPE_FIELDS if norm(saved.get(f)) != norm(current.get(f))]
+
+
+def load_init_adapter(model, adapter_dir: str | Path) -> dict:
+    """Warm start: copy a saved adapter's weights (the champion's) into the fresh PEFT adapter.
+
+    Refuses an adapter of another shape (rank, targets, method) instead of half-loading it."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    problems = adapter_mismatch(model, adapter_dir)
+    if problems:
+        raise ValueError(f"warm start from {adapter_dir}: incompatible adapter ({'; '.join(problems)})")
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"warm start from {adapter_dir}: {len(unexpected)} adapter tensors matched nothing in the "
+                         f"model (first: {unexpected[0]})")
+    return {"adapter_dir": str(adapter_dir), "tensors": len(weights)}
+
+
 def apply_peft(model, spec: dict):
     """Kept for callers that rebuild the seeded initial adapter (e2e test)."""
     return apply_method(model, spec)
@@ -500,6 +542,7 @@ def train(spec: dict) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(spec["base_model_dir"], dtype=torch.float32).to(device)
     model = apply_method(model, spec, info["model_type"])
+    warm_start = load_init_adapter(model, spec.get("init_adapter_dir")) if spec.get("init_adapter_dir") else None
     model.config.use_cache = False
     model.train()  # Opacus refuses modules in eval mode (from_pretrained returns eval)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -685,6 +728,7 @@ def train(spec: dict) -> dict:
         "adapter_dir": str(out_dir / "adapter") if is_peft else None,
         "model_dir": None if is_peft else str(out_dir / "model"),
         "mlflow_run_id": mlflow_run.info.run_id if mlflow_run else None,
+        "warm_start": warm_start,
     }
     if rank == 0:
         _save_outputs(inner, tokenizer, is_peft, out_dir, history, result, t, mlflow_run, epsilon, trainable)

@@ -22,6 +22,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("PFT_PSEUDONYM_KEY", "test-only-pseudonymisation-key")
 os.environ.pop("PFT_CONFIG", None)
+os.environ.pop("PFT_DVC_REMOTE_URL", None)  # a developer's S3 remote must not receive test data
 
 from tasks import offline  # noqa: E402
 

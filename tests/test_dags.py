@@ -19,7 +19,7 @@ def dagbag():
 
 def test_dag_folder_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "privacy_finetune" in dagbag.dags
+    assert {"privacy_finetune", "monthly_refinetune"} <= set(dagbag.dags)
 
 
 def test_every_dag_has_tags_docs_and_retries(dagbag):
@@ -39,6 +39,34 @@ def test_privacy_finetune_flow(dagbag):
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False)
     assert dag.schedule is None or str(dag.timetable.summary) in ("None", "")
+
+
+def test_monthly_refinetune_is_a_sequential_monthly_cron(dagbag):
+    """1st of the month (config monthly.schedule), one run at a time, each month's dataset built before training."""
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    from tasks.config import load_config
+
+    dag = dagbag.dags["monthly_refinetune"]
+    assert isinstance(dag.timetable, CronTriggerTimetable)
+    assert dag.timetable.summary == load_config().monthly.schedule == "0 3 1 * *"
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    order = ["prepare", "ingest", "validate", "mask_plan", "mask_shard", "mask", "dataset", "version", "train",
+             "evaluate", "register", "gates", "approval_route", "approve", "decide", "report"]
+    assert set(order) | {"gates_only"} == set(dag.task_ids)
+    for upstream, downstream in zip(order, order[1:]):
+        assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False)
+    train = dag.get_task("train")
+    assert (train.queue, train.pool) == ("gpu", "gpu")
+    assert "month" in dag.params and "require_approval" in dag.params
+
+
+def test_approval_waits_for_the_reviewer_not_the_task_timeout(dagbag):
+    """The HITL task's deadline is its response_timeout (days); a 2-hour execution_timeout would expire it."""
+    for dag_id in ("privacy_finetune", "monthly_refinetune"):
+        approve = dagbag.dags[dag_id].get_task("approve")
+        assert approve.execution_timeout is None and approve.response_timeout.days >= 1
+        assert dagbag.dags[dag_id].get_task("train").execution_timeout.total_seconds() >= 6 * 3600
 
 
 def test_promotion_waits_for_gates_and_an_approval_when_required(dagbag):
@@ -87,12 +115,13 @@ def test_version_publishes_the_dataset_asset(dagbag):
         assert not dag.get_task(task_id).outlets, task_id
 
 
-def test_dag_file_parses_fast():
+@pytest.mark.parametrize("dag_file", ["privacy_finetune.py", "monthly_refinetune.py"])
+def test_dag_file_parses_fast(dag_file):
     """Heavy libraries (torch, transformers, presidio, GX) are imported inside tasks, not at parse time."""
     import subprocess
     import sys
 
-    code = ("import sys, time; t = time.time(); import runpy; runpy.run_path('dags/privacy_finetune.py'); "
+    code = (f"import sys, time; t = time.time(); import runpy; runpy.run_path('dags/{dag_file}'); "
             "heavy = [m for m in ('torch', 'transformers', 'presidio_analyzer', 'great_expectations', 'mlflow', 'opacus')"
             " if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=DAGS.parent, timeout=120)

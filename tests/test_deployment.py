@@ -57,9 +57,12 @@ def test_every_dag_queue_has_a_worker_and_the_gpu_pool_is_created():
         cmd = svc.get("command") or []
         if isinstance(cmd, list) and cmd[:3] == ["airflow", "celery", "worker"]:
             consumed |= set(cmd[cmd.index("--queues") + 1].split(",")) if "--queues" in cmd else {"default"}
-    tree = ast.parse((REPO / "dags" / "privacy_finetune.py").read_text())
+    # Both DAGs take the training queue and pool from the shared release module.
+    tree = ast.parse((REPO / "tasks" / "dag_release.py").read_text())
     consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
               for t in n.targets if isinstance(t, ast.Name)}
+    for dag_file in (REPO / "dags").glob("*.py"):
+        assert "queue=TRAIN_QUEUE, pool=TRAIN_POOL" in dag_file.read_text(), dag_file.name
     assert consts["TRAIN_QUEUE"] in consumed
     gpu = services["airflow-worker-gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
