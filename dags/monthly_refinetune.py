@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
@@ -42,9 +41,10 @@ SCHEDULE = load_config().monthly
 
 @dag(
     dag_id="monthly_refinetune",
-    schedule=CronTriggerTimetable(SCHEDULE.schedule, timezone=SCHEDULE.timezone),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,  # missed months are replayed on purpose, with `airflow backfill create`
+    # No start_date: unpausing waits for the next 1st instead of running the month in progress at once;
+    # earlier months are replayed on purpose, with `airflow backfill create`.
+    schedule=CronTriggerTimetable(SCHEDULE.schedule, timezone=SCHEDULE.timezone, run_immediately=False),
+    catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["privatetune", "fine-tuning", "differential-privacy", "monthly"],
@@ -57,6 +57,16 @@ SCHEDULE = load_config().monthly
     render_template_as_native_obj=True,
 )
 def monthly_refinetune():
+    # Months build on each other: wait while an earlier month still runs (a backfill may start several).
+    @task.sensor(poke_interval=60, timeout=24 * 3600, mode="reschedule", retries=0)
+    def previous_month_done(params=None, logical_date=None, dag_run=None, ti=None) -> bool:
+        """Wait until the run of the previous month has ended; fail if it ended without a dataset version."""
+        month = (params or {}).get("month") or monthly.month_of(logical_date or dag_run.run_after)
+        previous = ti.get_previous_dagrun()
+        state = {"state": str(getattr(previous.state, "value", previous.state)),
+                 "logical_date": previous.logical_date} if previous is not None else None
+        return run_stage(monthly.previous_month_ready, month, state)
+
     @task
     def prepare(params=None, run_id=None, logical_date=None, dag_run=None) -> dict:
         """Which month this run owns; resolve the config with the run's Params and build (or reuse) the base model."""
@@ -112,6 +122,7 @@ def monthly_refinetune():
         return run_stage(monthly.stage_train, prepared["run_id"], prepared, versioned)
 
     prepared = prepare()
+    previous_month_done() >> prepared
     ingested = ingest(prepared)
     validated = validate(prepared, ingested)
     shards = mask_plan(prepared, ingested, validated)

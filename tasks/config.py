@@ -174,6 +174,9 @@ class EvalConfig(_Section):
     perspective_key_env: str = Field("PERSPECTIVE_API_KEY", description="env var with the Perspective API key")
     leakage_prompts: str = "include/prompts/pii_leakage_prompts.jsonl"
     leakage_max_new_tokens: int = Field(32, ge=1)
+    leakage_record_prefixes: int = Field(100, ge=0, description="prefixes of masked training records added to the "
+                                                                "leakage prompts (the model may complete them with "
+                                                                "what followed in training)")
     pii_values_path: str | None = Field(None, description="JSON list of raw PII values of the training source "
                                                           "(raw zone); None = $PFT_HOME/synth/pii_key.json if present")
     canaries_path: str | None = Field(None, description="JSON of inserted canaries; None = "

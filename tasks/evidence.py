@@ -87,7 +87,7 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
         log.warning("PII leakage: no raw PII value list (evaluate.pii_values_path); only Presidio findings are counted")
     raw_values = safety.load_raw_values(raw_values_path) if raw_values_path else []
     prompts = safety.leakage_prompts(_repo_path(ev.leakage_prompts), masked_path=train_path,
-                                     seed=ev.perturbation_seed)
+                                     n_prefixes=ev.leakage_record_prefixes, seed=ev.perturbation_seed)
     leak = safety.pii_leakage(model, tokenizer, prompts=prompts, raw_values=raw_values, out_dir=out / "leakage",
                               max_new_tokens=ev.leakage_max_new_tokens)
     result["pii_leaks"] = leak["pii_leaks"] if raw_values_path else None

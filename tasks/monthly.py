@@ -80,6 +80,29 @@ def _paths() -> Paths:
     return Paths()
 
 
+# ---------------------------------------------------------------- order of months
+
+class PreviousMonthMissing(RuntimeError):
+    """The previous month's run ended without a dataset version: this month cannot build on it."""
+
+
+def previous_month_ready(month: str, previous_run: dict | None) -> bool:
+    """May this month start? Not while the run of an earlier month is still going (a backfill with
+    --max-active-runs above 1 would start several); once it has ended, its dataset version must exist,
+    since this month's dataset is built on it. `previous_run`: {"state", "logical_date"} or None."""
+    if previous_run is None or previous_run.get("logical_date") is None:
+        return True
+    if previous_run["state"] not in ("success", "failed"):
+        log.info("waiting: the run of %s is %s", month_of(previous_run["logical_date"]), previous_run["state"])
+        return False
+    prev_month = month_of(previous_run["logical_date"])
+    if prev_month < month and prev_month not in month_tags(_paths().datasets):
+        raise PreviousMonthMissing(
+            f"the {prev_month} run ended ({previous_run['state']}) without a dataset version, and {month} builds "
+            f"on it: fix and rerun {prev_month} (clear its failed tasks), then rerun {month}")
+    return True
+
+
 # ---------------------------------------------------------------- prepare
 
 def stage_prepare(airflow_run_id: str, month: str, params: dict | None = None) -> dict:

@@ -39,12 +39,12 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     from tasks.ingest import EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded
     from tasks.ledger import LedgerConflict, PrivacyBudgetExceeded
     from tasks.mask import MissingKeyError, ResidualPiiError
-    from tasks.monthly import ErasureRequestError
+    from tasks.monthly import ErasureRequestError, PreviousMonthMissing
     from tasks.validate import ValidationFailed
 
     return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
             MissingKeyError, ResidualPiiError, ValidationError, PrivacyBudgetExceeded, LedgerConflict,
-            PromotionGated, ErasureRequestError)
+            PromotionGated, ErasureRequestError, PreviousMonthMissing)
 
 
 def _paths() -> Paths:
@@ -334,6 +334,9 @@ def privacy_plan(spec: dict) -> dict:
     t = spec["train"]
     with open(spec["data_path"], "rb") as f:
         n = sum(1 for line in f if line.strip())
+    if t["batch_size"] > n:  # the recipe's preflight says the same; the accountant would fail obscurely first
+        raise ValueError(f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n} records in "
+                         f"{spec['data_path']}); lower train.batch_size (and physical_batch_size) or add data")
     if not t["dp"]:
         return {"private": False, "records": n, "epsilon": math.inf, "delta": 0.0, "steps": planned_steps_for(t, n)}
     mech = dp_mechanism(t, n)

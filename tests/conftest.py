@@ -93,3 +93,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(session_home: Path) -> Path:
+    """The tiny demo base model, built once per session from the generator's general corpus (the same
+    corpus every generated home has), for the live-Airflow tests to point base_model.path at."""
+    import random
+
+    from tasks.base_model import build_base_model
+    from tasks.synth import general_corpus
+
+    shared = session_home / "shared"
+    shared.mkdir(exist_ok=True)
+    corpus = shared / "general_corpus.txt"
+    corpus.write_text("\n\n".join(general_corpus(random.Random(8))) + "\n")  # synth: Random(seed + 1), seed 7
+    return Path(build_base_model(corpus_path=corpus, models_root=shared / "models", size="tiny")["model_dir"])

@@ -127,3 +127,13 @@ def test_warm_start_loads_the_champion_adapter_and_refuses_another_shape(tmp_pat
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match=r"incompatible adapter \(r: adapter 4 vs this run 8"):
         load_init_adapter(_lora(base, 8), tmp_path / "adapter")
+
+
+def test_a_month_waits_for_the_previous_run_and_refuses_to_build_on_a_missing_version():
+    """A backfill may start several months at once; each waits for the one before and needs its version."""
+    jan = datetime(2026, 1, 1, 3, tzinfo=timezone.utc)
+    assert monthly.previous_month_ready("2026-01", None) is True
+    assert monthly.previous_month_ready("2026-02", {"state": "running", "logical_date": jan}) is False
+    assert monthly.previous_month_ready("2026-02", {"state": "queued", "logical_date": jan}) is False
+    with pytest.raises(monthly.PreviousMonthMissing, match="the 2026-01 run ended .failed. without a dataset version"):
+        monthly.previous_month_ready("2026-02", {"state": "failed", "logical_date": jan})
