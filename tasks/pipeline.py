@@ -314,7 +314,13 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, init_adapter: d
                            "run_id": pipeline_mlflow_run(paths, run_id)}}
         spec_path = run_dir / "train_spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
-        entry = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"])
+        entry, plan = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"], with_plan=True)
+        if plan.get("mechanism"):  # the recipe runs exactly what the ledger was charged for, without searching again
+            from tasks.train import DP_INPUTS
+
+            spec["dp_mechanism"] = {"records": plan["records"], "mechanism": plan["mechanism"],
+                                    "inputs": {k: spec["train"].get(k) for k in DP_INPUTS}}
+            spec_path.write_text(json.dumps(spec, indent=2))
         launch_torchrun(spec_path, train_cfg=spec["train"], run_id=run_id, log_path=run_dir / "train" / "torchrun.log")
         result = json.loads((run_dir / "train" / "train_result.json").read_text())
         result["privacy_ledger"] = _ledger_summary(cfg, entry, result.get("mlflow_run_id"))
@@ -342,10 +348,10 @@ def privacy_plan(spec: dict) -> dict:
     mech = dp_mechanism(t, n)
     return {"private": True, "records": n, "delta": mech["delta"], "sample_rate": mech["sample_rate"],
             "noise_multiplier": mech["noise"], "accountant": mech["accountant"], "steps": mech["steps"],
-            "epsilon": mech["epsilon"]}
+            "epsilon": mech["epsilon"], "mechanism": mech}
 
 
-def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str):
+def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str, with_plan: bool = False):
     """Write this run's ledger entry before any training step, at the ε its capped steps can spend at most.
     Refused (PrivacyBudgetExceeded) when it would take the source dataset past its budget. A retried or
     resumed run computes the same mechanism and finds its own entry: it is not counted twice."""
@@ -363,7 +369,7 @@ def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, data
         budget=ledger.budget_for(cfg.privacy, dataset))
     log.info("privacy ledger: run %s on %s reserved ε=%s δ=%s", safe_run_id(run_id), dataset,
              "inf" if not plan["private"] else f"{plan['epsilon']:.4f}", plan["delta"])
-    return entry
+    return (entry, plan) if with_plan else entry
 
 
 def _ledger_summary(cfg: PipelineConfig, entry, mlflow_run_id: str | None) -> dict:

@@ -354,6 +354,19 @@ def dp_mechanism(t: dict, n: int) -> dict:
     return {**mech, "planned_steps": planned, "steps": steps, "epsilon": epsilon_after(steps, **mech)}
 
 
+DP_INPUTS = ("target_epsilon", "target_delta", "batch_size", "epochs")
+
+
+def planned_mechanism(spec: dict, n: int) -> dict:
+    """The mechanism the pipeline computed (and charged to the ledger) for this spec, when it still
+    applies: same records and DP inputs. Saves the noise search a second time inside torchrun."""
+    pre = spec.get("dp_mechanism") or {}
+    t = spec["train"]
+    if pre.get("records") == n and pre.get("inputs") == {k: t.get(k) for k in DP_INPUTS}:
+        return pre["mechanism"]
+    return dp_mechanism(t, n)
+
+
 def ghost_supported(model) -> bool:
     """Ghost clipping computes norms without per-sample gradients only for layers with a norm sampler."""
     from opacus.grad_sample import GradSampleModuleFastGradientClipping as GSM
@@ -589,7 +602,7 @@ def train(spec: dict) -> dict:
 
         sample_rate = t["batch_size"] / n
         if rank == 0:  # the run stops before exceeding its target: steps capped at the last one within ε
-            mech = dp_mechanism(t, n)
+            mech = planned_mechanism(spec, n)
             noise, accountant, total_steps = mech["noise"], mech["accountant"], mech["steps"]
         if world > 1:  # the search costs seconds of CPU: rank 0 runs it, every rank uses its exact result
             box = [noise, accountant, total_steps]

@@ -35,6 +35,20 @@ def test_plan_matches_the_recipe_and_stays_within_target(tmp_path):
     assert 0 < plan["epsilon"] <= 8.0 and plan["noise_multiplier"] > 0 and plan["accountant"] in ("prv", "rdp")
 
 
+def test_the_recipe_runs_the_charged_mechanism_and_recomputes_when_inputs_changed(tmp_path):
+    """stage_train hands the ledger's mechanism to torchrun; it applies only to the same records and DP inputs."""
+    from tasks.train import DP_INPUTS, dp_mechanism, planned_mechanism
+
+    cfg, spec = _setup(tmp_path)
+    plan = pipeline.privacy_plan(spec)
+    handed = {**spec, "dp_mechanism": {"records": 200, "mechanism": plan["mechanism"],
+                                       "inputs": {k: spec["train"][k] for k in DP_INPUTS}}}
+    assert planned_mechanism(handed, 200) == dp_mechanism(spec["train"], 200) == plan["mechanism"]
+    assert planned_mechanism(handed, 150) == dp_mechanism(spec["train"], 150) != plan["mechanism"]
+    changed = {**handed, "train": {**spec["train"], "target_epsilon": 2.0}}
+    assert planned_mechanism(changed, 200)["epsilon"] <= 2.0
+
+
 def test_reservation_is_charged_once_and_refused_over_budget(tmp_path, ledger_url):
     cfg, spec = _setup(tmp_path)
     first = pipeline.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")
