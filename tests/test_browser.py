@@ -76,10 +76,12 @@ def artifacts_dir() -> Path:
     return path
 
 
-def small_config(home: Path) -> Path:
+def small_config(home: Path, base_model: Path) -> Path:
     cfg = yaml.safe_load((REPO / "include" / "config" / "pipeline.yaml").read_text())
     for section, values in SMALL_CONFIG.items():
         cfg.setdefault(section, {}).update(values)
+    # The tiny model the form asks for, built once per session (the conftest fixture), not in prepare.
+    cfg["base_model"]["path"] = str(base_model)
     path = home / "browser-pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -133,7 +135,7 @@ def shot(page: Page, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser_run(tmp_path_factory):
+def browser_run(tmp_path_factory, tiny_base_model):
     started = time.monotonic()
     home = tmp_path_factory.mktemp("browser-home")
     out = artifacts_dir()
@@ -141,7 +143,7 @@ def browser_run(tmp_path_factory):
                            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PFT_HOME": str(home)})
     assert synth.returncode == 0, synth.stderr[-3000:]
     timings: dict[str, float] = {}
-    af = AirflowLive(home, extra_env={"PFT_CONFIG": str(small_config(home))})
+    af = AirflowLive(home, extra_env={"PFT_CONFIG": str(small_config(home, tiny_base_model))})
     final: dict = {}
     try:
         with af:
