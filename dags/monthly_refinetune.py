@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from tasks import monthly, pipeline
 from tasks.assets import MASKED_DATASET, dataset_event_extra
 from tasks.config import load_config
-from tasks.dag_release import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, release, run_stage
+from tasks.dag_release import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, masking, release, run_stage
 
 SCHEDULE = load_config().monthly
 
@@ -85,23 +85,6 @@ def monthly_refinetune():
         return run_stage(pipeline.stage_validate, prepared["run_id"], ingested)
 
     @task
-    def mask_plan(prepared: dict, ingested: dict, validated: dict) -> list[dict]:
-        """Split the month's staged rows into masking shards."""
-        return run_stage(pipeline.stage_mask_plan, prepared["run_id"], ingested)
-
-    @task(map_index_template="{{ shard_label }}")
-    def mask_shard(prepared: dict, shard: dict) -> dict:
-        """Presidio on one shard: typed, consistent pseudonyms keyed by the pseudonymisation secret."""
-        get_current_context()["shard_label"] = shard["label"]
-        return run_stage(pipeline.stage_mask_shard, prepared["run_id"], shard)
-
-    @task
-    def mask(prepared: dict, shards: list[dict], shard_results) -> dict:
-        """Merge the masked shards; the residual threshold applies to the totals."""
-        results = [shard_results[i] for i in range(len(shard_results))]
-        return run_stage(pipeline.stage_mask_merge, prepared["run_id"], shards, results)
-
-    @task
     def dataset(prepared: dict, masked: dict) -> dict:
         """Previous month's version + this month's rows − erased subjects; models trained on erased
         records are marked for retirement."""
@@ -125,8 +108,7 @@ def monthly_refinetune():
     previous_month_done() >> prepared
     ingested = ingest(prepared)
     validated = validate(prepared, ingested)
-    shards = mask_plan(prepared, ingested, validated)
-    masked = mask(prepared, shards, mask_shard.partial(prepared=prepared).expand(shard=shards))
+    masked = masking(prepared, ingested, validated)
     built = dataset(prepared, masked)
     versioned = version(prepared, masked, built)
     release("monthly_refinetune", prepared, versioned, train(prepared, versioned),

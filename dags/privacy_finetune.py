@@ -24,11 +24,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
 from tasks import pipeline
 from tasks.assets import MASKED_DATASET, dataset_event_extra
-from tasks.dag_release import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, release, run_stage
+from tasks.dag_release import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, masking, release, run_stage
 
 
 @dag(
@@ -59,25 +59,6 @@ def privacy_finetune():
         """Great Expectations suite; a failing 'fail' expectation stops the run before masking."""
         return run_stage(pipeline.stage_validate, prepared["run_id"], ingested)
 
-    @task
-    def mask_plan(prepared: dict, ingested: dict, validated: dict) -> list[dict]:
-        """Split the staged rows into shards: one per landing partition, at most mask.shard_rows rows each."""
-        return run_stage(pipeline.stage_mask_plan, prepared["run_id"], ingested)
-
-    @task(map_index_template="{{ shard_label }}")
-    def mask_shard(prepared: dict, shard: dict) -> dict:
-        """Presidio on one shard (a mapped task instance; Celery workers share them): typed,
-        consistent pseudonyms keyed by the pseudonymisation secret."""
-        get_current_context()["shard_label"] = shard["label"]
-        return run_stage(pipeline.stage_mask_shard, prepared["run_id"], shard)
-
-    @task
-    def mask(prepared: dict, shards: list[dict], shard_results) -> dict:
-        """Merge the masked shards in order into one dataset; the residual threshold applies to the totals."""
-        # A lazy sequence of the mapped results; indexing reads exactly the shards that exist.
-        results = [shard_results[i] for i in range(len(shard_results))]
-        return run_stage(pipeline.stage_mask_merge, prepared["run_id"], shards, results)
-
     @task(outlets=[MASKED_DATASET])
     def version(prepared: dict, masked: dict, outlet_events=None) -> dict:
         """DVC: commit and push the masked set (identical input keeps its revision); publish the
@@ -95,8 +76,7 @@ def privacy_finetune():
     prepared = prepare()
     ingested = ingest(prepared)
     validated = validate(prepared, ingested)
-    shards = mask_plan(prepared, ingested, validated)
-    masked = mask(prepared, shards, mask_shard.partial(prepared=prepared).expand(shard=shards))
+    masked = masking(prepared, ingested, validated)
     versioned = version(prepared, masked)
     release("privacy_finetune", prepared, versioned, train(prepared, versioned))
 

@@ -1,5 +1,5 @@
-"""What both DAGs share: task defaults, the stage wrapper, and the release half of the run
-(evaluate → register → gates → approval or gates only → decide → report).
+"""What both DAGs share: task defaults, the stage wrapper, the mapped masking, and the release half
+of the run (evaluate → register → gates → approval or gates only → decide → report).
 
 Imported by the DAG files at parse time: it must stay light (no torch, MLflow, Presidio here;
 the stage functions import those when a task runs).
@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import Param, task
+from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks import pipeline
@@ -69,6 +69,32 @@ def run_stage(stage, *args, **kwargs):
 def approvers() -> list[dict] | None:
     """Who may answer the approval request (config registry.approvers; empty = anyone allowed to act on the DAG)."""
     return [{"id": name, "name": name} for name in load_config().registry.approvers] or None
+
+
+def masking(prepared, ingested, validated):
+    """mask_plan → mask_shard × N (dynamic task mapping; Celery workers share them) → mask (merge)."""
+
+    @task
+    def mask_plan(prepared: dict, ingested: dict, validated: dict) -> list[dict]:
+        """Split the staged rows into shards: one per landing partition, at most mask.shard_rows rows each."""
+        return run_stage(pipeline.stage_mask_plan, prepared["run_id"], ingested)
+
+    @task(map_index_template="{{ shard_label }}")
+    def mask_shard(prepared: dict, shard: dict) -> dict:
+        """Presidio on one shard (a mapped task instance): typed, consistent pseudonyms keyed by the
+        pseudonymisation secret."""
+        get_current_context()["shard_label"] = shard["label"]
+        return run_stage(pipeline.stage_mask_shard, prepared["run_id"], shard)
+
+    @task
+    def mask(prepared: dict, shards: list[dict], shard_results) -> dict:
+        """Merge the masked shards in order into one dataset; the residual threshold applies to the totals."""
+        # A lazy sequence of the mapped results; indexing reads exactly the shards that exist.
+        results = [shard_results[i] for i in range(len(shard_results))]
+        return run_stage(pipeline.stage_mask_merge, prepared["run_id"], shards, results)
+
+    shards = mask_plan(prepared, ingested, validated)
+    return mask(prepared, shards, mask_shard.partial(prepared=prepared).expand(shard=shards))
 
 
 def release(dag_id: str, prepared, versioned, trained, *, register_stage=None, decide_stage=None):

@@ -29,7 +29,6 @@ import logging
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -546,15 +545,10 @@ def run_month(month: str, params: dict | None = None, *, airflow_run_id: str | N
 
 
 def main() -> None:
-    import argparse
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(description="Run one month of monthly_refinetune in this process (no Airflow).")
+    parser = pipeline.cli_parser("Run one month of monthly_refinetune in this process (no Airflow).")
     parser.add_argument("--month", required=True, help="YYYY-MM: the landing partition and the dataset version")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="a DAG Param override")
     args = parser.parse_args()
-    params = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
-    print(json.dumps(run_month(args.month, params), indent=2))
+    print(json.dumps(run_month(args.month, pipeline.cli_params(args)), indent=2))
 
 
 if __name__ == "__main__":

@@ -552,14 +552,23 @@ def run_all(run_id: str, params: dict[str, Any] | None = None) -> dict:
     return stage_report(run_id)
 
 
-def main() -> None:
+def cli_parser(description: str) -> argparse.ArgumentParser:
+    """The one-process CLIs (this module, tasks.monthly): logging on, repeatable --param NAME=JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(description="Run the PrivateTune pipeline in one process (no Airflow).")
-    parser.add_argument("--run-id", default=f"cli_{time.strftime('%Y%m%dT%H%M%S')}")
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="a DAG Param override")
+    return parser
+
+
+def cli_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
+
+
+def main() -> None:
+    parser = cli_parser("Run the PrivateTune pipeline in one process (no Airflow).")
+    parser.add_argument("--run-id", default=f"cli_{time.strftime('%Y%m%dT%H%M%S')}")
     args = parser.parse_args()
-    params = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
-    print(json.dumps(run_all(args.run_id, params), indent=2))
+    print(json.dumps(run_all(args.run_id, cli_params(args)), indent=2))
 
 
 if __name__ == "__main__":
