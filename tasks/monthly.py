@@ -102,12 +102,33 @@ def previous_month_ready(month: str, previous_run: dict | None) -> bool:
     return True
 
 
+def unversioned_earlier_months(month: str) -> list[str]:
+    """Months before `month` that have a landing partition but no dataset version: building `month` now
+    would leave their rows out of every later version."""
+    paths = _paths()
+    landed = sorted(p.name for p in paths.landing.iterdir() if p.is_dir() and MONTH_RE.match(p.name)) \
+        if paths.landing.is_dir() else []
+    versioned = month_tags(paths.datasets)
+    return [m for m in landed if m < month and m not in versioned]
+
+
+def check_earlier_months(month: str) -> None:
+    missing = unversioned_earlier_months(month)
+    if missing:
+        raise PreviousMonthMissing(
+            f"landing partitions {', '.join(missing)} have no dataset version yet, and {month} would be built "
+            f"without their rows: backfill them first (airflow backfill create --dag-id monthly_refinetune "
+            f"--from-date {missing[0]}-01 --to-date {month}-01 --max-active-runs 1), or move a partition that "
+            f"must not be trained on out of landing/")
+
+
 # ---------------------------------------------------------------- prepare
 
 def stage_prepare(airflow_run_id: str, month: str, params: dict | None = None) -> dict:
     """Resolve config and base model under the month's run key; link the Airflow run id to it, so the
     report pages and run notes find the month's folder from either name."""
     key = run_key(month)
+    check_earlier_months(month)
     prepared = pipeline.stage_prepare(key, params)
     paths = _paths()
     link = paths.run_dir(airflow_run_id)

@@ -137,3 +137,15 @@ def test_a_month_waits_for_the_previous_run_and_refuses_to_build_on_a_missing_ve
     assert monthly.previous_month_ready("2026-02", {"state": "queued", "logical_date": jan}) is False
     with pytest.raises(monthly.PreviousMonthMissing, match="the 2026-01 run ended .failed. without a dataset version"):
         monthly.previous_month_ready("2026-02", {"state": "failed", "logical_date": jan})
+
+
+def test_a_month_is_not_built_over_earlier_months_that_were_delivered_but_never_versioned(tmp_path, monkeypatch):
+    """Scheduling only the latest month (catchup off) must not silently skip months that have data."""
+    monkeypatch.setenv("PFT_HOME", str(tmp_path))
+    for month in ("2026-01", "2026-02", "2026-04"):
+        (tmp_path / "landing" / month).mkdir(parents=True)
+    assert monthly.unversioned_earlier_months("2026-01") == []
+    assert monthly.unversioned_earlier_months("2026-04") == ["2026-01", "2026-02"]
+    with pytest.raises(monthly.PreviousMonthMissing, match="landing partitions 2026-01, 2026-02 have no dataset "
+                                                           "version yet.*--from-date 2026-01-01 --to-date 2026-04-01"):
+        monthly.check_earlier_months("2026-04")
