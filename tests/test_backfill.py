@@ -94,15 +94,19 @@ def backfilled(tmp_path_factory, tiny_base_model):
                "state": state, "notes": notes, "rerun": rerun, "after_rerun": _registry_state(home), "erased": erased}
 
 
-def _create_backfill(af: AirflowLive, *window: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
+def _create_backfill(af: AirflowLive, *window: str, timeout_s: float = 300) -> None:
+    """`airflow backfill create`, retried: only one backfill per DAG may be active (the scheduler marks the
+    last one complete within seconds, an orphaned one within 2 minutes), and the CLI's write can meet
+    SQLite's lock while the scheduler writes."""
+    deadline, outputs = time.monotonic() + timeout_s, []
     while True:
         out = af.cli("backfill", "create", "--dag-id", DAG, *window, "--max-active-runs", "1", check=False)
-        if out.returncode == 0:
+        if out.returncode == 0 and "Created backfill Dag run" in out.stdout + out.stderr:
             return
-        if "Another backfill is running" not in out.stdout + out.stderr or time.monotonic() > deadline:
-            raise AssertionError(f"backfill create failed: {(out.stdout + out.stderr)[-2000:]}")
-        time.sleep(3)
+        outputs.append((out.returncode, (out.stdout + out.stderr)[-1500:]))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"backfill create failed {len(outputs)} times; last: {outputs[-1]}")
+        time.sleep(5)
 
 
 def _backfill_runs(af: AirflowLive) -> list[dict]:
