@@ -59,13 +59,12 @@ SCHEDULE = load_config().monthly
 def monthly_refinetune():
     # Months build on each other: wait while an earlier month still runs (a backfill may start several).
     @task.sensor(poke_interval=60, timeout=24 * 3600, mode="reschedule", retries=0)
-    def previous_month_done(params=None, logical_date=None, dag_run=None, ti=None) -> bool:
-        """Wait until the run of the previous month has ended; fail if it ended without a dataset version."""
-        month = (params or {}).get("month") or monthly.month_of(logical_date or dag_run.run_after)
+    def previous_month_done(ti=None) -> bool:
+        """Wait until the run of the previous month has ended."""
         previous = ti.get_previous_dagrun()
         state = {"state": str(getattr(previous.state, "value", previous.state)),
                  "logical_date": previous.logical_date} if previous is not None else None
-        return run_stage(monthly.previous_month_ready, month, state)
+        return monthly.previous_month_ready(state)
 
     @task
     def prepare(params=None, run_id=None, logical_date=None, dag_run=None) -> dict:

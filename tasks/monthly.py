@@ -36,12 +36,13 @@ from pathlib import Path
 
 from tasks import pipeline
 from tasks.config import Paths, safe_run_id
+from tasks.ingest import ERASURE_DIRNAME, PARTITION_RE
 
 log = logging.getLogger("tasks.monthly")
 
 RUN_KEY_PREFIX = "monthly-"
 ERASURE_SUFFIXES = (".csv", ".jsonl", ".txt")
-MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+MONTH_RE = PARTITION_RE  # a month is a landing partition name
 
 
 class ErasureRequestError(ValueError):
@@ -82,34 +83,35 @@ def _paths() -> Paths:
 # ---------------------------------------------------------------- order of months
 
 class PreviousMonthMissing(RuntimeError):
-    """The previous month's run ended without a dataset version: this month cannot build on it."""
+    """An earlier month has landing data but no dataset version: this month cannot build on it."""
 
 
-def previous_month_ready(month: str, previous_run: dict | None) -> bool:
+def previous_month_ready(previous_run: dict | None) -> bool:
     """May this month start? Not while the run of an earlier month is still going (a backfill with
-    --max-active-runs above 1 would start several); once it has ended, its dataset version must exist,
-    since this month's dataset is built on it. `previous_run`: {"state", "logical_date"} or None."""
+    --max-active-runs above 1 would start several). Whether the earlier months left a dataset version is
+    `check_earlier_months`' question, asked by prepare. `previous_run`: {"state", "logical_date"} or None."""
     if previous_run is None or previous_run.get("logical_date") is None:
         return True
     if previous_run["state"] not in ("success", "failed"):
         log.info("waiting: the run of %s is %s", month_of(previous_run["logical_date"]), previous_run["state"])
         return False
-    prev_month = month_of(previous_run["logical_date"])
-    if prev_month < month and prev_month not in month_tags(_paths().datasets):
-        raise PreviousMonthMissing(
-            f"the {prev_month} run ended ({previous_run['state']}) without a dataset version, and {month} builds "
-            f"on it: fix and rerun {prev_month} (clear its failed tasks), then rerun {month}")
     return True
+
+
+def landed_months(landing: Path, *, up_to: str | None = None) -> list[str]:
+    """The month partitions under landing/, oldest first (at most `up_to`)."""
+    if not landing.is_dir():
+        return []
+    return sorted(p.name for p in landing.iterdir()
+                  if p.is_dir() and MONTH_RE.match(p.name) and (up_to is None or p.name <= up_to))
 
 
 def unversioned_earlier_months(month: str) -> list[str]:
     """Months before `month` that have a landing partition but no dataset version: building `month` now
-    would leave their rows out of every later version."""
+    would leave their rows out of every later version. (A month that delivered nothing blocks nothing.)"""
     paths = _paths()
-    landed = sorted(p.name for p in paths.landing.iterdir() if p.is_dir() and MONTH_RE.match(p.name)) \
-        if paths.landing.is_dir() else []
     versioned = month_tags(paths.datasets)
-    return [m for m in landed if m < month and m not in versioned]
+    return [m for m in landed_months(paths.landing) if m < month and m not in versioned]
 
 
 def check_earlier_months(month: str) -> None:
@@ -141,15 +143,9 @@ def stage_prepare(airflow_run_id: str, month: str, params: dict | None = None) -
 
 # ---------------------------------------------------------------- erasure requests
 
-def _requests_dir(landing: Path, month: str) -> Path:
-    from tasks.ingest import ERASURE_DIRNAME
-
-    return landing / month / ERASURE_DIRNAME
-
-
 def read_erasure_requests(landing: Path, month: str, default_type: str) -> list[Subject]:
     """The subjects named in landing/<month>/erasure/; a bad line raises ErasureRequestError."""
-    folder = _requests_dir(landing, month)
+    folder = landing / month / ERASURE_DIRNAME
     subjects: list[Subject] = []
     if not folder.is_dir():
         return subjects
@@ -203,10 +199,8 @@ def _request_rows(path: Path, rel: str, suffix: str) -> Iterable[tuple[int, dict
 def erasure_subjects(landing: Path, month: str, default_type: str) -> tuple[list[Subject], list[Subject]]:
     """(requests of this month, requests of earlier months): both apply, so a subject erased once never
     comes back with a later delivery."""
-    months = sorted(p.name for p in landing.iterdir() if p.is_dir() and MONTH_RE.match(p.name) and p.name <= month) \
-        if landing.is_dir() else []
     this, earlier = [], []
-    for m in months:
+    for m in landed_months(landing, up_to=month):
         (this if m == month else earlier).extend(read_erasure_requests(landing, m, default_type))
     return this, earlier
 
@@ -259,16 +253,23 @@ def _git_show(registry_dir: Path, rev: str, path: str) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def committed_md5(registry_dir: Path, rev: str) -> str | None:
+    """The md5 that revision's DVC pointer records for the dataset (None: no pointer there)."""
+    import yaml
+
+    from tasks.version import DATASET_PATH
+
+    pointer = _git_show(registry_dir, rev, f"{DATASET_PATH}.dvc")
+    return str(yaml.safe_load(pointer)["outs"][0]["md5"]) if pointer else None
+
+
 def dataset_file(paths: Paths, rev: str, work_dir: Path) -> Path:
     """The masked dataset of a registry revision: from the registry's DVC cache when it holds it,
     else checked out from the DVC remote (what a worker without the cache does)."""
-    import yaml
+    from tasks.version import checkout_dataset
 
-    from tasks.version import DATASET_PATH, checkout_dataset
-
-    pointer = _git_show(paths.datasets, rev, f"{DATASET_PATH}.dvc")
-    if pointer is not None:
-        md5 = str(yaml.safe_load(pointer)["outs"][0]["md5"])
+    md5 = committed_md5(paths.datasets, rev)
+    if md5 is not None:
         cached = paths.datasets / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
         if cached.is_file():
             return cached
@@ -291,8 +292,6 @@ def _record_ids(path: Path) -> set[str]:
 def stage_dataset(key: str, month: str, masked: dict) -> dict:
     """Previous version + this month's masked rows − erased subjects → runs/<key>/monthly/train.jsonl;
     mark the model versions trained on removed records for retirement. Counts only in the result."""
-    from tasks.register import mark_for_retirement, versions
-
     cfg, paths = pipeline.run_config(key), _paths()
     out_dir = paths.run_dir(key) / "monthly"
 
@@ -332,8 +331,7 @@ def stage_dataset(key: str, month: str, masked: dict) -> dict:
         (out_dir / "erased_record_ids.json").write_text(json.dumps(sorted(erased_ids), indent=0) + "\n")
         retired = retire_models_trained_on(paths, cfg.registry.model_name, set(erased_ids), month=month,
                                            requests=len(this), champion_alias=cfg.registry.champion_alias,
-                                           work_dir=out_dir / "checkout", versions=versions,
-                                           mark=mark_for_retirement)
+                                           work_dir=out_dir / "checkout")
         shutil.rmtree(out_dir / "checkout", ignore_errors=True)
         return {**counts, "month": month, "masked_path": str(out_path),
                 "previous_month": prev and prev["month"], "previous_rev": prev and prev["rev"],
@@ -347,8 +345,10 @@ def stage_dataset(key: str, month: str, masked: dict) -> dict:
 
 
 def retire_models_trained_on(paths: Paths, model_name: str, record_ids: set[str], *, month: str, requests: int,
-                             champion_alias: str, work_dir: Path, versions, mark) -> list[dict]:
+                             champion_alias: str, work_dir: Path) -> list[dict]:
     """Mark every not-yet-retired version whose training dataset held one of `record_ids`."""
+    from tasks.register import mark_for_retirement, versions
+
     if not record_ids:
         return []
     retired, holds = [], {}
@@ -366,7 +366,7 @@ def retire_models_trained_on(paths: Paths, model_name: str, record_ids: set[str]
         if holds[rev]:
             reason = (f"right to erasure: its training data (dataset {rev[:12]}) held records removed from the "
                       f"{month} version ({requests} request(s) this month)")
-            result = mark(paths=paths, model_name=model_name, version=v["version"], reason=reason,
+            result = mark_for_retirement(paths=paths, model_name=model_name, version=v["version"], reason=reason,
                           requested_by="monthly_refinetune", champion_alias=champion_alias)
             retired.append({"version": v["version"], "dataset_rev": rev, "was_champion": result["is_champion"]})
             log.warning("v%s marked for retirement: trained on erased records%s", v["version"],
@@ -377,26 +377,23 @@ def retire_models_trained_on(paths: Paths, model_name: str, record_ids: set[str]
 
 # ---------------------------------------------------------------- version: one commit per month
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def _file_digest(path: Path, h, *, hexdigest: bool = True):
+    """Feed a file to hash `h` in 1 MiB blocks (a whole model's weights are gigabytes)."""
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return h.hexdigest() if hexdigest else h
 
 
 def existing_version(paths: Paths, month: str, data_path: Path, profile: dict | None, qa_path: Path | None) -> dict | None:
     """The month's committed version when it holds exactly these bytes (data, profile, QA split)."""
-    import yaml
-
     from tasks.version import DATASET_PATH, PROFILE_PATH, QA_PATH, profile_text
 
     rev = month_tags(paths.datasets).get(month)
     if rev is None:
         return None
-    pointer = _git_show(paths.datasets, rev, f"{DATASET_PATH}.dvc")
-    md5 = str(yaml.safe_load(pointer)["outs"][0]["md5"]) if pointer else None
-    same = (md5 == _md5(data_path)
+    md5 = committed_md5(paths.datasets, rev)
+    same = (md5 == _file_digest(data_path, hashlib.md5())
             and _git_show(paths.datasets, rev, PROFILE_PATH) == (profile_text(profile) if profile else None)
             and _git_show(paths.datasets, rev, QA_PATH) == (qa_path.read_text(encoding="utf-8") if qa_path else None))
     if not same:
@@ -407,11 +404,8 @@ def existing_version(paths: Paths, month: str, data_path: Path, profile: dict | 
 
 def stage_version(key: str, month: str, dataset: dict) -> dict:
     """Commit the month's dataset, unless the month's tag already holds the same bytes (a rerun)."""
-    cfg, paths = pipeline.run_config(key), _paths()
-    profile_path = paths.run_dir(key) / "validation" / "profile.json"
-    profile = json.loads(profile_path.read_text(encoding="utf-8")) if profile_path.is_file() else None
-    qa_path = Path(cfg.evaluate.qa_path) if cfg.evaluate.qa_path else paths.synth / "qa_heldout.jsonl"
-    same = existing_version(paths, month, Path(dataset["masked_path"]), profile, qa_path if qa_path.is_file() else None)
+    profile, qa_path = pipeline.version_inputs(key)
+    same = existing_version(_paths(), month, Path(dataset["masked_path"]), profile, qa_path)
     if same is not None:
         log.info("version: the %s dataset is already committed with these bytes (%s); no new commit", month,
                  same["dataset_rev"][:12])
@@ -460,10 +454,7 @@ def stage_train(key: str, prepared: dict, versioned: dict) -> dict:
         return pipeline._save_stage(key, "train", {**done, "reused": True})
     source, reason = warm_start_source(key, prepared)
     log.info("warm start: %s", source["source"] if source else f"from the base model ({reason})")
-    trained = pipeline.stage_train(key, prepared, versioned, init_adapter=source)
-    if source is None:
-        trained = pipeline._save_stage(key, "train", {**trained, "warm_start": {"source": "base", "reason": reason}})
-    return trained
+    return pipeline.stage_train(key, prepared, versioned, warm_start=source or {"source": "base", "reason": reason})
 
 
 # ---------------------------------------------------------------- register: one version per month
@@ -474,14 +465,14 @@ def weights_sha256(trained: dict) -> str:
     h = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
         h.update(path.name.encode())
-        h.update(path.read_bytes())
+        _file_digest(path, h, hexdigest=False)
     return h.hexdigest()
 
 
 def stage_register(key: str, prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
     """Register the month's model once: a replay finds its version by run key and weights digest; a
     retrained month replaces the month's earlier version (deleted unless it still serves as champion)."""
-    from tasks.register import registry_client
+    from tasks.register import champion, registry_client
 
     cfg, paths = pipeline.run_config(key), _paths()
     digest = weights_sha256(trained)
@@ -503,11 +494,8 @@ def stage_register(key: str, prepared: dict, versioned: dict, trained: dict, eva
                 "seconds": 0.0})
     result = pipeline.stage_register(key, prepared, versioned, trained, evaluated)
     client.set_model_version_tag(name, str(result["version"]), "weights_sha256", digest)
-    champion_version = None
-    try:
-        champion_version = int(client.get_model_version_by_alias(name, cfg.registry.champion_alias).version)
-    except Exception:
-        pass
+    current = champion(paths, name, cfg.registry.champion_alias)
+    champion_version = current and current["version"]
     replaced = []
     for mv in earlier:
         if int(mv.version) == champion_version:

@@ -239,11 +239,10 @@ def stage_mask(run_id: str, ingested: dict) -> dict:
     return stage_mask_merge(run_id, shards, results)
 
 
-def stage_version(run_id: str, masked: dict) -> dict:
-    from tasks.version import version_dataset
-
+def version_inputs(run_id: str) -> tuple[dict | None, Path | None]:
+    """What a dataset version carries besides the data: validate's counts-only profile of the staged rows
+    (the next run's drift baseline) and the held-out QA split (None when absent)."""
     paths = _paths()
-    # validate's counts-only profile of the staged rows: committed with the version as the next run's drift baseline.
     profile_path = paths.run_dir(run_id) / "validation" / "profile.json"
     profile = json.loads(profile_path.read_text(encoding="utf-8")) if profile_path.is_file() else None
     if profile is None:
@@ -256,6 +255,14 @@ def stage_version(run_id: str, masked: dict) -> dict:
         # Versioning does not need it; the evaluate stage then fails, naming the missing split.
         log.warning("%s not found: this dataset version carries no held-out QA split", qa_path)
         qa_path = None
+    return profile, qa_path
+
+
+def stage_version(run_id: str, masked: dict) -> dict:
+    from tasks.version import version_dataset
+
+    paths = _paths()
+    profile, qa_path = version_inputs(run_id)
     return _timed(run_id, "version", version_dataset, masked_dir=Path(masked["masked_path"]).parent,
                   registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id, profile=profile,
                   qa_path=qa_path)
@@ -275,19 +282,11 @@ def completed_training(run_id: str, prepared: dict, versioned: dict) -> dict | N
     return saved if same and all(p and Path(p).exists() for p in outputs) else None
 
 
-def stage_train(run_id: str, prepared: dict, versioned: dict, *, init_adapter: dict | None = None,
-                reuse_completed: bool = False) -> dict:
+def stage_train(run_id: str, prepared: dict, versioned: dict, *, warm_start: dict | None = None) -> dict:
     """Check out the versioned dataset (what a GPU worker does) and launch the recipe under torchrun.
 
-    `init_adapter` ({"adapter_dir", "source"}): warm start from that adapter's weights. With
-    `reuse_completed`, a run that already trained this dataset revision with this config returns that
-    result instead of training again: a rerun replays the month without a second model or privacy spend."""
-    if reuse_completed:
-        done = completed_training(run_id, prepared, versioned)
-        if done is not None:
-            log.info("train: this run already trained dataset %s with this config; reusing that model",
-                     versioned["dataset_rev"][:12])
-            return _save_stage(run_id, "train", {**done, "reused": True})
+    `warm_start` ({"source", "adapter_dir"?, "reason"?}) is recorded in the result; with an
+    "adapter_dir" training starts from that adapter's weights."""
 
     def train() -> dict:
         from tasks.tracking import pipeline_mlflow_run
@@ -309,24 +308,24 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, init_adapter: d
         spec = {"train": cfg.train.model_dump(), "base_model_dir": prepared["base_model_dir"],
                 "data_path": split["train_path"], "out_dir": str(run_dir / "train"),
                 "dataset_rev": versioned["dataset_rev"],
-                "init_adapter_dir": (init_adapter or {}).get("adapter_dir"),
+                "init_adapter_dir": (warm_start or {}).get("adapter_dir"),
                 "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id),
                            "run_id": pipeline_mlflow_run(paths, run_id)}}
-        spec_path = run_dir / "train_spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        entry, plan = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"], with_plan=True)
+        plan = privacy_plan(spec)
+        entry = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"], plan=plan)
         if plan.get("mechanism"):  # the recipe runs exactly what the ledger was charged for, without searching again
             from tasks.train import DP_INPUTS
 
             spec["dp_mechanism"] = {"records": plan["records"], "mechanism": plan["mechanism"],
                                     "inputs": {k: spec["train"].get(k) for k in DP_INPUTS}}
-            spec_path.write_text(json.dumps(spec, indent=2))
+        spec_path = run_dir / "train_spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
         launch_torchrun(spec_path, train_cfg=spec["train"], run_id=run_id, log_path=run_dir / "train" / "torchrun.log")
         result = json.loads((run_dir / "train" / "train_result.json").read_text())
         result["privacy_ledger"] = _ledger_summary(cfg, entry, result.get("mlflow_run_id"))
         result["split"] = split
-        if init_adapter:
-            result["warm_start"] = {**(result.get("warm_start") or {}), **init_adapter}
+        if warm_start:
+            result["warm_start"] = {**(result.get("warm_start") or {}), **warm_start}
         return result
 
     return _timed(run_id, "train", train)
@@ -351,13 +350,14 @@ def privacy_plan(spec: dict) -> dict:
             "epsilon": mech["epsilon"], "mechanism": mech}
 
 
-def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str, with_plan: bool = False):
+def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str,
+                           plan: dict | None = None):
     """Write this run's ledger entry before any training step, at the ε its capped steps can spend at most.
     Refused (PrivacyBudgetExceeded) when it would take the source dataset past its budget. A retried or
     resumed run computes the same mechanism and finds its own entry: it is not counted twice."""
     from tasks import ledger
 
-    plan = privacy_plan(spec)
+    plan = plan or privacy_plan(spec)  # the caller's, when it also hands the mechanism to the recipe
     dataset = cfg.privacy.source_dataset
     lineage = ledger.lineage_of(spec["data_path"])
     entry = ledger.record_run(
@@ -369,7 +369,7 @@ def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, data
         budget=ledger.budget_for(cfg.privacy, dataset))
     log.info("privacy ledger: run %s on %s reserved ε=%s δ=%s", safe_run_id(run_id), dataset,
              "inf" if not plan["private"] else f"{plan['epsilon']:.4f}", plan["delta"])
-    return (entry, plan) if with_plan else entry
+    return entry
 
 
 def _ledger_summary(cfg: PipelineConfig, entry, mlflow_run_id: str | None) -> dict:

@@ -129,14 +129,17 @@ def test_warm_start_loads_the_champion_adapter_and_refuses_another_shape(tmp_pat
         load_init_adapter(_lora(base, 8), tmp_path / "adapter")
 
 
-def test_a_month_waits_for_the_previous_run_and_refuses_to_build_on_a_missing_version():
+def test_a_month_waits_for_the_previous_run_and_refuses_to_build_on_a_missing_version(tmp_path, monkeypatch):
     """A backfill may start several months at once; each waits for the one before and needs its version."""
+    monkeypatch.setenv("PFT_HOME", str(tmp_path))
     jan = datetime(2026, 1, 1, 3, tzinfo=timezone.utc)
-    assert monthly.previous_month_ready("2026-01", None) is True
-    assert monthly.previous_month_ready("2026-02", {"state": "running", "logical_date": jan}) is False
-    assert monthly.previous_month_ready("2026-02", {"state": "queued", "logical_date": jan}) is False
-    with pytest.raises(monthly.PreviousMonthMissing, match="the 2026-01 run ended .failed. without a dataset version"):
-        monthly.previous_month_ready("2026-02", {"state": "failed", "logical_date": jan})
+    assert monthly.previous_month_ready(None) is True
+    assert monthly.previous_month_ready({"state": "running", "logical_date": jan}) is False
+    assert monthly.previous_month_ready({"state": "queued", "logical_date": jan}) is False
+    assert monthly.previous_month_ready({"state": "failed", "logical_date": jan}) is True  # ended: prepare checks
+    (tmp_path / "landing" / "2026-01").mkdir(parents=True)  # January delivered, its run failed: no version
+    with pytest.raises(monthly.PreviousMonthMissing, match="landing partitions 2026-01 have no dataset version"):
+        monthly.check_earlier_months("2026-02")
 
 
 def test_a_month_is_not_built_over_earlier_months_that_were_delivered_but_never_versioned(tmp_path, monkeypatch):
