@@ -117,6 +117,20 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
     return result
 
 
+def _answer_loss(models: dict[str, tuple], qa_path: Path, limit: int | None) -> dict:
+    """Held-out answer loss (mean -ln p per answer token) per model, each with its bootstrap CI, and
+    the paired difference fine-tuned − base: below zero beyond the noise means training taught the domain."""
+    from tasks.evaluate import QA_FIELDS, read_jsonl
+    from tasks.scoring import answer_losses
+    from tasks.stats import bootstrap_ci, paired_bootstrap, rounded
+
+    rows = read_jsonl(qa_path, QA_FIELDS)[:limit] if limit else read_jsonl(qa_path, QA_FIELDS)
+    losses = {name: answer_losses(model, tok, rows) for name, (model, tok) in models.items()}
+    result = {name: rounded(bootstrap_ci(values)) for name, values in losses.items()}
+    result["finetuned_minus_base"] = rounded(paired_bootstrap(losses["finetuned"], losses["base"]))
+    return result
+
+
 def _champion(cfg: PipelineConfig, paths: Paths, out: Path) -> dict | None:
     from tasks.register import download_champion
 
@@ -166,6 +180,8 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
     model, tok = load_causal_lm(tuned_dir, adapter)
     safety_by_model["finetuned"] = _toxicity(model, tok, out / "toxicity_finetuned", cfg)
     privacy = _privacy(model, tok, out / "privacy", cfg, paths, trained, reference=(base_model, base_tok))
+    answer_loss = _answer_loss({"base": (base_model, base_tok), "finetuned": (model, tok)}, qa_path,
+                               cfg.evaluate.qa_limit)
     del model, base_model
 
     helm = build_report(_helm_table(quality, safety_by_model, privacy, trained), out / "helm",
@@ -182,6 +198,7 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
         "base": acc["base"], "finetuned": acc["finetuned"], "champion": acc.get("champion"),
         "champion_version": champion["version"] if champion else None,
         "qa_path": str(qa_path), "qa_sha256": _sha256(qa_path),
+        "answer_loss": answer_loss,
         "exact_match_gain": round(acc["finetuned"]["exact_match"] - acc["base"]["exact_match"], 4),
         "regression_vs_champion": (round(acc["champion"]["exact_match"] - acc["finetuned"]["exact_match"], 4)
                                    if champion else None),

@@ -101,6 +101,7 @@ def summary_lines(report: dict) -> list[str]:
         *[f"domain QA {label:<13}base {get('evaluate.base.' + key)} → fine-tuned {get('evaluate.finetuned.' + key)}"
           f"{_champion(report, key)}" for label, key in (("exact match", "exact_match"), ("F1", "f1"),
                                                          ("relevance", "relevance"))],
+        f"answer loss (nats)  {_answer_loss(get('evaluate.answer_loss', None))}",
         f"toxicity            rate {get('evaluate.toxicity_rate')} (base {get('evaluate.base_toxicity_rate')}), "
         f"identity gap {get('evaluate.identity_gap')}",
         f"privacy attacks     PII leaks {get('evaluate.pii_leaks')}, canary exposure "
@@ -111,6 +112,15 @@ def summary_lines(report: dict) -> list[str]:
         f"gates               {_gates(report.get('gates'))}",
         f"outcome             {_outcome_line(report)}",
     ]
+
+
+def _answer_loss(loss: dict | None) -> str:
+    """Held-out answer loss, base → fine-tuned, and the paired difference with its 95% CI."""
+    if not isinstance(loss, dict) or "finetuned_minus_base" not in loss:
+        return "—"
+    d = loss["finetuned_minus_base"]
+    return (f"base {loss['base']['mean']:.3f} → fine-tuned {loss['finetuned']['mean']:.3f} "
+            f"(Δ {d['mean']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], {d['n']} questions)")
 
 
 def _monthly_lines(report: dict) -> list[str]:

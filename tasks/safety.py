@@ -46,6 +46,8 @@ from tasks.config import INCLUDE_DIR
 from tasks.evaluate import PROMPT_FIELDS, generate_greedy, read_jsonl, score_texts
 from tasks.jsonl import read_objects
 from tasks.mask import PLACEHOLDER
+from tasks.scoring import pad_id as _pad_id
+from tasks.scoring import token_nll
 
 log = logging.getLogger(__name__)
 
@@ -497,60 +499,6 @@ def pii_leakage(model, tokenizer, *, prompts: list[dict] | list[str], raw_values
                 fh.write(json.dumps({"id": r["id"], "category": r.get("category", "custom"), "generation": text},
                                     ensure_ascii=False) + "\n")
     return result
-
-
-# ============================================================================ sequence losses
-
-
-def _device(model):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - a model without parameters
-        return "cpu"
-
-
-def token_nll(model, rows: list[list[int]], *, pad_id: int, batch_size: int = 64) -> list[tuple[float, int]]:
-    """(sum of -ln p, number of predicted tokens) per token row: every token after the first is predicted.
-
-    Rows are sorted by length so a batch pads little; right padding, masked out of the loss.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    device = _device(model)
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(rows[i]) for i in idx)
-            if width < 2:
-                continue
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for j, i in enumerate(idx):
-                ids[j, :len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
-                mask[j, :len(rows[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-            predicted = mask[:, 1:].to(nll.dtype)
-            sums, counts = (nll * predicted).sum(1).tolist(), predicted.sum(1).tolist()
-            for j, i in enumerate(idx):
-                out[i] = (float(sums[j]), int(counts[j]))
-    finally:
-        model.train(was_training)
-    return out
-
-
-def _pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return int(tid)
-    return 0  # pragma: no cover
 
 
 # ============================================================================ canary exposure
