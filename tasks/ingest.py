@@ -9,12 +9,19 @@ value holds counts and paths only; record text never leaves the output files.
 
 Landing is partitioned by month (`landing/YYYY-MM/`); `partition="2026-01"` reads only
 that folder, so a scheduled run ingests exactly its own data interval.
+
+Hostile input costs a row, never the stage: a line over `max_line_bytes` is skipped unparsed
+(read in bounded pieces, never whole), and JSON nested deeper than MAX_JSON_DEPTH or holding
+an integer over MAX_INT_DIGITS digits is quarantined. Symbolic links in landing are refused
+(`follow_symlinks="inside"` reads a file link that resolves inside landing), and file names
+are escaped wherever they are logged.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import json
 import logging
@@ -26,9 +33,12 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
+
+from tasks.textnorm import clean as strip_invisible
+from tasks.textnorm import shown
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,12 @@ ERASURE_DIRNAME = "erasure"
 PARTITION_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 # Fields a staged row carries, besides its provenance (source_file, source_line).
 RECORD_FIELDS = ("record_id", "record_type", "created_at", "text")
+# A record is a flat object of short strings: these bounds only ever stop hostile or broken rows.
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024  # per physical line, checked before decoding or parsing
+MAX_JSON_DEPTH = 64  # nesting levels of arrays and objects in one JSONL line
+MAX_INT_DIGITS = 100  # digits in one JSON integer (Python refuses over 4300, and converting is quadratic)
+RAW_PREFIX_BYTES = 1024  # what quarantine keeps of a line too long to parse
+FOLLOW_SYMLINKS = ("never", "inside")
 
 # Quarantine reason codes → what they mean. The code goes into quarantine.jsonl and
 # the result's `quarantine_reasons`; the readable message goes next to it.
@@ -60,6 +76,9 @@ REASONS = {
     "truncated_line": "the file's last line has no line ending and does not parse: the file was cut off",
     "bad_schema": "the Parquet file lacks a required column or a column is not a string; every row is quarantined",
     "unreadable_file": "the Parquet file (or a part of it) cannot be decoded: truncated or corrupt",
+    "line_too_long": "the line is longer than data.max_line_bytes: not parsed; raw keeps its start only",
+    "too_deep": f"the JSON line nests arrays/objects deeper than {MAX_JSON_DEPTH} levels",
+    "number_too_large": f"the JSON line holds an integer of more than {MAX_INT_DIGITS} digits",
 }
 
 
@@ -98,20 +117,24 @@ class Problem:
 # ---------------------------------------------------------------------------
 # Normalisation and per-record checks (pure functions)
 
-_CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-_SPACE_CONTROLS = frozenset("\t\r\x0b\x0c")
 _HSPACE_RE = re.compile(r"[^\S\n]+")
 _BLANK_LINES_RE = re.compile(r"\n\s*\n+")
 
 
-def normalize_text(value: str) -> str:
-    """NFKC, drop control characters, collapse spaces, keep single line breaks, strip.
+def normalize_text(value: str, counts: Counter[str] | None = None) -> str:
+    """Drop invisible characters, NFKC, collapse spaces, keep single line breaks, strip.
 
-    Line breaks carry structure the model must learn (FAQ "Question: …\nAnswer: …" lines),
-    so they survive; runs of blank lines and every other whitespace run collapse.
+    Invisible characters (zero-width, bidi controls, soft hyphen, BOM, control characters; see
+    tasks.textnorm, which the masker shares) go first: inside "MBR-12345678" they would hide it
+    from masking. `counts` (if given) gains "invisible" (removed) and "spaces" (odd whitespace
+    made a space). Line breaks carry structure the model must learn (FAQ "Question: …\nAnswer: …"
+    lines), so they survive; runs of blank lines and every other whitespace run collapse.
     """
-    value = unicodedata.normalize("NFKC", value).replace("\r\n", "\n")
-    value = _CONTROL_RE.sub(lambda m: " " if m.group() in _SPACE_CONTROLS else "", value)
+    cleaned = strip_invisible(value)
+    if counts is not None:
+        counts["invisible"] += cleaned.removed
+        counts["spaces"] += cleaned.spaces
+    value = unicodedata.normalize("NFKC", cleaned.text).replace("\r\n", "\n").replace("\r", " ")
     value = _HSPACE_RE.sub(" ", value)
     value = _BLANK_LINES_RE.sub("\n", value)
     return "\n".join(line.strip() for line in value.split("\n")).strip()
@@ -132,8 +155,11 @@ def check_record(
     required_fields: Sequence[str],
     min_text_chars: int,
     max_text_chars: int,
+    counts: Counter[str] | None = None,
 ) -> tuple[dict[str, Any] | None, Problem | None]:
-    """Validate and normalise one parsed record: (row, None) when good, (None, problem) when not."""
+    """Validate and normalise one parsed record: (row, None) when good, (None, problem) when not.
+
+    `counts` gains what normalisation removed (see normalize_text)."""
     for name in required_fields:
         if values.get(name) is None:
             return None, Problem(name, "missing_field", f"required field '{name}' is missing or null")
@@ -147,7 +173,8 @@ def check_record(
             return None, Problem(name, "wrong_type", f"field '{name}' must be a string, got {type(value).__name__}")
         if not _encodable(value):
             return None, Problem(name, "invalid_utf8", f"field '{name}' holds an unpaired surrogate (not UTF-8)")
-        row[name] = normalize_text(value) if name == "text" else " ".join(normalize_text(value).split())
+        normalized = normalize_text(value, counts)
+        row[name] = normalized if name == "text" else " ".join(normalized.split())
 
     text = row["text"]
     if text is not None:
@@ -173,16 +200,54 @@ def check_record(
 # Readers: each yields (line, raw, values-or-problem) per input row
 
 
-def _byte_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
-    """Physical lines: (1-based number, bytes without the line ending, ended with a line break).
+_BOM = b"\xef\xbb\xbf"
+_SKIP_CHUNK = 64 * 1024
 
-    A leading BOM is dropped. Only a file's last line can lack a line break.
+
+def _open_landing(path: Path) -> BinaryIO:
+    """Open a landing file for reading without following a symlink in its last component.
+
+    The listing refused links already; O_NOFOLLOW closes the gap of a file swapped for a
+    link after it was listed (the open fails with ELOOP instead of reading the target).
     """
-    with path.open("rb") as fh:
-        for number, line in enumerate(fh, start=1):
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    return os.fdopen(fd, "rb")
+
+
+def _byte_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes, bool, int | None]]:
+    """Physical lines: (1-based number, bytes without the line ending, ended with a line break, size).
+
+    `size` is None for a line within `max_line_bytes`; for a longer one it is the line's length
+    in bytes, and the bytes are only its first RAW_PREFIX_BYTES: the rest is skipped in bounded
+    reads, so no line is ever held whole. A leading BOM is dropped. Only a file's last line can
+    lack a line break.
+    """
+    with _open_landing(path) as fh:
+        number = 0
+        while True:
+            limit = max_line_bytes + (5 if number == 0 else 2)  # room for "\r\n" (and a BOM on line 1)
+            line = fh.readline(limit)
+            if not line:
+                return
+            number += 1
+            cut = len(line) == limit and not line.endswith(b"\n")  # the read stopped mid-line: too long
+            if number == 1 and line.startswith(_BOM):
                 line = line[3:]
-            yield number, line.rstrip(b"\r\n"), line.endswith(b"\n")
+            body = line.rstrip(b"\r\n")
+            if not cut and len(body) <= max_line_bytes:
+                yield number, body, line.endswith(b"\n"), None
+                continue
+            size, last = len(line), line
+            while not last.endswith(b"\n") and (last := fh.readline(_SKIP_CHUNK)):
+                size += len(last)
+            size -= len(last) - len(last.rstrip(b"\r\n"))
+            yield number, body[:RAW_PREFIX_BYTES], last.endswith(b"\n"), size
+
+
+def _line_too_long(size: int, max_line_bytes: int) -> Problem:
+    return Problem(None, "line_too_long", f"line has {size} bytes, over the maximum of {max_line_bytes} "
+                                          f"(data.max_line_bytes): not parsed; raw keeps its first "
+                                          f"{RAW_PREFIX_BYTES} bytes only")
 
 
 def _truncated(detail: str) -> Problem:
@@ -194,13 +259,67 @@ def _raw(line: bytes) -> str:
     return line.decode("utf-8", errors="backslashreplace")
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
+class _NumberTooLarge(ValueError):
+    pass
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NumberTooLarge(f"an integer has {len(digits.lstrip('-'))} digits; the maximum is {MAX_INT_DIGITS}")
+    return int(digits)
+
+
+# A JSON string (escapes included) or a bracket: what a nesting-depth scan needs to see.
+_JSON_DEPTH_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """True when arrays/objects nest deeper than `limit`; brackets inside strings do not count."""
+    if text.count("[") + text.count("{") <= limit:  # the usual case: cannot nest that deep
+        return False
+    depth = 0
+    for m in _JSON_DEPTH_TOKENS.finditer(text):
+        c = text[m.start()]
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in "]}":
+            depth -= 1
+    return False
+
+
+def _parse_json(text: str) -> tuple[Any, Problem | None]:
+    """json.loads with the depth and integer bounds checked: (value, None) or (None, problem).
+
+    Without them a line nested 200k deep raises RecursionError and a 5,000-digit integer a
+    ValueError, and either stopped the whole ingest. Problems name positions, never values.
+    """
+    too_deep = Problem(None, "too_deep", f"JSON nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
+    if _too_deep(text, MAX_JSON_DEPTH):
+        return None, too_deep
+    try:
+        return json.loads(text, parse_int=_bounded_int), None
+    except json.JSONDecodeError as exc:
+        return None, Problem(None, "malformed_json", f"invalid JSON: {exc.msg} at column {exc.colno}")
+    except _NumberTooLarge as exc:
+        return None, Problem(None, "number_too_large", str(exc))
+    except RecursionError:  # the scan's approximation missed it (malformed strings): the parser's own limit
+        return None, too_deep
+
+
+def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+               ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     """Decode and parse line by line, so one bad line costs one row, not the file. Blank lines are skipped.
 
     An unterminated last line that does not parse is a cut-off file (`truncated_line`), not a
-    bad record: the fix is re-delivering the file, not editing a row.
+    bad record: the fix is re-delivering the file, not editing a row. A line over
+    `max_line_bytes` is not decoded or parsed at all (`line_too_long`).
     """
-    for number, line, ended in _byte_lines(path):
+    for number, line, ended, size in _byte_lines(path, max_line_bytes):
+        if size is not None:
+            yield number, _raw(line), _line_too_long(size, max_line_bytes)
+            continue
         if not line.strip():
             continue
         try:
@@ -209,12 +328,11 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | Problem]
             problem = Problem(None, "invalid_utf8", f"invalid UTF-8 byte at offset {exc.start}")
             yield number, _raw(line), problem if ended else _truncated("is not valid UTF-8")
             continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            detail = f"{exc.msg} at column {exc.colno}"
-            problem = Problem(None, "malformed_json", f"invalid JSON: {detail}")
-            yield number, text, problem if ended else _truncated(f"is not valid JSON ({detail})")
+        value, problem = _parse_json(text)
+        if problem is not None:
+            cut_off = not ended and problem.reason == "malformed_json"
+            detail = problem.message.removeprefix("invalid JSON: ")
+            yield number, text, _truncated(f"is not valid JSON ({detail})") if cut_off else problem
             continue
         if not isinstance(value, dict):
             yield number, text, Problem(None, "not_object", f"expected a JSON object, got {type(value).__name__}")
@@ -253,21 +371,29 @@ def _quote_left_open(raw: str) -> bool:
     return False
 
 
-def read_csv(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
+def read_csv(path: Path, required_fields: Sequence[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+             ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     """Parse CSV records (quoted fields may span lines), decoding each physical line on its own.
 
     A wrong or missing header quarantines every record of the file, line 1 included,
-    since without a header line 1 may itself be a data row.
+    since without a header line 1 may itself be a data row. A record with a line over
+    `max_line_bytes` is quarantined (`line_too_long`); the csv module bounds a field to
+    csv.field_size_limit() characters (a longer one is `malformed_csv`).
     """
-    consumed: list[tuple[int, bytes, bool, bool]] = []  # (number, bytes, bad UTF-8, ended) of the current record
+    # (number, bytes, bad UTF-8, ended, size if over the cap) of the lines of the current record
+    consumed: list[tuple[int, bytes, bool, bool, int | None]] = []
 
     def text_lines() -> Iterator[str]:
-        for number, line, ended in _byte_lines(path):
+        for number, line, ended, size in _byte_lines(path, max_line_bytes):
+            if size is not None:  # the parser sees an empty line in its place; the record is refused below
+                consumed.append((number, line, False, ended, size))
+                yield "\n"
+                continue
             try:
                 text, bad = line.decode("utf-8"), False
             except UnicodeDecodeError:
                 text, bad = _raw(line), True
-            consumed.append((number, line, bad, ended))
+            consumed.append((number, line, bad, ended, None))
             yield text + "\n"
 
     reader = csv.reader(text_lines())
@@ -285,20 +411,27 @@ def read_csv(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[int, 
             record, error = None, f"CSV row cannot be parsed: {exc}"
         if not consumed:
             return  # nothing more was read: end of file
-        if record == []:
+        too_long = next((size for *_, size in consumed if size is not None), None)
+        if record == [] and too_long is None:
             continue  # blank line
         start = consumed[0][0]
-        raw = "\n".join(_raw(line) for _, line, _, _ in consumed)
-        bad_bytes = any(bad for _, _, bad, _ in consumed)
+        raw = "\n".join(_raw(line) for _, line, _, _, _ in consumed)
+        bad_bytes = any(bad for _, _, bad, _, _ in consumed)
         cut_off = not consumed[-1][3]  # the record runs into the end of a file that lacks its last line break
         if at_header:
             at_header = False
-            header_problem = _header_problem(record, required_fields, bad_bytes)
+            if too_long is not None:
+                header_problem = Problem("header", "bad_header", f"CSV header line is longer than {max_line_bytes} "
+                                                                 "bytes (data.max_line_bytes)")
+            else:
+                header_problem = _header_problem(record, required_fields, bad_bytes)
             if header_problem is None and record is not None:
                 header = [name.strip().lower() for name in record]
                 continue
         if header_problem is not None:
             yield start, raw, header_problem
+        elif too_long is not None:
+            yield start, raw, _line_too_long(too_long, max_line_bytes)
         elif error is not None or record is None:
             detail = error or "CSV row cannot be parsed"
             yield start, raw, _truncated(f"cannot be parsed ({detail})") if cut_off else Problem(
@@ -371,7 +504,7 @@ def read_parquet(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[i
     """
     import pyarrow.parquet as pq
 
-    with path.open("rb") as fh:  # opened here, so a vanished file raises FileNotFoundError like the text readers
+    with _open_landing(path) as fh:  # opened here, so a vanished file raises FileNotFoundError like the text readers
         try:
             pf = pq.ParquetFile(fh)
             schema = pf.schema_arrow
@@ -415,13 +548,64 @@ def read_parquet(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[i
 # Files and atomic outputs
 
 
-def landing_files(landing_dir: Path, glob: str = "**/*", root: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """(files to ingest, other files) under `root` (default landing_dir), sorted by path relative to landing_dir."""
+_LINK = "a symbolic link (data.follow_symlinks is 'never')"
+_DIR_LINK = "a symbolic link to a directory (never followed)"
+_LINK_OUTSIDE = "a symbolic link that does not resolve to a file inside landing"
+
+
+def symlink_refusal(path: Path, landing_dir: Path, follow_symlinks: str = "never") -> str | None:
+    """Why `path` (under landing_dir) may not be read because of a symbolic link; None if it may.
+
+    A link can point anywhere (a secret file, /dev/zero), so by default none is read. With
+    follow_symlinks="inside" a link to a file is read when it resolves to a regular file inside
+    landing_dir. A linked directory is never entered: it may loop, or lead out of landing.
+    """
+    parts = path.relative_to(landing_dir).parts
+    here = landing_dir
+    for depth, part in enumerate(parts, start=1):
+        here = here / part
+        if here.is_symlink():
+            if depth < len(parts) or here.is_dir():
+                return _DIR_LINK
+            break
+    else:
+        return None
+    if follow_symlinks != "inside":
+        return _LINK
+    target = Path(os.path.realpath(path))  # realpath, not resolve(): a link loop must not raise
+    inside = target.is_relative_to(os.path.realpath(landing_dir)) and target.is_file()
+    return None if inside else _LINK_OUTSIDE
+
+
+def refused_links(landing_dir: Path, root: Path, follow_symlinks: str = "never") -> dict[str, str]:
+    """Every symbolic link at or under `root` that will not be read: {path relative to landing_dir: why}.
+
+    A linked directory is listed once and not entered; erasure folders are tasks.monthly's.
+    """
+    refused: dict[str, str] = {}
+    if root != landing_dir and symlink_refusal(root, landing_dir) is not None:
+        return {root.relative_to(landing_dir).as_posix(): _DIR_LINK}
+    for folder, dirnames, filenames in os.walk(root):  # followlinks=False: linked directories are not entered
+        dirnames[:] = [d for d in dirnames if d != ERASURE_DIRNAME]
+        for name in dirnames + filenames:
+            path = Path(folder) / name
+            if path.is_symlink() and (why := symlink_refusal(path, landing_dir, follow_symlinks)) is not None:
+                refused[path.relative_to(landing_dir).as_posix()] = why
+    return dict(sorted(refused.items()))
+
+
+def landing_files(landing_dir: Path, glob: str = "**/*", root: Path | None = None, *,
+                  follow_symlinks: str = "never") -> tuple[list[Path], list[Path]]:
+    """(files to ingest, other files) under `root` (default landing_dir), sorted by path relative to landing_dir.
+
+    Files behind a symbolic link are left out (see symlink_refusal; refused_links lists them).
+    """
     root = landing_dir if root is None else root
     if not root.is_dir():
         return [], []
     found = sorted(
-        (p for p in root.glob(glob) if p.is_file() and ERASURE_DIRNAME not in p.relative_to(landing_dir).parts[:-1]),
+        (p for p in root.glob(glob) if p.is_file() and ERASURE_DIRNAME not in p.relative_to(landing_dir).parts[:-1]
+         and symlink_refusal(p, landing_dir, follow_symlinks) is None),
         key=lambda p: p.relative_to(landing_dir).as_posix(),
     )
     wanted = [p for p in found if p.suffix.lower() in INGEST_SUFFIXES]
@@ -482,35 +666,131 @@ def _top_reasons(reasons: Counter[str], n: int = 3) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in reasons.most_common(n)) or "none"
 
 
-def _read_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
+def _read_rows(path: Path, required: Sequence[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return read_csv(path, required)
+        return read_csv(path, required, max_line_bytes)
     if suffix == ".parquet":
         return read_parquet(path, required)
-    return read_jsonl(path)
+    return read_jsonl(path, max_line_bytes)
 
 
 # ---------------------------------------------------------------------------
 # The stage
 
 
-def _classify(
-    parsed: dict[str, Any] | Problem,
-    seen_ids: set[str],
-    required_fields: Sequence[str],
-    min_text_chars: int,
-    max_text_chars: int,
-) -> tuple[dict[str, Any] | None, Problem | None]:
+@dataclass(frozen=True)
+class _Rules:
+    """What a row must satisfy, from the stage's arguments."""
+
+    required: tuple[str, ...]
+    min_text_chars: int
+    max_text_chars: int
+    max_line_bytes: int
+
+
+@dataclass
+class _Tally:
+    """What the stage counts while it reads: counts, ids, hashes and paths, never row text."""
+
+    rows_in: int = 0
+    rows_valid: int = 0
+    duplicates_removed: int = 0
+    files_empty: int = 0
+    files_missing: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    normalised: Counter[str] = field(default_factory=Counter)  # over staged rows: invisible, spaces, rows
+    seen_ids: set[str] = field(default_factory=set)
+    seen_texts: dict[str, str | None] = field(default_factory=dict)  # text hash → record_id of the row kept
+    notes: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # path relative to landing → why not read
+
+
+def _classify(parsed: dict[str, Any] | Problem, seen_ids: set[str], rules: _Rules,
+              counts: Counter[str]) -> tuple[dict[str, Any] | None, Problem | None]:
     """A reader's output → (staged row, None) or (None, why quarantined)."""
     if isinstance(parsed, Problem):
         return None, parsed
-    row, problem = check_record(
-        parsed, required_fields=required_fields, min_text_chars=min_text_chars, max_text_chars=max_text_chars
-    )
+    row, problem = check_record(parsed, required_fields=rules.required, min_text_chars=rules.min_text_chars,
+                                max_text_chars=rules.max_text_chars, counts=counts)
     if row is not None and row["record_id"] is not None and row["record_id"] in seen_ids:
         return None, Problem("record_id", "duplicate_id", "record_id already staged from an earlier row")
     return row, problem
+
+
+def _source_name(rel: str) -> str:
+    # A name that is not UTF-8 reaches Python with surrogate escapes, which no UTF-8 output can hold.
+    return rel if _encodable(rel) else shown(rel)
+
+
+def _ingest_file(path: Path, rel: str, rules: _Rules, tally: _Tally, out: tuple[IO[str], IO[str], IO[str]],
+                 ) -> tuple[int, int, int]:
+    """Read one landing file into (staged, duplicates, quarantined); return its (rows, quarantined, duplicates)."""
+    staged, duplicates, quarantined = out
+    source = _source_name(rel)
+    file_in = file_bad = file_dup = 0
+    for line, raw, parsed in _read_rows(path, rules.required, rules.max_line_bytes):
+        tally.rows_in += 1
+        file_in += 1
+        found: Counter[str] = Counter()
+        row, problem = _classify(parsed, tally.seen_ids, rules, found)
+        if problem is not None:
+            file_bad += 1
+            tally.reasons[problem.reason] += 1
+            quarantined.write(_dumps({"source_file": source, "line": line, "field": problem.field,
+                                      "reason": problem.reason, "message": problem.message, "raw": raw}))
+            continue
+        assert row is not None
+        if row["record_id"] is not None:
+            tally.seen_ids.add(row["record_id"])
+        digest = text_hash(row["text"] or "")
+        if digest in tally.seen_texts:
+            # Same text under another id: a re-export, not a conflict. Keep the first,
+            # record the later one's id (never its text) for audit.
+            file_dup += 1
+            tally.duplicates_removed += 1
+            duplicates.write(_dumps({"record_id": row["record_id"], "source_file": source, "source_line": line,
+                                     "duplicate_of": tally.seen_texts[digest], "text_sha256": digest}))
+            continue
+        tally.seen_texts[digest] = row["record_id"]
+        tally.rows_valid += 1
+        tally.normalised.update(found)
+        tally.normalised["rows"] += int(found["invisible"] > 0)
+        staged.write(_dumps({**row, "source_file": source, "source_line": line}))
+    return file_in, file_bad, file_dup
+
+
+def _read_landing_file(path: Path, landing_dir: Path, rules: _Rules, follow_symlinks: str, tally: _Tally,
+                       out: tuple[IO[str], IO[str], IO[str]]) -> None:
+    """One listed file: refused, empty, vanished, or read into the outputs; logged under its escaped name."""
+    rel = path.relative_to(landing_dir).as_posix()
+    why = symlink_refusal(path, landing_dir, follow_symlinks)  # again: a link may have appeared since the listing
+    if why is not None:
+        tally.refused[rel] = why
+        return
+    source = Path(os.path.realpath(path)) if path.is_symlink() else path  # an accepted link: read its target
+    try:
+        if source.stat().st_size == 0:
+            tally.files_empty += 1
+            tally.notes.append(f"empty file: {shown(rel)}")
+            return
+        counts = _ingest_file(source, rel, rules, tally, out)
+    except FileNotFoundError:
+        if source.exists():
+            raise  # something else is missing: not the landing file vanishing
+        # Listed, then gone (a producer moved or deleted it mid-run): record it, keep going.
+        # Rows already read from it (none, on POSIX, once open) stay accounted for.
+        tally.files_missing += 1
+        tally.notes.append(f"file disappeared during the run: {shown(rel)}")
+        log.warning("ingest %s: the file disappeared after it was listed; skipped", shown(rel))
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link (EMLINK on the BSDs)
+            raise
+        tally.refused[rel] = _LINK  # swapped for a link after the listing: nothing was read
+        return
+    log.info("ingest %s: %d rows, %d quarantined, %d duplicates", shown(rel), *counts)
 
 
 def ingest(
@@ -524,94 +804,53 @@ def ingest(
     glob: str = "**/*",
     partition: str | None = None,
     max_quarantine_share: float = 0.2,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    follow_symlinks: str = "never",
 ) -> dict[str, Any]:
     """Stage every valid row of the landing files, quarantine the bad ones, drop exact duplicates; return counts.
 
     `partition` ("YYYY-MM") reads only landing_dir/<partition>/; source_file stays relative
-    to landing_dir either way. Raises InvalidPartitionError / MissingPartitionError for a bad
-    or absent partition, EmptyLandingError when there is no *.jsonl / *.csv / *.parquet file,
-    and, after writing every output, QuarantineThresholdExceeded when more than
-    `max_quarantine_share` of the rows were quarantined. Rerunning replaces the output files
-    (written to temp files, then renamed).
+    to landing_dir either way. A line over `max_line_bytes` is quarantined unparsed. Symbolic
+    links are not read (`follow_symlinks="inside"`: a file link that resolves inside landing
+    is); each refused one is counted in `files_refused` and named in `notes`. Raises
+    InvalidPartitionError / MissingPartitionError for a bad or absent partition,
+    EmptyLandingError when there is no *.jsonl / *.csv / *.parquet file, and, after writing
+    every output, QuarantineThresholdExceeded when more than `max_quarantine_share` of the rows
+    were quarantined. Rerunning replaces the output files (written to temp files, then renamed).
     """
     landing_dir, staging_dir, quarantine_dir = Path(landing_dir), Path(staging_dir), Path(quarantine_dir)
-    required = tuple(required_fields)
     if not 0.0 <= max_quarantine_share <= 1.0:
         raise ValueError(f"max_quarantine_share must be between 0 and 1, got {max_quarantine_share}")
+    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be a whole number of bytes >= 1, got {max_line_bytes!r}")
+    if follow_symlinks not in FOLLOW_SYMLINKS:
+        raise ValueError(f"follow_symlinks must be one of {FOLLOW_SYMLINKS}, got {follow_symlinks!r}")
+    rules = _Rules(tuple(required_fields), min_text_chars, max_text_chars, max_line_bytes)
     root = partition_root(landing_dir, partition)
-    files, skipped = landing_files(landing_dir, glob, root)
+    tally = _Tally(refused=refused_links(landing_dir, root, follow_symlinks))
+    files, skipped = landing_files(landing_dir, glob, root, follow_symlinks=follow_symlinks)
     if not files:
+        links = f"; {len(tally.refused)} symbolic link(s) there were refused" if tally.refused else ""
         raise EmptyLandingError(
-            f"no landing files under {root} (looked for *.jsonl, *.csv and *.parquet matching {glob!r}); "
+            f"no landing files under {root} (looked for *.jsonl, *.csv and *.parquet matching {glob!r}{links}); "
             "put JSONL/CSV/Parquet files in landing/YYYY-MM/ or run `make demo` to generate sample data"
         )
 
     staged_path = staging_dir / STAGED_NAME
     duplicates_path = staging_dir / DUPLICATES_NAME
     quarantine_path = quarantine_dir / QUARANTINE_NAME
-    rows_in = rows_valid = duplicates_removed = 0
-    reasons: Counter[str] = Counter()
-    seen_ids: set[str] = set()
-    seen_texts: dict[str, str | None] = {}  # text hash → record_id of the row kept
-    notes: list[str] = []
-    files_empty = files_missing = 0
-
     with ExitStack() as stack:
-        staged = _open_temp(staged_path, stack)
-        duplicates = _open_temp(duplicates_path, stack)
-        quarantined = _open_temp(quarantine_path, stack)
+        out = (_open_temp(staged_path, stack), _open_temp(duplicates_path, stack), _open_temp(quarantine_path, stack))
         for path in files:
-            rel = path.relative_to(landing_dir).as_posix()
-            file_in = file_bad = file_dup = 0
-            try:
-                if path.stat().st_size == 0:
-                    files_empty += 1
-                    notes.append(f"empty file: {rel}")
-                    continue
-                for line, raw, parsed in _read_rows(path, required):
-                    rows_in += 1
-                    file_in += 1
-                    row, problem = _classify(parsed, seen_ids, required, min_text_chars, max_text_chars)
-                    if problem is not None:
-                        file_bad += 1
-                        reasons[problem.reason] += 1
-                        quarantined.write(_dumps({
-                            "source_file": rel, "line": line, "field": problem.field,
-                            "reason": problem.reason, "message": problem.message, "raw": raw,
-                        }))
-                        continue
-                    assert row is not None
-                    if row["record_id"] is not None:
-                        seen_ids.add(row["record_id"])
-                    digest = text_hash(row["text"] or "")
-                    if digest in seen_texts:
-                        # Same text under another id: a re-export, not a conflict. Keep the first,
-                        # record the later one's id (never its text) for audit.
-                        file_dup += 1
-                        duplicates_removed += 1
-                        duplicates.write(_dumps({
-                            "record_id": row["record_id"], "source_file": rel, "source_line": line,
-                            "duplicate_of": seen_texts[digest], "text_sha256": digest,
-                        }))
-                        continue
-                    seen_texts[digest] = row["record_id"]
-                    rows_valid += 1
-                    staged.write(_dumps({**row, "source_file": rel, "source_line": line}))
-            except FileNotFoundError:
-                if path.exists():
-                    raise  # something else is missing: not the landing file vanishing
-                # Listed, then gone (a producer moved or deleted it mid-run): record it, keep going.
-                # Rows already read from it (none, on POSIX, once open) stay accounted for.
-                files_missing += 1
-                notes.append(f"file disappeared during the run: {rel}")
-                log.warning("ingest %s: the file disappeared after it was listed; skipped", rel)
-                continue
-            log.info("ingest %s: %d rows, %d quarantined, %d duplicates", rel, file_in, file_bad, file_dup)
-        _commit(staged, staged_path)
-        _commit(duplicates, duplicates_path)
-        _commit(quarantined, quarantine_path)
+            _read_landing_file(path, landing_dir, rules, follow_symlinks, tally, out)
+        for handle, target in zip(out, (staged_path, duplicates_path, quarantine_path)):
+            _commit(handle, target)
 
-    rows_quarantined = sum(reasons.values())
+    for rel, why in sorted(tally.refused.items()):
+        tally.notes.append(f"refused {shown(rel)}: {why}")
+        log.warning("ingest %s: not read, %s", shown(rel), why)
+    rows_in, rows_valid, duplicates_removed = tally.rows_in, tally.rows_valid, tally.duplicates_removed
+    rows_quarantined = sum(tally.reasons.values())
     if rows_in != rows_valid + rows_quarantined + duplicates_removed:  # the stage's promise
         raise AssertionError(
             f"ingest accounting broken: {rows_in} in != {rows_valid} valid + {rows_quarantined} quarantined "
@@ -624,27 +863,34 @@ def ingest(
         "duplicates_removed": duplicates_removed,
         "files": len(files),
         "files_skipped": len(skipped),
-        "files_empty": files_empty,
-        "files_missing": files_missing,
+        "files_empty": tally.files_empty,
+        "files_missing": tally.files_missing,
+        "files_refused": len(tally.refused),
         "partition": partition,
         "quarantine_share": round(rows_quarantined / rows_in, 6) if rows_in else 0.0,
-        "quarantine_reasons": dict(sorted(reasons.items())),
-        "notes": notes,
+        "quarantine_reasons": dict(sorted(tally.reasons.items())),
+        # What normalisation took out of the staged rows (tasks.textnorm): hidden characters are
+        # how personal data slips past masking, so a sudden rise is worth a look.
+        "invisible_chars_removed": tally.normalised["invisible"],
+        "rows_with_invisible_chars": tally.normalised["rows"],
+        "odd_spaces_replaced": tally.normalised["spaces"],
+        "notes": tally.notes,
         "staged_path": str(staged_path),
         "duplicates_path": str(duplicates_path),
         "quarantine_path": str(quarantine_path),
     }
     log.info(
-        "ingest done: %d files (%d skipped, %d empty, %d missing), %d rows in, %d valid, %d quarantined %s, "
-        "%d duplicates removed",
-        len(files), len(skipped), files_empty, files_missing, rows_in, rows_valid, rows_quarantined,
-        result["quarantine_reasons"], duplicates_removed,
+        "ingest done: %d files (%d skipped, %d empty, %d missing, %d refused), %d rows in, %d valid, "
+        "%d quarantined %s, %d duplicates removed, %d invisible characters removed from %d rows",
+        len(files), len(skipped), tally.files_empty, tally.files_missing, len(tally.refused), rows_in, rows_valid,
+        rows_quarantined, result["quarantine_reasons"], duplicates_removed, result["invisible_chars_removed"],
+        result["rows_with_invisible_chars"],
     )
     if rows_in and rows_quarantined / rows_in > max_quarantine_share:
         share = rows_quarantined / rows_in
         raise QuarantineThresholdExceeded(
             f"ingest quarantined {rows_quarantined} of {rows_in} rows ({share:.1%}), above the threshold "
-            f"data.max_quarantine_share = {max_quarantine_share:.1%}; top reasons: {_top_reasons(reasons)}. "
+            f"data.max_quarantine_share = {max_quarantine_share:.1%}; top reasons: {_top_reasons(tally.reasons)}. "
             f"Inspect {quarantine_path} (raw zone), fix or re-deliver the landing files, then rerun "
             "(or raise data.max_quarantine_share if this share is expected)",
             share=share, threshold=max_quarantine_share, quarantine_path=str(quarantine_path), result=result,
@@ -667,6 +913,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition", default=None, help="read only landing/<YYYY-MM>/ (default: all of it)")
     parser.add_argument("--max-quarantine-share", type=float, default=0.2,
                         help="fail when more than this share of rows is quarantined (0..1)")
+    parser.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
+                        help="quarantine longer lines unparsed (default %(default)s)")
+    parser.add_argument("--follow-symlinks", choices=FOLLOW_SYMLINKS, default="never",
+                        help="never read symbolic links, or read those resolving inside --landing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -680,6 +930,8 @@ def main(argv: list[str] | None = None) -> int:
             glob=args.glob,
             partition=args.partition,
             max_quarantine_share=args.max_quarantine_share,
+            max_line_bytes=args.max_line_bytes,
+            follow_symlinks=args.follow_symlinks,
         )
     except (EmptyLandingError, InvalidPartitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)

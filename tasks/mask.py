@@ -6,6 +6,8 @@ each value with a typed, keyed pseudonym such as "<PERSON_1a2b3c4d>": the same v
 the same placeholder across the dataset and across runs with the same key, so the model
 still sees that two records concern one member without ever seeing who. Domain facts
 (amounts, CPT codes, forms, deadlines, dates that are not birth dates) are left intact.
+Invisible characters (zero-width, bidi controls, soft hyphens; tasks.textnorm) are removed
+first, so "M\\u200bBR-12345678" is masked like "MBR-12345678", here and in the serving filter.
 
 Each entity type has its operator in the YAML: a pseudonym (default), "replace" (a typed, unlinkable
 "<PERSON>"), "redact" (removed), "mask" (all but the last few letters/digits turned into "*"), or
@@ -47,6 +49,8 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import yaml
 
 from tasks.jsonl import read_objects
+from tasks.textnorm import clean as strip_invisible
+from tasks.textnorm import kept_offsets
 
 log = logging.getLogger(__name__)
 
@@ -949,7 +953,9 @@ def residual_findings(text: str, presidio_results: list, spec: MaskSpec) -> Coun
 
 class MaskedText(NamedTuple):
     """One masked text. `spans` are (entity type, start, end) of what was masked, as offsets into
-    the input text (for benchmarks; no text); `residual` counts what the residual scan found."""
+    the input text (for benchmarks; no text); `residual` counts what the residual scan found.
+    `text` has lost the input's invisible characters and has plain spaces for odd ones
+    (tasks.textnorm), masked or not."""
 
     text: str
     entities: Counter
@@ -989,10 +995,24 @@ def _resolve(anonymizer, text: str, results: list) -> list:
         return results
 
 
+def _input_spans(original: str, cleaned: str, spans: tuple) -> tuple:
+    """Spans found in the cleaned text, as offsets into the original (where invisible characters were)."""
+    if len(original) == len(cleaned):  # nothing removed (spaces are replaced one for one)
+        return spans
+    offsets = kept_offsets(original)
+    return tuple((etype, offsets[start], offsets[end - 1] + 1) for etype, start, end in spans)
+
+
 def _mask_chunk(texts: list[str], job: _Job) -> list[MaskedText]:
-    """Mask a list of texts in this process: batched analysis, clean-up, anonymisation, residual scan."""
+    """Mask a list of texts in this process: invisible characters out, batched analysis, clean-up,
+    anonymisation, residual scan."""
     from presidio_analyzer import BatchAnalyzerEngine
     from presidio_anonymizer.entities import ConflictResolutionStrategy
+
+    # A zero-width space or a bidi control inside "MBR-12345678" hides it from every recognizer:
+    # they go first, exactly as ingest drops them (tasks.textnorm), so the serving filter, which
+    # masks raw model output through here, gets the same treatment.
+    originals, texts = texts, [strip_invisible(t).text for t in texts]
 
     spec = _spec(job.recognizers_path)
     analyzer = _analyzer(job.recognizers_path, job.language, spec)
@@ -1032,6 +1052,7 @@ def _mask_chunk(texts: list[str], job: _Job) -> list[MaskedText]:
                                    conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
         spans = tuple(sorted((r.entity_type, r.start, r.end) for r in found))
         masked.append((out.text, Counter(item.entity_type for item in out.items), spans))
+    masked = [(t, c, _input_spans(o, clean, s)) for (t, c, s), o, clean in zip(masked, originals, texts)]
 
     residual: list[Counter] = [Counter() for _ in masked]
     if job.residual:

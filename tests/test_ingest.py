@@ -77,6 +77,8 @@ def test_defaults_mirror_data_config():
     assert params["glob"].default == cfg.landing_glob
     assert params["max_quarantine_share"].default == cfg.max_quarantine_share == 0.2
     assert params["partition"].default is None
+    assert params["max_line_bytes"].default == cfg.max_line_bytes
+    assert params["follow_symlinks"].default == cfg.follow_symlinks
     assert load_config().data.max_quarantine_share == cfg.max_quarantine_share  # pipeline.yaml agrees
 
 
@@ -481,10 +483,10 @@ def test_file_that_vanishes_when_opened(dirs, monkeypatch, name):
     gone = put(dirs, name, b"x")  # content never read: it is gone by then
     read = ingest_module._read_rows
 
-    def delete_then_read(path, required):
+    def delete_then_read(path, required, *rest):
         if path == gone:
             gone.unlink()  # stat() saw it; open() will not
-        return read(path, required)
+        return read(path, required, *rest)
 
     monkeypatch.setattr(ingest_module, "_read_rows", delete_then_read)
     result, staged, _ = run(dirs)
@@ -495,7 +497,7 @@ def test_file_that_vanishes_when_opened(dirs, monkeypatch, name):
 def test_missing_output_folder_is_not_mistaken_for_a_vanished_landing_file(dirs, monkeypatch):
     put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
 
-    def broken(path, required):
+    def broken(path, required, *rest):
         raise FileNotFoundError("some other file")
 
     monkeypatch.setattr(ingest_module, "_read_rows", broken)
