@@ -12,6 +12,10 @@ newline (the base model ends each answer with one), at most 24 new tokens.
 Inference param `max_new_tokens` (in the signature's params, default 24, at most
 MAX_NEW_TOKENS_LIMIT): `model.predict(df, params={"max_new_tokens": 8})`. Versions
 logged before the param existed ignore it (MLflow warns) and keep 24.
+
+A prompt longer than the model's positions (max_position_embeddings) less the new
+tokens is cut to fit (`fit_prompt`); `prompt_tokens(question, new_tokens)` says by
+how much, for callers that report it (tasks.serve).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 PROMPT = "Question: {question}\nAnswer:"
+PROMPT_HEAD = "Question:"  # kept, with the tokenizer's BOS if any, when a long prompt is cut
 MAX_NEW_TOKENS = 24  # the default; the signature's params carry it too
 MAX_NEW_TOKENS_LIMIT = 256  # a caller cannot make one request hold the model for minutes
 
@@ -57,6 +62,7 @@ class DomainQAModel(PythonModel):
         base = AutoModelForCausalLM.from_pretrained(base_dir)
         # full / freeze fine-tuning register whole tuned weights as base_model and no adapter
         model = PeftModel.from_pretrained(base, adapter_dir) if adapter_dir else base
+        self.max_positions = getattr(base.config, "max_position_embeddings", None)  # None: no known limit
         self.model = model.to(self.device).eval()
         tokenizer = self.tokenizer
 
@@ -72,13 +78,39 @@ class DomainQAModel(PythonModel):
 
         self._stops = lambda prompt_len: StoppingCriteriaList([NewlineStop(prompt_len)])
 
+    def fit_prompt(self, question: str, new_tokens: int) -> tuple[list[int], int]:
+        """(the prompt's token ids, cut to fit the context; the uncut prompt's length).
+
+        The prompt may use the positions the new tokens leave, and at least half of them (the
+        new tokens are then cut instead, in _answer). A longer prompt keeps its head ("Question:")
+        and its end, and loses the middle: the end holds the question actually asked (after any
+        pasted context) and the "Answer:" cue the model was tuned to answer after.
+        """
+        ids = self.tokenizer(PROMPT.format(question=question))["input_ids"]
+        if self.max_positions is None:
+            return ids, len(ids)
+        limit = max(self.max_positions - new_tokens, self.max_positions // 2)
+        if len(ids) <= limit:
+            return ids, len(ids)
+        head = len(self.tokenizer(PROMPT_HEAD)["input_ids"])
+        return ids[:head] + ids[len(ids) - (limit - head):], len(ids)
+
+    def prompt_tokens(self, question: str, new_tokens: int = MAX_NEW_TOKENS) -> tuple[int, int]:
+        """(the prompt's length in tokens, how many of them the model reads)."""
+        ids, total = self.fit_prompt(question, new_tokens)
+        return total, len(ids)
+
     def _answer(self, question: str, new_tokens: int = MAX_NEW_TOKENS) -> str:
-        enc = self.tokenizer(PROMPT.format(question=question), return_tensors="pt").to(self.device)
-        prompt_len = enc["input_ids"].shape[1]
+        ids, _ = self.fit_prompt(question, new_tokens)
+        prompt_len = len(ids)
+        if self.max_positions is not None:  # never generate past the last position
+            new_tokens = min(new_tokens, self.max_positions - prompt_len)
+        input_ids = self._torch.tensor([ids], device=self.device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with self._torch.no_grad():
             out = self.model.generate(
-                **enc,
+                input_ids=input_ids,
+                attention_mask=self._torch.ones_like(input_ids),
                 do_sample=False,
                 max_new_tokens=new_tokens,
                 stopping_criteria=self._stops(prompt_len),

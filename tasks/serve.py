@@ -7,13 +7,23 @@
 
 Endpoints:
   POST /v1/generate  {"prompt": str, "max_new_tokens": int (optional, 1..256)} →
-                     {"text", "model", "version", "masked_entities"}. Bearer token required.
-                     422: missing / unknown fields, wrong types, an empty prompt; 413: prompt or body too long;
-                     401: no or wrong token; 503: no model (or no masking engine) loaded yet.
+                     {"text", "model", "version", "masked_entities", "prompt_tokens", "prompt_tokens_used",
+                     "truncated"}. Bearer token required, in the Authorization header only (never a query string).
+                     A prompt longer than the model's context is cut to fit (the middle goes, see
+                     tasks/pyfunc_model.py fit_prompt) and "truncated" says so; the three are null for versions
+                     registered before this existed. 422: missing / unknown fields, wrong types, an empty prompt,
+                     a body that is not UTF-8, a lone surrogate; 413: prompt or body too long (the body is counted
+                     as it streams, chunked or not); 401: no or wrong token; 503: no model (or no masking engine)
+                     loaded yet.
   GET  /healthz      {"model", "alias", "version", "loaded", "masking", "ready"}; 200 when ready, else 503
-                     (a readiness probe: the model loads in the background after start-up).
+                     (a readiness probe: the model loads in the background after start-up). Public: it holds
+                     names and a version number, no data.
   GET  /metrics      Prometheus text: requests by route and status, latency histogram, served version,
-                     masked entities by type, reloads by result.
+                     masked entities by type, reloads by result. Public unless $PFT_METRICS_TOKEN is set; then
+                     it needs "Authorization: Bearer <that token>", a token of its own, so that a scraper's
+                     credential cannot call the API.
+  /docs, /redoc and /openapi.json are off: Swagger UI and ReDoc load their assets from a public CDN, which
+  an offline deployment must not do. `--openapi` (create_app(openapi=True)) serves /openapi.json alone.
 
 The model is the registry's `champion` alias, loaded as an MLflow pyfunc (`tasks/pyfunc_model.py`).
 A background thread polls the alias every `reload_interval_s`; when it moves (promotion, rollback) the
@@ -30,11 +40,14 @@ each process draws a random one and the digest is then dropped.) Keyed pseudonym
 from its masked training data ("<PERSON_1a2b3c4d>") are cut to their type too.
 
 Prompts and answers are never logged: logs hold versions, counts, status codes and timings only.
+The access log ("tasks.serve.access") holds method, route, status and time; uvicorn's own is off because
+it prints the query string, where a client might have put a token.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime, and the
 # request model and Response are local to create_app.
 import argparse
+import codecs
 import hmac
 import logging
 import os
@@ -53,6 +66,7 @@ from tasks import offline
 from tasks.config import REPO_ROOT, Paths, PipelineConfig
 
 log = logging.getLogger("tasks.serve")
+access_log = logging.getLogger("tasks.serve.access")
 
 DEFAULT_MAX_NEW_TOKENS = 24  # the pyfunc's default (tasks/pyfunc_model.py MAX_NEW_TOKENS)
 MAX_NEW_TOKENS_LIMIT = 256  # the pyfunc's bound (tasks/pyfunc_model.py MAX_NEW_TOKENS_LIMIT)
@@ -64,6 +78,63 @@ _PSEUDONYM = re.compile(r"<([A-Z][A-Z0-9_]*?)_[0-9a-f]{8}>")
 
 class ServeConfigError(RuntimeError):
     """The server cannot start: no token, a bad setting."""
+
+
+def _read_token(env: str, *, required: bool) -> str:
+    """The bearer token in `env`: "" when unset and not required; refused when short."""
+    token = os.environ.get(env, "")
+    if not token and required:
+        raise ServeConfigError(
+            f"{env} is not set: the API needs a bearer token. Set one, e.g. "
+            f"`export {env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`, "
+            "and give it to the clients (Authorization: Bearer <token>)")
+    if token and len(token) < MIN_TOKEN_CHARS:
+        raise ServeConfigError(f"{env} is {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+                               "random characters (e.g. secrets.token_urlsafe(32))")
+    return token
+
+
+def _bearer_ok(headers, expected: str) -> bool:
+    """Authorization: Bearer <expected>, compared in constant time."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
+class BodyGuard:
+    """Pure ASGI middleware: caps a request body and checks that it is UTF-8 while it streams in.
+
+    Content-Length alone is no cap: a chunked body has none. So every chunk is counted as the app
+    reads it, and the first one past `max_bytes` ends the request with a 413; the rest is never read
+    or held. Both refusals are HTTPExceptions raised from `receive`: FastAPI's body parsing passes
+    those through (any other error there becomes a 400), so they answer like the endpoint's own.
+    """
+
+    def __init__(self, app, *, max_bytes: int, too_large: str):
+        self.app, self.max_bytes, self.too_large = app, max_bytes, too_large
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.exceptions import HTTPException
+
+        seen = 0
+        utf8 = codecs.getincrementaldecoder("utf-8")()  # strict: also refuses encoded surrogates
+
+        async def guarded_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                seen += len(chunk)
+                if seen > self.max_bytes:
+                    raise HTTPException(413, self.too_large)
+                try:
+                    utf8.decode(chunk, final=not message.get("more_body", False))
+                except UnicodeDecodeError:  # its message quotes the bytes: not passed on
+                    raise HTTPException(422, "invalid request: the body is not valid UTF-8") from None
+            return message
+
+        await self.app(scope, guarded_receive, send)
 
 
 # ---------------------------------------------------------------- output masking
@@ -110,6 +181,16 @@ class Served:
     model: Any  # mlflow.pyfunc.PyFuncModel
     accepts_params: bool  # logged with max_new_tokens in its signature
     loaded_at: float
+    # (question, new_tokens) → (prompt tokens, tokens the model reads); None for versions logged before it
+    prompt_tokens: Any = None
+
+
+def _prompt_counter(model):
+    """The pyfunc's prompt_tokens method (tasks/pyfunc_model.py), if this version has one."""
+    try:
+        return getattr(model.unwrap_python_model(), "prompt_tokens", None)
+    except Exception:  # not a PythonModel pyfunc: nothing to ask
+        return None
 
 
 class ChampionWatcher:
@@ -173,7 +254,8 @@ class ChampionWatcher:
         signature = model.metadata.signature
         accepts = bool(signature and signature.params and "max_new_tokens" in [p.name for p in signature.params.params])
         previous = self._serving()
-        self.current = Served(version=version, model=model, accepts_params=accepts, loaded_at=time.time())
+        self.current = Served(version=version, model=model, accepts_params=accepts, loaded_at=time.time(),
+                              prompt_tokens=_prompt_counter(model))
         self._last_problem = None
         log.info("serving %s v%d (was %s), loaded in %.1fs%s", self.model_name, version, previous,
                  time.perf_counter() - started, "" if accepts else "; this version ignores max_new_tokens")
@@ -250,23 +332,18 @@ def _validation_message(errors: list[dict]) -> list[dict]:
 
 
 def create_app(*, paths: Paths | None = None, model_name: str | None = None, alias: str = "champion",
-               token_env: str = "PFT_SERVE_TOKEN", reload_interval_s: float = 30, max_prompt_chars: int = 2000,
+               token_env: str = "PFT_SERVE_TOKEN", metrics_token_env: str = "PFT_METRICS_TOKEN",
+               reload_interval_s: float = 30, max_prompt_chars: int = 2000, openapi: bool = False,
                config: PipelineConfig | None = None):
     """The FastAPI app serving `model_name@alias`. Refuses to build without a token in `token_env`.
 
     `model_name` defaults to registry.model_name and the masking setup (recognizers, threshold,
-    language) comes from the pipeline config (`config`, default: load_config()).
+    language) comes from the pipeline config (`config`, default: load_config()). /metrics needs the
+    token in `metrics_token_env` when that is set. `openapi` serves /openapi.json (never /docs).
     """
     offline.apply()
-    token = os.environ.get(token_env, "")
-    if not token:
-        raise ServeConfigError(
-            f"{token_env} is not set: the API needs a bearer token. Set one, e.g. "
-            f"`export {token_env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`, "
-            "and give it to the clients (Authorization: Bearer <token>)")
-    if len(token) < MIN_TOKEN_CHARS:
-        raise ServeConfigError(f"{token_env} is {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
-                               "random characters (e.g. secrets.token_urlsafe(32))")
+    token = _read_token(token_env, required=True)
+    metrics_token = _read_token(metrics_token_env, required=False)
     if max_prompt_chars < 1 or reload_interval_s <= 0:
         raise ServeConfigError("max_prompt_chars must be >= 1 and reload_interval_s > 0")
 
@@ -306,6 +383,10 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
         def _not_blank(cls, value: str) -> str:
             if not value.strip():
                 raise ValueError("prompt is empty")
+            try:  # JSON may escape a lone surrogate ("\ud800"), which no tokenizer or encoder downstream takes
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # its message quotes the prompt: not passed on
+                raise ValueError("prompt is not valid Unicode (a lone surrogate escape)") from None
             return value
 
     class GenerateResponse(BaseModel):
@@ -313,6 +394,9 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
         model: str
         version: int
         masked_entities: int
+        prompt_tokens: int | None = Field(description="the prompt's length in tokens")
+        prompt_tokens_used: int | None = Field(description="the tokens the model read: fewer when truncated")
+        truncated: bool | None = Field(description="the prompt was cut to fit the model's context")
 
     @asynccontextmanager
     async def lifespan(app):
@@ -322,30 +406,38 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
         finally:
             watcher.stop()
 
-    app = FastAPI(title="PrivateTune", version="1", lifespan=lifespan,
+    # Swagger UI and ReDoc pull their JS and CSS from a public CDN: off, whatever `openapi` says.
+    app = FastAPI(title="PrivateTune", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if openapi else None,
                   description="Domain QA from the registry's champion; every answer is masked with Presidio.")
     app.state.watcher, app.state.metrics, app.state.masker = watcher, metrics, masker
+    # Added before guard_and_measure, so it runs inside it: the token is checked first, and its 413s are counted.
+    app.add_middleware(BodyGuard, max_bytes=max_body_bytes,
+                       too_large=f"request body over {max_body_bytes} bytes; prompts are limited to "
+                                 f"{max_prompt_chars} characters")
 
     def _deny(status: int, detail: str, **headers) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+    def _unauthorized(request: Request) -> JSONResponse | None:
+        """A 401 when the path needs a token the request lacks. Checked before the body is read: no
+        parsing, validation or model time for a caller without the token."""
+        path = request.url.path
+        if path.startswith("/v1/"):
+            expected, what = token, "bearer token (Authorization: Bearer <token>)"
+        elif path == "/metrics" and metrics_token:
+            expected, what = metrics_token, f"metrics token (Authorization: Bearer <${metrics_token_env}>)"
+        else:
+            return None
+        if _bearer_ok(request.headers, expected):
+            return None
+        return _deny(401, f"missing or invalid {what}", **{"WWW-Authenticate": "Bearer"})
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next):
         route = request.url.path if request.url.path in ROUTES else "other"
         started = time.perf_counter()
-        if request.url.path.startswith("/v1/"):
-            # Before the body is read: no parsing, validation or model time for a caller without the token.
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                response = _deny(401, "missing or invalid bearer token (Authorization: Bearer <token>)",
-                                 **{"WWW-Authenticate": "Bearer"})
-            elif int(request.headers.get("content-length") or 0) > max_body_bytes:
-                response = _deny(413, f"request body over {max_body_bytes} bytes; prompts are limited to "
-                                      f"{max_prompt_chars} characters")
-            else:
-                response = None
-        else:
-            response = None
+        response = _unauthorized(request)
         if response is None:
             try:
                 response = await call_next(request)
@@ -356,8 +448,11 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
                 where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
                 log.error("%s %s failed: %s at %s", request.method, route, type(exc).__name__, where)
                 response = _deny(500, "internal error")
+        elapsed = time.perf_counter() - started
         metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-        metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+        metrics.latency.labels(route=route).observe(elapsed)
+        # The route, not the URL: a query string may hold a token, an unknown path anything at all.
+        access_log.info("%s %s %d %.0fms", request.method, route, response.status_code, 1000 * elapsed)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -384,10 +479,13 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
         with inference_lock:
             answer = served.model.predict(pd.DataFrame({"question": [body.prompt]}), params=params)[0]
             text, counts = masker.mask(str(answer))
+            # under the lock too: a fast tokenizer is not safe to call from two threads at once
+            total, used = served.prompt_tokens(body.prompt, new_tokens) if served.prompt_tokens else (None, None)
         for entity_type, n in counts.items():
             metrics.masked.labels(entity_type=entity_type).inc(n)
         return {"text": text, "model": model_name, "version": served.version,
-                "masked_entities": int(sum(counts.values()))}
+                "masked_entities": int(sum(counts.values())), "prompt_tokens": total, "prompt_tokens_used": used,
+                "truncated": None if total is None else used < total}
 
     @app.get("/healthz")
     def healthz(response: Response) -> dict:
@@ -413,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default=None, help="default: registry.model_name of the pipeline config")
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--token-env", default="PFT_SERVE_TOKEN", help="env var holding the bearer token")
+    parser.add_argument("--metrics-token-env", default="PFT_METRICS_TOKEN",
+                        help="env var holding a token /metrics then requires (unset: /metrics is public)")
+    parser.add_argument("--openapi", action="store_true",
+                        help="serve /openapi.json (/docs and /redoc stay off: their assets come from a public CDN)")
     parser.add_argument("--reload-interval", type=float, default=30.0, help="seconds between alias polls")
     parser.add_argument("--max-prompt-chars", type=int, default=2000)
     parser.add_argument("--log-level", default="info")
@@ -420,15 +522,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         app = create_app(paths=Paths(args.home), model_name=args.model_name, alias=args.alias,
-                         token_env=args.token_env, reload_interval_s=args.reload_interval,
-                         max_prompt_chars=args.max_prompt_chars)
+                         token_env=args.token_env, metrics_token_env=args.metrics_token_env,
+                         reload_interval_s=args.reload_interval, max_prompt_chars=args.max_prompt_chars,
+                         openapi=args.openapi)
     except ServeConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
-    # The access log holds method, path and status: no bodies, and this API takes no query strings.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # uvicorn's access log prints the query string (a client may put a token there): off; the app logs
+    # method, route, status and time to "tasks.serve.access" instead.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 
 

@@ -135,7 +135,8 @@ def test_generate_masks_personal_data(server, caplog):
     r = server["client"].post("/v1/generate", json={"prompt": PROMPT, "max_new_tokens": 8}, headers=AUTH)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert set(out) == {"text", "model", "version", "masked_entities"}
+    assert set(out) == {"text", "model", "version", "masked_entities", "prompt_tokens", "prompt_tokens_used",
+                        "truncated"}
     assert out["model"] == NAME and out["version"] == 1
     assert PHONE not in out["text"] and EMAIL not in out["text"]
     assert "<PHONE_NUMBER>" in out["text"] and "<EMAIL_ADDRESS>" in out["text"]
@@ -169,6 +170,90 @@ def test_invalid_json_is_422(server):
     assert r.status_code == 422 and "invalid request" in r.json()["detail"]
 
 
+def test_chunked_oversized_body_is_413(server):
+    """No Content-Length (chunked transfer): the cap is enforced while the body streams in."""
+    client = server["client"]
+
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(64):  # 1 MiB, far over the 1,824-byte cap of max_prompt_chars=200
+            yield b"x" * 16384
+        yield b'"}'
+
+    r = client.post("/v1/generate", content=chunks(), headers={**AUTH, "Content-Type": "application/json"})
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    assert r.status_code == 413 and "request body over 1824 bytes" in r.json()["detail"], r.text
+    assert "x" * 50 not in r.text
+
+    def small():
+        yield b'{"prompt": '
+        yield b'"hi"}'
+
+    r = client.post("/v1/generate", content=small(), headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"prompt": "\\ud800 my-secret-question-xyz"}', "prompt: Value error, prompt is not valid Unicode"),
+    (b'{"prompt": "my-secret-question-xyz \\udfff"}', "prompt: Value error, prompt is not valid Unicode"),
+    (b'{"prompt": "\xff\xfe my-secret-question-xyz"}', "the body is not valid UTF-8"),
+    (b'{"prompt": "\xed\xa0\x80 my-secret-question-xyz"}', "the body is not valid UTF-8"),  # an encoded surrogate
+])
+def test_invalid_unicode_is_422(server, raw, message, caplog):
+    r = server["client"].post("/v1/generate", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"]
+    assert "my-secret-question-xyz" not in r.text and "my-secret-question-xyz" not in caplog.text
+
+
+def test_surrogate_pairs_are_fine(server):
+    raw = b'{"prompt": "\\ud83d\\ude00 hi"}'  # an escaped pair is one valid character (U+1F600)
+    r = server["client"].post("/v1/generate", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_long_prompts_are_truncated_to_the_context(server):
+    """The test models have 128 positions and one token per byte; the fixture allows 200-character prompts."""
+    client = server["client"]
+    short = client.post("/v1/generate", json={"prompt": "hi", "max_new_tokens": 8}, headers=AUTH).json()
+    n = len("Question: hi\nAnswer:")
+    assert (short["prompt_tokens"], short["prompt_tokens_used"], short["truncated"]) == (n, n, False)
+
+    prompt = "a" * 150 + " the real question is at the end?"  # 183 characters
+    n = len(f"Question: {prompt}\nAnswer:")
+    r = client.post("/v1/generate", json={"prompt": prompt, "max_new_tokens": 8}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["prompt_tokens"], out["prompt_tokens_used"], out["truncated"]) == (n, 128 - 8, True)
+    # More new tokens than positions: the prompt keeps half the context, the answer the rest.
+    out = client.post("/v1/generate", json={"prompt": prompt, "max_new_tokens": 256}, headers=AUTH).json()
+    assert (out["prompt_tokens_used"], out["truncated"]) == (64, True)
+
+    # What the model reads: the task's cue "Question:" and the end of the prompt, the middle cut.
+    qa = server["app"].state.watcher.current.model.unwrap_python_model()
+    ids, total = qa.fit_prompt(prompt, 8)
+    text = qa.tokenizer.decode(ids)
+    assert (len(ids), total) == (120, n)
+    assert text.startswith("Question:a") and text.endswith(" the real question is at the end?\nAnswer:")
+
+
+def test_token_only_in_the_header(server):
+    client = server["client"]
+    r = client.post(f"/v1/generate?token={TOKEN}", json={"prompt": "hi"})
+    assert r.status_code == 401
+    r = client.post(f"/v1/generate?access_token={TOKEN}", json={"prompt": "hi"})
+    assert r.status_code == 401
+
+
+def test_access_log_has_no_query_string(server, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.serve.access")
+    client = server["client"]
+    client.post("/v1/generate?token=query-secret-1", json={"prompt": "hi"}, headers=AUTH)
+    client.get("/healthz?token=query-secret-2")
+    assert "query-secret" not in caplog.text
+    assert "POST /v1/generate 200" in caplog.text and "GET /healthz 200" in caplog.text
+
+
 def test_metrics(server):
     client = server["client"]
     client.post("/v1/generate", json={"prompt": PROMPT}, headers=AUTH)
@@ -190,7 +275,9 @@ def test_reload_follows_the_alias(server, caplog):
     promote(paths=paths, model_name=NAME, version=2, approved_by="bob", approval="approved")
     wait_for(lambda: client.get("/healthz").json()["version"] == 2, 30, "the server to swap in v2")
     r = client.post("/v1/generate", json={"prompt": "anything"}, headers=AUTH)
-    assert r.status_code == 200 and r.json() == {"text": "ok", "model": NAME, "version": 2, "masked_entities": 0}
+    n = len("Question: anything\nAnswer:")  # byte-level tokens: one per character
+    assert r.status_code == 200 and r.json() == {"text": "ok", "model": NAME, "version": 2, "masked_entities": 0,
+                                                 "prompt_tokens": n, "prompt_tokens_used": n, "truncated": False}
 
     # v3's artifacts are gone: its load fails, v2 keeps serving, the failure is counted and logged.
     caplog.set_level(logging.INFO)
