@@ -65,7 +65,9 @@ to the copy's state — exactly where an uninterrupted run's G would be. The non
 (shuffle=True, seeded generator) draws its whole permutation at the epoch start, so the
 checkpoint stores G's state at the epoch start and the number of batches used; the resumed epoch
 restarts G there and `batches()` skips the used batches. Both need the DataLoader built with
-`generator=torch.Generator().manual_seed(seed)` (secure_mode's CSPRNG cannot be resumed).
+`generator=torch.Generator().manual_seed(seed)`. A CSPRNG sampler (tasks.secure_noise, production)
+has no state: the resumed epoch draws its remaining steps afresh, so the weights differ from an
+uninterrupted run's but the steps, and with them ε, are the same.
 The position is counted in logical steps. Opacus' distributed Poisson sampler silently drops a
 draw that is empty on one rank (desynchronising DPDDP ranks, and such an epoch would resume one
 draw off); tasks.train replaces it with `KeepEmptyDistributedSampler`, which yields the empty draw.
@@ -162,8 +164,15 @@ def _draws_attr(sampler) -> str:
     return "steps" if hasattr(sampler, "steps") else "num_batches"
 
 
+def _secure(sampler) -> bool:
+    """A CSPRNG Poisson sampler (tasks.secure_noise) has no state to save: a resumed epoch draws afresh."""
+    return sampler is not None and getattr(sampler, "secure", False)
+
+
 def _require_generator(data_loader) -> None:
     sampler = _poisson_sampler(data_loader)
+    if _secure(sampler):
+        return
     gen = sampler.generator if sampler is not None else data_loader.generator
     if gen is None or type(gen).__name__ != "Generator":
         raise ValueError("checkpointing needs the training DataLoader built with generator=torch.Generator()"
@@ -337,8 +346,9 @@ class Checkpointer:
         sampler = _poisson_sampler(data_loader)
         if self._swap is not None:  # the resumed partial epoch is over: hand its generator state back
             original, draws = self._swap
-            original.set_state(sampler.generator.get_state())
-            sampler.generator = original
+            if original is not None:
+                original.set_state(sampler.generator.get_state())
+                sampler.generator = original
             setattr(sampler, _draws_attr(sampler), draws)
             self._swap = None
         pending, self._pending = self._pending, None
@@ -355,7 +365,13 @@ class Checkpointer:
             self._epoch_start_gen_state = None if sampler is not None else data_loader.generator.get_state()
             return
         used = step - pending["epoch_start_step"]
-        if sampler is not None:
+        if _secure(sampler):  # fresh CSPRNG draws for what is left of the epoch: same step count, same ε
+            if pending["kind"] != "poisson-secure":
+                raise RuntimeError("checkpoint was written with seeded Poisson sampling, this run draws from the CSPRNG")
+            draws = getattr(sampler, _draws_attr(sampler))
+            self._swap = (None, draws)
+            setattr(sampler, _draws_attr(sampler), draws - used)
+        elif sampler is not None:
             import torch
 
             if pending["kind"] != "poisson":
@@ -403,7 +419,9 @@ class Checkpointer:
 
         sampler = _poisson_sampler(data_loader)
         used = step - self._epoch_start_step
-        if sampler is not None:
+        if _secure(sampler):
+            position = {"kind": "poisson-secure"}
+        elif sampler is not None:
             position = {"kind": "poisson", "generator_state": sampler.generator.get_state()}
         else:
             position = {"kind": "shuffle", "generator_state": self._epoch_start_gen_state}

@@ -36,7 +36,19 @@ GATES = (
     GateSpec("pii_leaks", "pii_leaks", "max_pii_leaks", "max", "raw PII values reproduced in generations"),
     GateSpec("canary_exposure", "canary_exposure_max", "max_canary_exposure", "max", "highest canary exposure (bits)"),
     GateSpec("membership_inference", "mia_auc", "max_mia_auc", "max", "loss-based membership-inference AUC"),
+    GateSpec("secure_noise", "reproducible_noise", "allow_reproducible_noise", "max",
+             "DP noise from a seeded, reproducible PRNG (1) rather than the OS CSPRNG (0)"),
 )
+
+
+def reproducible_noise(trained: dict) -> float | None:
+    """1 when a DP model's noise can be regenerated from its seed, 0 when it came from the CSPRNG; None
+    without DP (nothing to regenerate). A result that does not say is treated as seeded."""
+    from tasks.secure_noise import NOISE_SOURCE_CSPRNG
+
+    if not trained.get("dp"):
+        return None
+    return 0.0 if trained.get("noise_source") == NOISE_SOURCE_CSPRNG else 1.0
 
 
 @dataclass

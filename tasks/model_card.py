@@ -11,7 +11,8 @@ are ignored). `tasks.release.model_card_facts` builds this dict from a run's sta
 
     model_name, version, generated_at          str, int, ISO time
     pipeline_run_id, mlflow_run_id             lineage ids
-    base_model, base_model_source              base model name; "configured" | "built:demo" ...
+    base_model, base_model_source,             base model name; "configured" | "built:demo" ...; the sha256
+      base_model_sha256                          of its directory (what the evidence was measured against)
     method, trainable_pct, trainable_params,   PEFT method, % of weights trained, counts
       total_params
     source_dataset, dataset_rev, dataset_md5,  the masked, DVC-versioned training set: git revision,
@@ -19,7 +20,8 @@ are ignored). `tasks.release.model_card_facts` builds this dict from a run's sta
       audit_holdout_records, qa_sha256           membership-inference hold-out), held-out QA digest
     masking                                    {"entities_total", "residual_records", "rows", ...} counts
     dp, epsilon, delta, target_epsilon,        DP-SGD guarantee of this run (dp false = non-private)
-      noise_multiplier, max_grad_norm, accountant
+      noise_multiplier, max_grad_norm, accountant,
+      noise_source                               "csprng (os.urandom)" or a seeded PRNG (tests, benchmarks)
     privacy_ledger                             tasks.ledger.summary(): source_dataset, runs, spent_epsilon,
                                                  spent_delta, epsilon_budget, delta_budget, remaining_*,
                                                  composition, non_private_runs
@@ -144,6 +146,15 @@ def _pct(value: Any) -> str:
 
 # ---------------------------------------------------------------- sections
 
+def _noise_source(facts: Mapping, dp: Any) -> Any:
+    source = _get(facts, "noise_source")
+    if dp is False:
+        return "none (non-private)"
+    if source and "seeded" in str(source):
+        return _Raw(f"**{source}: anyone with the seed can regenerate the noise; not a production guarantee**")
+    return source
+
+
 def _privacy_lines(facts: Mapping) -> list[str]:
     dp = _get(facts, "dp")
     if dp is False:
@@ -161,6 +172,7 @@ def _privacy_lines(facts: Mapping) -> list[str]:
         ("noise multiplier", _get(facts, "noise_multiplier")),
         ("per-record clipping norm", _get(facts, "max_grad_norm")),
         ("accountant", _get(facts, "accountant")),
+        ("noise source", _noise_source(facts, dp)),
         ("ledger: source dataset", ledger.get("source_dataset") or _get(facts, "source_dataset")),
         ("ledger: runs on the source dataset", ledger.get("runs")),
         ("ledger: total ε spent / budget", _Raw(f"{fmt(ledger.get('spent_epsilon'))} / "
@@ -280,6 +292,7 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
         *_table(("item", "value"), [
             ("registered model", name), ("version", version),
             ("base model", _get(facts, "base_model")), ("base model source", _get(facts, "base_model_source")),
+            ("base model sha256 (the evidence is relative to it)", _get(facts, "base_model_sha256")),
             ("fine-tuning method", _get(facts, "method")), ("trainable share", _Raw(fmt(trainable))),
         ]),
         "",

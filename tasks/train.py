@@ -30,6 +30,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 from tasks import offline
@@ -615,7 +616,10 @@ def train(spec: dict) -> dict:
         if rank == 0:
             log.info("DP-SGD: accountant %s, noise %.4f, sample rate %.4f, clipping mode %s", accountant, noise,
                      sample_rate, mode)
-        privacy_engine = PrivacyEngine(accountant=accountant, secure_mode=False)
+        with warnings.catch_warnings():
+            if t.get("secure_noise", True):  # Opacus' own secure_mode needs torchcsprng; ours is tasks.secure_noise
+                warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            privacy_engine = PrivacyEngine(accountant=accountant, secure_mode=False)
         private = privacy_engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
             max_grad_norm=t["max_grad_norm"], poisson_sampling=True, grad_sample_mode=mode,
@@ -626,6 +630,10 @@ def train(spec: dict) -> dict:
             model, optimizer, loader = private
         if world > 1:
             loader.batch_sampler.__class__ = _keep_empty_sampler_class()
+        if t.get("secure_noise", True):  # production: noise and sampling nobody can regenerate from the seed
+            from tasks.secure_noise import use_csprng
+
+            use_csprng(optimizer, loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
 
@@ -726,6 +734,7 @@ def train(spec: dict) -> dict:
             log.error("ranks hold different trainable weights after training (digests %s)", digests)
     result = {
         "method": t["method"], "dp": t["dp"], "privacy": privacy_marker(t, epsilon, delta),
+        "noise_source": noise_source(t),
         "epsilon": round(epsilon, 4) if t["dp"] else None,
         "target_epsilon": t["target_epsilon"] if t["dp"] else None, "delta": delta if t["dp"] else None,
         "noise_multiplier": round(noise, 4), "max_grad_norm": t["max_grad_norm"],
@@ -924,7 +933,17 @@ def ghost_loss(criterion, logits, labels):
 def privacy_marker(t: dict, epsilon: float, delta: float) -> str:
     if not t["dp"]:
         return "NON-PRIVATE"
-    return f"DP (epsilon={epsilon:.3f}, delta={delta:.2e})"
+    seeded = "" if t.get("secure_noise", True) else ", REPRODUCIBLE seeded noise: not a production guarantee"
+    return f"DP (epsilon={epsilon:.3f}, delta={delta:.2e}{seeded})"
+
+
+def noise_source(t: dict) -> str | None:
+    """Where the DP noise and Poisson sampling came from: the OS CSPRNG, or a seeded PRNG (tests, benchmarks)."""
+    from tasks.secure_noise import NOISE_SOURCE_CSPRNG, NOISE_SOURCE_SEEDED
+
+    if not t["dp"]:
+        return None
+    return NOISE_SOURCE_CSPRNG if t.get("secure_noise", True) else NOISE_SOURCE_SEEDED
 
 
 def _physical_batches(loader, optimizer, t: dict, privacy_engine):
@@ -958,7 +977,9 @@ def _mlflow_start(spec: dict):
     experiment_id = mlflow_experiment(Paths(Path(spec["mlflow"]["home"])))
     dp = spec["train"]["dp"]
     tags = {"dataset_rev": spec.get("dataset_rev", ""), "dp": str(dp).lower(),
-            "privacy": "DP" if dp else "NON-PRIVATE", "train_method": spec["train"]["method"]}
+            "privacy": "DP" if dp else "NON-PRIVATE", "train_method": spec["train"]["method"],
+            "dp_noise": noise_source(spec["train"]) or "none",
+            "base_model_sha256": spec.get("base_model_sha256") or ""}
     if spec["mlflow"].get("run_id"):  # the pipeline's run, shared with the data and evaluation stages
         run = mlflow.start_run(run_id=spec["mlflow"]["run_id"])
         mlflow.set_tags(tags)
@@ -973,7 +994,7 @@ def _mlflow_log_params(spec: dict, *, n: int, delta: float, noise: float, traina
 
     t = spec["train"]
     params = {k: t[k] for k in ("method", "epochs", "batch_size", "physical_batch_size", "learning_rate",
-                                "max_seq_len", "dp", "target_epsilon", "max_grad_norm", "seed")}
+                                "max_seq_len", "dp", "target_epsilon", "max_grad_norm", "seed", "secure_noise")}
     if t["method"] in ("lora", "adapter") or (t["method"] == "freeze" and t["freeze_with_lora"]):
         targets = resolve_targets(t["target_modules"], model_type, t["method"])
         params["target_modules"] = targets if isinstance(targets, str) else ",".join(targets)

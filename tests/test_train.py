@@ -165,7 +165,7 @@ def test_ghost_clipping_trains_and_keeps_the_per_record_loss(tmp_path, base_dir,
     runs = {}
     for mode in ("hooks", "ghost"):
         runs[mode] = train(_spec(tmp_path / mode, model_dir, n=32, max_seq_len=24, grad_sample_mode=mode,
-                                 target_epsilon=3.0))
+                                 target_epsilon=3.0, secure_noise=False))  # seeded: the same first batch
         history = json.loads((tmp_path / mode / "out" / "train_history.json").read_text())
         runs[mode]["first_loss"] = history[0]["loss"]
     ghost = runs["ghost"]
@@ -204,7 +204,20 @@ def test_rdp_is_the_fallback_when_prv_cannot_compute(caplog):
 def test_result_names_the_accountant_and_noise_source(tmp_path, base_dir):
     result = train(_spec(tmp_path, base_dir, n=32, max_seq_len=24))
     assert result["accountant"] == "prv" and result["steps"] == result["planned_steps"]
-    assert result["privacy"].startswith("DP (epsilon=")
+    assert result["privacy"].startswith("DP (epsilon=") and result["noise_source"] == "csprng (os.urandom)"
+
+
+def test_production_noise_cannot_be_regenerated_from_the_seed(tmp_path, base_dir):
+    """Same seed, same data: seeded noise gives the same adapter twice (and says so); CSPRNG noise does not."""
+    def adapter(name, secure):
+        result = train(_spec(tmp_path / name, base_dir, n=32, max_seq_len=24, secure_noise=secure))
+        return result, (tmp_path / name / "out" / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    (s1, a1), (s2, a2) = adapter("s1", True), adapter("s2", True)
+    (p1, b1), (p2, b2) = adapter("p1", False), adapter("p2", False)
+    assert a1 != a2 and b1 == b2
+    assert s1["epsilon"] == s2["epsilon"] == p1["epsilon"]  # the same mechanism, only its randomness differs
+    assert "REPRODUCIBLE seeded noise" in p1["privacy"] and "seeded" in p1["noise_source"]
 
 
 # ---------------------------------------------------------------- progress artifacts, non-private marker, OOM
@@ -289,7 +302,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, base_dir):
+@pytest.mark.parametrize("secure_noise", [False, True], ids=["seeded-noise", "csprng-noise"])
+def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, base_dir, secure_noise):
+    """Seeded noise resumes bit for bit; CSPRNG noise (production) resumes to the same steps and ε with
+    fresh draws after the checkpoint."""
     import hashlib
     import os
     import re
@@ -300,7 +316,7 @@ def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, 
 
     # 32 records / batch 8: 4 steps an epoch, 12 steps; a checkpoint after every step
     spec = _spec(tmp_path, base_dir, n=32, batch_size=8, physical_batch_size=4, epochs=3.0, max_seq_len=24,
-                 checkpoint_every=1, checkpoint_keep=2)
+                 checkpoint_every=1, checkpoint_keep=2, secure_noise=secure_noise)
     ckpt_dir = tmp_path / "out" / "checkpoints"
     proc = _launch(spec, tmp_path / "spec.json", tmp_path / "killed.log")
     workers: set[int] = set()
@@ -347,6 +363,9 @@ def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, 
     ref_history = json.loads((tmp_path / "ref" / "train_history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, 13))
     assert history[-1]["epsilon"] == ref_history[-1]["epsilon"]  # unrounded: the restored accountant is exact
+    if secure_noise:  # fresh CSPRNG draws: the same privacy spend, other weights
+        assert resumed["noise_source"] == reference["noise_source"] == "csprng (os.urandom)"
+        return
     # bit-identical adapter: same CPU kernels, same batches, same RNG streams from the restored state
     digest = {d: hashlib.sha256((tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
               for d in ("out", "ref")}
@@ -356,8 +375,8 @@ def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, 
 
 def test_checkpointing_does_not_change_the_result(tmp_path, base_dir):
     """Saving reads RNG and sampler state without consuming it: a run checkpointed every step ends bit-identical."""
-    a = train(_spec(tmp_path / "a", base_dir, n=32, max_seq_len=24, checkpoint_every=1))
-    b = train(_spec(tmp_path / "b", base_dir, n=32, max_seq_len=24, checkpoint_every=0))
+    a = train(_spec(tmp_path / "a", base_dir, n=32, max_seq_len=24, checkpoint_every=1, secure_noise=False))
+    b = train(_spec(tmp_path / "b", base_dir, n=32, max_seq_len=24, checkpoint_every=0, secure_noise=False))
     assert a["epsilon"] == b["epsilon"] and a["final_loss"] == b["final_loss"]
     files = [p / "out" / "adapter" / "adapter_model.safetensors" for p in (tmp_path / "a", tmp_path / "b")]
     assert files[0].read_bytes() == files[1].read_bytes()
