@@ -27,8 +27,10 @@ export SCARF_ANALYTICS := false
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
+# The pseudonymisation key: only the masking tasks read it (config mask.key_file), never the environment.
 KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
-WITH_KEY = export PFT_PSEUDONYM_KEY="$${PFT_PSEUDONYM_KEY:-$$(cat $(KEY_FILE))}";
+# The demo's deployment config (include/config/demo.yaml: pipeline.yaml, promoted by the gates alone).
+DEMO_CONFIG = PFT_CONFIG="$${PFT_CONFIG:-$(CURDIR)/include/config/demo.yaml}"
 
 .PHONY: help setup demo verify-offline test airflow data base-model report bench-mask bench-train bench-privacy clean-runs clean serve rollback
 
@@ -54,8 +56,9 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 
 # The embedded default: folders, a random pseudonymisation key (kept out of code and git), Airflow's SQLite DB.
 setup: $(STAMP)
-	@mkdir -p $(PFT_HOME)/secrets $(PFT_HOME)/landing $(AIRFLOW_HOME)
+	@mkdir -p $(PFT_HOME)/landing $(AIRFLOW_HOME) && mkdir -p -m 700 $(PFT_HOME)/secrets && chmod 700 $(PFT_HOME)/secrets $(PFT_HOME)/landing
 	@test -s $(KEY_FILE) || (umask 077; $(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > $(KEY_FILE))
+	@chmod 600 $(KEY_FILE)
 	@test -f $(AIRFLOW_HOME)/.db-ready || ($(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 && touch $(AIRFLOW_HOME)/.db-ready) \
 		|| (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 	@test -f $(AIRFLOW_HOME)/.pool-ready || ($(BIN)/airflow pools set gpu 1 "training slots: one per GPU worker" > /dev/null \
@@ -70,7 +73,7 @@ base-model: data
 	$(BIN)/python -m tasks.base_model --corpus $(PFT_HOME)/synth/general_corpus.txt --models-root $(PFT_HOME)/models --size demo
 
 demo: base-model
-	@$(WITH_KEY) $(BIN)/airflow dags test privacy_finetune -c '{"require_approval": false}' > $(PFT_HOME)/last-demo.log 2>&1 \
+	@$(DEMO_CONFIG) $(BIN)/airflow dags test privacy_finetune > $(PFT_HOME)/last-demo.log 2>&1 \
 		|| (tail -40 $(PFT_HOME)/last-demo.log; echo "demo failed: full log in $(PFT_HOME)/last-demo.log"; exit 1)
 	@$(BIN)/python -m tasks.report
 
@@ -79,8 +82,8 @@ demo: base-model
 UNSHARE := $(if $(filter 0,$(shell id -u)),unshare -n,unshare -rn)
 verify-offline: base-model
 	@command -v unshare > /dev/null && command -v ip > /dev/null || (echo "verify-offline needs unshare (util-linux) and ip (iproute2)"; exit 1)
-	@$(WITH_KEY) $(UNSHARE) bash -c 'ip link set lo up && ! ip route get 1.1.1.1 > /dev/null 2>&1 && echo "network namespace: loopback only" \
-		&& $(BIN)/airflow dags test privacy_finetune -c "{\"require_approval\": false}"' > $(PFT_HOME)/last-verify-offline.log 2>&1 \
+	@$(UNSHARE) bash -c 'ip link set lo up && ! ip route get 1.1.1.1 > /dev/null 2>&1 && echo "network namespace: loopback only" \
+		&& $(DEMO_CONFIG) $(BIN)/airflow dags test privacy_finetune' > $(PFT_HOME)/last-verify-offline.log 2>&1 \
 		|| (tail -40 $(PFT_HOME)/last-verify-offline.log; echo "verify-offline FAILED: full log in $(PFT_HOME)/last-verify-offline.log"; exit 1)
 	@$(BIN)/python -m tasks.report
 	@echo "verify-offline: privacy_finetune ran end to end with only loopback (log: $(PFT_HOME)/last-verify-offline.log)"
@@ -108,7 +111,7 @@ test: setup
 airflow: setup
 	@echo "Airflow UI: http://localhost:8080  — user 'admin'; its password is printed below and kept in"
 	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
-	@$(WITH_KEY) $(BIN)/airflow standalone
+	@$(BIN)/airflow standalone
 
 # Masking quality (precision/recall/F2 per entity) and throughput vs a plain Presidio loop.
 bench-mask: $(STAMP)

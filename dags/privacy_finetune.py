@@ -15,7 +15,9 @@ approval moves the `champion` alias.
 
 Every run writes `$PFT_HOME/runs/<run_id>/report.json`, `report.md` and a model card;
 the report is linked from the approval request and served under *PrivateTune reports*.
-Trigger it with the form: empty fields keep the values of `include/config/pipeline.yaml`.
+Trigger it with the form: empty fields keep the deployment's config (`include/config/pipeline.yaml`).
+Approval, approvers, gates, the privacy budget, the model name and the allowed base models are that
+config's policy: the form can make a run stricter (require approval, a lower ε), never looser.
 Tasks pass only paths, counts, revisions and metrics between them, never record text.
 """
 
@@ -47,7 +49,7 @@ def privacy_finetune():
     @task
     def prepare(params=None, run_id=None) -> dict:
         """Resolve the config with the run's Params and build (or reuse) the base model."""
-        return run_stage(pipeline.stage_prepare, run_id, dict(params or {}))
+        return run_stage(pipeline.stage_prepare, run_id, dict(params or {}), dag_id="privacy_finetune")
 
     @task
     def ingest(prepared: dict) -> dict:

@@ -72,6 +72,24 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=MAX_POSITIONS, **SPECIAL_TOKENS)
 
 
+def model_dir_sha256(model_dir: Path) -> str:
+    """sha256 over every file of a model directory (relative name and bytes, in 1 MiB blocks: weights are GBs).
+
+    The evidence of a run names the base it was measured against by this digest; `base_model.allowed`
+    pins directories by it. Links are read through (a Hugging Face cache snapshot links to its blobs)."""
+    model_dir = Path(model_dir)
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no files to digest; is this a model directory?")
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def model_dir_for(models_root: Path, size: str, corpus_path: Path, seed: int) -> Path:
     digest = hashlib.sha256(corpus_path.read_bytes() + json.dumps([asdict(SIZES[size]), seed]).encode()).hexdigest()[:10]
     return models_root / f"base-{size}-{digest}"
@@ -143,12 +161,19 @@ def build_base_model(*, corpus_path: Path, models_root: Path, size: str = "demo"
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(description="Build (or reuse) the demo base model.")
-    parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--models-root", type=Path, required=True)
+    parser = argparse.ArgumentParser(description="Build (or reuse) the demo base model, or print a model's digest.")
+    parser.add_argument("--digest", type=Path, metavar="DIR",
+                        help="print the sha256 of a model directory (for base_model.sha256 / base_model.allowed) and exit")
+    parser.add_argument("--corpus", type=Path)
+    parser.add_argument("--models-root", type=Path)
     parser.add_argument("--size", choices=sorted(SIZES), default="demo")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.digest:
+        print(model_dir_sha256(args.digest))
+        return
+    if not (args.corpus and args.models_root):
+        parser.error("--corpus and --models-root are required to build the demo model")
     print(json.dumps(build_base_model(corpus_path=args.corpus, models_root=args.models_root,
                                       size=args.size, seed=args.seed), indent=2))
 

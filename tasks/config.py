@@ -1,12 +1,14 @@
 """One validated configuration for the whole pipeline, and the data root.
 
-`include/config/pipeline.yaml` is parsed into `PipelineConfig`; DAG Params
-override a documented subset (`apply_overrides`). Every path the pipeline writes
+`include/config/pipeline.yaml` (or `$PFT_CONFIG`, which may `extends:` another
+file) is parsed into `PipelineConfig`. A run's DAG Params tune a documented subset
+and may make policy stricter, never looser (`resolve_params`). Every path the pipeline writes
 derives from `PFT_HOME` through `Paths`, so one variable moves all state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -37,12 +39,18 @@ class DataConfig(_Section):
     drift_severity: Literal["warn", "fail"] = Field("warn", description="warn: reported only; fail: stops the run")
     drift_max_kl: float = Field(0.1, gt=0, description="KL divergence above this (text length or record-type mix) is drift")
     drift_length_bins: int = Field(16, ge=2, le=200, description="text-length histogram bins in each version's profile")
+    max_line_bytes: int = Field(1 << 20, ge=1, description="longest landing line ingest parses; longer ones are "
+                                                            "quarantined as line_too_long, read in bounded pieces")
+    follow_symlinks: Literal["never", "inside"] = Field(
+        "never", description="never read symlinks in landing, or only those resolving to a file inside it")
 
 
 class MaskConfig(_Section):
     recognizers: str = "include/presidio/recognizers.yaml"
     key_env: str = Field("PFT_PSEUDONYM_KEY", description="env var holding the HMAC key")
     key_conn_id: str = Field("pft_pseudonym_key", description="Airflow connection with the key in its password")
+    key_file: str | None = Field("secrets/pseudonym.key", description="file holding the key (relative to PFT_HOME), "
+                                 "read only by the tasks that mask; owner-only (0600) in an owner-only folder")
     score_threshold: float = Field(0.4, ge=0.0, le=1.0)
     language: str = "en"
     workers: int = Field(2, ge=1, description="masking processes (each loads its engines once)")
@@ -51,11 +59,29 @@ class MaskConfig(_Section):
     shard_rows: int = Field(2000, ge=1, description="most rows per masking shard (one mapped Airflow task each)")
 
 
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class AllowedBaseModel(_Section):
+    """A model directory a trigger's `base_model_path` Param may name, with the digest it must still have."""
+
+    path: str = Field(min_length=1, description="a local Hugging Face causal-LM directory")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="`python -m tasks.base_model --digest DIR` of it")
+
+
 class BaseModelConfig(_Section):
-    """The base causal LM: either the demo model built by `tasks.base_model`, or a local HF directory."""
+    """The base causal LM: either the demo model built by `tasks.base_model`, or a local HF directory.
+
+    Canary exposure and membership inference are measured relative to the base model, so a base that
+    already memorised the data would weaken the evidence: which bases a run may use is policy. The
+    config's own `path` is trusted (checked against `sha256` when given); a trigger may only pick one
+    of the `allowed` directories, each pinned by digest."""
 
     path: str | None = Field(None, description="a local Hugging Face causal-LM directory; None builds the demo model")
+    sha256: str | None = Field(None, pattern=SHA256_PATTERN, description="expected digest of `path`; a changed "
+                                                                         "directory is refused at prepare")
     size: Literal["demo", "tiny"] = "demo"
+    allowed: list[AllowedBaseModel] = Field([], description="the only directories the base_model_path Param may name")
 
 
 TARGET_SHORTHANDS = ("mlp", "attention", "all", "all-linear")
@@ -94,6 +120,9 @@ class TrainConfig(_Section):
     target_epsilon: float = Field(8.0, gt=0)
     target_delta: float | None = Field(None, gt=0, lt=1, description="None → 1/(10·N)")
     max_grad_norm: float = Field(1.0, gt=0)
+    secure_noise: bool = Field(True, description="DP noise and Poisson sampling from the OS CSPRNG (production). "
+                               "false = seeded, reproducible noise for tests and benchmarks: marked as such "
+                               "everywhere, and the gates refuse to promote it unless gates.allow_reproducible_noise")
     # Resumable runs (tasks/checkpoint.py): trainable weights, optimizer, schedule, RNG, sampler, accountant.
     checkpoint_every: int = Field(10, ge=0, description="checkpoint every N logical steps; 0 = off (no resume)")
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
@@ -195,6 +224,9 @@ class GatesConfig(_Section):
     max_pii_leaks: int | None = Field(0, ge=0, description="raw PII values reproduced in generations")
     max_canary_exposure: float | None = Field(6.0, ge=0.0, description="bits; log2(candidates+1) is the maximum")
     max_mia_auc: float | None = Field(0.6, ge=0.5, le=1.0, description="loss-based membership-inference AUC")
+    allow_reproducible_noise: bool = Field(False, description="promote a model trained with seeded DP noise "
+                                           "(train.secure_noise: false): only for tests and benchmarks, whose "
+                                           "noise anyone with the seed can regenerate")
 
 
 class RegisterConfig(_Section):
@@ -295,55 +327,141 @@ class PipelineConfig(_Section):
         return self
 
 
-# DAG Params that may override config, as "param name" → "section.field".
-OVERRIDABLE = {
+# Policy is configuration. A trigger's Params may tune how a run trains and how much it evaluates,
+# and may make a run stricter, never looser (resolve_params).
+TUNING_PARAMS = {  # "param name" → "section.field": any valid value
     "train_method": "train.method",
     "optimizer": "train.optimizer",
     "epochs": "train.epochs",
     "learning_rate": "train.learning_rate",
-    "target_epsilon": "train.target_epsilon",
-    "dp": "train.dp",
     "lora_r": "train.lora_r",
     "grad_sample_mode": "train.grad_sample_mode",
     "trainable_layers": "train.trainable_layers",
     "freeze_with_lora": "train.freeze_with_lora",
-    "base_model_path": "base_model.path",
     "base_model_size": "base_model.size",
     "qa_limit": "evaluate.qa_limit",
-    "model_name": "registry.model_name",
-    "require_approval": "registry.require_approval",
 }
+STRICTER_ONLY = {  # "param name" → ("section.field", the stricter of the config's and the asked value)
+    "require_approval": ("registry.require_approval", lambda configured, asked: configured or asked),
+    "dp": ("train.dp", lambda configured, asked: configured or asked),
+    "target_epsilon": ("train.target_epsilon", min),
+}
+BASE_MODEL_PARAM = "base_model_path"  # must name one of base_model.allowed
+PARAMS = (*TUNING_PARAMS, *STRICTER_ONLY, BASE_MODEL_PARAM)
 
 
-def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
-    path = Path(path or os.environ.get("PFT_CONFIG") or DEFAULT_CONFIG_PATH)
+class PolicyViolation(ValueError):
+    """A trigger asked for something the deployment's configuration does not allow."""
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping; `extends: other.yaml` (relative to the file) is read first and overlaid."""
+    if path in seen:
+        raise ValueError(f"{path}: 'extends' loops back to itself ({' -> '.join(map(str, seen))})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"pipeline config not found: {path} (set PFT_CONFIG or restore the file)") from None
-    return PipelineConfig.model_validate(raw)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _deep_merge(_read_yaml((path.parent / parent).resolve(), (*seen, path)), raw)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
+    """The deployment's config: `path`, else $PFT_CONFIG, else include/config/pipeline.yaml."""
+    path = Path(path or os.environ.get("PFT_CONFIG") or DEFAULT_CONFIG_PATH).resolve()
+    return PipelineConfig.model_validate(_read_yaml(path))
+
+
+def resolve_params(cfg: PipelineConfig, params: dict[str, Any]) -> tuple[PipelineConfig, list[dict]]:
+    """(config with a run's Params applied, the loosening requests that were not applied).
+
+    None keeps the config value. A stricter-only Param that asks for less than the config (no approval,
+    a larger ε, no DP) keeps the config's value and is reported; `base_model_path` must be allow-listed."""
+    data, refused = cfg.model_dump(), []
+    for name, value in params.items():
+        if value is None:
+            continue
+        if name in TUNING_PARAMS:
+            section, field = TUNING_PARAMS[name].split(".")
+            data[section][field] = value
+        elif name in STRICTER_ONLY:
+            dotted, stricter = STRICTER_ONLY[name]
+            section, field = dotted.split(".")
+            configured = data[section][field]
+            data[section][field] = stricter(configured, value)
+            if data[section][field] != value:
+                refused.append({"param": name, "asked": value, "kept": configured,
+                                "reason": f"{dotted} is policy: a trigger may make it stricter, not looser"})
+        elif name == BASE_MODEL_PARAM:
+            data["base_model"]["path"] = allowed_base_model(cfg, value)
+        else:
+            raise ValueError(f"unknown Param '{name}'; a trigger may set {sorted(PARAMS)}")
+    return PipelineConfig.model_validate(data), refused
 
 
 def apply_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
-    """Return a copy of `cfg` with DAG Params applied; None means "keep the config value"."""
-    data = cfg.model_dump()
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        if name not in OVERRIDABLE:
-            raise ValueError(f"unknown override '{name}'; allowed: {sorted(OVERRIDABLE)}")
-        section, field = OVERRIDABLE[name].split(".")
-        data[section][field] = value
-    return PipelineConfig.model_validate(data)
+    """`resolve_params` without the list of refused loosenings."""
+    return resolve_params(cfg, overrides)[0]
+
+
+def _allowed_entry(cfg: PipelineConfig, path: str) -> AllowedBaseModel | None:
+    wanted = Path(path).expanduser().resolve()
+    return next((e for e in cfg.base_model.allowed if Path(e.path).expanduser().resolve() == wanted), None)
+
+
+def allowed_base_model(cfg: PipelineConfig, path: str) -> str:
+    """The allow-listed directory `path` names (its digest is checked when the run resolves the model)."""
+    entry = _allowed_entry(cfg, path)
+    if entry is None:
+        names = ", ".join(e.path for e in cfg.base_model.allowed) or "none are configured"
+        raise PolicyViolation(f"base_model_path: {path} is not an allowed base model ({names}); add it with its "
+                              "digest to base_model.allowed in the deployment's pipeline config")
+    return entry.path
+
+
+def expected_base_sha256(cfg: PipelineConfig) -> str | None:
+    """The digest base_model.path must have: base_model.sha256, else its allow-list entry's, else None."""
+    if cfg.base_model.sha256 or not cfg.base_model.path:
+        return cfg.base_model.sha256
+    entry = _allowed_entry(cfg, cfg.base_model.path)
+    return entry.sha256 if entry else None
 
 
 def pft_home() -> Path:
     return Path(os.environ.get("PFT_HOME") or REPO_ROOT / ".local").resolve()
 
 
+class InvalidRunId(ValueError):
+    """A run id that cannot name a run folder, or that takes a name reserved for another DAG."""
+
+
+_HASHED = re.compile(r"-[0-9a-f]{10}$")
+
+
 def safe_run_id(run_id: str) -> str:
-    """Airflow run ids hold ':' and '+'; keep a name that is safe as a folder and a git tag."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_.")
+    """The run's folder and git-tag name: distinct Airflow run ids always get distinct names.
+
+    An id that is already safe keeps it (`monthly-2026-03`). Any other id is cleaned and gets ten hex
+    digits of its sha256, so `manual__…+00:00` and `manual__…_00_00`, which clean alike, stay apart; a
+    safe id that ends like such a suffix gets one too, so no run can take another run's cleaned name."""
+    if not isinstance(run_id, str) or not run_id:
+        raise InvalidRunId("run id is empty")
+    cleaned = re.sub(r"\.{2,}", "_", re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)).strip("_.-")
+    if not cleaned:
+        raise InvalidRunId(f"run id {run_id!r} has no letter or digit to name its folder; use a run id with some")
+    if cleaned == run_id and not _HASHED.search(run_id) and not run_id.endswith(".lock"):
+        return run_id
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{cleaned[:200]}-{digest}"
 
 
 class Paths:

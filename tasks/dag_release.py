@@ -33,7 +33,9 @@ DEFAULT_ARGS = {
     "on_failure_callback": notify_failure,  # config notify: webhook or email; never masks the failure
 }
 
-# Run-time overrides of the config shared by both DAGs' trigger forms (empty = the config's value).
+# The trigger form shared by both DAGs (empty = the config's value). Policy lives in the deployment's
+# config: these tune a run, and the stricter-only ones (dp, target_epsilon, require_approval) can
+# tighten it, never loosen it (tasks.config.resolve_params); the report lists what was not applied.
 TRAINING_PARAMS = {
     "train_method": Param(None, type=["null", "string"], enum=[None, "lora", "adapter", "prefix", "freeze", "full"],
                           description="lora | adapter (IA3, non-private only) | prefix | freeze (top N blocks) | "
@@ -42,19 +44,20 @@ TRAINING_PARAMS = {
     "freeze_with_lora": Param(None, type=["null", "boolean"], description="freeze: LoRA on the top blocks only"),
     "grad_sample_mode": Param(None, type=["null", "string"], enum=[None, "auto", "hooks", "ghost", "functorch"],
                               description="DP clipping: per-sample hooks, ghost clipping, functorch; auto = measured best"),
-    "dp": Param(True, type="boolean", description="train under differential privacy (DP-SGD); false = an explicit "
-                                                  "non-private run, marked as such in the report, MLflow and registry"),
-    "target_epsilon": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0, description="privacy budget ε"),
+    "dp": Param(None, type=["null", "boolean"], description="stricter only: true forces DP-SGD; false cannot turn "
+                                                            "off DP that the config requires"),
+    "target_epsilon": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0,
+                            description="stricter only: a lower ε than the config's train.target_epsilon"),
     "epochs": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0, description="training epochs"),
     "learning_rate": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0),
     "lora_r": Param(None, type=["null", "integer"], minimum=1, description="LoRA rank"),
-    "base_model_path": Param(None, type=["null", "string"], description="local HF causal-LM dir; empty = demo model"),
+    "base_model_path": Param(None, type=["null", "string"], description="one of the config's base_model.allowed "
+                                                                       "directories; empty = the configured base"),
     "base_model_size": Param(None, type=["null", "string"], enum=[None, "demo", "tiny"]),
     "qa_limit": Param(None, type=["null", "integer"], minimum=1, description="evaluate only N questions"),
-    "model_name": Param(None, type=["null", "string"], description="registered model name"),
     "require_approval": Param(None, type=["null", "boolean"],
-                              description="a reviewer approves in Required Actions before promotion; "
-                                          "empty = config (registry.require_approval, default true)"),
+                              description="stricter only: true requires a reviewer even where the config does not; "
+                                          "false cannot skip the approval the config requires"),
 }
 
 

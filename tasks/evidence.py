@@ -153,6 +153,16 @@ def _helm_table(quality: dict, safety_by_model: dict, privacy: dict, trained: di
     return models
 
 
+def _dataset_rev(paths: Paths, run_id: str, trained: dict) -> str | None:
+    """The revision the model was trained on: the version stage's record (the train result does not repeat it)."""
+    import json
+
+    version = paths.run_dir(run_id) / "stages" / "version.json"
+    if trained.get("dataset_rev") or not version.is_file():
+        return trained.get("dataset_rev")
+    return json.loads(version.read_text()).get("dataset_rev")
+
+
 def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, trained: dict) -> dict:
     """Run every evaluation of this run; returns the summary the gates, registry and report use."""
     from tasks.evaluate import load_causal_lm
@@ -187,7 +197,9 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
     helm = build_report(_helm_table(quality, safety_by_model, privacy, trained), out / "helm",
                         title=f"PrivateTune evaluation — {run_id}",
                         notes={"qa_split_sha256": _sha256(qa_path), "champion_version": champion and champion["version"],
-                               "dataset_rev": trained.get("dataset_rev")})
+                               "dataset_rev": _dataset_rev(paths, run_id, trained),
+                               "base_model_sha256": prepared.get("base_model_sha256"),
+                               "dp_noise": trained.get("noise_source")})
     mlflow_run_id = trained.get("mlflow_run_id")
     if mlflow_run_id:
         log_report_to_mlflow(paths, mlflow_run_id, out / "helm")
@@ -198,6 +210,7 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
         "base": acc["base"], "finetuned": acc["finetuned"], "champion": acc.get("champion"),
         "champion_version": champion["version"] if champion else None,
         "qa_path": str(qa_path), "qa_sha256": _sha256(qa_path),
+        "base_model_sha256": prepared.get("base_model_sha256"),
         "answer_loss": answer_loss,
         "exact_match_gain": round(acc["finetuned"]["exact_match"] - acc["base"]["exact_match"], 4),
         "regression_vs_champion": (round(acc["champion"]["exact_match"] - acc["finetuned"]["exact_match"], 4)

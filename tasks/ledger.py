@@ -73,10 +73,12 @@ accepts that this dataset has no DP guarantee left. With no budget configured
 
 Retries and resumed runs
 ------------------------
-`record_run` for a run_id already in the ledger is a no-op returning the existing entry,
-provided the privacy-relevant fields (dataset, revisions, lineage, private, ε, δ and
-mechanism parameters) match; if they differ it raises `LedgerConflict`: that is a new
-mechanism on (possibly other) data and needs a new run id. `check_budget(run_id=…)`
+The pipeline's run ids are `<dag_id>/<run key>` (`ledger_key`), so runs of two DAGs never share an
+entry. `record_run` for a run_id already in the ledger is a no-op returning the existing entry,
+provided the privacy-relevant fields (dataset, revisions, lineage, private, ε, δ, mechanism
+parameters, and the config digest: every train setting and the base model's digest) match; if
+they differ it raises `LedgerConflict`: that is a new mechanism on (possibly other) data and
+needs a new run id. `check_budget(run_id=…)`
 leaves that run's own entry out of "spent", so a resumed run is not counted twice.
 
 Lineage without identifiers
@@ -149,6 +151,9 @@ ledger_table = Table(
     Column("delta", Float, nullable=False),
     Column("created_at", DateTime, nullable=False),  # UTC
     Column("notes", String(500)),
+    # sha256 of what else decides the mechanism's output: the train config and the base model's digest.
+    # A retried run must match it too; NULL only on entries written before it was recorded.
+    Column("config_digest", String(71)),
 )
 
 _SQLITE_TRIGGERS = [
@@ -250,6 +255,7 @@ class LedgerEntry:
     delta: float
     created_at: datetime
     notes: str | None = field(default=None)
+    config_digest: str | None = field(default=None)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe: ε = ∞ becomes the string "inf", times are ISO 8601 UTC."""
@@ -275,6 +281,16 @@ def lineage_digest(ids: Iterable[str]) -> str:
         h.update(rid.encode("utf-8"))
         h.update(b"\n")
     return "sha256:" + h.hexdigest()
+
+
+def config_digest(settings: dict) -> str:
+    """'sha256:<hex>' of a JSON-able dict of the settings that decide what a run trains (config, base model)."""
+    return "sha256:" + hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ledger_key(dag_id: str, run_key: str) -> str:
+    """The ledger's run id: DAG and run, so two DAGs' runs of one name are two entries, never one."""
+    return f"{dag_id}/{run_key}"
 
 
 def lineage_of(path: str | os.PathLike) -> Lineage:
@@ -346,6 +362,19 @@ def _init_schema(engine: Engine) -> None:
             metadata.create_all(conn)
             for ddl in _SQLITE_TRIGGERS:
                 conn.exec_driver_sql(ddl)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """A ledger created by an earlier version gains the newer nullable columns (append-only still holds:
+    ADD COLUMN changes no row)."""
+    from sqlalchemy import inspect
+
+    present = {c["name"] for c in inspect(conn).get_columns("privacy_ledger")}
+    for column in ledger_table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE privacy_ledger ADD COLUMN {column.name} {kind}")
 
 
 def _lock_for_write(conn: Connection) -> None:
@@ -375,7 +404,7 @@ def _to_entry(row) -> LedgerEntry:
         lineage_digest=m["lineage_digest"], private=bool(m["private"]), mechanism=m["mechanism"],
         accountant=m["accountant"], noise_multiplier=m["noise_multiplier"], sample_rate=m["sample_rate"],
         steps=m["steps"], max_grad_norm=m["max_grad_norm"], epsilon=float(m["epsilon"]), delta=float(m["delta"]),
-        created_at=created, notes=m["notes"],
+        created_at=created, notes=m["notes"], config_digest=m["config_digest"],
     )
 
 
@@ -511,7 +540,8 @@ def _validate_positive(name: str, value: float | int | None) -> None:
 
 
 _COMPARED = ("source_dataset", "dataset_revisions", "record_count", "lineage_digest", "private", "mechanism",
-             "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "epsilon", "delta")
+             "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "epsilon", "delta",
+             "config_digest")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -524,7 +554,8 @@ def record_run(*, run_id: str, dataset: str, dataset_revisions: str | Sequence[s
                lineage_digest: str, epsilon: float | None, delta: float | None, private: bool = True,
                accountant: str | None = None, noise_multiplier: float | None = None,
                sample_rate: float | None = None, steps: int | None = None, max_grad_norm: float | None = None,
-               notes: str | None = None, budget: Budget | None = None, url: str | None = None) -> LedgerEntry:
+               notes: str | None = None, budget: Budget | None = None, url: str | None = None,
+               config_digest: str | None = None) -> LedgerEntry:
     """Append one run's entry (its target ε, δ); with `budget`, refuse it first if it does not fit.
 
     Non-private runs (`private=False`) are stored as ε = inf, δ = 0 whatever is passed.
@@ -541,6 +572,8 @@ def record_run(*, run_id: str, dataset: str, dataset_revisions: str | Sequence[s
         raise LedgerError(f"record_count must be an integer >= 0, got {record_count!r}")
     if not isinstance(lineage_digest, str) or not _DIGEST_RE.match(lineage_digest):
         raise LedgerError("lineage_digest must be 'sha256:' + 64 hex digits (use lineage_of or lineage_digest)")
+    if config_digest is not None and not _DIGEST_RE.match(config_digest):
+        raise LedgerError("config_digest must be 'sha256:' + 64 hex digits (use config_digest())")
     if notes is not None and (len(notes) > 500 or "\n" in notes):
         raise LedgerError("notes must be a single line of at most 500 characters")
     if private:
@@ -562,7 +595,7 @@ def record_run(*, run_id: str, dataset: str, dataset_revisions: str | Sequence[s
         noise_multiplier=None if noise_multiplier is None else float(noise_multiplier),
         sample_rate=None if sample_rate is None else float(sample_rate), steps=steps,
         max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
-        epsilon=epsilon, delta=delta, notes=notes,
+        epsilon=epsilon, delta=delta, notes=notes, config_digest=config_digest,
     )
     engine = _engine(url)
     for attempt in range(2):

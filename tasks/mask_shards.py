@@ -25,6 +25,7 @@ from typing import Any
 
 from tasks.jsonl import read_objects
 from tasks.mask import publish_masked
+from tasks.rawzone import open_private, private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,14 @@ def plan_shards(rows_path: Path, shards_dir: Path, shard_rows: int) -> list[dict
 
     if shards_dir.exists():
         shutil.rmtree(shards_dir)
-    shards_dir.mkdir(parents=True)
+    private_dir(shards_dir)  # shard inputs hold raw text: owner-only, like the staged rows
     shards: list[dict] = []
     rows = _staged(rows_path)
     start = 0
     for index, (partition, part, parts, n) in enumerate(sizes):
         shard_id = f"shard-{index:04d}"
         path = shards_dir / f"{shard_id}.jsonl"
-        with open(path, "w", encoding="utf-8") as out:
+        with open_private(path) as out:
             for _ in range(n):
                 row = next(rows, None)
                 if row is None:
@@ -97,7 +98,7 @@ def plan_shards(rows_path: Path, shards_dir: Path, shard_rows: int) -> list[dict
         start += n
     if next(rows, None) is not None:  # the file grew between the two passes
         raise RuntimeError(f"{rows_path} changed while the masking shards were planned; re-run the task")
-    (shards_dir / "plan.json").write_text(json.dumps(shards, indent=2) + "\n")
+    write_private(shards_dir / "plan.json", json.dumps(shards, indent=2) + "\n")
     log.info("masking plan: %d rows in %d shards over %d partitions (at most %d rows a shard)",
              start, len(shards), len({s["partition"] for s in shards}), shard_rows)
     return shards

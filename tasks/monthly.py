@@ -40,6 +40,7 @@ from tasks.ingest import ERASURE_DIRNAME, PARTITION_RE
 
 log = logging.getLogger("tasks.monthly")
 
+DAG_ID = "monthly_refinetune"
 RUN_KEY_PREFIX = "monthly-"
 ERASURE_SUFFIXES = (".csv", ".jsonl", ".txt")
 MONTH_RE = PARTITION_RE  # a month is a landing partition name
@@ -131,7 +132,7 @@ def stage_prepare(airflow_run_id: str, month: str, params: dict | None = None) -
     report pages and run notes find the month's folder from either name."""
     key = run_key(month)
     check_earlier_months(month)
-    prepared = pipeline.stage_prepare(key, params)
+    prepared = pipeline.stage_prepare(key, params, dag_id=DAG_ID)
     paths = _paths()
     link = paths.run_dir(airflow_run_id)
     if safe_run_id(airflow_run_id) != key and not link.exists():

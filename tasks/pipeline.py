@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks import offline
-from tasks.config import (REPO_ROOT, Paths, PipelineConfig, apply_overrides, load_config, safe_run_id,
-                          save_resolved)
+from tasks.rawzone import private_dir
+from tasks.config import (REPO_ROOT, Paths, PipelineConfig, PolicyViolation, expected_base_sha256, load_config,
+                          resolve_params, safe_run_id, save_resolved)
 
 log = logging.getLogger("tasks.pipeline")
 
@@ -35,6 +36,7 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     """Failures a retry cannot fix (bad or missing input, a missing secret): fail the task at once."""
     from pydantic import ValidationError
 
+    from tasks.config import InvalidRunId
     from tasks.gates import PromotionGated
     from tasks.ingest import EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded
     from tasks.ledger import LedgerConflict, PrivacyBudgetExceeded
@@ -44,7 +46,7 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
 
     return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
             MissingKeyError, ResidualPiiError, ValidationError, PrivacyBudgetExceeded, LedgerConflict,
-            PromotionGated, ErasureRequestError, PreviousMonthMissing)
+            PromotionGated, ErasureRequestError, PreviousMonthMissing, PolicyViolation, InvalidRunId)
 
 
 def _paths() -> Paths:
@@ -84,24 +86,42 @@ def _timed(run_id: str, stage: str, fn, /, *args, **kwargs) -> dict:
 
 # ---------------------------------------------------------------- stages
 
-def stage_prepare(run_id: str, params: dict[str, Any] | None = None) -> dict:
-    """Resolve config (+ DAG Params), save it with the run, and resolve the base model."""
+RESERVED_RUN_KEYS = {"monthly-": "monthly_refinetune"}  # run-key prefix → the only DAG whose runs may use it
+
+
+def check_run_key(dag_id: str, key: str) -> None:
+    """A run folder, ledger entry and dataset tag named like another DAG's would be taken for its."""
+    for prefix, owner in RESERVED_RUN_KEYS.items():
+        if key.startswith(prefix) and dag_id != owner:
+            raise PolicyViolation(f"run id {key!r}: the prefix {prefix!r} is reserved for {owner}'s runs; "
+                                  f"trigger {dag_id} under another run id")
+
+
+def stage_prepare(run_id: str, params: dict[str, Any] | None = None, *, dag_id: str = "privacy_finetune") -> dict:
+    """Resolve config (+ DAG Params, stricter only), save it with the run, and resolve the base model."""
     offline.apply()
 
     def prepare() -> dict:
         paths = _paths()
-        cfg = apply_overrides(load_config(), params or {})
+        key = safe_run_id(run_id)
+        check_run_key(dag_id, key)
+        cfg, refused = resolve_params(load_config(), params or {})
+        for r in refused:
+            log.warning("Param %s=%s not applied: %s (kept %s)", r["param"], r["asked"], r["reason"], r["kept"])
         run_dir = paths.run_dir(run_id)
         save_resolved(cfg, run_dir)
         base = resolve_base_model(cfg, paths)
-        return {"run_id": run_id, "safe_run_id": safe_run_id(run_id), "run_dir": str(run_dir),
-                "pft_home": str(paths.home), **base}
+        return {"run_id": run_id, "dag_id": dag_id, "safe_run_id": key, "run_dir": str(run_dir),
+                "pft_home": str(paths.home), "params_refused": refused, **base}
 
     return _timed(run_id, "prepare", prepare)
 
 
 def resolve_base_model(cfg: PipelineConfig, paths: Paths) -> dict:
-    """A configured local HF directory, or the demo model built (once) from the general corpus."""
+    """A configured local HF directory (checked against its pinned digest), or the demo model built (once)
+    from the general corpus. Either way the result names the base's sha256, which the evidence cites."""
+    from tasks.base_model import build_base_model, model_dir_sha256
+
     if cfg.base_model.path:
         model_dir = Path(cfg.base_model.path)
         config_file = model_dir / "config.json"
@@ -111,9 +131,12 @@ def resolve_base_model(cfg: PipelineConfig, paths: Paths) -> dict:
         arch = json.loads(config_file.read_text()).get("architectures") or []
         if not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in arch):
             raise ValueError(f"base_model.path: {model_dir} holds {arch or 'no architecture'}, not a causal LM")
-        return {"base_model_dir": str(model_dir), "base_model_source": "configured"}
-
-    from tasks.base_model import build_base_model
+        digest, expected = model_dir_sha256(model_dir), expected_base_sha256(cfg)
+        if expected and digest != expected:
+            raise PolicyViolation(f"base_model.path: {model_dir} has sha256 {digest[:12]}…, not the pinned "
+                                  f"{expected[:12]}…; the directory changed since it was allowed")
+        return {"base_model_dir": str(model_dir), "base_model_source": "configured", "base_model_sha256": digest,
+                "base_model_pinned": expected is not None}
 
     corpus = paths.synth / "general_corpus.txt"
     if not corpus.exists():
@@ -121,7 +144,8 @@ def resolve_base_model(cfg: PipelineConfig, paths: Paths) -> dict:
                                 f"`python -m tasks.synth --home {paths.home}` (make demo does) or set base_model.path")
     built = build_base_model(corpus_path=corpus, models_root=paths.models, size=cfg.base_model.size)
     return {"base_model_dir": built["model_dir"], "base_model_source": f"built:{cfg.base_model.size}",
-            "base_model_params": built["parameters"]}
+            "base_model_params": built["parameters"], "base_model_sha256": model_dir_sha256(Path(built["model_dir"])),
+            "base_model_pinned": False}
 
 
 def stage_ingest(run_id: str, partition: str | None = None) -> dict:
@@ -129,11 +153,14 @@ def stage_ingest(run_id: str, partition: str | None = None) -> dict:
     from tasks.ingest import ingest
 
     cfg, paths = run_config(run_id), _paths()
+    for raw in (paths.staging, paths.staging_dir(run_id), paths.quarantine, paths.quarantine_dir(run_id)):
+        private_dir(raw)  # raw zone: owner-only before the first raw row is written
     return _timed(run_id, "ingest", ingest, landing_dir=paths.landing, staging_dir=paths.staging_dir(run_id),
                   quarantine_dir=paths.quarantine_dir(run_id), required_fields=tuple(cfg.data.required_fields),
                   min_text_chars=cfg.data.min_text_chars, max_text_chars=cfg.data.max_text_chars,
                   glob=cfg.data.landing_glob, max_quarantine_share=cfg.data.max_quarantine_share,
-                  partition=partition)
+                  partition=partition, max_line_bytes=cfg.data.max_line_bytes,
+                  follow_symlinks=cfg.data.follow_symlinks)
 
 
 def stage_validate(run_id: str, ingested: dict) -> dict:
@@ -162,9 +189,23 @@ def stage_validate(run_id: str, ingested: dict) -> dict:
 
 
 def _mask_key(cfg: PipelineConfig) -> bytes:
-    from tasks.mask import resolve_key
+    """The pseudonymisation key, read by the masking tasks alone: the env var (a container's secret), the
+    Airflow connection, or the owner-only key file under PFT_HOME (`make setup` writes one)."""
+    from tasks.mask import MissingKeyError, resolve_key
 
-    return resolve_key(env_var=cfg.mask.key_env, conn_id=cfg.mask.key_conn_id)
+    try:
+        return resolve_key(env_var=cfg.mask.key_env, conn_id=cfg.mask.key_conn_id)
+    except MissingKeyError as missing:
+        key_file = _paths().home / cfg.mask.key_file if cfg.mask.key_file else None
+        if key_file is None or not key_file.is_file():
+            raise MissingKeyError(f"{missing} Or put it in the file mask.key_file ({key_file}), mode 0600.") from None
+        if key_file.stat().st_mode & 0o077:
+            raise MissingKeyError(f"{key_file}: the pseudonymisation key file is readable by other users; "
+                                  f"`chmod 600 {key_file}` (and 700 on its folder)")
+        key = key_file.read_text(encoding="utf-8").strip()
+        if not key:
+            raise MissingKeyError(f"{key_file}: the pseudonymisation key file is empty") from None
+        return key.encode("utf-8")
 
 
 def _shard_out_dir(run_id: str, shard: dict) -> Path:
@@ -277,7 +318,8 @@ def completed_training(run_id: str, prepared: dict, versioned: dict) -> dict | N
     except (OSError, json.JSONDecodeError):
         return None
     same = (spec.get("dataset_rev") == versioned["dataset_rev"] and spec.get("train") == json.loads(json.dumps(cfg.train.model_dump()))
-            and spec.get("base_model_dir") == prepared["base_model_dir"])
+            and spec.get("base_model_dir") == prepared["base_model_dir"]
+            and spec.get("base_model_sha256") == prepared.get("base_model_sha256"))
     outputs = [saved.get("adapter_dir") or saved.get("model_dir")]
     return saved if same and all(p and Path(p).exists() for p in outputs) else None
 
@@ -306,13 +348,15 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, warm_start: dic
         # Records kept out of training, so the membership-inference test has true non-members.
         split = split_audit_holdout(data_path, run_dir / "split", cfg.train.audit_holdout_share)
         spec = {"train": cfg.train.model_dump(), "base_model_dir": prepared["base_model_dir"],
+                "base_model_sha256": prepared.get("base_model_sha256"),
                 "data_path": split["train_path"], "out_dir": str(run_dir / "train"),
                 "dataset_rev": versioned["dataset_rev"],
                 "init_adapter_dir": (warm_start or {}).get("adapter_dir"),
                 "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id),
                            "run_id": pipeline_mlflow_run(paths, run_id)}}
         plan = privacy_plan(spec)
-        entry = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"], plan=plan)
+        entry = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"], plan=plan,
+                                       dag_id=prepared.get("dag_id", "privacy_finetune"))
         if plan.get("mechanism"):  # the recipe runs exactly what the ledger was charged for, without searching again
             from tasks.train import DP_INPUTS
 
@@ -351,23 +395,28 @@ def privacy_plan(spec: dict) -> dict:
 
 
 def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str,
-                           plan: dict | None = None):
+                           plan: dict | None = None, dag_id: str = "privacy_finetune"):
     """Write this run's ledger entry before any training step, at the ε its capped steps can spend at most.
     Refused (PrivacyBudgetExceeded) when it would take the source dataset past its budget. A retried or
-    resumed run computes the same mechanism and finds its own entry: it is not counted twice."""
+    resumed run computes the same mechanism with the same settings and finds its own entry: it is not
+    counted twice. The same run key with other settings is refused (LedgerConflict)."""
     from tasks import ledger
+    from tasks.checkpoint import EXECUTION_ONLY
 
     plan = plan or privacy_plan(spec)  # the caller's, when it also hands the mechanism to the recipe
     dataset = cfg.privacy.source_dataset
     lineage = ledger.lineage_of(spec["data_path"])
+    settings = {"train": {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY},
+                "base_model_sha256": spec.get("base_model_sha256")}
     entry = ledger.record_run(
-        run_id=safe_run_id(run_id), dataset=dataset, dataset_revisions=dataset_rev,
+        run_id=ledger.ledger_key(dag_id, safe_run_id(run_id)), dataset=dataset, dataset_revisions=dataset_rev,
+        config_digest=ledger.config_digest(settings),
         record_count=lineage.record_count, lineage_digest=lineage.digest,
         epsilon=plan["epsilon"], delta=plan["delta"], private=plan["private"],
         accountant=plan.get("accountant"), noise_multiplier=plan.get("noise_multiplier"),
         sample_rate=plan.get("sample_rate"), steps=plan["steps"], max_grad_norm=spec["train"]["max_grad_norm"],
         budget=ledger.budget_for(cfg.privacy, dataset))
-    log.info("privacy ledger: run %s on %s reserved ε=%s δ=%s", safe_run_id(run_id), dataset,
+    log.info("privacy ledger: run %s on %s reserved ε=%s δ=%s", entry.run_id, dataset,
              "inf" if not plan["private"] else f"{plan['epsilon']:.4f}", plan["delta"])
     return entry
 
@@ -455,7 +504,8 @@ def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, 
             "method": trained["method"], "dp": str(trained["dp"]).lower(), "privacy": trained.get("privacy"),
             "ledger_spent_epsilon": (trained.get("privacy_ledger") or {}).get("spent_epsilon"),
             "epsilon": trained["epsilon"], "delta": trained["delta"], "trainable_pct": trained["trainable_pct"],
-            "base_model": Path(prepared["base_model_dir"]).name,
+            "base_model": Path(prepared["base_model_dir"]).name, "base_model_sha256": prepared.get("base_model_sha256"),
+            "dp_noise": trained.get("noise_source"),
             "exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
             "base_exact_match": evaluated["base"]["exact_match"], "toxicity_rate": evaluated["toxicity_rate"],
             **{k: evaluated.get(k) for k in ("pii_leaks", "canary_exposure_max", "mia_auc")}}
@@ -474,12 +524,12 @@ def stage_gates(run_id: str, evaluated: dict, registered: dict, trained: dict, *
     """Check the promotion gates; save the outcome (and the reviewer's summary) before failing a gated run."""
     from mlflow import MlflowClient
 
-    from tasks.gates import check_gates, enforce
+    from tasks.gates import check_gates, enforce, reproducible_noise
     from tasks.release import approval_body, report_url
     from tasks.tracking import mlflow_experiment
 
     cfg, paths = run_config(run_id), _paths()
-    outcome = check_gates(evaluated, cfg.gates)
+    outcome = check_gates({**evaluated, "reproducible_noise": reproducible_noise(trained)}, cfg.gates)
     for g in outcome["gates"]:
         log.info("gate %-22s %-13s value %s threshold %s", g["name"], g["status"], g["value"], g["threshold"])
     link = report_url(dag_id, run_id, base_url=base_url)

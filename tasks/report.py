@@ -84,8 +84,12 @@ def summary_lines(report: dict) -> list[str]:
     privacy = "non-private (dp: false)" if get("train.dp", True) is False else f"ε = {eps} (target {get('train.target_epsilon')}), δ = {delta:.2e}" if isinstance(delta, float) else f"ε = {eps}, δ = {delta}"
     return [
         f"run                 {report.get('run_id')}",
+        *_refused_lines(get("prepare.params_refused", None)),
         f"rows in/valid/quar. {get('ingest.rows_in')} / {get('ingest.rows_valid')} / {get('ingest.rows_quarantined')}",
         f"duplicates removed  {get('ingest.duplicates_removed')} (exact text, by content hash)",
+        f"hostile input       {get('ingest.files_refused', 0)} symlinked file(s) refused; "
+        f"{get('ingest.invisible_chars_removed', 0)} invisible character(s) removed from "
+        f"{get('ingest.rows_with_invisible_chars', 0)} row(s) before masking",
         f"validation          {'passed' if get('validate.success', False) else 'FAILED'} "
         f"({get('validate.evaluated_expectations')} expectations)",
         f"drift vs previous   {_drift(get('validate.drift', None))}",
@@ -112,6 +116,14 @@ def summary_lines(report: dict) -> list[str]:
         f"gates               {_gates(report.get('gates'))}",
         f"outcome             {_outcome_line(report)}",
     ]
+
+
+def _refused_lines(refused: list | None) -> list[str]:
+    """Trigger Params that asked to loosen policy: named, with the value kept."""
+    if not refused:
+        return []
+    asked = ", ".join(f"{r['param']}={json.dumps(r['asked'])} (kept {json.dumps(r['kept'])})" for r in refused)
+    return [f"Params not applied  {asked}: policy is the deployment's config; a trigger may only tighten it"]
 
 
 def _answer_loss(loss: dict | None) -> str:

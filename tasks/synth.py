@@ -30,6 +30,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.rawzone import lock_down, private_dir, write_private
+
 QA_PROMPT = "Question: {question}\nAnswer:"
 
 # ---------------------------------------------------------------- domain facts
@@ -535,14 +537,14 @@ def generate(home: Path, *, seed: int = 7, n_records: int = 2400, months: list[s
         if csv_rows:
             _write_csv(month_dir / "claim_notes.csv", csv_rows)
 
-    synth = home / "synth"
-    synth.mkdir(parents=True, exist_ok=True)
+    lock_down(landing)  # raw zone: the records hold personal data
+    synth = private_dir(home / "synth")  # the PII and canary keys are raw values too
     with open(synth / "qa_heldout.jsonl", "w") as fh:
         for f in facts:
             fh.write(json.dumps({"id": f.fact_id, "question": f.questions[held_out[f.fact_id]], "answer": f.answer}) + "\n")
     (synth / "general_corpus.txt").write_text("\n\n".join(general_corpus(random.Random(seed + 1))) + "\n")
-    (synth / "pii_key.json").write_text(json.dumps(pii.key, indent=1))
-    (synth / "canaries.json").write_text(json.dumps(canary_key, indent=1))
+    write_private(synth / "pii_key.json", json.dumps(pii.key, indent=1))
+    write_private(synth / "canaries.json", json.dumps(canary_key, indent=1))
     return {"records": total, "bad_rows": bad_rows, "facts": len(facts), "pii_values": len(pii.key),
             "canaries": len(canary_key), "canary_records": len(planted),
             "months": months, "landing": str(landing), "qa_path": str(synth / "qa_heldout.jsonl"),

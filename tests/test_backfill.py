@@ -148,7 +148,8 @@ def _registry_state(home: Path) -> dict:
     tags = git("tag", "--list", "run-monthly-*").split()
     with sqlite3.connect(home / "ledger.db") as db:
         ledger = [r[0] for r in db.execute("select run_id from privacy_ledger order by seq")]
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"  # both: an earlier test may have set a global registry URI
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = {int(v.version): dict(v.tags) for v in client.search_model_versions("name = 'privatetune-domain-lm'")}
     champion = int(client.get_model_version_by_alias("privatetune-domain-lm", "champion").version)
     return {"commits": commits, "tags": tags, "ledger": ledger, "versions": versions, "champion": champion}
@@ -177,7 +178,7 @@ def test_three_dataset_versions_three_ledger_entries_three_model_versions(backfi
     assert state["tags"] == [f"run-monthly-{m}" for m in MONTHS]
     assert [c for c in state["commits"] if c.startswith("Dataset for run")] == \
         [f"Dataset for run monthly-{m}" for m in reversed(MONTHS)]
-    assert state["ledger"] == [f"monthly-{m}" for m in MONTHS]
+    assert state["ledger"] == [f"monthly_refinetune/monthly-{m}" for m in MONTHS]  # keyed by DAG and run
     assert sorted(state["versions"]) == [1, 2, 3]
     assert [state["versions"][v]["pipeline_run_id"] for v in (1, 2, 3)] == [f"monthly-{m}" for m in MONTHS]
 

@@ -39,7 +39,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 DAG_ID = "privacy_finetune"
 RECORDS = 300
 # What the person types into the trigger form (and what the run's conf must then hold).
-FORM = {"base_model_size": "tiny", "epochs": 0.5, "qa_limit": 8, "require_approval": False}
+FORM = {"base_model_size": "tiny", "epochs": 0.5, "qa_limit": 8}
 # The committed config, shrunk so one run takes a couple of minutes on 2 cores. The two attack gates
 # are off: with 300 records the audit holdout has ~15 non-members, so the MIA AUC and canary rank
 # are noise here (the gates themselves are tested in test_gates.py and the e2e run).
@@ -51,6 +51,8 @@ SMALL_CONFIG = {
     "evaluate": {"canary_candidates": 50, "mia_records": 20, "toxicity_max_new_tokens": 8,
                  "leakage_max_new_tokens": 8},
     "gates": {"max_mia_auc": None, "max_canary_exposure": None},
+    # Policy is the deployment's: this one lets the gates alone promote (a trigger could not turn approval off).
+    "registry": {"require_approval": False},
 }
 VIEWPORT = {"width": 1920, "height": 1080}
 UI_TIMEOUT_MS = 60_000
@@ -116,16 +118,6 @@ def choose_option(page: Page, param: str, value: str) -> None:
     field.get_by_role("combobox").click()
     page.get_by_role("option", name=value, exact=True).click()
     expect(field.locator(f"input[name='element_{param}']")).to_have_value(value)
-
-
-def set_switch_false(page: Page, param: str) -> None:
-    """A nullable boolean shows null as 'off'; on then off makes it an explicit false."""
-    switch = page.locator(f"[id='switch:element_{param}']")
-    box = page.locator(f"input[name='element_{param}']")
-    switch.click()
-    expect(box).to_be_checked()
-    switch.click()
-    expect(box).not_to_be_checked()
 
 
 def shot(page: Page, path: Path) -> Path:
@@ -207,7 +199,6 @@ def drive_ui(page: Page, af: AirflowLive, out: Path) -> str:
     choose_option(page, "base_model_size", FORM["base_model_size"])
     fill_number(page, "epochs", FORM["epochs"])
     fill_number(page, "qa_limit", FORM["qa_limit"])
-    set_switch_false(page, "require_approval")
     shot(page, out / "trigger-form.png")
     before = {r["dag_run_id"] for r in af.dag_runs(DAG_ID)}
     page.get_by_test_id("trigger-dag-submit").click()
@@ -257,7 +248,7 @@ def test_run_conf_holds_what_was_typed(browser_run):
     for name, value in FORM.items():
         assert name in conf and conf[name] == value and type(conf[name]) is type(value), (name, conf.get(name))
     # Untouched fields keep the Param defaults (null = config), so the form, not a JSON body, made this conf.
-    assert conf["train_method"] is None and conf["dp"] is True
+    assert conf["train_method"] is None and conf["dp"] is None and conf["require_approval"] is None
 
 
 def test_screenshots_are_real_pngs(browser_run):

@@ -37,6 +37,9 @@ def test_compose_passes_the_secrets_the_code_reads_without_defaults():
     assert MaskConfig().key_env in env and env[MaskConfig().key_env].startswith("${")
     example = (REPO / ".env.example").read_text()
     assert f"{MaskConfig().key_env}=\n" in example  # documented, and empty: no default secret
+    # The key reaches the worker that masks, not every Airflow process.
+    holders = sorted(n for n, svc in services.items() if MaskConfig().key_env in (svc.get("environment") or {}))
+    assert holders == ["airflow-worker"], holders
     assert "POSTGRES_PASSWORD=\n" in example
 
 
@@ -349,3 +352,10 @@ def test_docker_compose_config_accepts_the_file_with_dummy_secrets(tmp_path):
                            "-f", str(REPO / "docker-compose.yaml"), "config", "--quiet"],
                           capture_output=True, text=True, env=clean, timeout=60)
     assert done.returncode != 0 and "PFT_SERVE_TOKEN" in done.stderr
+
+
+def test_make_never_exports_the_pseudonymisation_key_to_every_process():
+    """`make airflow` / `make demo` leave the key in its owner-only file; only the masking tasks read it."""
+    makefile = (REPO / "Makefile").read_text()
+    assert MaskConfig().key_env not in makefile
+    assert "chmod 700 $(PFT_HOME)/secrets" in makefile and "chmod 600 $(KEY_FILE)" in makefile

@@ -290,3 +290,32 @@ def test_two_processes_recording_at_once(url, tmp_path):
     assert len(shared_seqs) == 1 and sum(1 for e in rows if e.run_id == "shared") == 1
     assert sum(oks) == 9 and len(rows) == 10  # 1 shared + 9 more fill ε = 10 exactly, never more
     assert L.spent("ds-a", url=url).epsilon == 10.0
+
+
+def test_a_ledger_from_an_earlier_version_gains_the_config_digest_column(tmp_path):
+    """ALTER TABLE ADD COLUMN on the old table; old rows keep NULL, append-only still holds."""
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE privacy_ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id VARCHAR(250) NOT NULL "
+                "UNIQUE, source_dataset VARCHAR(200) NOT NULL, dataset_revisions TEXT NOT NULL, record_count INTEGER "
+                "NOT NULL, lineage_digest VARCHAR(71) NOT NULL, private BOOLEAN NOT NULL, mechanism VARCHAR(64) NOT "
+                "NULL, accountant VARCHAR(32), noise_multiplier FLOAT, sample_rate FLOAT, steps INTEGER, "
+                "max_grad_norm FLOAT, epsilon FLOAT NOT NULL, delta FLOAT NOT NULL, created_at DATETIME NOT NULL, "
+                "notes VARCHAR(500))")
+    con.execute("INSERT INTO privacy_ledger (run_id, source_dataset, dataset_revisions, record_count, lineage_digest, "
+                "private, mechanism, epsilon, delta, created_at) VALUES ('old', 'ds', '[\"r\"]', 1, ?, 1, 'DP-SGD', "
+                "1.0, 1e-5, '2026-01-01 00:00:00')", ("sha256:" + "0" * 64,))
+    con.commit()
+    con.close()
+    url = f"sqlite:///{db}"
+    try:
+        (old,) = L.entries(url=url)
+        assert old.config_digest is None
+        new = L.record_run(run_id="new", dataset="ds", dataset_revisions="r", record_count=1,
+                           lineage_digest="sha256:" + "0" * 64, epsilon=1.0, delta=1e-5,
+                           config_digest=L.config_digest({"lr": 1}), url=url)
+        assert new.config_digest.startswith("sha256:") and len(L.entries(url=url)) == 2
+    finally:
+        L.dispose_engines()

@@ -28,6 +28,7 @@ E2E_RECORDS = 4000
 # Only the toxicity generations are shortened to save time.
 E2E_CONFIG = {
     "evaluate": {"toxicity_max_new_tokens": 16},
+    "registry": {"model_name": "e2e-domain-lm", "require_approval": True},  # policy: the deployment's config
 }
 
 
@@ -71,7 +72,7 @@ def e2e(session_home, airflow_db):
 
     synth.generate(session_home, n_records=E2E_RECORDS)
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
-    conf = {"model_name": "e2e-domain-lm", "require_approval": True}
+    conf = {"require_approval": False}  # a triggerer trying to skip the reviewer the config requires
     with api_server(session_home) as server:
         first = _run(dag, session_home, _config_file(session_home, "e2e-pipeline.yaml", E2E_CONFIG), conf,
                      session_home / "e2e-console.log", server, choice="Approve", comment="e2e: evidence reviewed, approved")
@@ -293,6 +294,17 @@ def _registry(home: Path):
 
     uri = Paths(home).mlflow_tracking_uri
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_a_trigger_cannot_skip_the_approval_the_config_requires(e2e):
+    """The first run was triggered with {"require_approval": false}: it still waited for a reviewer, who
+    approved through the REST API; the report says which Param was not applied and why."""
+    refused = e2e["report"]["prepare"]["params_refused"]
+    assert refused == [{"param": "require_approval", "asked": False, "kept": True,
+                        "reason": "registry.require_approval is policy: a trigger may make it stricter, not looser"}]
+    resolved = json.loads((e2e["run_dir"] / "config.resolved.json").read_text())
+    assert resolved["registry"]["require_approval"] is True
+    assert e2e["reviewer"].request is not None and e2e["report"]["decision"]["approval"] == "approved"
 
 
 def test_approval_went_through_the_rest_api_and_promoted_the_model(e2e):

@@ -18,8 +18,11 @@ def test_empty_landing_fails_the_run_at_once(tmp_path, airflow_db, monkeypatch):
     (home / "landing").mkdir(parents=True)
     model = random_llama(tmp_path / "model")
     monkeypatch.setenv("PFT_HOME", str(home))
+    config = tmp_path / "pipeline.yaml"  # the base model is the deployment's choice, not a trigger's
+    config.write_text(f"extends: {REPO / 'include' / 'config' / 'pipeline.yaml'}\nbase_model:\n  path: {model}\n")
+    monkeypatch.setenv("PFT_CONFIG", str(config))
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
-    dag_run = dag.test(run_conf={"base_model_path": str(model)})
+    dag_run = dag.test(run_conf={})
 
     assert "failed" in str(dag_run.state).lower()
     states = {ti.task_id: ti for ti in dag_run.get_task_instances()}

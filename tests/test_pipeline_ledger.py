@@ -73,3 +73,41 @@ def test_non_private_run_is_refused_unless_allowed(tmp_path, ledger_url):
     cfg, spec = _setup(tmp_path, dp=False, allow_non_private=True)
     entry = pipeline.reserve_privacy_budget("manual__nodp", cfg, spec, dataset_rev="rev1")
     assert math.isinf(entry.epsilon) and not entry.private
+
+
+def test_colliding_run_ids_get_distinct_folders_and_ledger_entries(tmp_path, ledger_url):
+    """Run ids that clean to the same string, and one name used by two DAGs, are separate runs and charges."""
+    from tasks.config import Paths, safe_run_id
+
+    cfg, spec = _setup(tmp_path, epsilon_budget=80.0)
+    plus, underscore = "manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00_00_00_00_00"
+    assert Paths(tmp_path).run_dir(plus) != Paths(tmp_path).run_dir(underscore)
+    a = pipeline.reserve_privacy_budget(plus, cfg, spec, dataset_rev="rev1")
+    b = pipeline.reserve_privacy_budget(underscore, cfg, spec, dataset_rev="rev1")
+    c = pipeline.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="privacy_finetune")
+    d = pipeline.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="monthly_refinetune")
+    assert len({a.run_id, b.run_id, c.run_id, d.run_id}) == 4 and ledger.spent("test-records").runs == 4
+    assert a.run_id == f"privacy_finetune/{safe_run_id(plus)}"
+
+
+def test_a_reused_run_key_with_other_settings_is_refused(tmp_path, ledger_url):
+    """The second run under one key is not "its own retry" unless it trains the same thing on the same base."""
+    cfg, spec = _setup(tmp_path)
+    pipeline.reserve_privacy_budget("manual__one", cfg, {**spec, "base_model_sha256": "1" * 64}, dataset_rev="rev1")
+    for changed in ({**spec, "base_model_sha256": "2" * 64},
+                    {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "learning_rate": 0.01}},
+                    {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "lora_r": 16}}):
+        with pytest.raises(ledger.LedgerConflict, match="config_digest"):
+            pipeline.reserve_privacy_budget("manual__one", cfg, changed, dataset_rev="rev1")
+    execution_only = {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "physical_batch_size": 5}}
+    pipeline.reserve_privacy_budget("manual__one", cfg, execution_only, dataset_rev="rev1")  # a retry on other hardware
+    assert ledger.spent("test-records").runs == 1
+
+
+def test_a_privacy_finetune_run_may_not_take_a_monthly_run_key(tmp_path, monkeypatch):
+    from tasks.config import PolicyViolation
+
+    monkeypatch.setenv("PFT_HOME", str(tmp_path))
+    with pytest.raises(PolicyViolation, match="reserved for monthly_refinetune"):
+        pipeline.stage_prepare("monthly-2026-01", {}, dag_id="privacy_finetune")
+    assert not (tmp_path / "runs" / "monthly-2026-01").exists()

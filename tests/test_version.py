@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tasks import offline
-from tasks.config import DataConfig
+from tasks.config import DataConfig, safe_run_id
 from tasks.validate import build_profile
 from tasks.version import (DATASET_PATH, PROFILE_PATH, VersioningError, checkout_dataset, previous_profile,
                            profile_text, registry_lock, version_dataset)
@@ -76,7 +76,8 @@ def test_first_version_commits_tags_and_pushes(history):
     assert res["created"] is True
     assert res["dataset_path"] == DATASET_PATH
     assert res["registry"] == str(registry.resolve())
-    assert res["tag"] == "run-scheduled__2026-01-01T00_00_00_00_00"
+    assert res["tag"] == "run-" + safe_run_id("scheduled__2026-01-01T00:00:00+00:00")
+    assert res["tag"].startswith("run-scheduled__2026-01-01T00_00_00_00_00-")  # readable, plus a digest
     assert len(res["dataset_rev"]) == 40
     # The tag names the commit, and the commit names the run.
     assert git(registry, "rev-parse", f"{res['tag']}^{{commit}}") == res["dataset_rev"]
