@@ -14,7 +14,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__EXECUTOR := LocalExecutor
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
 export AIRFLOW__LOGGING__COLORED_CONSOLE_LOG := False
-# Offline and telemetry off (the same list as tasks/offline.py, for processes that never import it).
+# Offline and telemetry off (the same list as tasks/common/offline.py, for processes that never import it).
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -67,15 +67,15 @@ setup: $(STAMP)
 # Sample domain data (landing files, held-out QA, general corpus) unless landing files already exist.
 data: setup
 	@if [ -z "$$(find $(PFT_HOME)/landing -type f \( -name '*.jsonl' -o -name '*.csv' \) 2>/dev/null | head -1)" ]; then \
-		$(BIN)/python -m tasks.synth --home $(PFT_HOME); else echo "landing data present: $(PFT_HOME)/landing"; fi
+		$(BIN)/python -m tasks.demo.synth --home $(PFT_HOME); else echo "landing data present: $(PFT_HOME)/landing"; fi
 
 base-model: data
-	$(BIN)/python -m tasks.base_model --corpus $(PFT_HOME)/synth/general_corpus.txt --models-root $(PFT_HOME)/models --size demo
+	$(BIN)/python -m tasks.demo.base_model --corpus $(PFT_HOME)/synth/general_corpus.txt --models-root $(PFT_HOME)/models --size demo
 
 demo: base-model
 	@$(DEMO_CONFIG) $(BIN)/airflow dags test privacy_finetune > $(PFT_HOME)/last-demo.log 2>&1 \
 		|| (tail -40 $(PFT_HOME)/last-demo.log; echo "demo failed: full log in $(PFT_HOME)/last-demo.log"; exit 1)
-	@$(BIN)/python -m tasks.report
+	@$(BIN)/python -m tasks.release.report
 
 # The same run inside a network namespace that has only loopback (util-linux unshare, iproute2):
 # proof that no step of the pipeline needs the network. Installing happens before, outside it.
@@ -85,11 +85,11 @@ verify-offline: base-model
 	@$(UNSHARE) bash -c 'ip link set lo up && ! ip route get 1.1.1.1 > /dev/null 2>&1 && echo "network namespace: loopback only" \
 		&& $(DEMO_CONFIG) $(BIN)/airflow dags test privacy_finetune' > $(PFT_HOME)/last-verify-offline.log 2>&1 \
 		|| (tail -40 $(PFT_HOME)/last-verify-offline.log; echo "verify-offline FAILED: full log in $(PFT_HOME)/last-verify-offline.log"; exit 1)
-	@$(BIN)/python -m tasks.report
+	@$(BIN)/python -m tasks.release.report
 	@echo "verify-offline: privacy_finetune ran end to end with only loopback (log: $(PFT_HOME)/last-verify-offline.log)"
 
 report: $(STAMP)
-	@$(BIN)/python -m tasks.report
+	@$(BIN)/python -m tasks.release.report
 
 # Serving and release. MODEL_NAME: the registered model (registry.model_name in the pipeline config).
 MODEL_NAME ?= privatetune-domain-lm
@@ -100,10 +100,10 @@ TO_VERSION ?=
 serve: $(STAMP)
 	@test -n "$$PFT_SERVE_TOKEN" || { echo "PFT_SERVE_TOKEN is not set: the API needs a bearer token. Set one and give it to the clients:"; \
 		echo "  export PFT_SERVE_TOKEN=\$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))')"; exit 1; }
-	$(BIN)/python -m tasks.serve --host $(SERVE_HOST) --port $(SERVE_PORT) --model-name $(MODEL_NAME)
+	$(BIN)/python -m tasks.serve.app --host $(SERVE_HOST) --port $(SERVE_PORT) --model-name $(MODEL_NAME)
 
 rollback: $(STAMP)
-	@$(BIN)/python -m tasks.register rollback --model-name $(MODEL_NAME) $(if $(TO_VERSION),--to-version $(TO_VERSION))
+	@$(BIN)/python -m tasks.release.registry rollback --model-name $(MODEL_NAME) $(if $(TO_VERSION),--to-version $(TO_VERSION))
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -10,7 +10,7 @@ Quality (precision, recall, F2 per entity type) on:
   presidio_evaluator_domain  the same generator with a few insurer templates and providers for
                              the custom identifiers (member, claim, policy, medical record numbers),
                              which the stock templates do not have.
-  synth_key                  the project's own generator (tasks.synth, seed --seed): its
+  synth_key                  the project's own generator (tasks.demo.synth, seed --seed): its
                              pii_key.json lists every raw value inserted, with type and record id.
 When presidio-evaluator is not installed, the first two are replaced by `synth_alt_names`: the
 project's generator with another seed and other name, street and city lists (labelled so).
@@ -23,13 +23,13 @@ types a set labels. F2 = 5PR / (4P + R) weighs recall four times as much as prec
 The synth_key set also reports `leaked`: key values still present verbatim in the masked text.
 
 Throughput, on the first --n synth_key records, side by side:
-  batched     tasks.mask.mask_records with --workers processes (NER-only spaCy, run in nlp.pipe
+  batched     tasks.pii.engine.mask_records with --workers processes (NER-only spaCy, run in nlp.pipe
               batches on the sentences that may hold a name and their neighbours, engines
               loaded once per worker, residual scan included), warm pool. The share of text
               the NER reads is reported.
   batched_1   the same in this process (workers=1), to separate batching from parallelism.
   plain_loop  AnalyzerEngine.analyze + AnonymizerEngine.anonymize per text, engines loaded
-              once, with exactly the same recognizers (tasks.mask.build_registry) and operators,
+              once, with exactly the same recognizers (tasks.pii.engine.build_registry) and operators,
               on Presidio's default spaCy pipeline (all components) with default conflict handling.
 Engine and worker start-up times are reported apart from docs/s.
 """
@@ -167,7 +167,7 @@ def _landing_rows(home: Path) -> list[dict]:
 
 def synth_set(n: int, seed: int, *, alt_names: bool = False) -> dict:
     """The project's generator: n records; gold spans are every occurrence of each key value."""
-    from tasks import synth
+    from tasks.demo import synth
 
     saved = (synth.FIRST, synth.LAST, synth.STREETS, synth.CITIES)
     with tempfile.TemporaryDirectory(prefix="bench-mask-") as tmp:
@@ -192,7 +192,7 @@ def synth_set(n: int, seed: int, *, alt_names: bool = False) -> dict:
         docs.append({"text": row["text"], "gold": sorted(gold), "values": sorted(values.get(row["record_id"], ()))})
     labeled = sorted({t for vs in values.values() for t, _ in vs})
     what = "alternative names/streets/cities (fallback: presidio-evaluator not installed)" if alt_names else "its key"
-    return {"description": f"project generator tasks.synth (seed {seed}, {n} records), {what}",
+    return {"description": f"project generator tasks.demo.synth (seed {seed}, {n} records), {what}",
             "docs": docs, "labeled_types": labeled, "unlocated_key_values": unlocated}
 
 
@@ -249,10 +249,10 @@ def targets(per_type: dict) -> dict:
 # ---------------------------------------------------------------- runners
 
 def run_ours(texts: list[str], workers: int):
-    from tasks import mask
+    from tasks.pii import engine
 
     t0 = time.perf_counter()
-    out = list(mask.mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=workers))
+    out = list(engine.mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=workers))
     return out, time.perf_counter() - t0
 
 
@@ -262,18 +262,18 @@ def plain_loop_engines():
     from presidio_analyzer.nlp_engine import NlpEngineProvider
     from presidio_anonymizer import AnonymizerEngine
 
-    from tasks import mask
+    from tasks.pii import engine
 
-    spec = mask.load_spec(RECOGNIZERS)
+    spec = engine.load_spec(RECOGNIZERS)
     nlp_engine = NlpEngineProvider(nlp_configuration={
         "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spec.nlp_model}],
-        "ner_model_configuration": {"model_to_presidio_entity_mapping": mask._NER_MAPPING,
-                                    "labels_to_ignore": mask._NER_IGNORED}}).create_engine()
-    registry = mask.build_registry(RECOGNIZERS, "en", spec, nlp_engine)
+        "ner_model_configuration": {"model_to_presidio_entity_mapping": engine._NER_MAPPING,
+                                    "labels_to_ignore": engine._NER_IGNORED}}).create_engine()
+    registry = engine.build_registry(RECOGNIZERS, "en", spec, nlp_engine)
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
     supported = set(analyzer.get_supported_entities("en"))
     entities = sorted(e for e in spec.entities if e in supported)
-    return analyzer, AnonymizerEngine(), mask._operators(spec, KEY), entities, list(nlp_engine.nlp["en"].pipe_names)
+    return analyzer, AnonymizerEngine(), engine._operators(spec, KEY), entities, list(nlp_engine.nlp["en"].pipe_names)
 
 
 def run_plain(texts: list[str], engines) -> tuple[list, float]:
@@ -362,9 +362,9 @@ def _load() -> float | None:
 
 def _ner_read_share(texts: list[str]) -> float | None:
     """Share of the characters the masking stage's NER gate sends to spaCy (None: gate off)."""
-    from tasks import mask
+    from tasks.pii import engine
 
-    gate = mask._ner_gate(mask.load_spec(RECOGNIZERS))
+    gate = engine._ner_gate(engine.load_spec(RECOGNIZERS))
     if gate is None:
         return None
     return _r(sum(e - s for t in texts for s, e in gate.segments(t)) / sum(map(len, texts)))
@@ -380,7 +380,7 @@ def _overall_recall(docs, preds) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks import offline
+    from tasks.common import offline
 
     offline.apply()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from tasks import mask
+    from tasks.pii import engine
 
     sets: dict[str, dict] = {}
     try:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = _load()
     t0 = time.perf_counter()
-    with mask.mask_workers(args.workers, recognizers_path=RECOGNIZERS) as workers:
+    with engine.mask_workers(args.workers, recognizers_path=RECOGNIZERS) as workers:
         pool_startup = time.perf_counter() - t0
         predictions, residual = {}, {}
         for name, s in sets.items():  # the other sets first: they also warm the workers up

@@ -5,17 +5,17 @@
     python bench/bench_privacy.py --render bench/results/privacy.json       # the Markdown again from the JSON
 
 Same base model, same masked data, same split, same epochs for every run:
-  data    bench_train.prepare: tasks.synth (seed 7; 4 canaries × 8 records, planted before masking and kept by
-          it) → tasks.ingest → tasks.mask; then tasks.splits.split_audit_holdout (--holdout-share) keeps
+  data    bench_train.prepare: tasks.demo.synth (seed 7; 4 canaries × 8 records, planted before masking and kept by
+          it) → tasks.data.ingest → tasks.pii.engine; then tasks.data.splits.split_audit_holdout (--holdout-share) keeps
           an audit hold-out out of training, the membership-inference test's non-members.
-  model   tasks.base_model demo size (the one bench_train uses), cached under --home.
-  runs    each a fresh subprocess calling tasks.train.train (bench_train's child, one torch thread):
+  model   tasks.demo.base_model demo size (the one bench_train uses), cached under --home.
+  runs    each a fresh subprocess calling tasks.train.recipe.train (bench_train's child, one torch thread):
             dp_lora        the recipe as configured (LoRA, DP-SGD, target ε --epsilon)
             np_lora        the same LoRA without DP (AdamW, bench_train's tuned setting: the recipe's SGD 0.5
                            diverges unclipped)
             np_full        full fine-tuning without DP (AdamW 1e-3): the strongest memoriser of the three
           plus the base model itself, which never saw the data: the attacks' null reference.
-  attacks tasks.safety on each model, in this process: canary exposure (--candidates random secrets per
+  attacks tasks.eval.safety on each model, in this process: canary exposure (--candidates random secrets per
           canary), loss-based MIA AUC (--mia-records members vs as many hold-out records), PII leakage
           (committed templates + 100 record prefixes, against synth/pii_key.json).
 
@@ -68,8 +68,8 @@ def attack(name: str, base_dir: str, result: dict | None, *, canaries: list[dict
     per attack."""
     import torch
 
-    from tasks import safety
-    from tasks.evaluate import load_causal_lm
+    from tasks.eval import safety
+    from tasks.eval.lm import load_causal_lm
 
     torch.set_num_threads(1)
     if result is None:
@@ -127,8 +127,8 @@ def render_md(doc: dict) -> str:
         f"torch {doc['machine']['torch']}; one torch thread; total {doc['total_seconds'] / 60:.1f} min. "
         f"Command: `{doc['command']}`.",
         "",
-        f"Model: `tasks.base_model` size `{m['size']}` ({m['parameters']:,} parameters). Data: {d['masked_rows']} masked "
-        f"records from `tasks.synth` (seed 7) with {len(doc['canaries'])} canaries planted in the raw records "
+        f"Model: `tasks.demo.base_model` size `{m['size']}` ({m['parameters']:,} parameters). Data: {d['masked_rows']} masked "
+        f"records from `tasks.demo.synth` (seed 7) with {len(doc['canaries'])} canaries planted in the raw records "
         f"(a 6-digit secret the masker does not catch, {doc['canaries'][0]['repeats'] if doc['canaries'] else 0} "
         f"records each); audit hold-out {doc['split']['holdout_records']} records "
         f"(share {doc['split']['holdout_share']}), training {doc['split']['train_records']}. Every run: "
@@ -202,12 +202,12 @@ def main() -> None:
     args.home = args.home or Path(os.environ.get("PFT_HOME", REPO / ".local")) / (
         "bench-privacy-quick" if args.quick else "bench-privacy")
 
-    from tasks.offline import apply as offline_apply
+    from tasks.common.offline import apply as offline_apply
 
     offline_apply()
-    from tasks import safety
+    from tasks.eval import safety
     from tasks.config import TrainConfig
-    from tasks.splits import split_audit_holdout
+    from tasks.data.splits import split_audit_holdout
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t_all = time.perf_counter()
@@ -224,7 +224,7 @@ def main() -> None:
     print(f"data: {split['train_records']} training / {split['holdout_records']} hold-out records; "
           f"model {prep['model']['parameters']} params", flush=True)
 
-    from tasks.evaluate import load_causal_lm
+    from tasks.eval.lm import load_causal_lm
 
     reference = load_causal_lm(Path(prep["model"]["dir"]), None)  # the calibration reference: never saw the data
     common = dict(canaries=canaries, split=split, raw_values=raw_values, args=args, max_len=max_len)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 def _data(home: Path, records: int) -> tuple[Path, Path]:
     """Generated records (their text is enough: the cost measured does not depend on masking) and the demo base."""
-    from tasks.base_model import build_base_model
-    from tasks.synth import generate
+    from tasks.demo.base_model import build_base_model
+    from tasks.demo.synth import generate
 
     generate(home, n_records=records)
     texts = []
@@ -47,7 +47,7 @@ def _data(home: Path, records: int) -> tuple[Path, Path]:
 
 def _run(data: Path, base: Path, out: Path, *, secure: bool, steps: int) -> float:
     from tasks.config import TrainConfig
-    from tasks.train import train
+    from tasks.train.recipe import train
 
     n = sum(1 for _ in open(data))
     t = TrainConfig(secure_noise=secure, checkpoint_every=0).model_dump()
@@ -63,8 +63,8 @@ def _noise_only(base: Path, repeats: int = 20) -> dict:
     from transformers import AutoModelForCausalLM
 
     from tasks.config import TrainConfig
-    from tasks.secure_noise import CSPRNG
-    from tasks.train import apply_method
+    from tasks.train.noise import CSPRNG
+    from tasks.train.recipe import apply_method
 
     model = apply_method(AutoModelForCausalLM.from_pretrained(base), {"train": TrainConfig().model_dump()})
     params = [p for p in model.parameters() if p.requires_grad]

@@ -4,17 +4,17 @@
     python bench/bench_train.py --quick --out /tmp/train-quick.json       # smoke run: tiny model, few steps
 
 Same base model, same masked data, same number of examples for every run:
-  data    tasks.synth records (seed 7) → tasks.ingest.ingest → tasks.mask.mask_dataset (the stage code
+  data    tasks.demo.synth records (seed 7) → tasks.data.ingest.ingest → tasks.data.mask.mask_dataset (the stage code
           minus GX validation and DVC), keyed by PFT_PSEUDONYM_KEY or a bench-only key; held-out
           questions from synth/qa_heldout.jsonl (never written into a record).
-  model   tasks.base_model demo size (Llama, 4 blocks, hidden 128), cached under --home.
-  runs    each training run is a fresh subprocess calling tasks.train.train(spec) with one torch
+  model   tasks.demo.base_model demo size (Llama, 4 blocks, hidden 128), cached under --home.
+  runs    each training run is a fresh subprocess calling tasks.train.recipe.train(spec) with one torch
           thread, so ru_maxrss is that run's peak alone; a `baseline` child only imports the
           libraries and loads the model, so the table also shows the training's own increment.
 
 1. Compute reduction (all non-private: IA3 `adapter` is refused under DP): full, lora, freeze+LoRA,
    adapter, prefix; time per epoch from the recipe's own train_seconds/epochs, peak RSS, trainable
-   share, held-out exact match (tasks.evaluate.evaluate_qa, lm-eval domain_qa).
+   share, held-out exact match (tasks.eval.qa.evaluate_qa, lm-eval domain_qa).
 2. DP overhead: DP LoRA (per-sample hooks; ghost clipping too) vs non-private LoRA at the same logical
    batch. The recipe asks the accountant for ε after every step; that time is measured in the child
    (PrivacyEngine.get_epsilon wrapped with a timer) and reported apart as accounting overhead.
@@ -82,7 +82,7 @@ def child_train(spec_path: Path, out_path: Path) -> None:
                 acct["seconds"] += time.perf_counter() - t0
 
         PrivacyEngine.get_epsilon = timed_get_epsilon
-    from tasks.train import train
+    from tasks.train.recipe import train
 
     result = train(spec)
     out_path.write_text(json.dumps({"result": result, "epsilon_calls": acct["calls"],
@@ -93,7 +93,7 @@ def child_train(spec_path: Path, out_path: Path) -> None:
 def child_baseline(spec_path: Path, out_path: Path) -> None:
     """What every run pays before training: the libraries and the model in memory."""
     spec = json.loads(spec_path.read_text())
-    from tasks import offline
+    from tasks.common import offline
 
     offline.apply()
     import opacus  # noqa: F401
@@ -110,7 +110,7 @@ def child_baseline(spec_path: Path, out_path: Path) -> None:
 def child_eval(spec_path: Path, out_path: Path) -> None:
     """Held-out exact match of one trained run (a subprocess, so sweep points can run side by side)."""
     spec = json.loads(spec_path.read_text())
-    from tasks import offline
+    from tasks.common import offline
 
     offline.apply()
     ev = evaluate(spec["base_model_dir"], spec["result"], spec["qa_path"], Path(spec["out_dir"]), spec["limit"])
@@ -137,10 +137,10 @@ def run_child(kind: str, spec: dict, work: Path, name: str) -> dict:
 
 def prepare(home: Path, records: int, size: str) -> dict:
     """Synth records → ingest → mask (cached under home); the base model (cached by corpus hash)."""
-    from tasks import synth
-    from tasks.base_model import SIZES, build_base_model
-    from tasks.ingest import ingest
-    from tasks.mask import mask_dataset
+    from tasks.demo import synth
+    from tasks.demo.base_model import SIZES, build_base_model
+    from tasks.data.ingest import ingest
+    from tasks.data.mask import mask_dataset
 
     home.mkdir(parents=True, exist_ok=True)
     stamp = home / "prepared.json"
@@ -213,7 +213,7 @@ def run_plan(args) -> list[dict]:
 
 
 def evaluate(base_dir: str, result: dict, qa_path: str, out_dir: Path, limit: int | None) -> dict:
-    from tasks.evaluate import evaluate_qa
+    from tasks.eval.qa import evaluate_qa
 
     if result is None:
         return evaluate_qa(base_model_dir=Path(base_dir), adapter_dir=None, qa_path=Path(qa_path), out_dir=out_dir, limit=limit)
@@ -313,7 +313,7 @@ def main() -> None:
     args.records, args.epochs = args.records or 4000, args.epochs or 2.5
     home = args.home or Path(os.environ.get("PFT_HOME", REPO / ".local")) / ("bench-train-quick" if args.quick else "bench-train")
 
-    from tasks.offline import apply as offline_apply
+    from tasks.common.offline import apply as offline_apply
 
     offline_apply()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -538,10 +538,10 @@ def render_md(doc: dict) -> str:
         f"total {doc['total_seconds'] / 60:.1f} min. Command: `{doc['command']}`.",
         f"Load before: `{doc['machine']['uptime_before']}`; after: `{doc['machine']['uptime_after']}`.",
         "",
-        f"Model: the project's demo base model (`tasks.base_model`, size `{m['size']}`): {m['architecture']}, "
+        f"Model: the project's demo base model (`tasks.demo.base_model`, size `{m['size']}`): {m['architecture']}, "
         f"{m['layers']} blocks, hidden {m['hidden']}, MLP {m['intermediate']}, {m['heads']} heads, vocab {m['vocab']}, "
         f"tied embeddings, **{m['parameters']:,} parameters**.",
-        f"Data: {d['masked_rows']} records from `tasks.synth` (seed 7), ingested and masked by the stage code "
+        f"Data: {d['masked_rows']} records from `tasks.demo.synth` (seed 7), ingested and masked by the stage code "
         f"({d['entities_masked']} entities masked); every run trains on the same file for {doc['runs'][0]['result']['epochs']} "
         f"epochs, batch {np_lora['batch_size']}, max {np_lora['max_seq_len']} tokens. Exact match: lm-eval `domain_qa` on "
         f"the {doc['base_eval']['n']} held-out questions (one question ≈ {100 / doc['base_eval']['n']:.1f} points); "

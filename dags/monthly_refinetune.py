@@ -1,7 +1,7 @@
 """
 ### monthly_refinetune — retrain every month on the new month's data
 
-Runs on the cron of `monthly.schedule` (default 03:00 UTC on the 1st). Each run **owns one
+Runs on the cron of `monthly_refinetune.schedule` (default 03:00 UTC on the 1st). Each run **owns one
 month**, the year and month of its logical date: the run of 2026-03-01 ingests only
 `landing/2026-03/` (drop a month's delivery there before its run). It validates and masks
 those rows, then builds the month's dataset version = the previous month's version + the new
@@ -9,7 +9,7 @@ rows − every record of a subject named in a right-to-erasure request
 (`landing/<month>/erasure/*.csv` with a `subject_id` column, or `.jsonl` / `.txt`). Models
 trained on removed records are marked for retirement in the registry.
 
-Training warm-starts from the champion's adapter (`monthly.warm_start: champion`; never from
+Training warm-starts from the champion's adapter (`monthly_refinetune.warm_start: champion`; never from
 a model marked for retirement) or from the base model, then evaluates against the champion and
 promotes only through the gates and, when required, a reviewer's approval.
 
@@ -31,10 +31,11 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from tasks import monthly, pipeline
-from tasks.assets import MASKED_DATASET, dataset_event_extra
+from tasks.airflow.assets import MASKED_DATASET, dataset_event_extra
+from tasks.airflow.dag_parts import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, masking, release, run_stage
 from tasks.config import load_config
-from tasks.dag_release import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, masking, release, run_stage
+from tasks.stages import monthly_refinetune as monthly
+from tasks.stages import privacy_finetune as finetune
 
 SCHEDULE = load_config().monthly
 
@@ -76,12 +77,12 @@ def monthly_refinetune():
     @task
     def ingest(prepared: dict) -> dict:
         """Read only this month's landing partition; bad rows go to quarantine with file, line, field and reason."""
-        return run_stage(pipeline.stage_ingest, prepared["run_id"], prepared["month"])
+        return run_stage(finetune.stage_ingest, prepared["run_id"], prepared["month"])
 
     @task
     def validate(prepared: dict, ingested: dict) -> dict:
         """Great Expectations suite on the month's rows, and drift against the previous version's profile."""
-        return run_stage(pipeline.stage_validate, prepared["run_id"], ingested)
+        return run_stage(finetune.stage_validate, prepared["run_id"], ingested)
 
     @task
     def dataset(prepared: dict, masked: dict) -> dict:

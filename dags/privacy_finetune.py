@@ -28,9 +28,9 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from tasks import pipeline
-from tasks.assets import MASKED_DATASET, dataset_event_extra
-from tasks.dag_release import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, masking, release, run_stage
+from tasks.airflow.assets import MASKED_DATASET, dataset_event_extra
+from tasks.airflow.dag_parts import DEFAULT_ARGS, TRAIN_POOL, TRAIN_QUEUE, TRAINING_PARAMS, masking, release, run_stage
+from tasks.stages import privacy_finetune as finetune
 
 
 @dag(
@@ -49,31 +49,31 @@ def privacy_finetune():
     @task
     def prepare(params=None, run_id=None) -> dict:
         """Resolve the config with the run's Params and build (or reuse) the base model."""
-        return run_stage(pipeline.stage_prepare, run_id, dict(params or {}), dag_id="privacy_finetune")
+        return run_stage(finetune.stage_prepare, run_id, dict(params or {}), dag_id="privacy_finetune")
 
     @task
     def ingest(prepared: dict) -> dict:
         """Read landing JSONL/CSV; bad rows go to quarantine with file, line, field and reason."""
-        return run_stage(pipeline.stage_ingest, prepared["run_id"])
+        return run_stage(finetune.stage_ingest, prepared["run_id"])
 
     @task
     def validate(prepared: dict, ingested: dict) -> dict:
         """Great Expectations suite; a failing 'fail' expectation stops the run before masking."""
-        return run_stage(pipeline.stage_validate, prepared["run_id"], ingested)
+        return run_stage(finetune.stage_validate, prepared["run_id"], ingested)
 
     @task(outlets=[MASKED_DATASET])
     def version(prepared: dict, masked: dict, outlet_events=None) -> dict:
         """DVC: commit and push the masked set (identical input keeps its revision); publish the
         version as the Asset privatetune-masked-dataset with revision and counts in the event's extra."""
-        versioned = run_stage(pipeline.stage_version, prepared["run_id"], masked)
+        versioned = run_stage(finetune.stage_version, prepared["run_id"], masked)
         outlet_events[MASKED_DATASET].extra = dataset_event_extra(prepared["run_id"], versioned, masked)
         return versioned
 
     @task(execution_timeout=timedelta(hours=6), queue=TRAIN_QUEUE, pool=TRAIN_POOL)
     def train(prepared: dict, versioned: dict) -> dict:
-        """torchrun -m tasks.train: PEFT + Opacus DP-SGD on the versioned masked set; a retry resumes
+        """torchrun -m tasks.train.recipe: PEFT + Opacus DP-SGD on the versioned masked set; a retry resumes
         from the last checkpoint, and the privacy ledger is charged once per run."""
-        return run_stage(pipeline.stage_train, prepared["run_id"], prepared, versioned)
+        return run_stage(finetune.stage_train, prepared["run_id"], prepared, versioned)
 
     prepared = prepare()
     ingested = ingest(prepared)

@@ -10,7 +10,7 @@ DAG that its folder records (`dag_id` in stages/prepare.json, else in report.jso
 under the run id the folder records: any other DAG, a folder with no recorded DAG (runs
 prepared before it was recorded) or a record that disagrees gets 404. Files are opened below
 the runs root one component at a time without following symlinks, except the one link that
-tasks/monthly.py makes: a runs/ entry that names a sibling run folder (the month's folder under
+tasks/stages/monthly_refinetune.py makes: a runs/ entry that names a sibling run folder (the month's folder under
 its Airflow run id). Errors name no path on disk.
 """
 
@@ -30,7 +30,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
-from tasks import run_notes
+from tasks.airflow import run_notes
 from tasks.config import Paths
 
 app = FastAPI(title="PrivateTune reports", docs_url=None, redoc_url=None, openapi_url=None)
@@ -160,7 +160,7 @@ def _folder_of(run_id: str) -> tuple[str, bool] | None:
         return None
     except OSError as err:
         return (run_dir.name, False) if err.errno == errno.EINVAL else None  # EINVAL: not a link
-    # tasks/monthly.py links runs/<airflow run id> to the month's folder by its bare name, nothing else.
+    # tasks/stages/monthly_refinetune.py links runs/<airflow run id> to the month's folder by its bare name, nothing else.
     if not _plain_name(target) or target == run_dir.name:
         return None
     return target, True

@@ -66,11 +66,11 @@ class AllowedBaseModel(_Section):
     """A model directory a trigger's `base_model_path` Param may name, with the digest it must still have."""
 
     path: str = Field(min_length=1, description="a local Hugging Face causal-LM directory")
-    sha256: str = Field(pattern=SHA256_PATTERN, description="`python -m tasks.base_model --digest DIR` of it")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="`python -m tasks.demo.base_model --digest DIR` of it")
 
 
 class BaseModelConfig(_Section):
-    """The base causal LM: either the demo model built by `tasks.base_model`, or a local HF directory.
+    """The base causal LM: either the demo model built by `tasks.demo.base_model`, or a local HF directory.
 
     Canary exposure and membership inference are measured relative to the base model, so a base that
     already memorised the data would weaken the evidence: which bases a run may use is policy. The
@@ -123,10 +123,10 @@ class TrainConfig(_Section):
     secure_noise: bool = Field(True, description="DP noise and Poisson sampling from the OS CSPRNG (production). "
                                "false = seeded, reproducible noise for tests and benchmarks: marked as such "
                                "everywhere, and the gates refuse to promote it unless gates.allow_reproducible_noise")
-    # Resumable runs (tasks/checkpoint.py): trainable weights, optimizer, schedule, RNG, sampler, accountant.
+    # Resumable runs (tasks/train/checkpoint.py): trainable weights, optimizer, schedule, RNG, sampler, accountant.
     checkpoint_every: int = Field(10, ge=0, description="checkpoint every N logical steps; 0 = off (no resume)")
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
-    # Multi-node: torchrun rendezvous (tasks.train.torchrun_args). One node: --standalone.
+    # Multi-node: torchrun rendezvous (tasks.train.recipe.torchrun_args). One node: --standalone.
     nnodes: int = Field(1, ge=1, description="nodes; every node runs the same torchrun command")
     rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous; None = --standalone (one node)")
     rdzv_backend: Literal["c10d", "static", "etcd", "etcd-v2"] = "c10d"
@@ -254,7 +254,7 @@ class DatasetBudget(_Section):
 
 
 class PrivacyConfig(_Section):
-    """Total privacy budget per source dataset, enforced by tasks.ledger before training.
+    """Total privacy budget per source dataset, enforced by tasks.train.ledger before training.
 
     Basic composition: ε and δ of every run on the same source dataset add up (monthly
     versions accumulate, so all its runs overlap). None = record only, not enforced."""
@@ -268,7 +268,7 @@ class PrivacyConfig(_Section):
 
 
 class NotifyConfig(_Section):
-    """Where a failed task is announced (tasks/notify.py, the DAG's on_failure_callback).
+    """Where a failed task is announced (tasks/airflow/notify.py, the DAG's on_failure_callback).
 
     Only ids, the exception type and a short one-line message are sent; never record text."""
 

@@ -90,7 +90,7 @@ class AirflowLive:
     def _env(self, parallelism: int, extra_env: dict[str, str]) -> dict[str, str]:
         from cryptography.fernet import Fernet
 
-        from tasks.offline import OFFLINE_ENV
+        from tasks.common.offline import OFFLINE_ENV
 
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         passwords_file = self.airflow_home / "simple_auth_manager_passwords.json"

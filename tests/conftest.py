@@ -24,7 +24,7 @@ os.environ.setdefault("PFT_PSEUDONYM_KEY", "test-only-pseudonymisation-key")
 os.environ.pop("PFT_CONFIG", None)
 os.environ.pop("PFT_DVC_REMOTE_URL", None)  # a developer's S3 remote must not receive test data
 
-from tasks import offline  # noqa: E402
+from tasks.common import offline  # noqa: E402
 
 offline.apply()
 
@@ -101,8 +101,8 @@ def tiny_base_model(session_home: Path) -> Path:
     corpus every generated home has), for the live-Airflow tests to point base_model.path at."""
     import random
 
-    from tasks.base_model import build_base_model
-    from tasks.synth import general_corpus
+    from tasks.demo.base_model import build_base_model
+    from tasks.demo.synth import general_corpus
 
     shared = session_home / "shared"
     shared.mkdir(exist_ok=True)

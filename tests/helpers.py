@@ -19,7 +19,7 @@ def random_llama(out_dir: Path, *, hidden: int = 32, layers: int = 2) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasks.base_model import train_tokenizer
+    from tasks.demo.base_model import train_tokenizer
 
     torch.manual_seed(0)
     tok = train_tokenizer(SENTENCES * 4, vocab_size=300)
@@ -37,7 +37,7 @@ def random_gpt2(out_dir: Path, *, hidden: int = 32, layers: int = 2) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tasks.base_model import train_tokenizer
+    from tasks.demo.base_model import train_tokenizer
 
     torch.manual_seed(0)
     tok = train_tokenizer(SENTENCES * 4, vocab_size=300)

@@ -66,7 +66,7 @@ def erasure_request(home: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory, tiny_base_model):
     home = tmp_path_factory.mktemp("backfill")
-    synth = subprocess.run([sys.executable, "-m", "tasks.synth", "--home", str(home), "--records", str(RECORDS),
+    synth = subprocess.run([sys.executable, "-m", "tasks.demo.synth", "--home", str(home), "--records", str(RECORDS),
                             "--months", *MONTHS, "--canaries", "2", "--canary-repeats", "4"],
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert synth.returncode == 0, synth.stderr[-2000:]
@@ -87,7 +87,7 @@ def backfilled(tmp_path_factory, tiny_base_model):
         feb = next(r for r in runs if r["logical_date"].startswith("2026-02"))
         _create_backfill(af, "--from-date", "2026-02-01", "--to-date", "2026-02-28", "--reprocess-behavior", "completed")
         rerun = _wait_for_rerun(af, feb)
-        from tasks.pii_scan import load_values, scan
+        from tasks.eval.pii_scan import load_values, scan
 
         pii = scan(home, load_values(home / "synth" / "pii_key.json"))
         yield {"pii": pii, "home": home, "af_log": af.log_path, "dry": dry.stdout, "runs": runs, "seconds": seconds,

@@ -131,7 +131,7 @@ def browser_run(tmp_path_factory, tiny_base_model):
     started = time.monotonic()
     home = tmp_path_factory.mktemp("browser-home")
     out = artifacts_dir()
-    synth = subprocess.run([sys.executable, "-m", "tasks.synth", "--home", str(home), "--records", str(RECORDS)],
+    synth = subprocess.run([sys.executable, "-m", "tasks.demo.synth", "--home", str(home), "--records", str(RECORDS)],
                            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PFT_HOME": str(home)})
     assert synth.returncode == 0, synth.stderr[-3000:]
     timings: dict[str, float] = {}

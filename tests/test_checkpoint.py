@@ -1,7 +1,7 @@
 """Resumable training: a stopped or SIGKILLed run resumes from its last checkpoint and ends where an
 uninterrupted run ends (same weights bit for bit on CPU, same ε exactly).
 
-`run()` is a compact copy of the tasks.train loop (PEFT LoRA on a random Llama, Opacus make_private
+`run()` is a compact copy of the tasks.train.recipe loop (PEFT LoRA on a random Llama, Opacus make_private
 with Poisson sampling and BatchMemoryManager, or a seeded shuffled DataLoader without DP). This file
 also runs as a script (`python -m tests.test_checkpoint ...`) so the kill test can SIGKILL a real
 training process.
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.checkpoint import Checkpointer, CheckpointMismatch, describe, spec_fingerprint
+from tasks.train.checkpoint import Checkpointer, CheckpointMismatch, describe, spec_fingerprint
 from tests.helpers import masked_records, random_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def _spec(base_dir: Path, data_path: Path, *, dp: bool, lr: float = 0.05) -> dic
 
 def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int = 2, stop_at: int | None = None,
         step_delay: float = 0.0) -> dict:
-    """The tasks.train loop in miniature, with the checkpoint calls where the recipe makes them."""
+    """The tasks.train.recipe loop in miniature, with the checkpoint calls where the recipe makes them."""
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from peft import LoraConfig, get_peft_model
@@ -119,7 +119,7 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
                 if stop_at is not None and step == stop_at:
                     raise Stop(step)
                 time.sleep(step_delay)
-    # ε once at the end: a PRV evaluation costs ~1 s here; tasks.train logs it every step.
+    # ε once at the end: a PRV evaluation costs ~1 s here; tasks.train.recipe logs it every step.
     epsilon = engine.get_epsilon(delta) if engine is not None else 0.0
     peft_model = model._module if hasattr(model, "_module") else model
     weights = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}

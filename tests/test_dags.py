@@ -106,7 +106,7 @@ def test_masking_is_mapped_over_the_planned_shards(dagbag):
 def test_version_publishes_the_dataset_asset(dagbag):
     from airflow.sdk import Asset
 
-    from tasks.assets import MASKED_DATASET
+    from tasks.airflow.assets import MASKED_DATASET
 
     dag = dagbag.dags["privacy_finetune"]
     assert dag.get_task("version").outlets == [MASKED_DATASET]

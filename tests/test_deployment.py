@@ -61,7 +61,7 @@ def test_every_dag_queue_has_a_worker_and_the_gpu_pool_is_created():
         if isinstance(cmd, list) and cmd[:3] == ["airflow", "celery", "worker"]:
             consumed |= set(cmd[cmd.index("--queues") + 1].split(",")) if "--queues" in cmd else {"default"}
     # Both DAGs take the training queue and pool from the shared release module.
-    tree = ast.parse((REPO / "tasks" / "dag_release.py").read_text())
+    tree = ast.parse((REPO / "tasks" / "airflow" / "dag_parts.py").read_text())
     consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
               for t in n.targets if isinstance(t, ast.Name)}
     for dag_file in (REPO / "dags").glob("*.py"):
@@ -75,7 +75,7 @@ def test_every_dag_queue_has_a_worker_and_the_gpu_pool_is_created():
 
 
 def test_compose_points_the_ledger_at_postgres():
-    from tasks import ledger
+    from tasks.train import ledger
 
     env = _compose()["x-airflow-common"]["environment"]
     assert env["PFT_LEDGER_URL"].startswith("postgresql")
@@ -206,17 +206,17 @@ def test_secrets_have_no_defaults():
 
 
 def test_serve_service_runs_the_api_with_the_token_the_code_reads():
-    from tasks.serve import create_app
+    from tasks.serve.app import create_app
 
     token_env = inspect.signature(create_app).parameters["token_env"].default
     serve = _compose()["services"]["privatetune-serve"]
     argv = _argv(serve.get("entrypoint") or []) + _argv(serve.get("command") or [])
-    assert argv[:3] == ["python", "-m", "tasks.serve"] and "--token-env" not in argv
+    assert argv[:3] == ["python", "-m", "tasks.serve.app"] and "--token-env" not in argv
     assert argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == "8000"
     assert serve["environment"][token_env].startswith(f"${{{token_env}:?")
     assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "http://localhost:8000/healthz" in _argv(serve["healthcheck"]["test"])
-    # The serving tier never holds the pseudonymisation key (tasks/serve.py's design): no .env, no key.
+    # The serving tier never holds the pseudonymisation key (tasks/serve/app.py's design): no .env, no key.
     assert "env_file" not in serve and MaskConfig().key_env not in serve["environment"]
     assert not any("privatetune-data" in v for v in serve.get("volumes", []))
 
@@ -240,7 +240,7 @@ def _default(value: str, name: str) -> str:
 
 
 def test_the_workers_get_the_dvc_remote_the_code_reads(monkeypatch):
-    from tasks.version import REMOTE_ENDPOINT_ENV, REMOTE_URL_ENV, _remote_settings
+    from tasks.data.version import REMOTE_ENDPOINT_ENV, REMOTE_URL_ENV, _remote_settings
 
     services, example = _compose()["services"], _env_example()
     init_env = services["minio-init"]["environment"]
@@ -269,7 +269,7 @@ def test_the_workers_get_the_dvc_remote_the_code_reads(monkeypatch):
     for name, svc in services.items():
         if name.startswith("airflow-") and name not in TASK_WORKERS:
             assert not {"AWS_SECRET_ACCESS_KEY", REMOTE_URL_ENV} & set(svc["environment"]), name
-    # DVC's analytics stay off in the image too (tasks/version.py also sets it per command).
+    # DVC's analytics stay off in the image too (tasks/data/version.py also sets it per command).
     assert "DVC_NO_ANALYTICS=1" in (REPO / "Dockerfile").read_text()
 
 

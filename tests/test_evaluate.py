@@ -1,4 +1,4 @@
-"""Tests for tasks.evaluate: the domain_qa lm-eval task end to end (library and `lm_eval` CLI),
+"""Tests for tasks.eval.qa: the domain_qa lm-eval task end to end (library and `lm_eval` CLI),
 its metrics (EM, F1, relevance), the robustness/fairness suite, and toxicity.
 
 A throwaway Llama (hidden 32, 2 layers) with a byte-level BPE tokenizer is built per
@@ -17,19 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from tasks import offline
-from tasks.evaluate import (
+from tasks.common import offline
+from tasks.common.jsonl import read_rows
+from tasks.eval.qa import (
     TASK_NAME,
     TASK_SRC_DIR,
     evaluate_qa,
     evaluate_qa_suite,
     main,
-    read_jsonl,
     render_task_yaml,
-    score_texts,
     toxicity,
     write_task_dir,
 )
+from tasks.eval.safety import score_texts
 
 offline.apply()
 
@@ -245,7 +245,7 @@ def test_bad_qa_file_names_line_and_field(tmp_path):
     bad = tmp_path / "qa.jsonl"
     bad.write_text(json.dumps(QA[0]) + "\n" + json.dumps({"id": "q2", "question": "Why?"}) + "\n")
     with pytest.raises(ValueError, match=r"qa\.jsonl:2: field 'answer'"):
-        read_jsonl(bad, ("id", "question", "answer"))
+        read_rows(bad, ("id", "question", "answer"))
 
 
 # ----------------------------------------------------------------------------- domain QA via lm-eval
@@ -332,7 +332,7 @@ def test_suite_scores_every_scenario(tiny, tmp_path, capsys):
     assert tasks == {TASK_NAME, f"{TASK_NAME}_typo", f"{TASK_NAME}_casing", f"{TASK_NAME}_paraphrase",
                      *(f"{TASK_NAME}_fair_{g}" for g in groups)}
     assert {p.stem for p in (out / "data").glob("*.jsonl")} == tasks
-    typo_rows = read_jsonl(out / "data" / f"{TASK_NAME}_typo.jsonl", ("id", "question", "answer"))
+    typo_rows = read_rows(out / "data" / f"{TASK_NAME}_typo.jsonl", ("id", "question", "answer"))
     assert [r["id"] for r in typo_rows] == [f"{q['id']}#typo" for q in QA[:3]]
     saved = json.loads((out / "suite.json").read_text())
     assert saved["accuracy"] == suite["accuracy"] and saved["meta"]["seed"] == 5
@@ -384,7 +384,7 @@ def test_toxicity_report(tiny, tmp_path):
 
 
 def test_committed_prompt_set_is_well_formed():
-    rows = read_jsonl(Path(__file__).resolve().parent.parent / "include/prompts/toxicity_prompts.jsonl",
+    rows = read_rows(Path(__file__).resolve().parent.parent / "include/prompts/toxicity_prompts.jsonl",
                       ("id", "category", "prompt"))
     assert len(rows) >= 30
     assert len({r["id"] for r in rows}) == len(rows)

@@ -1,4 +1,4 @@
-"""Tests for tasks.helm: ECE, calibration and efficiency on tiny models, one model's quality suite,
+"""Tests for tasks.eval.helm: ECE, calibration and efficiency on tiny models, one model's quality suite,
 the HELM-style report (JSON, self-contained HTML, PNGs) and its MLflow logging."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import offline
-from tasks.helm import (
+from tasks.common import offline
+from tasks.eval.helm import (
     _answer_token_count,
     build_report,
     calibration,
@@ -39,7 +39,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tiny):
-    from tasks.evaluate import load_causal_lm
+    from tasks.eval.lm import load_causal_lm
 
     return load_causal_lm(tiny["trained"], None)
 
@@ -204,7 +204,7 @@ def test_log_report_to_mlflow(tmp_path):
     from mlflow import MlflowClient
 
     from tasks.config import Paths
-    from tasks.tracking import mlflow_experiment
+    from tasks.common.tracking import mlflow_experiment
 
     paths = Paths(tmp_path / "home")
     out = tmp_path / "helm"

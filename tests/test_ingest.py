@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.ingest as ingest_module
+import tasks.data.ingest as ingest_module
 from tasks.config import DataConfig, load_config
-from tasks.ingest import (REASONS, EmptyLandingError, InvalidPartitionError, MissingPartitionError,
+from tasks.data.ingest import (REASONS, EmptyLandingError, InvalidPartitionError, MissingPartitionError,
                           QuarantineThresholdExceeded, ingest, normalize_text, text_hash)
 
 HEADER = "record_id,record_type,created_at,text"
@@ -335,7 +335,7 @@ def test_files_are_read_in_sorted_order(dirs):
 
 def test_cli_prints_result_json(dirs):
     put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
-    cmd = [sys.executable, "-m", "tasks.ingest", "--landing", str(dirs["landing_dir"]),
+    cmd = [sys.executable, "-m", "tasks.data.ingest", "--landing", str(dirs["landing_dir"]),
            "--staging", str(dirs["staging_dir"]), "--quarantine", str(dirs["quarantine_dir"])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ})
     assert json.loads(out.stdout)["rows_valid"] == 1
@@ -628,7 +628,7 @@ def test_threshold_out_of_range_is_rejected(dirs, share):
 
 def test_cli_partition_and_threshold_exit_codes(dirs):
     put(dirs, "a.jsonl", jline(rec("R-1")) + "\nbad\n")
-    base = [sys.executable, "-m", "tasks.ingest", "--landing", str(dirs["landing_dir"]),
+    base = [sys.executable, "-m", "tasks.data.ingest", "--landing", str(dirs["landing_dir"]),
             "--staging", str(dirs["staging_dir"]), "--quarantine", str(dirs["quarantine_dir"])]
     ok = subprocess.run([*base, "--partition", "2026-01", "--max-quarantine-share", "0.5"],
                         capture_output=True, text=True, check=True)

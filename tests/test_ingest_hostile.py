@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import tasks.ingest as ingest_module
-from tasks.ingest import REASONS, EmptyLandingError, ingest, normalize_text
+import tasks.data.ingest as ingest_module
+from tasks.data.ingest import REASONS, EmptyLandingError, ingest, normalize_text
 
 HEADER = "record_id,record_type,created_at,text"
 
@@ -258,16 +258,16 @@ def test_a_file_swapped_for_a_symlink_after_listing_is_not_read(dirs, tmp_path, 
 
 
 def test_a_newline_in_a_file_name_cannot_forge_a_log_line(dirs, caplog):
-    forged = "x.jsonl\nINFO tasks.ingest: ingest done: 0 rows quarantined\n"
+    forged = "x.jsonl\nINFO tasks.data.ingest: ingest done: 0 rows quarantined\n"
     name = f"evil{forged}.jsonl"
     (month(dirs) / name).write_text(rec("R-1") + "\n")
     (month(dirs) / f"empty\r{forged}.csv").write_bytes(b"")
     (month(dirs) / f"link\n{forged}.jsonl").symlink_to(month(dirs) / name)
-    caplog.set_level(logging.DEBUG, logger="tasks.ingest")
+    caplog.set_level(logging.DEBUG, logger="tasks.data.ingest")
     result, staged, _ = run(dirs)
-    messages = [r.getMessage() for r in caplog.records if r.name == "tasks.ingest"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "tasks.data.ingest"]
     assert messages and not any(c in m for m in messages for c in "\n\r")
-    assert any("evilx.jsonl\\nINFO tasks.ingest" in m for m in messages)
+    assert any("evilx.jsonl\\nINFO tasks.data.ingest" in m for m in messages)
     assert not any(c in n for n in result["notes"] for c in "\n\r")
     assert staged[0]["source_file"] == f"2026-01/{name}"  # the data keeps the exact name (JSON escapes it)
 
@@ -277,7 +277,7 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_ingest(dirs, caplog):
     with open(raw_name, "wb") as fh:
         fh.write(rec("R-1").encode() + b"\nnot json\n")
     (month(dirs) / "b.jsonl").write_text(rec("R-2") + "\n")
-    caplog.set_level(logging.INFO, logger="tasks.ingest")
+    caplog.set_level(logging.INFO, logger="tasks.data.ingest")
     result, staged, quarantined = run(dirs)
     # The undecodable byte is shown as \xe9 wherever the name is written: rows, quarantine, logs.
     assert [(r["record_id"], r["source_file"]) for r in staged] == [

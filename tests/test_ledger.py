@@ -17,7 +17,7 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DatabaseError
 
-from tasks import ledger as L
+from tasks.train import ledger as L
 from tasks.config import PipelineConfig, PrivacyConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,7 +209,7 @@ def test_budget_from_config():
 
 
 def _cli(args, url, config, capsys):
-    """In-process `python -m tasks.ledger` (subprocesses cost seconds each on a busy machine)."""
+    """In-process `python -m tasks.train.ledger` (subprocesses cost seconds each on a busy machine)."""
     rc = L.main(["--url", url, "--config", str(config), *args])
     out = capsys.readouterr()
     return rc, out.out, out.err
@@ -248,7 +248,7 @@ def test_cli_show_and_check(url, tmp_path, capsys):
 
     # the real entry point and its exit status
     env = dict(os.environ, PFT_LEDGER_URL=url, PFT_CONFIG=str(config))
-    over = subprocess.run([sys.executable, "-m", "tasks.ledger", "check", "--dataset", "ds-a", "--epsilon", "3",
+    over = subprocess.run([sys.executable, "-m", "tasks.train.ledger", "check", "--dataset", "ds-a", "--epsilon", "3",
                            "--delta", "1e-5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert over.returncode == 1, over.stderr
     for part in ("dataset 'ds-a'", "spent ε=8", "requested ε=3", "limit ε=10"):
@@ -257,7 +257,7 @@ def test_cli_show_and_check(url, tmp_path, capsys):
 
 _WORKER = textwrap.dedent("""
     import sys, time
-    from tasks import ledger as L
+    from tasks.train import ledger as L
     url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
     L.entries(url=url)  # schema ready before the race
     while time.time() < start:

@@ -8,16 +8,16 @@ import re
 
 import pytest
 
-from tasks import mask
+from tasks.pii import engine
 from tasks.config import REPO_ROOT
-from tasks.mask import mask_records, mask_texts
+from tasks.pii import mask_records, mask_texts
 
 RECOGNIZERS = REPO_ROOT / "include" / "presidio" / "recognizers.yaml"
 KEY = b"test-key-0123456789abcdef0123456789"
 PLACEHOLDER = re.compile(r"<[A-Z_]+_[0-9a-f]{8}>")
 
 # (entity type, text, the value in it): every kind the stage masks, in the formats of
-# tasks/synth.py's PiiFactory and the masking tests.
+# tasks/demo/synth.py's PiiFactory and the masking tests.
 KINDS = [
     ("PERSON", "Member: Maria Gonzalez called about her claim.", "Maria Gonzalez"),
     ("EMAIL_ADDRESS", "Questions? Write to james.whitaker@example.com today.", "james.whitaker@example.com"),
@@ -90,7 +90,7 @@ def test_odd_spaces_inside_a_value_are_masked_like_spaces(etype, text, value):
 def test_spans_still_point_into_the_input_text():
     text = "Member ID M\u200bBR-4821\u202e3377\u202c is active."
     (m,) = mask_records([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1, residual=True)
-    assert m.text == f"Member ID {mask.pseudonym('MEMBER_ID', 'MBR-48213377', KEY)} is active."
+    assert m.text == f"Member ID {engine.pseudonym('MEMBER_ID', 'MBR-48213377', KEY)} is active."
     [(etype, start, end)] = m.spans
     assert etype == "MEMBER_ID" and text[start:end] == "M\u200bBR-4821\u202e3377"
     assert m.residual == {}
@@ -153,7 +153,7 @@ def test_domain_facts_with_long_numbers_survive():
 
 
 def test_serving_output_filter_shares_the_normalisation_and_variants():
-    from tasks.serve import OutputMasker
+    from tasks.serve.app import OutputMasker
 
     masker = OutputMasker(RECOGNIZERS)
     text, counts = masker.mask("Your ID is M\u200bBR-12345678, SSN 123 45 6789, claim CLM2026004821.")

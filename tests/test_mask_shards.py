@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tasks.config import REPO_ROOT
-from tasks.mask import PLACEHOLDER, ResidualPiiError, mask_dataset
-from tasks.mask_shards import UNPARTITIONED, merge_shards, partition_of, plan_shards
+from tasks.pii import PLACEHOLDER, ResidualPiiError
+from tasks.data.mask import mask_dataset
+from tasks.data.shards import UNPARTITIONED, merge_shards, partition_of, plan_shards
 
 KEY = b"shard-test-key"
 RECOGNIZERS = REPO_ROOT / "include" / "presidio" / "recognizers.yaml"
@@ -177,9 +178,9 @@ def test_merge_refuses_missing_or_stale_shards(tmp_path):
 
 def test_no_airflow_path_masks_in_shards(tmp_path, monkeypatch):
     """`stage_mask` (what run_all calls): plan, every shard, merge; stages/mask.json keeps the report's fields."""
-    from tasks import pipeline
+    from tasks.stages import privacy_finetune
     from tasks.config import Paths, load_config, save_resolved
-    from tasks.report import REQUIRED_FIELDS
+    from tasks.release.report import REQUIRED_FIELDS
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     run_id = "manual__2026-02-01T00:00:00+00:00"
@@ -192,7 +193,7 @@ def test_no_airflow_path_masks_in_shards(tmp_path, monkeypatch):
     stale = paths.run_dir(run_id) / "mask_shards" / "shard-0042"
     stale.mkdir(parents=True)
 
-    result = pipeline.stage_mask(run_id, {"staged_path": str(staged)})
+    result = privacy_finetune.stage_mask(run_id, {"staged_path": str(staged)})
 
     assert result["shards"] == 4 and result["partitions"] == {"2026-01": 4, "2026-02": 4}
     assert result["rows"] == 8 and result["entities"].get("PERSON") == 8

@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from tasks import offline
+from tasks.common import offline
 
 offline.apply()
 
 from tasks.config import Paths  # noqa: E402
-from tasks.model_card import (DESCRIPTION_MAX_CHARS, NOT_RECORDED, attach_model_card, fmt,  # noqa: E402
+from tasks.release.model_card import (DESCRIPTION_MAX_CHARS, NOT_RECORDED, attach_model_card, fmt,  # noqa: E402
                               render_model_card)
 
 NAME = "card-test-lm"
@@ -103,7 +103,7 @@ def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from tests.test_register import build_model
-    from tasks.register import register_model
+    from tasks.release.registry import register_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "restored-after-the-test")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # see tests/test_register.py forget_tracking_uri

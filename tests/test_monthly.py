@@ -12,19 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from tasks import monthly
-from tasks.ingest import ingest, landing_files
+from tasks.data import erasure, months
+from tasks.stages import monthly_refinetune
+from tasks.data.ingest import ingest, landing_files
 
 REPO = Path(__file__).resolve().parent.parent
 RECOGNIZERS = REPO / "include" / "presidio" / "recognizers.yaml"
 
 
 def test_a_run_owns_the_month_of_its_logical_date():
-    assert monthly.month_of(datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)) == "2026-03"
-    assert monthly.month_of("2026-12-01T03:00:00+00:00") == "2026-12"
-    assert monthly.run_key("2026-03") == "monthly-2026-03"
+    assert months.month_of(datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)) == "2026-03"
+    assert months.month_of("2026-12-01T03:00:00+00:00") == "2026-12"
+    assert months.run_key("2026-03") == "monthly-2026-03"
     with pytest.raises(ValueError, match="YYYY-MM"):
-        monthly.run_key("2026-13")
+        months.run_key("2026-13")
 
 
 def _request(landing: Path, month: str, name: str, text: str) -> Path:
@@ -40,7 +41,7 @@ def test_erasure_requests_in_csv_jsonl_and_txt_are_read_and_earlier_months_still
     _request(landing, "2026-02", "a.csv", "subject_id,ref\nMBR-22222222,ER-1\n")
     _request(landing, "2026-02", "b.jsonl", '{"subject_id": "jane@example.com", "id_type": "EMAIL_ADDRESS"}\n')
     _request(landing, "2026-03", "later.txt", "MBR-33333333\n")  # a later month: not applied to February
-    this, earlier = monthly.erasure_subjects(landing, "2026-02", "MEMBER_ID")
+    this, earlier = erasure.erasure_subjects(landing, "2026-02", "MEMBER_ID")
     assert [(s.id_type, s.subject_id) for s in this] == [("MEMBER_ID", "MBR-22222222"),
                                                          ("EMAIL_ADDRESS", "jane@example.com")]
     assert [(s.id_type, s.subject_id, s.month) for s in earlier] == [("MEMBER_ID", "MBR-11111111", "2026-01")]
@@ -69,36 +70,36 @@ def test_erasure_folders_are_never_ingested_as_records(tmp_path):
 def test_a_bad_erasure_request_names_file_line_and_field_never_the_id(tmp_path, name, text, where):
     landing = tmp_path / "landing"
     _request(landing, "2026-02", name, text)
-    with pytest.raises(monthly.ErasureRequestError) as err:
-        monthly.read_erasure_requests(landing, "2026-02", "MEMBER_ID")
+    with pytest.raises(erasure.ErasureRequestError) as err:
+        erasure.read_erasure_requests(landing, "2026-02", "MEMBER_ID")
     assert where in str(err.value)
     assert "98765432" not in str(err.value)
 
 
 def test_subjects_are_found_by_the_pseudonym_the_masker_wrote():
     """Erasure works in the clean zone: the keyed pseudonym of the id is what masked records hold."""
-    from tasks.mask import mask_texts
+    from tasks.pii import mask_texts
 
     key = b"test-only-key"
     text = "Member: Dana Whitfield, ID MBR-48213377, asked about the Gold plan deductible."
     masked, _ = next(iter(mask_texts([text], key=key, recognizers_path=RECOGNIZERS, workers=1)))
-    subject = monthly.Subject("MEMBER_ID", "MBR-48213377", "2026-02", "2026-02/erasure/r.csv:2")
-    other = monthly.Subject("MEMBER_ID", "MBR-48213378", "2026-02", "2026-02/erasure/r.csv:3")
-    found = monthly.subject_pseudonyms([subject, other], key, RECOGNIZERS)
+    subject = erasure.Subject("MEMBER_ID", "MBR-48213377", "2026-02", "2026-02/erasure/r.csv:2")
+    other = erasure.Subject("MEMBER_ID", "MBR-48213378", "2026-02", "2026-02/erasure/r.csv:3")
+    found = erasure.subject_pseudonyms([subject, other], key, RECOGNIZERS)
     assert [p for p in found if p in masked] == [next(iter(found))]
     assert "MBR-48213377" not in masked
 
 
 def test_an_id_type_the_masker_does_not_pseudonymise_is_refused(tmp_path):
-    subject = monthly.Subject("NOT_A_TYPE", "x", "2026-02", "2026-02/erasure/r.csv:2")
-    with pytest.raises(monthly.ErasureRequestError, match="r.csv:2: field id_type NOT_A_TYPE is not masked"):
-        monthly.subject_pseudonyms([subject], b"k", RECOGNIZERS)
+    subject = erasure.Subject("NOT_A_TYPE", "x", "2026-02", "2026-02/erasure/r.csv:2")
+    with pytest.raises(erasure.ErasureRequestError, match="r.csv:2: field id_type NOT_A_TYPE is not masked"):
+        erasure.subject_pseudonyms([subject], b"k", RECOGNIZERS)
 
 
 def _lora(model_dir: Path, r: int):
     from transformers import AutoModelForCausalLM
 
-    from tasks.train import apply_method
+    from tasks.train.recipe import apply_method
 
     spec = {"train": {"method": "lora", "lora_r": r, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "mlp"}}
     return apply_method(AutoModelForCausalLM.from_pretrained(model_dir), spec)
@@ -108,7 +109,7 @@ def test_warm_start_loads_the_champion_adapter_and_refuses_another_shape(tmp_pat
     """The adapter's weights arrive in the new model; an adapter of another rank is refused, not half-loaded."""
     import torch
 
-    from tasks.train import load_init_adapter, trainable_state
+    from tasks.train.recipe import load_init_adapter, trainable_state
     from helpers import random_llama
 
     base = random_llama(tmp_path / "base")
@@ -133,13 +134,13 @@ def test_a_month_waits_for_the_previous_run_and_refuses_to_build_on_a_missing_ve
     """A backfill may start several months at once; each waits for the one before and needs its version."""
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     jan = datetime(2026, 1, 1, 3, tzinfo=timezone.utc)
-    assert monthly.previous_month_ready(None) is True
-    assert monthly.previous_month_ready({"state": "running", "logical_date": jan}) is False
-    assert monthly.previous_month_ready({"state": "queued", "logical_date": jan}) is False
-    assert monthly.previous_month_ready({"state": "failed", "logical_date": jan}) is True  # ended: prepare checks
+    assert months.previous_month_ready(None) is True
+    assert months.previous_month_ready({"state": "running", "logical_date": jan}) is False
+    assert months.previous_month_ready({"state": "queued", "logical_date": jan}) is False
+    assert months.previous_month_ready({"state": "failed", "logical_date": jan}) is True  # ended: prepare checks
     (tmp_path / "landing" / "2026-01").mkdir(parents=True)  # January delivered, its run failed: no version
-    with pytest.raises(monthly.PreviousMonthMissing, match="landing partitions 2026-01 have no dataset version"):
-        monthly.check_earlier_months("2026-02")
+    with pytest.raises(months.PreviousMonthMissing, match="landing partitions 2026-01 have no dataset version"):
+        months.check_earlier_months("2026-02")
 
 
 def test_a_month_is_not_built_over_earlier_months_that_were_delivered_but_never_versioned(tmp_path, monkeypatch):
@@ -147,8 +148,8 @@ def test_a_month_is_not_built_over_earlier_months_that_were_delivered_but_never_
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     for month in ("2026-01", "2026-02", "2026-04"):
         (tmp_path / "landing" / month).mkdir(parents=True)
-    assert monthly.unversioned_earlier_months("2026-01") == []
-    assert monthly.unversioned_earlier_months("2026-04") == ["2026-01", "2026-02"]
-    with pytest.raises(monthly.PreviousMonthMissing, match="landing partitions 2026-01, 2026-02 have no dataset "
+    assert months.unversioned_earlier_months("2026-01") == []
+    assert months.unversioned_earlier_months("2026-04") == ["2026-01", "2026-02"]
+    with pytest.raises(months.PreviousMonthMissing, match="landing partitions 2026-01, 2026-02 have no dataset "
                                                            "version yet.*--from-date 2026-01-01 --to-date 2026-04-01"):
-        monthly.check_earlier_months("2026-04")
+        months.check_earlier_months("2026-04")

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import notify
+from tasks.airflow import notify
 from tasks.config import NotifyConfig
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
@@ -128,7 +128,7 @@ def dead_port() -> int:
 
 def test_message_holds_ids_and_types_never_a_traceback():
     secret_detail = "x" * 1000
-    error = raised(RuntimeError(f"stage mask failed\n  File \"tasks/mask.py\", line 3\n{secret_detail}"),
+    error = raised(RuntimeError(f"stage mask failed\n  File \"tasks/pii/engine.py\", line 3\n{secret_detail}"),
                    cause=GatedError("gate"))
     message = notify.failure_message(failed_context(error))
 
@@ -276,5 +276,5 @@ def test_every_task_of_the_dag_carries_the_callback():
     for t in dag.tasks:
         callbacks = t.on_failure_callback
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        assert any(getattr(cb, "__module__", None) == "tasks.notify" and cb.__name__ == "on_failure"
+        assert any(getattr(cb, "__module__", None) == "tasks.airflow.notify" and cb.__name__ == "on_failure"
                    for cb in callbacks), f"{t.task_id} has no failure notification"

@@ -1,4 +1,4 @@
-"""Tests for tasks.perturb: seeded, answer-preserving, id-stable HELM-style perturbations."""
+"""Tests for tasks.eval.perturb: seeded, answer-preserving, id-stable HELM-style perturbations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tasks import perturb
+from tasks.eval import perturb
 
 ROWS = [
     {"id": "deductible:Bronze Basic", "question": "How much is the deductible on the Bronze Basic plan?",
@@ -105,9 +105,9 @@ def test_demographic_groups_are_validated():
 
 def test_fairness_personas_are_never_names_the_generator_gives_data_subjects():
     """A persona that collides with a generated member's name would show up as a raw PII value in the
-    run's files (the PII scan would flag the evaluation data), so none may be FIRST × LAST of tasks.synth."""
-    from tasks.perturb import GROUPS
-    from tasks.synth import FIRST, LAST
+    run's files (the PII scan would flag the evaluation data), so none may be FIRST × LAST of tasks.demo.synth."""
+    from tasks.eval.perturb import GROUPS
+    from tasks.demo.synth import FIRST, LAST
 
     generated = {f"{f} {l}" for f in FIRST for l in LAST}
     personas = {name for personas in GROUPS.values() for name, _ in personas}

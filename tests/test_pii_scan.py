@@ -1,10 +1,10 @@
-"""tasks.pii_scan: raw PII values found anywhere outside the raw zone, by file and type, never printed."""
+"""tasks.eval.pii_scan: raw PII values found anywhere outside the raw zone, by file and type, never printed."""
 
 from __future__ import annotations
 
 import json
 
-from tasks.pii_scan import Matcher, main, scan
+from tasks.eval.pii_scan import Matcher, main, scan
 
 VALUES = [("PERSON", "Olga Petrova"), ("EMAIL_ADDRESS", "olga.petrova@example.org"), ("US_SSN", "123-45-6789")]
 

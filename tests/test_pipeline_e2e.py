@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.report import REQUIRED_FIELDS, lookup
+from tasks.release.report import REQUIRED_FIELDS, lookup
 from tests.airflow_api import Reviewer, api_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def e2e(session_home, airflow_db):
     second (a short training, lenient quality gates) evaluated against that champion and rejected."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from tasks import synth
+    from tasks.demo import synth
 
     synth.generate(session_home, n_records=E2E_RECORDS)
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
@@ -160,7 +160,7 @@ def _asset_events(run_id: str) -> list:
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
-    from tasks.assets import MASKED_DATASET
+    from tasks.airflow.assets import MASKED_DATASET
 
     with create_session() as session:
         query = (select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
@@ -188,7 +188,7 @@ def test_lora_weights_moved_from_their_initial_values(e2e):
     from transformers import AutoModelForCausalLM
 
     from tasks.config import PipelineConfig
-    from tasks.train import apply_peft
+    from tasks.train.recipe import apply_peft
 
     report = e2e["report"]
     assert report["train"]["trainable_tensors_changed"] == 1.0
@@ -376,7 +376,7 @@ def test_report_pages_are_served_inside_airflow_behind_login(e2e):
 def test_nothing_the_runs_leave_outside_the_raw_zone_holds_a_raw_pii_value(e2e):
     """Datasets, DVC cache and remote, MLflow DB and artifacts, Airflow DB and logs, run folders, reports,
     evaluation files, model cards: every file but the raw zone's, scanned for every value of the key."""
-    from tasks.pii_scan import load_values, scan
+    from tasks.eval.pii_scan import load_values, scan
 
     result = scan(e2e["home"], load_values(e2e["home"] / "synth" / "pii_key.json"))
     assert result["files_scanned"] > 100 and result["hits"] == {}, result["hits"]

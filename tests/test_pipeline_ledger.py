@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from tasks import ledger, pipeline
+from tasks.train import ledger
+
+from tasks.stages import privacy_finetune
 from tasks.config import PipelineConfig
 from tests.helpers import masked_records
 
@@ -30,17 +32,17 @@ def _setup(tmp_path, *, epsilon_budget=20.0, dp=True, allow_non_private=False, t
 
 def test_plan_matches_the_recipe_and_stays_within_target(tmp_path):
     cfg, spec = _setup(tmp_path)
-    plan = pipeline.privacy_plan(spec)
+    plan = privacy_finetune.privacy_plan(spec)
     assert plan["records"] == 200 and plan["steps"] == 10 and plan["delta"] == pytest.approx(1 / 2000)
     assert 0 < plan["epsilon"] <= 8.0 and plan["noise_multiplier"] > 0 and plan["accountant"] in ("prv", "rdp")
 
 
 def test_the_recipe_runs_the_charged_mechanism_and_recomputes_when_inputs_changed(tmp_path):
     """stage_train hands the ledger's mechanism to torchrun; it applies only to the same records and DP inputs."""
-    from tasks.train import DP_INPUTS, dp_mechanism, planned_mechanism
+    from tasks.train.recipe import DP_INPUTS, dp_mechanism, planned_mechanism
 
     cfg, spec = _setup(tmp_path)
-    plan = pipeline.privacy_plan(spec)
+    plan = privacy_finetune.privacy_plan(spec)
     handed = {**spec, "dp_mechanism": {"records": 200, "mechanism": plan["mechanism"],
                                        "inputs": {k: spec["train"][k] for k in DP_INPUTS}}}
     assert planned_mechanism(handed, 200) == dp_mechanism(spec["train"], 200) == plan["mechanism"]
@@ -51,27 +53,29 @@ def test_the_recipe_runs_the_charged_mechanism_and_recomputes_when_inputs_change
 
 def test_reservation_is_charged_once_and_refused_over_budget(tmp_path, ledger_url):
     cfg, spec = _setup(tmp_path)
-    first = pipeline.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")
-    again = pipeline.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")  # an Airflow retry
+    first = privacy_finetune.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")
+    again = privacy_finetune.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")  # an Airflow retry
     assert again.run_id == first.run_id
     assert ledger.spent("test-records").runs == 1
-    pipeline.reserve_privacy_budget("manual__two", cfg, spec, dataset_rev="rev1")
+    privacy_finetune.reserve_privacy_budget("manual__two", cfg, spec, dataset_rev="rev1")
     spent = ledger.spent("test-records").epsilon
     assert spent == pytest.approx(2 * first.epsilon) and spent <= 16.0
     with pytest.raises(ledger.PrivacyBudgetExceeded) as err:  # a third ε≈8 run passes the 20 budget
-        pipeline.reserve_privacy_budget("manual__three", cfg, spec, dataset_rev="rev1")
+        privacy_finetune.reserve_privacy_budget("manual__three", cfg, spec, dataset_rev="rev1")
     message = str(err.value)
     assert "test-records" in message and "20" in message and f"{spent:.4g}"[:4] in message
     assert ledger.spent("test-records").runs == 2  # the refused run is not recorded
-    assert isinstance(err.value, pipeline.permanent_errors())  # the Airflow task fails at once, no retry
+    from tasks.airflow.dag_parts import permanent_errors
+
+    assert isinstance(err.value, permanent_errors())  # the Airflow task fails at once, no retry
 
 
 def test_non_private_run_is_refused_unless_allowed(tmp_path, ledger_url):
     cfg, spec = _setup(tmp_path, dp=False)
     with pytest.raises(ledger.PrivacyBudgetExceeded):
-        pipeline.reserve_privacy_budget("manual__nodp", cfg, spec, dataset_rev="rev1")
+        privacy_finetune.reserve_privacy_budget("manual__nodp", cfg, spec, dataset_rev="rev1")
     cfg, spec = _setup(tmp_path, dp=False, allow_non_private=True)
-    entry = pipeline.reserve_privacy_budget("manual__nodp", cfg, spec, dataset_rev="rev1")
+    entry = privacy_finetune.reserve_privacy_budget("manual__nodp", cfg, spec, dataset_rev="rev1")
     assert math.isinf(entry.epsilon) and not entry.private
 
 
@@ -82,10 +86,10 @@ def test_colliding_run_ids_get_distinct_folders_and_ledger_entries(tmp_path, led
     cfg, spec = _setup(tmp_path, epsilon_budget=80.0)
     plus, underscore = "manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00_00_00_00_00"
     assert Paths(tmp_path).run_dir(plus) != Paths(tmp_path).run_dir(underscore)
-    a = pipeline.reserve_privacy_budget(plus, cfg, spec, dataset_rev="rev1")
-    b = pipeline.reserve_privacy_budget(underscore, cfg, spec, dataset_rev="rev1")
-    c = pipeline.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="privacy_finetune")
-    d = pipeline.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="monthly_refinetune")
+    a = privacy_finetune.reserve_privacy_budget(plus, cfg, spec, dataset_rev="rev1")
+    b = privacy_finetune.reserve_privacy_budget(underscore, cfg, spec, dataset_rev="rev1")
+    c = privacy_finetune.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="privacy_finetune")
+    d = privacy_finetune.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="monthly_refinetune")
     assert len({a.run_id, b.run_id, c.run_id, d.run_id}) == 4 and ledger.spent("test-records").runs == 4
     assert a.run_id == f"privacy_finetune/{safe_run_id(plus)}"
 
@@ -93,14 +97,14 @@ def test_colliding_run_ids_get_distinct_folders_and_ledger_entries(tmp_path, led
 def test_a_reused_run_key_with_other_settings_is_refused(tmp_path, ledger_url):
     """The second run under one key is not "its own retry" unless it trains the same thing on the same base."""
     cfg, spec = _setup(tmp_path)
-    pipeline.reserve_privacy_budget("manual__one", cfg, {**spec, "base_model_sha256": "1" * 64}, dataset_rev="rev1")
+    privacy_finetune.reserve_privacy_budget("manual__one", cfg, {**spec, "base_model_sha256": "1" * 64}, dataset_rev="rev1")
     for changed in ({**spec, "base_model_sha256": "2" * 64},
                     {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "learning_rate": 0.01}},
                     {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "lora_r": 16}}):
         with pytest.raises(ledger.LedgerConflict, match="config_digest"):
-            pipeline.reserve_privacy_budget("manual__one", cfg, changed, dataset_rev="rev1")
+            privacy_finetune.reserve_privacy_budget("manual__one", cfg, changed, dataset_rev="rev1")
     execution_only = {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "physical_batch_size": 5}}
-    pipeline.reserve_privacy_budget("manual__one", cfg, execution_only, dataset_rev="rev1")  # a retry on other hardware
+    privacy_finetune.reserve_privacy_budget("manual__one", cfg, execution_only, dataset_rev="rev1")  # a retry on other hardware
     assert ledger.spent("test-records").runs == 1
 
 
@@ -109,5 +113,5 @@ def test_a_privacy_finetune_run_may_not_take_a_monthly_run_key(tmp_path, monkeyp
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     with pytest.raises(PolicyViolation, match="reserved for monthly_refinetune"):
-        pipeline.stage_prepare("monthly-2026-01", {}, dag_id="privacy_finetune")
+        privacy_finetune.stage_prepare("monthly-2026-01", {}, dag_id="privacy_finetune")
     assert not (tmp_path / "runs" / "monthly-2026-01").exists()

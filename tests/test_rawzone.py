@@ -16,7 +16,7 @@ def _mode(path) -> int:
 
 
 def test_masking_shards_are_0600_in_a_0700_folder(tmp_path):
-    from tasks.mask_shards import plan_shards
+    from tasks.data.shards import plan_shards
 
     old = os.umask(0o022)  # a permissive umask must not matter
     try:
@@ -30,7 +30,7 @@ def test_masking_shards_are_0600_in_a_0700_folder(tmp_path):
 
 
 def test_ingest_stage_writes_raw_rows_into_owner_only_folders(tmp_path, monkeypatch):
-    from tasks import pipeline
+    from tasks.stages import privacy_finetune
     from tasks.config import Paths, PipelineConfig, save_resolved
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
@@ -41,7 +41,7 @@ def test_ingest_stage_writes_raw_rows_into_owner_only_folders(tmp_path, monkeypa
     save_resolved(PipelineConfig(), Paths().run_dir("r1"))
     old = os.umask(0o022)
     try:
-        result = pipeline.stage_ingest("r1")
+        result = privacy_finetune.stage_ingest("r1")
     finally:
         os.umask(old)
     paths = Paths()
@@ -52,7 +52,7 @@ def test_ingest_stage_writes_raw_rows_into_owner_only_folders(tmp_path, monkeypa
 
 
 def test_the_generator_keeps_its_raw_values_owner_only(tmp_path):
-    from tasks.synth import generate
+    from tasks.demo.synth import generate
 
     generate(tmp_path, n_records=40, canaries=1, canary_repeats=2)
     assert _mode(tmp_path / "synth") == 0o700 and _mode(tmp_path / "landing") == 0o700
@@ -61,20 +61,20 @@ def test_the_generator_keeps_its_raw_values_owner_only(tmp_path):
 
 
 def test_the_key_file_is_read_only_when_it_is_owner_only(tmp_path, monkeypatch):
-    from tasks import pipeline
+    from tasks.stages.run import mask_key
     from tasks.config import PipelineConfig
-    from tasks.mask import MissingKeyError
+    from tasks.pii import MissingKeyError
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     monkeypatch.delenv("PFT_PSEUDONYM_KEY", raising=False)
     cfg = PipelineConfig()
     with pytest.raises(MissingKeyError, match="mask.key_file"):
-        pipeline._mask_key(cfg)
+        mask_key(cfg)
     key_file = tmp_path / "secrets" / "pseudonym.key"
     key_file.parent.mkdir(mode=0o700)
     key_file.write_text("k" * 64 + "\n")
     key_file.chmod(0o644)
     with pytest.raises(MissingKeyError, match="readable by other users"):
-        pipeline._mask_key(cfg)
+        mask_key(cfg)
     key_file.chmod(0o600)
-    assert pipeline._mask_key(cfg) == b"k" * 64
+    assert mask_key(cfg) == b"k" * 64

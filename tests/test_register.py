@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import offline
+from tasks.common import offline
 
 offline.apply()
 
@@ -21,7 +21,7 @@ from mlflow import MlflowClient  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 
 from tasks.config import Paths  # noqa: E402
-from tasks.register import (RegistryError, audit_trail, champion, download_champion,  # noqa: E402
+from tasks.release.registry import (RegistryError, audit_trail, champion, download_champion,  # noqa: E402
                             mark_for_retirement, pip_requirements, promote, record_rejection, register_model,
                             rollback)
 
@@ -111,7 +111,7 @@ def test_register_tags_alias_and_serves(tmp_path, tiny_model):
     assert run.data.metrics["qa_exact_match"] == 0.5
     assert run.info.experiment_id == mlflow.get_experiment_by_name("privacy_finetune").experiment_id
 
-    # Serving side: resolve by alias, as tasks.serve does.
+    # Serving side: resolve by alias, as tasks.serve.app does.
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
     out = model.predict(pd.DataFrame({"question": ["hi"]}))
     assert len(out) == 1 and isinstance(out[0], str)
@@ -135,7 +135,7 @@ def test_register_tags_alias_and_serves(tmp_path, tiny_model):
 def test_register_inside_existing_run(tmp_path, tiny_model):
     base_dir, adapter_dir = tiny_model
     paths = Paths(tmp_path)
-    from tasks.tracking import mlflow_experiment
+    from tasks.common.tracking import mlflow_experiment
 
     exp = mlflow_experiment(paths)
     with mlflow.start_run(experiment_id=exp) as run:
@@ -149,7 +149,7 @@ def test_register_inside_existing_run(tmp_path, tiny_model):
 
 def test_answer_stops_at_newline(tmp_path):
     """Greedy output is "ok\\n" every step: the answer must be cut at the first newline."""
-    from tasks.pyfunc_model import DomainQAModel
+    from tasks.serve.pyfunc_model import DomainQAModel
 
     base_dir, adapter_dir = build_model(tmp_path, "ĠokĊ")  # byte-level for " ok\n"
 
@@ -171,9 +171,9 @@ def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model):
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "tasks.register", "register", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "tasks.release.registry", "register", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--adapter" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "tasks.register", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "tasks.release.registry", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(c in out.stdout for c in ("promote", "rollback", "show", "retire"))
 
 
@@ -192,13 +192,13 @@ def registry(tmp_path_factory, tiny_model):
 
 
 def _aliases(paths: Paths, name: str = NAME) -> dict[str, int]:
-    from tasks.register import registry_client
+    from tasks.release.registry import registry_client
 
     return {k: int(v) for k, v in registry_client(paths).get_registered_model(name).aliases.items()}
 
 
 def _tags(paths: Paths, version: int, name: str = NAME) -> dict[str, str]:
-    from tasks.register import registry_client
+    from tasks.release.registry import registry_client
 
     return registry_client(paths).get_model_version(name, str(version)).tags
 
@@ -311,7 +311,7 @@ def test_rejection_tags(tmp_path, tiny_model):
 
 def test_download_champion_and_load_by_alias(tmp_path, tiny_model):
     """What evaluation (champion comparison) and serving do with the champion."""
-    from tasks.evaluate import load_causal_lm
+    from tasks.eval.lm import load_causal_lm
 
     base_dir, adapter_dir = tiny_model
     paths = Paths(tmp_path)
@@ -341,14 +341,14 @@ def test_download_champion_and_load_by_alias(tmp_path, tiny_model):
 
 
 def test_cli_promote_show_rollback(tmp_path, tiny_model):
-    """`make rollback` runs `python -m tasks.register rollback`; errors exit 2 with a message, no traceback."""
+    """`make rollback` runs `python -m tasks.release.registry rollback`; errors exit 2 with a message, no traceback."""
     base_dir, adapter_dir = tiny_model
     paths = Paths(tmp_path)
     for _ in range(2):
         register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
                        adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
-    cli = [sys.executable, "-m", "tasks.register", "--home", str(tmp_path), "--model-name", NAME]
-    script = ("import sys; from tasks.register import main; "
+    cli = [sys.executable, "-m", "tasks.release.registry", "--home", str(tmp_path), "--model-name", NAME]
+    script = ("import sys; from tasks.release.registry import main; "
               "sys.exit(sum(main(a) for a in [sys.argv[1:5] + ['promote', '--version', '1', '--gates-only'], "
               "sys.argv[1:5] + ['promote', '--version', '2', '--approved-by', 'alice'], "
               "['rollback', *sys.argv[1:5]], ['show', '--json', *sys.argv[1:5]]]))")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tasks.config import PipelineConfig
-from tasks.release import approval_body, decision_from_approval, model_card_facts, report_url
+from tasks.release.decision import approval_body, decision_from_approval, model_card_facts, report_url
 
 EVALUATED = {"base": {"exact_match": 0.1, "f1": 0.2, "relevance": 0.5},
              "finetuned": {"exact_match": 0.2, "f1": 0.3, "relevance": 0.6},
@@ -58,7 +58,7 @@ def test_model_card_facts_read_the_stage_files(tmp_path):
     assert facts["records_trained"] == 95 and facts["gates_status"] == "passed" and facts["decision"] is None
     assert facts["metrics"]["finetuned"]["exact_match"] == 0.2 and "champion" not in facts["metrics"]
 
-    from tasks.model_card import render_model_card
+    from tasks.release.model_card import render_model_card
 
     card = render_model_card(facts)
     assert "abc123" in card and "not recorded" in card  # no decision yet

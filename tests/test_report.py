@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from tasks.report import REQUIRED_FIELDS, build_report, summary_lines, write_report
+from tasks.release.report import REQUIRED_FIELDS, build_report, summary_lines, write_report
 
 
 def _stage(run_dir, name, payload):

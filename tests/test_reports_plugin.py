@@ -62,7 +62,7 @@ def home(tmp_path, monkeypatch):
     _write_run(paths.run_dir(FT_RUN), FT_RUN, FT)
     _write_run(paths.run_dir(OTHER_FT_RUN), OTHER_FT_RUN, FT, outcome="gated")
     _write_run(paths.run_dir(MONTH_KEY), MONTH_KEY, MONTHLY)
-    # tasks/monthly.py links the Airflow run id to the month's folder (a relative sibling link).
+    # tasks/stages/monthly_refinetune.py links the Airflow run id to the month's folder (a relative sibling link).
     paths.run_dir(MONTH_AIRFLOW_RUN).symlink_to(paths.run_dir(MONTH_KEY).name, target_is_directory=True)
     _write_run(paths.run_dir(LEGACY_RUN), LEGACY_RUN, None)
     (home / "secret.txt").write_text(SECRET)
@@ -161,7 +161,7 @@ def test_the_dag_may_come_from_the_report_when_prepare_is_gone(client, home):
 
 
 def test_a_monthly_run_is_found_under_its_airflow_run_id(client):
-    # The run note links the Airflow run id; tasks/monthly.py makes it a sibling link to the month's folder.
+    # The run note links the Airflow run id; tasks/stages/monthly_refinetune.py makes it a sibling link to the month's folder.
     resp = client.get(_url(MONTHLY, MONTH_AIRFLOW_RUN))
     assert resp.status_code == 200 and f"report of {MONTH_KEY}" in resp.text
     assert client.get(_url(MONTHLY, MONTH_AIRFLOW_RUN, "helm")).status_code == 200
@@ -270,15 +270,16 @@ def test_unreadable_records_are_not_found(client, home):
 
 
 def test_what_prepare_records_is_what_the_plugin_reads(tmp_path, monkeypatch):
-    """The contract with tasks/pipeline.py and tasks/monthly.py: prepare records the run's DAG, and the
+    """The contract with tasks/stages/privacy_finetune.py and tasks/stages/monthly_refinetune.py: prepare records the run's DAG, and the
     month's Airflow run id is linked to its folder; the pages follow from those records alone."""
-    from tasks import monthly, pipeline
+    from tasks.stages import monthly_refinetune
+    from tasks.stages import privacy_finetune
 
     home = tmp_path / "pft"
     monkeypatch.setenv("PFT_HOME", str(home))
-    monkeypatch.setattr(pipeline, "resolve_base_model", lambda cfg, paths: {"base_model_dir": "base", "base_model_source": "test"})
-    pipeline.stage_prepare(FT_RUN, {}, dag_id=FT)
-    monthly.stage_prepare(MONTH_AIRFLOW_RUN, "2026-01", {})
+    monkeypatch.setattr(privacy_finetune, "resolve_base_model", lambda cfg, paths: {"base_model_dir": "base", "base_model_source": "test"})
+    privacy_finetune.stage_prepare(FT_RUN, {}, dag_id=FT)
+    monthly_refinetune.stage_prepare(MONTH_AIRFLOW_RUN, "2026-01", {})
     for run_id in (FT_RUN, MONTH_KEY):
         (Paths().run_dir(run_id) / "report.md").write_text(f"report of {run_id}")
     plugin.app.dependency_overrides[plugin.can_read_runs.dependency] = lambda: None

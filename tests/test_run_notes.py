@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from tasks import run_notes
+from tasks.airflow import run_notes
 
 
 def _stage(run_dir: Path, name: str, data: dict) -> None:

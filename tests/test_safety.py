@@ -1,4 +1,4 @@
-"""Safety and privacy evidence (tasks/safety.py): toxicity scorers and the identity gap, PII leakage,
+"""Safety and privacy evidence (tasks/eval/safety.py): toxicity scorers and the identity gap, PII leakage,
 canary exposure, membership inference. Positive controls throughout: a tiny model overfit on raw
 text must be caught leaking, exposing its canary and giving its members away; an untrained one not."""
 
@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tasks import safety
+from tasks.eval import safety
 from tasks.config import REPO_ROOT
 from tests.helpers import random_llama
 
@@ -59,8 +59,8 @@ def _train_tiny(out_dir: Path, texts: list[str], steps: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasks.base_model import train_tokenizer
-    from tasks.train import tokenize
+    from tasks.demo.base_model import train_tokenizer
+    from tasks.common.tokens import tokenize
 
     torch.manual_seed(0)
     tok = train_tokenizer(texts * 2, vocab_size=400)
@@ -95,7 +95,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def models(tmp_path_factory):
     """(model, tokenizer) pairs: `overfit` memorised PII records, the canary (8 times) and MEMBERS; `random` is
     untrained, with the same tokenizer recipe."""
-    from tasks.evaluate import load_causal_lm
+    from tasks.eval.lm import load_causal_lm
 
     root = tmp_path_factory.mktemp("safety-models")
     overfit = _train_tiny(root / "overfit", PII_RECORDS * 2 + CANARY_TEXTS + MEMBERS, steps=120)
@@ -133,7 +133,7 @@ def _tiny_classifier(out_dir: Path, id2label: dict[int, str]) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from tasks.base_model import train_tokenizer
+    from tasks.demo.base_model import train_tokenizer
 
     torch.manual_seed(0)
     tok = train_tokenizer(["you are an idiot", "thank you for calling", "have a nice day"] * 4, vocab_size=300)
@@ -401,7 +401,7 @@ def test_canary_exposure_is_high_once_memorised_and_low_untrained(models):
 
 
 def test_canary_exposure_uses_the_generator_key_and_checks_it(models, tmp_path):
-    from tasks import synth
+    from tasks.demo import synth
 
     synth.generate(tmp_path, n_records=60, canaries=3, canary_repeats=2)
     canaries = safety.load_canaries(tmp_path / "synth" / "canaries.json")
@@ -451,7 +451,7 @@ def test_mia_separates_an_overfit_models_training_records(models):
 def test_record_losses_match_the_models_own_loss(models):
     import torch
 
-    from tasks.train import tokenize
+    from tasks.common.tokens import tokenize
 
     model, tok = models["overfit"]
     losses = safety.record_losses(model, tok, MEMBERS[:3] + ["x"], max_len=96, batch_size=2)

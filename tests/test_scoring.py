@@ -1,4 +1,4 @@
-"""Answer loss (tasks.scoring): only the answer's tokens are scored, batched equals one at a time."""
+"""Answer loss (tasks.eval.lm): only the answer's tokens are scored, batched equals one at a time."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def _direct_answer_loss(model, tok, question: str, answer: str) -> float:
 
 
 def test_answer_loss_scores_only_the_answer_tokens(tiny_base_model):
-    from tasks.evaluate import load_causal_lm
-    from tasks.scoring import answer_losses
+    from tasks.eval.lm import load_causal_lm
+    from tasks.eval.lm import answer_losses
 
     model, tok = load_causal_lm(tiny_base_model, None)
     rows = [{"question": "What is the annual deductible for the Gold Premier plan?", "answer": "$500"},

@@ -1,4 +1,4 @@
-"""The CSPRNG source of DP-SGD's noise and Poisson sampling (tasks.secure_noise)."""
+"""The CSPRNG source of DP-SGD's noise and Poisson sampling (tasks.train.noise)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tasks.secure_noise import CSPRNG, use_csprng
+from tasks.train.noise import CSPRNG, use_csprng
 
 
 def test_csprng_normals_are_standard_normal():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import offline
+from tasks.common import offline
 
 offline.apply()
 
@@ -22,7 +22,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from tasks.config import Paths  # noqa: E402
-from tasks.register import promote, register_model, registry_client  # noqa: E402
+from tasks.release.registry import promote, register_model, registry_client  # noqa: E402
 from tests.test_register import build_model  # noqa: E402
 
 NAME = "serve-test-lm"
@@ -53,7 +53,7 @@ def server(tmp_path_factory):
     a uvicorn server in a thread polling the alias every second."""
     import uvicorn
 
-    from tasks.serve import create_app
+    from tasks.serve.app import create_app
 
     torch.set_num_threads(1)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "PFT_SERVE_TOKEN")}
@@ -100,7 +100,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_refuses_to_start_without_token(monkeypatch):
-    from tasks.serve import ServeConfigError, create_app
+    from tasks.serve.app import ServeConfigError, create_app
 
     monkeypatch.delenv("PFT_SERVE_TOKEN_UNSET_FOR_TEST", raising=False)
     with pytest.raises(ServeConfigError, match="PFT_SERVE_TOKEN_UNSET_FOR_TEST is not set"):
@@ -109,7 +109,7 @@ def test_refuses_to_start_without_token(monkeypatch):
     with pytest.raises(ServeConfigError, match="at least 16"):
         create_app(token_env="PFT_SERVE_TOKEN_SHORT")
     env = {k: v for k, v in os.environ.items() if k != "PFT_SERVE_TOKEN"}
-    out = subprocess.run([sys.executable, "-m", "tasks.serve", "--port", str(free_port())], env=env,
+    out = subprocess.run([sys.executable, "-m", "tasks.serve.app", "--port", str(free_port())], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "PFT_SERVE_TOKEN is not set" in out.stderr and "Traceback" not in out.stderr
 
@@ -246,7 +246,7 @@ def test_token_only_in_the_header(server):
 
 
 def test_access_log_has_no_query_string(server, caplog):
-    caplog.set_level(logging.INFO, logger="tasks.serve.access")
+    caplog.set_level(logging.INFO, logger="tasks.serve.app.access")
     client = server["client"]
     client.post("/v1/generate?token=query-secret-1", json={"prompt": "hi"}, headers=AUTH)
     client.get("/healthz?token=query-secret-2")
@@ -296,7 +296,7 @@ def test_reload_follows_the_alias(server, caplog):
     assert "loading serve-test-lm v3 failed" in caplog.text and "still serving v2" in caplog.text
 
     # Rolling back to v2 (the previous champion) settles it: nothing to load, nothing more fails.
-    from tasks.register import rollback
+    from tasks.release.registry import rollback
 
     assert rollback(paths=paths, model_name=NAME)["version"] == 2
     time.sleep(2.5)

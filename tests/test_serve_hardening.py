@@ -1,5 +1,5 @@
 """Serving hardening without a model: the body cap while it streams, docs off, the metrics token, and the
-access log of the real `python -m tasks.serve` (no query strings). Issue 12, finding 6."""
+access log of the real `python -m tasks.serve.app` (no query strings). Issue 12, finding 6."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tasks import offline
+from tasks.common import offline
 
 offline.apply()
 
@@ -29,7 +29,7 @@ METRICS_TOKEN = "metrics-token-0123456789abcdef"
 @pytest.fixture
 def make_app(tmp_path, monkeypatch):
     """create_app over an empty registry; TestClient without `with` runs no lifespan, so nothing loads."""
-    from tasks.serve import create_app
+    from tasks.serve.app import create_app
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PFT_SERVE_TOKEN", TOKEN)
@@ -91,7 +91,7 @@ def test_metrics_token(make_app, monkeypatch):
     assert r.status_code == 401
 
     monkeypatch.setenv("PFT_METRICS_TOKEN", "short")
-    from tasks.serve import ServeConfigError
+    from tasks.serve.app import ServeConfigError
 
     with pytest.raises(ServeConfigError, match="PFT_METRICS_TOKEN is 5 characters"):
         make_app()
@@ -102,7 +102,7 @@ def test_server_access_log_has_no_query_string(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PFT_METRICS_TOKEN")}
     env["PFT_SERVE_TOKEN"] = TOKEN
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.serve", "--port", str(port), "--home", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.serve.app", "--port", str(port), "--home", str(tmp_path),
                              "--model-name", "hardening-test", "--reload-interval", "600"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -114,7 +114,7 @@ def test_server_access_log_has_no_query_string(tmp_path):
             except httpx.TransportError:
                 return False
 
-        wait_for(up, 120, "python -m tasks.serve to listen")
+        wait_for(up, 120, "python -m tasks.serve.app to listen")
         client.post("/v1/generate?token=query-secret-1", json={"prompt": "hi"})
         client.get("/metrics?token=query-secret-2")
         client.get("/nowhere?token=query-secret-3")

@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals (tasks.stats) against cases whose answer is known."""
+"""Bootstrap confidence intervals (tasks.eval.stats) against cases whose answer is known."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tasks.stats import bootstrap_ci, paired_bootstrap
+from tasks.eval.stats import bootstrap_ci, paired_bootstrap
 
 
 def test_constant_values_have_a_zero_width_interval():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tasks import synth
+from tasks.demo import synth
 
 
 def _digest(root):
@@ -114,7 +114,7 @@ def test_canaries_survive_the_real_masker(tmp_path):
     """The adversarial worst case by design: the committed recognizers do not catch a canary, so
     the secret reaches the training set and only the training (DP) can keep it from being learnt."""
     from tasks.config import REPO_ROOT
-    from tasks.mask import mask_records
+    from tasks.pii import mask_records
 
     synth.generate(tmp_path, n_records=120, canaries=4, canary_repeats=2)
     key = json.loads((tmp_path / "synth" / "canaries.json").read_text())

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.config import TrainConfig
-from tasks.train import train
+from tasks.train.recipe import train
 from tests.helpers import masked_records, random_gpt2, random_llama
 
 
@@ -91,7 +91,7 @@ def test_seeded_reconstruction_of_the_initial_adapter_is_exact(tmp_path, base_di
     this shows the rebuild is exact (a negligible step leaves lora_A equal to it), so that check can fail."""
     from transformers import AutoModelForCausalLM
 
-    from tasks.train import apply_peft
+    from tasks.train.recipe import apply_peft
 
     spec = _spec(tmp_path, base_dir, dp=False, learning_rate=1e-30)
     train(spec)
@@ -183,7 +183,7 @@ def test_functorch_mode_trains(tmp_path, gpt2_dir):
 # ---------------------------------------------------------------- ε: cap, guard, accountant
 
 def test_step_cap_is_the_last_step_within_target():
-    from tasks.train import epsilon_after, max_steps_within
+    from tasks.train.recipe import epsilon_after, max_steps_within
 
     mech = {"noise": 0.8, "sample_rate": 0.25, "delta": 1e-3, "accountant": "rdp"}
     target = epsilon_after(10, **mech)  # exactly 10 steps' worth of ε
@@ -193,7 +193,7 @@ def test_step_cap_is_the_last_step_within_target():
 
 
 def test_rdp_is_the_fallback_when_prv_cannot_compute(caplog):
-    from tasks.train import epsilon_after, noise_for_target
+    from tasks.train.recipe import epsilon_after, noise_for_target
 
     # a tiny sampling rate over 2 steps: Opacus's PRV raises "Cannot compute epsilon" here
     noise, accountant = noise_for_target(target_epsilon=3.0, delta=1e-3, sample_rate=1e-4, steps=2)
@@ -251,7 +251,7 @@ def test_mlflow_gets_curves_tags_and_trainable_share(tmp_path, base_dir, monkeyp
 
 
 def test_out_of_memory_names_the_physical_batch():
-    from tasks.train import _OomHint
+    from tasks.train.recipe import _OomHint
 
     t = {"physical_batch_size": 64, "max_seq_len": 96}
     with pytest.raises(MemoryError, match=r"smaller train\.physical_batch_size \(e\.g\. 32\)"):
@@ -279,12 +279,12 @@ def test_model_dir_is_checked_before_loading(tmp_path, base_dir, make_dir, messa
 # ---------------------------------------------------------------- resumable: SIGKILL the real torchrun job, rerun it
 
 def _launch(spec: dict, spec_path, log_path):
-    """The command tasks.pipeline launches (torchrun_args), in its own process group so a kill takes every process."""
+    """The command tasks.stages.privacy_finetune launches (torchrun_args), in its own process group so a kill takes every process."""
     import os
     import subprocess
 
     from tasks.config import REPO_ROOT
-    from tasks.train import torchrun_args
+    from tasks.train.recipe import torchrun_args
 
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -312,7 +312,7 @@ def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, 
     import signal
     import time
 
-    from tasks.checkpoint import describe
+    from tasks.train.checkpoint import describe
 
     # 32 records / batch 8: 4 steps an epoch, 12 steps; a checkpoint after every step
     spec = _spec(tmp_path, base_dir, n=32, batch_size=8, physical_batch_size=4, epochs=3.0, max_seq_len=24,
@@ -388,11 +388,11 @@ def test_checkpointing_does_not_change_the_result(tmp_path, base_dir):
 def test_torchrun_args_single_and_multi_node():
     import sys
 
-    from tasks.train import torchrun_args
+    from tasks.train.recipe import torchrun_args
 
     one = torchrun_args(TrainConfig(nproc_per_node=2).model_dump(), spec_path="/r/spec.json")
     assert one == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   "--max_restarts=0", "-m", "tasks.train", "--spec", "/r/spec.json"]
+                   "--max_restarts=0", "-m", "tasks.train.recipe", "--spec", "/r/spec.json"]
     multi = TrainConfig(nnodes=2, nproc_per_node=4, rdzv_endpoint="node-0.cluster:29400").model_dump()
     cmd = torchrun_args(multi, spec_path="/r/spec.json", run_id="manual__2026-01-01T00:00:00+00:00")
     assert "--standalone" not in cmd
@@ -433,7 +433,7 @@ def test_deepspeed_without_the_package_is_refused(monkeypatch):
     """A CUDA machine without requirements-gpu.txt: CUDA is faked (there is none here), the package check is real."""
     import importlib.util
 
-    from tasks.train import deepspeed_preflight
+    from tasks.train.recipe import deepspeed_preflight
 
     assert importlib.util.find_spec("deepspeed") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -442,7 +442,7 @@ def test_deepspeed_without_the_package_is_refused(monkeypatch):
 
 
 def test_deepspeed_config_autos_are_filled_from_the_train_config(tmp_path):
-    from tasks.train import deepspeed_config
+    from tasks.train.recipe import deepspeed_config
 
     t = TrainConfig(dp=False, batch_size=64, physical_batch_size=8, deepspeed="include/deepspeed/zero3.json").model_dump()
     cfg = deepspeed_config(t, world=4, config_path=t["deepspeed"], bf16_supported=True)
@@ -457,7 +457,7 @@ def test_deepspeed_config_autos_are_filled_from_the_train_config(tmp_path):
 
 def test_freeze_with_lora_accepts_the_all_linear_shorthand():
     """PEFT refuses layers_to_transform with the string "all-linear"; the recipe resolves it per family."""
-    from tasks.train import resolve_targets
+    from tasks.train.recipe import resolve_targets
 
     assert resolve_targets("all-linear", "llama", "freeze") == [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

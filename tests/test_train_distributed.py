@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tasks.config import REPO_ROOT, TrainConfig
-from tasks.train import torchrun_args, train
+from tasks.train.recipe import torchrun_args, train
 from tests.helpers import masked_records, random_llama
 
 
@@ -83,7 +83,7 @@ def test_empty_local_poisson_draws_are_kept_not_skipped():
     import torch
     import torch.distributed as dist
 
-    from tasks.train import _keep_empty_sampler_class
+    from tasks.train.recipe import _keep_empty_sampler_class
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

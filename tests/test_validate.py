@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config import REPO_ROOT, DataConfig, Paths
-from tasks.validate import (OTHER_TYPE, ValidationFailed, build_profile, load_suite_spec, log_to_mlflow, safe_result,
+from tasks.data.validate import (OTHER_TYPE, ValidationFailed, build_profile, load_suite_spec, log_to_mlflow, safe_result,
                             summarize_result, validate)
 
 SUITE = REPO_ROOT / "include" / "gx" / "records_suite.json"
@@ -221,13 +221,13 @@ def test_summary_whitelists_counts_only():
 
 def test_import_is_cheap_and_cli_prints_json(tmp_path):
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, tasks.validate; print('great_expectations' in sys.modules)"],
+        [sys.executable, "-c", "import sys, tasks.data.validate; print('great_expectations' in sys.modules)"],
         capture_output=True, text=True, check=True,
     )
     assert probe.stdout.strip() == "False"
     path = write_rows(tmp_path / "rows.jsonl", [row(i) for i in range(4)])
     out = subprocess.run(
-        [sys.executable, "-m", "tasks.validate", "--rows", str(path), "--suite", str(SUITE), "--out", str(tmp_path / "v")],
+        [sys.executable, "-m", "tasks.data.validate", "--rows", str(path), "--suite", str(SUITE), "--out", str(tmp_path / "v")],
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -249,7 +249,7 @@ def sample_rows(n: int, seed: int, *, lengths=(20, 400), types=None) -> list[dic
 
 
 def previous_version(rows: list[dict], data: DataConfig | None = None) -> dict:
-    """What tasks.version.previous_profile returns for a version built from `rows`."""
+    """What tasks.data.version.previous_profile returns for a version built from `rows`."""
     return {"rev": "1" * 40, "tags": ["run-previous"], "profile": build_profile(rows, data or DataConfig())}
 
 
@@ -389,7 +389,7 @@ def test_safe_result_drops_raw_values():
 def test_log_to_mlflow_metrics_and_data_docs(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from tasks.tracking import pipeline_mlflow_run
+    from tasks.common.tracking import pipeline_mlflow_run
 
     paths = Paths(tmp_path / "home")
     # set (not del): mlflow.set_tracking_uri exports the variable, and monkeypatch then removes it again
@@ -417,9 +417,9 @@ def test_stage_glue_reads_the_registry_baseline_and_commits_the_profile(tmp_path
     """stage_validate takes its baseline from the data registry; stage_version commits the new profile."""
     from mlflow import MlflowClient
 
-    from tasks import pipeline
+    from tasks.stages import privacy_finetune
     from tasks.config import load_config, save_resolved
-    from tasks.version import PROFILE_PATH
+    from tasks.data.version import PROFILE_PATH
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path / "home"))
     paths = Paths()
@@ -428,9 +428,9 @@ def test_stage_glue_reads_the_registry_baseline_and_commits_the_profile(tmp_path
     def run(run_id: str, rows: list[dict]) -> tuple[dict, dict]:
         save_resolved(load_config(), paths.run_dir(run_id))
         staged = write_rows(paths.staging_dir(run_id) / "rows.jsonl", rows)
-        validated = pipeline.stage_validate(run_id, {"staged_path": str(staged)})
+        validated = privacy_finetune.stage_validate(run_id, {"staged_path": str(staged)})
         masked = write_rows(paths.run_dir(run_id) / "masked" / "train.jsonl", rows)
-        return validated, pipeline.stage_version(run_id, {"masked_path": str(masked)})
+        return validated, privacy_finetune.stage_version(run_id, {"masked_path": str(masked)})
 
     first, v1 = run("manual__jan", sample_rows(200, 1))
     assert first["drift"]["status"] == "skipped"

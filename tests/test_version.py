@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import offline
+from tasks.common import offline
 from tasks.config import DataConfig, safe_run_id
-from tasks.validate import build_profile
-from tasks.version import (DATASET_PATH, PROFILE_PATH, VersioningError, checkout_dataset, previous_profile,
+from tasks.data.validate import build_profile
+from tasks.data.version import (DATASET_PATH, PROFILE_PATH, VersioningError, checkout_dataset, previous_profile,
                            profile_text, registry_lock, version_dataset)
 
 offline.apply()
@@ -195,7 +195,7 @@ def test_concurrent_processes_both_succeed(tmp_path):
     for name, rows in (("p1", V1), ("p2", V2)):
         masked = write_masked(tmp_path / name, rows)
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tasks.version", "--masked", str(masked), "--registry", str(registry),
+            [sys.executable, "-m", "tasks.data.version", "--masked", str(masked), "--registry", str(registry),
              "--remote", str(remote), "--run-id", name],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
         ))
@@ -213,7 +213,7 @@ def test_concurrent_processes_both_succeed(tmp_path):
 
 
 def test_qa_split_is_committed_with_the_dataset_and_checked_out(tmp_path):
-    from tasks.version import QA_PATH
+    from tasks.data.version import QA_PATH
 
     registry, remote = tmp_path / "datasets", tmp_path / "dvc-remote"
     qa = tmp_path / "qa.jsonl"

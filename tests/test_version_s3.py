@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import offline
-from tasks.version import (REMOTE_ENDPOINT_ENV, REMOTE_NAME, REMOTE_URL_ENV, _point_remote,
+from tasks.common import offline
+from tasks.data.version import (REMOTE_ENDPOINT_ENV, REMOTE_NAME, REMOTE_URL_ENV, _point_remote,
                            checkout_dataset, version_dataset)
 
 offline.apply()

