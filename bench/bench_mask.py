@@ -23,13 +23,13 @@ types a set labels. F2 = 5PR / (4P + R) weighs recall four times as much as prec
 The synth_key set also reports `leaked`: key values still present verbatim in the masked text.
 
 Throughput, on the first --n synth_key records, side by side:
-  batched     tasks.pii.engine.mask_records with --workers processes (NER-only spaCy, run in nlp.pipe
+  batched     tasks.pii.mask_records with --workers processes (NER-only spaCy, run in nlp.pipe
               batches on the sentences that may hold a name and their neighbours, engines
               loaded once per worker, residual scan included), warm pool. The share of text
               the NER reads is reported.
   batched_1   the same in this process (workers=1), to separate batching from parallelism.
   plain_loop  AnalyzerEngine.analyze + AnonymizerEngine.anonymize per text, engines loaded
-              once, with exactly the same recognizers (tasks.pii.engine.build_registry) and operators,
+              once, with exactly the same recognizers (tasks.pii.build_registry) and operators,
               on Presidio's default spaCy pipeline (all components) with default conflict handling.
 Engine and worker start-up times are reported apart from docs/s.
 """
@@ -249,10 +249,10 @@ def targets(per_type: dict) -> dict:
 # ---------------------------------------------------------------- runners
 
 def run_ours(texts: list[str], workers: int):
-    from tasks.pii import engine
+    from tasks.pii import mask_records
 
     t0 = time.perf_counter()
-    out = list(engine.mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=workers))
+    out = list(mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=workers))
     return out, time.perf_counter() - t0
 
 
@@ -262,18 +262,20 @@ def plain_loop_engines():
     from presidio_analyzer.nlp_engine import NlpEngineProvider
     from presidio_anonymizer import AnonymizerEngine
 
-    from tasks.pii import engine
+    from tasks.pii import build_registry, load_spec
+    from tasks.pii.engines import operators
+    from tasks.pii.spacy_ner import NER_IGNORED, NER_MAPPING
 
-    spec = engine.load_spec(RECOGNIZERS)
+    spec = load_spec(RECOGNIZERS)
     nlp_engine = NlpEngineProvider(nlp_configuration={
         "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spec.nlp_model}],
-        "ner_model_configuration": {"model_to_presidio_entity_mapping": engine._NER_MAPPING,
-                                    "labels_to_ignore": engine._NER_IGNORED}}).create_engine()
-    registry = engine.build_registry(RECOGNIZERS, "en", spec, nlp_engine)
+        "ner_model_configuration": {"model_to_presidio_entity_mapping": NER_MAPPING,
+                                    "labels_to_ignore": NER_IGNORED}}).create_engine()
+    registry = build_registry(RECOGNIZERS, "en", spec, nlp_engine)
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
     supported = set(analyzer.get_supported_entities("en"))
     entities = sorted(e for e in spec.entities if e in supported)
-    return analyzer, AnonymizerEngine(), engine._operators(spec, KEY), entities, list(nlp_engine.nlp["en"].pipe_names)
+    return analyzer, AnonymizerEngine(), operators(spec, KEY), entities, list(nlp_engine.nlp["en"].pipe_names)
 
 
 def run_plain(texts: list[str], engines) -> tuple[list, float]:
@@ -362,9 +364,10 @@ def _load() -> float | None:
 
 def _ner_read_share(texts: list[str]) -> float | None:
     """Share of the characters the masking stage's NER gate sends to spaCy (None: gate off)."""
-    from tasks.pii import engine
+    from tasks.pii import load_spec
+    from tasks.pii.gate import ner_gate
 
-    gate = engine._ner_gate(engine.load_spec(RECOGNIZERS))
+    gate = ner_gate(load_spec(RECOGNIZERS))
     if gate is None:
         return None
     return _r(sum(e - s for t in texts for s, e in gate.segments(t)) / sum(map(len, texts)))
@@ -392,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from tasks.pii import engine
+    from tasks.pii import mask_workers
 
     sets: dict[str, dict] = {}
     try:
@@ -406,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = _load()
     t0 = time.perf_counter()
-    with engine.mask_workers(args.workers, recognizers_path=RECOGNIZERS) as workers:
+    with mask_workers(args.workers, recognizers_path=RECOGNIZERS) as workers:
         pool_startup = time.perf_counter() - t0
         predictions, residual = {}, {}
         for name, s in sets.items():  # the other sets first: they also warm the workers up

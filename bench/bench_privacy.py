@@ -6,7 +6,7 @@
 
 Same base model, same masked data, same split, same epochs for every run:
   data    bench_train.prepare: tasks.demo.synth (seed 7; 4 canaries × 8 records, planted before masking and kept by
-          it) → tasks.data.ingest → tasks.pii.engine; then tasks.data.splits.split_audit_holdout (--holdout-share) keeps
+          it) → tasks.data.ingest → tasks.data.mask; then tasks.data.splits.split_audit_holdout (--holdout-share) keeps
           an audit hold-out out of training, the membership-inference test's non-members.
   model   tasks.demo.base_model demo size (the one bench_train uses), cached under --home.
   runs    each a fresh subprocess calling tasks.train.recipe.train (bench_train's child, one torch thread):

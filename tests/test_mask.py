@@ -11,10 +11,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.pii import engine
 from tasks.config import REPO_ROOT
-from tasks.pii import MissingKeyError, ResidualPiiError, mask_records, mask_texts, resolve_key
 from tasks.data.mask import mask_dataset
+from tasks.pii import (
+    MissingKeyError,
+    Operator,
+    ResidualPiiError,
+    load_spec,
+    mask_chars,
+    mask_records,
+    mask_texts,
+    name_list_spans,
+    pseudonym,
+    residual_findings,
+    resolve_key,
+    usable_workers,
+)
+from tasks.pii import workers as pii_workers
+from tasks.pii.engines import analyzer
+from tasks.pii.gate import ner_gate
 
 RECOGNIZERS = REPO_ROOT / "include" / "presidio" / "recognizers.yaml"
 KEY = b"test-key-0123456789abcdef0123456789"
@@ -141,12 +156,12 @@ def test_domain_facts_survive_unchanged(masked):
 def test_placeholders_are_typed_consistent_and_keyed(masked):
     _, out_dir = masked
     rows = _read_masked(out_dir)
-    maria = engine.pseudonym("PERSON", "Maria Gonzalez", KEY)
+    maria = pseudonym("PERSON", "Maria Gonzalez", KEY)
     assert re.fullmatch(r"<PERSON_[0-9a-f]{8}>", maria)
     assert maria in rows["R-1"]["text"] and maria in rows["R-3"]["text"]
     # One phone in two formats, one birth date in two records: one placeholder each.
-    phone = engine.pseudonym("PHONE_NUMBER", "312-555-0147", KEY)
-    assert phone == engine.pseudonym("PHONE_NUMBER", "(312) 555-0147", KEY)
+    phone = pseudonym("PHONE_NUMBER", "312-555-0147", KEY)
+    assert phone == pseudonym("PHONE_NUMBER", "(312) 555-0147", KEY)
     assert phone in rows["R-1"]["text"] and phone in rows["R-3"]["text"]
     assert rows["R-1"]["text"].startswith(f"Claim pended for review. Member: {maria}, ID <MEMBER_ID_")
     assert "DOB: <DATE_OF_BIRTH_" in rows["R-1"]["text"]  # the label stays, the date goes
@@ -156,7 +171,7 @@ def test_placeholders_are_typed_consistent_and_keyed(masked):
     (again,) = [t for t, _ in mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS)]
     (other,) = [t for t, _ in mask_texts([text], key=OTHER_KEY, recognizers_path=RECOGNIZERS)]
     assert again == rows["R-3"]["text"]
-    assert maria not in other and engine.pseudonym("PERSON", "Maria Gonzalez", OTHER_KEY) in other
+    assert maria not in other and pseudonym("PERSON", "Maria Gonzalez", OTHER_KEY) in other
     assert PLACEHOLDER.sub("<>", other) == PLACEHOLDER.sub("<>", again)
 
 
@@ -174,7 +189,7 @@ def test_custom_identifier_from_yaml_without_code(tmp_path):
     (before,) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS)
     (after,) = mask_texts([text], key=KEY, recognizers_path=custom)
     assert before[0] == text
-    assert after[0] == f"Approved by employee {engine.pseudonym('EMPLOYEE_ID', 'EMP-123456', KEY)} after review. " \
+    assert after[0] == f"Approved by employee {pseudonym('EMPLOYEE_ID', 'EMP-123456', KEY)} after review. " \
                        "Appeals must be filed within 60 days."
     assert after[1] == {"EMPLOYEE_ID": 1}
 
@@ -223,9 +238,9 @@ def test_no_network_and_no_text_in_logs(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     # Rebuild the analyzer and the TLD extractor under the ban (spaCy stays loaded).
-    monkeypatch.setattr(engine, "_ANALYZERS", {})
-    monkeypatch.setattr(engine, "_RESIDUAL_RECOGNIZERS", {})
-    monkeypatch.setattr(engine, "_OFFLINE_TLD", None)
+    monkeypatch.setattr("tasks.pii.engines._ANALYZERS", {})
+    monkeypatch.setattr("tasks.pii.residual._RESIDUAL_RECOGNIZERS", {})
+    monkeypatch.setattr("tasks.pii.engines._OFFLINE_TLD", None)
     caplog.set_level("DEBUG")
 
     rows = _write_rows(tmp_path / "rows.jsonl", RECORDS[1:2])
@@ -256,7 +271,7 @@ def test_cli_prints_result_json(tmp_path, monkeypatch, capsys):
     assert mask_stage.main(["--rows", str(rows), "--out", str(tmp_path / "out")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == 1 and result["entities"]["PERSON"] == 1
-    assert engine.pseudonym("PERSON", "Maria Gonzalez", KEY) in (tmp_path / "out" / "train.jsonl").read_text()
+    assert pseudonym("PERSON", "Maria Gonzalez", KEY) in (tmp_path / "out" / "train.jsonl").read_text()
 
 
 # ---------------------------------------------------------------- operators per entity
@@ -272,10 +287,10 @@ def _custom_yaml(tmp_path: Path, name: str = "custom.yaml", *, drop_recognizer: 
 
 
 def test_mask_chars_keeps_the_last_letters_and_digits_and_the_separators():
-    assert engine.mask_chars("219-09-9999") == "***-**-9999"
-    assert engine.mask_chars("4111 1111 1111 1111", keep_last=4, masking_char="#") == "#### #### #### 1111"
-    assert engine.mask_chars("(312) 555-0147", keep_last=0) == "(***) ***-****"
-    assert engine.mask_chars("MBR-48", keep_last=9) == "MBR-48"  # shorter than keep_last: nothing hidden
+    assert mask_chars("219-09-9999") == "***-**-9999"
+    assert mask_chars("4111 1111 1111 1111", keep_last=4, masking_char="#") == "#### #### #### 1111"
+    assert mask_chars("(312) 555-0147", keep_last=0) == "(***) ***-****"
+    assert mask_chars("MBR-48", keep_last=9) == "MBR-48"  # shorter than keep_last: nothing hidden
 
 
 def test_each_operator_from_yaml(tmp_path):
@@ -289,12 +304,12 @@ def test_each_operator_from_yaml(tmp_path):
             "phone 312-555-0147, claim CLM-2026-004821.")
     ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=custom)
     assert masked == (f"<PERSON>, , SSN ***-**-9999, card #### #### #### ##11, "
-                      f"phone {engine.pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, "
-                      f"claim {engine.pseudonym('CLAIM_ID', 'CLM-2026-004821', KEY)}.")
+                      f"phone {pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, "
+                      f"claim {pseudonym('CLAIM_ID', 'CLM-2026-004821', KEY)}.")
     assert counts == {"PERSON": 1, "MEMBER_ID": 1, "US_SSN": 1, "CREDIT_CARD": 1, "PHONE_NUMBER": 1, "CLAIM_ID": 1}
-    spec = engine.load_spec(custom)
-    assert spec.entities["CREDIT_CARD"] == engine.Operator("mask", 2, "#")
-    assert spec.entities["CLAIM_ID"] == engine.Operator("pseudonym")
+    spec = load_spec(custom)
+    assert spec.entities["CREDIT_CARD"] == Operator("mask", 2, "#")
+    assert spec.entities["CLAIM_ID"] == Operator("pseudonym")
 
 
 @pytest.mark.parametrize("entry, error", [
@@ -310,7 +325,7 @@ def test_each_operator_from_yaml(tmp_path):
 def test_operator_errors_name_file_and_entity(tmp_path, entry, error):
     custom = _custom_yaml(tmp_path, "ops.yaml", US_SSN=entry)
     with pytest.raises(ValueError, match=rf"ops\.yaml: mask\.entities\.US_SSN: .*{re.escape(error)}"):
-        engine.load_spec(custom)
+        load_spec(custom)
 
 
 def test_formats_beyond_presidio_defaults():
@@ -321,25 +336,25 @@ def test_formats_beyond_presidio_defaults():
         "Contact: Member: Aisha Okafor, ID MBR-48213377.",  # the second label is not a name
     ]
     out = [text for text, _ in mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS)]
-    assert out[0] == f"Please call me at {engine.pseudonym('PHONE_NUMBER', '0335 7793958', KEY)} today."
-    assert out[1] == f"Card {engine.pseudonym('CREDIT_CARD', '2224840206583879', KEY)} was declined."
+    assert out[0] == f"Please call me at {pseudonym('PHONE_NUMBER', '0335 7793958', KEY)} today."
+    assert out[1] == f"Card {pseudonym('CREDIT_CARD', '2224840206583879', KEY)} was declined."
     assert out[2] == texts[2]
-    assert out[3].startswith(f"Contact: Member: {engine.pseudonym('PERSON', 'Aisha Okafor', KEY)}, ID <MEMBER_ID_")
+    assert out[3].startswith(f"Contact: Member: {pseudonym('PERSON', 'Aisha Okafor', KEY)}, ID <MEMBER_ID_")
 
 
 # ---------------------------------------------------------------- residual scan
 
 def test_residual_findings_ignore_placeholders_masks_and_allow_list():
-    spec = engine.load_spec(RECOGNIZERS)
-    clean = (f"Member {engine.pseudonym('PERSON', 'Maria Gonzalez', KEY)} <US_SSN>, card **** **** **** 1111, "
-             f"phone {engine.pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, CPT 70551 costs $1,500 from 2026-01-01.")
-    assert engine.residual_findings(clean, [], spec) == {}
+    spec = load_spec(RECOGNIZERS)
+    clean = (f"Member {pseudonym('PERSON', 'Maria Gonzalez', KEY)} <US_SSN>, card **** **** **** 1111, "
+             f"phone {pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, CPT 70551 costs $1,500 from 2026-01-01.")
+    assert residual_findings(clean, [], spec) == {}
     leaky = "SSN 219-09-9999 and MBR 48213377, call (312) 555-0147 or mail maria.g@example.com; DOB: 04/12/1961."
-    assert engine.residual_findings(leaky, [], spec) == {
+    assert residual_findings(leaky, [], spec) == {
         "US_SSN": 1, "MEMBER_ID": 1, "PHONE_NUMBER": 1, "EMAIL_ADDRESS": 1, "DATE_OF_BIRTH": 1}
     # One value two detectors agree on counts once.
     from presidio_analyzer import RecognizerResult
-    assert engine.residual_findings("SSN 219-09-9999.", [RecognizerResult("US_SSN", 4, 15, 0.5)], spec) == {"US_SSN": 1}
+    assert residual_findings("SSN 219-09-9999.", [RecognizerResult("US_SSN", 4, 15, 0.5)], spec) == {"US_SSN": 1}
 
 
 def test_residual_scan_is_zero_on_clean_output(masked):
@@ -380,11 +395,11 @@ def test_residual_config_errors_name_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(ValueError, match=r"bad\.yaml: residual\.patterns\.US_SSN\[0\] is not a valid regex"):
-        engine.load_spec(bad)
+        load_spec(bad)
     config["residual"] = {"score_threshold": 2}
     bad.write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(ValueError, match=r"residual\.score_threshold"):
-        engine.load_spec(bad)
+        load_spec(bad)
     with pytest.raises(ValueError, match="max_residual_share"):
         mask_dataset(rows_path=_write_rows(tmp_path / "rows.jsonl", RECORDS[:1]), out_dir=tmp_path / "o", key=KEY,
                      recognizers_path=RECOGNIZERS, max_residual_share=1.5)
@@ -393,8 +408,8 @@ def test_residual_config_errors_name_the_field(tmp_path):
 # ---------------------------------------------------------------- throughput: batching and workers
 
 def test_spacy_runs_only_ner_in_one_batched_pipe(monkeypatch):
-    spec = engine.load_spec(RECOGNIZERS)
-    nlp = engine._analyzer(RECOGNIZERS, "en", spec).nlp_engine.nlp["en"]
+    spec = load_spec(RECOGNIZERS)
+    nlp = analyzer(RECOGNIZERS, "en", spec).nlp_engine.nlp["en"]
     assert nlp.pipe_names == ["ner"]
     calls = []
     real_pipe = nlp.pipe
@@ -410,14 +425,14 @@ def test_spacy_runs_only_ner_in_one_batched_pipe(monkeypatch):
     assert len(out) == len(texts)
     # One nlp.pipe over the NER segments of all texts, not one nlp() per text; sentences with
     # no capitalised word that may be a name (most plan-document text) are not read at all.
-    gate = engine._ner_gate(spec)
+    gate = ner_gate(spec)
     expected = [(s, e) for text in texts for s, e in gate.segments(text)]
     assert calls == [(len(expected), sum(e - s for s, e in expected), 64)]
     assert sum(e - s for s, e in expected) < 0.9 * sum(map(len, texts))
 
 
 def test_ner_gate_reads_only_sentences_that_may_hold_a_name():
-    gate = engine._ner_gate(engine.load_spec(RECOGNIZERS))
+    gate = ner_gate(load_spec(RECOGNIZERS))
     facts = f"{FACTS[0]} {FACTS[1]}"  # capitalised words: "The", "Silver Saver" (a domain term), "Prior", "CPT"
     text = f"{facts}\nDear Mr. Gábor, your claim is approved.\n{facts} {facts}"
     ((start, end),) = gate.segments(text)
@@ -439,14 +454,14 @@ def test_gate_changes_nothing_on_the_records(tmp_path):
 
 def test_workers_give_the_same_result_in_input_order(monkeypatch):
     started = []
-    real_start = engine._start_pool
-    monkeypatch.setattr(engine, "_start_pool", lambda *a: started.append(a) or real_start(*a))
+    real_start = pii_workers._start_pool
+    monkeypatch.setattr(pii_workers, "_start_pool", lambda *a: started.append(a) or real_start(*a))
     # Distinct texts, so an order mix-up would show.
     texts = [f"Ticket {i}. {text}" for i in range(3) for _, _, text in RECORDS]
     single = list(mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1, chunk_size=4))
     assert not started
     parallel = list(mask_records(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=2, chunk_size=4))
-    assert len(started) == (1 if engine.usable_workers(2) > 1 else 0)
+    assert len(started) == (1 if usable_workers(2) > 1 else 0)
     assert parallel == single
     assert [m.text.split(".")[0] for m in parallel] == [t.split(".")[0] for t in texts]
     assert single[0].spans and all(isinstance(e, str) and 0 <= s < e_ <= len(texts[0]) for e, s, e_ in single[0].spans)
@@ -463,20 +478,20 @@ def test_workers_give_the_same_result_in_input_order(monkeypatch):
 ])
 def test_person_names_the_ner_misses(text, name):
     ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
-    assert name not in masked and engine.pseudonym("PERSON", name, KEY) in masked
+    assert name not in masked and pseudonym("PERSON", name, KEY) in masked
     assert counts["PERSON"] >= 1
 
 
 def test_words_of_a_found_name_are_masked_alone_too():
     text = "My name is Muriz Panković but everyone calls me Muriz."
     ((masked, _),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
-    assert "Muriz" not in masked and engine.pseudonym("PERSON", "Muriz", KEY) in masked
+    assert "Muriz" not in masked and pseudonym("PERSON", "Muriz", KEY) in masked
 
 
 def test_name_lists_keep_words_that_are_not_names():
-    spec = engine.load_spec(RECOGNIZERS).name_lists
-    assert engine.name_list_spans("Grace periods end in May. Morris Street is closed.", spec) == []
-    assert engine.name_list_spans("call sofia brandt today", spec) == [(5, 17, spec.score)]
+    spec = load_spec(RECOGNIZERS).name_lists
+    assert name_list_spans("Grace periods end in May. Morris Street is closed.", spec) == []
+    assert name_list_spans("call sofia brandt today", spec) == [(5, 17, spec.score)]
 
 
 @pytest.mark.parametrize("phone", ["(07700) 459 044", "+41 (0)88 694 68 51", "04.27.13.70.72", "0498 33 37 76",
@@ -484,7 +499,7 @@ def test_name_lists_keep_words_that_are_not_names():
 def test_international_phone_formats(phone):
     text = f"Her number is {phone} since March."
     ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
-    assert masked == f"Her number is {engine.pseudonym('PHONE_NUMBER', phone, KEY)} since March."
+    assert masked == f"Her number is {pseudonym('PHONE_NUMBER', phone, KEY)} since March."
     assert counts == {"PHONE_NUMBER": 1}
 
 
@@ -492,7 +507,7 @@ def test_phone_digit_groups_after_a_label_or_a_phone_word_only():
     texts = ["Phone: 33 93 31", "Call back at 42-62-71-61.", "Personal Info:\\nPhone:\\n963 90 011\\n",
              "Effective 05.06.2026 and 2026-01-15, see 1125 73 Rue Ibn Al Khatib."]
     out = [t for t, _ in mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1)]
-    assert out[0] == f"Phone: {engine.pseudonym('PHONE_NUMBER', '33 93 31', KEY)}"
-    assert out[1] == f"Call back at {engine.pseudonym('PHONE_NUMBER', '42-62-71-61', KEY)}."
+    assert out[0] == f"Phone: {pseudonym('PHONE_NUMBER', '33 93 31', KEY)}"
+    assert out[1] == f"Call back at {pseudonym('PHONE_NUMBER', '42-62-71-61', KEY)}."
     assert "963 90 011" not in out[2]
     assert "05.06.2026" in out[3] and "2026-01-15" in out[3] and "1125 73" in out[3]

@@ -849,25 +849,33 @@ def ingest(
     for rel, why in sorted(tally.refused.items()):
         tally.notes.append(f"refused {shown(rel)}: {why}")
         log.warning("ingest %s: not read, %s", shown(rel), why)
-    rows_in, rows_valid, duplicates_removed = tally.rows_in, tally.rows_valid, tally.duplicates_removed
+    result = _result(tally, files=len(files), skipped=len(skipped), partition=partition,
+                     paths=(staged_path, duplicates_path, quarantine_path))
+    _check_quarantine_share(result, tally, max_quarantine_share)
+    return result
+
+
+def _result(tally: "_Tally", *, files: int, skipped: int, partition: str | None, paths: tuple[Path, Path, Path]) -> dict:
+    """The stage's counts and paths (never row text); checks its promise rows_in = valid + quarantined + duplicates."""
     rows_quarantined = sum(tally.reasons.values())
-    if rows_in != rows_valid + rows_quarantined + duplicates_removed:  # the stage's promise
+    if tally.rows_in != tally.rows_valid + rows_quarantined + tally.duplicates_removed:
         raise AssertionError(
-            f"ingest accounting broken: {rows_in} in != {rows_valid} valid + {rows_quarantined} quarantined "
-            f"+ {duplicates_removed} duplicates"
+            f"ingest accounting broken: {tally.rows_in} in != {tally.rows_valid} valid + {rows_quarantined} "
+            f"quarantined + {tally.duplicates_removed} duplicates"
         )
+    staged_path, duplicates_path, quarantine_path = paths
     result = {
-        "rows_in": rows_in,
-        "rows_valid": rows_valid,
+        "rows_in": tally.rows_in,
+        "rows_valid": tally.rows_valid,
         "rows_quarantined": rows_quarantined,
-        "duplicates_removed": duplicates_removed,
-        "files": len(files),
-        "files_skipped": len(skipped),
+        "duplicates_removed": tally.duplicates_removed,
+        "files": files,
+        "files_skipped": skipped,
         "files_empty": tally.files_empty,
         "files_missing": tally.files_missing,
         "files_refused": len(tally.refused),
         "partition": partition,
-        "quarantine_share": round(rows_quarantined / rows_in, 6) if rows_in else 0.0,
+        "quarantine_share": round(rows_quarantined / tally.rows_in, 6) if tally.rows_in else 0.0,
         "quarantine_reasons": dict(sorted(tally.reasons.items())),
         # What normalisation took out of the staged rows (tasks.common.textnorm): hidden characters are
         # how personal data slips past masking, so a sudden rise is worth a look.
@@ -882,20 +890,25 @@ def ingest(
     log.info(
         "ingest done: %d files (%d skipped, %d empty, %d missing, %d refused), %d rows in, %d valid, "
         "%d quarantined %s, %d duplicates removed, %d invisible characters removed from %d rows",
-        len(files), len(skipped), tally.files_empty, tally.files_missing, len(tally.refused), rows_in, rows_valid,
-        rows_quarantined, result["quarantine_reasons"], duplicates_removed, result["invisible_chars_removed"],
+        files, skipped, tally.files_empty, tally.files_missing, len(tally.refused), tally.rows_in, tally.rows_valid,
+        rows_quarantined, result["quarantine_reasons"], tally.duplicates_removed, result["invisible_chars_removed"],
         result["rows_with_invisible_chars"],
     )
-    if rows_in and rows_quarantined / rows_in > max_quarantine_share:
+    return result
+
+
+def _check_quarantine_share(result: dict, tally: "_Tally", max_share: float) -> None:
+    """After every output is written: too large a quarantined share stops the run, naming the top reasons."""
+    rows_in, rows_quarantined = result["rows_in"], result["rows_quarantined"]
+    if rows_in and rows_quarantined / rows_in > max_share:
         share = rows_quarantined / rows_in
         raise QuarantineThresholdExceeded(
             f"ingest quarantined {rows_quarantined} of {rows_in} rows ({share:.1%}), above the threshold "
-            f"data.max_quarantine_share = {max_quarantine_share:.1%}; top reasons: {_top_reasons(tally.reasons)}. "
-            f"Inspect {quarantine_path} (raw zone), fix or re-deliver the landing files, then rerun "
+            f"data.max_quarantine_share = {max_share:.1%}; top reasons: {_top_reasons(tally.reasons)}. "
+            f"Inspect {result['quarantine_path']} (raw zone), fix or re-deliver the landing files, then rerun "
             "(or raise data.max_quarantine_share if this share is expected)",
-            share=share, threshold=max_quarantine_share, quarantine_path=str(quarantine_path), result=result,
+            share=share, threshold=max_share, quarantine_path=result["quarantine_path"], result=result,
         )
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -546,45 +546,54 @@ def validate(
     for s in summaries[n_suite:]:
         s["kwargs"] = {"threshold": data.drift_max_kl}  # not the previous partition: the profile is committed
 
-    failed_fail = [s for s in summaries if not s["success"] and s["severity"] == "fail"]
-    failed_warn = [s for s in summaries if not s["success"] and s["severity"] == "warn"]
-    report = {
-        "suite": spec["name"],
-        "suite_path": str(suite_path),
-        "rows_path": str(rows_path),
-        "rows": len(rows),
-        "success": not failed_fail,  # the gate: no "fail" expectation failed
-        "all_passed": not failed_fail and not failed_warn,
-        "evaluated_expectations": int(stats.get("evaluated_expectations", len(summaries))),
-        "successful_expectations": int(stats.get("successful_expectations", 0)),
-        "failed_fail": len(failed_fail),
-        "failed_warn": len(failed_warn),
-        "drift": drift,
-        "data_docs_path": str(docs_dir / "index.html") if docs_dir else None,
-        "expectations": summaries,
-    }
+    report = _report(spec, suite_path, rows_path, len(rows), summaries, stats, drift, docs_dir)
     result_path = out_dir / "validation.json"
     _write_atomic(result_path, json.dumps(report, indent=2) + "\n")
     _write_atomic(out_dir / "validation.md", render_markdown(report))
     # Committed with the dataset version by the version stage: the next run's drift baseline.
     profile_path = out_dir / "profile.json"
     _write_atomic(profile_path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
+    return _verdict(report, result_path, profile_path, suite_path)
 
+
+def _report(spec: dict, suite_path: Path, rows_path: Path, n_rows: int, summaries: list[dict], stats: dict,
+            drift: dict, docs_dir: Path | None) -> dict[str, Any]:
+    """validation.json: the suite's outcome, counts per severity, drift, and every expectation's summary."""
+    failed = {sev: [s for s in summaries if not s["success"] and s["severity"] == sev] for sev in ("fail", "warn")}
+    return {
+        "suite": spec["name"],
+        "suite_path": str(suite_path),
+        "rows_path": str(rows_path),
+        "rows": n_rows,
+        "success": not failed["fail"],  # the gate: no "fail" expectation failed
+        "all_passed": not failed["fail"] and not failed["warn"],
+        "evaluated_expectations": int(stats.get("evaluated_expectations", len(summaries))),
+        "successful_expectations": int(stats.get("successful_expectations", 0)),
+        "failed_fail": len(failed["fail"]),
+        "failed_warn": len(failed["warn"]),
+        "drift": drift,
+        "data_docs_path": str(docs_dir / "index.html") if docs_dir else None,
+        "expectations": summaries,
+    }
+
+
+def _verdict(report: dict, result_path: Path, profile_path: Path, suite_path: Path) -> dict[str, Any]:
+    """Warnings logged; a failed "fail" expectation raises ValidationFailed; else the stage's small result."""
+    failed_fail = [s for s in report["expectations"] if not s["success"] and s["severity"] == "fail"]
+    failed_warn = [s for s in report["expectations"] if not s["success"] and s["severity"] == "warn"]
     for s in failed_warn:
         log.warning("validation warning: %s (%s unexpected)", label(s), s.get("unexpected_count", "n/a"))
-    log.info("drift vs previous dataset version: %s", _drift_line(drift))
+    log.info("drift vs previous dataset version: %s", _drift_line(report["drift"]))
     if failed_fail:
         names = [label(s) for s in failed_fail]
         raise ValidationFailed(
-            f"{len(names)} 'fail' expectation(s) did not pass on {rows_path}: {', '.join(names)}. "
+            f"{len(names)} 'fail' expectation(s) did not pass on {report['rows_path']}: {', '.join(names)}. "
             f"Result saved to {result_path}; fix the landing data (bad rows) or the suite {suite_path}, then rerun.",
             result_path=result_path,
             failed=names,
         )
-    log.info(
-        "validation passed: %d rows, %d expectations, %d warnings", len(rows), report["evaluated_expectations"],
-        len(failed_warn),
-    )
+    log.info("validation passed: %d rows, %d expectations, %d warnings", report["rows"],
+             report["evaluated_expectations"], len(failed_warn))
     return {
         "success": True,
         "evaluated_expectations": report["evaluated_expectations"],
@@ -592,11 +601,11 @@ def validate(
         "failed_fail": 0,
         "failed_warn": len(failed_warn),
         "warnings": [label(s) for s in failed_warn],
-        "rows": len(rows),
+        "rows": report["rows"],
         "result_path": str(result_path),
         "profile_path": str(profile_path),
         "data_docs_path": report["data_docs_path"],
-        "drift": drift,
+        "drift": report["drift"],
     }
 
 

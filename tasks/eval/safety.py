@@ -431,7 +431,7 @@ def _bos_prefix(tokenizer) -> str:
 
 
 def presidio_analyzer(recognizers_path: Path = RECOGNIZERS) -> Callable[[list[str]], list[Counter]]:
-    """Entity counts per text from the masking stage's own detector (tasks.pii.engine: Presidio, spaCy NER, the
+    """Entity counts per text from the masking stage's own detector (tasks.pii: Presidio, spaCy NER, the
     name lists and the committed recognizers): whatever masking would have replaced, counted by type."""
     from tasks.pii import mask_records
 

@@ -268,36 +268,21 @@ def _bullets(value: Any, default: Iterable[str]) -> list[str]:
 
 # ---------------------------------------------------------------- render
 
-def render_model_card(facts: Mapping[str, Any]) -> str:
-    """The Markdown model card for one version; never raises on missing or odd facts."""
-    facts = facts if isinstance(facts, Mapping) else {}
-    name, version = _get(facts, "model_name"), _get(facts, "version")
-    title = f"{name or 'model'} v{version}" if version is not None else (name or "model (version not recorded)")
+def _model_lines(facts: Mapping) -> list[str]:
     trainable = _pct(_get(facts, "trainable_pct"))
     if _get(facts, "trainable_params") is not None:
         trainable += f" ({fmt(_get(facts, 'trainable_params'))} of {fmt(_get(facts, 'total_params'))} parameters)"
+    return _table(("item", "value"), [
+        ("registered model", _get(facts, "model_name")), ("version", _get(facts, "version")),
+        ("base model", _get(facts, "base_model")), ("base model source", _get(facts, "base_model_source")),
+        ("base model sha256 (the evidence is relative to it)", _get(facts, "base_model_sha256")),
+        ("fine-tuning method", _get(facts, "method")), ("trainable share", _Raw(fmt(trainable))),
+    ])
+
+
+def _lineage_lines(facts: Mapping) -> list[str]:
     masking = _section(facts, "masking")
-    lines = [
-        f"# Model card: {fmt(title)}",
-        "",
-        f"Generated: {fmt(_get(facts, 'generated_at'))}. This card holds figures, identifiers, revisions and "
-        "digests only: no training record, prompt or generated text.",
-        "",
-        "## Decision",
-        "",
-        *_decision_lines(facts),
-        "",
-        "## Model",
-        "",
-        *_table(("item", "value"), [
-            ("registered model", name), ("version", version),
-            ("base model", _get(facts, "base_model")), ("base model source", _get(facts, "base_model_source")),
-            ("base model sha256 (the evidence is relative to it)", _get(facts, "base_model_sha256")),
-            ("fine-tuning method", _get(facts, "method")), ("trainable share", _Raw(fmt(trainable))),
-        ]),
-        "",
-        "## Training data and lineage",
-        "",
+    return [
         "The model was trained only on the pipeline's masked, versioned dataset: personal data was "
         "replaced by typed pseudonyms (Presidio) before the data left the raw zone.",
         "",
@@ -311,46 +296,44 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
             ("held-out QA set (sha256)", _get(facts, "qa_sha256")),
             ("pipeline run", _get(facts, "pipeline_run_id")), ("MLflow run", _get(facts, "mlflow_run_id")),
         ]),
-        "",
-        "## Privacy",
-        "",
-        *_privacy_lines(facts),
-        "",
-        "## Evaluation",
-        "",
-        "Quality on the held-out domain QA set (same questions for every column):",
-        "",
-        *_quality_lines(facts),
-        *_scenario_lines(facts),
-        "",
-        "Safety and privacy attacks:",
-        "",
-        *_safety_lines(facts),
-        "",
-        "## Promotion gates",
-        "",
-        *_gate_lines(facts),
-        "",
-        "## Intended use",
-        "",
-        fmt(_get(facts, "intended_use") or DEFAULT_INTENDED_USE),
-        "",
-        "Out of scope:",
-        "",
-        *_bullets(_get(facts, "out_of_scope"), DEFAULT_OUT_OF_SCOPE),
-        "",
-        "## Limitations",
-        "",
-        *_bullets(_get(facts, "limitations"), DEFAULT_LIMITATIONS),
-        "",
-        "## Data subject rights",
-        "",
-        "The lineage above (dataset revision, DVC md5, pipeline run) identifies the records this version was "
-        "trained on. A version whose training data is subject to an erasure request is marked for retirement "
-        "in the registry (`retire=true`, with the reason and time); a retired version is never promoted or "
-        "rolled back to.",
-        "",
     ]
+
+
+def _evaluation_lines(facts: Mapping) -> list[str]:
+    return ["Quality on the held-out domain QA set (same questions for every column):", "",
+            *_quality_lines(facts), *_scenario_lines(facts), "", "Safety and privacy attacks:", "",
+            *_safety_lines(facts)]
+
+
+def _use_lines(facts: Mapping) -> list[str]:
+    return [fmt(_get(facts, "intended_use") or DEFAULT_INTENDED_USE), "", "Out of scope:", "",
+            *_bullets(_get(facts, "out_of_scope"), DEFAULT_OUT_OF_SCOPE)]
+
+
+ERASURE_NOTE = (
+    "The lineage above (dataset revision, DVC md5, pipeline run) identifies the records this version was "
+    "trained on. A version whose training data is subject to an erasure request is marked for retirement "
+    "in the registry (`retire=true`, with the reason and time); a retired version is never promoted or "
+    "rolled back to.")
+
+
+def render_model_card(facts: Mapping[str, Any]) -> str:
+    """The Markdown model card for one version; never raises on missing or odd facts."""
+    facts = facts if isinstance(facts, Mapping) else {}
+    name, version = _get(facts, "model_name"), _get(facts, "version")
+    title = f"{name or 'model'} v{version}" if version is not None else (name or "model (version not recorded)")
+    sections = [
+        ("Decision", _decision_lines(facts)), ("Model", _model_lines(facts)),
+        ("Training data and lineage", _lineage_lines(facts)), ("Privacy", _privacy_lines(facts)),
+        ("Evaluation", _evaluation_lines(facts)), ("Promotion gates", _gate_lines(facts)),
+        ("Intended use", _use_lines(facts)), ("Limitations", _bullets(_get(facts, "limitations"), DEFAULT_LIMITATIONS)),
+        ("Data subject rights", [ERASURE_NOTE]),
+    ]
+    lines = [f"# Model card: {fmt(title)}", "",
+             f"Generated: {fmt(_get(facts, 'generated_at'))}. This card holds figures, identifiers, revisions and "
+             "digests only: no training record, prompt or generated text.", ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", *body, ""]
     return "\n".join(lines)
 
 

@@ -47,6 +47,7 @@ it prints the query string, where a client might have put a token.
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime, and the
 # request model and Response are local to create_app.
 import argparse
+import functools
 import codecs
 import hmac
 import logging
@@ -72,7 +73,7 @@ DEFAULT_MAX_NEW_TOKENS = 24  # the pyfunc's default (tasks/serve/pyfunc_model.py
 MAX_NEW_TOKENS_LIMIT = 256  # the pyfunc's bound (tasks/serve/pyfunc_model.py MAX_NEW_TOKENS_LIMIT)
 MIN_TOKEN_CHARS = 16
 ROUTES = ("/v1/generate", "/healthz", "/metrics")
-# A keyed pseudonym, "<MEMBER_ID_4e45a8ec>" → "<MEMBER_ID>" (tasks.pii.engine.pseudonym: 8 hex digits).
+# A keyed pseudonym, "<MEMBER_ID_4e45a8ec>" → "<MEMBER_ID>" (tasks.pii.pseudonym: 8 hex digits).
 _PSEUDONYM = re.compile(r"<([A-Z][A-Z0-9_]*?)_[0-9a-f]{8}>")
 
 
@@ -140,7 +141,7 @@ class BodyGuard:
 # ---------------------------------------------------------------- output masking
 
 class OutputMasker:
-    """Presidio over generated text, with the masking stage's recognizers and clean-up (tasks.pii.engine)."""
+    """Presidio over generated text, with the masking stage's recognizers and clean-up (tasks.pii)."""
 
     def __init__(self, recognizers_path: Path, *, language: str = "en", score_threshold: float = 0.4):
         self.recognizers_path = Path(recognizers_path)
@@ -331,45 +332,26 @@ def _validation_message(errors: list[dict]) -> list[dict]:
     return out
 
 
-def create_app(*, paths: Paths | None = None, model_name: str | None = None, alias: str = "champion",
-               token_env: str = "PFT_SERVE_TOKEN", metrics_token_env: str = "PFT_METRICS_TOKEN",
-               reload_interval_s: float = 30, max_prompt_chars: int = 2000, openapi: bool = False,
-               config: PipelineConfig | None = None):
-    """The FastAPI app serving `model_name@alias`. Refuses to build without a token in `token_env`.
+@dataclass
+class _Server:
+    """What the request handlers share: secrets, limits, the model watcher, the output masker, metrics."""
 
-    `model_name` defaults to registry.model_name and the masking setup (recognizers, threshold,
-    language) comes from the pipeline config (`config`, default: load_config()). /metrics needs the
-    token in `metrics_token_env` when that is set. `openapi` serves /openapi.json (never /docs).
-    """
-    offline.apply()
-    token = _read_token(token_env, required=True)
-    metrics_token = _read_token(metrics_token_env, required=False)
-    if max_prompt_chars < 1 or reload_interval_s <= 0:
-        raise ServeConfigError("max_prompt_chars must be >= 1 and reload_interval_s > 0")
+    token: str
+    metrics_token: str | None
+    metrics_token_env: str
+    model_name: str
+    alias: str
+    max_prompt_chars: int
+    watcher: "ChampionWatcher"
+    masker: OutputMasker
+    metrics: Metrics
+    inference_lock: Any  # one generation at a time: a CPU model is not faster in parallel
 
-    from fastapi import FastAPI, HTTPException, Request, Response
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+@functools.cache
+def _schemas():
+    """(GenerateRequest, GenerateResponse): pydantic models, built once when the first app is."""
     from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-    from tasks.config import load_config
-    from tasks.release.registry import quiet_mlflow
-
-    quiet_mlflow()
-    cfg = config or load_config()
-    paths = paths or Paths()
-    model_name = model_name or cfg.registry.model_name
-    recognizers = Path(cfg.mask.recognizers)
-    masker = OutputMasker(recognizers if recognizers.is_absolute() else REPO_ROOT / recognizers,
-                          language=cfg.mask.language, score_threshold=cfg.mask.score_threshold)
-    metrics = make_metrics(model_name)
-    watcher = ChampionWatcher(
-        paths=paths, model_name=model_name, alias=alias, interval_s=reload_interval_s, masker=masker,
-        on_load=lambda v: (metrics.version.labels(model=model_name).set(v), metrics.reloads.labels(result="ok").inc()),
-        on_failure=lambda: metrics.reloads.labels(result="failed").inc())
-    inference_lock = threading.Lock()  # one generation at a time: a CPU model is not faster in parallel
-    max_body_bytes = 4 * max_prompt_chars + 1024  # UTF-8 (≤ 4 bytes a character) plus the JSON around it
 
     class GenerateRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -398,46 +380,41 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
         prompt_tokens_used: int | None = Field(description="the tokens the model read: fewer when truncated")
         truncated: bool | None = Field(description="the prompt was cut to fit the model's context")
 
-    @asynccontextmanager
-    async def lifespan(app):
-        watcher.start()
-        try:
-            yield
-        finally:
-            watcher.stop()
+    return GenerateRequest, GenerateResponse
 
-    # Swagger UI and ReDoc pull their JS and CSS from a public CDN: off, whatever `openapi` says.
-    app = FastAPI(title="PrivateTune", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json" if openapi else None,
-                  description="Domain QA from the registry's champion; every answer is masked with Presidio.")
-    app.state.watcher, app.state.metrics, app.state.masker = watcher, metrics, masker
-    # Added before guard_and_measure, so it runs inside it: the token is checked first, and its 413s are counted.
-    app.add_middleware(BodyGuard, max_bytes=max_body_bytes,
-                       too_large=f"request body over {max_body_bytes} bytes; prompts are limited to "
-                                 f"{max_prompt_chars} characters")
 
-    def _deny(status: int, detail: str, **headers) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+def _deny(status: int, detail: str, **headers):
+    from fastapi.responses import JSONResponse
 
-    def _unauthorized(request: Request) -> JSONResponse | None:
-        """A 401 when the path needs a token the request lacks. Checked before the body is read: no
-        parsing, validation or model time for a caller without the token."""
-        path = request.url.path
-        if path.startswith("/v1/"):
-            expected, what = token, "bearer token (Authorization: Bearer <token>)"
-        elif path == "/metrics" and metrics_token:
-            expected, what = metrics_token, f"metrics token (Authorization: Bearer <${metrics_token_env}>)"
-        else:
-            return None
-        if _bearer_ok(request.headers, expected):
-            return None
-        return _deny(401, f"missing or invalid {what}", **{"WWW-Authenticate": "Bearer"})
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+
+def _unauthorized(request, server: _Server):
+    """A 401 when the path needs a token the request lacks. Checked before the body is read: no
+    parsing, validation or model time for a caller without the token."""
+    path = request.url.path
+    if path.startswith("/v1/"):
+        expected, what = server.token, "bearer token (Authorization: Bearer <token>)"
+    elif path == "/metrics" and server.metrics_token:
+        expected, what = server.metrics_token, f"metrics token (Authorization: Bearer <${server.metrics_token_env}>)"
+    else:
+        return None
+    if _bearer_ok(request.headers, expected):
+        return None
+    return _deny(401, f"missing or invalid {what}", **{"WWW-Authenticate": "Bearer"})
+
+
+def _install_guard(app, server: _Server) -> None:
+    """Auth before anything else; failures logged by place, never by message; metrics and a query-free access log."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next):
         route = request.url.path if request.url.path in ROUTES else "other"
         started = time.perf_counter()
-        response = _unauthorized(request)
+        response = _unauthorized(request, server)
         if response is None:
             try:
                 response = await call_next(request)
@@ -449,8 +426,8 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
                 log.error("%s %s failed: %s at %s", request.method, route, type(exc).__name__, where)
                 response = _deny(500, "internal error")
         elapsed = time.perf_counter() - started
-        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-        metrics.latency.labels(route=route).observe(elapsed)
+        server.metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+        server.metrics.latency.labels(route=route).observe(elapsed)
         # The route, not the URL: a query string may hold a token, an unknown path anything at all.
         access_log.info("%s %s %d %.0fms", request.method, route, response.status_code, 1000 * elapsed)
         return response
@@ -461,45 +438,120 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": f"invalid request: {summary}", "errors": errors}, status_code=422)
 
+
+def _generate(server: _Server, prompt: str, max_new_tokens: int | None) -> dict:
+    """One masked answer from the champion, with the prompt's token counts."""
+    import pandas as pd
+    from fastapi import HTTPException
+
+    if len(prompt) > server.max_prompt_chars:
+        raise HTTPException(413, f"prompt is {len(prompt)} characters; at most {server.max_prompt_chars}")
+    served, masker = server.watcher.current, server.masker
+    if not masker.ready:
+        raise HTTPException(503, "output masking is not ready" + (f" ({masker.error})" if masker.error else
+                                                                   "; retry in a few seconds"))
+    if served is None:
+        raise HTTPException(503, f"no model loaded: {server.model_name}@{server.alias} is loading or not promoted "
+                                 "yet (see /healthz)")
+    new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    params = {"max_new_tokens": new_tokens} if served.accepts_params else None
+    with server.inference_lock:
+        answer = served.model.predict(pd.DataFrame({"question": [prompt]}), params=params)[0]
+        text, counts = masker.mask(str(answer))
+        # under the lock too: a fast tokenizer is not safe to call from two threads at once
+        total, used = served.prompt_tokens(prompt, new_tokens) if served.prompt_tokens else (None, None)
+    for entity_type, n in counts.items():
+        server.metrics.masked.labels(entity_type=entity_type).inc(n)
+    return {"text": text, "model": server.model_name, "version": served.version,
+            "masked_entities": int(sum(counts.values())), "prompt_tokens": total, "prompt_tokens_used": used,
+            "truncated": None if total is None else used < total}
+
+
+def _install_routes(app, server: _Server) -> None:
+    from fastapi import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    GenerateRequest, GenerateResponse = _schemas()
+
     @app.post("/v1/generate", response_model=GenerateResponse)
     def generate(body: GenerateRequest) -> dict:
-        import pandas as pd
-
-        if len(body.prompt) > max_prompt_chars:
-            raise HTTPException(413, f"prompt is {len(body.prompt)} characters; at most {max_prompt_chars}")
-        served = watcher.current
-        if not masker.ready:
-            raise HTTPException(503, "output masking is not ready" + (f" ({masker.error})" if masker.error else
-                                                                       "; retry in a few seconds"))
-        if served is None:
-            raise HTTPException(503, f"no model loaded: {model_name}@{alias} is loading or not promoted yet "
-                                     "(see /healthz)")
-        new_tokens = body.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        params = {"max_new_tokens": new_tokens} if served.accepts_params else None
-        with inference_lock:
-            answer = served.model.predict(pd.DataFrame({"question": [body.prompt]}), params=params)[0]
-            text, counts = masker.mask(str(answer))
-            # under the lock too: a fast tokenizer is not safe to call from two threads at once
-            total, used = served.prompt_tokens(body.prompt, new_tokens) if served.prompt_tokens else (None, None)
-        for entity_type, n in counts.items():
-            metrics.masked.labels(entity_type=entity_type).inc(n)
-        return {"text": text, "model": model_name, "version": served.version,
-                "masked_entities": int(sum(counts.values())), "prompt_tokens": total, "prompt_tokens_used": used,
-                "truncated": None if total is None else used < total}
+        return _generate(server, body.prompt, body.max_new_tokens)
 
     @app.get("/healthz")
     def healthz(response: Response) -> dict:
-        served = watcher.current
+        served, masker = server.watcher.current, server.masker
         masking = "ready" if masker.ready else ("failed" if masker.error else "loading")
         ready = served is not None and masker.ready
         response.status_code = 200 if ready else 503
-        return {"model": model_name, "alias": alias, "version": served.version if served else None,
+        return {"model": server.model_name, "alias": server.alias, "version": served.version if served else None,
                 "loaded": served is not None, "masking": masking, "ready": ready}
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+
+def _server(cfg: PipelineConfig, paths: Paths, *, model_name: str, alias: str, token: str, metrics_token: str | None,
+            metrics_token_env: str, reload_interval_s: float, max_prompt_chars: int) -> _Server:
+    recognizers = Path(cfg.mask.recognizers)
+    masker = OutputMasker(recognizers if recognizers.is_absolute() else REPO_ROOT / recognizers,
+                          language=cfg.mask.language, score_threshold=cfg.mask.score_threshold)
+    metrics = make_metrics(model_name)
+    watcher = ChampionWatcher(
+        paths=paths, model_name=model_name, alias=alias, interval_s=reload_interval_s, masker=masker,
+        on_load=lambda v: (metrics.version.labels(model=model_name).set(v), metrics.reloads.labels(result="ok").inc()),
+        on_failure=lambda: metrics.reloads.labels(result="failed").inc())
+    return _Server(token=token, metrics_token=metrics_token, metrics_token_env=metrics_token_env,
+                   model_name=model_name, alias=alias, max_prompt_chars=max_prompt_chars, watcher=watcher,
+                   masker=masker, metrics=metrics, inference_lock=threading.Lock())
+
+
+def create_app(*, paths: Paths | None = None, model_name: str | None = None, alias: str = "champion",
+               token_env: str = "PFT_SERVE_TOKEN", metrics_token_env: str = "PFT_METRICS_TOKEN",
+               reload_interval_s: float = 30, max_prompt_chars: int = 2000, openapi: bool = False,
+               config: PipelineConfig | None = None):
+    """The FastAPI app serving `model_name@alias`. Refuses to build without a token in `token_env`.
+
+    `model_name` defaults to registry.model_name and the masking setup (recognizers, threshold,
+    language) comes from the pipeline config (`config`, default: load_config()). /metrics needs the
+    token in `metrics_token_env` when that is set. `openapi` serves /openapi.json (never /docs).
+    """
+    offline.apply()
+    token = _read_token(token_env, required=True)
+    metrics_token = _read_token(metrics_token_env, required=False)
+    if max_prompt_chars < 1 or reload_interval_s <= 0:
+        raise ServeConfigError("max_prompt_chars must be >= 1 and reload_interval_s > 0")
+    from fastapi import FastAPI
+
+    from tasks.config import load_config
+    from tasks.release.registry import quiet_mlflow
+
+    quiet_mlflow()
+    cfg = config or load_config()
+    server = _server(cfg, paths or Paths(), model_name=model_name or cfg.registry.model_name, alias=alias, token=token,
+                     metrics_token=metrics_token, metrics_token_env=metrics_token_env,
+                     reload_interval_s=reload_interval_s, max_prompt_chars=max_prompt_chars)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        server.watcher.start()
+        try:
+            yield
+        finally:
+            server.watcher.stop()
+
+    # Swagger UI and ReDoc pull their JS and CSS from a public CDN: off, whatever `openapi` says.
+    app = FastAPI(title="PrivateTune", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if openapi else None,
+                  description="Domain QA from the registry's champion; every answer is masked with Presidio.")
+    app.state.watcher, app.state.metrics, app.state.masker = server.watcher, server.metrics, server.masker
+    max_body_bytes = 4 * max_prompt_chars + 1024  # UTF-8 (≤ 4 bytes a character) plus the JSON around it
+    # Added before the guard, so it runs inside it: the token is checked first, and its 413s are counted.
+    app.add_middleware(BodyGuard, max_bytes=max_body_bytes,
+                       too_large=f"request body over {max_body_bytes} bytes; prompts are limited to "
+                                 f"{max_prompt_chars} characters")
+    _install_guard(app, server)
+    _install_routes(app, server)
     return app
 
 

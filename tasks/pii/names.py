@@ -1,0 +1,225 @@
+"""The PERSON gazetteer: names from first/last name lists and cue words, for the names spaCy's small
+model misses (names at a line start, in lists, foreign names).
+
+The lists live in include/presidio/names (the `name_lists:` section of the recognizers YAML says
+which files); they load once per process. name_list_spans reads a text, and the recognizer built by
+name_list_recognizer hands its spans to Presidio. The NER gate (tasks.pii.gate) uses the same
+vocabulary to skip sentences that cannot hold a name.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from typing import NamedTuple
+
+from tasks.pii.spec import NameListSpec
+
+# A word, with inner apostrophes and hyphens ("O'Brien", "Jean-Luc") but not a possessive "'s".
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:['’-](?![sS]\b)[^\W\d_]+)*\.?")
+# Lower-case particles inside a name: "Sietske van der Wardt", "Christiane de Vaan".
+_NAME_PARTICLES = frozenset({"van", "von", "der", "den", "de", "del", "della", "di", "da", "dos", "das", "du", "le",
+                             "la", "ten", "ter", "bin", "ibn", "al", "el"})
+# At a sentence or line start a capitalised stop word ("My", "Else") is not taken as a name.
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\"(]|\\n)\s*$")
+_HOUSE_NUMBER = re.compile(r"\d[\w/-]*\s+$")
+
+
+class NameLists(NamedTuple):
+    """The gazetteer's word sets, case-folded."""
+
+    first: frozenset  # first names (never-names taken out)
+    last: frozenset  # last names (never-names taken out)
+    never: frozenset  # never a name: not_names.txt and English stop words
+    stop: frozenset  # English stop words (spaCy's)
+    listed_never: frozenset  # the not_names.txt words alone
+    gate_skip: frozenset  # the NER gate's vocabulary: never a name, and no list has it as one
+
+
+_NAME_LISTS: dict[tuple, NameLists] = {}
+
+
+def _read_words(paths: tuple[Path, ...]) -> frozenset[str]:
+    words = set()
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                words.add(unicodedata.normalize("NFC", line).casefold())
+    return frozenset(words)
+
+
+def name_lists(spec: NameListSpec) -> NameLists:
+    """The name lists of `spec`, loaded once per process (and again when a file changes)."""
+    key = (spec.first_names, spec.last_names, spec.not_names,
+           tuple(p.stat().st_mtime_ns for p in spec.first_names + spec.last_names + spec.not_names))
+    if key not in _NAME_LISTS:
+        from spacy.lang.en.stop_words import STOP_WORDS
+
+        stop = frozenset(w.casefold() for w in STOP_WORDS)
+        listed_never = _read_words(spec.not_names)
+        never = listed_never | stop
+        first, last = _read_words(spec.first_names), _read_words(spec.last_names)
+        # The NER gate's vocabulary: words that are never names and that no list has as a name
+        # either ("Question", "Prior"; not "Grace", which the lists have and not_names keeps out).
+        gate_skip = never - first - last
+        _NAME_LISTS[key] = NameLists(first - never, last - never, never, stop, listed_never, gate_skip)
+    return _NAME_LISTS[key]
+
+
+def _words(scan: str) -> list[tuple[int, int, str, str]]:
+    """(start, end, folded core, kind) per word; kind is "cap", "initial", "lower" or "other". An
+    initial's span takes its full stop ("M."), another word's does not."""
+    words = []
+    for m in _NAME_WORD.finditer(scan):
+        token = m.group()
+        core = token.rstrip(".")
+        if len(core) == 1 and core.isupper():
+            kind = "initial"
+        elif core[0].isupper() and not core.isupper():
+            kind = "cap"
+        elif core.islower():
+            kind = "lower"
+        else:
+            kind = "other"
+        end = m.end() if kind == "initial" else m.start() + len(core)
+        words.append((m.start(), end, core.casefold(), kind))
+    return words
+
+
+class _NameScan:
+    """One text's words, read against the name lists: the tests name_list_spans applies to word i."""
+
+    def __init__(self, text: str, spec: NameListSpec):
+        self.text, self.spec = text, spec
+        self.lists = name_lists(spec)
+        # Templates and exports often hold a literal "\\n": read it as the line break it stands for.
+        self.scan = text.replace("\\n", "\n ") if "\\n" in text else text
+        self.words = _words(self.scan)
+        self.cued = {m.end() for m in spec.cues.finditer(self.scan)} if spec.cues is not None else set()
+
+    def joined(self, a: int, b: int) -> bool:
+        """Words a and b are neighbours in one name."""
+        return self.scan[self.words[a][1]:self.words[b][0]] in (" ", "  ")
+
+    def name_word(self, a: int) -> bool:
+        return self.words[a][3] == "cap" and self.words[a][2] not in self.lists.never
+
+    def listed(self, i: int) -> bool:
+        return self.words[i][2] in self.lists.first or self.words[i][2] in self.lists.last
+
+    def lowercase_name(self, i: int) -> bool:
+        """Word i (lower case) and the next: a listed first name, then a listed last name ("sofia brandt")."""
+        words, n = self.words, len(self.words)
+        return bool(self.spec.lowercase and words[i][2] in self.lists.first and i + 1 < n
+                    and words[i + 1][3] == "lower" and words[i + 1][2] in self.lists.last and self.joined(i, i + 1))
+
+    def starts_name(self, i: int) -> bool:
+        """Word i (a name word) starts a name: it is listed, follows a cue, or has a middle initial after it."""
+        words, n = self.words, len(self.words)
+        initialled = (i + 2 < n and words[i + 1][3] == "initial" and self.joined(i, i + 1)
+                      and self.joined(i + 1, i + 2)
+                      and (self.name_word(i + 2) or words[i + 2][2] in _NAME_PARTICLES))
+        return self.listed(i) or initialled or words[i][0] in self.cued
+
+    def last_word(self, i: int) -> int:
+        """The name starting at word i ends at the returned word: capitalised words, initials and
+        particles ("van der Wardt") joined to it, up to five words."""
+        words, n = self.words, len(self.words)
+        j = i
+        while j + 1 < n and j - i < 4:
+            if (self.name_word(j + 1) or words[j + 1][3] == "initial") and self.joined(j, j + 1):
+                j += 1
+                continue
+            p = j + 1  # "van der Wardt"
+            while (p < n and p - j <= 2 and words[p][3] == "lower" and words[p][2] in _NAME_PARTICLES
+                   and self.joined(p - 1, p)):
+                p += 1
+            if p > j + 1 and p < n and self.name_word(p) and self.joined(p - 1, p):
+                j = p
+                continue
+            break
+        return j
+
+    def first_word(self, i: int) -> int:
+        """The name found at word i starts at the returned word: one unlisted capitalised word before
+        a listed name ("Tzigane Lantos"), maybe with an initial; none after a cue."""
+        words, text = self.words, self.text
+        if not self.listed(i) or words[i][0] in self.cued:
+            return i
+        if i > 0 and self.joined(i - 1, i) and (self.name_word(i - 1) or (
+                words[i - 1][3] == "cap" and words[i - 1][2] in self.lists.stop
+                and words[i - 1][2] not in self.lists.listed_never
+                and not _SENTENCE_START.search(text, max(0, words[i - 1][0] - 8), words[i - 1][0]))):
+            return i - 1
+        if (i > 1 and words[i - 1][3] == "initial" and self.name_word(i - 2) and self.joined(i - 2, i - 1)
+                and self.joined(i - 1, i)):
+            return i - 2
+        return i
+
+    def blocked(self, k: int, j: int) -> bool:
+        """Words k..j are not a name: a not_names word follows ("Morris Street") or a house number
+        precedes ("500 Forbes Road")."""
+        words, nxt = self.words, j + 1
+        return bool((nxt < len(words) and words[nxt][2] in self.lists.never and words[nxt][3] == "cap"
+                     and self.joined(j, nxt))
+                    or _HOUSE_NUMBER.search(self.text, max(0, words[k][0] - 24), words[k][0]))
+
+
+def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float]]:
+    """PERSON spans from the name lists and name cues: (start, end, score).
+
+    A name starts at a capitalised word that is listed ("Sofia"), follows a cue word from
+    `after_words` ("spoke with Aslak", "Hi Proclus"), or is followed by a middle initial and a
+    capitalised word ("Qoqa M Arsanukayev"). It takes in the capitalised words and initials
+    joined to it by spaces (and particles: "van der"), up to five words, and one unlisted
+    capitalised word before it ("Tzigane Lantos"). In lower case only a listed first name
+    followed by a listed last name counts ("sofia brandt"). Never a name: a word in not_names.txt or spaCy's stop words; a
+    span right before a not_names word ("Morris Street", "Hope Clinic") or right after a house
+    number ("500 Forbes Road") is dropped.
+    """
+    names = _NameScan(text, spec)
+    words = names.words
+    spans: list[tuple[int, int, float]] = []
+    n, i = len(words), 0
+    while i < n:
+        if words[i][3] == "lower":
+            if names.lowercase_name(i):
+                spans.append((words[i][0], words[i + 1][1], spec.score))
+                i += 2
+            else:
+                i += 1
+            continue
+        if not (names.name_word(i) and names.starts_name(i)):
+            i += 1
+            continue
+        j, k = names.last_word(i), names.first_word(i)
+        if not names.blocked(k, j):
+            strong = j > k or words[i][0] in names.cued
+            spans.append((words[k][0], words[j][1], spec.full_name_score if strong else spec.score))
+        i = j + 1
+    return spans
+
+
+def name_list_recognizer(spec: NameListSpec, language: str):
+    """A Presidio recognizer for PERSON over name_list_spans (built here: Presidio loads lazily)."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class NameListRecognizer(EntityRecognizer):
+        """PERSON from first/last name lists (include/presidio/names): catches names spaCy's
+        small model misses (names at a line start, in lists, foreign names)."""
+
+        def load(self) -> None:
+            name_lists(spec)
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            if "PERSON" not in entities:
+                return []
+            return [RecognizerResult("PERSON", s, e, score,
+                                     recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                                                           RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id})
+                    for s, e, score in name_list_spans(text, spec)]
+
+    return NameListRecognizer(supported_entities=["PERSON"], name="NameListRecognizer",
+                              supported_language=language)

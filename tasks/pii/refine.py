@@ -1,0 +1,93 @@
+"""Clean-up of Presidio's raw findings before they are applied: domain terms protected, NER findings
+cut back to what the pattern recognizers did not find, and every occurrence of a found value masked."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from tasks.pii.engines import NER_RECOGNIZER
+
+_NAME_LIKE_TYPES = {"PERSON", "LOCATION"}
+_TRAILING_PUNCT_TYPES = {"URL", "EMAIL_ADDRESS"}
+
+
+def _has_word(s: str) -> bool:
+    """A capital followed by a small letter, in any alphabet ("Gábor" yes, "ID" no)."""
+    return any(a.isupper() and b.islower() for a, b in itertools.pairwise(s))
+
+
+def _subtract(span: tuple[int, int], cut: tuple[int, int]) -> list[tuple[int, int]]:
+    (s, e), (cs, ce) = span, cut
+    if ce <= s or cs >= e:
+        return [span]
+    return [p for p in ((s, cs), (ce, e)) if p[1] > p[0]]
+
+
+def _strip(text: str, s: int, e: int) -> tuple[int, int]:
+    while s < e and not text[s].isalnum():
+        s += 1
+    while e > s and not text[e - 1].isalnum():
+        e -= 1
+    return s, e
+
+
+def refine_results(text: str, results: list, domain_terms: re.Pattern | None = None,
+                   not_names: frozenset = frozenset()) -> list:
+    """Make Presidio's raw findings safer to apply; three fixes, in order.
+
+    1. A PERSON/LOCATION finding overlapping a configured domain term ("Bronze Basic" plan)
+       is dropped: the small spaCy model reads some product names as people.
+    2. An NER finding overlapping a pattern finding is cut back to the part outside it, and
+       dropped if no word is left: spaCy sometimes tags "ID MBR-48213377" as a PERSON, which
+       would swallow the typed MEMBER_ID (Presidio drops a finding contained in another).
+    3. Every other verbatim occurrence of a found value in the same text is masked too: the
+       NER finds "Maria Gonzalez" in one sentence and misses her in the next. So is each word
+       of a found full name ("Maria" alone later), unless it is in `not_names`.
+    """
+    from presidio_analyzer import RecognizerResult
+
+    def from_ner(r) -> bool:
+        return (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY) == NER_RECOGNIZER
+
+    if domain_terms is not None:
+        protected = [m.span() for m in domain_terms.finditer(text)]
+        if protected:
+            results = [r for r in results if r.entity_type not in _NAME_LIKE_TYPES
+                       or not any(r.start < e and s < r.end for s, e in protected)]
+
+    for r in results:
+        if r.entity_type in _TRAILING_PUNCT_TYPES:  # "see https://x.example/a." keeps its full stop
+            while r.end > r.start and text[r.end - 1] in ".,;:!?)]'\"":
+                r.end -= 1
+    patterns = [r for r in results if not from_ner(r)]
+    kept = list(patterns)
+    for r in results:
+        if not from_ner(r):
+            continue
+        pieces = [(r.start, r.end)]
+        for p in patterns:
+            pieces = [piece for span in pieces for piece in _subtract(span, (p.start, p.end))]
+        for s, e in pieces:
+            s, e = _strip(text, s, e)
+            if e > s and _has_word(text[s:e]):
+                kept.append(RecognizerResult(r.entity_type, s, e, r.score, recognition_metadata=r.recognition_metadata))
+
+    covered = [(r.start, r.end) for r in kept]
+    extra = []
+    values = {(text[r.start:r.end], r.entity_type, r.score) for r in kept}
+    # The words of a full name count on their own: "Muriz Panković ... everyone calls me Muriz".
+    values |= {(word, "PERSON", score) for value, etype, score in values if etype == "PERSON"
+               for word in value.split()[1:] and value.split()
+               if len(word) >= 3 and _has_word(word[:2]) and word.casefold() not in not_names}
+    # Longest first, then by text: the same result in every process (set order is not).
+    for value, etype, score in sorted(values, key=lambda v: (-len(v[0]), v)):
+        if len(value.strip()) < 3:
+            continue
+        for m in re.finditer(r"(?<!\w)" + re.escape(value) + r"(?!\w)", text):
+            if not any(m.start() < e and s < m.end() for s, e in covered):
+                metadata = {RecognizerResult.RECOGNIZER_NAME_KEY: "propagated"}
+                extra.append(RecognizerResult(etype, m.start(), m.end(), score, recognition_metadata=metadata))
+                covered.append(m.span())
+    return kept + extra
+
