@@ -63,8 +63,8 @@ def _noise_only(base: Path, repeats: int = 20) -> dict:
     from transformers import AutoModelForCausalLM
 
     from tasks.config import TrainConfig
+    from tasks.train.methods import apply_method
     from tasks.train.noise import CSPRNG
-    from tasks.train.recipe import apply_method
 
     model = apply_method(AutoModelForCausalLM.from_pretrained(base), {"train": TrainConfig().model_dump()})
     params = [p for p in model.parameters() if p.requires_grad]

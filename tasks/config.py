@@ -126,7 +126,7 @@ class TrainConfig(_Section):
     # Resumable runs (tasks/train/checkpoint.py): trainable weights, optimizer, schedule, RNG, sampler, accountant.
     checkpoint_every: int = Field(10, ge=0, description="checkpoint every N logical steps; 0 = off (no resume)")
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
-    # Multi-node: torchrun rendezvous (tasks.train.recipe.torchrun_args). One node: --standalone.
+    # Multi-node: torchrun rendezvous (tasks.train.distributed.torchrun_args). One node: --standalone.
     nnodes: int = Field(1, ge=1, description="nodes; every node runs the same torchrun command")
     rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous; None = --standalone (one node)")
     rdzv_backend: Literal["c10d", "static", "etcd", "etcd-v2"] = "c10d"

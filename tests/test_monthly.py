@@ -99,7 +99,7 @@ def test_an_id_type_the_masker_does_not_pseudonymise_is_refused(tmp_path):
 def _lora(model_dir: Path, r: int):
     from transformers import AutoModelForCausalLM
 
-    from tasks.train.recipe import apply_method
+    from tasks.train.methods import apply_method
 
     spec = {"train": {"method": "lora", "lora_r": r, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "mlp"}}
     return apply_method(AutoModelForCausalLM.from_pretrained(model_dir), spec)
@@ -109,7 +109,7 @@ def test_warm_start_loads_the_champion_adapter_and_refuses_another_shape(tmp_pat
     """The adapter's weights arrive in the new model; an adapter of another rank is refused, not half-loaded."""
     import torch
 
-    from tasks.train.recipe import load_init_adapter, trainable_state
+    from tasks.train.methods import load_init_adapter, trainable_state
     from helpers import random_llama
 
     base = random_llama(tmp_path / "base")

@@ -39,7 +39,7 @@ def test_plan_matches_the_recipe_and_stays_within_target(tmp_path):
 
 def test_the_recipe_runs_the_charged_mechanism_and_recomputes_when_inputs_changed(tmp_path):
     """stage_train hands the ledger's mechanism to torchrun; it applies only to the same records and DP inputs."""
-    from tasks.train.recipe import DP_INPUTS, dp_mechanism, planned_mechanism
+    from tasks.train.dp import DP_INPUTS, dp_mechanism, planned_mechanism
 
     cfg, spec = _setup(tmp_path)
     plan = privacy_finetune.privacy_plan(spec)

@@ -91,7 +91,7 @@ def test_seeded_reconstruction_of_the_initial_adapter_is_exact(tmp_path, base_di
     this shows the rebuild is exact (a negligible step leaves lora_A equal to it), so that check can fail."""
     from transformers import AutoModelForCausalLM
 
-    from tasks.train.recipe import apply_peft
+    from tasks.train.methods import apply_peft
 
     spec = _spec(tmp_path, base_dir, dp=False, learning_rate=1e-30)
     train(spec)
@@ -183,7 +183,7 @@ def test_functorch_mode_trains(tmp_path, gpt2_dir):
 # ---------------------------------------------------------------- ε: cap, guard, accountant
 
 def test_step_cap_is_the_last_step_within_target():
-    from tasks.train.recipe import epsilon_after, max_steps_within
+    from tasks.train.dp import epsilon_after, max_steps_within
 
     mech = {"noise": 0.8, "sample_rate": 0.25, "delta": 1e-3, "accountant": "rdp"}
     target = epsilon_after(10, **mech)  # exactly 10 steps' worth of ε
@@ -193,7 +193,7 @@ def test_step_cap_is_the_last_step_within_target():
 
 
 def test_rdp_is_the_fallback_when_prv_cannot_compute(caplog):
-    from tasks.train.recipe import epsilon_after, noise_for_target
+    from tasks.train.dp import epsilon_after, noise_for_target
 
     # a tiny sampling rate over 2 steps: Opacus's PRV raises "Cannot compute epsilon" here
     noise, accountant = noise_for_target(target_epsilon=3.0, delta=1e-3, sample_rate=1e-4, steps=2)
@@ -251,14 +251,14 @@ def test_mlflow_gets_curves_tags_and_trainable_share(tmp_path, base_dir, monkeyp
 
 
 def test_out_of_memory_names_the_physical_batch():
-    from tasks.train.recipe import _OomHint
+    from tasks.train.optim import OomHint
 
     t = {"physical_batch_size": 64, "max_seq_len": 96}
     with pytest.raises(MemoryError, match=r"smaller train\.physical_batch_size \(e\.g\. 32\)"):
-        with _OomHint(t):
+        with OomHint(t):
             torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure (CPU allocator)
     with pytest.raises(ValueError, match="unrelated"):  # other errors pass through unchanged
-        with _OomHint(t):
+        with OomHint(t):
             raise ValueError("unrelated")
 
 
@@ -284,7 +284,7 @@ def _launch(spec: dict, spec_path, log_path):
     import subprocess
 
     from tasks.config import REPO_ROOT
-    from tasks.train.recipe import torchrun_args
+    from tasks.train.distributed import torchrun_args
 
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -388,7 +388,7 @@ def test_checkpointing_does_not_change_the_result(tmp_path, base_dir):
 def test_torchrun_args_single_and_multi_node():
     import sys
 
-    from tasks.train.recipe import torchrun_args
+    from tasks.train.distributed import torchrun_args
 
     one = torchrun_args(TrainConfig(nproc_per_node=2).model_dump(), spec_path="/r/spec.json")
     assert one == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -433,7 +433,7 @@ def test_deepspeed_without_the_package_is_refused(monkeypatch):
     """A CUDA machine without requirements-gpu.txt: CUDA is faked (there is none here), the package check is real."""
     import importlib.util
 
-    from tasks.train.recipe import deepspeed_preflight
+    from tasks.train.deepspeed import deepspeed_preflight
 
     assert importlib.util.find_spec("deepspeed") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -442,7 +442,7 @@ def test_deepspeed_without_the_package_is_refused(monkeypatch):
 
 
 def test_deepspeed_config_autos_are_filled_from_the_train_config(tmp_path):
-    from tasks.train.recipe import deepspeed_config
+    from tasks.train.deepspeed import deepspeed_config
 
     t = TrainConfig(dp=False, batch_size=64, physical_batch_size=8, deepspeed="include/deepspeed/zero3.json").model_dump()
     cfg = deepspeed_config(t, world=4, config_path=t["deepspeed"], bf16_supported=True)
@@ -457,7 +457,7 @@ def test_deepspeed_config_autos_are_filled_from_the_train_config(tmp_path):
 
 def test_freeze_with_lora_accepts_the_all_linear_shorthand():
     """PEFT refuses layers_to_transform with the string "all-linear"; the recipe resolves it per family."""
-    from tasks.train.recipe import resolve_targets
+    from tasks.train.methods import resolve_targets
 
     assert resolve_targets("all-linear", "llama", "freeze") == [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from tasks.config import REPO_ROOT, TrainConfig
-from tasks.train.recipe import torchrun_args, train
+from tasks.train.distributed import torchrun_args
+from tasks.train.recipe import train
 from tests.helpers import masked_records, random_llama
 
 
@@ -83,7 +84,7 @@ def test_empty_local_poisson_draws_are_kept_not_skipped():
     import torch
     import torch.distributed as dist
 
-    from tasks.train.recipe import _keep_empty_sampler_class
+    from tasks.train.distributed import keep_empty_sampler_class
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -96,7 +97,7 @@ def test_empty_local_poisson_draws_are_kept_not_skipped():
             total_size=4, sample_rate=0.2, generator=torch.Generator().manual_seed(0))
         ours = DistributedUniformWithReplacementSampler(total_size=4, sample_rate=0.2,
                                                         generator=torch.Generator().manual_seed(0))
-        ours.__class__ = _keep_empty_sampler_class()
+        ours.__class__ = keep_empty_sampler_class()
         theirs, mine = list(opacus_sampler), list(ours)
         assert len(mine) == 5 and any(len(b) == 0 for b in mine)  # 1/q draws, empties included
         assert len(theirs) < len(mine)  # Opacus skipped the empty ones

@@ -287,7 +287,7 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, warm_start: dic
         entry = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"], plan=plan,
                                        dag_id=prepared.get("dag_id", "privacy_finetune"))
         if plan.get("mechanism"):  # the recipe runs exactly what the ledger was charged for, without searching again
-            from tasks.train.recipe import DP_INPUTS
+            from tasks.train.dp import DP_INPUTS
 
             spec["dp_mechanism"] = {"records": plan["records"], "mechanism": plan["mechanism"],
                                     "inputs": {k: spec["train"].get(k) for k in DP_INPUTS}}

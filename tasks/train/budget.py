@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def privacy_plan(spec: dict) -> dict:
     """The DP mechanism the recipe will run, computed the same way it does (same functions, same inputs):
     records, δ, sample rate, noise, accountant, steps after the ε cap, and the ε those steps spend."""
-    from tasks.train.recipe import dp_mechanism, planned_steps_for
+    from tasks.train.dp import dp_mechanism, planned_steps_for
 
     t = spec["train"]
     with open(spec["data_path"], "rb") as f:

@@ -70,7 +70,7 @@ has no state: the resumed epoch draws its remaining steps afresh, so the weights
 uninterrupted run's but the steps, and with them ε, are the same.
 The position is counted in logical steps. Opacus' distributed Poisson sampler silently drops a
 draw that is empty on one rank (desynchronising DPDDP ranks, and such an epoch would resume one
-draw off); tasks.train.recipe replaces it with `KeepEmptyDistributedSampler`, which yields the empty draw.
+draw off); tasks.train.dp.make_private replaces it with `KeepEmptyDistributedSampler` (tasks.train.distributed), which yields the empty draw.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def launch_torchrun(spec_path: Path, *, train_cfg: dict, run_id: str | None = None, log_path: Path) -> None:
     """torchrun -m tasks.train.recipe: the same entrypoint a GPU node runs (rendezvous flags from train config)."""
-    from tasks.train.recipe import torchrun_args
+    from tasks.train.distributed import torchrun_args
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = torchrun_args(train_cfg, spec_path=spec_path, run_id=run_id)

@@ -91,7 +91,7 @@ def _secure_sampler_classes() -> dict:
                 yield (CSPRNG.rand(self.num_samples) < self.sample_rate).nonzero().reshape(-1).tolist()
 
     class CsprngDistributedPoissonSampler(DistributedUniformWithReplacementSampler):
-        """As tasks.train.recipe's KeepEmptyDistributedSampler: an empty draw on this rank is yielded, not skipped,
+        """As tasks.train.distributed's KeepEmptyDistributedSampler: an empty draw on this rank is yielded, not skipped,
         so every rank takes part in every step's all-reduce."""
 
         secure = True
