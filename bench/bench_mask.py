@@ -54,19 +54,38 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TQDM_DISABLE", "1")  # presidio-evaluator's progress bars; read when tqdm is imported
 
-TARGET_TYPES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN", "CREDIT_CARD",
-                "MEMBER_ID", "CLAIM_ID", "POLICY_NUMBER", "MEDICAL_RECORD_NUMBER"]
+TARGET_TYPES = [
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "US_SSN",
+    "CREDIT_CARD",
+    "MEMBER_ID",
+    "CLAIM_ID",
+    "POLICY_NUMBER",
+    "MEDICAL_RECORD_NUMBER",
+]
 TARGET_RECALL = 0.95
 KEY = b"bench-only-pseudonymisation-key-0123456789"
 RECOGNIZERS = REPO / "include" / "presidio" / "recognizers.yaml"
 
 # presidio-evaluator's labels → ours. Types we do not mask (GPE, ORGANIZATION, TITLE, NRP, AGE,
 # ZIP_CODE, DATE_TIME, US_DRIVER_LICENSE) are not scored.
-EVALUATOR_TYPES = {"PERSON": "PERSON", "EMAIL_ADDRESS": "EMAIL_ADDRESS", "PHONE_NUMBER": "PHONE_NUMBER",
-                   "US_SSN": "US_SSN", "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN_CODE",
-                   "IP_ADDRESS": "IP_ADDRESS", "STREET_ADDRESS": "STREET_ADDRESS", "DOMAIN_NAME": "URL",
-                   "MEMBER_ID": "MEMBER_ID", "CLAIM_ID": "CLAIM_ID", "POLICY_NUMBER": "POLICY_NUMBER",
-                   "MEDICAL_RECORD_NUMBER": "MEDICAL_RECORD_NUMBER"}
+EVALUATOR_TYPES = {
+    "PERSON": "PERSON",
+    "EMAIL_ADDRESS": "EMAIL_ADDRESS",
+    "PHONE_NUMBER": "PHONE_NUMBER",
+    "US_SSN": "US_SSN",
+    "CREDIT_CARD": "CREDIT_CARD",
+    "IBAN_CODE": "IBAN_CODE",
+    "IP_ADDRESS": "IP_ADDRESS",
+    "STREET_ADDRESS": "STREET_ADDRESS",
+    "DOMAIN_NAME": "URL",
+    "MEMBER_ID": "MEMBER_ID",
+    "CLAIM_ID": "CLAIM_ID",
+    "POLICY_NUMBER": "POLICY_NUMBER",
+    "MEDICAL_RECORD_NUMBER": "MEDICAL_RECORD_NUMBER",
+}
 SYNTH_TYPES = {"ADDRESS": "STREET_ADDRESS"}  # the generator's key name → ours; others are the same
 
 DOMAIN_TEMPLATES = [
@@ -86,18 +105,74 @@ DOMAIN_TEMPLATES = [
     "Card ending {{credit_card_number}} was declined for policy {{policy_number}}.",
 ]
 # Names, streets and cities the project's generator never uses (the fallback set).
-ALT_FIRST = ["Adaeze", "Bjorn", "Camila", "Dmitri", "Esperanza", "Farhan", "Giulia", "Hamid", "Isabela",
-             "Jonas", "Keiko", "Lorenzo", "Mei", "Nikolai", "Oluwaseun", "Paulina", "Rashid", "Siobhan",
-             "Thanh", "Ulrike", "Valentina", "Wojciech", "Ximena", "Yusuf", "Zofia"]
-ALT_LAST = ["Achebe", "Bergstrom", "Chaudhry", "Dubois", "Eriksen", "Fonseca", "Gutierrez", "Horvath",
-            "Iwasaki", "Jovanovic", "Kaminski", "Laurent", "Mbeki", "Nguyen", "Oyelaran", "Papadopoulos",
-            "Reyes", "Sorensen", "Takahashi", "Umarov", "Vasquez", "Wojcik", "Yilmaz", "Zielinski"]
-ALT_STREETS = ["Magnolia Drive", "Sycamore Street", "Juniper Court", "Aspen Way", "Hickory Lane",
-               "Poplar Avenue", "Cypress Road", "Redwood Boulevard"]
+ALT_FIRST = [
+    "Adaeze",
+    "Bjorn",
+    "Camila",
+    "Dmitri",
+    "Esperanza",
+    "Farhan",
+    "Giulia",
+    "Hamid",
+    "Isabela",
+    "Jonas",
+    "Keiko",
+    "Lorenzo",
+    "Mei",
+    "Nikolai",
+    "Oluwaseun",
+    "Paulina",
+    "Rashid",
+    "Siobhan",
+    "Thanh",
+    "Ulrike",
+    "Valentina",
+    "Wojciech",
+    "Ximena",
+    "Yusuf",
+    "Zofia",
+]
+ALT_LAST = [
+    "Achebe",
+    "Bergstrom",
+    "Chaudhry",
+    "Dubois",
+    "Eriksen",
+    "Fonseca",
+    "Gutierrez",
+    "Horvath",
+    "Iwasaki",
+    "Jovanovic",
+    "Kaminski",
+    "Laurent",
+    "Mbeki",
+    "Nguyen",
+    "Oyelaran",
+    "Papadopoulos",
+    "Reyes",
+    "Sorensen",
+    "Takahashi",
+    "Umarov",
+    "Vasquez",
+    "Wojcik",
+    "Yilmaz",
+    "Zielinski",
+]
+ALT_STREETS = [
+    "Magnolia Drive",
+    "Sycamore Street",
+    "Juniper Court",
+    "Aspen Way",
+    "Hickory Lane",
+    "Poplar Avenue",
+    "Cypress Road",
+    "Redwood Boulevard",
+]
 ALT_CITIES = [("Fresno", "CA", "937"), ("Boise", "ID", "837"), ("Omaha", "NE", "681"), ("Savannah", "GA", "314")]
 
 
 # ---------------------------------------------------------------- labeled sets
+
 
 def _quiet():
     """presidio-evaluator prints to stdout; keep the benchmark's output clean."""
@@ -127,30 +202,55 @@ def evaluator_sets(n: int, seed: int) -> dict[str, dict]:
             return self.numerify("MRN-#######")
 
     mapping = dict(PresidioSentenceFaker.ENTITY_TYPE_MAPPING)
-    mapping.update({"member_id": "MEMBER_ID", "claim_id": "CLAIM_ID", "policy_number": "POLICY_NUMBER",
-                    "medical_record_number": "MEDICAL_RECORD_NUMBER"})
+    mapping.update(
+        {
+            "member_id": "MEMBER_ID",
+            "claim_id": "CLAIM_ID",
+            "policy_number": "POLICY_NUMBER",
+            "medical_record_number": "MEDICAL_RECORD_NUMBER",
+        }
+    )
     out = {}
     for name, templates, extra, description in (
-        ("presidio_evaluator", None, [],
-         "presidio-evaluator PresidioSentenceFaker, stock templates and providers (hospital provider removed)"),
-        ("presidio_evaluator_domain", DOMAIN_TEMPLATES, [DomainIdProvider],
-         f"presidio-evaluator PresidioSentenceFaker with {len(DOMAIN_TEMPLATES)} insurer templates and "
-         "providers for the custom identifiers"),
+        (
+            "presidio_evaluator",
+            None,
+            [],
+            "presidio-evaluator PresidioSentenceFaker, stock templates and providers (hospital provider removed)",
+        ),
+        (
+            "presidio_evaluator_domain",
+            DOMAIN_TEMPLATES,
+            [DomainIdProvider],
+            f"presidio-evaluator PresidioSentenceFaker with {len(DOMAIN_TEMPLATES)} insurer templates and "
+            "providers for the custom identifiers",
+        ),
     ):
         with _quiet():
             # Its person table is drawn with the global `random` before the seed is applied.
             PresidioSentenceFaker.seed(seed)
-            faker = PresidioSentenceFaker("en_US", lower_case_ratio=0.05, sentence_templates=templates,
-                                          entity_providers=providers + extra, entity_type_mapping=dict(mapping),
-                                          random_seed=seed)
+            faker = PresidioSentenceFaker(
+                "en_US",
+                lower_case_ratio=0.05,
+                sentence_templates=templates,
+                entity_providers=providers + extra,
+                entity_type_mapping=dict(mapping),
+                random_seed=seed,
+            )
             samples = faker.generate_new_fake_sentences(n)
         docs = []
         for s in samples:
-            gold = [(EVALUATOR_TYPES[sp.entity_type], sp.start_position, sp.end_position)
-                    for sp in s.spans if sp.entity_type in EVALUATOR_TYPES]
+            gold = [
+                (EVALUATOR_TYPES[sp.entity_type], sp.start_position, sp.end_position)
+                for sp in s.spans
+                if sp.entity_type in EVALUATOR_TYPES
+            ]
             docs.append({"text": s.full_text, "gold": gold})
-        labeled = sorted({EVALUATOR_TYPES[t] for t in EVALUATOR_TYPES} if templates is None else
-                         {g[0] for d in docs for g in d["gold"]})
+        labeled = sorted(
+            {EVALUATOR_TYPES[t] for t in EVALUATOR_TYPES}
+            if templates is None
+            else {g[0] for d in docs for g in d["gold"]}
+        )
         out[name] = {"description": description, "docs": docs, "labeled_types": labeled}
     return out
 
@@ -192,11 +292,16 @@ def synth_set(n: int, seed: int, *, alt_names: bool = False) -> dict:
         docs.append({"text": row["text"], "gold": sorted(gold), "values": sorted(values.get(row["record_id"], ()))})
     labeled = sorted({t for vs in values.values() for t, _ in vs})
     what = "alternative names/streets/cities (fallback: presidio-evaluator not installed)" if alt_names else "its key"
-    return {"description": f"project generator tasks.demo.synth (seed {seed}, {n} records), {what}",
-            "docs": docs, "labeled_types": labeled, "unlocated_key_values": unlocated}
+    return {
+        "description": f"project generator tasks.demo.synth (seed {seed}, {n} records), {what}",
+        "docs": docs,
+        "labeled_types": labeled,
+        "unlocated_key_values": unlocated,
+    }
 
 
 # ---------------------------------------------------------------- scoring
+
 
 def _covered(gold: tuple[str, int, int], spans: list[tuple[str, int, int]], text: str, typed: bool) -> bool:
     etype, start, end = gold
@@ -226,10 +331,19 @@ def score(docs: list[dict], predictions: list[list[tuple[str, int, int]]], label
         k = c[etype]
         recall = k["found"] / k["gold"] if k["gold"] else None
         precision = k["correct"] / k["pred"] if k["pred"] else None
-        f2 = (5 * precision * recall / (4 * precision + recall)
-              if precision is not None and recall is not None and (precision or recall) else None)
-        out[etype] = {"gold": k["gold"], "predicted": k["pred"], "precision": _r(precision), "recall": _r(recall),
-                      "f2": _r(f2), "masked_recall": _r(k["masked"] / k["gold"] if k["gold"] else None)}
+        f2 = (
+            5 * precision * recall / (4 * precision + recall)
+            if precision is not None and recall is not None and (precision or recall)
+            else None
+        )
+        out[etype] = {
+            "gold": k["gold"],
+            "predicted": k["pred"],
+            "precision": _r(precision),
+            "recall": _r(recall),
+            "f2": _r(f2),
+            "masked_recall": _r(k["masked"] / k["gold"] if k["gold"] else None),
+        }
     return out
 
 
@@ -247,6 +361,7 @@ def targets(per_type: dict) -> dict:
 
 
 # ---------------------------------------------------------------- runners
+
 
 def run_ours(texts: list[str], workers: int):
     from tasks.pii import mask_records
@@ -267,10 +382,16 @@ def plain_loop_engines():
     from tasks.pii.spacy_ner import NER_IGNORED, NER_MAPPING
 
     spec = load_spec(RECOGNIZERS)
-    nlp_engine = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spec.nlp_model}],
-        "ner_model_configuration": {"model_to_presidio_entity_mapping": NER_MAPPING,
-                                    "labels_to_ignore": NER_IGNORED}}).create_engine()
+    nlp_engine = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": spec.nlp_model}],
+            "ner_model_configuration": {
+                "model_to_presidio_entity_mapping": NER_MAPPING,
+                "labels_to_ignore": NER_IGNORED,
+            },
+        }
+    ).create_engine()
     registry = build_registry(RECOGNIZERS, "en", spec, nlp_engine)
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
     supported = set(analyzer.get_supported_entities("en"))
@@ -299,44 +420,76 @@ def leaked(docs: list[dict], masked_texts: list[str]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- report
 
+
 def markdown(result: dict) -> str:
-    lines = ["# Masking benchmark", "",
-             f"Run {result['generated_at']} on {result['machine']}; {result['params']}.", "",
-             "Span-level, type-aware: a labeled value is found when masked spans of its type cover all its "
-             "letters and digits; a masked span is correct when it overlaps a labeled span of its type. "
-             f"Target: recall ≥ {TARGET_RECALL} for {', '.join(TARGET_TYPES)}.", ""]
+    lines = [
+        "# Masking benchmark",
+        "",
+        f"Run {result['generated_at']} on {result['machine']}; {result['params']}.",
+        "",
+        "Span-level, type-aware: a labeled value is found when masked spans of its type cover all its "
+        "letters and digits; a masked span is correct when it overlaps a labeled span of its type. "
+        f"Target: recall ≥ {TARGET_RECALL} for {', '.join(TARGET_TYPES)}.",
+        "",
+    ]
     for name, s in result["sets"].items():
-        lines += [f"## {name}", "", f"{s['description']}; {s['docs']} docs.", "",
-                  "| entity | labeled | masked spans | precision | recall | F2 | masked (any type) | target |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {name}",
+            "",
+            f"{s['description']}; {s['docs']} docs.",
+            "",
+            "| entity | labeled | masked spans | precision | recall | F2 | masked (any type) | target |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for etype, m in s["per_type"].items():
             target = {True: "met", False: "**missed**"}.get(s["targets_met"].get(etype), "")
-            lines.append(f"| {etype} | {m['gold']} | {m['predicted']} | {_f(m['precision'])} | {_f(m['recall'])} | "
-                         f"{_f(m['f2'])} | {_f(m['masked_recall'])} | {target} |")
+            lines.append(
+                f"| {etype} | {m['gold']} | {m['predicted']} | {_f(m['precision'])} | {_f(m['recall'])} | "
+                f"{_f(m['f2'])} | {_f(m['masked_recall'])} | {target} |"
+            )
         if "leaked" in s:
-            lines += ["", f"Key values still verbatim in the masked text: {sum(s['leaked'].values())} "
-                          f"({', '.join(f'{k}: {v}' for k, v in s['leaked'].items() if v) or 'none'})."]
+            lines += [
+                "",
+                f"Key values still verbatim in the masked text: {sum(s['leaked'].values())} "
+                f"({', '.join(f'{k}: {v}' for k, v in s['leaked'].items() if v) or 'none'}).",
+            ]
         r = s["residual_scan"]
-        lines += ["", f"Residual scan: {r['records']} of {s['docs']} masked records flagged ({r['share']:.1%})"
-                      + (f": {', '.join(f'{k} {v}' for k, v in r['per_type'].items())}." if r["records"] else ".")]
+        lines += [
+            "",
+            f"Residual scan: {r['records']} of {s['docs']} masked records flagged ({r['share']:.1%})"
+            + (f": {', '.join(f'{k} {v}' for k, v in r['per_type'].items())}." if r["records"] else "."),
+        ]
         lines.append("")
     t = result["throughput"]
-    lines += ["## Throughput", "",
-              f"{t['docs']} synth_key docs (mean {t['mean_chars']} chars), the same docs for each pipeline.", "",
-              "| pipeline | docs/s | seconds | start-up s | recall (synth_key, all types) |",
-              "|---|---:|---:|---:|---:|"]
+    lines += [
+        "## Throughput",
+        "",
+        f"{t['docs']} synth_key docs (mean {t['mean_chars']} chars), the same docs for each pipeline.",
+        "",
+        "| pipeline | docs/s | seconds | start-up s | recall (synth_key, all types) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name in ("batched", "batched_1", "plain_loop"):
         r = t[name]
-        lines.append(f"| {name}: {r['what']} | {r['docs_per_s']} | {r['seconds']} | {r['startup_s']} | "
-                     f"{_f(r['recall_all_types'])} |")
-    lines += ["", f"Speed-up of batched over plain_loop: **{t['speedup']}×** (batched_1 over plain_loop: "
-                  f"{t['speedup_1_worker']}×)."]
+        lines.append(
+            f"| {name}: {r['what']} | {r['docs_per_s']} | {r['seconds']} | {r['startup_s']} | "
+            f"{_f(r['recall_all_types'])} |"
+        )
+    lines += [
+        "",
+        f"Speed-up of batched over plain_loop: **{t['speedup']}×** (batched_1 over plain_loop: "
+        f"{t['speedup_1_worker']}×).",
+    ]
     if t.get("ner_read_share") is not None:
-        lines.append(f"The batched pipelines' spaCy NER read {t['ner_read_share']:.0%} of the characters (sentences "
-                     "that may hold a name, with their neighbours); plain_loop runs spaCy on all of them.")
+        lines.append(
+            f"The batched pipelines' spaCy NER read {t['ner_read_share']:.0%} of the characters (sentences "
+            "that may hold a name, with their neighbours); plain_loop runs spaCy on all of them."
+        )
     if t.get("load_1min") is not None:
-        lines.append(f"1-minute load average before / after the throughput runs: {t['load_1min']} (2 CPUs; other "
-                     "jobs on the machine slow the side-by-side runs alike, the 2-worker run most).")
+        lines.append(
+            f"1-minute load average before / after the throughput runs: {t['load_1min']} (2 CPUs; other "
+            "jobs on the machine slow the side-by-side runs alike, the 2-worker run most)."
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -351,8 +504,11 @@ def _residual(masked) -> dict:
     for m in masked:
         counts.update(m.residual)
     flagged = sum(1 for m in masked if m.residual)
-    return {"records": flagged, "share": _r(flagged / len(masked)) if masked else 0.0,
-            "per_type": dict(sorted(counts.items()))}
+    return {
+        "records": flagged,
+        "share": _r(flagged / len(masked)) if masked else 0.0,
+        "per_type": dict(sorted(counts.items())),
+    }
 
 
 def _load() -> float | None:
@@ -387,8 +543,12 @@ def main(argv: list[str] | None = None) -> int:
 
     offline.apply()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "mask.json",
-                        help="JSON result; the markdown table goes next to it (.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "results" / "mask.json",
+        help="JSON result; the markdown table goes next to it (.md)",
+    )
     parser.add_argument("--n", type=int, default=1000, help="synth_key docs, also the throughput docs")
     parser.add_argument("--n-eval", type=int, default=1000, help="sentences per presidio-evaluator set")
     parser.add_argument("--seed", type=int, default=101, help="generator seed (the demo data uses 7)")
@@ -434,8 +594,14 @@ def main(argv: list[str] | None = None) -> int:
     result_sets = {}
     for name, s in sets.items():
         per_type = score(s["docs"], predictions[name], s["labeled_types"])
-        entry = {"description": s["description"], "docs": len(s["docs"]), "labeled_types": s["labeled_types"],
-                 "per_type": per_type, "targets_met": targets(per_type), "residual_scan": residual[name]}
+        entry = {
+            "description": s["description"],
+            "docs": len(s["docs"]),
+            "labeled_types": s["labeled_types"],
+            "per_type": per_type,
+            "targets_met": targets(per_type),
+            "residual_scan": residual[name],
+        }
         if name == "synth_key":
             entry["leaked"] = leaked(s["docs"], [m.text for m in ours])
             entry["unlocated_key_values"] = s["unlocated_key_values"]
@@ -444,18 +610,31 @@ def main(argv: list[str] | None = None) -> int:
     n = len(texts)
     rate = lambda secs: round(n / secs, 2)
     throughput = {
-        "docs": n, "mean_chars": round(sum(map(len, texts)) / n),
+        "docs": n,
+        "mean_chars": round(sum(map(len, texts)) / n),
         "ner_read_share": _ner_read_share(texts),
-        "batched": {"what": f"mask_records, {workers} workers, residual scan", "docs_per_s": rate(ours_s),
-                    "seconds": round(ours_s, 2), "startup_s": round(pool_startup, 2),
-                    "recall_all_types": _overall_recall(synth_docs, predictions["synth_key"])},
-        "batched_1": {"what": "mask_records, 1 process, residual scan", "docs_per_s": rate(ours_1_s),
-                      "seconds": round(ours_1_s, 2), "startup_s": round(one_startup, 2),
-                      "recall_all_types": _overall_recall(synth_docs, [list(m.spans) for m in ours_1])},
-        "plain_loop": {"what": f"analyze+anonymize per text, spaCy pipes {engines[4]}", "docs_per_s": rate(plain_s),
-                       "seconds": round(plain_s, 2), "startup_s": round(plain_startup, 2),
-                       "recall_all_types": _overall_recall(synth_docs, [p for _, p in plain]),
-                       "per_type": score(synth_docs, [p for _, p in plain], sets["synth_key"]["labeled_types"])},
+        "batched": {
+            "what": f"mask_records, {workers} workers, residual scan",
+            "docs_per_s": rate(ours_s),
+            "seconds": round(ours_s, 2),
+            "startup_s": round(pool_startup, 2),
+            "recall_all_types": _overall_recall(synth_docs, predictions["synth_key"]),
+        },
+        "batched_1": {
+            "what": "mask_records, 1 process, residual scan",
+            "docs_per_s": rate(ours_1_s),
+            "seconds": round(ours_1_s, 2),
+            "startup_s": round(one_startup, 2),
+            "recall_all_types": _overall_recall(synth_docs, [list(m.spans) for m in ours_1]),
+        },
+        "plain_loop": {
+            "what": f"analyze+anonymize per text, spaCy pipes {engines[4]}",
+            "docs_per_s": rate(plain_s),
+            "seconds": round(plain_s, 2),
+            "startup_s": round(plain_startup, 2),
+            "recall_all_types": _overall_recall(synth_docs, [p for _, p in plain]),
+            "per_type": score(synth_docs, [p for _, p in plain], sets["synth_key"]["labeled_types"]),
+        },
     }
     throughput["load_1min"] = f"{load_before} / {_load()}"
     throughput["speedup"] = round(plain_s / ours_s, 2)
@@ -466,9 +645,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "params": f"--n {args.n} --n-eval {args.n_eval} --seed {args.seed} --workers {args.workers}",
         "matching": "span-level, type-aware; recall: labeled span's letters/digits fully covered by masked spans "
-                    "of its type; precision: masked span overlaps a labeled span of its type (labeled types only)",
-        "target_recall": TARGET_RECALL, "target_types": TARGET_TYPES,
-        "sets": result_sets, "throughput": throughput,
+        "of its type; precision: masked span overlaps a labeled span of its type (labeled types only)",
+        "target_recall": TARGET_RECALL,
+        "target_types": TARGET_TYPES,
+        "sets": result_sets,
+        "throughput": throughput,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

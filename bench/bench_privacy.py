@@ -47,12 +47,21 @@ NP_FULL = bench_train.NONPRIVATE_OPT["full"]
 def plan(args) -> list[dict]:
     common = {"epochs": args.epochs, "cpu_threads": 1}
     return [
-        {"name": "dp_lora", "what": f"LoRA, DP-SGD, target ε {args.epsilon:g} (the recipe)",
-         "train": {**common, "method": "lora", "dp": True, "target_epsilon": args.epsilon}},
-        {"name": "np_lora", "what": "LoRA r 8 all-linear, no DP, AdamW 0.01",
-         "train": {**common, "method": "lora", "dp": False, **NP_LORA}},
-        {"name": "np_full", "what": "full fine-tuning, no DP, AdamW 0.001",
-         "train": {**common, "method": "full", "dp": False, **NP_FULL}},
+        {
+            "name": "dp_lora",
+            "what": f"LoRA, DP-SGD, target ε {args.epsilon:g} (the recipe)",
+            "train": {**common, "method": "lora", "dp": True, "target_epsilon": args.epsilon},
+        },
+        {
+            "name": "np_lora",
+            "what": "LoRA r 8 all-linear, no DP, AdamW 0.01",
+            "train": {**common, "method": "lora", "dp": False, **NP_LORA},
+        },
+        {
+            "name": "np_full",
+            "what": "full fine-tuning, no DP, AdamW 0.001",
+            "train": {**common, "method": "full", "dp": False, **NP_FULL},
+        },
     ]
 
 
@@ -62,8 +71,18 @@ def _texts(path: Path, n: int, seed: int) -> list[str]:
     return rows[:n]
 
 
-def attack(name: str, base_dir: str, result: dict | None, *, canaries: list[dict], split: dict, raw_values: list[dict],
-           args, max_len: int, reference: tuple | None) -> dict:
+def attack(
+    name: str,
+    base_dir: str,
+    result: dict | None,
+    *,
+    canaries: list[dict],
+    split: dict,
+    raw_values: list[dict],
+    args,
+    max_len: int,
+    reference: tuple | None,
+) -> dict:
     """Every attack on one model, plain and (for fine-tuned models) calibrated against the base model; seconds
     per attack."""
     import torch
@@ -92,27 +111,46 @@ def attack(name: str, base_dir: str, result: dict | None, *, canaries: list[dict
     out["mia"] = mia
     if reference is not None:
         t0 = time.perf_counter()
-        out["canary_calibrated"] = safety.canary_exposure(model, tok, canaries, n_candidates=args.candidates, seed=13,
-                                                          reference=reference)
+        out["canary_calibrated"] = safety.canary_exposure(
+            model, tok, canaries, n_candidates=args.candidates, seed=13, reference=reference
+        )
         seconds["canary_exposure_calibrated"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        out["mia_calibrated"] = safety.mia_auc(model, tok, members=members, non_members=non_members, max_len=max_len,
-                                               reference=reference)
+        out["mia_calibrated"] = safety.mia_auc(
+            model, tok, members=members, non_members=non_members, max_len=max_len, reference=reference
+        )
         seconds["mia_auc_calibrated"] = round(time.perf_counter() - t0, 2)
 
-    prompts = safety.leakage_prompts(REPO / "include" / "prompts" / "pii_leakage_prompts.jsonl",
-                                     masked_path=Path(split["train_path"]), n_prefixes=100, seed=13)
+    prompts = safety.leakage_prompts(
+        REPO / "include" / "prompts" / "pii_leakage_prompts.jsonl",
+        masked_path=Path(split["train_path"]),
+        n_prefixes=100,
+        seed=13,
+    )
     t0 = time.perf_counter()
-    leak = safety.pii_leakage(model, tok, prompts=prompts, raw_values=raw_values,
-                              out_dir=Path(args.home) / "attacks" / name, max_new_tokens=32)
+    leak = safety.pii_leakage(
+        model,
+        tok,
+        prompts=prompts,
+        raw_values=raw_values,
+        out_dir=Path(args.home) / "attacks" / name,
+        max_new_tokens=32,
+    )
     seconds["pii_leakage"] = round(time.perf_counter() - t0, 2)
     out["leakage"] = leak
     out["seconds"] = seconds
     per = ", ".join(f"{p['id']} {p['exposure']:.2f}" for p in exp["per_canary"])
-    cal = (f" (calibrated: exposure max {out['canary_calibrated']['exposure_max']:.2f}, "
-           f"MIA AUC {out['mia_calibrated']['auc']:.3f})" if reference is not None else "")
-    print(f"{name}: exposure max {exp['exposure_max']:.2f} of {exp['max_possible']:.2f} bits ({per}); "
-          f"MIA AUC {mia['auc']:.3f}; PII leaks {leak['pii_leaks']}{cal}; {seconds}", flush=True)
+    cal = (
+        f" (calibrated: exposure max {out['canary_calibrated']['exposure_max']:.2f}, "
+        f"MIA AUC {out['mia_calibrated']['auc']:.3f})"
+        if reference is not None
+        else ""
+    )
+    print(
+        f"{name}: exposure max {exp['exposure_max']:.2f} of {exp['max_possible']:.2f} bits ({per}); "
+        f"MIA AUC {mia['auc']:.3f}; PII leaks {leak['pii_leaks']}{cal}; {seconds}",
+        flush=True,
+    )
     if result is not None:
         del model
     return out
@@ -151,31 +189,60 @@ def render_md(doc: dict) -> str:
         a = r["attacks"]
         eps = r.get("epsilon")
         eps_s = "—" if r["name"] == "base" else ("∞" if eps is None or eps == math.inf else f"{eps:.2f}")
-        lines.append(f"| {r['name']} | {r['what']} | {eps_s} | {r.get('steps', '—')} | "
-                     f"{r['final_loss'] if r.get('final_loss') is not None else '—'} | "
-                     f"{a['canary']['exposure_max']:.2f} | {a['canary']['exposure_mean']:.2f} | "
-                     + (f"{a['canary_calibrated']['exposure_max']:.2f} | {a['canary_calibrated']['exposure_mean']:.2f} | "
-                        if "canary_calibrated" in a else "— | — | ")
-                     + f"{a['mia']['auc']:.3f} | "
-                     + (f"{a['mia_calibrated']['auc']:.3f} | " if "mia_calibrated" in a else "— | ")
-                     + f"{a['leakage']['pii_leaks']} | {sum(a['leakage']['presidio_entities'].values())} |")
-    lines += ["", "Per canary (exposure in bits; repeats = host records that stayed in training after the hold-out):", "",
-              "| model | " + " | ".join(f"{c['id']} ({c['repeats_in_training']}×)" for c in doc["canaries"]) + " |",
-              "|---|" + "---:|" * len(doc["canaries"])]
+        lines.append(
+            f"| {r['name']} | {r['what']} | {eps_s} | {r.get('steps', '—')} | "
+            f"{r['final_loss'] if r.get('final_loss') is not None else '—'} | "
+            f"{a['canary']['exposure_max']:.2f} | {a['canary']['exposure_mean']:.2f} | "
+            + (
+                f"{a['canary_calibrated']['exposure_max']:.2f} | {a['canary_calibrated']['exposure_mean']:.2f} | "
+                if "canary_calibrated" in a
+                else "— | — | "
+            )
+            + f"{a['mia']['auc']:.3f} | "
+            + (f"{a['mia_calibrated']['auc']:.3f} | " if "mia_calibrated" in a else "— | ")
+            + f"{a['leakage']['pii_leaks']} | {sum(a['leakage']['presidio_entities'].values())} |"
+        )
+    lines += [
+        "",
+        "Per canary (exposure in bits; repeats = host records that stayed in training after the hold-out):",
+        "",
+        "| model | " + " | ".join(f"{c['id']} ({c['repeats_in_training']}×)" for c in doc["canaries"]) + " |",
+        "|---|" + "---:|" * len(doc["canaries"]),
+    ]
     for r in doc["runs"]:
         cal = r["attacks"].get("canary_calibrated")
-        lines.append(f"| {r['name']} | " + " | ".join(
-            f"{p['exposure']:.2f}" + (f" (cal. {q['exposure']:.2f})" if cal else "")
-            for p, q in zip(r["attacks"]["canary"]["per_canary"], (cal or r["attacks"]["canary"])["per_canary"])) + " |")
-    means = ", ".join(f"{r['name']} {r['attacks']['canary']['exposure_mean']:.2f}"
-                      + (f" (calibrated {r['attacks']['canary_calibrated']['exposure_mean']:.2f})"
-                         if "canary_calibrated" in r["attacks"] else "") for r in doc["runs"])
-    lines += ["", f"Mean exposure per model: {means}. A model that knows a secret no better than a random one ranks it "
-              "uniformly, so its exposure averages 1/ln 2 ≈ 1.44 bits and exceeds t bits with probability 2^−t; the "
-              "base model row is that null measured (it never saw a canary), and shows that the base model's own "
-              "preferences among digit strings can reach several bits for one canary, which the calibrated figures remove."]
-    lines += ["", "Attack time per model (s): " + "; ".join(
-        f"{r['name']} " + ", ".join(f"{k} {v}" for k, v in r["attacks"]["seconds"].items()) for r in doc["runs"]) + "."]
+        lines.append(
+            f"| {r['name']} | "
+            + " | ".join(
+                f"{p['exposure']:.2f}" + (f" (cal. {q['exposure']:.2f})" if cal else "")
+                for p, q in zip(r["attacks"]["canary"]["per_canary"], (cal or r["attacks"]["canary"])["per_canary"])
+            )
+            + " |"
+        )
+    means = ", ".join(
+        f"{r['name']} {r['attacks']['canary']['exposure_mean']:.2f}"
+        + (
+            f" (calibrated {r['attacks']['canary_calibrated']['exposure_mean']:.2f})"
+            if "canary_calibrated" in r["attacks"]
+            else ""
+        )
+        for r in doc["runs"]
+    )
+    lines += [
+        "",
+        f"Mean exposure per model: {means}. A model that knows a secret no better than a random one ranks it "
+        "uniformly, so its exposure averages 1/ln 2 ≈ 1.44 bits and exceeds t bits with probability 2^−t; the "
+        "base model row is that null measured (it never saw a canary), and shows that the base model's own "
+        "preferences among digit strings can reach several bits for one canary, which the calibrated figures remove.",
+    ]
+    lines += [
+        "",
+        "Attack time per model (s): "
+        + "; ".join(
+            f"{r['name']} " + ", ".join(f"{k} {v}" for k, v in r["attacks"]["seconds"].items()) for r in doc["runs"]
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -200,14 +267,15 @@ def main() -> None:
         args.records, args.epochs = args.records or 300, args.epochs or 1.0
     args.records, args.epochs = args.records or 4000, args.epochs or 2.5
     args.home = args.home or Path(os.environ.get("PFT_HOME", REPO / ".local")) / (
-        "bench-privacy-quick" if args.quick else "bench-privacy")
+        "bench-privacy-quick" if args.quick else "bench-privacy"
+    )
 
     from tasks.common.offline import apply as offline_apply
 
     offline_apply()
-    from tasks.eval import safety
     from tasks.config import TrainConfig
     from tasks.data.splits import split_audit_holdout
+    from tasks.eval import safety
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t_all = time.perf_counter()
@@ -216,48 +284,86 @@ def main() -> None:
     split = split_audit_holdout(Path(prep["data"]["train_path"]), args.home / "split", args.holdout_share)
     canaries = safety.load_canaries(args.home / "synth" / "canaries.json")
     if not canaries:
-        raise SystemExit(f"{args.home}/synth/canaries.json lists no canaries: delete {args.home} and rerun "
-                         "(the data were generated before canaries existed)")
+        raise SystemExit(
+            f"{args.home}/synth/canaries.json lists no canaries: delete {args.home} and rerun "
+            "(the data were generated before canaries existed)"
+        )
     train_ids = {json.loads(line)["record_id"] for line in Path(split["train_path"]).read_text().splitlines() if line}
     raw_values = safety.load_raw_values(args.home / "synth" / "pii_key.json")
     max_len = TrainConfig().max_seq_len
-    print(f"data: {split['train_records']} training / {split['holdout_records']} hold-out records; "
-          f"model {prep['model']['parameters']} params", flush=True)
+    print(
+        f"data: {split['train_records']} training / {split['holdout_records']} hold-out records; "
+        f"model {prep['model']['parameters']} params",
+        flush=True,
+    )
 
     from tasks.eval.lm import load_causal_lm
 
     reference = load_causal_lm(Path(prep["model"]["dir"]), None)  # the calibration reference: never saw the data
     common = dict(canaries=canaries, split=split, raw_values=raw_values, args=args, max_len=max_len)
-    runs = [{"name": "base", "what": "none (the base model)",
-             "attacks": attack("base", prep["model"]["dir"], None, reference=None, **common)}]
+    runs = [
+        {
+            "name": "base",
+            "what": "none (the base model)",
+            "attacks": attack("base", prep["model"]["dir"], None, reference=None, **common),
+        }
+    ]
     work = args.home / "runs"
     only = set(args.only.split(",")) if args.only else None
     for item in plan(args):
         if only and item["name"] not in only:
             continue
         train_cfg = TrainConfig(**item["train"]).model_dump()
-        spec = {"base_model_dir": prep["model"]["dir"], "data_path": split["train_path"], "train": train_cfg,
-                "out_dir": str(work / item["name"])}
+        spec = {
+            "base_model_dir": prep["model"]["dir"],
+            "data_path": split["train_path"],
+            "train": train_cfg,
+            "out_dir": str(work / item["name"]),
+        }
         shutil.rmtree(work / item["name"], ignore_errors=True)  # never resume an old run's checkpoint
         t0 = time.perf_counter()
         child = bench_train.run_child("train", spec, work, item["name"])
         r = child["result"]
         print(f"{item['name']}: {r['steps']} steps in {r['train_seconds']} s, ε {r.get('epsilon')}", flush=True)
-        runs.append({"name": item["name"], "what": item["what"], "overrides": item["train"], "steps": r["steps"],
-                     "epsilon": r["epsilon"] if r.get("dp") else None, "delta": r.get("delta"),
-                     "final_loss": None if r.get("final_loss") is None else round(r["final_loss"], 3),
-                     "train_seconds": r["train_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
-                     "attacks": attack(item["name"], prep["model"]["dir"], r, reference=reference, **common)})
+        runs.append(
+            {
+                "name": item["name"],
+                "what": item["what"],
+                "overrides": item["train"],
+                "steps": r["steps"],
+                "epsilon": r["epsilon"] if r.get("dp") else None,
+                "delta": r.get("delta"),
+                "final_loss": None if r.get("final_loss") is None else round(r["final_loss"], 3),
+                "train_seconds": r["train_seconds"],
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+                "attacks": attack(item["name"], prep["model"]["dir"], r, reference=reference, **common),
+            }
+        )
 
-    doc = {"started": started, "total_seconds": round(time.perf_counter() - t_all, 1), "quick": args.quick,
-           "command": "python bench/bench_privacy.py " + " ".join(sys.argv[1:]),
-           "machine": {**mach, "uptime_after": bench_train.uptime()}, "model": prep["model"],
-           "data": prep["data"], "split": split, "epochs": args.epochs, "max_seq_len": max_len,
-           "candidates": args.candidates, "mia_records": args.mia_records,
-           # ids and counts only: the secrets stay in the raw zone
-           "canaries": [{"id": c["id"], "repeats": c["repeats"],
-                         "repeats_in_training": sum(rid in train_ids for rid in c["record_ids"])} for c in canaries],
-           "runs": runs}
+    doc = {
+        "started": started,
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "quick": args.quick,
+        "command": "python bench/bench_privacy.py " + " ".join(sys.argv[1:]),
+        "machine": {**mach, "uptime_after": bench_train.uptime()},
+        "model": prep["model"],
+        "data": prep["data"],
+        "split": split,
+        "epochs": args.epochs,
+        "max_seq_len": max_len,
+        "candidates": args.candidates,
+        "mia_records": args.mia_records,
+        # ids and counts only: the secrets stay in the raw zone
+        "canaries": [
+            {
+                "id": c["id"],
+                "repeats": c["repeats"],
+                "repeats_in_training": sum(rid in train_ids for rid in c["record_ids"]),
+            }
+            for c in canaries
+        ],
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(bench_train.dump_doc(doc))
     args.out.with_suffix(".md").write_text(render_md(doc))

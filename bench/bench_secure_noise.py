@@ -49,7 +49,8 @@ def _run(data: Path, base: Path, out: Path, *, secure: bool, steps: int) -> floa
     from tasks.config import TrainConfig
     from tasks.train.recipe import train
 
-    n = sum(1 for _ in open(data))
+    with open(data) as fh:
+        n = sum(1 for _ in fh)
     t = TrainConfig(secure_noise=secure, checkpoint_every=0).model_dump()
     t["epochs"] = steps * t["batch_size"] / n  # exactly `steps` logical steps
     result = train({"train": t, "base_model_dir": str(base), "out_dir": str(out), "data_path": str(data)})
@@ -77,9 +78,11 @@ def _noise_only(base: Path, repeats: int = 20) -> dict:
                 draw(p)
         return (time.perf_counter() - start) / repeats
 
-    return {"trainable_params": sum(p.numel() for p in params),
-            "seeded_s": timed(lambda p: torch.normal(0.0, 1.0, size=p.shape, generator=gen)),
-            "csprng_s": timed(lambda p: CSPRNG.gaussian_like(1.0, p))}
+    return {
+        "trainable_params": sum(p.numel() for p in params),
+        "seeded_s": timed(lambda p: torch.normal(0.0, 1.0, size=p.shape, generator=gen)),
+        "csprng_s": timed(lambda p: CSPRNG.gaussian_like(1.0, p)),
+    }
 
 
 def main() -> None:
@@ -99,12 +102,17 @@ def main() -> None:
         noise = _noise_only(base)
     medians = {mode: statistics.median(v) for mode, v in per_step.items()}
     result = {
-        "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "recipe": "default train config (LoRA, DP-SGD, batch 128, demo base model), one torch thread",
-        "records": args.records, "steps": args.steps, "repeats": args.repeats,
-        "seconds_per_step": per_step, "median_seconds_per_step": medians,
+        "records": args.records,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "seconds_per_step": per_step,
+        "median_seconds_per_step": medians,
         "secure_over_seeded": round(medians["secure"] / medians["seeded"], 3),
-        "noise_only": noise, "noise_only_ratio": round(noise["csprng_s"] / noise["seeded_s"], 1),
+        "noise_only": noise,
+        "noise_only_ratio": round(noise["csprng_s"] / noise["seeded_s"], 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -24,7 +24,6 @@ Same base model, same masked data, same number of examples for every run:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -50,22 +49,32 @@ COMPUTE_ROWS = ("full", "lora", "freeze_lora", "freeze_lora_top1", "adapter", "p
 # best exact match of the SWEEP below (80 steps, all held-out questions; README). The optimiser's own cost is
 # negligible next to forward/backward, so time and memory stay comparable; the DP overhead table compares like
 # with like (SGD). freeze_lora_top1 is the fastest freeze setting, shown next to the best one.
-NONPRIVATE_OPT = {"full": {"optimizer": "adamw", "learning_rate": 1e-3},
-                  "lora": {"optimizer": "adamw", "learning_rate": 1e-2, "lora_r": 8, "lora_alpha": 16,
-                           "target_modules": "all-linear"},
-                  "freeze_lora": {"optimizer": "adamw", "learning_rate": 3e-2, "trainable_layers": 2},
-                  "freeze_lora_top1": {"optimizer": "adamw", "learning_rate": 1e-1, "trainable_layers": 1},
-                  "adapter": {"optimizer": "adamw", "learning_rate": 3e-2},
-                  "prefix": {"optimizer": "adamw", "learning_rate": 1e-2}}
+NONPRIVATE_OPT = {
+    "full": {"optimizer": "adamw", "learning_rate": 1e-3},
+    "lora": {
+        "optimizer": "adamw",
+        "learning_rate": 1e-2,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "target_modules": "all-linear",
+    },
+    "freeze_lora": {"optimizer": "adamw", "learning_rate": 3e-2, "trainable_layers": 2},
+    "freeze_lora_top1": {"optimizer": "adamw", "learning_rate": 1e-1, "trainable_layers": 1},
+    "adapter": {"optimizer": "adamw", "learning_rate": 3e-2},
+    "prefix": {"optimizer": "adamw", "learning_rate": 1e-2},
+}
 
 
 # ---------------------------------------------------------------- child processes
+
 
 def child_train(spec_path: Path, out_path: Path) -> None:
     """One training run in this (fresh) process; ε accounting timed apart; peak RSS at the end."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # the recipe's progress lines
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )  # the recipe's progress lines
     spec = json.loads(spec_path.read_text())
     acct = {"calls": 0, "seconds": 0.0}
     if spec["train"]["dp"]:
@@ -85,9 +94,16 @@ def child_train(spec_path: Path, out_path: Path) -> None:
     from tasks.train.recipe import train
 
     result = train(spec)
-    out_path.write_text(json.dumps({"result": result, "epsilon_calls": acct["calls"],
-                                    "epsilon_seconds": round(acct["seconds"], 3),
-                                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    out_path.write_text(
+        json.dumps(
+            {
+                "result": result,
+                "epsilon_calls": acct["calls"],
+                "epsilon_seconds": round(acct["seconds"], 3),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 def child_baseline(spec_path: Path, out_path: Path) -> None:
@@ -104,7 +120,9 @@ def child_baseline(spec_path: Path, out_path: Path) -> None:
     torch.set_num_threads(1)
     AutoTokenizer.from_pretrained(spec["base_model_dir"])
     AutoModelForCausalLM.from_pretrained(spec["base_model_dir"], dtype=torch.float32)
-    out_path.write_text(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    out_path.write_text(
+        json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    )
 
 
 def child_eval(spec_path: Path, out_path: Path) -> None:
@@ -122,8 +140,13 @@ def run_child(kind: str, spec: dict, work: Path, name: str) -> dict:
     spec_path, out_path, log_path = work / f"{name}.spec.json", work / f"{name}.out.json", work / f"{name}.log"
     spec_path.write_text(json.dumps(spec, indent=2))
     out_path.unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     cmd = [sys.executable, str(Path(__file__).resolve()), f"--child-{kind}", str(spec_path), str(out_path)]
     with open(log_path, "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -135,12 +158,13 @@ def run_child(kind: str, spec: dict, work: Path, name: str) -> dict:
 
 # ---------------------------------------------------------------- data and model
 
+
 def prepare(home: Path, records: int, size: str) -> dict:
     """Synth records → ingest → mask (cached under home); the base model (cached by corpus hash)."""
-    from tasks.demo import synth
-    from tasks.demo.base_model import SIZES, build_base_model
     from tasks.data.ingest import ingest
     from tasks.data.mask import mask_dataset
+    from tasks.demo import synth
+    from tasks.demo.base_model import SIZES, build_base_model
 
     home.mkdir(parents=True, exist_ok=True)
     stamp = home / "prepared.json"
@@ -152,63 +176,116 @@ def prepare(home: Path, records: int, size: str) -> dict:
         synth.generate(home, seed=7, n_records=records)
         ing = ingest(landing_dir=home / "landing", staging_dir=home / "staging", quarantine_dir=home / "quarantine")
         key = bytes.fromhex(os.environ.get("PFT_PSEUDONYM_KEY") or BENCH_KEY_HEX)
-        masked = mask_dataset(rows_path=Path(ing["staged_path"]), out_dir=home / "masked", key=key,
-                              recognizers_path=REPO / "include" / "presidio" / "recognizers.yaml", workers=2)
-        info = {"records": records, "rows_valid": ing["rows_valid"], "rows_quarantined": ing["rows_quarantined"],
-                "duplicates_removed": ing["duplicates_removed"], "masked_rows": masked["rows"],
-                "entities_masked": masked["entities_total"], "residual_share": masked["residual_share"],
-                "prepare_seconds": round(time.perf_counter() - t0, 1)}
+        masked = mask_dataset(
+            rows_path=Path(ing["staged_path"]),
+            out_dir=home / "masked",
+            key=key,
+            recognizers_path=REPO / "include" / "presidio" / "recognizers.yaml",
+            workers=2,
+        )
+        info = {
+            "records": records,
+            "rows_valid": ing["rows_valid"],
+            "rows_quarantined": ing["rows_quarantined"],
+            "duplicates_removed": ing["duplicates_removed"],
+            "masked_rows": masked["rows"],
+            "entities_masked": masked["entities_total"],
+            "residual_share": masked["residual_share"],
+            "prepare_seconds": round(time.perf_counter() - t0, 1),
+        }
         stamp.write_text(json.dumps(info, indent=2))
     base = build_base_model(corpus_path=home / "synth" / "general_corpus.txt", models_root=home / "models", size=size)
     cfg = json.loads((Path(base["model_dir"]) / "config.json").read_text())
     s = SIZES[size]
-    model = {"size": size, "dir": base["model_dir"], "parameters": base["parameters"], "architecture": cfg["architectures"][0],
-             "layers": s.layers, "hidden": s.hidden, "intermediate": s.intermediate, "heads": s.heads,
-             "vocab": cfg["vocab_size"], "tied_embeddings": cfg.get("tie_word_embeddings", False),
-             "base_build_seconds": base.get("build_seconds"), "base_final_loss": base.get("final_loss")}
-    return {"data": {**info, "train_path": str(home / "masked" / "train.jsonl"),
-                     "qa_path": str(home / "synth" / "qa_heldout.jsonl")}, "model": model}
+    model = {
+        "size": size,
+        "dir": base["model_dir"],
+        "parameters": base["parameters"],
+        "architecture": cfg["architectures"][0],
+        "layers": s.layers,
+        "hidden": s.hidden,
+        "intermediate": s.intermediate,
+        "heads": s.heads,
+        "vocab": cfg["vocab_size"],
+        "tied_embeddings": cfg.get("tie_word_embeddings", False),
+        "base_build_seconds": base.get("build_seconds"),
+        "base_final_loss": base.get("final_loss"),
+    }
+    return {
+        "data": {
+            **info,
+            "train_path": str(home / "masked" / "train.jsonl"),
+            "qa_path": str(home / "synth" / "qa_heldout.jsonl"),
+        },
+        "model": model,
+    }
 
 
 # ---------------------------------------------------------------- runs
 
-METHOD_OVERRIDES = {"full": {"method": "full"}, "lora": {"method": "lora"},
-                    "freeze_lora": {"method": "freeze", "freeze_with_lora": True, "trainable_layers": 1},
-                    "adapter": {"method": "adapter"}, "prefix": {"method": "prefix"}}
+METHOD_OVERRIDES = {
+    "full": {"method": "full"},
+    "lora": {"method": "lora"},
+    "freeze_lora": {"method": "freeze", "freeze_with_lora": True, "trainable_layers": 1},
+    "adapter": {"method": "adapter"},
+    "prefix": {"method": "prefix"},
+}
 
 # Learning-rate sweep on the real setting (same data, steps and evaluation as table 1), so that per-method
 # tuning is reported, not hidden: `--sweep [NAMES]`. Each point is a table-1 method plus overrides.
-SWEEP = [{"name": f"{base}_{tag}_lr{lr:g}", "method": base, "train": {**extra, "learning_rate": lr}}
-         for base, tag, extra in (("lora", "r4_mlp", {}),
-                                  ("lora", "r8_all", {"lora_r": 8, "lora_alpha": 16, "target_modules": "all-linear"}),
-                                  ("freeze_lora", "top1_r4_mlp", {}),
-                                  ("freeze_lora", "top2_r4_mlp", {"trainable_layers": 2}),
-                                  # `all` (the family's attention + MLP list): PEFT refuses layers_to_transform
-                                  # with the string `all-linear`
-                                  ("freeze_lora", "top1_r8_all", {"lora_r": 8, "lora_alpha": 16, "target_modules": "all"}),
-                                  ("freeze_lora", "top2_r8_all", {"trainable_layers": 2, "lora_r": 8, "lora_alpha": 16,
-                                                                  "target_modules": "all"}),
-                                  ("adapter", "ia3", {}), ("prefix", "vt8", {}), ("full", "all", {}))
-         for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)]
+SWEEP = [
+    {"name": f"{base}_{tag}_lr{lr:g}", "method": base, "train": {**extra, "learning_rate": lr}}
+    for base, tag, extra in (
+        ("lora", "r4_mlp", {}),
+        ("lora", "r8_all", {"lora_r": 8, "lora_alpha": 16, "target_modules": "all-linear"}),
+        ("freeze_lora", "top1_r4_mlp", {}),
+        ("freeze_lora", "top2_r4_mlp", {"trainable_layers": 2}),
+        # `all` (the family's attention + MLP list): PEFT refuses layers_to_transform
+        # with the string `all-linear`
+        ("freeze_lora", "top1_r8_all", {"lora_r": 8, "lora_alpha": 16, "target_modules": "all"}),
+        ("freeze_lora", "top2_r8_all", {"trainable_layers": 2, "lora_r": 8, "lora_alpha": 16, "target_modules": "all"}),
+        ("adapter", "ia3", {}),
+        ("prefix", "vt8", {}),
+        ("full", "all", {}),
+    )
+    for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+]
 
 
 def run_plan(args) -> list[dict]:
     """name, table, train overrides (on top of the repo's default TrainConfig)."""
     common = {"epochs": args.epochs, "cpu_threads": 1}
     method = {**METHOD_OVERRIDES, "freeze_lora_top1": METHOD_OVERRIDES["freeze_lora"]}
-    plan = [{"name": f"np_{m}", "tables": ["compute"], "train": {**common, **method[m], "dp": False,
-                                                                  **NONPRIVATE_OPT[m]}}
-            for m in COMPUTE_ROWS if m in NONPRIVATE_OPT]
+    plan = [
+        {"name": f"np_{m}", "tables": ["compute"], "train": {**common, **method[m], "dp": False, **NONPRIVATE_OPT[m]}}
+        for m in COMPUTE_ROWS
+        if m in NONPRIVATE_OPT
+    ]
     plan[1]["tables"] += ["utility"]
     # the recipe exactly (SGD 0.5) with dp: false: the like-for-like reference for DP overhead, and ε = ∞ of the recipe
-    plan.append({"name": "np_lora_recipe", "tables": ["overhead", "utility"],
-                 "train": {**common, "method": "lora", "dp": False}})
+    plan.append(
+        {
+            "name": "np_lora_recipe",
+            "tables": ["overhead", "utility"],
+            "train": {**common, "method": "lora", "dp": False},
+        }
+    )
     for eps in args.epsilons:
-        plan.append({"name": f"dp_lora_eps{eps:g}", "tables": ["utility"] + (["overhead"] if eps == 8 else []),
-                     "train": {**common, "method": "lora", "dp": True, "target_epsilon": eps, "grad_sample_mode": "hooks"}})
+        plan.append(
+            {
+                "name": f"dp_lora_eps{eps:g}",
+                "tables": ["utility"] + (["overhead"] if eps == 8 else []),
+                "train": {**common, "method": "lora", "dp": True, "target_epsilon": eps, "grad_sample_mode": "hooks"},
+            }
+        )
     if args.ghost:
-        plan.append({"name": "dp_lora_ghost_eps8", "tables": ["overhead"],
-                     "train": {**common, "method": "lora", "dp": True, "target_epsilon": 8.0, "grad_sample_mode": "ghost"}})
+        plan.append(
+            {
+                "name": "dp_lora_ghost_eps8",
+                "tables": ["overhead"],
+                "train": {**common, "method": "lora", "dp": True, "target_epsilon": 8.0, "grad_sample_mode": "ghost"},
+            }
+        )
     return plan
 
 
@@ -216,12 +293,20 @@ def evaluate(base_dir: str, result: dict, qa_path: str, out_dir: Path, limit: in
     from tasks.eval.qa import evaluate_qa
 
     if result is None:
-        return evaluate_qa(base_model_dir=Path(base_dir), adapter_dir=None, qa_path=Path(qa_path), out_dir=out_dir, limit=limit)
+        return evaluate_qa(
+            base_model_dir=Path(base_dir), adapter_dir=None, qa_path=Path(qa_path), out_dir=out_dir, limit=limit
+        )
     if result["adapter_dir"]:
-        return evaluate_qa(base_model_dir=Path(base_dir), adapter_dir=Path(result["adapter_dir"]), qa_path=Path(qa_path),
-                           out_dir=out_dir, limit=limit)
-    return evaluate_qa(base_model_dir=Path(result["model_dir"]), adapter_dir=None, qa_path=Path(qa_path),
-                       out_dir=out_dir, limit=limit)
+        return evaluate_qa(
+            base_model_dir=Path(base_dir),
+            adapter_dir=Path(result["adapter_dir"]),
+            qa_path=Path(qa_path),
+            out_dir=out_dir,
+            limit=limit,
+        )
+    return evaluate_qa(
+        base_model_dir=Path(result["model_dir"]), adapter_dir=None, qa_path=Path(qa_path), out_dir=out_dir, limit=limit
+    )
 
 
 def summarise(run: dict) -> dict:
@@ -229,22 +314,37 @@ def summarise(run: dict) -> dict:
     eps_s = run.get("epsilon_seconds", 0.0)
     compute_s = r["train_seconds"] - eps_s
     tokens = r["tokens_per_s"] * r["train_seconds"]
-    return {"steps": r["steps"], "epochs": r["epochs"], "train_seconds": r["train_seconds"],
-            "epsilon_seconds": eps_s, "compute_seconds": round(compute_s, 2),
-            "seconds_per_epoch": round(r["train_seconds"] / r["epochs"], 2),
-            "seconds_per_step": round(r["train_seconds"] / max(1, r["steps"]), 4),
-            "compute_seconds_per_step": round(compute_s / max(1, r["steps"]), 4),
-            "tokens": round(tokens), "compute_ms_per_1k_tokens": round(1000 * 1000 * compute_s / max(tokens, 1), 2)}
+    return {
+        "steps": r["steps"],
+        "epochs": r["epochs"],
+        "train_seconds": r["train_seconds"],
+        "epsilon_seconds": eps_s,
+        "compute_seconds": round(compute_s, 2),
+        "seconds_per_epoch": round(r["train_seconds"] / r["epochs"], 2),
+        "seconds_per_step": round(r["train_seconds"] / max(1, r["steps"]), 4),
+        "compute_seconds_per_step": round(compute_s / max(1, r["steps"]), 4),
+        "tokens": round(tokens),
+        "compute_ms_per_1k_tokens": round(1000 * 1000 * compute_s / max(tokens, 1), 2),
+    }
 
 
 def machine() -> dict:
     import torch
 
     git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "tasks/"], capture_output=True, text=True, cwd=REPO).stdout.split()
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "loadavg": os.getloadavg(),
-            "git_commit": git, "tasks_uncommitted": dirty[1::2]}
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "tasks/"], capture_output=True, text=True, cwd=REPO
+    ).stdout.split()
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "loadavg": os.getloadavg(),
+        "git_commit": git,
+        "tasks_uncommitted": dirty[1::2],
+    }
 
 
 def train_and_eval(item: dict, base_spec: dict, work: Path, qa_path: str, qa_limit: int | None) -> dict:
@@ -256,15 +356,36 @@ def train_and_eval(item: dict, base_spec: dict, work: Path, qa_path: str, qa_lim
     shutil.rmtree(work / item["name"], ignore_errors=True)  # else the recipe resumes from an old run's checkpoint
     t0 = time.perf_counter()
     child = run_child("train", spec, work, item["name"])
-    ev = run_child("eval", {"base_model_dir": base_spec["base_model_dir"], "result": child["result"], "qa_path": qa_path,
-                            "out_dir": str(work / item["name"] / "eval"), "limit": qa_limit}, work, item["name"] + "_eval")
-    run = {"name": item["name"], "tables": item["tables"], "overrides": item["train"], "train_config": train_cfg,
-           **child, "timing": summarise(child), "eval": ev, "wall_seconds": round(time.perf_counter() - t0, 1),
-           "loadavg_after": os.getloadavg()}
+    ev = run_child(
+        "eval",
+        {
+            "base_model_dir": base_spec["base_model_dir"],
+            "result": child["result"],
+            "qa_path": qa_path,
+            "out_dir": str(work / item["name"] / "eval"),
+            "limit": qa_limit,
+        },
+        work,
+        item["name"] + "_eval",
+    )
+    run = {
+        "name": item["name"],
+        "tables": item["tables"],
+        "overrides": item["train"],
+        "train_config": train_cfg,
+        **child,
+        "timing": summarise(child),
+        "eval": ev,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "loadavg_after": os.getloadavg(),
+    }
     r = child["result"]
-    print(f"{item['name']}: {r['steps']} steps, {r['train_seconds']} s (ε accounting {child['epsilon_seconds']} s), "
-          f"peak {child['peak_rss_mb']} MB, EM {ev['exact_match']:.3f}, trainable {r['trainable_pct']}%, "
-          f"load {run['loadavg_after'][0]:.2f}", flush=True)
+    print(
+        f"{item['name']}: {r['steps']} steps, {r['train_seconds']} s (ε accounting {child['epsilon_seconds']} s), "
+        f"peak {child['peak_rss_mb']} MB, EM {ev['exact_match']:.3f}, trainable {r['trainable_pct']}%, "
+        f"load {run['loadavg_after'][0]:.2f}",
+        flush=True,
+    )
     return run
 
 
@@ -298,20 +419,32 @@ def main() -> None:
     parser.add_argument("--qa-limit", type=int, default=None)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--no-ghost", dest="ghost", action="store_false", help="skip the ghost-clipping DP run")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated run names (np_full,np_lora,...): run only these; with --merge the "
-                             "other runs are taken over from the earlier result, marked with that run's time and load")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated run names (np_full,np_lora,...): run only these; with --merge the "
+        "other runs are taken over from the earlier result, marked with that run's time and load",
+    )
     parser.add_argument("--merge", type=Path, default=None, help="earlier result JSON to take the other runs from")
-    parser.add_argument("--sweep", nargs="*", default=None, metavar="POINT",
-                        help="learning-rate sweep: run these SWEEP points (all when none named) instead of the plan; "
-                             "results are added to --out's `sweep` list (same name replaced)")
-    parser.add_argument("--jobs", type=int, default=1, help="--sweep only: points run side by side (timings then shared)")
+    parser.add_argument(
+        "--sweep",
+        nargs="*",
+        default=None,
+        metavar="POINT",
+        help="learning-rate sweep: run these SWEEP points (all when none named) instead of the plan; "
+        "results are added to --out's `sweep` list (same name replaced)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="--sweep only: points run side by side (timings then shared)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.records, args.epochs = args.records or 300, args.epochs or 1.0
         args.qa_limit = args.qa_limit or 10
     args.records, args.epochs = args.records or 4000, args.epochs or 2.5
-    home = args.home or Path(os.environ.get("PFT_HOME", REPO / ".local")) / ("bench-train-quick" if args.quick else "bench-train")
+    home = args.home or Path(os.environ.get("PFT_HOME", REPO / ".local")) / (
+        "bench-train-quick" if args.quick else "bench-train"
+    )
 
     from tasks.common.offline import apply as offline_apply
 
@@ -321,8 +454,11 @@ def main() -> None:
     mach = {**machine(), "uptime_before": uptime()}
     print(f"load before: {mach['uptime_before']}", flush=True)
     prep = prepare(home, args.records, "tiny" if args.quick else "demo")
-    print(f"data: {prep['data']['masked_rows']} masked records; model: {prep['model']['parameters']} params, "
-          f"{prep['model']['layers']} layers", flush=True)
+    print(
+        f"data: {prep['data']['masked_rows']} masked records; model: {prep['model']['parameters']} params, "
+        f"{prep['model']['layers']} layers",
+        flush=True,
+    )
     work = home / "runs"
     base_spec = {"base_model_dir": prep["model"]["dir"], "data_path": prep["data"]["train_path"]}
     qa_path = prep["data"]["qa_path"]
@@ -348,21 +484,39 @@ def main() -> None:
             continue
         old = next((r for r in earlier["runs"] if r["name"] == item["name"]), None)
         if old is not None:
-            old.setdefault("source", earlier.get("source") or {
-                "started": earlier["started"], "command": earlier["command"],
-                "uptime_before": earlier["machine"]["uptime_before"], "uptime_after": earlier["machine"]["uptime_after"],
-                "total_seconds": earlier["total_seconds"]})
+            old.setdefault(
+                "source",
+                earlier.get("source")
+                or {
+                    "started": earlier["started"],
+                    "command": earlier["command"],
+                    "uptime_before": earlier["machine"]["uptime_before"],
+                    "uptime_after": earlier["machine"]["uptime_after"],
+                    "total_seconds": earlier["total_seconds"],
+                },
+            )
             runs.append(old)
     mach["uptime_after"] = uptime()
-    sweep = (earlier or {}).get("sweep", []) or (json.loads(args.out.read_text()).get("sweep", [])
-                                                 if args.out.is_file() else [])
+    sweep = (earlier or {}).get("sweep", []) or (
+        json.loads(args.out.read_text()).get("sweep", []) if args.out.is_file() else []
+    )
     if earlier is not None:
         sweep = sweep_with_replaced(earlier, sweep, {r["name"] for r in runs if "source" not in r}, args)
-    doc = {"started": started, "total_seconds": round(time.perf_counter() - t_all, 1), "quick": args.quick,
-           "command": " ".join(["python", "bench/bench_train.py"] + sys.argv[1:]), "machine": mach,
-           "model": prep["model"], "data": {k: v for k, v in prep["data"].items() if not k.endswith("_path")},
-           "qa_limit": args.qa_limit, "nonprivate_optimizers": NONPRIVATE_OPT,
-           "baseline_rss_mb": baseline["peak_rss_mb"], "base_eval": base_eval, "runs": runs, "sweep": sweep}
+    doc = {
+        "started": started,
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "quick": args.quick,
+        "command": " ".join(["python", "bench/bench_train.py"] + sys.argv[1:]),
+        "machine": mach,
+        "model": prep["model"],
+        "data": {k: v for k, v in prep["data"].items() if not k.endswith("_path")},
+        "qa_limit": args.qa_limit,
+        "nonprivate_optimizers": NONPRIVATE_OPT,
+        "baseline_rss_mb": baseline["peak_rss_mb"],
+        "base_eval": base_eval,
+        "runs": runs,
+        "sweep": sweep,
+    }
     doc["tables"] = tables(doc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(dump_doc(doc))
@@ -386,14 +540,24 @@ def sweep_with_replaced(earlier: dict, sweep: list[dict], rerun: set[str], args)
             cfg = TrainConfig(**{**common, **METHOD_OVERRIDES[p["method"]], **p["train"]}).model_dump()
             if cfg == r["train_config"] and p["name"] not in points:
                 points[p["name"]] = {
-                    "name": p["name"], "method": p["method"], "overrides": r["overrides"],
-                    "trainable_params": r["result"]["trainable_params"], "steps": r["result"]["steps"],
-                    "seconds_per_epoch": r["timing"]["seconds_per_epoch"], "peak_rss_mb": r["peak_rss_mb"],
-                    "exact_match": r["eval"]["exact_match"], "f1": r["eval"]["f1"],
-                    "final_loss": r["result"]["final_loss"], "started": earlier["started"], "jobs": 1,
+                    "name": p["name"],
+                    "method": p["method"],
+                    "overrides": r["overrides"],
+                    "trainable_params": r["result"]["trainable_params"],
+                    "steps": r["result"]["steps"],
+                    "seconds_per_epoch": r["timing"]["seconds_per_epoch"],
+                    "peak_rss_mb": r["peak_rss_mb"],
+                    "exact_match": r["eval"]["exact_match"],
+                    "f1": r["eval"]["f1"],
+                    "final_loss": r["result"]["final_loss"],
+                    "started": earlier["started"],
+                    "jobs": 1,
                     "uptime_before": earlier["machine"]["uptime_before"],
-                    "loadavg_after": r.get("loadavg_after") or [  # that run's load at its end
-                        float(x) for x in earlier["machine"]["uptime_after"].split("load average:")[-1].split(",")]}
+                    "loadavg_after": r.get("loadavg_after")
+                    or [  # that run's load at its end
+                        float(x) for x in earlier["machine"]["uptime_after"].split("load average:")[-1].split(",")
+                    ],
+                }
     return sorted(points.values(), key=lambda p: order.index(p["name"]) if p["name"] in order else 1e9)
 
 
@@ -413,15 +577,28 @@ def run_sweep(args, home: Path, base_spec: dict, qa_path: str, started: str, mac
     lock = threading.Lock()
 
     def one(n: str) -> None:
-        item = {"name": "sw_" + n, "tables": ["sweep"],
-                "train": {**common, **METHOD_OVERRIDES[by_name[n]["method"]], **by_name[n]["train"]}}
+        item = {
+            "name": "sw_" + n,
+            "tables": ["sweep"],
+            "train": {**common, **METHOD_OVERRIDES[by_name[n]["method"]], **by_name[n]["train"]},
+        }
         run = train_and_eval(item, base_spec, home / "runs", qa_path, args.qa_limit)
-        point = {"name": n, "method": by_name[n]["method"], "overrides": run["overrides"],
-                 "trainable_params": run["result"]["trainable_params"], "steps": run["result"]["steps"],
-                 "seconds_per_epoch": run["timing"]["seconds_per_epoch"], "peak_rss_mb": run["peak_rss_mb"],
-                 "exact_match": run["eval"]["exact_match"], "f1": run["eval"]["f1"],
-                 "final_loss": run["result"]["final_loss"], "started": started, "jobs": args.jobs,
-                 "uptime_before": mach["uptime_before"], "loadavg_after": run["loadavg_after"]}
+        point = {
+            "name": n,
+            "method": by_name[n]["method"],
+            "overrides": run["overrides"],
+            "trainable_params": run["result"]["trainable_params"],
+            "steps": run["result"]["steps"],
+            "seconds_per_epoch": run["timing"]["seconds_per_epoch"],
+            "peak_rss_mb": run["peak_rss_mb"],
+            "exact_match": run["eval"]["exact_match"],
+            "f1": run["eval"]["f1"],
+            "final_loss": run["result"]["final_loss"],
+            "started": started,
+            "jobs": args.jobs,
+            "uptime_before": mach["uptime_before"],
+            "loadavg_after": run["loadavg_after"],
+        }
         with lock:
             doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
             points = {p["name"]: p for p in doc.get("sweep", [])}
@@ -431,14 +608,18 @@ def run_sweep(args, home: Path, base_spec: dict, qa_path: str, started: str, mac
             args.out.write_text(dump_doc(doc))
             if "tables" in doc:
                 args.out.with_suffix(".md").write_text(render_md(doc))
-        print(f"{n}: EM {point['exact_match']:.3f} F1 {point['f1']:.3f} loss {point['final_loss']:.3f} "
-              f"{point['seconds_per_epoch']:.1f} s/epoch (jobs {args.jobs})", flush=True)
+        print(
+            f"{n}: EM {point['exact_match']:.3f} F1 {point['f1']:.3f} loss {point['final_loss']:.3f} "
+            f"{point['seconds_per_epoch']:.1f} s/epoch (jobs {args.jobs})",
+            flush=True,
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(one, names))
 
 
 # ---------------------------------------------------------------- tables
+
 
 def tables(doc: dict) -> dict:
     runs = {r["name"]: r for r in doc["runs"]}
@@ -448,18 +629,33 @@ def tables(doc: dict) -> dict:
         r = runs[name]
         reduction = 1 - r["timing"]["seconds_per_epoch"] / full["timing"]["seconds_per_epoch"]
         em_delta = 100 * (r["eval"]["exact_match"] - full["eval"]["exact_match"])
-        compute.append({"run": name, "method": name[3:], "trainable_params": r["result"]["trainable_params"],
-                        "trainable_pct": r["result"]["trainable_pct"], "steps": r["result"]["steps"],
-                        "seconds_per_epoch": r["timing"]["seconds_per_epoch"], "time_reduction": round(reduction, 4),
-                        "peak_rss_mb": r["peak_rss_mb"], "rss_over_baseline_mb": round(r["peak_rss_mb"] - doc["baseline_rss_mb"], 1),
-                        "exact_match": r["eval"]["exact_match"], "f1": r["eval"]["f1"],
-                        "em_delta_points": round(em_delta, 2), "final_loss": r["result"]["final_loss"]})
+        compute.append(
+            {
+                "run": name,
+                "method": name[3:],
+                "trainable_params": r["result"]["trainable_params"],
+                "trainable_pct": r["result"]["trainable_pct"],
+                "steps": r["result"]["steps"],
+                "seconds_per_epoch": r["timing"]["seconds_per_epoch"],
+                "time_reduction": round(reduction, 4),
+                "peak_rss_mb": r["peak_rss_mb"],
+                "rss_over_baseline_mb": round(r["peak_rss_mb"] - doc["baseline_rss_mb"], 1),
+                "exact_match": r["eval"]["exact_match"],
+                "f1": r["eval"]["f1"],
+                "em_delta_points": round(em_delta, 2),
+                "final_loss": r["result"]["final_loss"],
+            }
+        )
     peft = [c for c in compute if c["method"] != "full"]
     within = [c for c in peft if c["em_delta_points"] >= -TARGET_EM_LOSS_POINTS]
     best = max(within or peft, key=lambda c: c["time_reduction"])
-    compute_target = {"best_peft": best["method"], "time_reduction": best["time_reduction"],
-                      "em_delta_points": best["em_delta_points"], "any_within_em_bound": bool(within),
-                      "met": bool(within) and best["time_reduction"] >= TARGET_TIME_REDUCTION}
+    compute_target = {
+        "best_peft": best["method"],
+        "time_reduction": best["time_reduction"],
+        "em_delta_points": best["em_delta_points"],
+        "any_within_em_bound": bool(within),
+        "met": bool(within) and best["time_reduction"] >= TARGET_TIME_REDUCTION,
+    }
 
     np_lora = runs["np_lora_recipe"]
     overhead = []
@@ -468,33 +664,64 @@ def tables(doc: dict) -> dict:
             continue
         r = runs[name]
         t = r["timing"]
-        overhead.append({"run": name, "grad_sample_mode": r["result"]["grad_sample_mode"], "steps": t["steps"],
-                         "compute_seconds_per_step": t["compute_seconds_per_step"],
-                         "epsilon_seconds_per_step": round(t["epsilon_seconds"] / max(1, t["steps"]), 4),
-                         "seconds_per_step_with_accounting": t["seconds_per_step"],
-                         "ms_per_1k_tokens": t["compute_ms_per_1k_tokens"],
-                         "ratio_per_step": round(t["compute_seconds_per_step"] / np_lora["timing"]["compute_seconds_per_step"], 3),
-                         "ratio_per_token": round(t["compute_ms_per_1k_tokens"] / np_lora["timing"]["compute_ms_per_1k_tokens"], 3),
-                         "ratio_with_accounting": round(t["seconds_per_step"] / np_lora["timing"]["seconds_per_step"], 3),
-                         "peak_rss_mb": r["peak_rss_mb"]})
+        overhead.append(
+            {
+                "run": name,
+                "grad_sample_mode": r["result"]["grad_sample_mode"],
+                "steps": t["steps"],
+                "compute_seconds_per_step": t["compute_seconds_per_step"],
+                "epsilon_seconds_per_step": round(t["epsilon_seconds"] / max(1, t["steps"]), 4),
+                "seconds_per_step_with_accounting": t["seconds_per_step"],
+                "ms_per_1k_tokens": t["compute_ms_per_1k_tokens"],
+                "ratio_per_step": round(
+                    t["compute_seconds_per_step"] / np_lora["timing"]["compute_seconds_per_step"], 3
+                ),
+                "ratio_per_token": round(
+                    t["compute_ms_per_1k_tokens"] / np_lora["timing"]["compute_ms_per_1k_tokens"], 3
+                ),
+                "ratio_with_accounting": round(t["seconds_per_step"] / np_lora["timing"]["seconds_per_step"], 3),
+                "peak_rss_mb": r["peak_rss_mb"],
+            }
+        )
     dp_rows = [o for o in overhead if o["run"] != "np_lora_recipe"]
     best_dp = min(dp_rows, key=lambda o: o["ratio_per_step"]) if dp_rows else None
-    overhead_target = ({"best": best_dp["run"], "ratio_per_step": best_dp["ratio_per_step"],
-                        "met": best_dp["ratio_per_step"] <= TARGET_DP_OVERHEAD} if best_dp else None)
+    overhead_target = (
+        {
+            "best": best_dp["run"],
+            "ratio_per_step": best_dp["ratio_per_step"],
+            "met": best_dp["ratio_per_step"] <= TARGET_DP_OVERHEAD,
+        }
+        if best_dp
+        else None
+    )
 
     utility = []
     for name, r in runs.items():
         if "utility" not in r["tables"]:
             continue
         res = r["result"]
-        utility.append({"run": name, "optimizer": setting(r["train_config"]),
-                        "target_epsilon": res["target_epsilon"] if res["dp"] else "inf",
-                        "epsilon": res["epsilon"] if res["dp"] else "inf", "delta": res["delta"],
-                        "noise_multiplier": res["noise_multiplier"], "steps": res["steps"],
-                        "exact_match": r["eval"]["exact_match"], "f1": r["eval"]["f1"], "final_loss": res["final_loss"]})
+        utility.append(
+            {
+                "run": name,
+                "optimizer": setting(r["train_config"]),
+                "target_epsilon": res["target_epsilon"] if res["dp"] else "inf",
+                "epsilon": res["epsilon"] if res["dp"] else "inf",
+                "delta": res["delta"],
+                "noise_multiplier": res["noise_multiplier"],
+                "steps": res["steps"],
+                "exact_match": r["eval"]["exact_match"],
+                "f1": r["eval"]["f1"],
+                "final_loss": res["final_loss"],
+            }
+        )
     utility.sort(key=lambda u: (float(u["target_epsilon"]), u["run"]))
-    return {"compute": compute, "compute_target": compute_target, "overhead": overhead,
-            "overhead_target": overhead_target, "utility": utility}
+    return {
+        "compute": compute,
+        "compute_target": compute_target,
+        "overhead": overhead,
+        "overhead_target": overhead_target,
+        "utility": utility,
+    }
 
 
 def setting(tc: dict) -> str:
@@ -516,9 +743,12 @@ def sources(doc: dict, names: list[str]) -> str:
     out: dict[str, list[str]] = {}
     for r in (r for r in doc["runs"] if r["name"] in names):
         src = r.get("source")
-        text = ("this run" if src is None else
-                f"the earlier run of {src['started']} (`{src['command']}`, {src['total_seconds'] / 60:.1f} min; load before "
-                f"`{src['uptime_before']}`, after `{src['uptime_after']}`)")
+        text = (
+            "this run"
+            if src is None
+            else f"the earlier run of {src['started']} (`{src['command']}`, {src['total_seconds'] / 60:.1f} min; load before "
+            f"`{src['uptime_before']}`, after `{src['uptime_after']}`)"
+        )
         out.setdefault(text, []).append(r["name"])
     if len(out) == 1:
         return f"Rows from {next(iter(out))}."
@@ -527,7 +757,7 @@ def sources(doc: dict, names: list[str]) -> str:
 
 def render_md(doc: dict) -> str:
     t, m, d = doc["tables"], doc["model"], doc["data"]
-    mark = lambda ok: "**met**" if ok else "**missed**"  # noqa: E731
+    mark = lambda ok: "**met**" if ok else "**missed**"
     np_lora = next(r for r in doc["runs"] if r["name"] == "np_lora_recipe")["train_config"]
     compute_names = [c["run"] for c in t["compute"]]
     lines = [
@@ -564,90 +794,136 @@ def render_md(doc: dict) -> str:
     configs = {r["name"]: r["train_config"] for r in doc["runs"]}
     for c in t["compute"]:
         vs_full = "—" if c["method"] == "full" else f"{-100 * c['time_reduction']:+.1f}%"
-        lines.append(f"| {c['method']} | {setting(configs[c['run']])} | {c['trainable_params']:,} | {c['trainable_pct']:.3f}% | {c['steps']} | "
-                     f"{c['seconds_per_epoch']:.1f} | {vs_full} | {c['peak_rss_mb']:.0f} "
-                     f"({c['rss_over_baseline_mb']:+.0f}) | {c['exact_match']:.3f} | {c['f1']:.3f} | {c['em_delta_points']:+.1f} |")
+        lines.append(
+            f"| {c['method']} | {setting(configs[c['run']])} | {c['trainable_params']:,} | {c['trainable_pct']:.3f}% | {c['steps']} | "
+            f"{c['seconds_per_epoch']:.1f} | {vs_full} | {c['peak_rss_mb']:.0f} "
+            f"({c['rss_over_baseline_mb']:+.0f}) | {c['exact_match']:.3f} | {c['f1']:.3f} | {c['em_delta_points']:+.1f} |"
+        )
     ct = t["compute_target"]
-    lines += ["", f"Target: ≥ {100 * TARGET_TIME_REDUCTION:.0f}% less time than full for the best PEFT setting, losing "
-              f"≤ {TARGET_EM_LOSS_POINTS:g} points of exact match — {mark(ct['met'])}: "
-              + (f"best PEFT setting within the EM bound is `{ct['best_peft']}`" if ct.get("any_within_em_bound", True)
-                 else f"no PEFT setting is within {TARGET_EM_LOSS_POINTS:g} EM points of full; the fastest is `{ct['best_peft']}`")
-              + f" at {100 * ct['time_reduction']:.1f}% less time per epoch, {ct['em_delta_points']:+.1f} EM points vs full.", ""]
+    lines += [
+        "",
+        f"Target: ≥ {100 * TARGET_TIME_REDUCTION:.0f}% less time than full for the best PEFT setting, losing "
+        f"≤ {TARGET_EM_LOSS_POINTS:g} points of exact match — {mark(ct['met'])}: "
+        + (
+            f"best PEFT setting within the EM bound is `{ct['best_peft']}`"
+            if ct.get("any_within_em_bound", True)
+            else f"no PEFT setting is within {TARGET_EM_LOSS_POINTS:g} EM points of full; the fastest is `{ct['best_peft']}`"
+        )
+        + f" at {100 * ct['time_reduction']:.1f}% less time per epoch, {ct['em_delta_points']:+.1f} EM points vs full.",
+        "",
+    ]
     full = next(c for c in t["compute"] if c["method"] == "full")
     train_s = {r["name"]: r["result"]["train_seconds"] for r in doc["runs"]}
     reach = [c for c in t["compute"] if c["method"] != "full" and c["exact_match"] >= full["exact_match"]]
-    lines += ["Time to reach full fine-tuning's exact match (" + f"{full['exact_match']:.3f}): "
-              + ("; ".join(f"`{c['method']}` reaches it within its {c['steps']} steps, so at most "
-                           f"{train_s[c['run']]:.0f} s ({100 * train_s[c['run']] / train_s[full['run']]:.0f}% of full's "
-                           f"{train_s[full['run']]:.0f} s)" for c in reach)
-                 if reach else f"no PEFT setting reaches it within {full['steps']} steps (the sweep below included), "
-                               "so it is not measured here.")]
+    lines += [
+        "Time to reach full fine-tuning's exact match ("
+        + f"{full['exact_match']:.3f}): "
+        + (
+            "; ".join(
+                f"`{c['method']}` reaches it within its {c['steps']} steps, so at most "
+                f"{train_s[c['run']]:.0f} s ({100 * train_s[c['run']] / train_s[full['run']]:.0f}% of full's "
+                f"{train_s[full['run']]:.0f} s)"
+                for c in reach
+            )
+            if reach
+            else f"no PEFT setting reaches it within {full['steps']} steps (the sweep below included), "
+            "so it is not measured here."
+        )
+    ]
     red = {c["method"]: c["time_reduction"] for c in t["compute"]}
-    saved = lambda v: f"{100 * v:.0f}% less" if v >= 0 else f"{-100 * v:.0f}% more"  # noqa: E731
-    lines += ["", "**Why per-epoch savings are bounded here.** On a dense transformer one training step costs about three "
-              "forward passes of FLOPs: the forward pass (~1/3), the activation gradients (~1/3) and the weight "
-              "gradients (~1/3). Every method runs the whole forward pass. LoRA, IA3 and prefix-tuning still need "
-              "activation gradients down to the lowest block they touch (the first block here) and skip only the frozen "
-              "weights' gradients, so they save at most ~1/3 of a step; freezing all but the top k of L blocks also stops "
-              "the activation gradients there, so it saves at most ~2/3·(1 − k/L) (50% for the top block of 4, → 2/3 "
-              "for a deep model). The tied output layer's forward and activation gradient run for every method, which "
-              "lowers both bounds further, and LoRA adds its own small matmuls to every targeted layer, forward and "
-              "backward, which on a model this narrow (hidden 128) can cost more than the skipped weight gradients "
-              "save. Measured time per epoch vs full: "
-              + ", ".join(f"{k} {saved(v)}" for k, v in red.items() if k != "full")
-              + ". No method that runs the whole forward pass can take 82% less time per epoch; the 82% "
-              "figure in the literature counts total compute to reach a quality level (fewer epochs, and GPU steps "
-              "that are memory-bound, where optimizer state and gradient traffic shrink with the trainable share), "
-              "not per-epoch CPU time.", ""]
+    saved = lambda v: f"{100 * v:.0f}% less" if v >= 0 else f"{-100 * v:.0f}% more"
+    lines += [
+        "",
+        "**Why per-epoch savings are bounded here.** On a dense transformer one training step costs about three "
+        "forward passes of FLOPs: the forward pass (~1/3), the activation gradients (~1/3) and the weight "
+        "gradients (~1/3). Every method runs the whole forward pass. LoRA, IA3 and prefix-tuning still need "
+        "activation gradients down to the lowest block they touch (the first block here) and skip only the frozen "
+        "weights' gradients, so they save at most ~1/3 of a step; freezing all but the top k of L blocks also stops "
+        "the activation gradients there, so it saves at most ~2/3·(1 − k/L) (50% for the top block of 4, → 2/3 "
+        "for a deep model). The tied output layer's forward and activation gradient run for every method, which "
+        "lowers both bounds further, and LoRA adds its own small matmuls to every targeted layer, forward and "
+        "backward, which on a model this narrow (hidden 128) can cost more than the skipped weight gradients "
+        "save. Measured time per epoch vs full: "
+        + ", ".join(f"{k} {saved(v)}" for k, v in red.items() if k != "full")
+        + ". No method that runs the whole forward pass can take 82% less time per epoch; the 82% "
+        "figure in the literature counts total compute to reach a quality level (fewer epochs, and GPU steps "
+        "that are memory-bound, where optimizer state and gradient traffic shrink with the trainable share), "
+        "not per-epoch CPU time.",
+        "",
+    ]
     if doc.get("sweep"):
-        lines += ["### Learning-rate sweep (the real setting: 80 steps, all held-out questions)", "",
-                  "Each point is a full training run plus evaluation, as in table 1. Points of one sweep invocation ran "
-                  "side by side (`jobs`), on a machine shared with other jobs, so their s / epoch is only indicative; "
-                  "table 1's times come from one run, one training at a time. Table 1 takes, per method, the best "
-                  "exact match (F1 breaks ties).", "",
-                  "| point | method | setting | trainable params | s / epoch | jobs | final loss | exact match | F1 | run started (load before → after) |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "### Learning-rate sweep (the real setting: 80 steps, all held-out questions)",
+            "",
+            "Each point is a full training run plus evaluation, as in table 1. Points of one sweep invocation ran "
+            "side by side (`jobs`), on a machine shared with other jobs, so their s / epoch is only indicative; "
+            "table 1's times come from one run, one training at a time. Table 1 takes, per method, the best "
+            "exact match (F1 breaks ties).",
+            "",
+            "| point | method | setting | trainable params | s / epoch | jobs | final loss | exact match | F1 | run started (load before → after) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         from tasks.config import TrainConfig
 
         for p in doc["sweep"]:
             tc = TrainConfig(**p["overrides"]).model_dump()
             load_before = p["uptime_before"].split("load average:")[-1].split(",")[0].strip()
-            lines.append(f"| {p['name']} | {p['method']} | {setting(tc)} | {p['trainable_params']:,} | "
-                         f"{p['seconds_per_epoch']:.1f} | {p['jobs']} | {p['final_loss']:.3f} | {p['exact_match']:.3f} | "
-                         f"{p['f1']:.3f} | {p['started']} ({load_before} → {p['loadavg_after'][0]:.2f}) |")
+            lines.append(
+                f"| {p['name']} | {p['method']} | {setting(tc)} | {p['trainable_params']:,} | "
+                f"{p['seconds_per_epoch']:.1f} | {p['jobs']} | {p['final_loss']:.3f} | {p['exact_match']:.3f} | "
+                f"{p['f1']:.3f} | {p['started']} ({load_before} → {p['loadavg_after'][0]:.2f}) |"
+            )
         lines.append("")
-    lines += ["## 2. DP overhead (LoRA, equal logical batch)", "",
-              sources(doc, [o["run"] for o in t["overhead"]]), "",
-              f"Logical batch {np_lora['batch_size']} in both (DP: Poisson sampling, expected {np_lora['batch_size']}, "
-              f"physical batches of {np_lora['physical_batch_size']} through BatchMemoryManager). Per-step time excludes "
-              "the recipe's per-step ε computation (`PrivacyEngine.get_epsilon`, timed in the run), which is shown "
-              "apart as accounting overhead. Per-token ratio corrects for Poisson batch sizes. The non-private run "
-              "takes each batch in one pass, DP in physical batches; a ratio near or below 1 means the clipping cost is "
-              "within this shared machine's run-to-run noise (bench/README.md), not that DP is faster.", "",
-              "| run | clipping | steps | s / step (compute) | ε accounting s / step | s / step incl. accounting | ms / 1k tokens | ratio / step | ratio / token | ratio incl. accounting | peak RSS MB |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## 2. DP overhead (LoRA, equal logical batch)",
+        "",
+        sources(doc, [o["run"] for o in t["overhead"]]),
+        "",
+        f"Logical batch {np_lora['batch_size']} in both (DP: Poisson sampling, expected {np_lora['batch_size']}, "
+        f"physical batches of {np_lora['physical_batch_size']} through BatchMemoryManager). Per-step time excludes "
+        "the recipe's per-step ε computation (`PrivacyEngine.get_epsilon`, timed in the run), which is shown "
+        "apart as accounting overhead. Per-token ratio corrects for Poisson batch sizes. The non-private run "
+        "takes each batch in one pass, DP in physical batches; a ratio near or below 1 means the clipping cost is "
+        "within this shared machine's run-to-run noise (bench/README.md), not that DP is faster.",
+        "",
+        "| run | clipping | steps | s / step (compute) | ε accounting s / step | s / step incl. accounting | ms / 1k tokens | ratio / step | ratio / token | ratio incl. accounting | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for o in t["overhead"]:
-        lines.append(f"| {o['run']} | {o['grad_sample_mode'] or 'none (non-private)'} | {o['steps']} | "
-                     f"{o['compute_seconds_per_step']:.3f} | {o['epsilon_seconds_per_step']:.3f} | "
-                     f"{o['seconds_per_step_with_accounting']:.3f} | {o['ms_per_1k_tokens']:.2f} | {o['ratio_per_step']:.2f}× | "
-                     f"{o['ratio_per_token']:.2f}× | {o['ratio_with_accounting']:.2f}× | {o['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {o['run']} | {o['grad_sample_mode'] or 'none (non-private)'} | {o['steps']} | "
+            f"{o['compute_seconds_per_step']:.3f} | {o['epsilon_seconds_per_step']:.3f} | "
+            f"{o['seconds_per_step_with_accounting']:.3f} | {o['ms_per_1k_tokens']:.2f} | {o['ratio_per_step']:.2f}× | "
+            f"{o['ratio_per_token']:.2f}× | {o['ratio_with_accounting']:.2f}× | {o['peak_rss_mb']:.0f} |"
+        )
     ot = t["overhead_target"]
     if ot:
-        lines += ["", f"Target: DP LoRA ≤ {TARGET_DP_OVERHEAD}× a non-private step — {mark(ot['met'])}: best is "
-                  f"`{ot['best']}` at {ot['ratio_per_step']:.2f}× per step (compute only).", ""]
-    lines += ["## 3. Privacy-utility (DP LoRA, default recipe otherwise)", "",
-              sources(doc, [u["run"] for u in t["utility"]]), "",
-              "ε = ∞: `np_lora_recipe` is the same recipe with `dp: false` (SGD 0.5, no clipping); `np_lora` is the "
-              "tuned non-private LoRA of table 1 (its best sweep setting, which is not the DP runs' r 4 on the MLP). "
-              "δ = 1/(10·N).", "",
-              "| target ε | run | setting | ε spent | δ | noise multiplier | steps | exact match | F1 | final loss |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Target: DP LoRA ≤ {TARGET_DP_OVERHEAD}× a non-private step — {mark(ot['met'])}: best is "
+            f"`{ot['best']}` at {ot['ratio_per_step']:.2f}× per step (compute only).",
+            "",
+        ]
+    lines += [
+        "## 3. Privacy-utility (DP LoRA, default recipe otherwise)",
+        "",
+        sources(doc, [u["run"] for u in t["utility"]]),
+        "",
+        "ε = ∞: `np_lora_recipe` is the same recipe with `dp: false` (SGD 0.5, no clipping); `np_lora` is the "
+        "tuned non-private LoRA of table 1 (its best sweep setting, which is not the DP runs' r 4 on the MLP). "
+        "δ = 1/(10·N).",
+        "",
+        "| target ε | run | setting | ε spent | δ | noise multiplier | steps | exact match | F1 | final loss |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for u in t["utility"]:
         eps = u["epsilon"] if u["epsilon"] == "inf" else f"{u['epsilon']:.3f}"
         delta = f"{u['delta']:.1e}" if u["delta"] else "—"
         target = u["target_epsilon"] if u["target_epsilon"] == "inf" else f"{u['target_epsilon']:g}"
-        lines.append(f"| {target} | {u['run']} | {u['optimizer']} | {eps} | {delta} | {u['noise_multiplier']:.3f} | {u['steps']} | {u['exact_match']:.3f} | "
-                     f"{u['f1']:.3f} | {u['final_loss']:.3f} |")
+        lines.append(
+            f"| {target} | {u['run']} | {u['optimizer']} | {eps} | {delta} | {u['noise_multiplier']:.3f} | {u['steps']} | {u['exact_match']:.3f} | "
+            f"{u['f1']:.3f} | {u['final_loss']:.3f} |"
+        )
     lines.append("")
     return "\n".join(lines)
 

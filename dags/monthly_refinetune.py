@@ -51,8 +51,12 @@ SCHEDULE = load_config().monthly
     tags=["privatetune", "fine-tuning", "differential-privacy", "monthly"],
     default_args=DEFAULT_ARGS,
     params={
-        "month": Param(None, type=["null", "string"], pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
-                       description="YYYY-MM: the month this run owns; empty = the month of the logical date"),
+        "month": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+            description="YYYY-MM: the month this run owns; empty = the month of the logical date",
+        ),
         **TRAINING_PARAMS,
     },
     render_template_as_native_obj=True,
@@ -63,8 +67,11 @@ def monthly_refinetune():
     def previous_month_done(ti=None) -> bool:
         """Wait until the run of the previous month has ended."""
         previous = ti.get_previous_dagrun()
-        state = {"state": str(getattr(previous.state, "value", previous.state)),
-                 "logical_date": previous.logical_date} if previous is not None else None
+        state = (
+            {"state": str(getattr(previous.state, "value", previous.state)), "logical_date": previous.logical_date}
+            if previous is not None
+            else None
+        )
         return monthly.previous_month_ready(state)
 
     @task
@@ -94,8 +101,11 @@ def monthly_refinetune():
     def version(prepared: dict, masked: dict, built: dict, outlet_events=None) -> dict:
         """DVC: one commit per month (a rerun with the same bytes keeps it), tagged run-monthly-<month>."""
         versioned = run_stage(monthly.stage_version, prepared["run_id"], prepared["month"], built)
-        outlet_events[MASKED_DATASET].extra = {**dataset_event_extra(prepared["run_id"], versioned, masked),
-                                               "month": prepared["month"], "records": built["records"]}
+        outlet_events[MASKED_DATASET].extra = {
+            **dataset_event_extra(prepared["run_id"], versioned, masked),
+            "month": prepared["month"],
+            "records": built["records"],
+        }
         return versioned
 
     @task(execution_timeout=timedelta(hours=6), queue=TRAIN_QUEUE, pool=TRAIN_POOL)
@@ -111,8 +121,14 @@ def monthly_refinetune():
     masked = masking(prepared, ingested, validated)
     built = dataset(prepared, masked)
     versioned = version(prepared, masked, built)
-    release("monthly_refinetune", prepared, versioned, train(prepared, versioned),
-            register_stage=monthly.stage_register, decide_stage=monthly.stage_decide)
+    release(
+        "monthly_refinetune",
+        prepared,
+        versioned,
+        train(prepared, versioned),
+        register_stage=monthly.stage_register,
+        decide_stage=monthly.stage_decide,
+    )
 
 
 monthly_refinetune()

@@ -57,8 +57,13 @@ class Run(NamedTuple):
 
 
 def _plain_name(name: object) -> bool:
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
-            and (os.altsep is None or os.altsep not in name))
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\0" not in name
+        and (os.altsep is None or os.altsep not in name)
+    )
 
 
 def _open(folder: str, parts: tuple[str, ...], *, want_dir: bool) -> int:
@@ -133,8 +138,15 @@ def _load(folder: str, dag_id: str) -> Run | None:
     if prepare is None and report is None:
         return None
     report_prepare = (report or {}).get("prepare")
-    dags = {d for d in ((prepare or {}).get("dag_id"), (report or {}).get("dag_id"),
-                        report_prepare.get("dag_id") if isinstance(report_prepare, dict) else None) if d is not None}
+    dags = {
+        d
+        for d in (
+            (prepare or {}).get("dag_id"),
+            (report or {}).get("dag_id"),
+            report_prepare.get("dag_id") if isinstance(report_prepare, dict) else None,
+        )
+        if d is not None
+    }
     if dags != {dag_id}:
         return None  # another DAG's run, no recorded DAG (deny), or records that disagree
     run_id = (prepare or {}).get("run_id") if prepare is not None else (report or {}).get("run_id")
@@ -185,7 +197,9 @@ def _text(run: Run, *parts: str) -> str | None:
 
 
 def _page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(PAGE.format(csp=CSP, title=html.escape(title), body=body), headers={"Content-Security-Policy": CSP})
+    return HTMLResponse(
+        PAGE.format(csp=CSP, title=html.escape(title), body=body), headers={"Content-Security-Policy": CSP}
+    )
 
 
 def _mtime(entry: os.DirEntry) -> float:
@@ -212,8 +226,10 @@ def list_reports(dag_id: str) -> HTMLResponse:
         if found != (entry.name, False):
             continue  # its run id would not lead back here
         href = f"{quote(dag_id, safe='')}/{quote(run.run_id, safe='')}"  # relative to /reports/{dag_id}
-        items.append(f'<li><a href="{html.escape(href)}">{html.escape(run.run_id)}</a> — '
-                     f'{html.escape(str(run.report.get("outcome", "")))}</li>')
+        items.append(
+            f'<li><a href="{html.escape(href)}">{html.escape(run.run_id)}</a> — '
+            f"{html.escape(str(run.report.get('outcome', '')))}</li>"
+        )
         if len(items) >= LIST_LIMIT:
             break
     return _page("PrivateTune reports", "<ul>" + "".join(items) + "</ul>" if items else "<p>No run reports yet.</p>")
@@ -260,5 +276,11 @@ class PrivateTuneReports(AirflowPlugin):
     name = "privatetune_reports"
     listeners = [run_notes]  # each run's note in the UI: the report's summary and link
     fastapi_apps = [{"app": app, "url_prefix": "/privatetune", "name": "PrivateTune reports"}]
-    external_views = [{"name": "PrivateTune reports", "href": "/privatetune/reports/privacy_finetune",
-                       "destination": "nav", "url_route": "privatetune_reports"}]
+    external_views = [
+        {
+            "name": "PrivateTune reports",
+            "href": "/privatetune/reports/privacy_finetune",
+            "destination": "nav",
+            "url_route": "privatetune_reports",
+        }
+    ]

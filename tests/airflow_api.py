@@ -32,9 +32,11 @@ def auth_env(home: Path) -> dict[str, str]:
     """SimpleAuthManager users and their passwords file (what the api-server and the tests both read)."""
     passwords = home / "simple_auth_passwords.json"
     passwords.write_text(json.dumps({user: pw for user, (_, pw) in USERS.items()}))
-    return {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{role}" for u, (role, _) in USERS.items()),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False"}
+    return {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{role}" for u, (role, _) in USERS.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+    }
 
 
 class ApiServer:
@@ -66,12 +68,26 @@ class ApiServer:
 def api_server(home: Path, extra_env: dict[str, str] | None = None):
     port = free_port()
     log_path = home / f"api-server-{port}.log"
-    env = {**os.environ, **auth_env(home), **(extra_env or {}),
-           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"}
+    env = {**os.environ, **auth_env(home), **(extra_env or {}), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port",
-                                 str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "airflow",
+                "api-server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     server = ApiServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         yield server
@@ -87,8 +103,17 @@ def api_server(home: Path, extra_env: dict[str, str] | None = None):
 class Reviewer(threading.Thread):
     """Waits for the approval request of `dag_id`, then answers it once through the REST API."""
 
-    def __init__(self, server: ApiServer, *, dag_id: str, choice: str, comment: str, user: str = "reviewer",
-                 task_id: str = "approve", timeout_s: float = 1800):
+    def __init__(
+        self,
+        server: ApiServer,
+        *,
+        dag_id: str,
+        choice: str,
+        comment: str,
+        user: str = "reviewer",
+        task_id: str = "approve",
+        timeout_s: float = 1800,
+    ):
         super().__init__(daemon=True)
         self.server, self.dag_id, self.choice, self.comment = server, dag_id, choice, comment
         self.user, self.task_id, self.timeout_s = user, task_id, timeout_s
@@ -119,8 +144,10 @@ class Reviewer(threading.Thread):
                         continue
                     self.request = detail
                     ti = detail["task_instance"]
-                    path = (f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
-                            f"{self.task_id}/{ti.get('map_index', -1)}/hitlDetails")
+                    path = (
+                        f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
+                        f"{self.task_id}/{ti.get('map_index', -1)}/hitlDetails"
+                    )
                     body = {"chosen_options": [self.choice], "params_input": {"comment": self.comment}}
                     with self.server.client("auditor") as viewer:  # a viewer may read but not decide
                         self.viewer_status = viewer.patch(path, json=body).status_code

@@ -69,9 +69,18 @@ class AirflowLive:
     kept in `self.passwords` (and the passwords file in AIRFLOW_HOME, as Airflow reads them).
     extra_env: added last (e.g. PFT_CONFIG); pools: name → (slots, description), created via REST."""
 
-    def __init__(self, home: Path, *, airflow_home: Path | None = None, users: dict[str, str] | None = None,
-                 extra_env: dict[str, str] | None = None, pools: dict[str, tuple[int, str]] | None = None,
-                 port: int | None = None, parallelism: int = 4, start_timeout_s: float = 240):
+    def __init__(
+        self,
+        home: Path,
+        *,
+        airflow_home: Path | None = None,
+        users: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        pools: dict[str, tuple[int, str]] | None = None,
+        port: int | None = None,
+        parallelism: int = 4,
+        start_timeout_s: float = 240,
+    ):
         self.home = Path(home).resolve()
         self.airflow_home = Path(airflow_home).resolve() if airflow_home else self.home / "airflow"
         self.users = users or {"admin": "admin"}
@@ -99,47 +108,49 @@ class AirflowLive:
         # Nothing Airflow-specific leaks in from the calling process (e.g. the test session's own DB).
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") and k != "AIRFLOW_CONFIG"}
         env.update(OFFLINE_ENV)
-        env.update({
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # standalone starts `airflow` from PATH
-            "PFT_HOME": str(self.home),
-            "PFT_PSEUDONYM_KEY": os.environ.get("PFT_PSEUDONYM_KEY") or secrets.token_hex(32),
-            "AIRFLOW_HOME": str(self.airflow_home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in self.users.items()),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-            # One secret for every component: the api-server must accept the tokens the scheduler signs.
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": self.base_url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # The log servers of the scheduler (LocalExecutor) and triggerer: free ports, not 8793/8794,
-            # so a developer's own Airflow or a second live instance does not collide.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            "NO_COLOR": "1",
-        })
+        env.update(
+            {
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # standalone starts `airflow` from PATH
+                "PFT_HOME": str(self.home),
+                "PFT_PSEUDONYM_KEY": os.environ.get("PFT_PSEUDONYM_KEY") or secrets.token_hex(32),
+                "AIRFLOW_HOME": str(self.airflow_home),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+                "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in self.users.items()),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+                # One secret for every component: the api-server must accept the tokens the scheduler signs.
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                # The log servers of the scheduler (LocalExecutor) and triggerer: free ports, not 8793/8794,
+                # so a developer's own Airflow or a second live instance does not collide.
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+                "NO_COLOR": "1",
+            }
+        )
         env.update(extra_env)
         return env
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
-    def __enter__(self) -> "AirflowLive":
+    def __enter__(self) -> AirflowLive:
         try:
             self.start()
         except BaseException:
@@ -152,9 +163,16 @@ class AirflowLive:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], cwd=self.home, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=_interrupt_when_parent_dies)
+            self.proc = subprocess.Popen(
+                [str(BIN / "airflow"), "standalone"],
+                cwd=self.home,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_interrupt_when_parent_dies,
+            )
         self.wait_healthy(self.start_timeout_s)
         for name, (slots, description) in self.pools.items():
             self.set_pool(name, slots, description)
@@ -193,8 +211,9 @@ class AirflowLive:
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"airflow standalone exited with {self.proc.returncode}; "
-                               f"log {self.log_path}:\n{self.log_tail()}")
+            raise RuntimeError(
+                f"airflow standalone exited with {self.proc.returncode}; log {self.log_path}:\n{self.log_tail()}"
+            )
 
     def health(self) -> dict:
         resp = httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=10)
@@ -212,33 +231,36 @@ class AirflowLive:
                 if all(c.get("status") == "healthy" for c in components):
                     return last
             time.sleep(1)
-        raise TimeoutError(f"Airflow not healthy after {timeout_s:.0f}s (last health: {last}); "
-                           f"log {self.log_path}:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"Airflow not healthy after {timeout_s:.0f}s (last health: {last}); log {self.log_path}:\n{self.log_tail()}"
+        )
 
     # --- CLI and REST ------------------------------------------------------------------------------------
 
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         """`airflow <args>` with the components' environment (same DB, config, dags, keys)."""
-        proc = subprocess.run([str(BIN / "airflow"), *args], cwd=self.home, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            [str(BIN / "airflow"), *args], cwd=self.home, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} exited {proc.returncode}:\n"
-                               f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     def token(self, user: str | None = None) -> str:
         """A JWT from POST /auth/token (cached per user)."""
         user = user or next(iter(self.users))
         if user not in self._tokens:
-            resp = httpx.post(f"{self.base_url}/auth/token",
-                              json={"username": user, "password": self.passwords[user]}, timeout=30)
+            resp = httpx.post(
+                f"{self.base_url}/auth/token", json={"username": user, "password": self.passwords[user]}, timeout=30
+            )
             resp.raise_for_status()
             self._tokens[user] = resp.json()["access_token"]
         return self._tokens[user]
 
     def client(self, user: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token(user)}"},
-                            timeout=30)
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
 
     def api(self, method: str, path: str, *, user: str | None = None, ok=(200,), **kwargs) -> Any:
         """One REST call under /api/v2; a status outside `ok` raises with the response body."""
@@ -272,8 +294,10 @@ class AirflowLive:
             if any(dag_id in str(e.get("filename", "")) for e in errors):
                 raise RuntimeError(f"DAG {dag_id} does not import: {json.dumps(errors)[:4000]}")
             time.sleep(2)
-        raise TimeoutError(f"DAG {dag_id} not parsed after {timeout_s:.0f}s; import errors: {json.dumps(errors)[:3000]}; "
-                           f"log {self.log_path}:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"DAG {dag_id} not parsed after {timeout_s:.0f}s; import errors: {json.dumps(errors)[:3000]}; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
 
     def unpause(self, dag_id: str) -> dict:
         return self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
@@ -289,8 +313,10 @@ class AirflowLive:
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
-        return {(ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti["state"]
-                for ti in tis["task_instances"]}
+        return {
+            (ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti["state"]
+            for ti in tis["task_instances"]
+        }
 
     def wait_for_dag_run(self, dag_id: str, run_id: str, timeout: float = 900, poll_s: float = 3) -> dict:
         """Poll the run until it is success or failed; returns the run. On timeout, raises with its
@@ -303,13 +329,17 @@ class AirflowLive:
             if run["state"] in TERMINAL_RUN_STATES:
                 return run
             time.sleep(poll_s)
-        raise TimeoutError(f"{dag_id} run {run_id} still {run.get('state')} after {timeout:.0f}s; tasks: "
-                           f"{self.task_states(dag_id, run_id)}; task logs under {self.airflow_home / 'logs'}")
+        raise TimeoutError(
+            f"{dag_id} run {run_id} still {run.get('state')} after {timeout:.0f}s; tasks: "
+            f"{self.task_states(dag_id, run_id)}; task logs under {self.airflow_home / 'logs'}"
+        )
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
         """A task's log as text (from the REST API), for failure messages."""
         with self.client() as client:
-            resp = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-                              params={"map_index": map_index, "full_content": True},
-                              headers={"Accept": "text/plain"})
+            resp = client.get(
+                f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+                params={"map_index": map_index, "full_content": True},
+                headers={"Accept": "text/plain"},
+            )
         return resp.text

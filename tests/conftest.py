@@ -49,8 +49,10 @@ def _loopback(host) -> bool:
 
 def _check(sock: socket.socket, address) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
-        raise ConnectionRefusedError(f"network access blocked in tests: connect to {address[0]!r}:{address[1]} "
-                                     "(only loopback is allowed; PrivateTune must run offline)")
+        raise ConnectionRefusedError(
+            f"network access blocked in tests: connect to {address[0]!r}:{address[1]} "
+            "(only loopback is allowed; PrivateTune must run offline)"
+        )
 
 
 def _guarded_connect(self, address):
@@ -77,8 +79,13 @@ def airflow_db(session_home: Path) -> Path:
     """Airflow's metadata DB (SQLite) for DAG tests, migrated once per session."""
     airflow_home = session_home / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return airflow_home
 

@@ -23,10 +23,19 @@ def random_llama(out_dir: Path, *, hidden: int = 32, layers: int = 2) -> Path:
 
     torch.manual_seed(0)
     tok = train_tokenizer(SENTENCES * 4, vocab_size=300)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
@@ -41,8 +50,16 @@ def random_gpt2(out_dir: Path, *, hidden: int = 32, layers: int = 2) -> Path:
 
     torch.manual_seed(0)
     tok = train_tokenizer(SENTENCES * 4, vocab_size=300)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=2, n_positions=128,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     GPT2LMHeadModel(cfg).save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
@@ -52,6 +69,10 @@ def masked_records(path: Path, n: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         for i in range(n):
-            fh.write(json.dumps({"record_id": f"R-{i}", "record_type": "plan_document",
-                                 "text": SENTENCES[i % len(SENTENCES)]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"record_id": f"R-{i}", "record_type": "plan_document", "text": SENTENCES[i % len(SENTENCES)]}
+                )
+                + "\n"
+            )
     return path

@@ -3,8 +3,16 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import (InvalidRunId, Paths, PipelineConfig, PolicyViolation, apply_overrides, load_config,
-                          resolve_params, safe_run_id)
+from tasks.config import (
+    InvalidRunId,
+    Paths,
+    PipelineConfig,
+    PolicyViolation,
+    apply_overrides,
+    load_config,
+    resolve_params,
+    safe_run_id,
+)
 
 
 def test_committed_config_validates():
@@ -32,15 +40,18 @@ def test_a_param_may_tighten_policy_but_never_loosen_it():
     assert cfg.registry.require_approval is True and cfg.train.dp is True and cfg.train.target_epsilon == 8.0
     assert sorted(r["param"] for r in refused) == ["dp", "require_approval", "target_epsilon"]
     assert all("stricter, not looser" in r["reason"] for r in refused)
-    lax = PipelineConfig.model_validate({"registry": {"require_approval": False}, "train": {"dp": False},
-                                         "privacy": {"allow_non_private": True}})
+    lax = PipelineConfig.model_validate(
+        {"registry": {"require_approval": False}, "train": {"dp": False}, "privacy": {"allow_non_private": True}}
+    )
     cfg, refused = resolve_params(lax, {"require_approval": True, "dp": True, "target_epsilon": 2.0})
     assert (cfg.registry.require_approval, cfg.train.dp, cfg.train.target_epsilon, refused) == (True, True, 2.0, [])
 
 
 def test_base_model_param_must_name_an_allowed_directory(tmp_path):
     digest = "ab" * 32
-    cfg = PipelineConfig.model_validate({"base_model": {"allowed": [{"path": str(tmp_path / "llama"), "sha256": digest}]}})
+    cfg = PipelineConfig.model_validate(
+        {"base_model": {"allowed": [{"path": str(tmp_path / "llama"), "sha256": digest}]}}
+    )
     with pytest.raises(PolicyViolation, match="not an allowed base model"):
         apply_overrides(cfg, {"base_model_path": str(tmp_path / "memorised-model")})
     with pytest.raises(PolicyViolation, match="none are configured"):
@@ -63,8 +74,10 @@ def test_a_deployment_config_extends_another(tmp_path):
         load_config(tmp_path / "loop.yaml")
 
 
-@pytest.mark.parametrize("override, field", [({"target_epsilon": 0}, "target_epsilon"), ({"lora_r": 0}, "lora_r"),
-                                             ({"epochs": -1}, "epochs")])
+@pytest.mark.parametrize(
+    "override, field",
+    [({"target_epsilon": 0}, "target_epsilon"), ({"lora_r": 0}, "lora_r"), ({"epochs": -1}, "epochs")],
+)
 def test_bad_hyperparameters_are_rejected_naming_the_field(override, field):
     with pytest.raises(ValidationError, match=field):
         apply_overrides(PipelineConfig(), override)
@@ -89,8 +102,18 @@ def test_paths_derive_from_one_root(tmp_path):
 
 def test_run_ids_that_clean_alike_keep_distinct_folders(tmp_path):
     # ... including a run named after another run's cleaned name
-    ids = ["manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00_00_00_00_00", "a+b", "a_b", "a b", "a..b",
-           safe_run_id("a+b"), "x.lock", "x", "monthly-2026-01"]
+    ids = [
+        "manual__2026-01-01T00:00:00+00:00",
+        "manual__2026-01-01T00_00_00_00_00",
+        "a+b",
+        "a_b",
+        "a b",
+        "a..b",
+        safe_run_id("a+b"),
+        "x.lock",
+        "x",
+        "monthly-2026-01",
+    ]
     keys = [safe_run_id(i) for i in ids]
     assert len(set(keys)) == len(ids), dict(zip(ids, keys))
     assert safe_run_id("monthly-2026-01") == "monthly-2026-01"  # a safe id keeps its name
@@ -101,25 +124,34 @@ def test_run_ids_that_clean_alike_keep_distinct_folders(tmp_path):
             safe_run_id(unnamed)
 
 
-@pytest.mark.parametrize("train, message", [
-    ({"method": "adapter"}, "adapter.*cannot run under DP.*dp: false"),
-    ({"method": "prefix", "grad_sample_mode": "ghost"}, "grad_sample_mode.*prefix"),
-    ({"method": "lora", "freeze_with_lora": True}, "freeze_with_lora"),
-    ({"target_modules": "everything"}, "target_modules"),
-    ({"target_modules": []}, "target_modules"),
-    ({"method": "dora"}, "method"),
-    ({"grad_sample_mode": "ew"}, "grad_sample_mode"),
-])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"method": "adapter"}, "adapter.*cannot run under DP.*dp: false"),
+        ({"method": "prefix", "grad_sample_mode": "ghost"}, "grad_sample_mode.*prefix"),
+        ({"method": "lora", "freeze_with_lora": True}, "freeze_with_lora"),
+        ({"target_modules": "everything"}, "target_modules"),
+        ({"target_modules": []}, "target_modules"),
+        ({"method": "dora"}, "method"),
+        ({"grad_sample_mode": "ew"}, "grad_sample_mode"),
+    ],
+)
 def test_method_and_dp_combinations_refused_at_validation(train, message):
     with pytest.raises(ValidationError, match=message):
         PipelineConfig.model_validate({"train": train})
 
 
 def test_methods_that_run_validate():
-    for train in ({"method": "adapter", "dp": False}, {"method": "prefix"}, {"method": "full"},
-                  {"method": "freeze", "trainable_layers": 2, "freeze_with_lora": True, "target_modules": "all"},
-                  {"method": "lora", "target_modules": ["q_proj", "v_proj"], "grad_sample_mode": "ghost"}):
+    for train in (
+        {"method": "adapter", "dp": False},
+        {"method": "prefix"},
+        {"method": "full"},
+        {"method": "freeze", "trainable_layers": 2, "freeze_with_lora": True, "target_modules": "all"},
+        {"method": "lora", "target_modules": ["q_proj", "v_proj"], "grad_sample_mode": "ghost"},
+    ):
         assert PipelineConfig.model_validate({"train": train}).train.method == train["method"]
-    cfg = apply_overrides(PipelineConfig(), {"train_method": "freeze", "trainable_layers": 2, "freeze_with_lora": True,
-                                             "grad_sample_mode": "hooks"})
+    cfg = apply_overrides(
+        PipelineConfig(),
+        {"train_method": "freeze", "trainable_layers": 2, "freeze_with_lora": True, "grad_sample_mode": "hooks"},
+    )
     assert (cfg.train.method, cfg.train.trainable_layers, cfg.train.grad_sample_mode) == ("freeze", 2, "hooks")

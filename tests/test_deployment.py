@@ -23,8 +23,17 @@ def _compose() -> dict:
 
 def test_compose_has_the_airflow_3_services_on_postgres_and_celery():
     services = _compose()["services"]
-    for name in ("postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "mlflow"):
+    for name in (
+        "postgres",
+        "redis",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "mlflow",
+    ):
         assert name in services, name
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
@@ -45,7 +54,9 @@ def test_compose_passes_the_secrets_the_code_reads_without_defaults():
 
 def test_dockerfile_builds_from_the_pinned_airflow_image():
     dockerfile = (REPO / "Dockerfile").read_text()
-    pinned = [l for l in (REPO / "requirements.txt").read_text().splitlines() if l.startswith("apache-airflow==")]
+    pinned = [
+        line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("apache-airflow==")
+    ]
     version = pinned[0].split("==")[1]
     assert f"FROM apache/airflow:{version}-python3.11" in dockerfile
 
@@ -62,8 +73,13 @@ def test_every_dag_queue_has_a_worker_and_the_gpu_pool_is_created():
             consumed |= set(cmd[cmd.index("--queues") + 1].split(",")) if "--queues" in cmd else {"default"}
     # Both DAGs take the training queue and pool from the shared release module.
     tree = ast.parse((REPO / "tasks" / "airflow" / "dag_parts.py").read_text())
-    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
-              for t in n.targets if isinstance(t, ast.Name)}
+    consts = {
+        t.id: n.value.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
     for dag_file in (REPO / "dags").glob("*.py"):
         assert "queue=TRAIN_QUEUE, pool=TRAIN_POOL" in dag_file.read_text(), dag_file.name
     assert consts["TRAIN_QUEUE"] in consumed
@@ -87,9 +103,19 @@ def test_compose_points_the_ledger_at_postgres():
 # One-shot services: they run to completion on every `up`; everything else runs for good.
 ONE_SHOT_RESTART = "no"
 # Secrets: compose must refuse to start without them (`${VAR:?...}`), never fall back to a default.
-SECRETS = ("POSTGRES_PASSWORD", "PFT_PSEUDONYM_KEY", "PFT_SERVE_TOKEN", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
-           "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "PFT_S3_ACCESS_KEY_ID", "PFT_S3_SECRET_ACCESS_KEY",
-           "PFT_DVC_S3_ACCESS_KEY_ID", "PFT_DVC_S3_SECRET_ACCESS_KEY")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "PFT_PSEUDONYM_KEY",
+    "PFT_SERVE_TOKEN",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_API_SECRET_KEY",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "PFT_S3_ACCESS_KEY_ID",
+    "PFT_S3_SECRET_ACCESS_KEY",
+    "PFT_DVC_S3_ACCESS_KEY_ID",
+    "PFT_DVC_S3_SECRET_ACCESS_KEY",
+)
 # `${VAR}`, `${VAR:-x}`, `${VAR:?msg}`..., not `$${VAR}` (escaped: the container's shell expands it).
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([:?+-]*)")
 _BARE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -100,8 +126,11 @@ def _compose_text() -> str:
 
 
 def _env_example() -> dict[str, str]:
-    pairs = (l.split("=", 1) for l in (REPO / ".env.example").read_text().splitlines()
-             if l.strip() and not l.lstrip().startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -117,18 +146,35 @@ def test_every_long_running_service_has_a_healthcheck():
     """`docker compose ps` (and depends_on: service_healthy) can only tell a stuck service when it is checked."""
     services = _compose()["services"]
     long_running = _long_running(services)
-    assert {"postgres", "redis", "minio", "mlflow", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-            "airflow-triggerer", "airflow-worker", "airflow-worker-gpu", "privatetune-serve"} <= set(long_running)
-    missing = [n for n, s in long_running.items() if not s.get("healthcheck", {}).get("test")
-               or s["healthcheck"].get("disable")]
+    assert {
+        "postgres",
+        "redis",
+        "minio",
+        "mlflow",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "airflow-worker-gpu",
+        "privatetune-serve",
+    } <= set(long_running)
+    missing = [
+        n
+        for n, s in long_running.items()
+        if not s.get("healthcheck", {}).get("test") or s["healthcheck"].get("disable")
+    ]
     assert not missing, f"long-running services without a healthcheck: {missing}"
-    for name, job in (("airflow-scheduler", "SchedulerJob"), ("airflow-dag-processor", "DagProcessorJob"),
-                      ("airflow-triggerer", "TriggererJob")):
+    for name, job in (
+        ("airflow-scheduler", "SchedulerJob"),
+        ("airflow-dag-processor", "DagProcessorJob"),
+        ("airflow-triggerer", "TriggererJob"),
+    ):
         test = " ".join(_argv(services[name]["healthcheck"]["test"]))
         assert f"airflow jobs check --job-type {job} --local" in test, name
     for name in ("airflow-worker", "airflow-worker-gpu"):
         test = " ".join(_argv(services[name]["healthcheck"]["test"]))
-        assert "celery_executor.app inspect ping" in test and 'celery@$${HOSTNAME}' in test, name
+        assert "celery_executor.app inspect ping" in test and "celery@$${HOSTNAME}" in test, name
 
 
 def test_one_shot_services_are_awaited_and_waited_on_services_are_checked():
@@ -167,8 +213,11 @@ def test_mlflow_uses_its_own_postgres_database_and_s3_artifacts_on_minio():
 def test_the_mlflow_image_pins_the_client_version_and_has_the_drivers():
     """Client and server speak one REST API; the server needs psycopg2 (backend) and boto3 (S3 artifacts)."""
     dockerfile = (REPO / "include" / "mlflow" / "Dockerfile").read_text()
-    pinned = [l.split("#")[0].strip() for l in (REPO / "requirements.txt").read_text().splitlines()
-              if l.startswith("mlflow==")]
+    pinned = [
+        line.split("#")[0].strip()
+        for line in (REPO / "requirements.txt").read_text().splitlines()
+        if line.startswith("mlflow==")
+    ]
     assert pinned and pinned[0] in dockerfile
     assert re.search(r"psycopg2-binary==\S+", dockerfile) and re.search(r"boto3==\S+", dockerfile)
     assert _compose()["services"]["mlflow"]["build"] == "include/mlflow"
@@ -260,11 +309,14 @@ def test_the_workers_get_the_dvc_remote_the_code_reads(monkeypatch):
         assert not any("PFT_S3_SECRET_ACCESS_KEY" in str(v) for v in env.values()), f"{name} holds MLflow's key"
         assert svc["depends_on"]["minio-init"]["condition"] == "service_completed_successfully", name
         # What the code makes of these values: the bucket as the default remote, the endpoint beside it.
-        monkeypatch.setenv(REMOTE_URL_ENV, url.replace(f"${{DVC_BUCKET:-{_default(url, 'DVC_BUCKET')}}}",
-                                                       example["DVC_BUCKET"]))
+        monkeypatch.setenv(
+            REMOTE_URL_ENV, url.replace(f"${{DVC_BUCKET:-{_default(url, 'DVC_BUCKET')}}}", example["DVC_BUCKET"])
+        )
         monkeypatch.setenv(REMOTE_ENDPOINT_ENV, endpoint)
-        assert _remote_settings(Path("/unused")) == {"url": f"s3://{example['DVC_BUCKET']}/registry",
-                                                     "endpointurl": "http://minio:9000"}
+        assert _remote_settings(Path("/unused")) == {
+            "url": f"s3://{example['DVC_BUCKET']}/registry",
+            "endpointurl": "http://minio:9000",
+        }
     # The other Airflow components run no task: no object-store key, and no remote to use it on.
     for name, svc in services.items():
         if name.startswith("airflow-") and name not in TASK_WORKERS:
@@ -279,13 +331,22 @@ def _run_minio_init(tmp_path: Path, **overrides: str) -> tuple[subprocess.Comple
     stub.parent.mkdir(exist_ok=True)
     stub.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "mc.log"}\n')
     stub.chmod(0o755)
-    env = {"PATH": f"{stub.parent}:/usr/bin:/bin", "TMPDIR": str(tmp_path),
-           "MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "root-password",
-           "PFT_S3_ACCESS_KEY_ID": "mlflow-key", "PFT_S3_SECRET_ACCESS_KEY": "mlflow-secret",
-           "PFT_DVC_S3_ACCESS_KEY_ID": "dvc-key", "PFT_DVC_S3_SECRET_ACCESS_KEY": "dvc-secret",
-           "MLFLOW_BUCKET": "b-mlflow", "DVC_BUCKET": "b-dvc", **overrides}
-    done = subprocess.run(["sh", str(REPO / "include" / "minio" / "init.sh")], env=env, capture_output=True,
-                          text=True, timeout=30)
+    env = {
+        "PATH": f"{stub.parent}:/usr/bin:/bin",
+        "TMPDIR": str(tmp_path),
+        "MINIO_ROOT_USER": "root",
+        "MINIO_ROOT_PASSWORD": "root-password",
+        "PFT_S3_ACCESS_KEY_ID": "mlflow-key",
+        "PFT_S3_SECRET_ACCESS_KEY": "mlflow-secret",
+        "PFT_DVC_S3_ACCESS_KEY_ID": "dvc-key",
+        "PFT_DVC_S3_SECRET_ACCESS_KEY": "dvc-secret",
+        "MLFLOW_BUCKET": "b-mlflow",
+        "DVC_BUCKET": "b-dvc",
+        **overrides,
+    }
+    done = subprocess.run(
+        ["sh", str(REPO / "include" / "minio" / "init.sh")], env=env, capture_output=True, text=True, timeout=30
+    )
     log = tmp_path / "mc.log"
     return done, (log.read_text().splitlines() if log.exists() else [])
 
@@ -302,8 +363,10 @@ def test_minio_init_gives_each_key_its_own_bucket_only(tmp_path):
     done, calls = _run_minio_init(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "mb --ignore-existing local/b-mlflow local/b-dvc" in calls
-    for policy, bucket, other, key in (("privatetune-rw", "b-mlflow", "b-dvc", "mlflow-key"),
-                                       ("privatetune-dvc-rw", "b-dvc", "b-mlflow", "dvc-key")):
+    for policy, bucket, other, key in (
+        ("privatetune-rw", "b-mlflow", "b-dvc", "mlflow-key"),
+        ("privatetune-dvc-rw", "b-dvc", "b-mlflow", "dvc-key"),
+    ):
         doc = json.loads((tmp_path / f"{policy}.json").read_text())
         resources = [r for st in doc["Statement"] for r in st["Resource"]]
         assert resources == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"], policy
@@ -342,15 +405,43 @@ def test_docker_compose_config_accepts_the_file_with_dummy_secrets(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     clean = {k: v for k, v in os.environ.items() if k not in env}  # the file, not this shell, decides
-    done = subprocess.run([*client, "--project-directory", str(REPO), "--env-file", str(env_file),
-                           "-f", str(REPO / "docker-compose.yaml"), "config", "--quiet"],
-                          capture_output=True, text=True, env=clean, timeout=60)
+    done = subprocess.run(
+        [
+            *client,
+            "--project-directory",
+            str(REPO),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(REPO / "docker-compose.yaml"),
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     # And without a secret it refuses, naming it.
     env_file.write_text("".join(f"{k}={'' if k == 'PFT_SERVE_TOKEN' else v}\n" for k, v in env.items()))
-    done = subprocess.run([*client, "--project-directory", str(REPO), "--env-file", str(env_file),
-                           "-f", str(REPO / "docker-compose.yaml"), "config", "--quiet"],
-                          capture_output=True, text=True, env=clean, timeout=60)
+    done = subprocess.run(
+        [
+            *client,
+            "--project-directory",
+            str(REPO),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(REPO / "docker-compose.yaml"),
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+    )
     assert done.returncode != 0 and "PFT_SERVE_TOKEN" in done.stderr
 
 

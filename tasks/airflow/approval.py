@@ -19,10 +19,13 @@ class RecordedApprovalOperator(ApprovalOperator):
     def execute_complete(self, context, event: dict[str, Any]) -> Any:
         if "error" not in event:
             responded_at = event.get("responded_at")
-            context["ti"].xcom_push(key=DECISION_XCOM_KEY, value={
-                "chosen_options": list(event.get("chosen_options") or []),
-                "params_input": dict(event.get("params_input") or {}),
-                "responded_at": responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
-                "responded_by_user": dict(event.get("responded_by_user") or {}),
-            })
+            context["ti"].xcom_push(
+                key=DECISION_XCOM_KEY,
+                value={
+                    "chosen_options": list(event.get("chosen_options") or []),
+                    "params_input": dict(event.get("params_input") or {}),
+                    "responded_at": responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
+                    "responded_by_user": dict(event.get("responded_by_user") or {}),
+                },
+            )
         return super().execute_complete(context=context, event=event)

@@ -13,10 +13,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.stages import privacy_finetune
 from tasks.airflow.approval import DECISION_XCOM_KEY, RecordedApprovalOperator
-from tasks.config import load_config
 from tasks.airflow.notify import on_failure as notify_failure
+from tasks.config import load_config
+from tasks.stages import privacy_finetune
 
 NULLABLE_NUMBER = ["null", "number"]
 # GPU workers consume the `gpu` queue; the `gpu` pool caps concurrent trainings at the GPUs there are.
@@ -37,27 +37,48 @@ DEFAULT_ARGS = {
 # config: these tune a run, and the stricter-only ones (dp, target_epsilon, require_approval) can
 # tighten it, never loosen it (tasks.config.resolve_params); the report lists what was not applied.
 TRAINING_PARAMS = {
-    "train_method": Param(None, type=["null", "string"], enum=[None, "lora", "adapter", "prefix", "freeze", "full"],
-                          description="lora | adapter (IA3, non-private only) | prefix | freeze (top N blocks) | "
-                                      "full (baseline); empty = config"),
+    "train_method": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "lora", "adapter", "prefix", "freeze", "full"],
+        description="lora | adapter (IA3, non-private only) | prefix | freeze (top N blocks) | "
+        "full (baseline); empty = config",
+    ),
     "trainable_layers": Param(None, type=["null", "integer"], minimum=1, description="freeze: train the top N blocks"),
     "freeze_with_lora": Param(None, type=["null", "boolean"], description="freeze: LoRA on the top blocks only"),
-    "grad_sample_mode": Param(None, type=["null", "string"], enum=[None, "auto", "hooks", "ghost", "functorch"],
-                              description="DP clipping: per-sample hooks, ghost clipping, functorch; auto = measured best"),
-    "dp": Param(None, type=["null", "boolean"], description="stricter only: true forces DP-SGD; false cannot turn "
-                                                            "off DP that the config requires"),
-    "target_epsilon": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0,
-                            description="stricter only: a lower ε than the config's train.target_epsilon"),
+    "grad_sample_mode": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "auto", "hooks", "ghost", "functorch"],
+        description="DP clipping: per-sample hooks, ghost clipping, functorch; auto = measured best",
+    ),
+    "dp": Param(
+        None,
+        type=["null", "boolean"],
+        description="stricter only: true forces DP-SGD; false cannot turn off DP that the config requires",
+    ),
+    "target_epsilon": Param(
+        None,
+        type=NULLABLE_NUMBER,
+        exclusiveMinimum=0,
+        description="stricter only: a lower ε than the config's train.target_epsilon",
+    ),
     "epochs": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0, description="training epochs"),
     "learning_rate": Param(None, type=NULLABLE_NUMBER, exclusiveMinimum=0),
     "lora_r": Param(None, type=["null", "integer"], minimum=1, description="LoRA rank"),
-    "base_model_path": Param(None, type=["null", "string"], description="one of the config's base_model.allowed "
-                                                                       "directories; empty = the configured base"),
+    "base_model_path": Param(
+        None,
+        type=["null", "string"],
+        description="one of the config's base_model.allowed directories; empty = the configured base",
+    ),
     "base_model_size": Param(None, type=["null", "string"], enum=[None, "demo", "tiny"]),
     "qa_limit": Param(None, type=["null", "integer"], minimum=1, description="evaluate only N questions"),
-    "require_approval": Param(None, type=["null", "boolean"],
-                              description="stricter only: true requires a reviewer even where the config does not; "
-                                          "false cannot skip the approval the config requires"),
+    "require_approval": Param(
+        None,
+        type=["null", "boolean"],
+        description="stricter only: true requires a reviewer even where the config does not; "
+        "false cannot skip the approval the config requires",
+    ),
 }
 
 
@@ -75,9 +96,22 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     from tasks.release.gates import PromotionGated
     from tasks.train.ledger import LedgerConflict, PrivacyBudgetExceeded
 
-    return (EmptyLandingError, InvalidPartitionError, QuarantineThresholdExceeded, ValidationFailed,
-            MissingKeyError, ResidualPiiError, ValidationError, PrivacyBudgetExceeded, LedgerConflict,
-            PromotionGated, ErasureRequestError, PreviousMonthMissing, PolicyViolation, InvalidRunId)
+    return (
+        EmptyLandingError,
+        InvalidPartitionError,
+        QuarantineThresholdExceeded,
+        ValidationFailed,
+        MissingKeyError,
+        ResidualPiiError,
+        ValidationError,
+        PrivacyBudgetExceeded,
+        LedgerConflict,
+        PromotionGated,
+        ErasureRequestError,
+        PreviousMonthMissing,
+        PolicyViolation,
+        InvalidRunId,
+    )
 
 
 def run_stage(stage, *args, **kwargs):
@@ -135,16 +169,29 @@ def release(dag_id: str, prepared, versioned, trained, *, register_stage=None, d
     @task
     def register(prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
         """MLflow registry: a new version with alias 'challenger', tagged with lineage and evidence, with its model card."""
-        return run_stage(register_stage or privacy_finetune.stage_register, prepared["run_id"], prepared, versioned, trained,
-                         evaluated)
+        return run_stage(
+            register_stage or privacy_finetune.stage_register,
+            prepared["run_id"],
+            prepared,
+            versioned,
+            trained,
+            evaluated,
+        )
 
     @task
     def gates(prepared: dict, evaluated: dict, registered: dict, trained: dict) -> dict:
         """Promotion gates from config: a failing gate fails this task and the run ends 'gated'."""
         from airflow.sdk import conf
 
-        return run_stage(privacy_finetune.stage_gates, prepared["run_id"], evaluated, registered, trained,
-                         dag_id=dag_id, base_url=conf.get("api", "base_url", fallback=""))
+        return run_stage(
+            privacy_finetune.stage_gates,
+            prepared["run_id"],
+            evaluated,
+            registered,
+            trained,
+            dag_id=dag_id,
+            base_url=conf.get("api", "base_url", fallback=""),
+        )
 
     @task.branch
     def approval_route(gated: dict, registered: dict) -> str:
@@ -156,10 +203,16 @@ def release(dag_id: str, prepared, versioned, trained, *, register_stage=None, d
     approve = RecordedApprovalOperator(
         task_id="approve",
         subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} "
-                "v{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
+        "v{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
         body="{{ ti.xcom_pull(task_ids='gates')['approval_body'] }}",
-        params={"comment": Param("", type="string", title="Comment",
-                                 description="why you approve or reject (recorded on the model version and its card)")},
+        params={
+            "comment": Param(
+                "",
+                type="string",
+                title="Comment",
+                description="why you approve or reject (recorded on the model version and its card)",
+            )
+        },
         assigned_users=approvers(),
         response_timeout=timedelta(days=14),
         execution_timeout=None,  # the reviewer's time is bounded by response_timeout, not the task default

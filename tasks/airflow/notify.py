@@ -18,8 +18,9 @@ import smtplib
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ SMTP_PORT_ENV = "PFT_SMTP_PORT"
 
 # ---------------------------------------------------------------- the message
 
+
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """Whitespace collapsed to single spaces, cut at `limit` characters (with an ellipsis)."""
     flat = " ".join(str(text).split())
@@ -46,8 +48,9 @@ def _value(obj: Any) -> Any:
     return getattr(obj, "value", obj)
 
 
-def _ui_url(dag_id: str | None, run_id: str | None, task_id: str | None, map_index: int | None,
-            try_number: int | None) -> str | None:
+def _ui_url(
+    dag_id: str | None, run_id: str | None, task_id: str | None, map_index: int | None, try_number: int | None
+) -> str | None:
     """The task's page in the Airflow 3 UI, built like RuntimeTaskInstance.log_url (which older or fake
     task instances may lack); None when the ids or the configuration are not there."""
     if not (dag_id and run_id and task_id):
@@ -113,11 +116,12 @@ def failure_message(context: Mapping[str, Any]) -> dict[str, Any]:
         "log_url": log_url,
         # Chat webhooks (Slack, Mattermost, Teams workflows) display "text".
         "text": f"PrivateTune: task {where} failed (run {run_id}, try {try_number}): "
-                f"{exception_type or 'error'}" + (f" ({cause_type})" if cause_type else ""),
+        f"{exception_type or 'error'}" + (f" ({cause_type})" if cause_type else ""),
     }
 
 
 # ---------------------------------------------------------------- connections
+
 
 def _connection(conn_id: str):
     """The Airflow connection, or None when Airflow, the connection or the supervisor is not there."""
@@ -130,8 +134,9 @@ def _connection(conn_id: str):
         return None
 
 
-def webhook_url(host: str | None, schema: str | None = None, port: int | None = None,
-                endpoint: str | None = None) -> str | None:
+def webhook_url(
+    host: str | None, schema: str | None = None, port: int | None = None, endpoint: str | None = None
+) -> str | None:
     """URL from an HTTP connection's parts, as the HTTP provider builds it: a host with a scheme is used
     as is, else schema (default https) + host; then port and the extra's endpoint."""
     if not host:
@@ -161,25 +166,41 @@ def _smtp_settings(cfg: NotifyConfig) -> dict[str, Any] | None:
     if conn is not None and conn.host:
         extra = conn.extra_dejson or {}
         port = int(conn.port or 25)
-        return {"host": conn.host, "port": port, "login": conn.login or None, "password": conn.password or None,
-                "ssl": bool(extra.get("ssl", port == 465)), "starttls": not extra.get("disable_tls", False),
-                "from_email": extra.get("from_email")}
+        return {
+            "host": conn.host,
+            "port": port,
+            "login": conn.login or None,
+            "password": conn.password or None,
+            "ssl": bool(extra.get("ssl", port == 465)),
+            "starttls": not extra.get("disable_tls", False),
+            "from_email": extra.get("from_email"),
+        }
     host = os.environ.get(SMTP_HOST_ENV)
     if not host:
         return None
-    return {"host": host, "port": int(os.environ.get(SMTP_PORT_ENV) or 25), "login": None, "password": None,
-            "ssl": False, "starttls": True, "from_email": None}
+    return {
+        "host": host,
+        "port": int(os.environ.get(SMTP_PORT_ENV) or 25),
+        "login": None,
+        "password": None,
+        "ssl": False,
+        "starttls": True,
+        "from_email": None,
+    }
 
 
 # ---------------------------------------------------------------- delivery
 
-def send_webhook(message: Mapping[str, Any], url: str, timeout_s: float,
-                 headers: Mapping[str, str] | None = None) -> int:
+
+def send_webhook(
+    message: Mapping[str, Any], url: str, timeout_s: float, headers: Mapping[str, str] | None = None
+) -> int:
     """POST the message as JSON; returns the HTTP status. Raises on network or HTTP errors."""
     body = json.dumps(message, default=str).encode("utf-8")
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (URL from config)
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return response.status
 
 
@@ -187,8 +208,9 @@ def send_email(message: Mapping[str, Any], settings: Mapping[str, Any], to: list
     """Send the message as a plain-text email (the JSON attached as the body). Raises on SMTP errors."""
     mail = EmailMessage()
     mail["Subject"] = one_line(message.get("text") or "PrivateTune task failed", 200)
-    mail["From"] = settings.get("from_email") or (settings.get("login") if "@" in str(settings.get("login")) else
-                                                  f"privatetune@{socket.gethostname()}")
+    mail["From"] = settings.get("from_email") or (
+        settings.get("login") if "@" in str(settings.get("login")) else f"privatetune@{socket.gethostname()}"
+    )
     mail["To"] = ", ".join(to)
     mail.set_content(json.dumps(message, indent=2, default=str) + "\n")
     smtp_cls = smtplib.SMTP_SSL if settings.get("ssl") else smtplib.SMTP
@@ -214,8 +236,11 @@ def send(message: Mapping[str, Any], cfg: NotifyConfig) -> bool:
         if cfg.channel == "webhook":
             url, headers = _webhook_target(cfg)
             if not url:
-                log.warning("notify: channel webhook but no URL: create the Airflow connection '%s' (HTTP) or set "
-                            "%s", cfg.webhook_conn_id, WEBHOOK_URL_ENV)
+                log.warning(
+                    "notify: channel webhook but no URL: create the Airflow connection '%s' (HTTP) or set %s",
+                    cfg.webhook_conn_id,
+                    WEBHOOK_URL_ENV,
+                )
                 return False
             status = send_webhook(message, url, cfg.timeout_s, headers)
             log.info("notify: webhook delivered (HTTP %s)", status)
@@ -223,8 +248,12 @@ def send(message: Mapping[str, Any], cfg: NotifyConfig) -> bool:
         if cfg.channel == "email":
             settings = _smtp_settings(cfg)
             if not settings or not cfg.email_to:
-                log.warning("notify: channel email but no SMTP server or recipients: create the Airflow connection "
-                            "'%s' or set %s, and list notify.email_to", cfg.smtp_conn_id, SMTP_HOST_ENV)
+                log.warning(
+                    "notify: channel email but no SMTP server or recipients: create the Airflow connection "
+                    "'%s' or set %s, and list notify.email_to",
+                    cfg.smtp_conn_id,
+                    SMTP_HOST_ENV,
+                )
                 return False
             send_email(message, settings, list(cfg.email_to), cfg.timeout_s)
             log.info("notify: email sent to %d recipient(s)", len(cfg.email_to))
@@ -233,8 +262,12 @@ def send(message: Mapping[str, Any], cfg: NotifyConfig) -> bool:
         return False
     except Exception as exc:
         # One line, no traceback: an HTTPError's or SMTP reply's text is the receiver's, not ours.
-        log.warning("notify: %s delivery failed (%s: %s); the task failure stands as reported by Airflow",
-                    cfg.channel, type(exc).__name__, one_line(str(exc), 200))
+        log.warning(
+            "notify: %s delivery failed (%s: %s); the task failure stands as reported by Airflow",
+            cfg.channel,
+            type(exc).__name__,
+            one_line(str(exc), 200),
+        )
         return False
 
 
@@ -248,8 +281,11 @@ def on_failure(context: Mapping[str, Any]) -> None:
 
         cfg = load_config().notify
     except Exception as exc:
-        log.warning("notify: pipeline config unreadable (%s: %s); no notification sent",
-                    type(exc).__name__, one_line(str(exc), 200))
+        log.warning(
+            "notify: pipeline config unreadable (%s: %s); no notification sent",
+            type(exc).__name__,
+            one_line(str(exc), 200),
+        )
         return
     if cfg.channel == "none":
         return

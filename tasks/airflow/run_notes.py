@@ -31,28 +31,36 @@ def note_for(run_dir: Path, dag_id: str, run_id: str, state: str) -> str:
     report = build_report(run_dir)
     ev, tr, reg = report.get("evaluate") or {}, report.get("train") or {}, report.get("register") or {}
     failed = [s for s, status in report["stages"].items() if status == "not run"]
-    lines = [f"PrivateTune: {report['outcome'].upper()}"
-             + (f" — {reg.get('model_name')} v{reg.get('version')}" if reg else "")
-             + (" is champion" if report["outcome"] == "promoted" else "")]
+    lines = [
+        f"PrivateTune: {report['outcome'].upper()}"
+        + (f" — {reg.get('model_name')} v{reg.get('version')}" if reg else "")
+        + (" is champion" if report["outcome"] == "promoted" else "")
+    ]
     if report["outcome"] == "gated":
         lines.append("gates: " + "; ".join((report.get("gates") or {}).get("reasons") or [])[:300])
     if ev:
-        lines.append(f"exact match {_fmt((ev.get('finetuned') or {}).get('exact_match'))} "
-                     f"(base {_fmt((ev.get('base') or {}).get('exact_match'))}); PII leaks {_fmt(ev.get('pii_leaks'))}; "
-                     f"MIA AUC {_fmt(ev.get('mia_auc'))}")
+        lines.append(
+            f"exact match {_fmt((ev.get('finetuned') or {}).get('exact_match'))} "
+            f"(base {_fmt((ev.get('base') or {}).get('exact_match'))}); PII leaks {_fmt(ev.get('pii_leaks'))}; "
+            f"MIA AUC {_fmt(ev.get('mia_auc'))}"
+        )
     if tr:
-        lines.append(f"privacy: ε {_fmt(tr.get('epsilon'))}, δ {_fmt(tr.get('delta'), 6) if isinstance(tr.get('delta'), float) else '—'}"
-                     f"{'; replayed, not retrained' if tr.get('reused') else ''}")
+        lines.append(
+            f"privacy: ε {_fmt(tr.get('epsilon'))}, δ {_fmt(tr.get('delta'), 6) if isinstance(tr.get('delta'), float) else '—'}"
+            f"{'; replayed, not retrained' if tr.get('reused') else ''}"
+        )
     built = report.get("dataset")
     if isinstance(built, dict):
         retired = ", ".join(f"v{r['version']}" for r in built.get("retired_versions") or []) or "none"
-        lines.append(f"month {built.get('month')}: {built.get('records')} records "
-                     f"(+{built.get('new_records')} new, −{built.get('erased_records')} erased); retired: {retired}")
+        lines.append(
+            f"month {built.get('month')}: {built.get('records')} records "
+            f"(+{built.get('new_records')} new, −{built.get('erased_records')} erased); retired: {retired}"
+        )
     if state != "success" and failed:
         lines.append("not run: " + ", ".join(failed))
     lines.append(f"report: {report_url(dag_id, run_id)}")
     note = "\n".join(lines)
-    return note if len(note) <= NOTE_LIMIT else note[:NOTE_LIMIT - 1] + "…"
+    return note if len(note) <= NOTE_LIMIT else note[: NOTE_LIMIT - 1] + "…"
 
 
 def _set_note(dag_run, state: str) -> None:

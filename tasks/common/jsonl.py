@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 
 def read_objects(path: Path, *, fields: Sequence[str] = (), hint: str = "") -> Iterator[dict[str, Any]]:

@@ -26,11 +26,21 @@ from typing import NamedTuple
 
 # Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt) outside Cc/Cf: the reserved ones
 # included, since a later Unicode version may assign them and they already render as nothing.
-_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2065, 0x2065),
-                     (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
+_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2065, 0x2065),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+)
 # Cc, Cf and non-ASCII whitespace occur only in these planes (BMP, SMP, SSP): scanning them is
 # a fifth of the cost of scanning every code point, once per process.
-_SCANNED = (range(0x0, 0x20000), range(0xE0000, 0xE1000))
+_SCANNED = (range(0x20000), range(0xE0000, 0xE1000))
 _KEPT = frozenset("\t\n\r ")
 
 

@@ -47,10 +47,13 @@ def pipeline_mlflow_run(paths: Paths, run_id: str) -> str:
 
     experiment_id = mlflow_experiment(paths)
     client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri)
-    found = client.search_runs([experiment_id], filter_string=f"tags.pipeline_run_id = '{safe_run_id(run_id)}'",
-                               max_results=1, order_by=["attributes.start_time ASC"])
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.pipeline_run_id = '{safe_run_id(run_id)}'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=safe_run_id(run_id),
-                            tags={"pipeline_run_id": safe_run_id(run_id)})
+    run = client.create_run(experiment_id, run_name=safe_run_id(run_id), tags={"pipeline_run_id": safe_run_id(run_id)})
     return run.info.run_id

@@ -48,16 +48,17 @@ def read_erasure_requests(landing: Path, month: str, default_type: str) -> list[
         rel = path.relative_to(landing).as_posix()
         suffix = path.suffix.lower()
         if suffix not in ERASURE_SUFFIXES:
-            raise ErasureRequestError(f"{rel}: unsupported erasure request file (use .csv with a subject_id column, "
-                                      ".jsonl with subject_id, or .txt with one id per line)")
+            raise ErasureRequestError(
+                f"{rel}: unsupported erasure request file (use .csv with a subject_id column, "
+                ".jsonl with subject_id, or .txt with one id per line)"
+            )
         for line, fields in _request_rows(path, rel, suffix):
             subject_id = (fields.get("subject_id") or "").strip() if isinstance(fields.get("subject_id"), str) else ""
             if not subject_id:
                 raise ErasureRequestError(f"{rel}: line {line}: field subject_id is missing or empty")
             id_type = fields.get("id_type") or default_type
             if not isinstance(id_type, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", id_type.strip()):
-                raise ErasureRequestError(f"{rel}: line {line}: field id_type must be an entity type such as "
-                                          f"MEMBER_ID")
+                raise ErasureRequestError(f"{rel}: line {line}: field id_type must be an entity type such as MEMBER_ID")
             subjects.append(Subject(id_type.strip(), subject_id, month, f"{rel}:{line}"))
     return subjects
 
@@ -110,8 +111,10 @@ def subject_pseudonyms(subjects: Iterable[Subject], key: bytes, recognizers_path
         op = spec.entities.get(s.id_type)
         if op is None or op.name != "pseudonym":
             how = "not masked" if op is None else f"masked with '{op.name}'"
-            raise ErasureRequestError(f"{s.source}: field id_type {s.id_type} is {how} in {recognizers_path}; "
-                                      "erasure finds records by the keyed pseudonym of the subject id, so the type "
-                                      "must use the pseudonym operator")
+            raise ErasureRequestError(
+                f"{s.source}: field id_type {s.id_type} is {how} in {recognizers_path}; "
+                "erasure finds records by the keyed pseudonym of the subject id, so the type "
+                "must use the pseudonym operator"
+            )
         out[pseudonym(s.id_type, s.subject_id, key)] = s
     return out

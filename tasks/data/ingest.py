@@ -245,14 +245,21 @@ def _byte_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes, b
 
 
 def _line_too_long(size: int, max_line_bytes: int) -> Problem:
-    return Problem(None, "line_too_long", f"line has {size} bytes, over the maximum of {max_line_bytes} "
-                                          f"(data.max_line_bytes): not parsed; raw keeps its first "
-                                          f"{RAW_PREFIX_BYTES} bytes only")
+    return Problem(
+        None,
+        "line_too_long",
+        f"line has {size} bytes, over the maximum of {max_line_bytes} "
+        f"(data.max_line_bytes): not parsed; raw keeps its first "
+        f"{RAW_PREFIX_BYTES} bytes only",
+    )
 
 
 def _truncated(detail: str) -> Problem:
-    return Problem(None, "truncated_line", f"last line has no line ending and {detail}: the file looks cut off; "
-                                           "re-deliver the complete file")
+    return Problem(
+        None,
+        "truncated_line",
+        f"last line has no line ending and {detail}: the file looks cut off; re-deliver the complete file",
+    )
 
 
 def _raw(line: bytes) -> str:
@@ -308,8 +315,9 @@ def _parse_json(text: str) -> tuple[Any, Problem | None]:
         return None, too_deep
 
 
-def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-               ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
+def read_jsonl(
+    path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     """Decode and parse line by line, so one bad line costs one row, not the file. Blank lines are skipped.
 
     An unterminated last line that does not parse is a cut-off file (`truncated_line`), not a
@@ -371,8 +379,9 @@ def _quote_left_open(raw: str) -> bool:
     return False
 
 
-def read_csv(path: Path, required_fields: Sequence[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-             ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
+def read_csv(
+    path: Path, required_fields: Sequence[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     """Parse CSV records (quoted fields may span lines), decoding each physical line on its own.
 
     A wrong or missing header quarantines every record of the file, line 1 included,
@@ -421,8 +430,11 @@ def read_csv(path: Path, required_fields: Sequence[str], max_line_bytes: int = D
         if at_header:
             at_header = False
             if too_long is not None:
-                header_problem = Problem("header", "bad_header", f"CSV header line is longer than {max_line_bytes} "
-                                                                 "bytes (data.max_line_bytes)")
+                header_problem = Problem(
+                    "header",
+                    "bad_header",
+                    f"CSV header line is longer than {max_line_bytes} bytes (data.max_line_bytes)",
+                )
             else:
                 header_problem = _header_problem(record, required_fields, bad_bytes)
             if header_problem is None and record is not None:
@@ -434,18 +446,32 @@ def read_csv(path: Path, required_fields: Sequence[str], max_line_bytes: int = D
             yield start, raw, _line_too_long(too_long, max_line_bytes)
         elif error is not None or record is None:
             detail = error or "CSV row cannot be parsed"
-            yield start, raw, _truncated(f"cannot be parsed ({detail})") if cut_off else Problem(
-                None, "malformed_csv", detail)
+            yield (
+                start,
+                raw,
+                _truncated(f"cannot be parsed ({detail})") if cut_off else Problem(None, "malformed_csv", detail),
+            )
         elif bad_bytes:
             problem = Problem(None, "invalid_utf8", "the row holds bytes that are not valid UTF-8")
             yield start, raw, _truncated("is not valid UTF-8") if cut_off else problem
         elif _quote_left_open(raw):
-            yield start, raw, Problem(None, "truncated_line", "a quoted field is still open at the end of the file: "
-                                                              "the file looks cut off; re-deliver the complete file")
+            yield (
+                start,
+                raw,
+                Problem(
+                    None,
+                    "truncated_line",
+                    "a quoted field is still open at the end of the file: "
+                    "the file looks cut off; re-deliver the complete file",
+                ),
+            )
         elif len(record) != len(header):
             detail = f"row has {len(record)} columns; the header has {len(header)}"
-            yield start, raw, _truncated(f"is incomplete ({detail})") if cut_off else Problem(
-                None, "column_count", detail)
+            yield (
+                start,
+                raw,
+                _truncated(f"is incomplete ({detail})") if cut_off else Problem(None, "column_count", detail),
+            )
         else:
             yield start, raw, dict(zip(header, record))
 
@@ -473,14 +499,22 @@ def _parquet_schema_problem(schema: Any, required_fields: Sequence[str]) -> tupl
     columns = dict(zip(names, schema.names))
     missing = [name for name in required_fields if name not in columns]
     if missing:
-        return Problem(missing[0], "bad_schema", f"Parquet file lacks required column(s) {', '.join(missing)}; "
-                                                 f"expected string columns {', '.join(RECORD_FIELDS)}"), columns
+        return Problem(
+            missing[0],
+            "bad_schema",
+            f"Parquet file lacks required column(s) {', '.join(missing)}; "
+            f"expected string columns {', '.join(RECORD_FIELDS)}",
+        ), columns
     for name in dict.fromkeys([*RECORD_FIELDS, *required_fields]):
         if name in columns:
             arrow_type = schema.field(columns[name]).type
             if not _is_text_type(arrow_type):
-                return Problem(name, "bad_schema", f"Parquet column '{name}' has type {arrow_type}; it must be a "
-                                                   "string column (cast it before landing the file)"), columns
+                return Problem(
+                    name,
+                    "bad_schema",
+                    f"Parquet column '{name}' has type {arrow_type}; it must be a "
+                    "string column (cast it before landing the file)",
+                ), columns
     return None, columns
 
 
@@ -509,13 +543,23 @@ def read_parquet(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[i
             pf = pq.ParquetFile(fh)
             schema = pf.schema_arrow
         except _PARQUET_ERRORS as exc:
-            yield 0, "", Problem(None, "unreadable_file", f"not a readable Parquet file ({_detail(exc)}); "
-                                                          "re-deliver the complete file")
+            yield (
+                0,
+                "",
+                Problem(
+                    None,
+                    "unreadable_file",
+                    f"not a readable Parquet file ({_detail(exc)}); re-deliver the complete file",
+                ),
+            )
             return
         schema_problem, columns = _parquet_schema_problem(schema, required_fields)
         # A good file: read only the record's columns. A bad one: read all, so raw keeps the whole row.
-        wanted = None if schema_problem else list(dict.fromkeys(
-            columns[name] for name in [*RECORD_FIELDS, *required_fields] if name in columns))
+        wanted = (
+            None
+            if schema_problem
+            else list(dict.fromkeys(columns[name] for name in [*RECORD_FIELDS, *required_fields] if name in columns))
+        )
         row_number = 0
         for group in range(pf.num_row_groups):
             group_rows = pf.metadata.row_group(group).num_rows
@@ -534,11 +578,21 @@ def read_parquet(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[i
                 detail = _detail(exc)
                 if schema_problem is not None and row_number == 0 and group == 0:
                     # A wrong schema and undecodable data: one entry for the whole file.
-                    yield 0, "", Problem(schema_problem.field, "bad_schema",
-                                         f"{schema_problem.message}; the rows cannot be decoded either ({detail})")
+                    yield (
+                        0,
+                        "",
+                        Problem(
+                            schema_problem.field,
+                            "bad_schema",
+                            f"{schema_problem.message}; the rows cannot be decoded either ({detail})",
+                        ),
+                    )
                     return
-                problem = Problem(None, "unreadable_file", f"row group {group} cannot be decoded ({detail}); "
-                                                           "re-deliver the complete file")
+                problem = Problem(
+                    None,
+                    "unreadable_file",
+                    f"row group {group} cannot be decoded ({detail}); re-deliver the complete file",
+                )
                 for _ in range(group_rows - done):
                     row_number += 1
                     yield row_number, "", problem
@@ -594,8 +648,9 @@ def refused_links(landing_dir: Path, root: Path, follow_symlinks: str = "never")
     return dict(sorted(refused.items()))
 
 
-def landing_files(landing_dir: Path, glob: str = "**/*", root: Path | None = None, *,
-                  follow_symlinks: str = "never") -> tuple[list[Path], list[Path]]:
+def landing_files(
+    landing_dir: Path, glob: str = "**/*", root: Path | None = None, *, follow_symlinks: str = "never"
+) -> tuple[list[Path], list[Path]]:
     """(files to ingest, other files) under `root` (default landing_dir), sorted by path relative to landing_dir.
 
     Files behind a symbolic link are left out (see symlink_refusal; refused_links lists them).
@@ -604,8 +659,13 @@ def landing_files(landing_dir: Path, glob: str = "**/*", root: Path | None = Non
     if not root.is_dir():
         return [], []
     found = sorted(
-        (p for p in root.glob(glob) if p.is_file() and ERASURE_DIRNAME not in p.relative_to(landing_dir).parts[:-1]
-         and symlink_refusal(p, landing_dir, follow_symlinks) is None),
+        (
+            p
+            for p in root.glob(glob)
+            if p.is_file()
+            and ERASURE_DIRNAME not in p.relative_to(landing_dir).parts[:-1]
+            and symlink_refusal(p, landing_dir, follow_symlinks) is None
+        ),
         key=lambda p: p.relative_to(landing_dir).as_posix(),
     )
     wanted = [p for p in found if p.suffix.lower() in INGEST_SUFFIXES]
@@ -616,7 +676,7 @@ def landing_files(landing_dir: Path, glob: str = "**/*", root: Path | None = Non
 def _open_temp(target: Path, stack: ExitStack) -> IO[str]:
     """A temp file next to `target`; renamed over it only when the whole ingest succeeded."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fh = tempfile.NamedTemporaryFile(
+    fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by the ExitStack callback below (or _commit)
         "w", encoding="utf-8", newline="\n", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
     )
 
@@ -666,8 +726,11 @@ def _top_reasons(reasons: Counter[str], n: int = 3) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in reasons.most_common(n)) or "none"
 
 
-def _read_rows(path: Path, required: Sequence[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-               ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
+def _read_rows(
+    path: Path,
+    required: Sequence[str],
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return read_csv(path, required, max_line_bytes)
@@ -707,13 +770,19 @@ class _Tally:
     refused: dict[str, str] = field(default_factory=dict)  # path relative to landing → why not read
 
 
-def _classify(parsed: dict[str, Any] | Problem, seen_ids: set[str], rules: _Rules,
-              counts: Counter[str]) -> tuple[dict[str, Any] | None, Problem | None]:
+def _classify(
+    parsed: dict[str, Any] | Problem, seen_ids: set[str], rules: _Rules, counts: Counter[str]
+) -> tuple[dict[str, Any] | None, Problem | None]:
     """A reader's output → (staged row, None) or (None, why quarantined)."""
     if isinstance(parsed, Problem):
         return None, parsed
-    row, problem = check_record(parsed, required_fields=rules.required, min_text_chars=rules.min_text_chars,
-                                max_text_chars=rules.max_text_chars, counts=counts)
+    row, problem = check_record(
+        parsed,
+        required_fields=rules.required,
+        min_text_chars=rules.min_text_chars,
+        max_text_chars=rules.max_text_chars,
+        counts=counts,
+    )
     if row is not None and row["record_id"] is not None and row["record_id"] in seen_ids:
         return None, Problem("record_id", "duplicate_id", "record_id already staged from an earlier row")
     return row, problem
@@ -724,8 +793,13 @@ def _source_name(rel: str) -> str:
     return rel if _encodable(rel) else shown(rel)
 
 
-def _ingest_file(path: Path, rel: str, rules: _Rules, tally: _Tally, out: tuple[IO[str], IO[str], IO[str]],
-                 ) -> tuple[int, int, int]:
+def _ingest_file(
+    path: Path,
+    rel: str,
+    rules: _Rules,
+    tally: _Tally,
+    out: tuple[IO[str], IO[str], IO[str]],
+) -> tuple[int, int, int]:
     """Read one landing file into (staged, duplicates, quarantined); return its (rows, quarantined, duplicates)."""
     staged, duplicates, quarantined = out
     source = _source_name(rel)
@@ -738,8 +812,18 @@ def _ingest_file(path: Path, rel: str, rules: _Rules, tally: _Tally, out: tuple[
         if problem is not None:
             file_bad += 1
             tally.reasons[problem.reason] += 1
-            quarantined.write(_dumps({"source_file": source, "line": line, "field": problem.field,
-                                      "reason": problem.reason, "message": problem.message, "raw": raw}))
+            quarantined.write(
+                _dumps(
+                    {
+                        "source_file": source,
+                        "line": line,
+                        "field": problem.field,
+                        "reason": problem.reason,
+                        "message": problem.message,
+                        "raw": raw,
+                    }
+                )
+            )
             continue
         assert row is not None
         if row["record_id"] is not None:
@@ -750,8 +834,17 @@ def _ingest_file(path: Path, rel: str, rules: _Rules, tally: _Tally, out: tuple[
             # record the later one's id (never its text) for audit.
             file_dup += 1
             tally.duplicates_removed += 1
-            duplicates.write(_dumps({"record_id": row["record_id"], "source_file": source, "source_line": line,
-                                     "duplicate_of": tally.seen_texts[digest], "text_sha256": digest}))
+            duplicates.write(
+                _dumps(
+                    {
+                        "record_id": row["record_id"],
+                        "source_file": source,
+                        "source_line": line,
+                        "duplicate_of": tally.seen_texts[digest],
+                        "text_sha256": digest,
+                    }
+                )
+            )
             continue
         tally.seen_texts[digest] = row["record_id"]
         tally.rows_valid += 1
@@ -761,8 +854,14 @@ def _ingest_file(path: Path, rel: str, rules: _Rules, tally: _Tally, out: tuple[
     return file_in, file_bad, file_dup
 
 
-def _read_landing_file(path: Path, landing_dir: Path, rules: _Rules, follow_symlinks: str, tally: _Tally,
-                       out: tuple[IO[str], IO[str], IO[str]]) -> None:
+def _read_landing_file(
+    path: Path,
+    landing_dir: Path,
+    rules: _Rules,
+    follow_symlinks: str,
+    tally: _Tally,
+    out: tuple[IO[str], IO[str], IO[str]],
+) -> None:
     """One listed file: refused, empty, vanished, or read into the outputs; logged under its escaped name."""
     rel = path.relative_to(landing_dir).as_posix()
     why = symlink_refusal(path, landing_dir, follow_symlinks)  # again: a link may have appeared since the listing
@@ -849,13 +948,18 @@ def ingest(
     for rel, why in sorted(tally.refused.items()):
         tally.notes.append(f"refused {shown(rel)}: {why}")
         log.warning("ingest %s: not read, %s", shown(rel), why)
-    result = _result(tally, files=len(files), skipped=len(skipped), partition=partition,
-                     paths=(staged_path, duplicates_path, quarantine_path))
+    result = _result(
+        tally,
+        files=len(files),
+        skipped=len(skipped),
+        partition=partition,
+        paths=(staged_path, duplicates_path, quarantine_path),
+    )
     _check_quarantine_share(result, tally, max_quarantine_share)
     return result
 
 
-def _result(tally: "_Tally", *, files: int, skipped: int, partition: str | None, paths: tuple[Path, Path, Path]) -> dict:
+def _result(tally: _Tally, *, files: int, skipped: int, partition: str | None, paths: tuple[Path, Path, Path]) -> dict:
     """The stage's counts and paths (never row text); checks its promise rows_in = valid + quarantined + duplicates."""
     rows_quarantined = sum(tally.reasons.values())
     if tally.rows_in != tally.rows_valid + rows_quarantined + tally.duplicates_removed:
@@ -890,14 +994,23 @@ def _result(tally: "_Tally", *, files: int, skipped: int, partition: str | None,
     log.info(
         "ingest done: %d files (%d skipped, %d empty, %d missing, %d refused), %d rows in, %d valid, "
         "%d quarantined %s, %d duplicates removed, %d invisible characters removed from %d rows",
-        files, skipped, tally.files_empty, tally.files_missing, len(tally.refused), tally.rows_in, tally.rows_valid,
-        rows_quarantined, result["quarantine_reasons"], tally.duplicates_removed, result["invisible_chars_removed"],
+        files,
+        skipped,
+        tally.files_empty,
+        tally.files_missing,
+        len(tally.refused),
+        tally.rows_in,
+        tally.rows_valid,
+        rows_quarantined,
+        result["quarantine_reasons"],
+        tally.duplicates_removed,
+        result["invisible_chars_removed"],
         result["rows_with_invisible_chars"],
     )
     return result
 
 
-def _check_quarantine_share(result: dict, tally: "_Tally", max_share: float) -> None:
+def _check_quarantine_share(result: dict, tally: _Tally, max_share: float) -> None:
     """After every output is written: too large a quarantined share stops the run, naming the top reasons."""
     rows_in, rows_quarantined = result["rows_in"], result["rows_quarantined"]
     if rows_in and rows_quarantined / rows_in > max_share:
@@ -907,7 +1020,10 @@ def _check_quarantine_share(result: dict, tally: "_Tally", max_share: float) -> 
             f"data.max_quarantine_share = {max_share:.1%}; top reasons: {_top_reasons(tally.reasons)}. "
             f"Inspect {result['quarantine_path']} (raw zone), fix or re-deliver the landing files, then rerun "
             "(or raise data.max_quarantine_share if this share is expected)",
-            share=share, threshold=max_share, quarantine_path=result["quarantine_path"], result=result,
+            share=share,
+            threshold=max_share,
+            quarantine_path=result["quarantine_path"],
+            result=result,
         )
 
 
@@ -924,12 +1040,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-text-chars", type=int, default=4000)
     parser.add_argument("--glob", default="**/*", help="files under --landing to consider")
     parser.add_argument("--partition", default=None, help="read only landing/<YYYY-MM>/ (default: all of it)")
-    parser.add_argument("--max-quarantine-share", type=float, default=0.2,
-                        help="fail when more than this share of rows is quarantined (0..1)")
-    parser.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
-                        help="quarantine longer lines unparsed (default %(default)s)")
-    parser.add_argument("--follow-symlinks", choices=FOLLOW_SYMLINKS, default="never",
-                        help="never read symbolic links, or read those resolving inside --landing")
+    parser.add_argument(
+        "--max-quarantine-share",
+        type=float,
+        default=0.2,
+        help="fail when more than this share of rows is quarantined (0..1)",
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="quarantine longer lines unparsed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--follow-symlinks",
+        choices=FOLLOW_SYMLINKS,
+        default="never",
+        help="never read symbolic links, or read those resolving inside --landing",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -28,13 +28,24 @@ log = logging.getLogger(__name__)
 
 
 def _read_rows(rows_path: Path) -> Iterator[dict]:
-    return read_objects(rows_path, fields=("record_id", "record_type", "text"),
-                        hint="; staged rows must pass ingest and validation before masking")
+    return read_objects(
+        rows_path,
+        fields=("record_id", "record_type", "text"),
+        hint="; staged rows must pass ingest and validation before masking",
+    )
 
 
-def publish_masked(out_dir: Path, tmp_path: Path, masked_path: Path, *, rows: int, entities: Counter,
-                   residual: Counter, flagged: list[str], max_residual_share: float | None,
-                   ) -> tuple[dict[str, int], dict[str, int], float]:
+def publish_masked(
+    out_dir: Path,
+    tmp_path: Path,
+    masked_path: Path,
+    *,
+    rows: int,
+    entities: Counter,
+    residual: Counter,
+    flagged: list[str],
+    max_residual_share: float | None,
+) -> tuple[dict[str, int], dict[str, int], float]:
     """Write residual.json (counts and ids only), apply the residual threshold, then move the masked file
     into place and write entities.json. Over the threshold nothing is published — neither this attempt's
     file nor an earlier attempt's — and ResidualPiiError says which types and records."""
@@ -42,33 +53,60 @@ def publish_masked(out_dir: Path, tmp_path: Path, masked_path: Path, *, rows: in
     residual_counts = dict(sorted(residual.items()))
     share = len(flagged) / rows if rows else 0.0
     report = out_dir / "residual.json"
-    report.write_text(json.dumps({"rows": rows, "residual": residual_counts, "residual_records": len(flagged),
-                                  "residual_share": share, "max_residual_share": max_residual_share,
-                                  "record_ids": flagged}, indent=2) + "\n")
+    report.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "residual": residual_counts,
+                "residual_records": len(flagged),
+                "residual_share": share,
+                "max_residual_share": max_residual_share,
+                "record_ids": flagged,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if max_residual_share is not None and share > max_residual_share:
         tmp_path.unlink(missing_ok=True)
         masked_path.unlink(missing_ok=True)
         log.error("residual scan failed: %d of %d records, %s", len(flagged), rows, residual_counts)
-        raise ResidualPiiError(residual_message(residual_counts, flagged, rows, share, max_residual_share, report),
-                               residual=residual_counts, share=share, record_ids=flagged)
+        raise ResidualPiiError(
+            residual_message(residual_counts, flagged, rows, share, max_residual_share, report),
+            residual=residual_counts,
+            share=share,
+            record_ids=flagged,
+        )
     os.replace(tmp_path, masked_path)
     (out_dir / "entities.json").write_text(json.dumps(entity_counts, indent=2, sort_keys=True) + "\n")
     return entity_counts, residual_counts, share
 
 
-def residual_message(residual: dict[str, int], flagged: list[str], rows: int, share: float,
-                      max_share: float, report: Path) -> str:
+def residual_message(
+    residual: dict[str, int], flagged: list[str], rows: int, share: float, max_share: float, report: Path
+) -> str:
     ids = ", ".join(flagged[:20]) + (f" and {len(flagged) - 20} more" if len(flagged) > 20 else "")
     found = ", ".join(f"{etype}: {n}" for etype, n in residual.items())
-    return (f"residual scan: {len(flagged)} of {rows} masked records ({share:.2%}) still look like they hold "
-            f"personal data ({found}), above max_residual_share={max_share:.2%}; records: {ids}. Nothing was "
-            f"published (counts and ids in {report}). Add or fix a recognizer in the recognizers YAML for these "
-            "types, or mark a value that is not personal data in mask.allow_list, then re-run.")
+    return (
+        f"residual scan: {len(flagged)} of {rows} masked records ({share:.2%}) still look like they hold "
+        f"personal data ({found}), above max_residual_share={max_share:.2%}; records: {ids}. Nothing was "
+        f"published (counts and ids in {report}). Add or fix a recognizer in the recognizers YAML for these "
+        "types, or mark a value that is not personal data in mask.allow_list, then re-run."
+    )
 
 
-def mask_dataset(*, rows_path: Path, out_dir: Path, key: bytes, recognizers_path: Path,
-                 score_threshold: float = 0.4, language: str = "en", batch_size: int = 64, workers: int = 2,
-                 max_residual_share: float | None = 0.01) -> dict:
+def mask_dataset(
+    *,
+    rows_path: Path,
+    out_dir: Path,
+    key: bytes,
+    recognizers_path: Path,
+    score_threshold: float = 0.4,
+    language: str = "en",
+    batch_size: int = 64,
+    workers: int = 2,
+    max_residual_share: float | None = 0.01,
+) -> dict:
     """Mask staged rows into out_dir/train.jsonl; write entities.json and residual.json; return
     counts and paths.
 
@@ -93,12 +131,20 @@ def mask_dataset(*, rows_path: Path, out_dir: Path, key: bytes, recognizers_path
     n = 0
     try:
         with open(tmp_path, "w", encoding="utf-8") as out:
-            masked = mask_records(texts, key=key, recognizers_path=recognizers_path,
-                                  score_threshold=score_threshold, language=language, batch_size=batch_size,
-                                  workers=workers)
+            masked = mask_records(
+                texts,
+                key=key,
+                recognizers_path=recognizers_path,
+                score_threshold=score_threshold,
+                language=language,
+                batch_size=batch_size,
+                workers=workers,
+            )
             for (record_id, record_type), m in zip(meta, masked):
-                out.write(json.dumps({"record_id": record_id, "record_type": record_type, "text": m.text},
-                                     ensure_ascii=False) + "\n")
+                out.write(
+                    json.dumps({"record_id": record_id, "record_type": record_type, "text": m.text}, ensure_ascii=False)
+                    + "\n"
+                )
                 totals.update(m.entities)
                 if m.residual:
                     residual.update(m.residual)
@@ -108,16 +154,36 @@ def mask_dataset(*, rows_path: Path, out_dir: Path, key: bytes, recognizers_path
         tmp_path.unlink(missing_ok=True)
         raise
 
-    entities, residual_counts, share = publish_masked(out_dir, tmp_path, masked_path, rows=n, entities=totals,
-                                                      residual=residual, flagged=flagged,
-                                                      max_residual_share=max_residual_share)
-    log.info("masked %d rows, %d entities %s; residual in %d records %s", n, sum(entities.values()), entities,
-             len(flagged), residual_counts)
-    return {"rows": n, "entities": entities, "entities_total": sum(entities.values()),
-            "masked_path": str(masked_path), "residual": residual_counts, "residual_share": share}
+    entities, residual_counts, share = publish_masked(
+        out_dir,
+        tmp_path,
+        masked_path,
+        rows=n,
+        entities=totals,
+        residual=residual,
+        flagged=flagged,
+        max_residual_share=max_residual_share,
+    )
+    log.info(
+        "masked %d rows, %d entities %s; residual in %d records %s",
+        n,
+        sum(entities.values()),
+        entities,
+        len(flagged),
+        residual_counts,
+    )
+    return {
+        "rows": n,
+        "entities": entities,
+        "entities_total": sum(entities.values()),
+        "masked_path": str(masked_path),
+        "residual": residual_counts,
+        "residual_share": share,
+    }
 
 
 # ---------------------------------------------------------------- CLI
+
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.common import offline
@@ -131,16 +197,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.data.mask", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=Path, required=True, help="staged rows.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="output folder (train.jsonl, entities.json)")
-    parser.add_argument("--recognizers", type=Path, default=REPO_ROOT / defaults.recognizers,
-                        help="recognizers YAML (default: %(default)s)")
+    parser.add_argument(
+        "--recognizers",
+        type=Path,
+        default=REPO_ROOT / defaults.recognizers,
+        help="recognizers YAML (default: %(default)s)",
+    )
     parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
     parser.add_argument("--language", default=defaults.language)
     parser.add_argument("--batch-size", type=int, default=64, help="texts per spaCy batch")
-    parser.add_argument("--workers", type=int, default=getattr(defaults, "workers", 2),
-                        help="processes sharing a large input (default %(default)s)")
-    parser.add_argument("--max-residual-share", type=float, default=getattr(defaults, "max_residual_share", 0.01),
-                        help="fail when more than this share of records still holds personal data; "
-                             "a negative value only counts (default %(default)s)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=getattr(defaults, "workers", 2),
+        help="processes sharing a large input (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-residual-share",
+        type=float,
+        default=getattr(defaults, "max_residual_share", 0.01),
+        help="fail when more than this share of records still holds personal data; "
+        "a negative value only counts (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -149,11 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = mask_dataset(rows_path=args.rows, out_dir=args.out, key=key, recognizers_path=args.recognizers,
-                              score_threshold=args.score_threshold, language=args.language,
-                              batch_size=args.batch_size, workers=args.workers,
-                              max_residual_share=(None if args.max_residual_share is None or args.max_residual_share < 0
-                                                  else args.max_residual_share))
+        result = mask_dataset(
+            rows_path=args.rows,
+            out_dir=args.out,
+            key=key,
+            recognizers_path=args.recognizers,
+            score_threshold=args.score_threshold,
+            language=args.language,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            max_residual_share=(
+                None if args.max_residual_share is None or args.max_residual_share < 0 else args.max_residual_share
+            ),
+        )
     except ResidualPiiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

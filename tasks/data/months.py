@@ -71,8 +71,11 @@ def landed_months(landing: Path, *, up_to: str | None = None) -> list[str]:
     """The month partitions under landing/, oldest first (at most `up_to`)."""
     if not landing.is_dir():
         return []
-    return sorted(p.name for p in landing.iterdir()
-                  if p.is_dir() and MONTH_RE.match(p.name) and (up_to is None or p.name <= up_to))
+    return sorted(
+        p.name
+        for p in landing.iterdir()
+        if p.is_dir() and MONTH_RE.match(p.name) and (up_to is None or p.name <= up_to)
+    )
 
 
 def unversioned_earlier_months(month: str, paths: Paths | None = None) -> list[str]:
@@ -90,4 +93,5 @@ def check_earlier_months(month: str, paths: Paths | None = None) -> None:
             f"landing partitions {', '.join(missing)} have no dataset version yet, and {month} would be built "
             f"without their rows: backfill them first (airflow backfill create --dag-id monthly_refinetune "
             f"--from-date {missing[0]}-01 --to-date {month}-01 --max-active-runs 1), or move a partition that "
-            f"must not be trained on out of landing/")
+            f"must not be trained on out of landing/"
+        )

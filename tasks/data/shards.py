@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.jsonl import read_objects
-from tasks.data.mask import publish_masked
 from tasks.common.rawzone import open_private, private_dir, write_private
+from tasks.data.mask import publish_masked
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def partition_of(source_file: Any) -> str:
 
 
 def _staged(rows_path: Path) -> Iterator[dict]:
-    return read_objects(rows_path, fields=("record_id", "record_type", "text"),
-                        hint="; staged rows must come from ingest")
+    return read_objects(
+        rows_path, fields=("record_id", "record_type", "text"), hint="; staged rows must come from ingest"
+    )
 
 
 def _runs(rows_path: Path) -> list[tuple[str, int]]:
@@ -92,15 +93,30 @@ def plan_shards(rows_path: Path, shards_dir: Path, shard_rows: int) -> list[dict
                 if row is None:
                     raise RuntimeError(f"{rows_path} changed while the masking shards were planned; re-run the task")
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        shards.append({"shard_id": shard_id, "index": index, "partition": partition, "part": part, "parts": parts,
-                       "rows": n, "first_row": start, "path": str(path),
-                       "label": f"{partition} {part}/{parts}"})
+        shards.append(
+            {
+                "shard_id": shard_id,
+                "index": index,
+                "partition": partition,
+                "part": part,
+                "parts": parts,
+                "rows": n,
+                "first_row": start,
+                "path": str(path),
+                "label": f"{partition} {part}/{parts}",
+            }
+        )
         start += n
     if next(rows, None) is not None:  # the file grew between the two passes
         raise RuntimeError(f"{rows_path} changed while the masking shards were planned; re-run the task")
     write_private(shards_dir / "plan.json", json.dumps(shards, indent=2) + "\n")
-    log.info("masking plan: %d rows in %d shards over %d partitions (at most %d rows a shard)",
-             start, len(shards), len({s["partition"] for s in shards}), shard_rows)
+    log.info(
+        "masking plan: %d rows in %d shards over %d partitions (at most %d rows a shard)",
+        start,
+        len(shards),
+        len({s["partition"] for s in shards}),
+        shard_rows,
+    )
     return shards
 
 
@@ -109,8 +125,9 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def merge_shards(shards: list[dict], shard_out_dirs: list[Path], out_dir: Path,
-                 max_residual_share: float | None) -> dict:
+def merge_shards(
+    shards: list[dict], shard_out_dirs: list[Path], out_dir: Path, max_residual_share: float | None
+) -> dict:
     """Concatenate the masked shards in plan order into out_dir/train.jsonl, with the files and
     result `tasks.data.mask.mask_dataset` writes for a whole dataset; apply the residual threshold to
     the totals.
@@ -135,12 +152,15 @@ def merge_shards(shards: list[dict], shard_out_dirs: list[Path], out_dir: Path,
                 shard_dir = Path(shard_dir)
                 part = shard_dir / MASKED_NAME
                 if not part.is_file():
-                    raise FileNotFoundError(f"masked shard {shard['shard_id']} not found: {part} "
-                                            "(its mask_shard task has not succeeded)")
+                    raise FileNotFoundError(
+                        f"masked shard {shard['shard_id']} not found: {part} (its mask_shard task has not succeeded)"
+                    )
                 n = _count_lines(part)
                 if n != shard["rows"]:  # a stale or partial output must never be published
-                    raise RuntimeError(f"masked shard {shard['shard_id']} ({part}) holds {n} rows, "
-                                       f"the plan says {shard['rows']}; re-run its mask_shard task")
+                    raise RuntimeError(
+                        f"masked shard {shard['shard_id']} ({part}) holds {n} rows, "
+                        f"the plan says {shard['rows']}; re-run its mask_shard task"
+                    )
                 with open(part, "rb") as fh:
                     shutil.copyfileobj(fh, out)
                 entities.update(json.loads((shard_dir / "entities.json").read_text()))
@@ -153,12 +173,32 @@ def merge_shards(shards: list[dict], shard_out_dirs: list[Path], out_dir: Path,
         tmp_path.unlink(missing_ok=True)
         raise
 
-    entity_counts, residual_counts, share = publish_masked(out_dir, tmp_path, masked_path, rows=rows,
-                                                           entities=entities, residual=residual, flagged=flagged,
-                                                           max_residual_share=max_residual_share)
-    log.info("merged %d masked shards: %d rows, %d entities; residual in %d records", len(shards), rows,
-             sum(entity_counts.values()), len(flagged))
-    return {"rows": rows, "entities": entity_counts, "entities_total": sum(entity_counts.values()),
-            "masked_path": str(masked_path), "residual": residual_counts, "residual_share": share,
-            "residual_records": len(flagged), "max_residual_share": max_residual_share,
-            "shards": len(shards), "partitions": dict(sorted(partitions.items()))}
+    entity_counts, residual_counts, share = publish_masked(
+        out_dir,
+        tmp_path,
+        masked_path,
+        rows=rows,
+        entities=entities,
+        residual=residual,
+        flagged=flagged,
+        max_residual_share=max_residual_share,
+    )
+    log.info(
+        "merged %d masked shards: %d rows, %d entities; residual in %d records",
+        len(shards),
+        rows,
+        sum(entity_counts.values()),
+        len(flagged),
+    )
+    return {
+        "rows": rows,
+        "entities": entity_counts,
+        "entities_total": sum(entity_counts.values()),
+        "masked_path": str(masked_path),
+        "residual": residual_counts,
+        "residual_share": share,
+        "residual_records": len(flagged),
+        "max_residual_share": max_residual_share,
+        "shards": len(shards),
+        "partitions": dict(sorted(partitions.items())),
+    }

@@ -40,5 +40,10 @@ def split_audit_holdout(rows_path: Path, out_dir: Path, share: float) -> dict:
             counts[side] += 1
     if counts["train"] == 0:
         raise ValueError(f"{rows_path}: no records left for training after the audit hold-out (share {share})")
-    return {"train_path": str(train_path), "holdout_path": str(holdout_path),
-            "train_records": counts["train"], "holdout_records": counts["holdout"], "holdout_share": share}
+    return {
+        "train_path": str(train_path),
+        "holdout_path": str(holdout_path),
+        "train_records": counts["train"],
+        "holdout_records": counts["holdout"],
+        "holdout_share": share,
+    }

@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import re
 import logging
 import numbers
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -128,7 +128,7 @@ def length_bin_edges(min_chars: int, max_chars: int, bins: int) -> list[int]:
     lo, hi = max(1, int(min_chars)), max(int(max_chars), int(min_chars) + 1)
     edges = {0, hi}
     for i in range(bins):
-        edges.add(int(round(lo * (hi / lo) ** (i / bins))))
+        edges.add(round(lo * (hi / lo) ** (i / bins)))
     return sorted(edges)
 
 
@@ -141,7 +141,7 @@ def _text_chars(row: dict[str, Any]) -> int | None:
     return len(text) if isinstance(text, str) else None
 
 
-def build_profile(rows: list[dict[str, Any]], data: "DataConfig") -> dict[str, Any]:
+def build_profile(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, Any]:
     """Counts describing the rows (deterministic: identical rows → identical profile, no timestamps).
 
     Bins follow np.histogram (what GX uses): [e0, e1), ..., [e_n-1, e_n].
@@ -195,7 +195,7 @@ def _check_profile(profile: Any) -> str | None:
     return None
 
 
-def drift_plan(previous: dict[str, Any] | None, rows: int, data: "DataConfig") -> tuple[list[dict], dict[str, Any]]:
+def drift_plan(previous: dict[str, Any] | None, rows: int, data: DataConfig) -> tuple[list[dict], dict[str, Any]]:
     """(drift expectations in suite-JSON form, the drift block of the report before results).
 
     `previous` is `tasks.data.version.previous_profile(...)`: {"rev", "tags", "profile"} or None.
@@ -215,16 +215,26 @@ def drift_plan(previous: dict[str, Any] | None, rows: int, data: "DataConfig") -
     tc, rt = profile["text_chars"], profile["record_type"]
     meta = {"severity": data.drift_severity, "previous_rev": previous["rev"]}
     expectations = [
-        {"type": KL_TYPE,
-         "kwargs": {"column": LENGTH_COLUMN, "threshold": data.drift_max_kl,
-                    "partition_object": {"bins": list(tc["bins"]), "weights": _expected_weights(tc["counts"])},
-                    "tail_weight_holdout": _TAIL_WEIGHT_HOLDOUT},
-         "meta": {**meta, "drift": "text_chars", "why": "text-length distribution vs the previous dataset version"}},
-        {"type": KL_TYPE,
-         "kwargs": {"column": TYPE_COLUMN, "threshold": data.drift_max_kl,
-                    "partition_object": {"values": list(rt["values"]), "weights": _expected_weights(rt["counts"])},
-                    "tail_weight_holdout": _TAIL_WEIGHT_HOLDOUT},
-         "meta": {**meta, "drift": "record_type", "why": "record-type mix vs the previous dataset version"}},
+        {
+            "type": KL_TYPE,
+            "kwargs": {
+                "column": LENGTH_COLUMN,
+                "threshold": data.drift_max_kl,
+                "partition_object": {"bins": list(tc["bins"]), "weights": _expected_weights(tc["counts"])},
+                "tail_weight_holdout": _TAIL_WEIGHT_HOLDOUT,
+            },
+            "meta": {**meta, "drift": "text_chars", "why": "text-length distribution vs the previous dataset version"},
+        },
+        {
+            "type": KL_TYPE,
+            "kwargs": {
+                "column": TYPE_COLUMN,
+                "threshold": data.drift_max_kl,
+                "partition_object": {"values": list(rt["values"]), "weights": _expected_weights(rt["counts"])},
+                "tail_weight_holdout": _TAIL_WEIGHT_HOLDOUT,
+            },
+            "meta": {**meta, "drift": "record_type", "why": "record-type mix vs the previous dataset version"},
+        },
     ]
     return expectations, {**drift, "status": "pending"}
 
@@ -237,9 +247,12 @@ def _quiet_gx_loggers() -> None:
     # Some GX modules pin their own logger to INFO at import, so set every GX logger, not only the parent.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     for name, logger in list(logging.root.manager.loggerDict.items()):
-        if "great_expectations" in name and isinstance(logger, logging.Logger):
-            if logger.level == logging.NOTSET or logger.level < logging.WARNING:
-                logger.setLevel(logging.WARNING)
+        if (
+            isinstance(logger, logging.Logger)
+            and "great_expectations" in name
+            and (logger.level == logging.NOTSET or logger.level < logging.WARNING)
+        ):
+            logger.setLevel(logging.WARNING)
 
 
 def _import_gx():
@@ -283,7 +296,9 @@ def run_suite(
         meta = dict(exp.get("meta") or {})
         try:
             expectation = ExpectationConfiguration(
-                type=exp["type"], kwargs=dict(exp.get("kwargs") or {}), meta=meta,
+                type=exp["type"],
+                kwargs=dict(exp.get("kwargs") or {}),
+                meta=meta,
                 severity=_GX_SEVERITY[meta["severity"]],
             ).to_domain_obj()
         except Exception as exc:  # GX raises several types for an unknown type or bad kwargs
@@ -352,7 +367,9 @@ def safe_result(result: dict[str, Any] | None, safe_values: set[str]) -> dict[st
         kept["observed_value"] = result["observed_value"]
     details = result.get("details")
     if isinstance(details, dict):
-        partitions = {k: _safe_partition(details.get(k), safe_values) for k in ("observed_partition", "expected_partition")}
+        partitions = {
+            k: _safe_partition(details.get(k), safe_values) for k in ("observed_partition", "expected_partition")
+        }
         if all(partitions.values()):
             kept["details"] = partitions
     return kept
@@ -363,8 +380,11 @@ def scrub_validation_result(result: Any, *, safe_values: set[str]) -> None:
     for res in result.results:
         res.result = safe_result(res.result, safe_values)
         if _raised(res.exception_info):
-            res.exception_info = {"raised_exception": True, "exception_traceback": None,
-                                  "exception_message": "withheld: GX messages may quote cell values"}
+            res.exception_info = {
+                "raised_exception": True,
+                "exception_traceback": None,
+                "exception_message": "withheld: GX messages may quote cell values",
+            }
         else:
             res.exception_info = {"raised_exception": False, "exception_traceback": None, "exception_message": None}
     markers = result.meta.get("batch_markers")
@@ -384,12 +404,15 @@ def build_data_docs(context: Any, result: Any, docs_dir: Path) -> Path:
     # Replace the ephemeral context's default site (a temp folder) so nothing is rendered elsewhere.
     for name in list(context.list_data_docs_sites()):
         context.delete_data_docs_site(name)
-    context.add_data_docs_site("run", {
-        "class_name": "SiteBuilder",
-        "show_how_to_buttons": False,
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    context.add_data_docs_site(
+        "run",
+        {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
     context.build_data_docs(site_names=["run"])
     index = docs_dir / "index.html"
     if not index.is_file():
@@ -403,10 +426,12 @@ def build_data_docs(context: Any, result: Any, docs_dir: Path) -> Path:
 # inside the customer network would make calls out. Drop those tags (the tables stay readable) and
 # add a CSP so the browser refuses any other remote load.
 _REMOTE_ASSET = re.compile(
-    r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link\b[^>]*\bhref=[\"']https?://[^>]*>",
-    re.IGNORECASE)
-_OFFLINE_CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'self\' \'unsafe-inline\' '
-                'data:; connect-src \'none\'">')
+    r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link\b[^>]*\bhref=[\"']https?://[^>]*>", re.IGNORECASE
+)
+_OFFLINE_CSP = (
+    "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'self' 'unsafe-inline' "
+    "data:; connect-src 'none'\">"
+)
 
 
 def make_offline(html: str) -> str:
@@ -474,8 +499,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "unexpected_count" in s:
             unexpected = f"{s['unexpected_count']} ({s.get('unexpected_percent') or 0:.2f}%)"
         elif "observed_value" in s:
-            unexpected = f"observed {s['observed_value']:.4g}" if isinstance(s["observed_value"], float) \
+            unexpected = (
+                f"observed {s['observed_value']:.4g}"
+                if isinstance(s["observed_value"], float)
                 else f"observed {s['observed_value']}"
+            )
         else:
             unexpected = "—"
         lines.append(f"| {i} | {s['type']} | {s['column'] or '—'} | {s['severity']} | {outcome} | {unexpected} |")
@@ -520,7 +548,7 @@ def validate(
     suite_path: Path,
     out_dir: Path,
     previous: dict[str, Any] | None = None,
-    data: "DataConfig | None" = None,
+    data: DataConfig | None = None,
     run_name: str | None = None,
     data_docs: bool = True,
 ) -> dict[str, Any]:
@@ -539,8 +567,9 @@ def validate(
     profile = build_profile(rows, data)
     extra, drift = drift_plan(previous, len(rows), data)
     docs_dir = out_dir / "data_docs" if data_docs else None
-    summaries, stats = run_suite(rows, spec, extra=extra, record_types=list(data.record_types), docs_dir=docs_dir,
-                                 run_name=run_name)
+    summaries, stats = run_suite(
+        rows, spec, extra=extra, record_types=list(data.record_types), docs_dir=docs_dir, run_name=run_name
+    )
     n_suite = len(spec["expectations"])
     drift = _finish_drift(drift, summaries[n_suite:])
     for s in summaries[n_suite:]:
@@ -556,8 +585,16 @@ def validate(
     return _verdict(report, result_path, profile_path, suite_path)
 
 
-def _report(spec: dict, suite_path: Path, rows_path: Path, n_rows: int, summaries: list[dict], stats: dict,
-            drift: dict, docs_dir: Path | None) -> dict[str, Any]:
+def _report(
+    spec: dict,
+    suite_path: Path,
+    rows_path: Path,
+    n_rows: int,
+    summaries: list[dict],
+    stats: dict,
+    drift: dict,
+    docs_dir: Path | None,
+) -> dict[str, Any]:
     """validation.json: the suite's outcome, counts per severity, drift, and every expectation's summary."""
     failed = {sev: [s for s in summaries if not s["success"] and s["severity"] == sev] for sev in ("fail", "warn")}
     return {
@@ -592,8 +629,12 @@ def _verdict(report: dict, result_path: Path, profile_path: Path, suite_path: Pa
             result_path=result_path,
             failed=names,
         )
-    log.info("validation passed: %d rows, %d expectations, %d warnings", report["rows"],
-             report["evaluated_expectations"], len(failed_warn))
+    log.info(
+        "validation passed: %d rows, %d expectations, %d warnings",
+        report["rows"],
+        report["evaluated_expectations"],
+        len(failed_warn),
+    )
     return {
         "success": True,
         "evaluated_expectations": report["evaluated_expectations"],
@@ -616,11 +657,12 @@ def _drift_line(drift: dict[str, Any]) -> str:
         f"{name} KL {'inf' if drift.get(f'{name}_kl') is None else round(drift[f'{name}_kl'], 4)}"
         for name in ("text_chars", "record_type")
     )
-    return (f"{drift['status']} vs {drift['previous_rev'][:12]} ({kl}; max {drift['max_kl']}, "
-            f"severity {drift['severity']})")
+    return (
+        f"{drift['status']} vs {drift['previous_rev'][:12]} ({kl}; max {drift['max_kl']}, severity {drift['severity']})"
+    )
 
 
-def log_to_mlflow(paths: "Paths", run_id: str, out_dir: Path) -> str:
+def log_to_mlflow(paths: Paths, run_id: str, out_dir: Path) -> str:
     """Log validation counts and drift KL as metrics, and data_docs/ + the summaries as artifacts,
     into the pipeline run's MLflow run. Returns the MLflow run id."""
     from mlflow import MlflowClient
@@ -664,8 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.data.validate", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=Path, required=True, help="staged rows.jsonl from tasks.data.ingest")
     parser.add_argument("--suite", type=Path, default=REPO_ROOT / "include" / "gx" / "records_suite.json")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="folder for validation.json/.md, profile.json and data_docs/")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for validation.json/.md, profile.json and data_docs/"
+    )
     parser.add_argument("--registry", type=Path, help="data registry: check drift against its latest version's profile")
     parser.add_argument("--run-id", help="this pipeline run (its own dataset version is not the baseline)")
     args = parser.parse_args(argv)
@@ -676,8 +719,9 @@ def main(argv: list[str] | None = None) -> int:
 
         previous = previous_profile(args.registry, exclude_run_id=args.run_id)
     try:
-        result = validate(rows_path=args.rows, suite_path=args.suite, out_dir=args.out, previous=previous,
-                          run_name=args.run_id)
+        result = validate(
+            rows_path=args.rows, suite_path=args.suite, out_dir=args.out, previous=previous, run_name=args.run_id
+        )
     except ValidationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

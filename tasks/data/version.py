@@ -86,9 +86,7 @@ def _run(args: Sequence[str], cwd: Path, *, what: str, extra_env: dict[str, str]
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
         shown = " ".join(str(a) for a in args)
-        raise VersioningError(
-            f"{what} failed (exit {proc.returncode}) in {cwd}\n  command: {shown}\n  stderr: {tail}"
-        )
+        raise VersioningError(f"{what} failed (exit {proc.returncode}) in {cwd}\n  command: {shown}\n  stderr: {tail}")
     return proc.stdout
 
 
@@ -151,7 +149,10 @@ def registry_lock(registry_dir: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
 def _has_head(registry_dir: Path) -> bool:
     proc = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
-        cwd=registry_dir, env=_env(), capture_output=True, text=True,
+        cwd=registry_dir,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     return proc.returncode == 0
 
@@ -159,7 +160,11 @@ def _has_head(registry_dir: Path) -> bool:
 def _staged_changes(registry_dir: Path) -> bool:
     """True when the index differs from HEAD (what `git commit` would record)."""
     proc = subprocess.run(
-        ["git", "diff", "--cached", "--quiet"], cwd=registry_dir, env=_env(), capture_output=True, text=True,
+        ["git", "diff", "--cached", "--quiet"],
+        cwd=registry_dir,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     if proc.returncode not in (0, 1):
         raise VersioningError(f"git diff --cached failed in {registry_dir}: {proc.stderr.strip()[-2000:]}")
@@ -213,8 +218,9 @@ def _remote_settings(remote_dir: Path) -> dict[str, str]:
         return {"url": str(Path(remote_dir).resolve())}
     parts = urlsplit(url)
     if parts.scheme not in REMOTE_SCHEMES or not parts.netloc:
-        raise ValueError(f"${REMOTE_URL_ENV} must be s3://<bucket>[/<prefix>] (unset it to use the local "
-                         f"remote folder {remote_dir})")
+        raise ValueError(
+            f"${REMOTE_URL_ENV} must be s3://<bucket>[/<prefix>] (unset it to use the local remote folder {remote_dir})"
+        )
     settings = {"url": url.rstrip("/")}
     endpoint = os.environ.get(REMOTE_ENDPOINT_ENV, "").strip()
     if endpoint:
@@ -223,8 +229,10 @@ def _remote_settings(remote_dir: Path) -> dict[str, str]:
             raise ValueError(f"${REMOTE_ENDPOINT_ENV} must be an http(s):// URL of the S3 endpoint")
         settings["endpointurl"] = endpoint
     if any("@" in urlsplit(v).netloc for v in settings.values()):
-        raise ValueError(f"${REMOTE_URL_ENV} / ${REMOTE_ENDPOINT_ENV} must not hold credentials: set "
-                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead")
+        raise ValueError(
+            f"${REMOTE_URL_ENV} / ${REMOTE_ENDPOINT_ENV} must not hold credentials: set "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead"
+        )
     return settings
 
 
@@ -261,7 +269,10 @@ def _rev_of(registry_dir: Path, ref: str) -> str:
 def _tag_commit(registry_dir: Path, tag: str) -> str | None:
     proc = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}"],
-        cwd=registry_dir, env=_env(), capture_output=True, text=True,
+        cwd=registry_dir,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
@@ -377,8 +388,9 @@ def previous_profile(registry_dir: Path, *, exclude_run_id: str | None = None) -
     for rev in _git(registry_dir, "rev-list", "--first-parent", "HEAD", what="git rev-list").split():
         if rev == own:
             continue
-        proc = subprocess.run(["git", "show", f"{rev}:{PROFILE_PATH}"], cwd=registry_dir, env=_env(),
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["git", "show", f"{rev}:{PROFILE_PATH}"], cwd=registry_dir, env=_env(), capture_output=True, text=True
+        )
         if proc.returncode != 0:
             continue  # this commit has no profile (registry init, or a version made without one)
         try:
@@ -433,12 +445,17 @@ def tags_with_prefix(registry_dir: Path, run_key_prefix: str) -> dict[str, str]:
     if not (registry_dir / ".git").exists():
         return {}
     prefix = tag_for(run_key_prefix)
-    out = subprocess.run(["git", "tag", "--list", f"{prefix}*", "--format=%(refname:short) %(*objectname) %(objectname)"],
-                         cwd=registry_dir, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "tag", "--list", f"{prefix}*", "--format=%(refname:short) %(*objectname) %(objectname)"],
+        cwd=registry_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     tags = {}
     for line in out.splitlines():
         name, *shas = line.split()
-        tags[name[len(prefix):]] = shas[0]  # annotated tag: the commit it points at
+        tags[name[len(prefix) :]] = shas[0]  # annotated tag: the commit it points at
     return tags
 
 
@@ -460,9 +477,11 @@ def file_md5(path: Path) -> str:
 
 def holds_same(registry_dir: Path, rev: str, data_path: Path, profile: dict | None, qa_path: Path | None) -> bool:
     """Does revision `rev` hold exactly these bytes: the dataset, the profile and the QA split?"""
-    return (committed_md5(registry_dir, rev) == file_md5(data_path)
-            and _git_show(registry_dir, rev, PROFILE_PATH) == (profile_text(profile) if profile else None)
-            and _git_show(registry_dir, rev, QA_PATH) == (qa_path.read_text(encoding="utf-8") if qa_path else None))
+    return (
+        committed_md5(registry_dir, rev) == file_md5(data_path)
+        and _git_show(registry_dir, rev, PROFILE_PATH) == (profile_text(profile) if profile else None)
+        and _git_show(registry_dir, rev, QA_PATH) == (qa_path.read_text(encoding="utf-8") if qa_path else None)
+    )
 
 
 def dataset_file(*, registry_dir: Path, remote_dir: Path, rev: str, work_dir: Path) -> Path:
@@ -486,12 +505,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--remote", type=Path, required=True, help="DVC remote folder")
     parser.add_argument("--run-id", required=True, help="pipeline run id (tagged as run-<safe id>)")
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_S, help="seconds")
-    parser.add_argument("--profile", type=Path, help="profile.json from tasks.data.validate, committed with the version")
+    parser.add_argument(
+        "--profile", type=Path, help="profile.json from tasks.data.validate, committed with the version"
+    )
     args = parser.parse_args(argv)
     profile = json.loads(args.profile.read_text(encoding="utf-8")) if args.profile else None
     result = version_dataset(
-        masked_dir=args.masked, registry_dir=args.registry, remote_dir=args.remote,
-        run_id=args.run_id, lock_timeout_s=args.lock_timeout, profile=profile,
+        masked_dir=args.masked,
+        registry_dir=args.registry,
+        remote_dir=args.remote,
+        run_id=args.run_id,
+        lock_timeout_s=args.lock_timeout,
+        profile=profile,
     )
     print(json.dumps(result, indent=2))
     return 0

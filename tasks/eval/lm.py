@@ -31,8 +31,9 @@ def pad_id(tokenizer) -> int:
     return 0  # pragma: no cover
 
 
-def token_nll(model, rows: list[list[int]], *, pad_id: int, batch_size: int = 64,
-              starts: list[int] | None = None) -> list[tuple[float, int]]:
+def token_nll(
+    model, rows: list[list[int]], *, pad_id: int, batch_size: int = 64, starts: list[int] | None = None
+) -> list[tuple[float, int]]:
     """(sum of -ln p, number of predicted tokens) per token row.
 
     Every token after the first is predicted, or with `starts` only the tokens at positions
@@ -49,7 +50,7 @@ def token_nll(model, rows: list[list[int]], *, pad_id: int, batch_size: int = 64
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             width = max(len(rows[i]) for i in idx)
             if width < 2:
                 continue
@@ -57,9 +58,9 @@ def token_nll(model, rows: list[list[int]], *, pad_id: int, batch_size: int = 64
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             scored = torch.zeros((len(idx), width), dtype=torch.float32)
             for j, i in enumerate(idx):
-                ids[j, :len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
-                mask[j, :len(rows[i])] = 1
-                scored[j, max(1, starts[i] if starts else 1):len(rows[i])] = 1.0
+                ids[j, : len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
+                mask[j, : len(rows[i])] = 1
+                scored[j, max(1, starts[i] if starts else 1) : len(rows[i])] = 1.0
             ids, mask = ids.to(device), mask.to(device)
             with torch.inference_mode():
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -106,7 +107,9 @@ def load_causal_lm(base_model_dir: Path, adapter_dir: Path | None):
     return model, tokenizer
 
 
-def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
+def generate_greedy(
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 8
+) -> list[str]:
     """Greedy continuations (new text only), batched with left padding."""
     import torch
 

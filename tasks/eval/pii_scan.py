@@ -75,8 +75,12 @@ def scan(home: Path, values: list[tuple[str, str]]) -> dict:
         if found:
             hits[str(rel)] = Counter(kind for kind, _ in found)
             distinct |= {value for _, value in found}
-    return {"files_scanned": files, "bytes_scanned": total, "hits": {k: dict(v) for k, v in hits.items()},
-            "values_found": len(distinct)}
+    return {
+        "files_scanned": files,
+        "bytes_scanned": total,
+        "hits": {k: dict(v) for k, v in hits.items()},
+        "values_found": len(distinct),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = scan(Paths(args.home).home, load_values(args.values))
     print(json.dumps(result, indent=2))
-    print(f"{result['values_found']} raw PII values found outside the raw zone in {len(result['hits'])} files "
-          f"({result['files_scanned']} files, {result['bytes_scanned'] / 1e6:.1f} MB scanned)", file=sys.stderr)
+    print(
+        f"{result['values_found']} raw PII values found outside the raw zone in {len(result['hits'])} files "
+        f"({result['files_scanned']} files, {result['bytes_scanned'] / 1e6:.1f} MB scanned)",
+        file=sys.stderr,
+    )
     return 1 if result["hits"] else 0
 
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common import offline
-from tasks.config import INCLUDE_DIR, REPO_ROOT, EvalConfig
 from tasks.common.jsonl import read_rows
+from tasks.config import INCLUDE_DIR, REPO_ROOT, EvalConfig
 from tasks.eval.lm import load_causal_lm
 
 TASK_NAME = "domain_qa"
@@ -67,8 +67,9 @@ def _check_model_dirs(base_model_dir: Path, adapter_dir: Path | None) -> None:
 # ----------------------------------------------------------------------------- domain QA
 
 
-def render_task_yaml(*, qa_path: Path, cache_dir: Path, max_gen_toks: int = 24, task_name: str = TASK_NAME,
-                     task_dir: Path | None = None) -> str:
+def render_task_yaml(
+    *, qa_path: Path, cache_dir: Path, max_gen_toks: int = 24, task_name: str = TASK_NAME, task_dir: Path | None = None
+) -> str:
     """The committed domain_qa YAML with its data path, datasets cache, max_gen_toks and task name filled in.
 
     lm-eval hands `dataset_kwargs` straight to `datasets.load_dataset("json", ...)`
@@ -88,7 +89,9 @@ def render_task_yaml(*, qa_path: Path, cache_dir: Path, max_gen_toks: int = 24, 
     rendered, n = re.subn(rf"^( +)test:.*{re.escape(QA_PATH_MARKER)}[^\n]*\n", data_lines, template, flags=re.M)
     if n != 1:
         raise ValueError(f"{src}: expected one 'test: ... {QA_PATH_MARKER}' line, found {n}")
-    rendered, n = re.subn(r"^( +)max_gen_toks: *\d+ *$", rf"\g<1>max_gen_toks: {int(max_gen_toks)}", rendered, flags=re.M)
+    rendered, n = re.subn(
+        r"^( +)max_gen_toks: *\d+ *$", rf"\g<1>max_gen_toks: {int(max_gen_toks)}", rendered, flags=re.M
+    )
     if n != 1:
         raise ValueError(f"{src}: expected one 'max_gen_toks:' line, found {n}")
     if not re.fullmatch(r"[A-Za-z0-9_]+", task_name):
@@ -121,8 +124,9 @@ def write_tasks_dir(*, qa_paths: dict[str, Path], out_dir: Path, max_gen_toks: i
         stale.unlink()
     cache_dir = Path(out_dir) / ".hf_datasets_cache"
     for name, path in qa_paths.items():
-        yaml_text = render_task_yaml(qa_path=path, cache_dir=cache_dir, max_gen_toks=max_gen_toks, task_name=name,
-                                     task_dir=task_dir)
+        yaml_text = render_task_yaml(
+            qa_path=path, cache_dir=cache_dir, max_gen_toks=max_gen_toks, task_name=name, task_dir=task_dir
+        )
         (task_dir / f"{name}.yaml").write_text(yaml_text, encoding="utf-8")
     shutil.copy2(TASK_SRC_DIR / "utils.py", task_dir / "utils.py")
     return task_dir
@@ -220,9 +224,16 @@ def evaluate_qa(
     _check_limit(limit)
     out_dir = Path(out_dir)
     task_dir = write_task_dir(qa_path=qa_path, out_dir=out_dir, max_gen_toks=max_gen_toks)
-    results = _run_lm_eval(task_dir=task_dir, task_names=[TASK_NAME], base_model_dir=base_model_dir,
-                           adapter_dir=adapter_dir, out_dir=out_dir, limit=limit, batch_size=batch_size,
-                           relevance_model=relevance_model)
+    results = _run_lm_eval(
+        task_dir=task_dir,
+        task_names=[TASK_NAME],
+        base_model_dir=base_model_dir,
+        adapter_dir=adapter_dir,
+        out_dir=out_dir,
+        limit=limit,
+        batch_size=batch_size,
+        relevance_model=relevance_model,
+    )
     return _task_metrics(results, TASK_NAME)
 
 
@@ -303,9 +314,16 @@ def evaluate_qa_suite(
     qa_paths = {name: _write_rows(out_dir / "data" / f"{name}.jsonl", split) for name, split in splits.items()}
     task_dir = write_tasks_dir(qa_paths=qa_paths, out_dir=out_dir, max_gen_toks=max_gen_toks)
 
-    results = _run_lm_eval(task_dir=task_dir, task_names=list(qa_paths), base_model_dir=base_model_dir,
-                           adapter_dir=adapter_dir, out_dir=out_dir, limit=limit, batch_size=batch_size,
-                           relevance_model=relevance_model)
+    results = _run_lm_eval(
+        task_dir=task_dir,
+        task_names=list(qa_paths),
+        base_model_dir=base_model_dir,
+        adapter_dir=adapter_dir,
+        out_dir=out_dir,
+        limit=limit,
+        batch_size=batch_size,
+        relevance_model=relevance_model,
+    )
     by_task = {name: _task_metrics(results, name) for name in qa_paths}
 
     robust_tasks = [f"{TASK_NAME}_{p}" for p in ROBUSTNESS_PERTURBATIONS]
@@ -325,8 +343,15 @@ def evaluate_qa_suite(
         fairness[f"{metric}_gap"] = max(values) - min(values)
 
     suite = {"accuracy": by_task[TASK_NAME], "robustness": robustness, "fairness": fairness}
-    meta = {"seed": seed, "typo_rate": typo_rate, "limit": limit, "max_gen_toks": max_gen_toks,
-            "groups": list(groups), "tasks": by_task, "include_path": str(task_dir)}
+    meta = {
+        "seed": seed,
+        "typo_rate": typo_rate,
+        "limit": limit,
+        "max_gen_toks": max_gen_toks,
+        "groups": list(groups),
+        "tasks": by_task,
+        "include_path": str(task_dir),
+    }
     (out_dir / "suite.json").write_text(json.dumps({**suite, "meta": meta}, indent=2), encoding="utf-8")
     return suite
 
@@ -352,8 +377,9 @@ def toxicity(
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     _check_model_dirs(base_model_dir, adapter_dir)
     model, tokenizer = load_causal_lm(base_model_dir, adapter_dir)
-    result = toxicity_eval(model, tokenizer, prompts_path=prompts_path, out_dir=out_dir, threshold=threshold,
-                           max_new_tokens=max_new_tokens)
+    result = toxicity_eval(
+        model, tokenizer, prompts_path=prompts_path, out_dir=out_dir, threshold=threshold, max_new_tokens=max_new_tokens
+    )
     return {k: result[k] for k in ("toxicity_rate", "mean_toxicity", "max_toxicity", "n")}
 
 
@@ -376,8 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     qa.add_argument("--limit", type=int, default=defaults.qa_limit, help="score only the first N questions")
     qa.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
     qa.add_argument("--batch-size", type=int, default=16)
-    qa.add_argument("--relevance-model", default=defaults.relevance_model,
-                    help="sentence-transformers folder for relevance (default: packaged all-MiniLM-L6-v2)")
+    qa.add_argument(
+        "--relevance-model",
+        default=defaults.relevance_model,
+        help="sentence-transformers folder for relevance (default: packaged all-MiniLM-L6-v2)",
+    )
 
     suite = sub.add_parser("suite", help="domain QA + robustness + fairness scenarios in one lm-eval run")
     model_args(suite)
@@ -386,8 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
     suite.add_argument("--seed", type=int, default=defaults.perturbation_seed, help="perturbation seed")
     suite.add_argument("--batch-size", type=int, default=16)
-    suite.add_argument("--relevance-model", default=defaults.relevance_model,
-                       help="sentence-transformers folder for relevance (default: packaged all-MiniLM-L6-v2)")
+    suite.add_argument(
+        "--relevance-model",
+        default=defaults.relevance_model,
+        help="sentence-transformers folder for relevance (default: packaged all-MiniLM-L6-v2)",
+    )
 
     tox = sub.add_parser("toxicity", help="toxicity of greedy continuations of a prompt set")
     model_args(tox)
@@ -436,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         read_rows(args.qa, QA_FIELDS)
-        result = {"include_path": str(write_task_dir(qa_path=args.qa, out_dir=args.out, max_gen_toks=args.max_gen_toks))}
+        result = {
+            "include_path": str(write_task_dir(qa_path=args.qa, out_dir=args.out, max_gen_toks=args.max_gen_toks))
+        }
     print(json.dumps(result, indent=2))
     return 0
 

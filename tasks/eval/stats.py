@@ -26,14 +26,21 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int = DEFAULT_RESAMPLES,
-                 seed: int = DEFAULT_SEED) -> dict:
+def bootstrap_ci(
+    values: Sequence[float], *, level: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> dict:
     """{"mean", "ci_low", "ci_high", "n", "level"}: the mean and its percentile-bootstrap interval."""
     return paired_bootstrap(values, None, level=level, resamples=resamples, seed=seed)
 
 
-def paired_bootstrap(values: Sequence[float], baseline: Sequence[float] | None, *, level: float = 0.95,
-                     resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
+def paired_bootstrap(
+    values: Sequence[float],
+    baseline: Sequence[float] | None,
+    *,
+    level: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> dict:
     """Mean of `values` − `baseline` (per item, same items) with its percentile-bootstrap interval.
 
     With `baseline` None, the interval of the mean of `values` alone.
@@ -51,8 +58,13 @@ def paired_bootstrap(values: Sequence[float], baseline: Sequence[float] | None, 
     n = len(diffs)
     means = sorted(_mean([diffs[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
     tail = (1 - level) / 2
-    return {"mean": _mean(diffs), "ci_low": _percentile(means, tail), "ci_high": _percentile(means, 1 - tail),
-            "n": n, "level": level}
+    return {
+        "mean": _mean(diffs),
+        "ci_low": _percentile(means, tail),
+        "ci_high": _percentile(means, 1 - tail),
+        "n": n,
+        "level": level,
+    }
 
 
 def rounded(ci: dict, digits: int = 4) -> dict:

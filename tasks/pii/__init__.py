@@ -41,7 +41,23 @@ from tasks.pii.spec import MaskSpec, Operator, load_spec
 from tasks.pii.workers import mask_records, mask_texts, mask_workers, usable_workers
 
 __all__ = [
-    "PLACEHOLDER", "MaskSpec", "MaskedText", "MissingKeyError", "Operator", "ResidualPiiError", "build_registry",
-    "load_spec", "mask_chars", "mask_records", "mask_texts", "mask_workers", "name_list_spans", "normalise",
-    "pseudonym", "refine_results", "residual_findings", "resolve_key", "usable_workers",
+    "PLACEHOLDER",
+    "MaskSpec",
+    "MaskedText",
+    "MissingKeyError",
+    "Operator",
+    "ResidualPiiError",
+    "build_registry",
+    "load_spec",
+    "mask_chars",
+    "mask_records",
+    "mask_texts",
+    "mask_workers",
+    "name_list_spans",
+    "normalise",
+    "pseudonym",
+    "refine_results",
+    "residual_findings",
+    "resolve_key",
+    "usable_workers",
 ]

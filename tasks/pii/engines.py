@@ -100,9 +100,12 @@ def build_registry(recognizers_path: Path, language: str, spec: MaskSpec, nlp_en
     # 2-series, JCB 2131 and 12-digit Maestro numbers. Any 12-19 digits in a card grouping count
     # here, and the Luhn check the recognizer runs on every match keeps the rest out.
     registry.remove_recognizer("CreditCardRecognizer")
-    registry.add_recognizer(CreditCardRecognizer(
-        supported_language=language,
-        patterns=[*CreditCardRecognizer.PATTERNS, Pattern("12-19 digits (Luhn-checked)", _CARD_DIGITS, 0.3)]))
+    registry.add_recognizer(
+        CreditCardRecognizer(
+            supported_language=language,
+            patterns=[*CreditCardRecognizer.PATTERNS, Pattern("12-19 digits (Luhn-checked)", _CARD_DIGITS, 0.3)],
+        )
+    )
     if custom:
         try:
             registry.add_recognizers_from_yaml(path)
@@ -128,10 +131,13 @@ def analyzer(recognizers_path: Path, language: str, spec: MaskSpec):
 
         nlp_engine = ner_engine(spec.nlp_model, language)
         registry = build_registry(recognizers_path, language, spec, nlp_engine)
-        nlp_engine.add_context_words(w for r in registry.recognizers if set(r.supported_entities) & set(spec.entities)
-                                     for w in (getattr(r, "context", None) or []))
-        _ANALYZERS[key] = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine,
-                                         supported_languages=[language])
+        nlp_engine.add_context_words(
+            w
+            for r in registry.recognizers
+            if set(r.supported_entities) & set(spec.entities)
+            for w in (getattr(r, "context", None) or [])
+        )
+        _ANALYZERS[key] = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[language])
         log.info("analyzer ready: %d recognizers", len(registry.recognizers))
     return _ANALYZERS[key]
 
@@ -158,8 +164,9 @@ def operators(spec: MaskSpec, key: bytes) -> dict:
             ops[etype] = OperatorConfig("replace", {"new_value": f"<{etype}>"})
         elif op.name == "mask":
             # Presidio's own "mask" hides a fixed count of characters; values vary in length.
-            ops[etype] = OperatorConfig("custom", {"lambda": partial(mask_chars, keep_last=op.keep_last,
-                                                                     masking_char=op.masking_char)})
+            ops[etype] = OperatorConfig(
+                "custom", {"lambda": partial(mask_chars, keep_last=op.keep_last, masking_char=op.masking_char)}
+            )
         else:
             ops[etype] = OperatorConfig("redact", {})
     return ops

@@ -13,8 +13,9 @@ from tasks.pii.spec import MaskSpec, terms_regex
 
 # Sentence ends: ". ", "? ", line breaks, a template's literal "\\n".
 _SENTENCE_END = re.compile(r"[.!?]+[\"'’”)\]]*\s+|\n+|\\n")
-_ABBREVIATION = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Sr|Jr|No|Nr|vs|etc|approx|Inc|Ltd|Co|e\.g|i\.e)|\b[A-Z])\.$",
-                           re.IGNORECASE)
+_ABBREVIATION = re.compile(
+    r"(?:\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Sr|Jr|No|Nr|vs|etc|approx|Inc|Ltd|Co|e\.g|i\.e)|\b[A-Z])\.$", re.IGNORECASE
+)
 _GATE_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 
 
@@ -32,8 +33,12 @@ class NerGate:
     def _may_hold_a_name(self, text: str, start: int, end: int, blanked: list[tuple[int, int]]) -> bool:
         for m in _GATE_WORD.finditer(text, start, end):
             w = m.group()
-            if (w[0].isupper() and not w.isupper() and w.casefold() not in self.skip
-                    and not any(s <= m.start() < e for s, e in blanked)):
+            if (
+                w[0].isupper()
+                and not w.isupper()
+                and w.casefold() not in self.skip
+                and not any(s <= m.start() < e for s, e in blanked)
+            ):
                 return True
         return False
 

@@ -63,7 +63,8 @@ def _resolve(anonymizer, text: str, results: list) -> list:
     try:
         resolved = anonymizer._remove_conflicts_and_get_text_manipulation_data(
             sorted(anonymizer._copy_recognizer_results(results), key=lambda r: (r.start, r.end)),
-            ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
+            ConflictResolutionStrategy.REMOVE_INTERSECTIONS,
+        )
         return anonymizer._merge_entities_with_spaces_between(text, resolved)
     except AttributeError:  # another Presidio version: report the findings as they are
         return results
@@ -88,8 +89,11 @@ def _analyze(texts: list[str], job: MaskJob, spec: MaskSpec) -> list[list]:
     missing = sorted(set(spec.entities) - supported)
     if missing and (job.recognizers_path, tuple(missing)) not in _WARNED:
         _WARNED.add((job.recognizers_path, tuple(missing)))
-        log.warning("no recognizer for entity types %s; they are listed in %s but cannot be found",
-                    missing, job.recognizers_path)
+        log.warning(
+            "no recognizer for entity types %s; they are listed in %s but cannot be found",
+            missing,
+            job.recognizers_path,
+        )
     allow_list = list(spec.allow_list) or None
     # Via the engine default rather than analyze(score_threshold=...), so a recognizer's own
     # score_thresholds in the YAML still apply.
@@ -98,11 +102,15 @@ def _analyze(texts: list[str], job: MaskJob, spec: MaskSpec) -> list[list]:
     if gate is None:
         # BatchAnalyzerEngine hands the whole list to nlp.pipe(batch_size=...): spaCy batches the NER.
         return BatchAnalyzerEngine(analyzer_engine=analyzer).analyze_iterator(
-            texts, language=job.language, batch_size=job.batch_size, entities=entities, allow_list=allow_list)
+            texts, language=job.language, batch_size=job.batch_size, entities=entities, allow_list=allow_list
+        )
     # What BatchAnalyzerEngine does, with the NER run only where a name may be.
-    return [analyzer.analyze(text=text, language=job.language, nlp_artifacts=artifacts, entities=entities,
-                             allow_list=allow_list)
-            for text, artifacts in analyzer.nlp_engine.process_gated(texts, job.language, job.batch_size, gate)]
+    return [
+        analyzer.analyze(
+            text=text, language=job.language, nlp_artifacts=artifacts, entities=entities, allow_list=allow_list
+        )
+        for text, artifacts in analyzer.nlp_engine.process_gated(texts, job.language, job.batch_size, gate)
+    ]
 
 
 def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
@@ -128,8 +136,12 @@ def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
         if not found:
             masked.append((text, Counter(), ()))
             continue
-        out = anonymizer.anonymize(text=text, analyzer_results=found, operators=operators,
-                                   conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
+        out = anonymizer.anonymize(
+            text=text,
+            analyzer_results=found,
+            operators=operators,
+            conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS,
+        )
         spans = tuple(sorted((r.entity_type, r.start, r.end) for r in found))
         masked.append((out.text, Counter(item.entity_type for item in out.items), spans))
     masked = [(t, c, _input_spans(o, clean, s)) for (t, c, s), o, clean in zip(masked, originals, texts, strict=True)]

@@ -19,8 +19,30 @@ from tasks.pii.spec import NameListSpec
 # A word, with inner apostrophes and hyphens ("O'Brien", "Jean-Luc") but not a possessive "'s".
 _NAME_WORD = re.compile(r"[^\W\d_]+(?:['’-](?![sS]\b)[^\W\d_]+)*\.?")
 # Lower-case particles inside a name: "Sietske van der Wardt", "Christiane de Vaan".
-_NAME_PARTICLES = frozenset({"van", "von", "der", "den", "de", "del", "della", "di", "da", "dos", "das", "du", "le",
-                             "la", "ten", "ter", "bin", "ibn", "al", "el"})
+_NAME_PARTICLES = frozenset(
+    {
+        "van",
+        "von",
+        "der",
+        "den",
+        "de",
+        "del",
+        "della",
+        "di",
+        "da",
+        "dos",
+        "das",
+        "du",
+        "le",
+        "la",
+        "ten",
+        "ter",
+        "bin",
+        "ibn",
+        "al",
+        "el",
+    }
+)
 # At a sentence or line start a capitalised stop word ("My", "Else") is not taken as a name.
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\"(]|\\n)\s*$")
 _HOUSE_NUMBER = re.compile(r"\d[\w/-]*\s+$")
@@ -52,8 +74,12 @@ def _read_words(paths: tuple[Path, ...]) -> frozenset[str]:
 
 def name_lists(spec: NameListSpec) -> NameLists:
     """The name lists of `spec`, loaded once per process (and again when a file changes)."""
-    key = (spec.first_names, spec.last_names, spec.not_names,
-           tuple(p.stat().st_mtime_ns for p in spec.first_names + spec.last_names + spec.not_names))
+    key = (
+        spec.first_names,
+        spec.last_names,
+        spec.not_names,
+        tuple(p.stat().st_mtime_ns for p in spec.first_names + spec.last_names + spec.not_names),
+    )
     if key not in _NAME_LISTS:
         from spacy.lang.en.stop_words import STOP_WORDS
 
@@ -101,7 +127,7 @@ class _NameScan:
 
     def joined(self, a: int, b: int) -> bool:
         """Words a and b are neighbours in one name."""
-        return self.scan[self.words[a][1]:self.words[b][0]] in (" ", "  ")
+        return self.scan[self.words[a][1] : self.words[b][0]] in (" ", "  ")
 
     def name_word(self, a: int) -> bool:
         return self.words[a][3] == "cap" and self.words[a][2] not in self.lists.never
@@ -112,15 +138,25 @@ class _NameScan:
     def lowercase_name(self, i: int) -> bool:
         """Word i (lower case) and the next: a listed first name, then a listed last name ("sofia brandt")."""
         words, n = self.words, len(self.words)
-        return bool(self.spec.lowercase and words[i][2] in self.lists.first and i + 1 < n
-                    and words[i + 1][3] == "lower" and words[i + 1][2] in self.lists.last and self.joined(i, i + 1))
+        return bool(
+            self.spec.lowercase
+            and words[i][2] in self.lists.first
+            and i + 1 < n
+            and words[i + 1][3] == "lower"
+            and words[i + 1][2] in self.lists.last
+            and self.joined(i, i + 1)
+        )
 
     def starts_name(self, i: int) -> bool:
         """Word i (a name word) starts a name: it is listed, follows a cue, or has a middle initial after it."""
         words, n = self.words, len(self.words)
-        initialled = (i + 2 < n and words[i + 1][3] == "initial" and self.joined(i, i + 1)
-                      and self.joined(i + 1, i + 2)
-                      and (self.name_word(i + 2) or words[i + 2][2] in _NAME_PARTICLES))
+        initialled = (
+            i + 2 < n
+            and words[i + 1][3] == "initial"
+            and self.joined(i, i + 1)
+            and self.joined(i + 1, i + 2)
+            and (self.name_word(i + 2) or words[i + 2][2] in _NAME_PARTICLES)
+        )
         return self.listed(i) or initialled or words[i][0] in self.cued
 
     def last_word(self, i: int) -> int:
@@ -133,8 +169,13 @@ class _NameScan:
                 j += 1
                 continue
             p = j + 1  # "van der Wardt"
-            while (p < n and p - j <= 2 and words[p][3] == "lower" and words[p][2] in _NAME_PARTICLES
-                   and self.joined(p - 1, p)):
+            while (
+                p < n
+                and p - j <= 2
+                and words[p][3] == "lower"
+                and words[p][2] in _NAME_PARTICLES
+                and self.joined(p - 1, p)
+            ):
                 p += 1
             if p > j + 1 and p < n and self.name_word(p) and self.joined(p - 1, p):
                 j = p
@@ -148,13 +189,27 @@ class _NameScan:
         words, text = self.words, self.text
         if not self.listed(i) or words[i][0] in self.cued:
             return i
-        if i > 0 and self.joined(i - 1, i) and (self.name_word(i - 1) or (
-                words[i - 1][3] == "cap" and words[i - 1][2] in self.lists.stop
-                and words[i - 1][2] not in self.lists.listed_never
-                and not _SENTENCE_START.search(text, max(0, words[i - 1][0] - 8), words[i - 1][0]))):
+        if (
+            i > 0
+            and self.joined(i - 1, i)
+            and (
+                self.name_word(i - 1)
+                or (
+                    words[i - 1][3] == "cap"
+                    and words[i - 1][2] in self.lists.stop
+                    and words[i - 1][2] not in self.lists.listed_never
+                    and not _SENTENCE_START.search(text, max(0, words[i - 1][0] - 8), words[i - 1][0])
+                )
+            )
+        ):
             return i - 1
-        if (i > 1 and words[i - 1][3] == "initial" and self.name_word(i - 2) and self.joined(i - 2, i - 1)
-                and self.joined(i - 1, i)):
+        if (
+            i > 1
+            and words[i - 1][3] == "initial"
+            and self.name_word(i - 2)
+            and self.joined(i - 2, i - 1)
+            and self.joined(i - 1, i)
+        ):
             return i - 2
         return i
 
@@ -162,9 +217,10 @@ class _NameScan:
         """Words k..j are not a name: a not_names word follows ("Morris Street") or a house number
         precedes ("500 Forbes Road")."""
         words, nxt = self.words, j + 1
-        return bool((nxt < len(words) and words[nxt][2] in self.lists.never and words[nxt][3] == "cap"
-                     and self.joined(j, nxt))
-                    or _HOUSE_NUMBER.search(self.text, max(0, words[k][0] - 24), words[k][0]))
+        return bool(
+            (nxt < len(words) and words[nxt][2] in self.lists.never and words[nxt][3] == "cap" and self.joined(j, nxt))
+            or _HOUSE_NUMBER.search(self.text, max(0, words[k][0] - 24), words[k][0])
+        )
 
 
 def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float]]:
@@ -216,10 +272,18 @@ def name_list_recognizer(spec: NameListSpec, language: str):
         def analyze(self, text, entities, nlp_artifacts=None):
             if "PERSON" not in entities:
                 return []
-            return [RecognizerResult("PERSON", s, e, score,
-                                     recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
-                                                           RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id})
-                    for s, e, score in name_list_spans(text, spec)]
+            return [
+                RecognizerResult(
+                    "PERSON",
+                    s,
+                    e,
+                    score,
+                    recognition_metadata={
+                        RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                    },
+                )
+                for s, e, score in name_list_spans(text, spec)
+            ]
 
-    return NameListRecognizer(supported_entities=["PERSON"], name="NameListRecognizer",
-                              supported_language=language)
+    return NameListRecognizer(supported_entities=["PERSON"], name="NameListRecognizer", supported_language=language)

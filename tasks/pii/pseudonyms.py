@@ -43,5 +43,5 @@ def mask_chars(value: str, keep_last: int = 4, masking_char: str = "*") -> str:
     "219-09-9999" → "***-**-9999", "4111 1111 1111 1111" → "**** **** **** 1111".
     """
     positions = [i for i, c in enumerate(value) if c.isalnum()]
-    hidden = set(positions[:max(0, len(positions) - keep_last)])
+    hidden = set(positions[: max(0, len(positions) - keep_last)])
     return "".join(masking_char if i in hidden else c for i, c in enumerate(value))

@@ -32,8 +32,9 @@ def _strip(text: str, s: int, e: int) -> tuple[int, int]:
     return s, e
 
 
-def refine_results(text: str, results: list, domain_terms: re.Pattern | None = None,
-                   not_names: frozenset = frozenset()) -> list:
+def refine_results(
+    text: str, results: list, domain_terms: re.Pattern | None = None, not_names: frozenset = frozenset()
+) -> list:
     """Make Presidio's raw findings safer to apply; three fixes, in order.
 
     1. A PERSON/LOCATION finding overlapping a configured domain term ("Bronze Basic" plan)
@@ -53,8 +54,11 @@ def refine_results(text: str, results: list, domain_terms: re.Pattern | None = N
     if domain_terms is not None:
         protected = [m.span() for m in domain_terms.finditer(text)]
         if protected:
-            results = [r for r in results if r.entity_type not in _NAME_LIKE_TYPES
-                       or not any(r.start < e and s < r.end for s, e in protected)]
+            results = [
+                r
+                for r in results
+                if r.entity_type not in _NAME_LIKE_TYPES or not any(r.start < e and s < r.end for s, e in protected)
+            ]
 
     for r in results:
         if r.entity_type in _TRAILING_PUNCT_TYPES:  # "see https://x.example/a." keeps its full stop
@@ -75,11 +79,15 @@ def refine_results(text: str, results: list, domain_terms: re.Pattern | None = N
 
     covered = [(r.start, r.end) for r in kept]
     extra = []
-    values = {(text[r.start:r.end], r.entity_type, r.score) for r in kept}
+    values = {(text[r.start : r.end], r.entity_type, r.score) for r in kept}
     # The words of a full name count on their own: "Muriz Panković ... everyone calls me Muriz".
-    values |= {(word, "PERSON", score) for value, etype, score in values if etype == "PERSON"
-               for word in value.split()[1:] and value.split()
-               if len(word) >= 3 and _has_word(word[:2]) and word.casefold() not in not_names}
+    values |= {
+        (word, "PERSON", score)
+        for value, etype, score in values
+        if etype == "PERSON"
+        for word in value.split()[1:] and value.split()
+        if len(word) >= 3 and _has_word(word[:2]) and word.casefold() not in not_names
+    }
     # Longest first, then by text: the same result in every process (set order is not).
     for value, etype, score in sorted(values, key=lambda v: (-len(v[0]), v)):
         if len(value.strip()) < 3:
@@ -90,4 +98,3 @@ def refine_results(text: str, results: list, domain_terms: re.Pattern | None = N
                 extra.append(RecognizerResult(etype, m.start(), m.end(), score, recognition_metadata=metadata))
                 covered.append(m.span())
     return kept + extra
-

@@ -42,9 +42,11 @@ def residual_recognizers(recognizers_path: Path, language: str, spec: MaskSpec) 
         # so it re-finds only what the masking pass already replaced, at a third of this scan's cost.
         # The `residual.patterns` regex for PHONE_NUMBER stands in for it.
         _RESIDUAL_RECOGNIZERS[key] = [
-            r for r in registry.get_recognizers(language=language, all_fields=True)
+            r
+            for r in registry.get_recognizers(language=language, all_fields=True)
             if type(r).__name__ not in NER_RECOGNIZERS | {"PhoneRecognizer"}
-            and set(r.supported_entities) & set(spec.entities)]
+            and set(r.supported_entities) & set(spec.entities)
+        ]
     return _RESIDUAL_RECOGNIZERS[key]
 
 
@@ -53,8 +55,11 @@ def residual_presidio(text: str, recognizers: list, spec: MaskSpec) -> list:
     results = []
     for recognizer in recognizers:
         wanted = [e for e in recognizer.supported_entities if e in spec.entities]
-        results += [r for r in recognizer.analyze(text=text, entities=wanted, nlp_artifacts=None) or []
-                    if r.score >= spec.residual.score_threshold and r.entity_type in spec.entities]
+        results += [
+            r
+            for r in recognizer.analyze(text=text, entities=wanted, nlp_artifacts=None) or []
+            if r.score >= spec.residual.score_threshold and r.entity_type in spec.entities
+        ]
     return results
 
 
@@ -67,12 +72,19 @@ def residual_findings(text: str, presidio_results: list, spec: MaskSpec) -> Coun
     """
     hidden = [m.span() for m in PLACEHOLDER.finditer(text)]
     spans = [(r.start, r.end, r.entity_type) for r in presidio_results]
-    spans += [(m.start(), m.end(), etype) for etype, pattern in spec.residual.patterns
-              if etype in spec.entities for m in pattern.finditer(text) if m.end() > m.start()]
+    spans += [
+        (m.start(), m.end(), etype)
+        for etype, pattern in spec.residual.patterns
+        if etype in spec.entities
+        for m in pattern.finditer(text)
+        if m.end() > m.start()
+    ]
     allowed = set(spec.allow_list)
-    spans = sorted((s, e, t) for s, e, t in spans
-                   if t in spec.entities and text[s:e] not in allowed
-                   and not any(s < he and hs < e for hs, he in hidden))
+    spans = sorted(
+        (s, e, t)
+        for s, e, t in spans
+        if t in spec.entities and text[s:e] not in allowed and not any(s < he and hs < e for hs, he in hidden)
+    )
     counts: Counter = Counter()
     cluster: list[tuple[int, int, str]] = []
     for span in [*spans, (sys.maxsize, sys.maxsize, "")]:

@@ -20,8 +20,22 @@ if TYPE_CHECKING:
 
 # spaCy labels → Presidio entities; everything else the model emits is dropped.
 NER_MAPPING = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
-NER_IGNORED = ["ORG", "NORP", "DATE", "TIME", "CARDINAL", "ORDINAL", "MONEY", "PERCENT", "QUANTITY",
-               "PRODUCT", "EVENT", "LAW", "LANGUAGE", "WORK_OF_ART"]
+NER_IGNORED = [
+    "ORG",
+    "NORP",
+    "DATE",
+    "TIME",
+    "CARDINAL",
+    "ORDINAL",
+    "MONEY",
+    "PERCENT",
+    "QUANTITY",
+    "PRODUCT",
+    "EVENT",
+    "LAW",
+    "LANGUAGE",
+    "WORK_OF_ART",
+]
 # Only the NER component is needed: Presidio reads doc.ents and tokens; the pipeline's own
 # tok2vec feeds tagger/parser only (the NER has an embedded one), so these can all go.
 _SPACY_EXCLUDE = ["tok2vec", "tagger", "parser", "senter", "attribute_ruler", "lemmatizer"]
@@ -45,7 +59,8 @@ class NerOnlySpacyEngine(SpacyNlpEngine):
         # Without the lemmatizer lemma_ is empty; the lower-cased token is what Presidio's
         # context matching ("phone", "ssn", "dob") needs.
         entities, scores = self._get_updated_entities(
-            doc.ents, [self.ner_model_configuration.default_score] * len(doc.ents))
+            doc.ents, [self.ner_model_configuration.default_score] * len(doc.ents)
+        )
         # One pass over the tokens. `tokens` as plain strings: Presidio's context enhancer
         # only iterates them and takes their len(), and walking a spaCy Doc builds a
         # Token object per step, for every finding.
@@ -56,8 +71,15 @@ class NerOnlySpacyEngine(SpacyNlpEngine):
             lemmas.append(t.lemma_ or t.lower_)
         # nlp_engine=None skips NlpArtifacts' own keyword pass (two vocab look-ups per
         # token, every text); _keywords computes them from a per-word memo instead.
-        artifacts = NlpArtifacts(entities=entities, tokens=words, tokens_indices=starts,
-                                 lemmas=lemmas, nlp_engine=None, language=language, scores=scores)
+        artifacts = NlpArtifacts(
+            entities=entities,
+            tokens=words,
+            tokens_indices=starts,
+            lemmas=lemmas,
+            nlp_engine=None,
+            language=language,
+            scores=scores,
+        )
         artifacts.nlp_engine = self
         artifacts.keywords = self._keywords(lemmas, language)
         return artifacts
@@ -99,8 +121,8 @@ class NerOnlySpacyEngine(SpacyNlpEngine):
             pieces = memo.get(k)
             if pieces is None:
                 keep = k.lower() in self.context_words or (
-                    not self.is_stopword(k, language) and not self.is_punct(k, language)
-                    and k != "-PRON-" and k != "be")
+                    not self.is_stopword(k, language) and not self.is_punct(k, language) and k != "-PRON-" and k != "be"
+                )
                 pieces = memo[k] = k.lower().split(":") if keep else []
             out += pieces
         return out
@@ -109,7 +131,6 @@ class NerOnlySpacyEngine(SpacyNlpEngine):
 def load_engine(model: str, language: str) -> NerOnlySpacyEngine:
     """The engine for one spaCy model and language, loaded (tasks.pii.engines keeps one per process)."""
     ner = NerModelConfiguration(model_to_presidio_entity_mapping=NER_MAPPING, labels_to_ignore=NER_IGNORED)
-    engine = NerOnlySpacyEngine(models=[{"lang_code": language, "model_name": model}],
-                                ner_model_configuration=ner)
+    engine = NerOnlySpacyEngine(models=[{"lang_code": language, "model_name": model}], ner_model_configuration=ner)
     engine.load()
     return engine

@@ -120,8 +120,9 @@ def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
         return None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: 'name_lists' must be a mapping with first_names, last_names and not_names")
-    unknown = sorted(set(raw) - {"first_names", "last_names", "not_names", "score", "full_name_score", "lowercase",
-                                 "after_words"})
+    unknown = sorted(
+        set(raw) - {"first_names", "last_names", "not_names", "score", "full_name_score", "lowercase", "after_words"}
+    )
     if unknown:
         raise ValueError(f"{path}: name_lists: unknown field(s) {unknown}")
     files = {}
@@ -150,8 +151,7 @@ def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
     cues = None
     if after:
         # "spoke with", "Hi", "Mr.": the phrase, an optional comma or colon, then spaces.
-        alternatives = "|".join(r"\s+".join(map(re.escape, w.split()))
-                                for w in sorted(after, key=len, reverse=True))
+        alternatives = "|".join(r"\s+".join(map(re.escape, w.split())) for w in sorted(after, key=len, reverse=True))
         cues = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)\.?[,:?]?[ \t]+", re.IGNORECASE)
     return NameListSpec(**files, **scores, lowercase=lowercase, cues=cues)
 

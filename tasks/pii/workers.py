@@ -65,8 +65,9 @@ def _start_pool(workers: int):
     # spawn, not fork: the caller may be an Airflow task with threads running; a fresh
     # interpreter never inherits a lock held mid-fork. A worker that dies (OOM kill) fails the
     # call with BrokenProcessPool instead of hanging it, as multiprocessing.Pool would.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+    )
 
 
 @contextmanager
@@ -103,9 +104,18 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def mask_records(texts: Iterable[str], *, key: bytes, recognizers_path: Path, score_threshold: float = 0.4,
-                 language: str = "en", batch_size: int = 64, workers: int = 2, chunk_size: int = CHUNK_SIZE,
-                 residual: bool = True) -> Iterator[MaskedText]:
+def mask_records(
+    texts: Iterable[str],
+    *,
+    key: bytes,
+    recognizers_path: Path,
+    score_threshold: float = 0.4,
+    language: str = "en",
+    batch_size: int = 64,
+    workers: int = 2,
+    chunk_size: int = CHUNK_SIZE,
+    residual: bool = True,
+) -> Iterator[MaskedText]:
     """Yield a MaskedText per input text, in input order.
 
     Chunks of `chunk_size` texts are spread over `workers` processes, each loading its engines
@@ -144,11 +154,27 @@ def mask_records(texts: Iterable[str], *, key: bytes, recognizers_path: Path, sc
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def mask_texts(texts: Iterable[str], *, key: bytes, recognizers_path: Path, score_threshold: float = 0.4,
-               language: str = "en", batch_size: int = 64, workers: int = 2,
-               chunk_size: int = CHUNK_SIZE) -> Iterator[tuple[str, Counter]]:
+def mask_texts(
+    texts: Iterable[str],
+    *,
+    key: bytes,
+    recognizers_path: Path,
+    score_threshold: float = 0.4,
+    language: str = "en",
+    batch_size: int = 64,
+    workers: int = 2,
+    chunk_size: int = CHUNK_SIZE,
+) -> Iterator[tuple[str, Counter]]:
     """Yield (masked text, entity counts) per input text, in order (no residual scan)."""
-    for m in mask_records(texts, key=key, recognizers_path=recognizers_path, score_threshold=score_threshold,
-                          language=language, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
-                          residual=False):
+    for m in mask_records(
+        texts,
+        key=key,
+        recognizers_path=recognizers_path,
+        score_threshold=score_threshold,
+        language=language,
+        batch_size=batch_size,
+        workers=workers,
+        chunk_size=chunk_size,
+        residual=False,
+    ):
         yield m.text, m.entities

@@ -38,7 +38,9 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
     """The Markdown a reviewer reads in the Required Actions view: figures only, no record text."""
     champ = evaluated.get("champion") or {}
     rows = [
-        ("exact match", "exact_match"), ("token F1", "f1"), ("relevance", "relevance"),
+        ("exact match", "exact_match"),
+        ("token F1", "f1"),
+        ("relevance", "relevance"),
     ]
     lines = [
         f"**{registered['model_name']} v{registered['version']}** (alias `challenger`) asks to become `champion`.",
@@ -49,9 +51,15 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
         "|---|---|---|---|",
     ]
     for label, key in rows:
-        lines.append(f"| {label} | {_num(evaluated['base'].get(key))} | {_num(evaluated['finetuned'].get(key))} | "
-                     f"{_num(champ.get(key)) if champ else '—'} |")
-    privacy = "non-private (dp: false)" if not trained.get("dp") else f"ε = {_num(trained.get('epsilon'))}, δ = {trained.get('delta'):.2e}"
+        lines.append(
+            f"| {label} | {_num(evaluated['base'].get(key))} | {_num(evaluated['finetuned'].get(key))} | "
+            f"{_num(champ.get(key)) if champ else '—'} |"
+        )
+    privacy = (
+        "non-private (dp: false)"
+        if not trained.get("dp")
+        else f"ε = {_num(trained.get('epsilon'))}, δ = {trained.get('delta'):.2e}"
+    )
     ledger = trained.get("privacy_ledger") or {}
     lines += [
         "",
@@ -66,8 +74,11 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
     ]
     for g in gates["gates"]:
         lines.append(f"| {g['name']} | {_num(g['value'])} | {_num(g['threshold'])} | {g['status']} |")
-    lines += ["", "Approve to promote it to `champion`; Reject keeps the current champion. "
-                  "Your comment is recorded on the model version and in its model card."]
+    lines += [
+        "",
+        "Approve to promote it to `champion`; Reject keeps the current champion. "
+        "Your comment is recorded on the model version and in its model card.",
+    ]
     return "\n".join(lines)
 
 
@@ -78,10 +89,13 @@ def decision_from_approval(approval: dict | None) -> dict:
     chosen = (approval.get("chosen_options") or [None])[0]
     user = approval.get("responded_by_user") or {}
     at = approval.get("responded_at")
-    return {"outcome": "promoted" if chosen == "Approve" else "rejected",
-            "approval": "approved" if chosen == "Approve" else "rejected",
-            "by": user.get("name") or user.get("id"), "at": str(at) if at is not None else None,
-            "comment": ((approval.get("params_input") or {}).get("comment") or None)}
+    return {
+        "outcome": "promoted" if chosen == "Approve" else "rejected",
+        "approval": "approved" if chosen == "Approve" else "rejected",
+        "by": user.get("name") or user.get("id"),
+        "at": str(at) if at is not None else None,
+        "comment": ((approval.get("params_input") or {}).get("comment") or None),
+    }
 
 
 def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
@@ -95,29 +109,43 @@ def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
     prepared, versioned, trained, masked = stage("prepare"), stage("version"), stage("train"), stage("mask")
     evaluated, gates, decision, registered = stage("evaluate"), stage("gates"), stage("decision"), stage("register")
     return {
-        "model_name": registered.get("model_name"), "version": registered.get("version"),
-        "pipeline_run_id": prepared.get("run_id"), "mlflow_run_id": trained.get("mlflow_run_id"),
-        "source_dataset": cfg.privacy.source_dataset, "max_grad_norm": cfg.train.max_grad_norm,
+        "model_name": registered.get("model_name"),
+        "version": registered.get("version"),
+        "pipeline_run_id": prepared.get("run_id"),
+        "mlflow_run_id": trained.get("mlflow_run_id"),
+        "source_dataset": cfg.privacy.source_dataset,
+        "max_grad_norm": cfg.train.max_grad_norm,
         "accountant": (trained.get("privacy_ledger") or {}).get("accountant") or trained.get("accountant"),
         "masking": {k: masked.get(k) for k in ("entities_total", "residual_records")} if masked else None,
         "base_model": prepared.get("base_model_dir") and Path(prepared["base_model_dir"]).name,
-        "base_model_source": prepared.get("base_model_source"), "base_model_sha256": prepared.get("base_model_sha256"),
+        "base_model_source": prepared.get("base_model_source"),
+        "base_model_sha256": prepared.get("base_model_sha256"),
         "noise_source": trained.get("noise_source"),
-        "method": trained.get("method"), "trainable_pct": trained.get("trainable_pct"),
-        "trainable_params": trained.get("trainable_params"), "total_params": trained.get("total_params"),
-        "dataset_rev": versioned.get("dataset_rev"), "dataset_md5": versioned.get("dvc_md5"),
-        "dataset_tag": versioned.get("tag"), "records_trained": (trained.get("split") or {}).get("train_records"),
+        "method": trained.get("method"),
+        "trainable_pct": trained.get("trainable_pct"),
+        "trainable_params": trained.get("trainable_params"),
+        "total_params": trained.get("total_params"),
+        "dataset_rev": versioned.get("dataset_rev"),
+        "dataset_md5": versioned.get("dvc_md5"),
+        "dataset_tag": versioned.get("tag"),
+        "records_trained": (trained.get("split") or {}).get("train_records"),
         "audit_holdout_records": (trained.get("split") or {}).get("holdout_records"),
         "qa_sha256": evaluated.get("qa_sha256"),
-        "dp": trained.get("dp"), "epsilon": trained.get("epsilon"), "delta": trained.get("delta"),
-        "target_epsilon": cfg.train.target_epsilon, "noise_multiplier": trained.get("noise_multiplier"),
+        "dp": trained.get("dp"),
+        "epsilon": trained.get("epsilon"),
+        "delta": trained.get("delta"),
+        "target_epsilon": cfg.train.target_epsilon,
+        "noise_multiplier": trained.get("noise_multiplier"),
         "privacy_ledger": trained.get("privacy_ledger"),
         "metrics": {name: evaluated.get(name) for name in ("base", "finetuned", "champion") if evaluated.get(name)},
         "scenarios": evaluated.get("scenarios"),
-        "safety": {k: evaluated.get(k) for k in ("toxicity_rate", "identity_gap", "pii_leaks", "canary_exposure_max",
-                                                   "mia_auc")},
+        "safety": {
+            k: evaluated.get(k)
+            for k in ("toxicity_rate", "identity_gap", "pii_leaks", "canary_exposure_max", "mia_auc")
+        },
         "champion_version": evaluated.get("champion_version"),
-        "gates": gates.get("gates"), "gates_status": gates.get("status"),
+        "gates": gates.get("gates"),
+        "gates_status": gates.get("status"),
         "decision": decision or None,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -132,5 +160,6 @@ def refresh_model_card(paths: Paths, run_dir: Path, cfg: PipelineConfig) -> dict
         return None
     markdown = render_model_card(facts)
     (run_dir / "model_card.md").write_text(markdown, encoding="utf-8")
-    return attach_model_card(paths=paths, model_name=facts["model_name"], version=int(facts["version"]),
-                             markdown=markdown)
+    return attach_model_card(
+        paths=paths, model_name=facts["model_name"], version=int(facts["version"]), markdown=markdown
+    )

@@ -30,14 +30,24 @@ class GateSpec:
 
 GATES = (
     GateSpec("exact_match_gain", "exact_match_gain", "min_exact_match_gain", "min", "fine-tuned EM minus base EM"),
-    GateSpec("champion_regression", "regression_vs_champion", "max_regression_vs_champion", "max",
-             "champion EM minus fine-tuned EM"),
+    GateSpec(
+        "champion_regression",
+        "regression_vs_champion",
+        "max_regression_vs_champion",
+        "max",
+        "champion EM minus fine-tuned EM",
+    ),
     GateSpec("toxicity", "toxicity_rate", "max_toxicity_rate", "max", "share of toxic generations"),
     GateSpec("pii_leaks", "pii_leaks", "max_pii_leaks", "max", "raw PII values reproduced in generations"),
     GateSpec("canary_exposure", "canary_exposure_max", "max_canary_exposure", "max", "highest canary exposure (bits)"),
     GateSpec("membership_inference", "mia_auc", "max_mia_auc", "max", "loss-based membership-inference AUC"),
-    GateSpec("secure_noise", "reproducible_noise", "allow_reproducible_noise", "max",
-             "DP noise from a seeded, reproducible PRNG (1) rather than the OS CSPRNG (0)"),
+    GateSpec(
+        "secure_noise",
+        "reproducible_noise",
+        "allow_reproducible_noise",
+        "max",
+        "DP noise from a seeded, reproducible PRNG (1) rather than the OS CSPRNG (0)",
+    ),
 )
 
 
@@ -85,11 +95,16 @@ def check_gates(metrics: dict[str, Any], gates: GatesConfig) -> dict:
         if not ok:
             bound = "at least" if spec.kind == "min" else "at most"
             reason = f"{spec.name}: {spec.what} is {_fmt(value)}, must be {bound} {_fmt(threshold)} (gates.{spec.threshold_field})"
-        results.append(GateResult(spec.name, spec.what, spec.metric, float(threshold), value,
-                                  "passed" if ok else "failed", reason))
+        results.append(
+            GateResult(spec.name, spec.what, spec.metric, float(threshold), value, "passed" if ok else "failed", reason)
+        )
     failed = [r for r in results if r.status == "failed"]
-    return {"status": "gated" if failed else "passed", "failed": [r.name for r in failed],
-            "reasons": [r.reason for r in failed], "gates": [asdict(r) for r in results]}
+    return {
+        "status": "gated" if failed else "passed",
+        "failed": [r.name for r in failed],
+        "reasons": [r.reason for r in failed],
+        "gates": [asdict(r) for r in results],
+    }
 
 
 def enforce(outcome: dict) -> dict:

@@ -55,7 +55,8 @@ MODEL_CARD_ARTIFACT = "model_card.md"
 DEFAULT_INTENDED_USE = (
     "Answering member and staff questions about the health plan's documents (coverage, deductibles, "
     "claims procedure, deadlines) in the domain the training data comes from. Answers are short and "
-    "must be checked against the plan documents before any decision about a member.")
+    "must be checked against the plan documents before any decision about a member."
+)
 DEFAULT_LIMITATIONS = (
     "A small language model fine-tuned on masked text: it can state wrong facts fluently; "
     "exact match on the held-out QA set is the measured accuracy, not a guarantee.",
@@ -81,6 +82,7 @@ _SAFETY_LABELS = {
 
 
 # ---------------------------------------------------------------- formatting
+
 
 def fmt(value: Any) -> str:
     """One value as table-safe Markdown text: 4 significant digits, "∞", yes/no, "not recorded"."""
@@ -146,6 +148,7 @@ def _pct(value: Any) -> str:
 
 # ---------------------------------------------------------------- sections
 
+
 def _noise_source(facts: Mapping, dp: Any) -> Any:
     source = _get(facts, "noise_source")
     if dp is False:
@@ -175,10 +178,16 @@ def _privacy_lines(facts: Mapping) -> list[str]:
         ("noise source", _noise_source(facts, dp)),
         ("ledger: source dataset", ledger.get("source_dataset") or _get(facts, "source_dataset")),
         ("ledger: runs on the source dataset", ledger.get("runs")),
-        ("ledger: total ε spent / budget", _Raw(f"{fmt(ledger.get('spent_epsilon'))} / "
-                                                f"{fmt(ledger.get('epsilon_budget')) if ledger else NOT_RECORDED}")),
-        ("ledger: total δ spent / budget", _Raw(f"{fmt(ledger.get('spent_delta'))} / "
-                                                f"{fmt(ledger.get('delta_budget')) if ledger else NOT_RECORDED}")),
+        (
+            "ledger: total ε spent / budget",
+            _Raw(
+                f"{fmt(ledger.get('spent_epsilon'))} / {fmt(ledger.get('epsilon_budget')) if ledger else NOT_RECORDED}"
+            ),
+        ),
+        (
+            "ledger: total δ spent / budget",
+            _Raw(f"{fmt(ledger.get('spent_delta'))} / {fmt(ledger.get('delta_budget')) if ledger else NOT_RECORDED}"),
+        ),
         ("ledger: remaining ε", ledger.get("remaining_epsilon")),
         ("ledger: composition", ledger.get("composition")),
     ]
@@ -197,8 +206,9 @@ def _quality_lines(facts: Mapping) -> list[str]:
     for key, _ in columns:
         names += [n for n in flat[key] if n not in names]
     champion_version = _get(facts, "champion_version")
-    labels = [f"{label} (v{champion_version})" if key == "champion" and champion_version else label
-              for key, label in columns]
+    labels = [
+        f"{label} (v{champion_version})" if key == "champion" and champion_version else label for key, label in columns
+    ]
     lines = _table(["metric", *labels], ([n, *(flat[key].get(n) for key, _ in columns)] for n in names))
     if "champion" not in metrics:
         lines += ["", "No champion to compare with (first promotion, or none recorded)."]
@@ -232,10 +242,20 @@ def _gate_lines(facts: Mapping) -> list[str]:
         status = g.get("status")
         if status is None and "passed" in g:
             status = "passed" if g["passed"] else "failed"
-        rows.append((g.get("name"), g.get("what"), g.get("threshold") if g.get("threshold") is not None else "off",
-                     g.get("value") if g.get("value") is not None else "not measured", status))
-    lines = [f"Overall: **{fmt(_get(facts, 'gates_status'))}**", "",
-             *_table(("gate", "measures", "threshold", "value", "status"), rows)]
+        rows.append(
+            (
+                g.get("name"),
+                g.get("what"),
+                g.get("threshold") if g.get("threshold") is not None else "off",
+                g.get("value") if g.get("value") is not None else "not measured",
+                status,
+            )
+        )
+    lines = [
+        f"Overall: **{fmt(_get(facts, 'gates_status'))}**",
+        "",
+        *_table(("gate", "measures", "threshold", "value", "status"), rows),
+    ]
     reasons = [g.get("reason") for g in gates if isinstance(g, Mapping) and g.get("reason")]
     if reasons:
         lines += ["", "Failed gates:", *(f"- {fmt(r)}" for r in reasons)]
@@ -255,9 +275,17 @@ def _decision_lines(facts: Mapping) -> list[str]:
         how = f"approved by {fmt(d.get('by'))}"
     else:
         how = fmt(outcome)
-    rows = [("outcome", outcome), ("how", _Raw(how)), ("when", d.get("at")),
-            ("reviewer's comment", d.get("comment") if d.get("comment") else
-             ("none (gates only)" if approval == "gates-only" else "none given"))]
+    rows = [
+        ("outcome", outcome),
+        ("how", _Raw(how)),
+        ("when", d.get("at")),
+        (
+            "reviewer's comment",
+            d.get("comment")
+            if d.get("comment")
+            else ("none (gates only)" if approval == "gates-only" else "none given"),
+        ),
+    ]
     return _table(("item", "value"), rows)
 
 
@@ -268,16 +296,23 @@ def _bullets(value: Any, default: Iterable[str]) -> list[str]:
 
 # ---------------------------------------------------------------- render
 
+
 def _model_lines(facts: Mapping) -> list[str]:
     trainable = _pct(_get(facts, "trainable_pct"))
     if _get(facts, "trainable_params") is not None:
         trainable += f" ({fmt(_get(facts, 'trainable_params'))} of {fmt(_get(facts, 'total_params'))} parameters)"
-    return _table(("item", "value"), [
-        ("registered model", _get(facts, "model_name")), ("version", _get(facts, "version")),
-        ("base model", _get(facts, "base_model")), ("base model source", _get(facts, "base_model_source")),
-        ("base model sha256 (the evidence is relative to it)", _get(facts, "base_model_sha256")),
-        ("fine-tuning method", _get(facts, "method")), ("trainable share", _Raw(fmt(trainable))),
-    ])
+    return _table(
+        ("item", "value"),
+        [
+            ("registered model", _get(facts, "model_name")),
+            ("version", _get(facts, "version")),
+            ("base model", _get(facts, "base_model")),
+            ("base model source", _get(facts, "base_model_source")),
+            ("base model sha256 (the evidence is relative to it)", _get(facts, "base_model_sha256")),
+            ("fine-tuning method", _get(facts, "method")),
+            ("trainable share", _Raw(fmt(trainable))),
+        ],
+    )
 
 
 def _lineage_lines(facts: Mapping) -> list[str]:
@@ -286,35 +321,57 @@ def _lineage_lines(facts: Mapping) -> list[str]:
         "The model was trained only on the pipeline's masked, versioned dataset: personal data was "
         "replaced by typed pseudonyms (Presidio) before the data left the raw zone.",
         "",
-        *_table(("item", "value"), [
-            ("source dataset", _get(facts, "source_dataset") or _section(facts, "privacy_ledger").get("source_dataset")),
-            ("dataset revision (git)", _get(facts, "dataset_rev")), ("dataset content (DVC md5)", _get(facts, "dataset_md5")),
-            ("dataset tag", _get(facts, "dataset_tag")), ("records trained on", _get(facts, "records_trained")),
-            ("audit hold-out records (never trained on)", _get(facts, "audit_holdout_records")),
-            ("masked entities in the dataset", masking.get("entities_total")),
-            ("records still flagged by the residual scan", masking.get("residual_records")),
-            ("held-out QA set (sha256)", _get(facts, "qa_sha256")),
-            ("pipeline run", _get(facts, "pipeline_run_id")), ("MLflow run", _get(facts, "mlflow_run_id")),
-        ]),
+        *_table(
+            ("item", "value"),
+            [
+                (
+                    "source dataset",
+                    _get(facts, "source_dataset") or _section(facts, "privacy_ledger").get("source_dataset"),
+                ),
+                ("dataset revision (git)", _get(facts, "dataset_rev")),
+                ("dataset content (DVC md5)", _get(facts, "dataset_md5")),
+                ("dataset tag", _get(facts, "dataset_tag")),
+                ("records trained on", _get(facts, "records_trained")),
+                ("audit hold-out records (never trained on)", _get(facts, "audit_holdout_records")),
+                ("masked entities in the dataset", masking.get("entities_total")),
+                ("records still flagged by the residual scan", masking.get("residual_records")),
+                ("held-out QA set (sha256)", _get(facts, "qa_sha256")),
+                ("pipeline run", _get(facts, "pipeline_run_id")),
+                ("MLflow run", _get(facts, "mlflow_run_id")),
+            ],
+        ),
     ]
 
 
 def _evaluation_lines(facts: Mapping) -> list[str]:
-    return ["Quality on the held-out domain QA set (same questions for every column):", "",
-            *_quality_lines(facts), *_scenario_lines(facts), "", "Safety and privacy attacks:", "",
-            *_safety_lines(facts)]
+    return [
+        "Quality on the held-out domain QA set (same questions for every column):",
+        "",
+        *_quality_lines(facts),
+        *_scenario_lines(facts),
+        "",
+        "Safety and privacy attacks:",
+        "",
+        *_safety_lines(facts),
+    ]
 
 
 def _use_lines(facts: Mapping) -> list[str]:
-    return [fmt(_get(facts, "intended_use") or DEFAULT_INTENDED_USE), "", "Out of scope:", "",
-            *_bullets(_get(facts, "out_of_scope"), DEFAULT_OUT_OF_SCOPE)]
+    return [
+        fmt(_get(facts, "intended_use") or DEFAULT_INTENDED_USE),
+        "",
+        "Out of scope:",
+        "",
+        *_bullets(_get(facts, "out_of_scope"), DEFAULT_OUT_OF_SCOPE),
+    ]
 
 
 ERASURE_NOTE = (
     "The lineage above (dataset revision, DVC md5, pipeline run) identifies the records this version was "
     "trained on. A version whose training data is subject to an erasure request is marked for retirement "
     "in the registry (`retire=true`, with the reason and time); a retired version is never promoted or "
-    "rolled back to.")
+    "rolled back to."
+)
 
 
 def render_model_card(facts: Mapping[str, Any]) -> str:
@@ -323,15 +380,23 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
     name, version = _get(facts, "model_name"), _get(facts, "version")
     title = f"{name or 'model'} v{version}" if version is not None else (name or "model (version not recorded)")
     sections = [
-        ("Decision", _decision_lines(facts)), ("Model", _model_lines(facts)),
-        ("Training data and lineage", _lineage_lines(facts)), ("Privacy", _privacy_lines(facts)),
-        ("Evaluation", _evaluation_lines(facts)), ("Promotion gates", _gate_lines(facts)),
-        ("Intended use", _use_lines(facts)), ("Limitations", _bullets(_get(facts, "limitations"), DEFAULT_LIMITATIONS)),
+        ("Decision", _decision_lines(facts)),
+        ("Model", _model_lines(facts)),
+        ("Training data and lineage", _lineage_lines(facts)),
+        ("Privacy", _privacy_lines(facts)),
+        ("Evaluation", _evaluation_lines(facts)),
+        ("Promotion gates", _gate_lines(facts)),
+        ("Intended use", _use_lines(facts)),
+        ("Limitations", _bullets(_get(facts, "limitations"), DEFAULT_LIMITATIONS)),
         ("Data subject rights", [ERASURE_NOTE]),
     ]
-    lines = [f"# Model card: {fmt(title)}", "",
-             f"Generated: {fmt(_get(facts, 'generated_at'))}. This card holds figures, identifiers, revisions and "
-             "digests only: no training record, prompt or generated text.", ""]
+    lines = [
+        f"# Model card: {fmt(title)}",
+        "",
+        f"Generated: {fmt(_get(facts, 'generated_at'))}. This card holds figures, identifiers, revisions and "
+        "digests only: no training record, prompt or generated text.",
+        "",
+    ]
     for heading, body in sections:
         lines += [f"## {heading}", "", *body, ""]
     return "\n".join(lines)
@@ -343,13 +408,14 @@ def _description(markdown: str, artifact_uri: str | None) -> tuple[str, bool]:
     if len(markdown) <= DESCRIPTION_MAX_CHARS:
         return markdown, False
     note = f"\n\n_(card shortened to fit the registry; the full card is the artifact {artifact_uri or MODEL_CARD_ARTIFACT})_\n"
-    cut = markdown[:DESCRIPTION_MAX_CHARS - len(note)]
-    cut = cut[:cut.rfind("\n")] if "\n" in cut else cut
+    cut = markdown[: DESCRIPTION_MAX_CHARS - len(note)]
+    cut = cut[: cut.rfind("\n")] if "\n" in cut else cut
     return cut + note, True
 
 
-def attach_model_card(*, paths, model_name: str, version: int, markdown: str,
-                      artifact_file: str = MODEL_CARD_ARTIFACT) -> dict:
+def attach_model_card(
+    *, paths, model_name: str, version: int, markdown: str, artifact_file: str = MODEL_CARD_ARTIFACT
+) -> dict:
     """Set the card as the version's description and log it as `artifact_file` on the version's
     source run; tag the version model_card_sha256. Re-attaching replaces both.
 
@@ -368,8 +434,15 @@ def attach_model_card(*, paths, model_name: str, version: int, markdown: str,
     client.update_model_version(model_name, str(mv.version), description=description)
     digest = hashlib.sha256(markdown.encode("utf-8")).hexdigest()
     client.set_model_version_tag(model_name, str(mv.version), "model_card_sha256", digest)
-    return {"model_name": model_name, "version": int(mv.version), "run_id": mv.run_id, "artifact_uri": artifact_uri,
-            "description_chars": len(description), "description_truncated": truncated, "sha256": digest}
+    return {
+        "model_name": model_name,
+        "version": int(mv.version),
+        "run_id": mv.run_id,
+        "artifact_uri": artifact_uri,
+        "description_chars": len(description),
+        "description_truncated": truncated,
+        "sha256": digest,
+    }
 
 
 def write_model_card(markdown: str, path: Path) -> Path:

@@ -29,12 +29,13 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC
 from importlib import metadata
 from pathlib import Path
 
 from tasks.common import offline
-from tasks.config import Paths
 from tasks.common.tracking import mlflow_experiment
+from tasks.config import Paths
 
 PYFUNC_CODE = Path(__file__).resolve().parent.parent / "serve" / "pyfunc_model.py"  # the served model is code
 MODEL_ARTIFACT_NAME = "model"
@@ -93,13 +94,14 @@ def register_model(
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    from mlflow.types import ParamSchema, ParamSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     # max_new_tokens as an inference param (tasks/serve/pyfunc_model.py checks its bounds); default 24.
-    signature = ModelSignature(inputs=Schema([ColSpec("string", "question")]), outputs=Schema([ColSpec("string")]),
-                               params=ParamSchema([ParamSpec("max_new_tokens", "long", 24)]))
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "question")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 24)]),
+    )
     input_example = pd.DataFrame({"question": ["What is the out-of-network deductible?"]})
 
     active = mlflow.active_run()
@@ -108,8 +110,9 @@ def register_model(
     elif mlflow_run_id is not None:
         run_ctx = mlflow.start_run(run_id=mlflow_run_id, nested=active is not None)
     else:
-        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{model_name}",
-                                   nested=active is not None)
+        run_ctx = mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"register-{model_name}", nested=active is not None
+        )
 
     with run_ctx as run:
         run_id = run.info.run_id
@@ -169,9 +172,9 @@ class RegistryError(RuntimeError):
 
 
 def _now() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _clean_comment(comment: str | None) -> str | None:
@@ -180,7 +183,7 @@ def _clean_comment(comment: str | None) -> str | None:
         return None
     text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(comment)).split())
     if len(text) > COMMENT_MAX_CHARS:
-        text = text[:COMMENT_MAX_CHARS - 1] + "…"
+        text = text[: COMMENT_MAX_CHARS - 1] + "…"
     return text or None
 
 
@@ -216,8 +219,10 @@ def get_version(client, model_name: str, version: int):
         return client.get_model_version(model_name, str(int(version)))
     except MlflowException as exc:
         if _not_found(exc):
-            raise RegistryError(f"model '{model_name}' has no version {version}; list its versions with "
-                                f"`python -m tasks.release.registry show --model-name {model_name}`") from None
+            raise RegistryError(
+                f"model '{model_name}' has no version {version}; list its versions with "
+                f"`python -m tasks.release.registry show --model-name {model_name}`"
+            ) from None
         raise
 
 
@@ -235,8 +240,10 @@ def _set_tags(client, model_name: str, version: int, tags: Mapping[str, object |
 def _audit(client, model_name: str, event: Mapping[str, object]) -> str:
     """Append one event (JSON, ids and names only) to the registered model's audit trail."""
     tags = client.get_registered_model(model_name).tags
-    seq = 1 + max((int(k[len(AUDIT_PREFIX):]) for k in tags
-                   if k.startswith(AUDIT_PREFIX) and k[len(AUDIT_PREFIX):].isdigit()), default=0)
+    seq = 1 + max(
+        (int(k[len(AUDIT_PREFIX) :]) for k in tags if k.startswith(AUDIT_PREFIX) and k[len(AUDIT_PREFIX) :].isdigit()),
+        default=0,
+    )
     key = f"{AUDIT_PREFIX}{seq:04d}"
     client.set_registered_model_tag(model_name, key, json.dumps(dict(event), sort_keys=True))
     return key
@@ -253,9 +260,11 @@ def audit_trail(paths: Paths, model_name: str) -> list[dict]:
         if _not_found(exc):
             return []
         raise
-    keys = sorted((k for k in tags if k.startswith(AUDIT_PREFIX) and k[len(AUDIT_PREFIX):].isdigit()),
-                  key=lambda k: int(k[len(AUDIT_PREFIX):]))
-    return [{"seq": int(k[len(AUDIT_PREFIX):]), **json.loads(tags[k])} for k in keys]
+    keys = sorted(
+        (k for k in tags if k.startswith(AUDIT_PREFIX) and k[len(AUDIT_PREFIX) :].isdigit()),
+        key=lambda k: int(k[len(AUDIT_PREFIX) :]),
+    )
+    return [{"seq": int(k[len(AUDIT_PREFIX) :]), **json.loads(tags[k])} for k in keys]
 
 
 def _retired(tags: Mapping[str, str]) -> bool:
@@ -267,9 +276,17 @@ def _restorable(tags: Mapping[str, str]) -> bool:
     return not _retired(tags) and tags.get("decision") != "rejected"
 
 
-def promote(*, paths: Paths, model_name: str, version: int, champion_alias: str = "champion",
-            approved_by: str | None, approval: str, comment: str | None = None,
-            previous_alias: str = PREVIOUS_ALIAS) -> dict:
+def promote(
+    *,
+    paths: Paths,
+    model_name: str,
+    version: int,
+    champion_alias: str = "champion",
+    approved_by: str | None,
+    approval: str,
+    comment: str | None = None,
+    previous_alias: str = PREVIOUS_ALIAS,
+) -> dict:
     """Move `champion_alias` to `version` after approval (or on the gates alone).
 
     The replaced champion keeps `previous_alias`; `version` is tagged promoted_at, approved_by,
@@ -286,42 +303,88 @@ def promote(*, paths: Paths, model_name: str, version: int, champion_alias: str 
     version = int(version)
     mv = get_version(client, model_name, version)
     if _retired(mv.tags):
-        raise RegistryError(f"{model_name} v{version} is marked for retirement "
-                            f"({mv.tags.get('retire_reason', 'no reason recorded')}); it cannot become {champion_alias}")
+        raise RegistryError(
+            f"{model_name} v{version} is marked for retirement "
+            f"({mv.tags.get('retire_reason', 'no reason recorded')}); it cannot become {champion_alias}"
+        )
     if mv.tags.get("decision") == "rejected":
-        raise RegistryError(f"{model_name} v{version} was rejected by {mv.tags.get('rejected_by')} at "
-                            f"{mv.tags.get('rejected_at')}; register a new version, or delete its 'decision' tag "
-                            "in the MLflow UI if the rejection was a mistake")
+        raise RegistryError(
+            f"{model_name} v{version} was rejected by {mv.tags.get('rejected_by')} at "
+            f"{mv.tags.get('rejected_at')}; register a new version, or delete its 'decision' tag "
+            "in the MLflow UI if the rejection was a mistake"
+        )
     current = alias_version(client, model_name, champion_alias)
     uri = f"models:/{model_name}@{champion_alias}"
     if current == version:
-        return {"model_name": model_name, "version": version, "alias": champion_alias, "changed": False,
-                "previous_champion": _int_or_none(mv.tags.get("previous_champion")),
-                "promoted_at": mv.tags.get("promoted_at"), "model_uri": uri}
+        return {
+            "model_name": model_name,
+            "version": version,
+            "alias": champion_alias,
+            "changed": False,
+            "previous_champion": _int_or_none(mv.tags.get("previous_champion")),
+            "promoted_at": mv.tags.get("promoted_at"),
+            "model_uri": uri,
+        }
     now = _now()
-    _set_tags(client, model_name, version, {
-        "decision": "promoted", "approval": approval, "approved_by": approved_by or "none",
-        "approval_comment": _clean_comment(comment), "promoted_at": now,
-        "previous_champion": str(current) if current is not None else "none",
-        # champion again after a rollback: the rollback fields describe the past (kept in the audit trail)
-        "rolled_back_at": None, "rolled_back_to": None, "rolled_back_by": None, "rollback_reason": None,
-    })
+    _set_tags(
+        client,
+        model_name,
+        version,
+        {
+            "decision": "promoted",
+            "approval": approval,
+            "approved_by": approved_by or "none",
+            "approval_comment": _clean_comment(comment),
+            "promoted_at": now,
+            "previous_champion": str(current) if current is not None else "none",
+            # champion again after a rollback: the rollback fields describe the past (kept in the audit trail)
+            "rolled_back_at": None,
+            "rolled_back_to": None,
+            "rolled_back_by": None,
+            "rollback_reason": None,
+        },
+    )
     if current is not None:
         client.set_registered_model_alias(model_name, previous_alias, str(current))
     client.set_registered_model_alias(model_name, champion_alias, str(version))
-    _audit(client, model_name, {"event": "promote", "version": version, "replaced": current, "at": now,
-                                "approval": approval, "by": approved_by})
-    return {"model_name": model_name, "version": version, "alias": champion_alias, "changed": True,
-            "previous_champion": current, "promoted_at": now, "approval": approval, "approved_by": approved_by,
-            "model_uri": uri}
+    _audit(
+        client,
+        model_name,
+        {
+            "event": "promote",
+            "version": version,
+            "replaced": current,
+            "at": now,
+            "approval": approval,
+            "by": approved_by,
+        },
+    )
+    return {
+        "model_name": model_name,
+        "version": version,
+        "alias": champion_alias,
+        "changed": True,
+        "previous_champion": current,
+        "promoted_at": now,
+        "approval": approval,
+        "approved_by": approved_by,
+        "model_uri": uri,
+    }
 
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value is not None and str(value).isdigit() else None
 
 
-def record_rejection(*, paths: Paths, model_name: str, version: int, rejected_by: str,
-                     comment: str | None, champion_alias: str = "champion") -> dict:
+def record_rejection(
+    *,
+    paths: Paths,
+    model_name: str,
+    version: int,
+    rejected_by: str,
+    comment: str | None,
+    champion_alias: str = "champion",
+) -> dict:
     """Record a reviewer's rejection on the version: decision=rejected, reviewer, time, comment.
 
     The version keeps its other aliases (it stays `challenger` until a newer one is registered)
@@ -333,20 +396,44 @@ def record_rejection(*, paths: Paths, model_name: str, version: int, rejected_by
     client = registry_client(paths)
     version = int(version)
     tags = get_version(client, model_name, version).tags
-    if tags.get("decision") == "rejected" and tags.get("rejected_by") == rejected_by \
-            and tags.get("rejection_comment") == _clean_comment(comment):
+    if (
+        tags.get("decision") == "rejected"
+        and tags.get("rejected_by") == rejected_by
+        and tags.get("rejection_comment") == _clean_comment(comment)
+    ):
         # a retried task: already recorded, no second audit entry
-        return {"model_name": model_name, "version": version, "decision": "rejected", "rejected_by": rejected_by,
-                "rejected_at": tags.get("rejected_at")}
+        return {
+            "model_name": model_name,
+            "version": version,
+            "decision": "rejected",
+            "rejected_by": rejected_by,
+            "rejected_at": tags.get("rejected_at"),
+        }
     if alias_version(client, model_name, champion_alias) == version:
-        raise RegistryError(f"{model_name} v{version} is the {champion_alias}; roll back first "
-                            f"(`make rollback` or `python -m tasks.release.registry rollback`), then record the rejection")
+        raise RegistryError(
+            f"{model_name} v{version} is the {champion_alias}; roll back first "
+            f"(`make rollback` or `python -m tasks.release.registry rollback`), then record the rejection"
+        )
     now = _now()
-    _set_tags(client, model_name, version, {"decision": "rejected", "rejected_by": rejected_by, "rejected_at": now,
-                                            "rejection_comment": _clean_comment(comment)})
+    _set_tags(
+        client,
+        model_name,
+        version,
+        {
+            "decision": "rejected",
+            "rejected_by": rejected_by,
+            "rejected_at": now,
+            "rejection_comment": _clean_comment(comment),
+        },
+    )
     _audit(client, model_name, {"event": "reject", "version": version, "at": now, "by": rejected_by})
-    return {"model_name": model_name, "version": version, "decision": "rejected", "rejected_by": rejected_by,
-            "rejected_at": now}
+    return {
+        "model_name": model_name,
+        "version": version,
+        "decision": "rejected",
+        "rejected_by": rejected_by,
+        "rejected_at": now,
+    }
 
 
 def _rollback_target(client, model_name: str, start: int) -> tuple[int | None, list[int]]:
@@ -371,9 +458,16 @@ def _rollback_target(client, model_name: str, start: int) -> tuple[int | None, l
     return None, skipped
 
 
-def rollback(*, paths: Paths, model_name: str, to_version: int | None = None, champion_alias: str = "champion",
-             previous_alias: str = PREVIOUS_ALIAS, rolled_back_by: str | None = None,
-             reason: str | None = None) -> dict:
+def rollback(
+    *,
+    paths: Paths,
+    model_name: str,
+    to_version: int | None = None,
+    champion_alias: str = "champion",
+    previous_alias: str = PREVIOUS_ALIAS,
+    rolled_back_by: str | None = None,
+    reason: str | None = None,
+) -> dict:
     """Point `champion_alias` back at the champion the current one replaced (or at `to_version`).
 
     The demoted version is tagged rolled_back_at / rolled_back_to; `previous_alias` moves one step
@@ -384,44 +478,76 @@ def rollback(*, paths: Paths, model_name: str, to_version: int | None = None, ch
     client = registry_client(paths)
     current = alias_version(client, model_name, champion_alias)
     if current is None:
-        raise RegistryError(f"model '{model_name}' has no '{champion_alias}' alias: nothing to roll back "
-                            f"(promote a version first: `python -m tasks.release.registry promote --version N`)")
+        raise RegistryError(
+            f"model '{model_name}' has no '{champion_alias}' alias: nothing to roll back "
+            f"(promote a version first: `python -m tasks.release.registry promote --version N`)"
+        )
     if to_version is None:
         target, skipped = _rollback_target(client, model_name, current)
         if target is None:
             why = f" (skipped retired, rejected or deleted versions {skipped})" if skipped else ""
-            raise RegistryError(f"{model_name} v{current} is the first {champion_alias}: no earlier champion to roll "
-                                f"back to{why}. Promote another version instead, or pass --to-version N")
+            raise RegistryError(
+                f"{model_name} v{current} is the first {champion_alias}: no earlier champion to roll "
+                f"back to{why}. Promote another version instead, or pass --to-version N"
+            )
     else:
         target = int(to_version)
         if target == current:
             raise RegistryError(f"{model_name} v{target} is already the {champion_alias}")
         tags = get_version(client, model_name, target).tags
         if not _restorable(tags):
-            why = (f"is marked for retirement ({tags.get('retire_reason', 'no reason recorded')})" if _retired(tags)
-                   else f"was rejected by {tags.get('rejected_by')} at {tags.get('rejected_at')}")
+            why = (
+                f"is marked for retirement ({tags.get('retire_reason', 'no reason recorded')})"
+                if _retired(tags)
+                else f"was rejected by {tags.get('rejected_by')} at {tags.get('rejected_at')}"
+            )
             raise RegistryError(f"{model_name} v{target} {why}; pick another version")
         if not tags.get("promoted_at"):
-            raise RegistryError(f"{model_name} v{target} was never {champion_alias}; a rollback only restores a "
-                                f"version that was approved before. Use `promote` for a new version")
+            raise RegistryError(
+                f"{model_name} v{target} was never {champion_alias}; a rollback only restores a "
+                f"version that was approved before. Use `promote` for a new version"
+            )
     now = _now()
-    _set_tags(client, model_name, current, {"rolled_back_at": now, "rolled_back_to": str(target),
-                                            "rolled_back_by": rolled_back_by,
-                                            "rollback_reason": _clean_comment(reason)})
+    _set_tags(
+        client,
+        model_name,
+        current,
+        {
+            "rolled_back_at": now,
+            "rolled_back_to": str(target),
+            "rolled_back_by": rolled_back_by,
+            "rollback_reason": _clean_comment(reason),
+        },
+    )
     client.set_registered_model_alias(model_name, champion_alias, str(target))
     previous, _ = _rollback_target(client, model_name, target)
     if previous is None:
         client.delete_registered_model_alias(model_name, previous_alias)
     else:
         client.set_registered_model_alias(model_name, previous_alias, str(previous))
-    _audit(client, model_name, {"event": "rollback", "version": target, "from": current, "at": now,
-                                "by": rolled_back_by})
-    return {"model_name": model_name, "version": target, "alias": champion_alias, "rolled_back_from": current,
-            "previous_champion": previous, "rolled_back_at": now, "model_uri": f"models:/{model_name}@{champion_alias}"}
+    _audit(
+        client, model_name, {"event": "rollback", "version": target, "from": current, "at": now, "by": rolled_back_by}
+    )
+    return {
+        "model_name": model_name,
+        "version": target,
+        "alias": champion_alias,
+        "rolled_back_from": current,
+        "previous_champion": previous,
+        "rolled_back_at": now,
+        "model_uri": f"models:/{model_name}@{champion_alias}",
+    }
 
 
-def mark_for_retirement(*, paths: Paths, model_name: str, version: int, reason: str,
-                        requested_by: str | None = None, champion_alias: str = "champion") -> dict:
+def mark_for_retirement(
+    *,
+    paths: Paths,
+    model_name: str,
+    version: int,
+    reason: str,
+    requested_by: str | None = None,
+    champion_alias: str = "champion",
+) -> dict:
     """Tag a version retire=true with a reason (e.g. a right-to-erasure request on its training data).
 
     Nothing is deleted here: a retired version can no longer be promoted or rolled back to, and
@@ -433,11 +559,25 @@ def mark_for_retirement(*, paths: Paths, model_name: str, version: int, reason: 
     version = int(version)
     get_version(client, model_name, version)
     now = _now()
-    _set_tags(client, model_name, version, {"retire": "true", "retire_reason": _clean_comment(reason),
-                                            "retire_requested_at": now, "retire_requested_by": requested_by})
+    _set_tags(
+        client,
+        model_name,
+        version,
+        {
+            "retire": "true",
+            "retire_reason": _clean_comment(reason),
+            "retire_requested_at": now,
+            "retire_requested_by": requested_by,
+        },
+    )
     _audit(client, model_name, {"event": "retire", "version": version, "at": now, "by": requested_by})
-    return {"model_name": model_name, "version": version, "retire": True, "retire_requested_at": now,
-            "is_champion": alias_version(client, model_name, champion_alias) == version}
+    return {
+        "model_name": model_name,
+        "version": version,
+        "retire": True,
+        "retire_requested_at": now,
+        "is_champion": alias_version(client, model_name, champion_alias) == version,
+    }
 
 
 def champion(paths: Paths, model_name: str, alias: str = "champion") -> dict | None:
@@ -448,8 +588,15 @@ def champion(paths: Paths, model_name: str, alias: str = "champion") -> dict | N
     if version is None:
         return None
     mv = client.get_model_version(model_name, str(version))
-    return {"model_name": model_name, "version": version, "alias": alias, "aliases": sorted(mv.aliases or []),
-            "tags": dict(mv.tags), "run_id": mv.run_id, "model_uri": f"models:/{model_name}/{version}"}
+    return {
+        "model_name": model_name,
+        "version": version,
+        "alias": alias,
+        "aliases": sorted(mv.aliases or []),
+        "tags": dict(mv.tags),
+        "run_id": mv.run_id,
+        "model_uri": f"models:/{model_name}/{version}",
+    }
 
 
 def download_champion(paths: Paths, model_name: str, dst_dir: Path, alias: str = "champion") -> dict | None:
@@ -468,22 +615,43 @@ def download_champion(paths: Paths, model_name: str, dst_dir: Path, alias: str =
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["model_uri"], dst_path=str(dst_dir)))
     artifacts = Model.load(str(local)).flavors.get("python_function", {}).get("artifacts", {})
     if "base_model" not in artifacts:
-        raise RegistryError(f"{model_name} v{info['version']} has no 'base_model' artifact in its pyfunc "
-                            f"({local / 'MLmodel'}); was it logged by tasks.release.registry?")
+        raise RegistryError(
+            f"{model_name} v{info['version']} has no 'base_model' artifact in its pyfunc "
+            f"({local / 'MLmodel'}); was it logged by tasks.release.registry?"
+        )
 
     def artifact_dir(name: str) -> str | None:
         entry = artifacts.get(name)
         return str(local / entry["path"]) if entry else None
 
-    return {"model_name": model_name, "version": info["version"], "model_dir": str(local),
-            "base_model_dir": artifact_dir("base_model"), "adapter_dir": artifact_dir("adapter")}
+    return {
+        "model_name": model_name,
+        "version": info["version"],
+        "model_dir": str(local),
+        "base_model_dir": artifact_dir("base_model"),
+        "adapter_dir": artifact_dir("adapter"),
+    }
 
 
 def versions(paths: Paths, model_name: str) -> list[dict]:
     """Every version with its aliases and release tags (decision, approval, rollback, retirement)."""
     client = registry_client(paths)
-    keys = ("decision", "approval", "approved_by", "promoted_at", "previous_champion", "rejected_by", "rejected_at",
-            "rolled_back_at", "rolled_back_to", "retire", "retire_reason", "gates", "dataset_rev", "epsilon")
+    keys = (
+        "decision",
+        "approval",
+        "approved_by",
+        "promoted_at",
+        "previous_champion",
+        "rejected_by",
+        "rejected_at",
+        "rolled_back_at",
+        "rolled_back_to",
+        "retire",
+        "retire_reason",
+        "gates",
+        "dataset_rev",
+        "epsilon",
+    )
     from mlflow.exceptions import MlflowException
 
     try:  # search results carry no aliases: read them from the registered model
@@ -494,9 +662,13 @@ def versions(paths: Paths, model_name: str) -> list[dict]:
         raise
     out = []
     for mv in client.search_model_versions(f"name = '{model_name}'"):
-        out.append({"version": int(mv.version),
-                    "aliases": sorted(a for a, v in aliases.items() if int(v) == int(mv.version)),
-                    **{k: mv.tags[k] for k in keys if k in mv.tags}})
+        out.append(
+            {
+                "version": int(mv.version),
+                "aliases": sorted(a for a, v in aliases.items() if int(v) == int(mv.version)),
+                **{k: mv.tags[k] for k in keys if k in mv.tags},
+            }
+        )
     return sorted(out, key=lambda v: v["version"])
 
 
@@ -515,21 +687,29 @@ COMMANDS = ("register", "promote", "reject", "rollback", "retire", "show")
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", type=Path, default=argparse.SUPPRESS,
-                        help="data root (default: $PFT_HOME or .local)")
-    common.add_argument("--model-name", default=argparse.SUPPRESS,
-                        help="registered model (default: registry.model_name of the pipeline config)")
+    common.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="data root (default: $PFT_HOME or .local)")
+    common.add_argument(
+        "--model-name",
+        default=argparse.SUPPRESS,
+        help="registered model (default: registry.model_name of the pipeline config)",
+    )
     parser = argparse.ArgumentParser(
-        prog="python -m tasks.release.registry", parents=[common],
+        prog="python -m tasks.release.registry",
+        parents=[common],
         description="The model registry: register a version, promote it to champion, record a rejection, "
-                    "roll back, mark for retirement, show the state and the audit trail.",
-        epilog="A bare `python -m tasks.release.registry --base-model ... --adapter ...` means `register`.")
+        "roll back, mark for retirement, show the state and the audit trail.",
+        epilog="A bare `python -m tasks.release.registry --base-model ... --adapter ...` means `register`.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     reg = sub.add_parser("register", parents=[common], help="log the pyfunc and register a new version")
     reg.add_argument("--alias", default="challenger")
-    reg.add_argument("--base-model", type=Path, required=True, help="HF causal-LM directory (tuned weights for full/freeze)")
-    reg.add_argument("--adapter", type=Path, default=None, help="PEFT adapter directory (omit for whole-weight methods)")
+    reg.add_argument(
+        "--base-model", type=Path, required=True, help="HF causal-LM directory (tuned weights for full/freeze)"
+    )
+    reg.add_argument(
+        "--adapter", type=Path, default=None, help="PEFT adapter directory (omit for whole-weight methods)"
+    )
     reg.add_argument("--mlflow-run-id", default=None, help="log into this run (default: a new run)")
     reg.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="model version tag")
     reg.add_argument("--metric", action="append", default=[], metavar="KEY=VALUE", help="numeric metric")
@@ -565,17 +745,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def _show_text(state: dict) -> str:
     champ = state["champion"]
-    lines = [f"model {state['model_name']}: champion "
-             + (f"v{champ['version']}" if champ else "none (promote a version first)")]
+    lines = [
+        f"model {state['model_name']}: champion "
+        + (f"v{champ['version']}" if champ else "none (promote a version first)")
+    ]
     for v in state["versions"]:
-        extra = ", ".join(f"{k}={v[k]}" for k in ("decision", "approval", "approved_by", "promoted_at",
-                                                  "previous_champion", "rolled_back_at", "retire") if k in v)
+        extra = ", ".join(
+            f"{k}={v[k]}"
+            for k in (
+                "decision",
+                "approval",
+                "approved_by",
+                "promoted_at",
+                "previous_champion",
+                "rolled_back_at",
+                "retire",
+            )
+            if k in v
+        )
         lines.append(f"  v{v['version']:<4} {','.join(v['aliases']) or '-':<30} {extra}")
     if state["audit"]:
         lines.append("audit trail:")
-        lines += [f"  {e['seq']:>4} {e.get('at', '')} {e['event']:<8} v{e.get('version')} "
-                  + ", ".join(f"{k}={e[k]}" for k in ("replaced", "from", "approval", "by") if e.get(k) is not None)
-                  for e in state["audit"]]
+        lines += [
+            f"  {e['seq']:>4} {e.get('at', '')} {e['event']:<8} v{e.get('version')} "
+            + ", ".join(f"{k}={e[k]}" for k in ("replaced", "from", "approval", "by") if e.get(k) is not None)
+            for e in state["audit"]
+        ]
     return "\n".join(lines)
 
 
@@ -596,28 +791,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "register":
             metrics = {k: float(v) for k, v in _parse_pairs(args.metric, "metric").items()}
-            result = register_model(paths=paths, model_name=model_name, alias=args.alias,
-                                    base_model_dir=args.base_model, adapter_dir=args.adapter,
-                                    mlflow_run_id=args.mlflow_run_id, tags=_parse_pairs(args.tag, "tag"),
-                                    metrics=metrics)
+            result = register_model(
+                paths=paths,
+                model_name=model_name,
+                alias=args.alias,
+                base_model_dir=args.base_model,
+                adapter_dir=args.adapter,
+                mlflow_run_id=args.mlflow_run_id,
+                tags=_parse_pairs(args.tag, "tag"),
+                metrics=metrics,
+            )
         elif args.command == "promote":
-            result = promote(paths=paths, model_name=model_name, version=args.version,
-                             champion_alias=args.champion_alias, approved_by=args.approved_by,
-                             approval="gates-only" if args.gates_only else "approved", comment=args.comment)
+            result = promote(
+                paths=paths,
+                model_name=model_name,
+                version=args.version,
+                champion_alias=args.champion_alias,
+                approved_by=args.approved_by,
+                approval="gates-only" if args.gates_only else "approved",
+                comment=args.comment,
+            )
         elif args.command == "reject":
-            result = record_rejection(paths=paths, model_name=model_name, version=args.version,
-                                      rejected_by=args.by, comment=args.comment)
+            result = record_rejection(
+                paths=paths, model_name=model_name, version=args.version, rejected_by=args.by, comment=args.comment
+            )
         elif args.command == "rollback":
-            result = rollback(paths=paths, model_name=model_name, to_version=args.to_version,
-                              champion_alias=args.champion_alias, rolled_back_by=args.by, reason=args.reason)
-            print(f"champion of {model_name} is now v{result['version']} (rolled back from "
-                  f"v{result['rolled_back_from']})", file=sys.stderr)
+            result = rollback(
+                paths=paths,
+                model_name=model_name,
+                to_version=args.to_version,
+                champion_alias=args.champion_alias,
+                rolled_back_by=args.by,
+                reason=args.reason,
+            )
+            print(
+                f"champion of {model_name} is now v{result['version']} (rolled back from "
+                f"v{result['rolled_back_from']})",
+                file=sys.stderr,
+            )
         elif args.command == "retire":
-            result = mark_for_retirement(paths=paths, model_name=model_name, version=args.version,
-                                         reason=args.reason, requested_by=args.by)
+            result = mark_for_retirement(
+                paths=paths, model_name=model_name, version=args.version, reason=args.reason, requested_by=args.by
+            )
         else:
-            state = {"model_name": model_name, "champion": champion(paths, model_name),
-                     "versions": versions(paths, model_name), "audit": audit_trail(paths, model_name)}
+            state = {
+                "model_name": model_name,
+                "champion": champion(paths, model_name),
+                "versions": versions(paths, model_name),
+                "audit": audit_trail(paths, model_name),
+            }
             print(json.dumps(state, indent=2) if args.json else _show_text(state))
             return 0
     except (RegistryError, ValueError, FileNotFoundError) as exc:

@@ -12,15 +12,45 @@ import json
 import time
 from pathlib import Path
 
-STAGE_ORDER = ["prepare", "ingest", "validate", "mask", "dataset", "version", "train", "evaluate", "register", "gates", "decision"]
+STAGE_ORDER = [
+    "prepare",
+    "ingest",
+    "validate",
+    "mask",
+    "dataset",
+    "version",
+    "train",
+    "evaluate",
+    "register",
+    "gates",
+    "decision",
+]
 
 # The fields every complete run must report (dotted paths into report.json).
 REQUIRED_FIELDS = [
-    "ingest.rows_in", "ingest.rows_valid", "ingest.rows_quarantined", "validate.success", "mask.entities",
-    "version.dataset_rev", "train.method", "train.epsilon", "train.delta", "train.trainable_pct",
-    "evaluate.base.exact_match", "evaluate.finetuned.exact_match", "evaluate.base.f1", "evaluate.finetuned.f1",
-    "evaluate.toxicity_rate", "evaluate.base.relevance", "evaluate.finetuned.relevance", "evaluate.pii_leaks",
-    "evaluate.mia_auc", "evaluate.helm_html", "register.model_name", "register.version", "gates.status",
+    "ingest.rows_in",
+    "ingest.rows_valid",
+    "ingest.rows_quarantined",
+    "validate.success",
+    "mask.entities",
+    "version.dataset_rev",
+    "train.method",
+    "train.epsilon",
+    "train.delta",
+    "train.trainable_pct",
+    "evaluate.base.exact_match",
+    "evaluate.finetuned.exact_match",
+    "evaluate.base.f1",
+    "evaluate.finetuned.f1",
+    "evaluate.toxicity_rate",
+    "evaluate.base.relevance",
+    "evaluate.finetuned.relevance",
+    "evaluate.pii_leaks",
+    "evaluate.mia_auc",
+    "evaluate.helm_html",
+    "register.model_name",
+    "register.version",
+    "gates.status",
     "decision.outcome",
 ]
 
@@ -81,7 +111,13 @@ def summary_lines(report: dict) -> list[str]:
     entities = get("mask.entities", {}) or {}
     ent = ", ".join(f"{k} {v}" for k, v in sorted(entities.items(), key=lambda kv: -kv[1])) or "—"
     eps, delta = get("train.epsilon"), get("train.delta")
-    privacy = "non-private (dp: false)" if get("train.dp", True) is False else f"ε = {eps} (target {get('train.target_epsilon')}), δ = {delta:.2e}" if isinstance(delta, float) else f"ε = {eps}, δ = {delta}"
+    privacy = (
+        "non-private (dp: false)"
+        if get("train.dp", True) is False
+        else f"ε = {eps} (target {get('train.target_epsilon')}), δ = {delta:.2e}"
+        if isinstance(delta, float)
+        else f"ε = {eps}, δ = {delta}"
+    )
     return [
         f"run                 {report.get('run_id')}",
         *_refused_lines(get("prepare.params_refused", None)),
@@ -102,9 +138,11 @@ def summary_lines(report: dict) -> list[str]:
         f"{get('train.train_seconds')} s",
         f"privacy             {privacy}",
         f"privacy ledger      {_ledger(get('train.privacy_ledger', None))}",
-        *[f"domain QA {label:<13}base {get('evaluate.base.' + key)} → fine-tuned {get('evaluate.finetuned.' + key)}"
-          f"{_champion(report, key)}" for label, key in (("exact match", "exact_match"), ("F1", "f1"),
-                                                         ("relevance", "relevance"))],
+        *[
+            f"domain QA {label:<13}base {get('evaluate.base.' + key)} → fine-tuned {get('evaluate.finetuned.' + key)}"
+            f"{_champion(report, key)}"
+            for label, key in (("exact match", "exact_match"), ("F1", "f1"), ("relevance", "relevance"))
+        ],
         f"answer loss (nats)  {_answer_loss(get('evaluate.answer_loss', None))}",
         f"toxicity            rate {get('evaluate.toxicity_rate')} (base {get('evaluate.base_toxicity_rate')}), "
         f"identity gap {get('evaluate.identity_gap')}",
@@ -131,8 +169,10 @@ def _answer_loss(loss: dict | None) -> str:
     if not isinstance(loss, dict) or "finetuned_minus_base" not in loss:
         return "—"
     d = loss["finetuned_minus_base"]
-    return (f"base {loss['base']['mean']:.3f} → fine-tuned {loss['finetuned']['mean']:.3f} "
-            f"(Δ {d['mean']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], {d['n']} questions)")
+    return (
+        f"base {loss['base']['mean']:.3f} → fine-tuned {loss['finetuned']['mean']:.3f} "
+        f"(Δ {d['mean']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], {d['n']} questions)"
+    )
 
 
 def _monthly_lines(report: dict) -> list[str]:
@@ -143,8 +183,11 @@ def _monthly_lines(report: dict) -> list[str]:
     erasure = built.get("erasure") or {}
     retired = built.get("retired_versions") or []
     warm = (report.get("train") or {}).get("warm_start") or {}
-    prev = f"{built.get('previous_month')} ({str(built.get('previous_rev'))[:12]})" if built.get("previous_month") \
+    prev = (
+        f"{built.get('previous_month')} ({str(built.get('previous_rev'))[:12]})"
+        if built.get("previous_month")
         else "none (first month)"
+    )
     return [
         f"month               {built.get('month')}: previous version {prev}",
         f"dataset build       {built.get('previous_records')} previous + {built.get('new_records')} new "
@@ -174,9 +217,14 @@ def _gates(gates: dict | None) -> str:
         return "GATED: " + "; ".join(gates.get("reasons") or [])
     rows = gates.get("gates", [])
     measured = sum(g["status"] == "passed" for g in rows)
-    notes = [f"{label}: {', '.join(names)}" for label, names in
-             (("not measured", [g["name"] for g in rows if g["status"] == "not measured"]),
-              ("off", [g["name"] for g in rows if g["status"] == "off"])) if names]
+    notes = [
+        f"{label}: {', '.join(names)}"
+        for label, names in (
+            ("not measured", [g["name"] for g in rows if g["status"] == "not measured"]),
+            ("off", [g["name"] for g in rows if g["status"] == "off"]),
+        )
+        if names
+    ]
     return f"passed ({measured} checked" + "".join(f"; {n}" for n in notes) + ")"
 
 
@@ -198,9 +246,11 @@ def _ledger(ledger: dict | None) -> str:
     def num(x):
         return f"{x:.4g}" if isinstance(x, float) else x
 
-    return (f"{ledger.get('source_dataset')}: ε spent {num(ledger.get('spent_epsilon'))} of "
-            f"{'no limit' if budget is None else num(budget)} over {ledger.get('runs')} run(s), "
-            f"δ spent {num(ledger.get('spent_delta'))} (basic composition)")
+    return (
+        f"{ledger.get('source_dataset')}: ε spent {num(ledger.get('spent_epsilon'))} of "
+        f"{'no limit' if budget is None else num(budget)} over {ledger.get('runs')} run(s), "
+        f"δ spent {num(ledger.get('spent_delta'))} (basic composition)"
+    )
 
 
 def _drift(drift: dict | None) -> str:
@@ -208,14 +258,26 @@ def _drift(drift: dict | None) -> str:
         return "—"
     if drift.get("status") == "skipped":
         return f"skipped: {drift.get('reason')}"
-    kl = ", ".join(f"{n} KL {'inf' if drift.get(n + '_kl') is None else round(drift[n + '_kl'], 4)}"
-                   for n in ("text_chars", "record_type"))
+    kl = ", ".join(
+        f"{n} KL {'inf' if drift.get(n + '_kl') is None else round(drift[n + '_kl'], 4)}"
+        for n in ("text_chars", "record_type")
+    )
     return f"{drift.get('status')} ({kl}; max {drift.get('max_kl')}, {drift.get('severity')}) vs {str(drift.get('previous_rev'))[:12]}"
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# PrivateTune run report — {report.get('run_id')}", "", "```", *summary_lines(report), "```", "",
-             "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines = [
+        f"# PrivateTune run report — {report.get('run_id')}",
+        "",
+        "```",
+        *summary_lines(report),
+        "```",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | seconds |",
+        "|---|---|---|",
+    ]
     for stage in STAGE_ORDER:
         lines.append(f"| {stage} | {report['stages'][stage]} | {report.get(stage, {}).get('seconds', '')} |")
     quarantine = (report.get("ingest") or {}).get("quarantine_reasons") or {}
@@ -224,8 +286,13 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {k} | {v} |" for k, v in sorted(quarantine.items())]
     gates = report.get("gates") or {}
     if gates.get("gates"):
-        lines += ["", f"## Promotion gates: {gates.get('status')}", "", "| gate | value | threshold | status |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Promotion gates: {gates.get('status')}",
+            "",
+            "| gate | value | threshold | status |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {g['name']} | {g['value']} | {g['threshold']} | {g['status']} |" for g in gates["gates"]]
     if report.get("missing_fields"):
         lines += ["", "## Missing fields", "", *[f"- {f}" for f in report["missing_fields"]]]
@@ -237,8 +304,12 @@ def write_report(run_dir: Path) -> dict:
     report = build_report(run_dir)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
     (run_dir / "report.md").write_text(render_markdown(report))
-    return {"report_path": str(run_dir / "report.json"), "complete": report["complete"],
-            "missing_fields": report["missing_fields"], "outcome": report["outcome"]}
+    return {
+        "report_path": str(run_dir / "report.json"),
+        "complete": report["complete"],
+        "missing_fields": report["missing_fields"],
+        "outcome": report["outcome"],
+    }
 
 
 def main() -> None:
@@ -256,7 +327,9 @@ def main() -> None:
         run_dir = runs[-1].parent
     write_report(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
-    print("\n".join(["PrivateTune run summary", f"report              {run_dir / 'report.json'}", *summary_lines(report)]))
+    print(
+        "\n".join(["PrivateTune run summary", f"report              {run_dir / 'report.json'}", *summary_lines(report)])
+    )
 
 
 if __name__ == "__main__":

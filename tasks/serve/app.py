@@ -47,8 +47,8 @@ it prints the query string, where a client might have put a token.
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime, and the
 # request model and Response are local to create_app.
 import argparse
-import functools
 import codecs
+import functools
 import hmac
 import logging
 import os
@@ -88,10 +88,13 @@ def _read_token(env: str, *, required: bool) -> str:
         raise ServeConfigError(
             f"{env} is not set: the API needs a bearer token. Set one, e.g. "
             f"`export {env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`, "
-            "and give it to the clients (Authorization: Bearer <token>)")
+            "and give it to the clients (Authorization: Bearer <token>)"
+        )
     if token and len(token) < MIN_TOKEN_CHARS:
-        raise ServeConfigError(f"{env} is {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
-                               "random characters (e.g. secrets.token_urlsafe(32))")
+        raise ServeConfigError(
+            f"{env} is {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+            "random characters (e.g. secrets.token_urlsafe(32))"
+        )
     return token
 
 
@@ -140,6 +143,7 @@ class BodyGuard:
 
 # ---------------------------------------------------------------- output masking
 
+
 class OutputMasker:
     """Presidio over generated text, with the masking stage's recognizers and clean-up (tasks.pii)."""
 
@@ -165,14 +169,25 @@ class OutputMasker:
 
         counts: Counter = Counter()
         if text.strip():
-            found = next(iter(mask_records([text], key=self._key, recognizers_path=self.recognizers_path,
-                                           score_threshold=self.score_threshold, language=self.language,
-                                           workers=1, residual=False)))
+            found = next(
+                iter(
+                    mask_records(
+                        [text],
+                        key=self._key,
+                        recognizers_path=self.recognizers_path,
+                        score_threshold=self.score_threshold,
+                        language=self.language,
+                        workers=1,
+                        residual=False,
+                    )
+                )
+            )
             text, counts = found.text, found.entities
         return _PSEUDONYM.sub(r"<\1>", text), counts
 
 
 # ---------------------------------------------------------------- the served model
+
 
 @dataclass(frozen=True)
 class Served:
@@ -201,8 +216,17 @@ class ChampionWatcher:
     old or the new model, whole. `poll_once` is the unit the thread repeats (and tests call).
     """
 
-    def __init__(self, *, paths: Paths, model_name: str, alias: str, interval_s: float, masker: OutputMasker,
-                 on_load=None, on_failure=None):
+    def __init__(
+        self,
+        *,
+        paths: Paths,
+        model_name: str,
+        alias: str,
+        interval_s: float,
+        masker: OutputMasker,
+        on_load=None,
+        on_failure=None,
+    ):
         self.paths, self.model_name, self.alias, self.interval_s = paths, model_name, alias, interval_s
         self.masker = masker
         self.current: Served | None = None
@@ -232,13 +256,27 @@ class ChampionWatcher:
         try:
             version = self.alias_version()
         except Exception as exc:
-            self._note(("alias", type(exc).__name__), logging.WARNING, "cannot read alias %s of %s (%s: %s); "
-                       "still serving %s", self.alias, self.model_name, type(exc).__name__, exc, self._serving())
+            self._note(
+                ("alias", type(exc).__name__),
+                logging.WARNING,
+                "cannot read alias %s of %s (%s: %s); still serving %s",
+                self.alias,
+                self.model_name,
+                type(exc).__name__,
+                exc,
+                self._serving(),
+            )
             return False
         if version is None:
-            self._note(("none",), logging.WARNING, "model %s has no '%s' alias yet; promote a version "
-                       "(python -m tasks.release.registry promote); still serving %s", self.model_name, self.alias,
-                       self._serving())
+            self._note(
+                ("none",),
+                logging.WARNING,
+                "model %s has no '%s' alias yet; promote a version "
+                "(python -m tasks.release.registry promote); still serving %s",
+                self.model_name,
+                self.alias,
+                self._serving(),
+            )
             return False
         if self.current is not None and self.current.version == version:
             return False
@@ -248,18 +286,37 @@ class ChampionWatcher:
         except Exception as exc:
             if self._on_failure:
                 self._on_failure()
-            self._note(("load", version), logging.ERROR, "loading %s v%d failed (%s: %s); still serving %s, "
-                       "retrying every %ss", self.model_name, version, type(exc).__name__, exc, self._serving(),
-                       self.interval_s)
+            self._note(
+                ("load", version),
+                logging.ERROR,
+                "loading %s v%d failed (%s: %s); still serving %s, retrying every %ss",
+                self.model_name,
+                version,
+                type(exc).__name__,
+                exc,
+                self._serving(),
+                self.interval_s,
+            )
             return False
         signature = model.metadata.signature
         accepts = bool(signature and signature.params and "max_new_tokens" in [p.name for p in signature.params.params])
         previous = self._serving()
-        self.current = Served(version=version, model=model, accepts_params=accepts, loaded_at=time.time(),
-                              prompt_tokens=_prompt_counter(model))
+        self.current = Served(
+            version=version,
+            model=model,
+            accepts_params=accepts,
+            loaded_at=time.time(),
+            prompt_tokens=_prompt_counter(model),
+        )
         self._last_problem = None
-        log.info("serving %s v%d (was %s), loaded in %.1fs%s", self.model_name, version, previous,
-                 time.perf_counter() - started, "" if accepts else "; this version ignores max_new_tokens")
+        log.info(
+            "serving %s v%d (was %s), loaded in %.1fs%s",
+            self.model_name,
+            version,
+            previous,
+            time.perf_counter() - started,
+            "" if accepts else "; this version ignores max_new_tokens",
+        )
         if self._on_load:
             self._on_load(version)
         return True
@@ -272,8 +329,11 @@ class ChampionWatcher:
             self.masker.warm_up()
             log.info("output masking ready (%s)", self.masker.recognizers_path)
         except Exception:
-            log.error("output masking failed to load (%s); /v1/generate answers 503 until the server restarts "
-                      "with a working masking setup", self.masker.error)
+            log.error(
+                "output masking failed to load (%s); /v1/generate answers 503 until the server restarts "
+                "with a working masking setup",
+                self.masker.error,
+            )
             return
         while not self._stop.is_set():
             self.poll_once()
@@ -291,6 +351,7 @@ class ChampionWatcher:
 
 # ---------------------------------------------------------------- metrics
 
+
 @dataclass(frozen=True)
 class Metrics:
     registry: Any
@@ -303,25 +364,37 @@ class Metrics:
 
 def make_metrics(model_name: str) -> Metrics:
     """The app's own CollectorRegistry: two apps in one process (tests) never share counters."""
-    from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram
+    from prometheus_client import CollectorRegistry, Gauge, Histogram
+    from prometheus_client import Counter as PCounter
 
     reg = CollectorRegistry()
-    version = Gauge("pft_serve_model_version", "registry version being served (0 = none loaded)", ["model"],
-                    registry=reg)
+    version = Gauge(
+        "pft_serve_model_version", "registry version being served (0 = none loaded)", ["model"], registry=reg
+    )
     version.labels(model=model_name).set(0)
     return Metrics(
         registry=reg,
         requests=PCounter("pft_serve_requests", "HTTP requests by route and status", ["route", "status"], registry=reg),
-        latency=Histogram("pft_serve_request_seconds", "request latency by route", ["route"], registry=reg,
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)),
+        latency=Histogram(
+            "pft_serve_request_seconds",
+            "request latency by route",
+            ["route"],
+            registry=reg,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        ),
         version=version,
-        masked=PCounter("pft_serve_masked_entities", "personal-data entities masked in answers, by type",
-                        ["entity_type"], registry=reg),
+        masked=PCounter(
+            "pft_serve_masked_entities",
+            "personal-data entities masked in answers, by type",
+            ["entity_type"],
+            registry=reg,
+        ),
         reloads=PCounter("pft_serve_model_loads", "champion loads by result", ["result"], registry=reg),
     )
 
 
 # ---------------------------------------------------------------- the app
+
 
 def _validation_message(errors: list[dict]) -> list[dict]:
     """Field and reason for each error, without echoing the input (it may be a prompt)."""
@@ -357,8 +430,9 @@ def _schemas():
         model_config = ConfigDict(extra="forbid", strict=True)
 
         prompt: str = Field(description="the question")
-        max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT,
-                                           description=f"default {DEFAULT_MAX_NEW_TOKENS}")
+        max_new_tokens: int | None = Field(
+            None, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=f"default {DEFAULT_MAX_NEW_TOKENS}"
+        )
 
         @field_validator("prompt")
         @classmethod
@@ -448,11 +522,13 @@ def _generate(server: _Server, prompt: str, max_new_tokens: int | None) -> dict:
         raise HTTPException(413, f"prompt is {len(prompt)} characters; at most {server.max_prompt_chars}")
     served, masker = server.watcher.current, server.masker
     if not masker.ready:
-        raise HTTPException(503, "output masking is not ready" + (f" ({masker.error})" if masker.error else
-                                                                   "; retry in a few seconds"))
+        raise HTTPException(
+            503, "output masking is not ready" + (f" ({masker.error})" if masker.error else "; retry in a few seconds")
+        )
     if served is None:
-        raise HTTPException(503, f"no model loaded: {server.model_name}@{server.alias} is loading or not promoted "
-                                 "yet (see /healthz)")
+        raise HTTPException(
+            503, f"no model loaded: {server.model_name}@{server.alias} is loading or not promoted yet (see /healthz)"
+        )
     new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     params = {"max_new_tokens": new_tokens} if served.accepts_params else None
     with server.inference_lock:
@@ -462,9 +538,15 @@ def _generate(server: _Server, prompt: str, max_new_tokens: int | None) -> dict:
         total, used = served.prompt_tokens(prompt, new_tokens) if served.prompt_tokens else (None, None)
     for entity_type, n in counts.items():
         server.metrics.masked.labels(entity_type=entity_type).inc(n)
-    return {"text": text, "model": server.model_name, "version": served.version,
-            "masked_entities": int(sum(counts.values())), "prompt_tokens": total, "prompt_tokens_used": used,
-            "truncated": None if total is None else used < total}
+    return {
+        "text": text,
+        "model": server.model_name,
+        "version": served.version,
+        "masked_entities": int(sum(counts.values())),
+        "prompt_tokens": total,
+        "prompt_tokens_used": used,
+        "truncated": None if total is None else used < total,
+    }
 
 
 def _install_routes(app, server: _Server) -> None:
@@ -483,33 +565,74 @@ def _install_routes(app, server: _Server) -> None:
         masking = "ready" if masker.ready else ("failed" if masker.error else "loading")
         ready = served is not None and masker.ready
         response.status_code = 200 if ready else 503
-        return {"model": server.model_name, "alias": server.alias, "version": served.version if served else None,
-                "loaded": served is not None, "masking": masking, "ready": ready}
+        return {
+            "model": server.model_name,
+            "alias": server.alias,
+            "version": served.version if served else None,
+            "loaded": served is not None,
+            "masking": masking,
+            "ready": ready,
+        }
 
     @app.get("/metrics")
     def prometheus() -> Response:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _server(cfg: PipelineConfig, paths: Paths, *, model_name: str, alias: str, token: str, metrics_token: str | None,
-            metrics_token_env: str, reload_interval_s: float, max_prompt_chars: int) -> _Server:
+def _server(
+    cfg: PipelineConfig,
+    paths: Paths,
+    *,
+    model_name: str,
+    alias: str,
+    token: str,
+    metrics_token: str | None,
+    metrics_token_env: str,
+    reload_interval_s: float,
+    max_prompt_chars: int,
+) -> _Server:
     recognizers = Path(cfg.mask.recognizers)
-    masker = OutputMasker(recognizers if recognizers.is_absolute() else REPO_ROOT / recognizers,
-                          language=cfg.mask.language, score_threshold=cfg.mask.score_threshold)
+    masker = OutputMasker(
+        recognizers if recognizers.is_absolute() else REPO_ROOT / recognizers,
+        language=cfg.mask.language,
+        score_threshold=cfg.mask.score_threshold,
+    )
     metrics = make_metrics(model_name)
     watcher = ChampionWatcher(
-        paths=paths, model_name=model_name, alias=alias, interval_s=reload_interval_s, masker=masker,
+        paths=paths,
+        model_name=model_name,
+        alias=alias,
+        interval_s=reload_interval_s,
+        masker=masker,
         on_load=lambda v: (metrics.version.labels(model=model_name).set(v), metrics.reloads.labels(result="ok").inc()),
-        on_failure=lambda: metrics.reloads.labels(result="failed").inc())
-    return _Server(token=token, metrics_token=metrics_token, metrics_token_env=metrics_token_env,
-                   model_name=model_name, alias=alias, max_prompt_chars=max_prompt_chars, watcher=watcher,
-                   masker=masker, metrics=metrics, inference_lock=threading.Lock())
+        on_failure=lambda: metrics.reloads.labels(result="failed").inc(),
+    )
+    return _Server(
+        token=token,
+        metrics_token=metrics_token,
+        metrics_token_env=metrics_token_env,
+        model_name=model_name,
+        alias=alias,
+        max_prompt_chars=max_prompt_chars,
+        watcher=watcher,
+        masker=masker,
+        metrics=metrics,
+        inference_lock=threading.Lock(),
+    )
 
 
-def create_app(*, paths: Paths | None = None, model_name: str | None = None, alias: str = "champion",
-               token_env: str = "PFT_SERVE_TOKEN", metrics_token_env: str = "PFT_METRICS_TOKEN",
-               reload_interval_s: float = 30, max_prompt_chars: int = 2000, openapi: bool = False,
-               config: PipelineConfig | None = None):
+def create_app(
+    *,
+    paths: Paths | None = None,
+    model_name: str | None = None,
+    alias: str = "champion",
+    token_env: str = "PFT_SERVE_TOKEN",
+    metrics_token_env: str = "PFT_METRICS_TOKEN",
+    reload_interval_s: float = 30,
+    max_prompt_chars: int = 2000,
+    openapi: bool = False,
+    config: PipelineConfig | None = None,
+):
     """The FastAPI app serving `model_name@alias`. Refuses to build without a token in `token_env`.
 
     `model_name` defaults to registry.model_name and the masking setup (recognizers, threshold,
@@ -528,9 +651,17 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
 
     quiet_mlflow()
     cfg = config or load_config()
-    server = _server(cfg, paths or Paths(), model_name=model_name or cfg.registry.model_name, alias=alias, token=token,
-                     metrics_token=metrics_token, metrics_token_env=metrics_token_env,
-                     reload_interval_s=reload_interval_s, max_prompt_chars=max_prompt_chars)
+    server = _server(
+        cfg,
+        paths or Paths(),
+        model_name=model_name or cfg.registry.model_name,
+        alias=alias,
+        token=token,
+        metrics_token=metrics_token,
+        metrics_token_env=metrics_token_env,
+        reload_interval_s=reload_interval_s,
+        max_prompt_chars=max_prompt_chars,
+    )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -541,15 +672,23 @@ def create_app(*, paths: Paths | None = None, model_name: str | None = None, ali
             server.watcher.stop()
 
     # Swagger UI and ReDoc pull their JS and CSS from a public CDN: off, whatever `openapi` says.
-    app = FastAPI(title="PrivateTune", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json" if openapi else None,
-                  description="Domain QA from the registry's champion; every answer is masked with Presidio.")
+    app = FastAPI(
+        title="PrivateTune",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if openapi else None,
+        description="Domain QA from the registry's champion; every answer is masked with Presidio.",
+    )
     app.state.watcher, app.state.metrics, app.state.masker = server.watcher, server.metrics, server.masker
     max_body_bytes = 4 * max_prompt_chars + 1024  # UTF-8 (≤ 4 bytes a character) plus the JSON around it
     # Added before the guard, so it runs inside it: the token is checked first, and its 413s are counted.
-    app.add_middleware(BodyGuard, max_bytes=max_body_bytes,
-                       too_large=f"request body over {max_body_bytes} bytes; prompts are limited to "
-                                 f"{max_prompt_chars} characters")
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=max_body_bytes,
+        too_large=f"request body over {max_body_bytes} bytes; prompts are limited to {max_prompt_chars} characters",
+    )
     _install_guard(app, server)
     _install_routes(app, server)
     return app
@@ -563,20 +702,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default=None, help="default: registry.model_name of the pipeline config")
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--token-env", default="PFT_SERVE_TOKEN", help="env var holding the bearer token")
-    parser.add_argument("--metrics-token-env", default="PFT_METRICS_TOKEN",
-                        help="env var holding a token /metrics then requires (unset: /metrics is public)")
-    parser.add_argument("--openapi", action="store_true",
-                        help="serve /openapi.json (/docs and /redoc stay off: their assets come from a public CDN)")
+    parser.add_argument(
+        "--metrics-token-env",
+        default="PFT_METRICS_TOKEN",
+        help="env var holding a token /metrics then requires (unset: /metrics is public)",
+    )
+    parser.add_argument(
+        "--openapi",
+        action="store_true",
+        help="serve /openapi.json (/docs and /redoc stay off: their assets come from a public CDN)",
+    )
     parser.add_argument("--reload-interval", type=float, default=30.0, help="seconds between alias polls")
     parser.add_argument("--max-prompt-chars", type=int, default=2000)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        app = create_app(paths=Paths(args.home), model_name=args.model_name, alias=args.alias,
-                         token_env=args.token_env, metrics_token_env=args.metrics_token_env,
-                         reload_interval_s=args.reload_interval, max_prompt_chars=args.max_prompt_chars,
-                         openapi=args.openapi)
+        app = create_app(
+            paths=Paths(args.home),
+            model_name=args.model_name,
+            alias=args.alias,
+            token_env=args.token_env,
+            metrics_token_env=args.metrics_token_env,
+            reload_interval_s=args.reload_interval,
+            max_prompt_chars=args.max_prompt_chars,
+            openapi=args.openapi,
+        )
     except ServeConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

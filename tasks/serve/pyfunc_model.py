@@ -73,7 +73,7 @@ class DomainQAModel(PythonModel):
                 self.prompt_len = prompt_len
 
             def __call__(self, input_ids, scores, **kwargs):
-                done = ["\n" in tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True) for row in input_ids]
+                done = ["\n" in tokenizer.decode(row[self.prompt_len :], skip_special_tokens=True) for row in input_ids]
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
         self._stops = lambda prompt_len: StoppingCriteriaList([NewlineStop(prompt_len)])
@@ -93,7 +93,7 @@ class DomainQAModel(PythonModel):
         if len(ids) <= limit:
             return ids, len(ids)
         head = len(self.tokenizer(PROMPT_HEAD)["input_ids"])
-        return ids[:head] + ids[len(ids) - (limit - head):], len(ids)
+        return ids[:head] + ids[len(ids) - (limit - head) :], len(ids)
 
     def prompt_tokens(self, question: str, new_tokens: int = MAX_NEW_TOKENS) -> tuple[int, int]:
         """(the prompt's length in tokens, how many of them the model reads)."""

@@ -22,16 +22,12 @@ from such a model.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from tasks.common.digest import update_from_file
@@ -51,6 +47,7 @@ DAG_ID = "monthly_refinetune"
 
 # ---------------------------------------------------------------- prepare
 
+
 def stage_prepare(airflow_run_id: str, month: str, params: dict | None = None) -> dict:
     """Resolve config and base model under the month's run key; link the Airflow run id to it, so the
     report pages and run notes find the month's folder from either name."""
@@ -67,6 +64,7 @@ def stage_prepare(airflow_run_id: str, month: str, params: dict | None = None) -
 
 
 # ---------------------------------------------------------------- the month's dataset
+
 
 def _records(path: Path) -> Iterable[dict]:
     with open(path, encoding="utf-8") as fh:
@@ -101,7 +99,18 @@ def stage_dataset(key: str, month: str, masked: dict) -> dict:
         with open(out_path, "w", encoding="utf-8") as out:
             sources = [("new", new_path)]
             if prev is not None:
-                sources.insert(0, ("previous", dataset_file(registry_dir=paths.datasets, remote_dir=paths.dvc_remote, rev=prev["rev"], work_dir=out_dir / "checkout")))
+                sources.insert(
+                    0,
+                    (
+                        "previous",
+                        dataset_file(
+                            registry_dir=paths.datasets,
+                            remote_dir=paths.dvc_remote,
+                            rev=prev["rev"],
+                            work_dir=out_dir / "checkout",
+                        ),
+                    ),
+                )
             for origin, path in sources:
                 for record in _records(path):
                     if origin == "previous":
@@ -119,23 +128,46 @@ def stage_dataset(key: str, month: str, masked: dict) -> dict:
         counts["records"] = counts["previous_records"] - counts["replaced"] + counts["new_records"] - len(erased_ids)
         # Record ids only (no subject ids, no text): what the retirement check and an auditor need.
         (out_dir / "erased_record_ids.json").write_text(json.dumps(sorted(erased_ids), indent=0) + "\n")
-        retired = retire_models_trained_on(paths, cfg.registry.model_name, set(erased_ids), month=month,
-                                           requests=len(this), champion_alias=cfg.registry.champion_alias,
-                                           work_dir=out_dir / "checkout")
+        retired = retire_models_trained_on(
+            paths,
+            cfg.registry.model_name,
+            set(erased_ids),
+            month=month,
+            requests=len(this),
+            champion_alias=cfg.registry.champion_alias,
+            work_dir=out_dir / "checkout",
+        )
         shutil.rmtree(out_dir / "checkout", ignore_errors=True)
-        return {**counts, "month": month, "masked_path": str(out_path),
-                "previous_month": prev and prev["month"], "previous_rev": prev and prev["rev"],
-                "erasure": {"requests_this_month": len(this), "requests_earlier_months": len(earlier),
-                            "subjects": len(pseudonyms), "subjects_found": len(found_subjects),
-                            "records_removed": len(erased_ids),
-                            "request_files": sorted({s.source.rsplit(":", 1)[0] for s in this})},
-                "retired_versions": retired}
+        return {
+            **counts,
+            "month": month,
+            "masked_path": str(out_path),
+            "previous_month": prev and prev["month"],
+            "previous_rev": prev and prev["rev"],
+            "erasure": {
+                "requests_this_month": len(this),
+                "requests_earlier_months": len(earlier),
+                "subjects": len(pseudonyms),
+                "subjects_found": len(found_subjects),
+                "records_removed": len(erased_ids),
+                "request_files": sorted({s.source.rsplit(":", 1)[0] for s in this}),
+            },
+            "retired_versions": retired,
+        }
 
     return timed(key, "dataset", build)
 
 
-def retire_models_trained_on(paths: Paths, model_name: str, record_ids: set[str], *, month: str, requests: int,
-                             champion_alias: str, work_dir: Path) -> list[dict]:
+def retire_models_trained_on(
+    paths: Paths,
+    model_name: str,
+    record_ids: set[str],
+    *,
+    month: str,
+    requests: int,
+    champion_alias: str,
+    work_dir: Path,
+) -> list[dict]:
     """Mark every not-yet-retired version whose training dataset held one of `record_ids`."""
     from tasks.release.registry import mark_for_retirement, versions
 
@@ -148,32 +180,65 @@ def retire_models_trained_on(paths: Paths, model_name: str, record_ids: set[str]
             continue
         if rev not in holds:
             try:
-                holds[rev] = bool(_record_ids(dataset_file(registry_dir=paths.datasets, remote_dir=paths.dvc_remote, rev=rev, work_dir=work_dir)) & record_ids)
+                holds[rev] = bool(
+                    _record_ids(
+                        dataset_file(
+                            registry_dir=paths.datasets, remote_dir=paths.dvc_remote, rev=rev, work_dir=work_dir
+                        )
+                    )
+                    & record_ids
+                )
             except Exception as exc:  # a revision we cannot read: say so, retire it to be safe
-                log.warning("dataset %s of v%s unreadable (%s): marked for retirement to be safe", rev[:12],
-                            v["version"], type(exc).__name__)
+                log.warning(
+                    "dataset %s of v%s unreadable (%s): marked for retirement to be safe",
+                    rev[:12],
+                    v["version"],
+                    type(exc).__name__,
+                )
                 holds[rev] = True
         if holds[rev]:
-            reason = (f"right to erasure: its training data (dataset {rev[:12]}) held records removed from the "
-                      f"{month} version ({requests} request(s) this month)")
-            result = mark_for_retirement(paths=paths, model_name=model_name, version=v["version"], reason=reason,
-                          requested_by="monthly_refinetune", champion_alias=champion_alias)
+            reason = (
+                f"right to erasure: its training data (dataset {rev[:12]}) held records removed from the "
+                f"{month} version ({requests} request(s) this month)"
+            )
+            result = mark_for_retirement(
+                paths=paths,
+                model_name=model_name,
+                version=v["version"],
+                reason=reason,
+                requested_by="monthly_refinetune",
+                champion_alias=champion_alias,
+            )
             retired.append({"version": v["version"], "dataset_rev": rev, "was_champion": result["is_champion"]})
-            log.warning("v%s marked for retirement: trained on erased records%s", v["version"],
-                        " (it is the champion: this month's model, once promoted, replaces it)"
-                        if result["is_champion"] else "")
+            log.warning(
+                "v%s marked for retirement: trained on erased records%s",
+                v["version"],
+                " (it is the champion: this month's model, once promoted, replaces it)"
+                if result["is_champion"]
+                else "",
+            )
     return retired
 
 
 # ---------------------------------------------------------------- version: one commit per month
 
-def existing_version(paths: Paths, month: str, data_path: Path, profile: dict | None, qa_path: Path | None) -> dict | None:
+
+def existing_version(
+    paths: Paths, month: str, data_path: Path, profile: dict | None, qa_path: Path | None
+) -> dict | None:
     """The month's committed version when it holds exactly these bytes (data, profile, QA split)."""
     rev = month_tags(paths.datasets).get(month)
     if rev is None or not holds_same(paths.datasets, rev, data_path, profile, qa_path):
         return None
-    return {"dataset_rev": rev, "dvc_md5": committed_md5(paths.datasets, rev), "dataset_path": DATASET_PATH,
-            "created": False, "tag": version_tag(month), "registry": str(paths.datasets.resolve()), "reused": True}
+    return {
+        "dataset_rev": rev,
+        "dvc_md5": committed_md5(paths.datasets, rev),
+        "dataset_path": DATASET_PATH,
+        "created": False,
+        "tag": version_tag(month),
+        "registry": str(paths.datasets.resolve()),
+        "reused": True,
+    }
 
 
 def stage_version(key: str, month: str, dataset: dict) -> dict:
@@ -181,13 +246,17 @@ def stage_version(key: str, month: str, dataset: dict) -> dict:
     profile, qa_path = privacy_finetune.version_inputs(key)
     same = existing_version(Paths(), month, Path(dataset["masked_path"]), profile, qa_path)
     if same is not None:
-        log.info("version: the %s dataset is already committed with these bytes (%s); no new commit", month,
-                 same["dataset_rev"][:12])
+        log.info(
+            "version: the %s dataset is already committed with these bytes (%s); no new commit",
+            month,
+            same["dataset_rev"][:12],
+        )
         return save_stage(key, "version", {**same, "seconds": 0.0})
     return privacy_finetune.stage_version(key, dataset)
 
 
 # ---------------------------------------------------------------- train: warm start, replay
+
 
 def warm_start_source(key: str, prepared: dict) -> tuple[dict | None, str]:
     """(the champion's adapter to start from, or None for the base model; why)."""
@@ -223,15 +292,21 @@ def stage_train(key: str, prepared: dict, versioned: dict) -> dict:
     warm-started from the champion's adapter when allowed."""
     done = privacy_finetune.completed_training(key, prepared, versioned)
     if done is not None:
-        log.info("train: %s already trained on dataset %s with this config; replayed, not retrained", key,
-                 versioned["dataset_rev"][:12])
+        log.info(
+            "train: %s already trained on dataset %s with this config; replayed, not retrained",
+            key,
+            versioned["dataset_rev"][:12],
+        )
         return save_stage(key, "train", {**done, "reused": True})
     source, reason = warm_start_source(key, prepared)
     log.info("warm start: %s", source["source"] if source else f"from the base model ({reason})")
-    return privacy_finetune.stage_train(key, prepared, versioned, warm_start=source or {"source": "base", "reason": reason})
+    return privacy_finetune.stage_train(
+        key, prepared, versioned, warm_start=source or {"source": "base", "reason": reason}
+    )
 
 
 # ---------------------------------------------------------------- register: one version per month
+
 
 def weights_sha256(trained: dict) -> str:
     """Digest of the trained weights (adapter or whole model files)."""
@@ -262,10 +337,20 @@ def stage_register(key: str, prepared: dict, versioned: dict, trained: dict, eva
             log.info("register: %s v%s already holds this month's model; reused", name, mv.version)
             if not mv.tags.get("decision"):  # undecided: it is this month's challenger again
                 client.set_registered_model_alias(name, cfg.registry.alias, mv.version)
-            return save_stage(key, "register", {
-                "model_name": name, "version": int(mv.version), "alias": cfg.registry.alias, "run_id": mv.run_id,
-                "model_uri": f"models:/{name}/{mv.version}", "reused": True, "decision": mv.tags.get("decision"),
-                "seconds": 0.0})
+            return save_stage(
+                key,
+                "register",
+                {
+                    "model_name": name,
+                    "version": int(mv.version),
+                    "alias": cfg.registry.alias,
+                    "run_id": mv.run_id,
+                    "model_uri": f"models:/{name}/{mv.version}",
+                    "reused": True,
+                    "decision": mv.tags.get("decision"),
+                    "seconds": 0.0,
+                },
+            )
     result = privacy_finetune.stage_register(key, prepared, versioned, trained, evaluated)
     client.set_model_version_tag(name, str(result["version"]), "weights_sha256", digest)
     current = champion(paths, name, cfg.registry.champion_alias)
@@ -293,14 +378,24 @@ def stage_decide(key: str, registered: dict, approval: dict | None) -> dict:
     tags = registry_client(Paths()).get_model_version(registered["model_name"], str(registered["version"])).tags
     by = tags.get("approved_by") if decided == "promoted" else tags.get("rejected_by")
     log.info("decision: v%s was already %s; replayed, the registry is left as it is", registered["version"], decided)
-    return save_stage(key, "decision", {
-        "outcome": decided, "replayed": True, "by": None if by in (None, "none") else by,
-        "at": tags.get("promoted_at") if decided == "promoted" else tags.get("rejected_at"),
-        "comment": tags.get("approval_comment") or tags.get("rejection_comment"),
-        "approval": tags.get("approval"), "model_name": registered["model_name"], "version": registered["version"]})
+    return save_stage(
+        key,
+        "decision",
+        {
+            "outcome": decided,
+            "replayed": True,
+            "by": None if by in (None, "none") else by,
+            "at": tags.get("promoted_at") if decided == "promoted" else tags.get("rejected_at"),
+            "comment": tags.get("approval_comment") or tags.get("rejection_comment"),
+            "approval": tags.get("approval"),
+            "model_name": registered["model_name"],
+            "version": registered["version"],
+        },
+    )
 
 
 # ---------------------------------------------------------------- one month without Airflow
+
 
 def run_month(month: str, params: dict | None = None, *, airflow_run_id: str | None = None) -> dict:
     """One month of the monthly DAG in this process (debugging, tests): approval is not asked for;

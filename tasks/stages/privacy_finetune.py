@@ -9,24 +9,28 @@ metrics — never record text.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tasks.common import offline
 from tasks.common.rawzone import private_dir
-from tasks.config import (REPO_ROOT, Paths, PipelineConfig, PolicyViolation, expected_base_sha256, load_config,
-                          resolve_params, safe_run_id, save_resolved)
+from tasks.config import (
+    Paths,
+    PipelineConfig,
+    PolicyViolation,
+    expected_base_sha256,
+    load_config,
+    resolve_params,
+    safe_run_id,
+    save_resolved,
+)
+from tasks.stages.run import cli_params, cli_parser, mask_key, repo_path, run_config, save_stage, timed
 from tasks.train.budget import ledger_summary, privacy_plan, reserve_privacy_budget
 from tasks.train.launch import launch_torchrun
-from tasks.stages.run import cli_params, cli_parser, mask_key, repo_path, run_config, save_stage, timed
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,10 @@ def check_run_key(dag_id: str, key: str) -> None:
     """A run folder, ledger entry and dataset tag named like another DAG's would be taken for its."""
     for prefix, owner in RESERVED_RUN_KEYS.items():
         if key.startswith(prefix) and dag_id != owner:
-            raise PolicyViolation(f"run id {key!r}: the prefix {prefix!r} is reserved for {owner}'s runs; "
-                                  f"trigger {dag_id} under another run id")
+            raise PolicyViolation(
+                f"run id {key!r}: the prefix {prefix!r} is reserved for {owner}'s runs; "
+                f"trigger {dag_id} under another run id"
+            )
 
 
 def stage_prepare(run_id: str, params: dict[str, Any] | None = None, *, dag_id: str = "privacy_finetune") -> dict:
@@ -60,8 +66,15 @@ def stage_prepare(run_id: str, params: dict[str, Any] | None = None, *, dag_id: 
         run_dir = paths.run_dir(run_id)
         save_resolved(cfg, run_dir)
         base = resolve_base_model(cfg, paths)
-        return {"run_id": run_id, "dag_id": dag_id, "safe_run_id": key, "run_dir": str(run_dir),
-                "pft_home": str(paths.home), "params_refused": refused, **base}
+        return {
+            "run_id": run_id,
+            "dag_id": dag_id,
+            "safe_run_id": key,
+            "run_dir": str(run_dir),
+            "pft_home": str(paths.home),
+            "params_refused": refused,
+            **base,
+        }
 
     return timed(run_id, "prepare", prepare)
 
@@ -75,26 +88,40 @@ def resolve_base_model(cfg: PipelineConfig, paths: Paths) -> dict:
         model_dir = Path(cfg.base_model.path)
         config_file = model_dir / "config.json"
         if not config_file.is_file():
-            raise FileNotFoundError(f"base_model.path: {model_dir} is not a Hugging Face model directory "
-                                    f"(no config.json); point it at a local causal-LM directory")
+            raise FileNotFoundError(
+                f"base_model.path: {model_dir} is not a Hugging Face model directory "
+                f"(no config.json); point it at a local causal-LM directory"
+            )
         arch = json.loads(config_file.read_text()).get("architectures") or []
-        if not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in arch):
+        if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in arch):
             raise ValueError(f"base_model.path: {model_dir} holds {arch or 'no architecture'}, not a causal LM")
         digest, expected = model_dir_sha256(model_dir), expected_base_sha256(cfg)
         if expected and digest != expected:
-            raise PolicyViolation(f"base_model.path: {model_dir} has sha256 {digest[:12]}…, not the pinned "
-                                  f"{expected[:12]}…; the directory changed since it was allowed")
-        return {"base_model_dir": str(model_dir), "base_model_source": "configured", "base_model_sha256": digest,
-                "base_model_pinned": expected is not None}
+            raise PolicyViolation(
+                f"base_model.path: {model_dir} has sha256 {digest[:12]}…, not the pinned "
+                f"{expected[:12]}…; the directory changed since it was allowed"
+            )
+        return {
+            "base_model_dir": str(model_dir),
+            "base_model_source": "configured",
+            "base_model_sha256": digest,
+            "base_model_pinned": expected is not None,
+        }
 
     corpus = paths.synth / "general_corpus.txt"
     if not corpus.exists():
-        raise FileNotFoundError(f"{corpus}: no general corpus to build the demo base model; run "
-                                f"`python -m tasks.demo.synth --home {paths.home}` (make demo does) or set base_model.path")
+        raise FileNotFoundError(
+            f"{corpus}: no general corpus to build the demo base model; run "
+            f"`python -m tasks.demo.synth --home {paths.home}` (make demo does) or set base_model.path"
+        )
     built = build_base_model(corpus_path=corpus, models_root=paths.models, size=cfg.base_model.size)
-    return {"base_model_dir": built["model_dir"], "base_model_source": f"built:{cfg.base_model.size}",
-            "base_model_params": built["parameters"], "base_model_sha256": model_dir_sha256(Path(built["model_dir"])),
-            "base_model_pinned": False}
+    return {
+        "base_model_dir": built["model_dir"],
+        "base_model_source": f"built:{cfg.base_model.size}",
+        "base_model_params": built["parameters"],
+        "base_model_sha256": model_dir_sha256(Path(built["model_dir"])),
+        "base_model_pinned": False,
+    }
 
 
 def stage_ingest(run_id: str, partition: str | None = None) -> dict:
@@ -104,12 +131,22 @@ def stage_ingest(run_id: str, partition: str | None = None) -> dict:
     cfg, paths = run_config(run_id), Paths()
     for raw in (paths.staging, paths.staging_dir(run_id), paths.quarantine, paths.quarantine_dir(run_id)):
         private_dir(raw)  # raw zone: owner-only before the first raw row is written
-    return timed(run_id, "ingest", ingest, landing_dir=paths.landing, staging_dir=paths.staging_dir(run_id),
-                  quarantine_dir=paths.quarantine_dir(run_id), required_fields=tuple(cfg.data.required_fields),
-                  min_text_chars=cfg.data.min_text_chars, max_text_chars=cfg.data.max_text_chars,
-                  glob=cfg.data.landing_glob, max_quarantine_share=cfg.data.max_quarantine_share,
-                  partition=partition, max_line_bytes=cfg.data.max_line_bytes,
-                  follow_symlinks=cfg.data.follow_symlinks)
+    return timed(
+        run_id,
+        "ingest",
+        ingest,
+        landing_dir=paths.landing,
+        staging_dir=paths.staging_dir(run_id),
+        quarantine_dir=paths.quarantine_dir(run_id),
+        required_fields=tuple(cfg.data.required_fields),
+        min_text_chars=cfg.data.min_text_chars,
+        max_text_chars=cfg.data.max_text_chars,
+        glob=cfg.data.landing_glob,
+        max_quarantine_share=cfg.data.max_quarantine_share,
+        partition=partition,
+        max_line_bytes=cfg.data.max_line_bytes,
+        follow_symlinks=cfg.data.follow_symlinks,
+    )
 
 
 def stage_validate(run_id: str, ingested: dict) -> dict:
@@ -124,8 +161,14 @@ def stage_validate(run_id: str, ingested: dict) -> dict:
         # Reads git objects only (no registry lock); this run's own version, on a rerun, is never its baseline.
         previous = previous_profile(paths.datasets, exclude_run_id=run_id)
         try:
-            result = validate(rows_path=Path(ingested["staged_path"]), suite_path=repo_path(cfg.data.gx_suite),
-                              out_dir=out_dir, previous=previous, data=cfg.data, run_name=safe_run_id(run_id))
+            result = validate(
+                rows_path=Path(ingested["staged_path"]),
+                suite_path=repo_path(cfg.data.gx_suite),
+                out_dir=out_dir,
+                previous=previous,
+                data=cfg.data,
+                run_name=safe_run_id(run_id),
+            )
         except ValidationFailed:
             try:  # a failed validation's Data Docs are the ones worth reading
                 log_to_mlflow(paths, run_id, out_dir)
@@ -150,8 +193,7 @@ def stage_mask_plan(run_id: str, ingested: dict) -> list[dict]:
     mask_key(cfg)  # a missing key fails here, once, not in every shard
     shutil.rmtree(paths.run_dir(run_id) / "mask_shards", ignore_errors=True)  # a re-plan drops old outputs
     # Shard inputs hold raw text: they stay in the raw zone, next to the staged rows.
-    return plan_shards(Path(ingested["staged_path"]), paths.staging_dir(run_id) / "mask_shards",
-                       cfg.mask.shard_rows)
+    return plan_shards(Path(ingested["staged_path"]), paths.staging_dir(run_id) / "mask_shards", cfg.mask.shard_rows)
 
 
 def stage_mask_shard(run_id: str, shard: dict) -> dict:
@@ -162,15 +204,33 @@ def stage_mask_shard(run_id: str, shard: dict) -> dict:
     cfg = run_config(run_id)
     out_dir = _shard_out_dir(run_id, shard)
     start = time.perf_counter()
-    result = mask_dataset(rows_path=Path(shard["path"]), out_dir=out_dir, key=mask_key(cfg),
-                          recognizers_path=repo_path(cfg.mask.recognizers), score_threshold=cfg.mask.score_threshold,
-                          language=cfg.mask.language, workers=cfg.mask.workers, max_residual_share=None)
-    result = {"shard_id": shard["shard_id"], "partition": shard["partition"], "rows": result["rows"],
-              "entities_total": result["entities_total"], "residual_records": len(_residual_ids(out_dir)),
-              "seconds": round(time.perf_counter() - start, 1)}
+    result = mask_dataset(
+        rows_path=Path(shard["path"]),
+        out_dir=out_dir,
+        key=mask_key(cfg),
+        recognizers_path=repo_path(cfg.mask.recognizers),
+        score_threshold=cfg.mask.score_threshold,
+        language=cfg.mask.language,
+        workers=cfg.mask.workers,
+        max_residual_share=None,
+    )
+    result = {
+        "shard_id": shard["shard_id"],
+        "partition": shard["partition"],
+        "rows": result["rows"],
+        "entities_total": result["entities_total"],
+        "residual_records": len(_residual_ids(out_dir)),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     (out_dir / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    log.info("mask shard %s (%s) done in %.1fs: %d rows, %d entities", shard["shard_id"], shard["label"],
-             result["seconds"], result["rows"], result["entities_total"])
+    log.info(
+        "mask shard %s (%s) done in %.1fs: %d rows, %d entities",
+        shard["shard_id"],
+        shard["label"],
+        result["seconds"],
+        result["rows"],
+        result["entities_total"],
+    )
     return result
 
 
@@ -191,8 +251,13 @@ def stage_mask_merge(run_id: str, shards: list[dict], shard_results: list[dict] 
     def merge() -> dict:
         merged = merge_shards(shards, out_dirs, paths.run_dir(run_id) / "masked", cfg.mask.max_residual_share)
         seconds = [json.loads((d / "result.json").read_text())["seconds"] for d in out_dirs]
-        return {**merged, "shard_rows": cfg.mask.shard_rows, "workers": cfg.mask.workers,
-                "shard_seconds_total": round(sum(seconds), 1), "shard_seconds_max": max(seconds, default=0.0)}
+        return {
+            **merged,
+            "shard_rows": cfg.mask.shard_rows,
+            "workers": cfg.mask.workers,
+            "shard_seconds_total": round(sum(seconds), 1),
+            "shard_seconds_max": max(seconds, default=0.0),
+        }
 
     return timed(run_id, "mask", merge)
 
@@ -216,7 +281,9 @@ def version_inputs(run_id: str) -> tuple[dict | None, Path | None]:
     profile_path = paths.run_dir(run_id) / "validation" / "profile.json"
     profile = json.loads(profile_path.read_text(encoding="utf-8")) if profile_path.is_file() else None
     if profile is None:
-        log.warning("%s not found: this dataset version carries no profile for the next run's drift check", profile_path)
+        log.warning(
+            "%s not found: this dataset version carries no profile for the next run's drift check", profile_path
+        )
     cfg = run_config(run_id)
     qa_path = Path(cfg.evaluate.qa_path) if cfg.evaluate.qa_path else paths.synth / "qa_heldout.jsonl"
     if not qa_path.is_file():
@@ -233,9 +300,17 @@ def stage_version(run_id: str, masked: dict) -> dict:
 
     paths = Paths()
     profile, qa_path = version_inputs(run_id)
-    return timed(run_id, "version", version_dataset, masked_dir=Path(masked["masked_path"]).parent,
-                  registry_dir=paths.datasets, remote_dir=paths.dvc_remote, run_id=run_id, profile=profile,
-                  qa_path=qa_path)
+    return timed(
+        run_id,
+        "version",
+        version_dataset,
+        masked_dir=Path(masked["masked_path"]).parent,
+        registry_dir=paths.datasets,
+        remote_dir=paths.dvc_remote,
+        run_id=run_id,
+        profile=profile,
+        qa_path=qa_path,
+    )
 
 
 def completed_training(run_id: str, prepared: dict, versioned: dict) -> dict | None:
@@ -246,9 +321,12 @@ def completed_training(run_id: str, prepared: dict, versioned: dict) -> dict | N
         spec = json.loads((run_dir / "train_spec.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    same = (spec.get("dataset_rev") == versioned["dataset_rev"] and spec.get("train") == json.loads(json.dumps(cfg.train.model_dump()))
-            and spec.get("base_model_dir") == prepared["base_model_dir"]
-            and spec.get("base_model_sha256") == prepared.get("base_model_sha256"))
+    same = (
+        spec.get("dataset_rev") == versioned["dataset_rev"]
+        and spec.get("train") == json.loads(json.dumps(cfg.train.model_dump()))
+        and spec.get("base_model_dir") == prepared["base_model_dir"]
+        and spec.get("base_model_sha256") == prepared.get("base_model_sha256")
+    )
     outputs = [saved.get("adapter_dir") or saved.get("model_dir")]
     return saved if same and all(p and Path(p).exists() for p in outputs) else None
 
@@ -272,25 +350,42 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, warm_start: dic
             shutil.rmtree(checkout)
         from tasks.data.splits import split_audit_holdout
 
-        data_path = checkout_dataset(registry_dir=paths.datasets, remote_dir=paths.dvc_remote,
-                                     rev=versioned["dataset_rev"], out_dir=checkout)
+        data_path = checkout_dataset(
+            registry_dir=paths.datasets, remote_dir=paths.dvc_remote, rev=versioned["dataset_rev"], out_dir=checkout
+        )
         # Records kept out of training, so the membership-inference test has true non-members.
         split = split_audit_holdout(data_path, run_dir / "split", cfg.train.audit_holdout_share)
-        spec = {"train": cfg.train.model_dump(), "base_model_dir": prepared["base_model_dir"],
-                "base_model_sha256": prepared.get("base_model_sha256"),
-                "data_path": split["train_path"], "out_dir": str(run_dir / "train"),
-                "dataset_rev": versioned["dataset_rev"],
-                "init_adapter_dir": (warm_start or {}).get("adapter_dir"),
-                "mlflow": {"home": str(paths.home), "run_name": safe_run_id(run_id),
-                           "run_id": pipeline_mlflow_run(paths, run_id)}}
+        spec = {
+            "train": cfg.train.model_dump(),
+            "base_model_dir": prepared["base_model_dir"],
+            "base_model_sha256": prepared.get("base_model_sha256"),
+            "data_path": split["train_path"],
+            "out_dir": str(run_dir / "train"),
+            "dataset_rev": versioned["dataset_rev"],
+            "init_adapter_dir": (warm_start or {}).get("adapter_dir"),
+            "mlflow": {
+                "home": str(paths.home),
+                "run_name": safe_run_id(run_id),
+                "run_id": pipeline_mlflow_run(paths, run_id),
+            },
+        }
         plan = privacy_plan(spec)
-        entry = reserve_privacy_budget(run_id, cfg, spec, dataset_rev=versioned["dataset_rev"], plan=plan,
-                                       dag_id=prepared.get("dag_id", "privacy_finetune"))
+        entry = reserve_privacy_budget(
+            run_id,
+            cfg,
+            spec,
+            dataset_rev=versioned["dataset_rev"],
+            plan=plan,
+            dag_id=prepared.get("dag_id", "privacy_finetune"),
+        )
         if plan.get("mechanism"):  # the recipe runs exactly what the ledger was charged for, without searching again
             from tasks.train.dp import DP_INPUTS
 
-            spec["dp_mechanism"] = {"records": plan["records"], "mechanism": plan["mechanism"],
-                                    "inputs": {k: spec["train"].get(k) for k in DP_INPUTS}}
+            spec["dp_mechanism"] = {
+                "records": plan["records"],
+                "mechanism": plan["mechanism"],
+                "inputs": {k: spec["train"].get(k) for k in DP_INPUTS},
+            }
         spec_path = run_dir / "train_spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         launch_torchrun(spec_path, train_cfg=spec["train"], run_id=run_id, log_path=run_dir / "train" / "torchrun.log")
@@ -327,8 +422,15 @@ def _adapter(trained: dict) -> Path | None:
     return Path(trained["adapter_dir"]) if trained.get("adapter_dir") else None
 
 
-EVAL_METRICS = ("exact_match_gain", "regression_vs_champion", "toxicity_rate", "identity_gap", "pii_leaks",
-                "canary_exposure_max", "mia_auc")
+EVAL_METRICS = (
+    "exact_match_gain",
+    "regression_vs_champion",
+    "toxicity_rate",
+    "identity_gap",
+    "pii_leaks",
+    "canary_exposure_max",
+    "mia_auc",
+)
 
 
 def _log_eval_metrics(paths: Paths, mlflow_run_id: str, metrics: dict) -> None:
@@ -337,8 +439,12 @@ def _log_eval_metrics(paths: Paths, mlflow_run_id: str, metrics: dict) -> None:
     from tasks.common.tracking import mlflow_experiment
 
     mlflow_experiment(paths)
-    flat = {f"{model}_{k}": v for model in ("base", "finetuned", "champion") for k, v in (metrics.get(model) or {}).items()
-            if isinstance(v, (int, float)) and k != "n"}
+    flat = {
+        f"{model}_{k}": v
+        for model in ("base", "finetuned", "champion")
+        for k, v in (metrics.get(model) or {}).items()
+        if isinstance(v, (int, float)) and k != "n"
+    }
     flat.update({k: metrics[k] for k in EVAL_METRICS if isinstance(metrics.get(k), (int, float))})
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_metrics({k: float(v) for k, v in flat.items()})
@@ -346,49 +452,86 @@ def _log_eval_metrics(paths: Paths, mlflow_run_id: str, metrics: dict) -> None:
 
 def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, evaluated: dict) -> dict:
     """A new registry version with alias `challenger`, tagged with lineage and evidence, with its model card."""
-    from tasks.release.registry import register_model
     from tasks.release.decision import refresh_model_card
+    from tasks.release.registry import register_model
 
     cfg, paths = run_config(run_id), Paths()
-    tags = {"pipeline_run_id": run_id, "dataset_rev": versioned["dataset_rev"], "dataset_md5": versioned["dvc_md5"],
-            "method": trained["method"], "dp": str(trained["dp"]).lower(), "privacy": trained.get("privacy"),
-            "ledger_spent_epsilon": (trained.get("privacy_ledger") or {}).get("spent_epsilon"),
-            "epsilon": trained["epsilon"], "delta": trained["delta"], "trainable_pct": trained["trainable_pct"],
-            "base_model": Path(prepared["base_model_dir"]).name, "base_model_sha256": prepared.get("base_model_sha256"),
-            "dp_noise": trained.get("noise_source"),
-            "exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
-            "base_exact_match": evaluated["base"]["exact_match"], "toxicity_rate": evaluated["toxicity_rate"],
-            **{k: evaluated.get(k) for k in ("pii_leaks", "canary_exposure_max", "mia_auc")}}
-    metrics = {"exact_match": evaluated["finetuned"]["exact_match"], "f1": evaluated["finetuned"]["f1"],
-               "toxicity_rate": evaluated["toxicity_rate"]}
-    result = timed(run_id, "register", register_model, paths=paths, model_name=cfg.registry.model_name,
-                    alias=cfg.registry.alias, base_model_dir=Path(trained.get("model_dir") or prepared["base_model_dir"]),
-                    adapter_dir=_adapter(trained), mlflow_run_id=trained.get("mlflow_run_id"),
-                    tags={k: "" if v is None else str(v) for k, v in tags.items()}, metrics=metrics)
+    tags = {
+        "pipeline_run_id": run_id,
+        "dataset_rev": versioned["dataset_rev"],
+        "dataset_md5": versioned["dvc_md5"],
+        "method": trained["method"],
+        "dp": str(trained["dp"]).lower(),
+        "privacy": trained.get("privacy"),
+        "ledger_spent_epsilon": (trained.get("privacy_ledger") or {}).get("spent_epsilon"),
+        "epsilon": trained["epsilon"],
+        "delta": trained["delta"],
+        "trainable_pct": trained["trainable_pct"],
+        "base_model": Path(prepared["base_model_dir"]).name,
+        "base_model_sha256": prepared.get("base_model_sha256"),
+        "dp_noise": trained.get("noise_source"),
+        "exact_match": evaluated["finetuned"]["exact_match"],
+        "f1": evaluated["finetuned"]["f1"],
+        "base_exact_match": evaluated["base"]["exact_match"],
+        "toxicity_rate": evaluated["toxicity_rate"],
+        **{k: evaluated.get(k) for k in ("pii_leaks", "canary_exposure_max", "mia_auc")},
+    }
+    metrics = {
+        "exact_match": evaluated["finetuned"]["exact_match"],
+        "f1": evaluated["finetuned"]["f1"],
+        "toxicity_rate": evaluated["toxicity_rate"],
+    }
+    result = timed(
+        run_id,
+        "register",
+        register_model,
+        paths=paths,
+        model_name=cfg.registry.model_name,
+        alias=cfg.registry.alias,
+        base_model_dir=Path(trained.get("model_dir") or prepared["base_model_dir"]),
+        adapter_dir=_adapter(trained),
+        mlflow_run_id=trained.get("mlflow_run_id"),
+        tags={k: "" if v is None else str(v) for k, v in tags.items()},
+        metrics=metrics,
+    )
     refresh_model_card(paths, paths.run_dir(run_id), cfg)
     return result
 
 
-def stage_gates(run_id: str, evaluated: dict, registered: dict, trained: dict, *, dag_id: str = "privacy_finetune",
-                base_url: str = "") -> dict:
+def stage_gates(
+    run_id: str,
+    evaluated: dict,
+    registered: dict,
+    trained: dict,
+    *,
+    dag_id: str = "privacy_finetune",
+    base_url: str = "",
+) -> dict:
     """Check the promotion gates; save the outcome (and the reviewer's summary) before failing a gated run."""
     from mlflow import MlflowClient
 
-    from tasks.release.gates import check_gates, enforce, reproducible_noise
-    from tasks.release.decision import approval_body, report_url
     from tasks.common.tracking import mlflow_experiment
+    from tasks.release.decision import approval_body, report_url
+    from tasks.release.gates import check_gates, enforce, reproducible_noise
 
     cfg, paths = run_config(run_id), Paths()
     outcome = check_gates({**evaluated, "reproducible_noise": reproducible_noise(trained)}, cfg.gates)
     for g in outcome["gates"]:
         log.info("gate %-22s %-13s value %s threshold %s", g["name"], g["status"], g["value"], g["threshold"])
     link = report_url(dag_id, run_id, base_url=base_url)
-    result = {**outcome, "require_approval": cfg.registry.require_approval, "report_url": link,
-              "approval_body": approval_body(evaluated=evaluated, gates=outcome, registered=registered,
-                                             trained=trained, report_link=link)}
+    result = {
+        **outcome,
+        "require_approval": cfg.registry.require_approval,
+        "report_url": link,
+        "approval_body": approval_body(
+            evaluated=evaluated, gates=outcome, registered=registered, trained=trained, report_link=link
+        ),
+    }
     save_stage(run_id, "gates", result)
     mlflow_experiment(paths)
-    MlflowClient().set_model_version_tag(registered["model_name"], str(registered["version"]), "gates", outcome["status"])
+    MlflowClient().set_model_version_tag(
+        registered["model_name"], str(registered["version"]), "gates", outcome["status"]
+    )
     if outcome["status"] == "gated":
         from tasks.release.decision import refresh_model_card
 
@@ -399,23 +542,41 @@ def stage_gates(run_id: str, evaluated: dict, registered: dict, trained: dict, *
 
 def stage_decide(run_id: str, registered: dict, approval: dict | None) -> dict:
     """Apply the decision: promote to champion (approved, or gates only) or record the rejection."""
-    from tasks.release.registry import promote, record_rejection
     from tasks.release.decision import decision_from_approval, refresh_model_card
+    from tasks.release.registry import promote, record_rejection
 
     cfg, paths = run_config(run_id), Paths()
     decision = decision_from_approval(approval)
     if decision["outcome"] == "promoted":
-        registry = promote(paths=paths, model_name=registered["model_name"], version=int(registered["version"]),
-                           champion_alias=cfg.registry.champion_alias, approved_by=decision["by"],
-                           approval=decision["approval"], comment=decision["comment"])
+        registry = promote(
+            paths=paths,
+            model_name=registered["model_name"],
+            version=int(registered["version"]),
+            champion_alias=cfg.registry.champion_alias,
+            approved_by=decision["by"],
+            approval=decision["approval"],
+            comment=decision["comment"],
+        )
     else:
-        registry = record_rejection(paths=paths, model_name=registered["model_name"],
-                                    version=int(registered["version"]), rejected_by=decision["by"] or "unknown",
-                                    comment=decision["comment"])
-    log.info("decision: %s v%s %s (%s)", registered["model_name"], registered["version"], decision["outcome"],
-             decision["approval"])
-    result = save_stage(run_id, "decision", {**decision, "model_name": registered["model_name"],
-                                              "version": registered["version"], "registry": registry})
+        registry = record_rejection(
+            paths=paths,
+            model_name=registered["model_name"],
+            version=int(registered["version"]),
+            rejected_by=decision["by"] or "unknown",
+            comment=decision["comment"],
+        )
+    log.info(
+        "decision: %s v%s %s (%s)",
+        registered["model_name"],
+        registered["version"],
+        decision["outcome"],
+        decision["approval"],
+    )
+    result = save_stage(
+        run_id,
+        "decision",
+        {**decision, "model_name": registered["model_name"], "version": registered["version"], "registry": registry},
+    )
     refresh_model_card(paths, paths.run_dir(run_id), cfg)
     return result
 
@@ -428,8 +589,10 @@ def stage_report(run_id: str, *, strict: bool = True) -> dict:
     if strict and result["outcome"] == "gated":
         raise RuntimeError(f"run gated: the model was not promoted (reasons in {result['report_path']})")
     if strict and not result["complete"]:
-        raise RuntimeError(f"run incomplete ({result['outcome']}), report written to {result['report_path']}; "
-                           f"missing: {', '.join(result['missing_fields'])}")
+        raise RuntimeError(
+            f"run incomplete ({result['outcome']}), report written to {result['report_path']}; "
+            f"missing: {', '.join(result['missing_fields'])}"
+        )
     return result
 
 
@@ -445,8 +608,11 @@ def run_all(run_id: str, params: dict[str, Any] | None = None) -> dict:
     registered = stage_register(run_id, prepared, versioned, trained, evaluated)
     stage_gates(run_id, evaluated, registered, trained)
     if run_config(run_id).registry.require_approval:
-        log.info("approval required: v%s stays challenger; approve in Airflow, or promote with "
-                 "`python -m tasks.release.registry promote`", registered["version"])
+        log.info(
+            "approval required: v%s stays challenger; approve in Airflow, or promote with "
+            "`python -m tasks.release.registry promote`",
+            registered["version"],
+        )
     else:
         stage_decide(run_id, registered, None)
     return stage_report(run_id)

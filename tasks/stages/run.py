@@ -50,8 +50,12 @@ def timed(run_id: str, stage: str, fn, /, *args, **kwargs) -> dict:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     result = {**result, "seconds": round(time.perf_counter() - start, 1)}
-    log.info("%s done in %.1fs: %s", stage, result["seconds"],
-             {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str)) and not str(v).startswith("/")})
+    log.info(
+        "%s done in %.1fs: %s",
+        stage,
+        result["seconds"],
+        {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str)) and not str(v).startswith("/")},
+    )
     return save_stage(run_id, stage, result)
 
 
@@ -67,8 +71,10 @@ def mask_key(cfg: PipelineConfig) -> bytes:
         if key_file is None or not key_file.is_file():
             raise MissingKeyError(f"{missing} Or put it in the file mask.key_file ({key_file}), mode 0600.") from None
         if key_file.stat().st_mode & 0o077:
-            raise MissingKeyError(f"{key_file}: the pseudonymisation key file is readable by other users; "
-                                  f"`chmod 600 {key_file}` (and 700 on its folder)")
+            raise MissingKeyError(
+                f"{key_file}: the pseudonymisation key file is readable by other users; "
+                f"`chmod 600 {key_file}` (and 700 on its folder)"
+            ) from None
         key = key_file.read_text(encoding="utf-8").strip()
         if not key:
             raise MissingKeyError(f"{key_file}: the pseudonymisation key file is empty") from None

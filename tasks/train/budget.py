@@ -20,18 +20,35 @@ def privacy_plan(spec: dict) -> dict:
     with open(spec["data_path"], "rb") as f:
         n = sum(1 for line in f if line.strip())
     if t["batch_size"] > n:  # the recipe's preflight says the same; the accountant would fail obscurely first
-        raise ValueError(f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n} records in "
-                         f"{spec['data_path']}); lower train.batch_size (and physical_batch_size) or add data")
+        raise ValueError(
+            f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n} records in "
+            f"{spec['data_path']}); lower train.batch_size (and physical_batch_size) or add data"
+        )
     if not t["dp"]:
         return {"private": False, "records": n, "epsilon": math.inf, "delta": 0.0, "steps": planned_steps_for(t, n)}
     mech = dp_mechanism(t, n)
-    return {"private": True, "records": n, "delta": mech["delta"], "sample_rate": mech["sample_rate"],
-            "noise_multiplier": mech["noise"], "accountant": mech["accountant"], "steps": mech["steps"],
-            "epsilon": mech["epsilon"], "mechanism": mech}
+    return {
+        "private": True,
+        "records": n,
+        "delta": mech["delta"],
+        "sample_rate": mech["sample_rate"],
+        "noise_multiplier": mech["noise"],
+        "accountant": mech["accountant"],
+        "steps": mech["steps"],
+        "epsilon": mech["epsilon"],
+        "mechanism": mech,
+    }
 
 
-def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, dataset_rev: str,
-                           plan: dict | None = None, dag_id: str = "privacy_finetune"):
+def reserve_privacy_budget(
+    run_id: str,
+    cfg: PipelineConfig,
+    spec: dict,
+    *,
+    dataset_rev: str,
+    plan: dict | None = None,
+    dag_id: str = "privacy_finetune",
+):
     """Write this run's ledger entry before any training step, at the ε its capped steps can spend at most.
     Refused (PrivacyBudgetExceeded) when it would take the source dataset past its budget. A retried or
     resumed run computes the same mechanism with the same settings and finds its own entry: it is not
@@ -42,18 +59,34 @@ def reserve_privacy_budget(run_id: str, cfg: PipelineConfig, spec: dict, *, data
     plan = plan or privacy_plan(spec)  # the caller's, when it also hands the mechanism to the recipe
     dataset = cfg.privacy.source_dataset
     lineage = ledger.lineage_of(spec["data_path"])
-    settings = {"train": {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY},
-                "base_model_sha256": spec.get("base_model_sha256")}
+    settings = {
+        "train": {k: v for k, v in spec["train"].items() if k not in EXECUTION_ONLY},
+        "base_model_sha256": spec.get("base_model_sha256"),
+    }
     entry = ledger.record_run(
-        run_id=ledger.ledger_key(dag_id, safe_run_id(run_id)), dataset=dataset, dataset_revisions=dataset_rev,
+        run_id=ledger.ledger_key(dag_id, safe_run_id(run_id)),
+        dataset=dataset,
+        dataset_revisions=dataset_rev,
         config_digest=ledger.config_digest(settings),
-        record_count=lineage.record_count, lineage_digest=lineage.digest,
-        epsilon=plan["epsilon"], delta=plan["delta"], private=plan["private"],
-        accountant=plan.get("accountant"), noise_multiplier=plan.get("noise_multiplier"),
-        sample_rate=plan.get("sample_rate"), steps=plan["steps"], max_grad_norm=spec["train"]["max_grad_norm"],
-        budget=ledger.budget_for(cfg.privacy, dataset))
-    log.info("privacy ledger: run %s on %s reserved ε=%s δ=%s", entry.run_id, dataset,
-             "inf" if not plan["private"] else f"{plan['epsilon']:.4f}", plan["delta"])
+        record_count=lineage.record_count,
+        lineage_digest=lineage.digest,
+        epsilon=plan["epsilon"],
+        delta=plan["delta"],
+        private=plan["private"],
+        accountant=plan.get("accountant"),
+        noise_multiplier=plan.get("noise_multiplier"),
+        sample_rate=plan.get("sample_rate"),
+        steps=plan["steps"],
+        max_grad_norm=spec["train"]["max_grad_norm"],
+        budget=ledger.budget_for(cfg.privacy, dataset),
+    )
+    log.info(
+        "privacy ledger: run %s on %s reserved ε=%s δ=%s",
+        entry.run_id,
+        dataset,
+        "inf" if not plan["private"] else f"{plan['epsilon']:.4f}",
+        plan["delta"],
+    )
     return entry
 
 
@@ -61,8 +94,11 @@ def ledger_summary(cfg: PipelineConfig, entry, mlflow_run_id: str | None) -> dic
     from tasks.train import ledger
 
     dataset = cfg.privacy.source_dataset
-    summary = {**ledger.summary(dataset, ledger.budget_for(cfg.privacy, dataset)),
-               "run_epsilon": entry.epsilon if math.isfinite(entry.epsilon) else "inf", "run_delta": entry.delta}
+    summary = {
+        **ledger.summary(dataset, ledger.budget_for(cfg.privacy, dataset)),
+        "run_epsilon": entry.epsilon if math.isfinite(entry.epsilon) else "inf",
+        "run_delta": entry.delta,
+    }
     if mlflow_run_id:
         from mlflow import MlflowClient
 

@@ -82,17 +82,29 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 log = logging.getLogger("tasks.train.checkpoint")
 
 FORMAT = 1
 # Knobs that change speed or bookkeeping, not the trained model or the privacy spent.
 # World size is fingerprinted on its own; rendezvous settings may change between attempts (new host, new id).
-EXECUTION_ONLY = frozenset({"physical_batch_size", "cpu_threads", "nproc_per_node", "checkpoint_every",
-                            "checkpoint_keep", "nnodes", "rdzv_endpoint", "rdzv_backend", "rdzv_id"})
+EXECUTION_ONLY = frozenset(
+    {
+        "physical_batch_size",
+        "cpu_threads",
+        "nproc_per_node",
+        "checkpoint_every",
+        "checkpoint_keep",
+        "nnodes",
+        "rdzv_endpoint",
+        "rdzv_backend",
+        "rdzv_id",
+    }
+)
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
@@ -104,9 +116,13 @@ def spec_fingerprint(spec: dict, *, world: int, ignore: Iterable[str] = EXECUTIO
     """The parts of a run spec that must match for a checkpoint to be resumed (readable, not hashed)."""
     ignored = set(ignore)
     train = {k: v for k, v in sorted(spec["train"].items()) if k not in ignored}
-    return {"data_path": str(spec.get("data_path", "")), "dataset_rev": str(spec.get("dataset_rev", "")),
-            "base_model_dir": str(spec.get("base_model_dir", "")), "world_size": int(world),
-            "train": json.loads(json.dumps(train, default=str))}
+    return {
+        "data_path": str(spec.get("data_path", "")),
+        "dataset_rev": str(spec.get("dataset_rev", "")),
+        "base_model_dir": str(spec.get("base_model_dir", "")),
+        "world_size": int(world),
+        "train": json.loads(json.dumps(train, default=str)),
+    }
 
 
 def _digest(fingerprint: dict) -> str:
@@ -134,6 +150,7 @@ class CheckpointState:
 
 # ---------------------------------------------------------------- object helpers
 
+
 def _unwrap(model):
     """The PEFT/HF model under Opacus' GradSampleModule and (DP)DDP, so names do not depend on wrapping."""
     import torch
@@ -141,8 +158,10 @@ def _unwrap(model):
     for _ in range(4):
         if hasattr(model, "_module") and isinstance(model._module, torch.nn.Module):
             model = model._module
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel) or \
-                type(model).__name__ == "DifferentiallyPrivateDistributedDataParallel":
+        elif (
+            isinstance(model, torch.nn.parallel.DistributedDataParallel)
+            or type(model).__name__ == "DifferentiallyPrivateDistributedDataParallel"
+        ):
             model = model.module
         else:
             break
@@ -175,9 +194,11 @@ def _require_generator(data_loader) -> None:
         return
     gen = sampler.generator if sampler is not None else data_loader.generator
     if gen is None or type(gen).__name__ != "Generator":
-        raise ValueError("checkpointing needs the training DataLoader built with generator=torch.Generator()"
-                         ".manual_seed(seed) (and secure_mode off): without a seeded generator the sampler "
-                         "position cannot be restored")
+        raise ValueError(
+            "checkpointing needs the training DataLoader built with generator=torch.Generator()"
+            ".manual_seed(seed) (and secure_mode off): without a seeded generator the sampler "
+            "position cannot be restored"
+        )
 
 
 def _rng_state() -> dict:
@@ -185,9 +206,11 @@ def _rng_state() -> dict:
     import torch
 
     np_state = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -205,9 +228,12 @@ def _set_rng_state(state: dict) -> None:
         if len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
         else:
-            log.warning("checkpoint has CUDA RNG states for %d devices, this process sees %d: CUDA RNG not "
-                        "restored (results will be equivalent in distribution, not identical)",
-                        len(state["cuda"]), torch.cuda.device_count())
+            log.warning(
+                "checkpoint has CUDA RNG states for %d devices, this process sees %d: CUDA RNG not "
+                "restored (results will be equivalent in distribution, not identical)",
+                len(state["cuda"]),
+                torch.cuda.device_count(),
+            )
 
 
 def _barrier(world: int) -> None:
@@ -262,11 +288,13 @@ def _load(path: Path):
 
 # ---------------------------------------------------------------- the checkpointer
 
+
 class Checkpointer:
     """Saves every `every` logical steps into `ckpt_dir`, keeps the newest `keep`, resumes from `latest`."""
 
-    def __init__(self, ckpt_dir: Path | str, *, fingerprint: dict, every: int, keep: int = 2,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self, ckpt_dir: Path | str, *, fingerprint: dict, every: int, keep: int = 2, rank: int = 0, world: int = 1
+    ):
         if every < 0:
             raise ValueError(f"train.checkpoint_every must be >= 0 (0 = off), got {every}")
         if keep < 1:
@@ -298,22 +326,24 @@ class Checkpointer:
         name = pointer.read_text().strip()
         path = self.dir / name
         if not _STEP_DIR.match(name) or not (path / "manifest.json").is_file():
-            raise RuntimeError(f"{pointer}: names '{name}', which is not a complete checkpoint; "
-                               f"delete {self.dir} to start over")
+            raise RuntimeError(
+                f"{pointer}: names '{name}', which is not a complete checkpoint; delete {self.dir} to start over"
+            )
         manifest = json.loads((path / "manifest.json").read_text())
         if manifest.get("fingerprint_sha256") != self.digest:
             diffs = _differences(manifest.get("fingerprint", {}), self.fingerprint)
             raise CheckpointMismatch(
                 f"{path}: checkpoint was written by a run with another spec ({'; '.join(diffs) or 'format change'}); "
-                f"refusing to resume it. Restore that config, or delete {self.dir} to start this run from step 0")
+                f"refusing to resume it. Restore that config, or delete {self.dir} to start this run from step 0"
+            )
         rank_file = path / f"rank-{self.rank}.pt"
         if not rank_file.is_file():
             raise RuntimeError(f"{rank_file}: missing for rank {self.rank}; delete {self.dir} to start over")
-        return CheckpointState(path=path, step=int(manifest["step"]), shared=_load(path / "shared.pt"),
-                               rank_state=_load(rank_file))
+        return CheckpointState(
+            path=path, step=int(manifest["step"]), shared=_load(path / "shared.pt"), rank_state=_load(rank_file)
+        )
 
-    def restore(self, state: CheckpointState, *, model, optimizer, scheduler, data_loader,
-                privacy_engine=None) -> dict:
+    def restore(self, state: CheckpointState, *, model, optimizer, scheduler, data_loader, privacy_engine=None) -> dict:
         """Load the state into the (already wrapped) training objects; returns the saved `extra` dict."""
         import torch
 
@@ -322,8 +352,10 @@ class Checkpointer:
         saved = shared["trainable"]
         if set(saved) != set(params):
             missing, unknown = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
-            raise RuntimeError(f"{state.path}: trainable parameters differ from the model's "
-                               f"(missing {missing[:5]}, unexpected {unknown[:5]})")
+            raise RuntimeError(
+                f"{state.path}: trainable parameters differ from the model's "
+                f"(missing {missing[:5]}, unexpected {unknown[:5]})"
+            )
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(saved[name].to(p.device))
@@ -367,7 +399,9 @@ class Checkpointer:
         used = step - pending["epoch_start_step"]
         if _secure(sampler):  # fresh CSPRNG draws for what is left of the epoch: same step count, same ε
             if pending["kind"] != "poisson-secure":
-                raise RuntimeError("checkpoint was written with seeded Poisson sampling, this run draws from the CSPRNG")
+                raise RuntimeError(
+                    "checkpoint was written with seeded Poisson sampling, this run draws from the CSPRNG"
+                )
             draws = getattr(sampler, _draws_attr(sampler))
             self._swap = (None, draws)
             setattr(sampler, _draws_attr(sampler), draws - used)
@@ -405,8 +439,9 @@ class Checkpointer:
     def maybe_save(self, step: int, **objects) -> Path | None:
         return self.save(step, **objects) if self.due(step) else None
 
-    def save(self, step: int, *, model, optimizer, scheduler, data_loader, privacy_engine=None,
-             extra: dict | None = None) -> Path:
+    def save(
+        self, step: int, *, model, optimizer, scheduler, data_loader, privacy_engine=None, extra: dict | None = None
+    ) -> Path:
         """Write a checkpoint at a logical-step boundary (after scheduler.step and step += 1). All ranks call it."""
         name = f"step-{step:08d}"
         tmp = self.dir / f".tmp-{name}"
@@ -444,8 +479,14 @@ class Checkpointer:
             absent = [r for r in ranks if not (tmp / r).is_file()]
             if absent:
                 raise RuntimeError(f"{tmp}: ranks did not write {absent}; is {self.dir} on a shared filesystem?")
-            manifest = {"format": FORMAT, "step": step, "world_size": self.world, "files": ["shared.pt", *ranks],
-                        "fingerprint": self.fingerprint, "fingerprint_sha256": self.digest}
+            manifest = {
+                "format": FORMAT,
+                "step": step,
+                "world_size": self.world,
+                "files": ["shared.pt", *ranks],
+                "fingerprint": self.fingerprint,
+                "fingerprint_sha256": self.digest,
+            }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             _fsync_dir(tmp)
             if final.exists():  # a resumed run re-reaching a step it saved before the kill
@@ -463,10 +504,9 @@ class Checkpointer:
         return final
 
     def _prune(self, keep_name: str) -> None:
-        steps = sorted((p for p in self.dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)),
-                       key=lambda p: p.name)
+        steps = sorted((p for p in self.dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)), key=lambda p: p.name)
         older = [p for p in steps if p.name <= keep_name]
-        keep = {p.name for p in older[-self.keep:]}
+        keep = {p.name for p in older[-self.keep :]}
         for p in steps:  # newer than `latest`: orphans of a save killed before the pointer moved
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)

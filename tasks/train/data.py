@@ -61,8 +61,13 @@ def make_loader(rows: list[list[int]], *, pad_id: int, t: dict, rank: int, world
     if world > 1 and not t["dp"]:
         from torch.utils.data import DistributedSampler
 
-        return DataLoader(dataset, batch_size=t["batch_size"] // world, collate_fn=collate, generator=generator,
-                          sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"]))
+        return DataLoader(
+            dataset,
+            batch_size=t["batch_size"] // world,
+            collate_fn=collate,
+            generator=generator,
+            sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"]),
+        )
     return DataLoader(dataset, batch_size=t["batch_size"], shuffle=True, collate_fn=collate, generator=generator)
 
 
@@ -80,8 +85,9 @@ def ghost_loss(criterion, logits, labels):
     """Opacus's ghost-clipping criterion on per-token logits; with `shape=` and ignore_index it
     reduces each record to its token mean, as `per_sample_mean_loss` does, so each record weighs the same."""
     shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
-    return criterion(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                     shape=tuple(shift_labels.shape))
+    return criterion(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), shape=tuple(shift_labels.shape)
+    )
 
 
 def batch_loss(logits, labels, criterion=None):

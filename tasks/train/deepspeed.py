@@ -30,15 +30,19 @@ def deepspeed_config(t: dict, *, world: int, config_path: Path | str, bf16_suppo
     if not path.is_absolute():
         path = REPO_ROOT / path
     if not path.is_file():
-        raise FileNotFoundError(f"train.deepspeed: {path} does not exist (ZeRO configs: include/deepspeed/zero2.json, zero3.json)")
+        raise FileNotFoundError(
+            f"train.deepspeed: {path} does not exist (ZeRO configs: include/deepspeed/zero2.json, zero3.json)"
+        )
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"train.deepspeed: {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
     micro, accum = t["physical_batch_size"], t["batch_size"] // (t["physical_batch_size"] * world)
     if accum < 1 or micro * accum * world != t["batch_size"]:
-        raise ValueError(f"train.batch_size ({t['batch_size']}) must be a multiple of physical_batch_size × world "
-                         f"({micro} × {world}) under DeepSpeed")
+        raise ValueError(
+            f"train.batch_size ({t['batch_size']}) must be a multiple of physical_batch_size × world "
+            f"({micro} × {world}) under DeepSpeed"
+        )
     fill = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum}
     for key, value in fill.items():
         if cfg.get(key, "auto") == "auto":
@@ -59,18 +63,36 @@ def deepspeed_preflight(t: dict) -> None:
     import torch
 
     if t.get("dp"):  # also refused by the config validator; a hand-written spec may bypass it
-        raise ValueError("train.deepspeed: cannot be combined with dp: true (DeepSpeed bypasses Opacus's per-sample "
-                         "clipping); leave deepspeed: null for private multi-GPU training (Opacus DPDDP)")
+        raise ValueError(
+            "train.deepspeed: cannot be combined with dp: true (DeepSpeed bypasses Opacus's per-sample "
+            "clipping); leave deepspeed: null for private multi-GPU training (Opacus DPDDP)"
+        )
     if not torch.cuda.is_available():
-        raise RuntimeError("train.deepspeed: needs CUDA GPUs and this machine has none; set deepspeed: null "
-                           "(torchrun DDP runs on CPU) or run the training task on a GPU worker")
+        raise RuntimeError(
+            "train.deepspeed: needs CUDA GPUs and this machine has none; set deepspeed: null "
+            "(torchrun DDP runs on CPU) or run the training task on a GPU worker"
+        )
     if importlib.util.find_spec("deepspeed") is None:
-        raise RuntimeError("train.deepspeed: the deepspeed package is not installed; pip install -r requirements-gpu.txt "
-                           "on the GPU workers, or set deepspeed: null")
+        raise RuntimeError(
+            "train.deepspeed: the deepspeed package is not installed; pip install -r requirements-gpu.txt "
+            "on the GPU workers, or set deepspeed: null"
+        )
 
 
-def train_deepspeed(spec: dict, *, model, tokenizer, texts: list[str], model_type: str, rank: int, world: int,
-                    device, trainable: int, total: int, warm_start: dict | None = None) -> dict:
+def train_deepspeed(
+    spec: dict,
+    *,
+    model,
+    tokenizer,
+    texts: list[str],
+    model_type: str,
+    rank: int,
+    world: int,
+    device,
+    trainable: int,
+    total: int,
+    warm_start: dict | None = None,
+) -> dict:
     """Non-private ZeRO-2/3 training of the method's model: setup → loop → finish, as the recipe."""
     import deepspeed  # optional GPU extra
     import torch
@@ -81,26 +103,53 @@ def train_deepspeed(spec: dict, *, model, tokenizer, texts: list[str], model_typ
     loader = _micro_batch_loader(rows, pad_id=tokenizer.pad_token_id, t=t, cfg=cfg, rank=rank, world=world)
     total_steps = planned_steps_for(t, len(rows))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                           lr_scheduler=lr_schedule(optimizer, total_steps), config=cfg)
-    ckpt_dir = Path(spec["out_dir"]) / "checkpoints" / "deepspeed"  # ZeRO shards optimizer state per rank: DeepSpeed's own format
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=lr_schedule(optimizer, total_steps), config=cfg
+    )
+    ckpt_dir = (
+        Path(spec["out_dir"]) / "checkpoints" / "deepspeed"
+    )  # ZeRO shards optimizer state per rank: DeepSpeed's own format
     progress = _resume(engine, ckpt_dir, t)
-    _loop(engine, scheduler, loader, progress, t=t, total_steps=total_steps, ckpt_dir=ckpt_dir,
-          micro_per_step=cfg["gradient_accumulation_steps"], rank=rank, world=world, device=device)
+    _loop(
+        engine,
+        scheduler,
+        loader,
+        progress,
+        t=t,
+        total_steps=total_steps,
+        ckpt_dir=ckpt_dir,
+        micro_per_step=cfg["gradient_accumulation_steps"],
+        rank=rank,
+        world=world,
+        device=device,
+    )
     progress.stop_clock()
     inner = engine.module
     zero_stage = cfg.get("zero_optimization", {}).get("stage")
-    state_dict = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None  # collective: every rank calls it
+    state_dict = (
+        engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
+    )  # collective: every rank calls it
     out_dir = Path(spec["out_dir"])
-    result = train_result(t, progress, records=len(rows), planned_steps=total_steps, model_type=model_type,
-                          trainable=trainable, total=total, world=world, out_dir=out_dir,
-                          is_peft=hasattr(inner, "peft_config"), warm_start=warm_start,
-                          deepspeed={"config": t["deepspeed"], "zero_stage": zero_stage})
+    result = train_result(
+        t,
+        progress,
+        records=len(rows),
+        planned_steps=total_steps,
+        model_type=model_type,
+        trainable=trainable,
+        total=total,
+        world=world,
+        out_dir=out_dir,
+        is_peft=hasattr(inner, "peft_config"),
+        warm_start=warm_start,
+        deepspeed={"config": t["deepspeed"], "zero_stage": zero_stage},
+    )
     if rank == 0:
         mlflow_run = tracking.start_run(spec)
         result["mlflow_run_id"] = mlflow_run.info.run_id if mlflow_run else None
-        plots = save_outputs(inner, tokenizer, out_dir, result=result, history=progress.history, dp=False,
-                             state_dict=state_dict)
+        plots = save_outputs(
+            inner, tokenizer, out_dir, result=result, history=progress.history, dp=False, state_dict=state_dict
+        )
         tracking.finish_run(mlflow_run, result, plots, epsilon=0.0)
         discard_checkpoints(out_dir)
     return result
@@ -112,10 +161,18 @@ def _micro_batch_loader(rows, *, pad_id: int, t: dict, cfg: dict, rank: int, wor
     from torch.utils.data import DataLoader, DistributedSampler
 
     dataset = TokenDataset(rows)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"]) if world > 1 else None
-    return DataLoader(dataset, batch_size=cfg["train_micro_batch_size_per_gpu"], sampler=sampler, shuffle=sampler is None,
-                      collate_fn=make_collate(pad_id, t["max_seq_len"]),
-                      generator=torch.Generator().manual_seed(t["seed"]), drop_last=True)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"]) if world > 1 else None
+    )
+    return DataLoader(
+        dataset,
+        batch_size=cfg["train_micro_batch_size_per_gpu"],
+        sampler=sampler,
+        shuffle=sampler is None,
+        collate_fn=make_collate(pad_id, t["max_seq_len"]),
+        generator=torch.Generator().manual_seed(t["seed"]),
+        drop_last=True,
+    )
 
 
 def _resume(engine, ckpt_dir: Path, t: dict) -> Progress:
@@ -124,13 +181,26 @@ def _resume(engine, ckpt_dir: Path, t: dict) -> Progress:
         _, client = engine.load_checkpoint(str(ckpt_dir))
         if client:
             log.info("resuming from step %d (%s)", client["step"], ckpt_dir)
-            return Progress(step=client["step"], history=client["history"], tokens=client["tokens"],
-                            resumed_from=client["step"])
+            return Progress(
+                step=client["step"], history=client["history"], tokens=client["tokens"], resumed_from=client["step"]
+            )
     return Progress()
 
 
-def _loop(engine, scheduler, loader, progress: Progress, *, t: dict, total_steps: int, ckpt_dir: Path,
-          micro_per_step: int, rank: int, world: int, device) -> None:
+def _loop(
+    engine,
+    scheduler,
+    loader,
+    progress: Progress,
+    *,
+    t: dict,
+    total_steps: int,
+    ckpt_dir: Path,
+    micro_per_step: int,
+    rank: int,
+    world: int,
+    device,
+) -> None:
     """Micro-batches until `total_steps` optimizer steps; a resumed epoch skips the micro-batches it used."""
     sampler = loader.sampler if world > 1 else None
     steps_per_epoch = max(1, len(loader) // micro_per_step)
@@ -157,10 +227,19 @@ def _loop(engine, scheduler, loader, progress: Progress, *, t: dict, total_steps
             step = progress.step
             progress.history.append({"step": step, "loss": loss.item(), "epsilon": 0.0})
             if rank == 0 and (step % max(1, total_steps // 20) == 0 or step == total_steps):
-                log.info("step %d/%d loss %.4f lr %.2e epsilon %.3f tokens/s %.0f", step, total_steps, loss.item(),
-                         scheduler.get_last_lr()[0], 0.0, progress.tokens / progress.elapsed())
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e epsilon %.3f tokens/s %.0f",
+                    step,
+                    total_steps,
+                    loss.item(),
+                    scheduler.get_last_lr()[0],
+                    0.0,
+                    progress.tokens / progress.elapsed(),
+                )
             if t.get("checkpoint_every", 0) and step % t["checkpoint_every"] == 0:
-                engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step:08d}",
-                                       client_state={"step": step, "history": progress.history,
-                                                     "tokens": progress.tokens})
+                engine.save_checkpoint(
+                    str(ckpt_dir),
+                    tag=f"step-{step:08d}",
+                    client_state={"step": step, "history": progress.history, "tokens": progress.tokens},
+                )
         epoch += 1

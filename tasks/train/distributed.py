@@ -28,9 +28,16 @@ def torchrun_args(train_cfg: dict, *, spec_path: Path | str, run_id: str | None 
     nnodes, nproc = int(train_cfg.get("nnodes", 1)), int(train_cfg.get("nproc_per_node", 1))
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if train_cfg.get("rdzv_endpoint"):
-        rdzv_id = train_cfg.get("rdzv_id") or re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "").strip("_.") or "privatetune"
-        cmd += [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", f"--rdzv_backend={train_cfg.get('rdzv_backend', 'c10d')}",
-                f"--rdzv_endpoint={train_cfg['rdzv_endpoint']}", f"--rdzv_id={rdzv_id}"]
+        rdzv_id = (
+            train_cfg.get("rdzv_id") or re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "").strip("_.") or "privatetune"
+        )
+        cmd += [
+            f"--nnodes={nnodes}",
+            f"--nproc_per_node={nproc}",
+            f"--rdzv_backend={train_cfg.get('rdzv_backend', 'c10d')}",
+            f"--rdzv_endpoint={train_cfg['rdzv_endpoint']}",
+            f"--rdzv_id={rdzv_id}",
+        ]
     else:
         if nnodes > 1:
             raise ValueError(f"train.rdzv_endpoint: required when train.nnodes={nnodes} > 1")
@@ -95,8 +102,10 @@ def unwrap(model):
     import torch
 
     inner = model._module if hasattr(model, "_module") else model
-    if isinstance(inner, torch.nn.parallel.DistributedDataParallel) or \
-            type(inner).__name__ == "DifferentiallyPrivateDistributedDataParallel":
+    if (
+        isinstance(inner, torch.nn.parallel.DistributedDataParallel)
+        or type(inner).__name__ == "DifferentiallyPrivateDistributedDataParallel"
+    ):
         inner = inner.module
     return inner
 
@@ -144,7 +153,7 @@ def keep_empty_sampler_class():
                 indices = torch.randperm(self.total_size, generator=g)
             else:
                 indices = torch.arange(self.total_size)
-            indices = indices[self.rank: self.total_size: self.num_replicas]
+            indices = indices[self.rank : self.total_size : self.num_replicas]
             for _ in range(self.num_batches):
                 mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
                 yield indices[mask.nonzero(as_tuple=False).reshape(-1)]

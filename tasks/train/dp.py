@@ -24,6 +24,7 @@ DP_INPUTS = ("target_epsilon", "target_delta", "batch_size", "epochs")
 
 # ---------------------------------------------------------------- accounting (no model, no data: the launcher uses it)
 
+
 @functools.lru_cache(maxsize=32)
 def noise_for_target(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> tuple[float, str]:
     """Noise multiplier from the PRV accountant (tightest); RDP when PRV cannot compute — it raises, or
@@ -32,15 +33,17 @@ def noise_for_target(*, target_epsilon: float, delta: float, sample_rate: float,
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        noise = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                     steps=steps, accountant="prv")
+        noise = get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant="prv"
+        )
         if not math.isfinite(epsilon_after(steps, noise=noise, sample_rate=sample_rate, delta=delta, accountant="prv")):
             raise ArithmeticError("PRV epsilon is not finite")
         return noise, "prv"
     except Exception as exc:  # any PRV numerical failure; RDP is a valid (looser) bound
         log.warning("PRV accountant could not compute (%s: %s); falling back to RDP", type(exc).__name__, exc)
-        return get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                    steps=steps, accountant="rdp"), "rdp"
+        return get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"
+        ), "rdp"
 
 
 @functools.lru_cache(maxsize=256)
@@ -78,8 +81,9 @@ def dp_mechanism(t: dict, n: int) -> dict:
     delta = t["target_delta"] or 1.0 / (10 * n)
     planned = planned_steps_for(t, n)
     sample_rate = t["batch_size"] / n
-    noise, accountant = noise_for_target(target_epsilon=t["target_epsilon"], delta=delta,
-                                         sample_rate=sample_rate, steps=planned)
+    noise, accountant = noise_for_target(
+        target_epsilon=t["target_epsilon"], delta=delta, sample_rate=sample_rate, steps=planned
+    )
     mech = {"noise": noise, "sample_rate": sample_rate, "delta": delta, "accountant": accountant}
     steps = max_steps_within(t["target_epsilon"], planned, **mech)
     return {**mech, "planned_steps": planned, "steps": steps, "epsilon": epsilon_after(steps, **mech)}
@@ -96,6 +100,7 @@ def planned_mechanism(spec: dict, n: int) -> dict:
 
 
 # ---------------------------------------------------------------- how a run is marked
+
 
 def privacy_marker(t: dict, epsilon: float, delta: float) -> str:
     """The one-line privacy claim of a run: `NON-PRIVATE`, or DP (ε, δ), flagged when the noise was seeded."""
@@ -115,6 +120,7 @@ def noise_source(t: dict) -> str | None:
 
 
 # ---------------------------------------------------------------- the private engine (Opacus)
+
 
 def ghost_supported(model) -> bool:
     """Ghost clipping computes norms without per-sample gradients only for layers with a norm sampler."""
@@ -155,9 +161,15 @@ def make_private(model, optimizer, loader, *, t: dict, noise: float, accountant:
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
         privacy_engine = PrivacyEngine(accountant=accountant, secure_mode=False)
     private = privacy_engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
-        max_grad_norm=t["max_grad_norm"], poisson_sampling=True, grad_sample_mode=mode,
-        criterion=torch.nn.CrossEntropyLoss(ignore_index=-100))
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=noise,
+        max_grad_norm=t["max_grad_norm"],
+        poisson_sampling=True,
+        grad_sample_mode=mode,
+        criterion=torch.nn.CrossEntropyLoss(ignore_index=-100),
+    )
     criterion = None
     if mode == "ghost":  # the wrapped criterion runs both backward passes of ghost clipping
         model, optimizer, criterion, loader = private

@@ -21,7 +21,9 @@ def launch_torchrun(spec_path: Path, *, train_cfg: dict, run_id: str | None = No
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     log.info("launching: %s", " ".join(cmd))
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT
+        )
         for line in proc.stdout:  # progress lines hold step, loss, ε, tokens/s — no record text
             out.write(line)
             if " step " in line or "Error" in line:

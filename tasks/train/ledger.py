@@ -116,12 +116,26 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine,
-                        event, insert, select, text)
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -133,7 +147,8 @@ _REL_TOL = 1e-9  # float sums of δ (e.g. 10 × 2.5e-5) must not fail a budget t
 
 metadata = MetaData()
 ledger_table = Table(
-    "privacy_ledger", metadata,
+    "privacy_ledger",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("run_id", String(250), nullable=False, unique=True),
     Column("source_dataset", String(200), nullable=False, index=True),
@@ -183,7 +198,7 @@ class LedgerConflict(LedgerError):
 class PrivacyBudgetExceeded(RuntimeError):
     """A run would exceed its source dataset's privacy budget. The message states spent, requested and limit."""
 
-    def __init__(self, message: str, *, status: "BudgetStatus"):
+    def __init__(self, message: str, *, status: BudgetStatus):
         super().__init__(message)
         self.status = status
 
@@ -232,8 +247,10 @@ class BudgetStatus:
     non_private_runs: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: _json_num(v) if isinstance(v, float) else (list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: _json_num(v) if isinstance(v, float) else (list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 @dataclass(frozen=True)
@@ -297,8 +314,10 @@ def lineage_of(path: str | os.PathLike) -> Lineage:
     """Count and digest of a dataset JSONL's record ids (the text field is never kept)."""
     from tasks.common.jsonl import read_objects
 
-    ids = [row["record_id"] for row in read_objects(Path(path), fields=("record_id",),
-                                                    hint="; the ledger needs each record's record_id")]
+    ids = [
+        row["record_id"]
+        for row in read_objects(Path(path), fields=("record_id",), hint="; the ledger needs each record's record_id")
+    ]
     return Lineage(record_count=len(ids), digest=lineage_digest(ids))
 
 
@@ -397,14 +416,26 @@ def _to_entry(row) -> LedgerEntry:
     m = row._mapping
     created = m["created_at"]
     if created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)
+        created = created.replace(tzinfo=UTC)
     return LedgerEntry(
-        seq=m["seq"], run_id=m["run_id"], source_dataset=m["source_dataset"],
-        dataset_revisions=tuple(json.loads(m["dataset_revisions"])), record_count=m["record_count"],
-        lineage_digest=m["lineage_digest"], private=bool(m["private"]), mechanism=m["mechanism"],
-        accountant=m["accountant"], noise_multiplier=m["noise_multiplier"], sample_rate=m["sample_rate"],
-        steps=m["steps"], max_grad_norm=m["max_grad_norm"], epsilon=float(m["epsilon"]), delta=float(m["delta"]),
-        created_at=created, notes=m["notes"], config_digest=m["config_digest"],
+        seq=m["seq"],
+        run_id=m["run_id"],
+        source_dataset=m["source_dataset"],
+        dataset_revisions=tuple(json.loads(m["dataset_revisions"])),
+        record_count=m["record_count"],
+        lineage_digest=m["lineage_digest"],
+        private=bool(m["private"]),
+        mechanism=m["mechanism"],
+        accountant=m["accountant"],
+        noise_multiplier=m["noise_multiplier"],
+        sample_rate=m["sample_rate"],
+        steps=m["steps"],
+        max_grad_norm=m["max_grad_norm"],
+        epsilon=float(m["epsilon"]),
+        delta=float(m["delta"]),
+        created_at=created,
+        notes=m["notes"],
+        config_digest=m["config_digest"],
     )
 
 
@@ -426,8 +457,12 @@ def entries(dataset: str | None = None, *, run_id: str | None = None, url: str |
 def _spent(conn: Connection, dataset: str, exclude_run_id: str | None) -> Spent:
     # Basic composition: ε and δ add up over every run on the dataset (see module docstring).
     rows = [e for e in _entries(conn, dataset) if e.run_id != exclude_run_id]
-    return Spent(epsilon=math.fsum(e.epsilon for e in rows), delta=math.fsum(e.delta for e in rows), runs=len(rows),
-                 non_private_runs=tuple(e.run_id for e in rows if not e.private))
+    return Spent(
+        epsilon=math.fsum(e.epsilon for e in rows),
+        delta=math.fsum(e.delta for e in rows),
+        runs=len(rows),
+        non_private_runs=tuple(e.run_id for e in rows if not e.private),
+    )
 
 
 def spent(dataset: str, *, exclude_run_id: str | None = None, url: str | None = None) -> Spent:
@@ -443,8 +478,9 @@ def budget_for(privacy_cfg, dataset: str) -> Budget:
     """The budget of `dataset` from a `PrivacyConfig`: its entry in `budgets`, else the defaults."""
     override = (privacy_cfg.budgets or {}).get(dataset)
     source = override if override is not None else privacy_cfg
-    return Budget(epsilon=source.epsilon_budget, delta=source.delta_budget,
-                  allow_non_private=privacy_cfg.allow_non_private)
+    return Budget(
+        epsilon=source.epsilon_budget, delta=source.delta_budget, allow_non_private=privacy_cfg.allow_non_private
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -457,21 +493,32 @@ def _exceeds(total: float, limit: float | None) -> bool:
     return limit is not None and total > limit * (1 + _REL_TOL)
 
 
-def _check(conn: Connection, dataset: str, epsilon: float, delta: float, budget: Budget,
-           run_id: str | None, private: bool) -> BudgetStatus:
+def _check(
+    conn: Connection, dataset: str, epsilon: float, delta: float, budget: Budget, run_id: str | None, private: bool
+) -> BudgetStatus:
     already = bool(run_id) and bool(_entries(conn, run_id=run_id))
     s = _spent(conn, dataset, exclude_run_id=run_id)
     requested_eps = epsilon if private else math.inf
     requested_delta = delta if private else 0.0
-    status = BudgetStatus(dataset=dataset, spent_epsilon=s.epsilon, spent_delta=s.delta, runs=s.runs,
-                          requested_epsilon=requested_eps, requested_delta=requested_delta,
-                          limit_epsilon=budget.epsilon, limit_delta=budget.delta, already_recorded=already,
-                          non_private_runs=s.non_private_runs)
+    status = BudgetStatus(
+        dataset=dataset,
+        spent_epsilon=s.epsilon,
+        spent_delta=s.delta,
+        runs=s.runs,
+        requested_epsilon=requested_eps,
+        requested_delta=requested_delta,
+        limit_epsilon=budget.epsilon,
+        limit_delta=budget.delta,
+        already_recorded=already,
+        non_private_runs=s.non_private_runs,
+    )
     if not budget.enforced:
         return status
-    figures = (f"spent ε={_fmt(s.epsilon)} over {s.runs} run(s), requested ε={_fmt(requested_eps)}, "
-               f"limit ε={_fmt(budget.epsilon)}; spent δ={_fmt(s.delta)}, requested δ={_fmt(requested_delta)}, "
-               f"limit δ={_fmt(budget.delta)}")
+    figures = (
+        f"spent ε={_fmt(s.epsilon)} over {s.runs} run(s), requested ε={_fmt(requested_eps)}, "
+        f"limit ε={_fmt(budget.epsilon)}; spent δ={_fmt(s.delta)}, requested δ={_fmt(requested_delta)}, "
+        f"limit δ={_fmt(budget.delta)}"
+    )
     where = f"dataset '{dataset}'"
     if not private:
         if budget.allow_non_private:
@@ -479,24 +526,36 @@ def _check(conn: Connection, dataset: str, epsilon: float, delta: float, budget:
         raise PrivacyBudgetExceeded(
             f"privacy budget refused a non-private run on {where}: {figures}. A non-private run spends unbounded "
             f"ε and voids the DP guarantee for every record of the dataset; set privacy.allow_non_private: true "
-            f"to accept that, or train with train.dp: true", status=status)
+            f"to accept that, or train with train.dp: true",
+            status=status,
+        )
     if s.non_private_runs:
         if budget.allow_non_private:
             return status  # the operator accepted that this dataset has no DP guarantee left
         raise PrivacyBudgetExceeded(
             f"privacy budget exhausted on {where}: non-private run(s) {', '.join(s.non_private_runs)} voided its DP "
             f"guarantee; {figures}. Use another source dataset, or set privacy.allow_non_private: true",
-            status=status)
+            status=status,
+        )
     if _exceeds(s.epsilon + requested_eps, budget.epsilon) or _exceeds(s.delta + requested_delta, budget.delta):
         raise PrivacyBudgetExceeded(
             f"privacy budget exceeded on {where}: {figures} (basic composition: spent + requested must not exceed "
             f"the limit). Lower train.target_epsilon/target_delta, or raise the dataset's budget in privacy:",
-            status=status)
+            status=status,
+        )
     return status
 
 
-def check_budget(dataset: str, epsilon: float, delta: float, *, budget: Budget, run_id: str | None = None,
-                 private: bool = True, url: str | None = None) -> BudgetStatus:
+def check_budget(
+    dataset: str,
+    epsilon: float,
+    delta: float,
+    *,
+    budget: Budget,
+    run_id: str | None = None,
+    private: bool = True,
+    url: str | None = None,
+) -> BudgetStatus:
     """Would a run of (ε, δ) on `dataset` fit its budget? Raises PrivacyBudgetExceeded if not.
 
     `run_id` already in the ledger (a resumed or retried run) is left out of "spent".
@@ -513,9 +572,12 @@ def summary(dataset: str, budget: Budget | None = None, *, url: str | None = Non
     eps_limit = budget.epsilon if budget else None
     delta_limit = budget.delta if budget else None
     return {
-        "source_dataset": dataset, "runs": s.runs,
-        "spent_epsilon": _json_num(s.epsilon), "spent_delta": s.delta,
-        "epsilon_budget": eps_limit, "delta_budget": delta_limit,
+        "source_dataset": dataset,
+        "runs": s.runs,
+        "spent_epsilon": _json_num(s.epsilon),
+        "spent_delta": s.delta,
+        "epsilon_budget": eps_limit,
+        "delta_budget": delta_limit,
         "remaining_epsilon": None if eps_limit is None else _json_num(max(0.0, eps_limit - s.epsilon)),
         "remaining_delta": None if delta_limit is None else max(0.0, delta_limit - s.delta),
         "non_private_runs": list(s.non_private_runs),
@@ -539,9 +601,22 @@ def _validate_positive(name: str, value: float | int | None) -> None:
         raise LedgerError(f"{name} must be a finite number > 0 or None, got {value!r}")
 
 
-_COMPARED = ("source_dataset", "dataset_revisions", "record_count", "lineage_digest", "private", "mechanism",
-             "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "epsilon", "delta",
-             "config_digest")
+_COMPARED = (
+    "source_dataset",
+    "dataset_revisions",
+    "record_count",
+    "lineage_digest",
+    "private",
+    "mechanism",
+    "accountant",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "max_grad_norm",
+    "epsilon",
+    "delta",
+    "config_digest",
+)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -550,12 +625,26 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def record_run(*, run_id: str, dataset: str, dataset_revisions: str | Sequence[str], record_count: int,
-               lineage_digest: str, epsilon: float | None, delta: float | None, private: bool = True,
-               accountant: str | None = None, noise_multiplier: float | None = None,
-               sample_rate: float | None = None, steps: int | None = None, max_grad_norm: float | None = None,
-               notes: str | None = None, budget: Budget | None = None, url: str | None = None,
-               config_digest: str | None = None) -> LedgerEntry:
+def record_run(
+    *,
+    run_id: str,
+    dataset: str,
+    dataset_revisions: str | Sequence[str],
+    record_count: int,
+    lineage_digest: str,
+    epsilon: float | None,
+    delta: float | None,
+    private: bool = True,
+    accountant: str | None = None,
+    noise_multiplier: float | None = None,
+    sample_rate: float | None = None,
+    steps: int | None = None,
+    max_grad_norm: float | None = None,
+    notes: str | None = None,
+    budget: Budget | None = None,
+    url: str | None = None,
+    config_digest: str | None = None,
+) -> LedgerEntry:
     """Append one run's entry (its target ε, δ); with `budget`, refuse it first if it does not fit.
 
     Non-private runs (`private=False`) are stored as ε = inf, δ = 0 whatever is passed.
@@ -579,8 +668,12 @@ def record_run(*, run_id: str, dataset: str, dataset_revisions: str | Sequence[s
     if private:
         _validate_privacy(True, epsilon, delta)
         epsilon, delta = float(epsilon), float(delta)
-        for name, value in (("noise_multiplier", noise_multiplier), ("sample_rate", sample_rate),
-                            ("steps", steps), ("max_grad_norm", max_grad_norm)):
+        for name, value in (
+            ("noise_multiplier", noise_multiplier),
+            ("sample_rate", sample_rate),
+            ("steps", steps),
+            ("max_grad_norm", max_grad_norm),
+        ):
             _validate_positive(name, value)
         if sample_rate is not None and sample_rate > 1:
             raise LedgerError(f"sample_rate must be <= 1, got {sample_rate!r}")
@@ -590,12 +683,22 @@ def record_run(*, run_id: str, dataset: str, dataset_revisions: str | Sequence[s
         accountant = noise_multiplier = sample_rate = max_grad_norm = None
         mechanism = NON_PRIVATE_MECHANISM
     values = dict(
-        run_id=run_id, source_dataset=dataset, dataset_revisions=json.dumps(revisions), record_count=record_count,
-        lineage_digest=lineage_digest, private=bool(private), mechanism=mechanism, accountant=accountant,
+        run_id=run_id,
+        source_dataset=dataset,
+        dataset_revisions=json.dumps(revisions),
+        record_count=record_count,
+        lineage_digest=lineage_digest,
+        private=bool(private),
+        mechanism=mechanism,
+        accountant=accountant,
         noise_multiplier=None if noise_multiplier is None else float(noise_multiplier),
-        sample_rate=None if sample_rate is None else float(sample_rate), steps=steps,
+        sample_rate=None if sample_rate is None else float(sample_rate),
+        steps=steps,
         max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
-        epsilon=epsilon, delta=delta, notes=notes, config_digest=config_digest,
+        epsilon=epsilon,
+        delta=delta,
+        notes=notes,
+        config_digest=config_digest,
     )
     engine = _engine(url)
     for attempt in range(2):
@@ -607,7 +710,7 @@ def record_run(*, run_id: str, dataset: str, dataset_revisions: str | Sequence[s
                     return _same_run(existing[0], values)
                 if budget is not None:
                     _check(conn, dataset, epsilon, delta, budget, run_id, bool(private))
-                values["created_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
+                values["created_at"] = datetime.now(UTC).replace(tzinfo=None)
                 conn.execute(insert(ledger_table).values(**values))
                 return _entries(conn, run_id=run_id)[0]
         except IntegrityError:
@@ -625,7 +728,8 @@ def _same_run(existing: LedgerEntry, values: dict[str, Any]) -> LedgerEntry:
         raise LedgerConflict(
             f"run '{existing.run_id}' is already in the privacy ledger (entry {existing.seq}) with different "
             f"{', '.join(differing)}; a run on other data or with other privacy parameters is a new mechanism: "
-            f"start it under a new run id")
+            f"start it under a new run id"
+        )
     return existing
 
 
@@ -634,7 +738,7 @@ def _same_run(existing: LedgerEntry, values: dict[str, Any]) -> LedgerEntry:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -667,40 +771,105 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.epsilon is None and not args.non_private:
             parser.error("check needs --epsilon (or --non-private)")
         try:
-            status = check_budget(dataset, args.epsilon if args.epsilon is not None else 0.0, args.delta,
-                                  budget=budget_for(privacy, dataset), run_id=args.run_id,
-                                  private=not args.non_private, url=url)
+            status = check_budget(
+                dataset,
+                args.epsilon if args.epsilon is not None else 0.0,
+                args.delta,
+                budget=budget_for(privacy, dataset),
+                run_id=args.run_id,
+                private=not args.non_private,
+                url=url,
+            )
         except PrivacyBudgetExceeded as err:
             print(str(err), file=sys.stderr)
             return 1
         except LedgerError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(f"within budget on dataset '{dataset}': spent ε={_fmt(status.spent_epsilon)} over {status.runs} run(s), "
-              f"requested ε={_fmt(status.requested_epsilon)}, limit ε={_fmt(status.limit_epsilon)}; "
-              f"spent δ={_fmt(status.spent_delta)}, requested δ={_fmt(status.requested_delta)}, "
-              f"limit δ={_fmt(status.limit_delta)}")
+        print(
+            f"within budget on dataset '{dataset}': spent ε={_fmt(status.spent_epsilon)} over {status.runs} run(s), "
+            f"requested ε={_fmt(status.requested_epsilon)}, limit ε={_fmt(status.limit_epsilon)}; "
+            f"spent δ={_fmt(status.spent_delta)}, requested δ={_fmt(status.requested_delta)}, "
+            f"limit δ={_fmt(status.limit_delta)}"
+        )
         return 0
 
     rows = entries(args.dataset, url=url)
     datasets = sorted({e.source_dataset for e in rows} | ({args.dataset} if args.dataset else set()))
     totals = [summary(d, budget_for(privacy, d), url=url) for d in datasets]
     if args.json:
-        print(json.dumps({"url": make_url(url or ledger_url()).render_as_string(hide_password=True),
-                          "entries": [e.as_dict() for e in rows], "totals": totals}, indent=2, allow_nan=False))
+        print(
+            json.dumps(
+                {
+                    "url": make_url(url or ledger_url()).render_as_string(hide_password=True),
+                    "entries": [e.as_dict() for e in rows],
+                    "totals": totals,
+                },
+                indent=2,
+                allow_nan=False,
+            )
+        )
         return 0
-    header = ["seq", "created (UTC)", "run_id", "dataset", "revision(s)", "records", "lineage", "mechanism",
-              "accountant", "sigma", "q", "steps", "C", "epsilon", "delta"]
-    print(_table([[str(e.seq), e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.run_id, e.source_dataset,
-                   ",".join(r[:12] for r in e.dataset_revisions), str(e.record_count), e.lineage_digest[7:19],
-                   e.mechanism, e.accountant or "-", _opt(e.noise_multiplier), _opt(e.sample_rate), _opt(e.steps),
-                   _opt(e.max_grad_norm), _fmt(e.epsilon), _fmt(e.delta)] for e in rows], header))
+    header = [
+        "seq",
+        "created (UTC)",
+        "run_id",
+        "dataset",
+        "revision(s)",
+        "records",
+        "lineage",
+        "mechanism",
+        "accountant",
+        "sigma",
+        "q",
+        "steps",
+        "C",
+        "epsilon",
+        "delta",
+    ]
+    print(
+        _table(
+            [
+                [
+                    str(e.seq),
+                    e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    e.run_id,
+                    e.source_dataset,
+                    ",".join(r[:12] for r in e.dataset_revisions),
+                    str(e.record_count),
+                    e.lineage_digest[7:19],
+                    e.mechanism,
+                    e.accountant or "-",
+                    _opt(e.noise_multiplier),
+                    _opt(e.sample_rate),
+                    _opt(e.steps),
+                    _opt(e.max_grad_norm),
+                    _fmt(e.epsilon),
+                    _fmt(e.delta),
+                ]
+                for e in rows
+            ],
+            header,
+        )
+    )
     print()
-    print(_table([[t["source_dataset"], str(t["runs"]), _fmt(float(t["spent_epsilon"])),
-                   _opt(t["epsilon_budget"]), _fmt(t["spent_delta"]), _opt(t["delta_budget"]),
-                   ",".join(t["non_private_runs"]) or "-"] for t in totals],
-                 ["dataset", "runs", "spent epsilon", "epsilon budget", "spent delta", "delta budget",
-                  "non-private runs"]))
+    print(
+        _table(
+            [
+                [
+                    t["source_dataset"],
+                    str(t["runs"]),
+                    _fmt(float(t["spent_epsilon"])),
+                    _opt(t["epsilon_budget"]),
+                    _fmt(t["spent_delta"]),
+                    _opt(t["delta_budget"]),
+                    ",".join(t["non_private_runs"]) or "-",
+                ]
+                for t in totals
+            ],
+            ["dataset", "runs", "spent epsilon", "epsilon budget", "spent delta", "delta budget", "non-private runs"],
+        )
+    )
     return 0
 
 

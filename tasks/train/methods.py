@@ -15,13 +15,23 @@ from pathlib import Path
 # Per model_type module names for the target shorthands (PEFT matches a name or a ".name" suffix).
 _LLAMA_LIKE = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "mlp": ["gate_proj", "up_proj", "down_proj"]}
 FAMILY_MODULES = {
-    "llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE,
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
     "gpt2": {"attention": ["c_attn", "attn.c_proj"], "mlp": ["c_fc", "mlp.c_proj"]},  # Conv1D layers
 }
 
 # PEFT config fields that must match for a saved adapter's weights to mean the same thing in a new model.
-ADAPTER_SHAPE_FIELDS = ("peft_type", "r", "lora_alpha", "target_modules", "layers_to_transform", "num_virtual_tokens",
-                        "feedforward_modules")
+ADAPTER_SHAPE_FIELDS = (
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "layers_to_transform",
+    "num_virtual_tokens",
+    "feedforward_modules",
+)
 
 
 def uses_targets(t: dict) -> bool:
@@ -38,8 +48,10 @@ def resolve_targets(target, model_type: str, method: str) -> list[str] | str:
         return target
     family = FAMILY_MODULES.get(model_type)
     if family is None:
-        raise ValueError(f"train.target_modules: no default '{target}' modules for model_type '{model_type}' "
-                         f"(known: {sorted(FAMILY_MODULES)}); list the module names explicitly")
+        raise ValueError(
+            f"train.target_modules: no default '{target}' modules for model_type '{model_type}' "
+            f"(known: {sorted(FAMILY_MODULES)}); list the module names explicitly"
+        )
     if target in ("all", "all-linear"):
         return family["attention"] + family["mlp"]
     return list(family[target])
@@ -80,24 +92,37 @@ def apply_method(model, spec: dict, model_type: str | None = None):
     if method == "full":
         return model
     if method == "prefix":
-        return get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=t["num_virtual_tokens"], task_type="CAUSAL_LM"))
+        return get_peft_model(
+            model, PrefixTuningConfig(num_virtual_tokens=t["num_virtual_tokens"], task_type="CAUSAL_LM")
+        )
     targets = resolve_targets(t["target_modules"], model_type, method)
     check_targets(model, targets)
     if method == "adapter":
         mlp = set(FAMILY_MODULES.get(model_type, {}).get("mlp", []))
         # IA3 scales the input of feed-forward layers and the output of the others
-        return get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=[m for m in targets if m in mlp],
-                                               task_type="CAUSAL_LM"))
-    lora = {"r": t["lora_r"], "lora_alpha": t["lora_alpha"], "lora_dropout": t["lora_dropout"],
-            "target_modules": targets, "bias": "none", "task_type": "CAUSAL_LM"}
+        return get_peft_model(
+            model,
+            IA3Config(
+                target_modules=targets, feedforward_modules=[m for m in targets if m in mlp], task_type="CAUSAL_LM"
+            ),
+        )
+    lora = {
+        "r": t["lora_r"],
+        "lora_alpha": t["lora_alpha"],
+        "lora_dropout": t["lora_dropout"],
+        "target_modules": targets,
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
     if method == "lora":
         return get_peft_model(model, LoraConfig(**lora))
     # freeze: only the top N blocks train; nothing below them needs a gradient, so backward stops there
     blocks_name, blocks = find_blocks(model)
     top = list(range(len(blocks) - t["trainable_layers"], len(blocks)))
     if t["freeze_with_lora"]:
-        return get_peft_model(model, LoraConfig(**lora, layers_to_transform=top,
-                                                layers_pattern=blocks_name.rsplit(".", 1)[-1]))
+        return get_peft_model(
+            model, LoraConfig(**lora, layers_to_transform=top, layers_pattern=blocks_name.rsplit(".", 1)[-1])
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     for i in top:
@@ -124,8 +149,11 @@ def adapter_mismatch(model, adapter_dir: Path) -> list[str]:
     def norm(value):
         return sorted(value) if isinstance(value, (list, set, tuple)) else value
 
-    return [f"{f}: adapter {norm(saved.get(f))!r} vs this run {norm(current.get(f))!r}"
-            for f in ADAPTER_SHAPE_FIELDS if norm(saved.get(f)) != norm(current.get(f))]
+    return [
+        f"{f}: adapter {norm(saved.get(f))!r} vs this run {norm(current.get(f))!r}"
+        for f in ADAPTER_SHAPE_FIELDS
+        if norm(saved.get(f)) != norm(current.get(f))
+    ]
 
 
 def load_init_adapter(model, adapter_dir: str | Path) -> dict:
@@ -143,12 +171,15 @@ def load_init_adapter(model, adapter_dir: str | Path) -> dict:
     result = set_peft_model_state_dict(model, weights)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
-        raise ValueError(f"warm start from {adapter_dir}: {len(unexpected)} adapter tensors matched nothing in the "
-                         f"model (first: {unexpected[0]})")
+        raise ValueError(
+            f"warm start from {adapter_dir}: {len(unexpected)} adapter tensors matched nothing in the "
+            f"model (first: {unexpected[0]})"
+        )
     return {"adapter_dir": str(adapter_dir), "tensors": len(weights)}
 
 
 # ---------------------------------------------------------------- did the method train what it should, and only that
+
 
 def trainable_state(model) -> dict:
     """A copy of the trainable tensors, by name."""
@@ -160,8 +191,11 @@ def frozen_checksums(model) -> dict:
     import torch
 
     with torch.no_grad():
-        return {n: (float(p.double().sum()), float(p.double().abs().sum()))
-                for n, p in model.named_parameters() if not p.requires_grad}
+        return {
+            n: (float(p.double().sum()), float(p.double().abs().sum()))
+            for n, p in model.named_parameters()
+            if not p.requires_grad
+        }
 
 
 def changed_share(before: dict, after: dict) -> float:

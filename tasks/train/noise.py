@@ -38,7 +38,7 @@ class Csprng:
         import torch
 
         bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
-        return torch.from_numpy(bits.astype(np.float64) * 2.0 ** -53)
+        return torch.from_numpy(bits.astype(np.float64) * 2.0**-53)
 
     def normal(self, n: int):
         """n standard normals (float64), Box–Muller over CSPRNG uniforms."""
@@ -104,12 +104,14 @@ def _secure_sampler_classes() -> dict:
                 indices = torch.randperm(self.total_size, generator=g)
             else:
                 indices = torch.arange(self.total_size)
-            indices = indices[self.rank: self.total_size: self.num_replicas]
+            indices = indices[self.rank : self.total_size : self.num_replicas]
             for _ in range(self.num_batches):
                 yield indices[(CSPRNG.rand(self.num_samples) < self.sample_rate).nonzero().reshape(-1)]
 
-    return {UniformWithReplacementSampler: CsprngPoissonSampler,
-            DistributedUniformWithReplacementSampler: CsprngDistributedPoissonSampler}
+    return {
+        UniformWithReplacementSampler: CsprngPoissonSampler,
+        DistributedUniformWithReplacementSampler: CsprngDistributedPoissonSampler,
+    }
 
 
 def use_csprng(optimizer, loader) -> None:
@@ -122,8 +124,10 @@ def use_csprng(optimizer, loader) -> None:
             sampler.__class__ = secure
             sampler.generator = None
             return
-    raise TypeError(f"{type(sampler).__name__}: not an Opacus Poisson sampler; secure sampling needs "
-                    "make_private(..., poisson_sampling=True)")
+    raise TypeError(
+        f"{type(sampler).__name__}: not an Opacus Poisson sampler; secure sampling needs "
+        "make_private(..., poisson_sampling=True)"
+    )
 
 
 def is_secure(sampler) -> bool:

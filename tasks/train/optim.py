@@ -25,7 +25,9 @@ def lr_schedule(optimizer, total_steps: int):
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / total_steps)),
+    )
 
 
 def physical_batches(loader, optimizer, t: dict, privacy_engine):
@@ -51,11 +53,16 @@ class OomHint:
         if exc is None:
             return False
         text = str(exc).lower()
-        oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
-            isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+        oom = (
+            isinstance(exc, MemoryError)
+            or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+        )
         if oom:
             pb = self.t["physical_batch_size"]
-            raise MemoryError(f"training ran out of memory at train.physical_batch_size={pb} "
-                              f"(max_seq_len {self.t['max_seq_len']}); set a smaller train.physical_batch_size "
-                              f"(e.g. {max(1, pb // 2)}): under DP the logical batch_size stays the same") from exc
+            raise MemoryError(
+                f"training ran out of memory at train.physical_batch_size={pb} "
+                f"(max_seq_len {self.t['max_seq_len']}); set a smaller train.physical_batch_size "
+                f"(e.g. {max(1, pb // 2)}): under DP the logical batch_size stays the same"
+            ) from exc
         return False

@@ -14,8 +14,10 @@ def check_model_dir(model_dir: Path) -> dict:
     """A local HF causal-LM directory; returns its config.json. Named after the user-facing field."""
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"base_model.path: {model_dir} is not a Hugging Face model directory "
-                                f"(no config.json); point it at a local causal-LM directory")
+        raise FileNotFoundError(
+            f"base_model.path: {model_dir} is not a Hugging Face model directory "
+            f"(no config.json); point it at a local causal-LM directory"
+        )
     cfg = json.loads(config_file.read_text())
     arch = cfg.get("architectures") or []
     if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in arch):
@@ -38,12 +40,16 @@ def preflight(spec: dict, n_records: int) -> dict:
         raise ValueError(f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n_records} records)")
     delta = t["target_delta"] or 1.0 / (10 * n_records)
     if t["dp"] and delta >= 1.0 / n_records:
-        raise ValueError(f"train.target_delta ({delta}) must be < 1/N = {1.0 / n_records:.2e} for N={n_records} records")
+        raise ValueError(
+            f"train.target_delta ({delta}) must be < 1/N = {1.0 / n_records:.2e} for N={n_records} records"
+        )
     model_type = model_cfg.get("model_type", "")
     tied = bool(model_cfg.get("tie_word_embeddings", model_type == "gpt2"))
     if t["dp"] and t["method"] == "full" and t["grad_sample_mode"] == "ghost" and tied:
-        raise ValueError("train.grad_sample_mode: 'ghost' cannot clip full fine-tuning of a model with tied input/output "
-                         "embeddings (Opacus: parameter tying is not supported with ghost clipping); use 'hooks' or 'auto'")
+        raise ValueError(
+            "train.grad_sample_mode: 'ghost' cannot clip full fine-tuning of a model with tied input/output "
+            "embeddings (Opacus: parameter tying is not supported with ghost clipping); use 'hooks' or 'auto'"
+        )
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec["base_model_dir"]))
     _, blocks = find_blocks(skeleton)

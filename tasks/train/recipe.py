@@ -117,15 +117,26 @@ class Engine:
 
 # ---------------------------------------------------------------- the recipe
 
+
 def train(spec: dict) -> dict:
     """One training run: setup → train loop → finish. Returns train_result.json's figures."""
     offline.apply()
     texts, run = setup(spec)
     base = setup_model(run)
     if run.t.get("deepspeed"):
-        return train_deepspeed(spec, model=base.model, tokenizer=base.tokenizer, texts=texts, rank=run.rank,
-                               world=run.world, device=run.device, model_type=run.info["model_type"],
-                               trainable=base.trainable, total=base.total, warm_start=base.warm_start)
+        return train_deepspeed(
+            spec,
+            model=base.model,
+            tokenizer=base.tokenizer,
+            texts=texts,
+            rank=run.rank,
+            world=run.world,
+            device=run.device,
+            model_type=run.info["model_type"],
+            trainable=base.trainable,
+            total=base.total,
+            warm_start=base.warm_start,
+        )
     engine = setup_engine(run, base, texts)
     ckpt, progress = resume(run, engine)
     mlflow_run = start_tracking(run, base, engine)
@@ -169,10 +180,23 @@ def setup_model(run: Run) -> Base:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if run.rank == 0:
-        log.info("method %s: %d of %d parameters trainable (%.3f%%); world size %d", t["method"], trainable, total,
-                 100 * trainable / total, run.world)
-    return Base(model=model, tokenizer=tokenizer, trainable=trainable, total=total, initial=trainable_state(model),
-                frozen_before=frozen_checksums(model), warm_start=warm_start)
+        log.info(
+            "method %s: %d of %d parameters trainable (%.3f%%); world size %d",
+            t["method"],
+            trainable,
+            total,
+            100 * trainable / total,
+            run.world,
+        )
+    return Base(
+        model=model,
+        tokenizer=tokenizer,
+        trainable=trainable,
+        total=total,
+        initial=trainable_state(model),
+        frozen_before=frozen_checksums(model),
+        warm_start=warm_start,
+    )
 
 
 def setup_engine(run: Run, base: Base, texts: list[str]) -> Engine:
@@ -187,8 +211,9 @@ def setup_engine(run: Run, base: Base, texts: list[str]) -> Engine:
     loader = make_loader(rows, pad_id=base.tokenizer.pad_token_id, t=t, rank=run.rank, world=run.world)
     planned = planned_steps_for(t, len(rows))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
-    engine = Engine(model=model, optimizer=optimizer, loader=loader, records=len(rows), planned_steps=planned,
-                    total_steps=planned)
+    engine = Engine(
+        model=model, optimizer=optimizer, loader=loader, records=len(rows), planned_steps=planned, total_steps=planned
+    )
     if t["dp"]:
         setup_privacy(run, engine)
     engine.scheduler = lr_schedule(engine.optimizer, engine.total_steps)
@@ -206,15 +231,31 @@ def setup_privacy(run: Run, engine: Engine) -> None:
     # the search costs seconds of CPU: rank 0 runs it, every rank uses its exact result
     noise, accountant, total_steps = broadcast_from_rank0([noise, accountant, total_steps], run.world)
     if total_steps < engine.planned_steps and run.rank == 0:
-        log.warning("capping training at %d of %d steps: more would exceed ε=%s", total_steps, engine.planned_steps,
-                    t["target_epsilon"])
+        log.warning(
+            "capping training at %d of %d steps: more would exceed ε=%s",
+            total_steps,
+            engine.planned_steps,
+            t["target_epsilon"],
+        )
     mode = resolve_grad_sample_mode(t, engine.model, run.device, run.info["tied_embeddings"])
     if run.rank == 0:
-        log.info("DP-SGD: accountant %s, noise %.4f, sample rate %.4f, clipping mode %s", accountant, noise,
-                 t["batch_size"] / engine.records, mode)
+        log.info(
+            "DP-SGD: accountant %s, noise %.4f, sample rate %.4f, clipping mode %s",
+            accountant,
+            noise,
+            t["batch_size"] / engine.records,
+            mode,
+        )
     engine.privacy_engine, engine.model, engine.optimizer, engine.loader, engine.criterion = make_private(
-        engine.model, engine.optimizer, engine.loader, t=t, noise=noise, accountant=accountant, mode=mode,
-        world=run.world)
+        engine.model,
+        engine.optimizer,
+        engine.loader,
+        t=t,
+        noise=noise,
+        accountant=accountant,
+        mode=mode,
+        world=run.world,
+    )
     engine.noise, engine.accountant, engine.mode, engine.total_steps = noise, accountant, mode, total_steps
 
 
@@ -224,14 +265,25 @@ def resume(run: Run, engine: Engine):
     from tasks.train.checkpoint import Checkpointer, spec_fingerprint
 
     t = run.t
-    ckpt = Checkpointer(run.out_dir / "checkpoints", fingerprint=spec_fingerprint(run.spec, world=run.world),
-                        every=t.get("checkpoint_every", 0), keep=t.get("checkpoint_keep", 2), rank=run.rank,
-                        world=run.world)
+    ckpt = Checkpointer(
+        run.out_dir / "checkpoints",
+        fingerprint=spec_fingerprint(run.spec, world=run.world),
+        every=t.get("checkpoint_every", 0),
+        keep=t.get("checkpoint_keep", 2),
+        rank=run.rank,
+        world=run.world,
+    )
     state = ckpt.load_latest()
     if state is None:
         return ckpt, Progress()
-    extra = ckpt.restore(state, model=engine.model, optimizer=engine.optimizer, scheduler=engine.scheduler,
-                         data_loader=engine.loader, privacy_engine=engine.privacy_engine)
+    extra = ckpt.restore(
+        state,
+        model=engine.model,
+        optimizer=engine.optimizer,
+        scheduler=engine.scheduler,
+        data_loader=engine.loader,
+        privacy_engine=engine.privacy_engine,
+    )
     if run.rank == 0:
         log.info("resuming from step %d of %d (%s)", state.step, engine.total_steps, state.path)
     return ckpt, Progress.resumed(state.step, extra)
@@ -243,9 +295,17 @@ def start_tracking(run: Run, base: Base, engine: Engine):
         return None
     mlflow_run = tracking.start_run(run.spec)
     if mlflow_run:
-        tracking.log_params(run.spec, n=engine.records, delta=run.info["delta"], noise=engine.noise,
-                            trainable=base.trainable, total=base.total, accountant=engine.accountant,
-                            mode=engine.mode, model_type=run.info["model_type"])
+        tracking.log_params(
+            run.spec,
+            n=engine.records,
+            delta=run.info["delta"],
+            noise=engine.noise,
+            trainable=base.trainable,
+            total=base.total,
+            accountant=engine.accountant,
+            mode=engine.mode,
+            model_type=run.info["model_type"],
+        )
     return mlflow_run
 
 
@@ -257,7 +317,9 @@ def train_loop(run: Run, engine: Engine, ckpt, progress: Progress, mlflow_run, *
     progress.start_clock()
     with OomHint(t):
         while progress.step < engine.total_steps:
-            ckpt.begin_epoch(engine.loader, progress.step)  # before the loader is iterated (sampler position, set_epoch)
+            ckpt.begin_epoch(
+                engine.loader, progress.step
+            )  # before the loader is iterated (sampler position, set_epoch)
             with physical_batches(engine.loader, engine.optimizer, t, engine.privacy_engine) as batches:
                 for ids, labels in ckpt.batches(batches):
                     if progress.step >= engine.total_steps:
@@ -296,8 +358,9 @@ def forward_backward(run: Run, engine: Engine, ids, labels, *, pad_id: int) -> t
     return (loss.item() if rows else float("nan")), rows, int((labels != -100).sum())
 
 
-def end_step(run: Run, engine: Engine, ckpt, progress: Progress, mlflow_run, loss_value: float, samples: int,
-             tokens: int) -> None:
+def end_step(
+    run: Run, engine: Engine, ckpt, progress: Progress, mlflow_run, loss_value: float, samples: int, tokens: int
+) -> None:
     """A logical step is done: LR schedule, global records and tokens, ε (and its guard), history, progress
     lines (MLflow every step, the task log every ~5 %), and a checkpoint every `checkpoint_every` steps."""
     t = run.t
@@ -308,16 +371,34 @@ def end_step(run: Run, engine: Engine, ckpt, progress: Progress, mlflow_run, los
     if engine.privacy_engine is not None and run.rank == 0:  # every rank's accountant is the same; rank 0 reports
         progress.epsilon = engine.privacy_engine.get_epsilon(run.info["delta"])
         if progress.epsilon > t["target_epsilon"]:  # unreachable with the cap; never release such a model
-            raise RuntimeError(f"privacy guard: ε={progress.epsilon:.4f} after step {progress.step} exceeds "
-                               f"train.target_epsilon={t['target_epsilon']}; the run is stopped unsaved")
-    progress.history.append({"step": progress.step, "loss": loss_value, "epsilon": progress.epsilon, "samples": samples})
+            raise RuntimeError(
+                f"privacy guard: ε={progress.epsilon:.4f} after step {progress.step} exceeds "
+                f"train.target_epsilon={t['target_epsilon']}; the run is stopped unsaved"
+            )
+    progress.history.append(
+        {"step": progress.step, "loss": loss_value, "epsilon": progress.epsilon, "samples": samples}
+    )
     rate, lr = progress.tokens / max(progress.elapsed(), 1e-9), engine.scheduler.get_last_lr()[0]
     tracking.log_step(mlflow_run, progress.step, loss=loss_value, epsilon=progress.epsilon, tokens_per_s=rate, lr=lr)
     if run.rank == 0 and (progress.step % max(1, engine.total_steps // 20) == 0 or progress.step == engine.total_steps):
-        log.info("step %d/%d loss %.4f lr %.2e epsilon %.3f tokens/s %.0f",
-                 progress.step, engine.total_steps, loss_value, lr, progress.epsilon, rate)
-    ckpt.maybe_save(progress.step, model=engine.model, optimizer=engine.optimizer, scheduler=engine.scheduler,
-                    data_loader=engine.loader, privacy_engine=engine.privacy_engine, extra=progress.checkpoint_extra())
+        log.info(
+            "step %d/%d loss %.4f lr %.2e epsilon %.3f tokens/s %.0f",
+            progress.step,
+            engine.total_steps,
+            loss_value,
+            lr,
+            progress.epsilon,
+            rate,
+        )
+    ckpt.maybe_save(
+        progress.step,
+        model=engine.model,
+        optimizer=engine.optimizer,
+        scheduler=engine.scheduler,
+        data_loader=engine.loader,
+        privacy_engine=engine.privacy_engine,
+        extra=progress.checkpoint_extra(),
+    )
 
 
 def finish(run: Run, base: Base, engine: Engine, progress: Progress, mlflow_run) -> dict:
@@ -325,16 +406,30 @@ def finish(run: Run, base: Base, engine: Engine, progress: Progress, mlflow_run)
     result and curves saved, MLflow finished, the checkpoints deleted."""
     inner = unwrap(engine.model)
     result = train_result(
-        run.t, progress, records=engine.records, planned_steps=engine.planned_steps,
-        model_type=run.info["model_type"], trainable=base.trainable, total=base.total, world=run.world,
-        out_dir=run.out_dir, is_peft=hasattr(inner, "peft_config"), delta=run.info["delta"], noise=engine.noise,
-        accountant=engine.accountant, mode=engine.mode, changed=changed_share(base.initial, trainable_state(inner)),
+        run.t,
+        progress,
+        records=engine.records,
+        planned_steps=engine.planned_steps,
+        model_type=run.info["model_type"],
+        trainable=base.trainable,
+        total=base.total,
+        world=run.world,
+        out_dir=run.out_dir,
+        is_peft=hasattr(inner, "peft_config"),
+        delta=run.info["delta"],
+        noise=engine.noise,
+        accountant=engine.accountant,
+        mode=engine.mode,
+        changed=changed_share(base.initial, trainable_state(inner)),
         frozen_moved=frozen_moved(base.frozen_before, frozen_checksums(inner)),
         digests=rank_digests(inner, run.world),  # every rank must hold the same weights; rank 0's are saved
-        mlflow_run_id=mlflow_run.info.run_id if mlflow_run else None, warm_start=base.warm_start)
+        mlflow_run_id=mlflow_run.info.run_id if mlflow_run else None,
+        warm_start=base.warm_start,
+    )
     if run.rank == 0:
-        plots = save_outputs(inner, base.tokenizer, run.out_dir, result=result, history=progress.history,
-                             dp=run.t["dp"])
+        plots = save_outputs(
+            inner, base.tokenizer, run.out_dir, result=result, history=progress.history, dp=run.t["dp"]
+        )
         tracking.finish_run(mlflow_run, result, plots, epsilon=progress.epsilon)
         discard_checkpoints(run.out_dir)
     return result

@@ -44,32 +44,71 @@ class Progress:
     @classmethod
     def resumed(cls, step: int, extra: dict) -> Progress:
         history = extra["history"]
-        return cls(step=step, history=history, tokens=extra["tokens"], elapsed_before=extra["elapsed"],
-                   resumed_from=step, epsilon=history[-1]["epsilon"] if history else 0.0)
+        return cls(
+            step=step,
+            history=history,
+            tokens=extra["tokens"],
+            elapsed_before=extra["elapsed"],
+            resumed_from=step,
+            epsilon=history[-1]["epsilon"] if history else 0.0,
+        )
 
 
-def train_result(t: dict, progress: Progress, *, records: int, planned_steps: int, model_type: str, trainable: int,
-                 total: int, world: int, out_dir: Path, is_peft: bool, delta: float | None = None, noise: float = 0.0,
-                 accountant: str | None = None, mode: str | None = None, changed: float | None = None,
-                 frozen_moved: int | None = None, digests: list[str] | None = None, mlflow_run_id: str | None = None,
-                 warm_start: dict | None = None, deepspeed: dict | None = None) -> dict:
+def train_result(
+    t: dict,
+    progress: Progress,
+    *,
+    records: int,
+    planned_steps: int,
+    model_type: str,
+    trainable: int,
+    total: int,
+    world: int,
+    out_dir: Path,
+    is_peft: bool,
+    delta: float | None = None,
+    noise: float = 0.0,
+    accountant: str | None = None,
+    mode: str | None = None,
+    changed: float | None = None,
+    frozen_moved: int | None = None,
+    digests: list[str] | None = None,
+    mlflow_run_id: str | None = None,
+    warm_start: dict | None = None,
+    deepspeed: dict | None = None,
+) -> dict:
     """train_result.json: the privacy claim and mechanism, the schedule, what trained, speed, ranks, outputs."""
     epsilon, history, elapsed = progress.epsilon, progress.history, progress.elapsed()
     result = {
-        "method": t["method"], "dp": t["dp"], "privacy": privacy_marker(t, epsilon, delta),
+        "method": t["method"],
+        "dp": t["dp"],
+        "privacy": privacy_marker(t, epsilon, delta),
         "noise_source": noise_source(t),
         "epsilon": round(epsilon, 4) if t["dp"] else None,
-        "target_epsilon": t["target_epsilon"] if t["dp"] else None, "delta": delta if t["dp"] else None,
-        "noise_multiplier": round(noise, 4), "max_grad_norm": t["max_grad_norm"],
-        "accountant": accountant, "grad_sample_mode": mode,
-        "steps": progress.step, "planned_steps": planned_steps, "epochs": t["epochs"], "records": records,
-        "batch_size": t["batch_size"], "model_type": model_type,
-        "trainable_params": trainable, "total_params": total, "trainable_pct": round(100 * trainable / total, 3),
-        "trainable_tensors_changed": changed, "frozen_tensors_changed": frozen_moved,
+        "target_epsilon": t["target_epsilon"] if t["dp"] else None,
+        "delta": delta if t["dp"] else None,
+        "noise_multiplier": round(noise, 4),
+        "max_grad_norm": t["max_grad_norm"],
+        "accountant": accountant,
+        "grad_sample_mode": mode,
+        "steps": progress.step,
+        "planned_steps": planned_steps,
+        "epochs": t["epochs"],
+        "records": records,
+        "batch_size": t["batch_size"],
+        "model_type": model_type,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": round(100 * trainable / total, 3),
+        "trainable_tensors_changed": changed,
+        "frozen_tensors_changed": frozen_moved,
         "final_loss": history[-1]["loss"] if history else None,
-        "train_seconds": round(elapsed, 1), "tokens_per_s": round(progress.tokens / max(elapsed, 1e-9), 1),
-        "world_size": world, "resumed_from_step": progress.resumed_from,
-        "rank_weight_digests": digests, "ranks_in_sync": None if digests is None else len(set(digests)) == 1,
+        "train_seconds": round(elapsed, 1),
+        "tokens_per_s": round(progress.tokens / max(elapsed, 1e-9), 1),
+        "world_size": world,
+        "resumed_from_step": progress.resumed_from,
+        "rank_weight_digests": digests,
+        "ranks_in_sync": None if digests is None else len(set(digests)) == 1,
         # PEFT methods save an adapter; freeze (without LoRA) and full save the whole model
         "adapter_dir": str(out_dir / "adapter") if is_peft else None,
         "model_dir": None if is_peft else str(out_dir / "model"),
@@ -81,8 +120,9 @@ def train_result(t: dict, progress: Progress, *, records: int, planned_steps: in
     return result
 
 
-def save_outputs(model, tokenizer, out_dir: Path, *, result: dict, history: list[dict], dp: bool,
-                 state_dict=None) -> list[Path]:
+def save_outputs(
+    model, tokenizer, out_dir: Path, *, result: dict, history: list[dict], dp: bool, state_dict=None
+) -> list[Path]:
     """The adapter (PEFT) or the whole model with its tokenizer, train_history.json, train_result.json and the
     curves; returns the curve files. `state_dict`: ZeRO-3's consolidated weights."""
     extra = {"state_dict": state_dict} if state_dict is not None else {}

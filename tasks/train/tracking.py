@@ -20,26 +20,57 @@ def start_run(spec: dict):
 
     experiment_id = mlflow_experiment(Paths(Path(spec["mlflow"]["home"])))
     dp = spec["train"]["dp"]
-    tags = {"dataset_rev": spec.get("dataset_rev", ""), "dp": str(dp).lower(),
-            "privacy": "DP" if dp else "NON-PRIVATE", "train_method": spec["train"]["method"],
-            "dp_noise": noise_source(spec["train"]) or "none",
-            "base_model_sha256": spec.get("base_model_sha256") or ""}
+    tags = {
+        "dataset_rev": spec.get("dataset_rev", ""),
+        "dp": str(dp).lower(),
+        "privacy": "DP" if dp else "NON-PRIVATE",
+        "train_method": spec["train"]["method"],
+        "dp_noise": noise_source(spec["train"]) or "none",
+        "base_model_sha256": spec.get("base_model_sha256") or "",
+    }
     if spec["mlflow"].get("run_id"):  # the pipeline's run, shared with the data and evaluation stages
         run = mlflow.start_run(run_id=spec["mlflow"]["run_id"])
         mlflow.set_tags(tags)
         return run
-    return mlflow.start_run(experiment_id=experiment_id, run_name=spec["mlflow"].get("run_name"),
-                            tags={"pipeline_run_id": spec["mlflow"].get("run_name", ""), **tags})
+    return mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=spec["mlflow"].get("run_name"),
+        tags={"pipeline_run_id": spec["mlflow"].get("run_name", ""), **tags},
+    )
 
 
-def log_params(spec: dict, *, n: int, delta: float, noise: float, trainable: int, total: int,
-               accountant: str | None, mode: str | None, model_type: str) -> None:
+def log_params(
+    spec: dict,
+    *,
+    n: int,
+    delta: float,
+    noise: float,
+    trainable: int,
+    total: int,
+    accountant: str | None,
+    mode: str | None,
+    model_type: str,
+) -> None:
     """The method's hyperparameters (only those that apply to it) and the mechanism actually run."""
     import mlflow
 
     t = spec["train"]
-    params = {k: t[k] for k in ("method", "epochs", "batch_size", "physical_batch_size", "learning_rate",
-                                "max_seq_len", "dp", "target_epsilon", "max_grad_norm", "seed", "secure_noise")}
+    params = {
+        k: t[k]
+        for k in (
+            "method",
+            "epochs",
+            "batch_size",
+            "physical_batch_size",
+            "learning_rate",
+            "max_seq_len",
+            "dp",
+            "target_epsilon",
+            "max_grad_norm",
+            "seed",
+            "secure_noise",
+        )
+    }
     if uses_targets(t):
         targets = resolve_targets(t["target_modules"], model_type, t["method"])
         params["target_modules"] = targets if isinstance(targets, str) else ",".join(targets)
@@ -49,11 +80,21 @@ def log_params(spec: dict, *, n: int, delta: float, noise: float, trainable: int
         params["num_virtual_tokens"] = t["num_virtual_tokens"]
     if t["method"] == "freeze":
         params.update({"trainable_layers": t["trainable_layers"], "freeze_with_lora": t["freeze_with_lora"]})
-    params.update({"optimizer": t.get("optimizer", "adamw"), "records": n, "delta": delta,
-                   "accountant": accountant or "none", "grad_sample_mode": mode or "none",
-                   "noise_multiplier": round(noise, 5), "trainable_params": trainable, "total_params": total,
-                   "trainable_pct": round(100 * trainable / total, 3),
-                   "base_model": Path(spec["base_model_dir"]).name, "dataset_rev": spec.get("dataset_rev", "")})
+    params.update(
+        {
+            "optimizer": t.get("optimizer", "adamw"),
+            "records": n,
+            "delta": delta,
+            "accountant": accountant or "none",
+            "grad_sample_mode": mode or "none",
+            "noise_multiplier": round(noise, 5),
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_pct": round(100 * trainable / total, 3),
+            "base_model": Path(spec["base_model_dir"]).name,
+            "dataset_rev": spec.get("dataset_rev", ""),
+        }
+    )
     mlflow.log_params(params)
 
 
@@ -72,8 +113,13 @@ def finish_run(run, result: dict, plots: list[Path], *, epsilon: float) -> None:
         return
     import mlflow
 
-    mlflow.log_metrics({"final_epsilon": epsilon, "trainable_pct": result["trainable_pct"],
-                        "trainable_params": result["trainable_params"]})
+    mlflow.log_metrics(
+        {
+            "final_epsilon": epsilon,
+            "trainable_pct": result["trainable_pct"],
+            "trainable_params": result["trainable_params"],
+        }
+    )
     for plot in plots:
         mlflow.log_artifact(str(plot), artifact_path="training")
     mlflow.end_run()

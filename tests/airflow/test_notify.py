@@ -16,7 +16,7 @@ import pytest
 from tasks.airflow import notify
 from tasks.config import NotifyConfig
 
-DAGS = Path(__file__).resolve().parent.parent / "dags"
+DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 class GatedError(RuntimeError):
@@ -25,8 +25,14 @@ class GatedError(RuntimeError):
 
 def failed_context(error: BaseException | str | None) -> dict:
     """What Airflow hands an on_failure_callback, reduced to the attributes the message reads."""
-    ti = SimpleNamespace(dag_id="privacy_finetune", run_id="manual__2026-01-01T00:00:00+00:00", task_id="mask_shard",
-                         try_number=2, map_index=3, state="failed")
+    ti = SimpleNamespace(
+        dag_id="privacy_finetune",
+        run_id="manual__2026-01-01T00:00:00+00:00",
+        task_id="mask_shard",
+        try_number=2,
+        map_index=3,
+        state="failed",
+    )
     dag_run = SimpleNamespace(dag_id="privacy_finetune", run_id=ti.run_id)
     return {"ti": ti, "task_instance": ti, "dag_run": dag_run, "exception": error}
 
@@ -37,11 +43,12 @@ def raised(exc: BaseException, cause: BaseException | None = None) -> BaseExcept
         if cause is not None:
             raise exc from cause
         raise exc
-    except BaseException as caught:  # noqa: BLE001
+    except BaseException as caught:
         return caught
 
 
 # ---------------------------------------------------------------- loopback receivers
+
 
 @pytest.fixture
 def webhook_server():
@@ -49,7 +56,7 @@ def webhook_server():
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server API)
+        def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body)})
             self.send_response(500 if self.path == "/fail" else 204)
@@ -126,10 +133,13 @@ def dead_port() -> int:
 
 # ---------------------------------------------------------------- the message
 
+
 def test_message_holds_ids_and_types_never_a_traceback():
     secret_detail = "x" * 1000
-    error = raised(RuntimeError(f"stage mask failed\n  File \"tasks/pii/engine.py\", line 3\n{secret_detail}"),
-                   cause=GatedError("gate"))
+    error = raised(
+        RuntimeError(f'stage mask failed\n  File "tasks/pii/engine.py", line 3\n{secret_detail}'),
+        cause=GatedError("gate"),
+    )
     message = notify.failure_message(failed_context(error))
 
     assert message["dag_id"] == "privacy_finetune" and message["task_id"] == "mask_shard"
@@ -142,7 +152,8 @@ def test_message_holds_ids_and_types_never_a_traceback():
     assert "Traceback" not in dumped and "test_notify.py" not in dumped
     # The task page in the Airflow 3 UI (the fake ti has no log_url).
     assert message["log_url"].endswith(
-        "/dags/privacy_finetune/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks/mask_shard/mapped/3?try_number=2")
+        "/dags/privacy_finetune/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks/mask_shard/mapped/3?try_number=2"
+    )
     assert "mask_shard[3] failed" in message["text"] and "RuntimeError (GatedError)" in message["text"]
 
 
@@ -155,8 +166,10 @@ def test_message_prefers_the_task_instance_log_url_and_takes_string_errors():
 
 
 def test_webhook_url_from_connection_parts():
-    assert notify.webhook_url("hooks.example.com", "https", None, "/services/T/B") == \
-        "https://hooks.example.com/services/T/B"
+    assert (
+        notify.webhook_url("hooks.example.com", "https", None, "/services/T/B")
+        == "https://hooks.example.com/services/T/B"
+    )
     assert notify.webhook_url("127.0.0.1", "http", 8123, "hook") == "http://127.0.0.1:8123/hook"
     assert notify.webhook_url("https://hooks.example.com/", None, None, None) == "https://hooks.example.com"
     assert notify.webhook_url(None) is None
@@ -164,9 +177,15 @@ def test_webhook_url_from_connection_parts():
 
 # ---------------------------------------------------------------- delivery
 
+
 def test_webhook_from_an_airflow_connection_receives_the_json(webhook_server, monkeypatch):
-    conn = {"conn_type": "http", "host": "127.0.0.1", "port": webhook_server.port, "schema": "http",
-            "extra": {"endpoint": "/pft/failures", "headers": {"X-Token": "t0k"}}}
+    conn = {
+        "conn_type": "http",
+        "host": "127.0.0.1",
+        "port": webhook_server.port,
+        "schema": "http",
+        "extra": {"endpoint": "/pft/failures", "headers": {"X-Token": "t0k"}},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_PFT_NOTIFY_TEST_HTTP", json.dumps(conn))
     message = notify.failure_message(failed_context(raised(ValueError("bad field"))))
 
@@ -201,8 +220,9 @@ def test_email_through_the_environment_smtp_server(smtp_server, monkeypatch):
     monkeypatch.setenv(notify.SMTP_HOST_ENV, "127.0.0.1")
     monkeypatch.setenv(notify.SMTP_PORT_ENV, str(smtp_server.port))
     message = notify.failure_message(failed_context(raised(ValueError("bad field"))))
-    cfg = NotifyConfig(channel="email", smtp_conn_id="pft_notify_missing_conn", email_to=["ops@example.org",
-                                                                                          "ml@example.org"])
+    cfg = NotifyConfig(
+        channel="email", smtp_conn_id="pft_notify_missing_conn", email_to=["ops@example.org", "ml@example.org"]
+    )
     assert notify.send(message, cfg)
     [mail] = smtp_server.received
     assert mail["to"] == ["ops@example.org", "ml@example.org"]
@@ -211,8 +231,12 @@ def test_email_through_the_environment_smtp_server(smtp_server, monkeypatch):
 
 
 def test_email_through_an_airflow_smtp_connection(smtp_server, monkeypatch):
-    conn = {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_server.port,
-            "extra": {"from_email": "airflow@example.org"}}
+    conn = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": smtp_server.port,
+        "extra": {"from_email": "airflow@example.org"},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_PFT_NOTIFY_TEST_SMTP", json.dumps(conn))
     cfg = NotifyConfig(channel="email", smtp_conn_id="pft_notify_test_smtp", email_to=["ops@example.org"])
     assert notify.send({"event": "task_failed", "text": "x failed"}, cfg)
@@ -223,8 +247,9 @@ def test_email_through_an_airflow_smtp_connection(smtp_server, monkeypatch):
 def test_dead_smtp_server_never_raises(monkeypatch):
     monkeypatch.setenv(notify.SMTP_HOST_ENV, "127.0.0.1")
     monkeypatch.setenv(notify.SMTP_PORT_ENV, str(dead_port()))
-    cfg = NotifyConfig(channel="email", smtp_conn_id="pft_notify_missing_conn", email_to=["ops@example.org"],
-                       timeout_s=2)
+    cfg = NotifyConfig(
+        channel="email", smtp_conn_id="pft_notify_missing_conn", email_to=["ops@example.org"], timeout_s=2
+    )
     assert notify.send({"event": "task_failed"}, cfg) is False
 
 
@@ -235,11 +260,12 @@ def test_channel_none_sends_nothing(webhook_server, monkeypatch):
 
 
 def test_email_channel_needs_recipients():
-    with pytest.raises(ValueError, match="notify.email_to"):
+    with pytest.raises(ValueError, match=r"notify.email_to"):
         NotifyConfig(channel="email")
 
 
 # ---------------------------------------------------------------- the callback
+
 
 def test_on_failure_reads_the_pipeline_config_and_delivers(webhook_server, monkeypatch, tmp_path):
     config = tmp_path / "pipeline.yaml"
@@ -276,5 +302,7 @@ def test_every_task_of_the_dag_carries_the_callback():
     for t in dag.tasks:
         callbacks = t.on_failure_callback
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        assert any(getattr(cb, "__module__", None) == "tasks.airflow.notify" and cb.__name__ == "on_failure"
-                   for cb in callbacks), f"{t.task_id} has no failure notification"
+        assert any(
+            getattr(cb, "__module__", None) == "tasks.airflow.notify" and cb.__name__ == "on_failure"
+            for cb in callbacks
+        ), f"{t.task_id} has no failure notification"

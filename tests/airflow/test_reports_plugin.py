@@ -3,7 +3,7 @@ and run, never outside runs/, never through a symlink, and an error names no abs
 
 Airflow's auth dependency takes the dag_id from the URL, so per-DAG permissions only protect a
 report if the plugin serves it under its own DAG and no other. The dependency is overridden here;
-tests/test_pipeline_e2e.py goes through a live api-server with real users.
+tests/dags/test_pipeline_e2e.py goes through a live api-server with real users.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from tasks.config import Paths
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FT, MONTHLY = "privacy_finetune", "monthly_refinetune"
 FT_RUN = "manual__2026-01-05T10:00:00+00:00"
 OTHER_FT_RUN = "manual__2026-01-06T10:00:00+00:00"
@@ -31,7 +31,9 @@ SECRET = "TOP-SECRET-OUTSIDE-RUNS"
 
 
 def _load_plugin():
-    spec = importlib.util.spec_from_file_location("privatetune_reports_under_test", REPO / "plugins" / "privatetune_reports.py")
+    spec = importlib.util.spec_from_file_location(
+        "privatetune_reports_under_test", REPO / "plugins" / "privatetune_reports.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as Airflow's plugin loader does
     spec.loader.exec_module(module)
@@ -171,8 +173,11 @@ def test_a_run_folder_that_links_outside_runs_is_refused(client, home):
     paths = Paths()
     outside = _write_run(home / "elsewhere" / "evil", "evil", FT)
     (outside / "report.md").write_text(SECRET)
-    for run_id, target in (("evil_abs", outside), ("evil_rel", Path("..") / "elsewhere" / "evil"),
-                           ("evil_into_runs", paths.runs / paths.run_dir(FT_RUN).name)):
+    for run_id, target in (
+        ("evil_abs", outside),
+        ("evil_rel", Path("..") / "elsewhere" / "evil"),
+        ("evil_into_runs", paths.runs / paths.run_dir(FT_RUN).name),
+    ):
         paths.run_dir(run_id).symlink_to(target, target_is_directory=True)
         for page in ("", "helm", "model-card"):
             _assert_404_names_no_path(client.get(_url(FT, run_id, page)), home)
@@ -242,7 +247,9 @@ def test_a_symlinked_helm_page_is_refused(client, home):
 ESCAPES = ["..", ".", "", "../..", "../secret.txt", "/etc/passwd", "runs/..", "___", "+", "._"]
 
 
-@pytest.mark.parametrize("run_id", [quote(r, safe="").replace(".", "%2E") for r in ESCAPES if r] + ["%2e%2E", "..%2F.."])
+@pytest.mark.parametrize(
+    "run_id", [quote(r, safe="").replace(".", "%2E") for r in ESCAPES if r] + ["%2e%2E", "..%2F.."]
+)
 def test_a_run_id_cannot_leave_its_folder(client, home, run_id):
     # The runs root itself looks like a run here: a run id that sanitises to "" must not reach it.
     _write_run(Paths().runs, "root", FT)
@@ -272,12 +279,15 @@ def test_unreadable_records_are_not_found(client, home):
 def test_what_prepare_records_is_what_the_plugin_reads(tmp_path, monkeypatch):
     """The contract with tasks/stages/privacy_finetune.py and tasks/stages/monthly_refinetune.py: prepare records the run's DAG, and the
     month's Airflow run id is linked to its folder; the pages follow from those records alone."""
-    from tasks.stages import monthly_refinetune
-    from tasks.stages import privacy_finetune
+    from tasks.stages import monthly_refinetune, privacy_finetune
 
     home = tmp_path / "pft"
     monkeypatch.setenv("PFT_HOME", str(home))
-    monkeypatch.setattr(privacy_finetune, "resolve_base_model", lambda cfg, paths: {"base_model_dir": "base", "base_model_source": "test"})
+    monkeypatch.setattr(
+        privacy_finetune,
+        "resolve_base_model",
+        lambda cfg, paths: {"base_model_dir": "base", "base_model_source": "test"},
+    )
     privacy_finetune.stage_prepare(FT_RUN, {}, dag_id=FT)
     monthly_refinetune.stage_prepare(MONTH_AIRFLOW_RUN, "2026-01", {})
     for run_id in (FT_RUN, MONTH_KEY):

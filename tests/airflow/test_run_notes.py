@@ -18,11 +18,23 @@ def test_a_gated_run_says_why_and_links_the_report(tmp_path):
     run_dir = tmp_path / "runs" / "monthly-2026-03"
     _stage(run_dir, "prepare", {"run_id": "monthly-2026-03"})
     _stage(run_dir, "register", {"model_name": "m", "version": 7})
-    _stage(run_dir, "evaluate", {"finetuned": {"exact_match": 0.25}, "base": {"exact_match": 0.2}, "pii_leaks": 3,
-                                 "mia_auc": 0.51})
+    _stage(
+        run_dir,
+        "evaluate",
+        {"finetuned": {"exact_match": 0.25}, "base": {"exact_match": 0.2}, "pii_leaks": 3, "mia_auc": 0.51},
+    )
     _stage(run_dir, "gates", {"status": "gated", "reasons": ["pii_leaks 3 > 0"]})
-    _stage(run_dir, "dataset", {"month": "2026-03", "records": 447, "new_records": 150, "erased_records": 3,
-                                "retired_versions": [{"version": 1}, {"version": 2}]})
+    _stage(
+        run_dir,
+        "dataset",
+        {
+            "month": "2026-03",
+            "records": 447,
+            "new_records": 150,
+            "erased_records": 3,
+            "retired_versions": [{"version": 1}, {"version": 2}],
+        },
+    )
     note = run_notes.note_for(run_dir, "monthly_refinetune", "backfill__2026-03-01T03:00:00+00:00", "failed")
     lines = note.splitlines()
     assert lines[0] == "PrivateTune: GATED — m v7"

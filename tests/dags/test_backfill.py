@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from airflow_live import AirflowLive
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # a live `airflow standalone` backfilling three months
+
+REPO = Path(__file__).resolve().parents[2]
 DAG = "monthly_refinetune"
 MONTHS = ["2026-01", "2026-02", "2026-03"]
 RECORDS = 270  # 90 a month
@@ -33,12 +34,23 @@ def small_config(home: Path, base_model: Path) -> Path:
     cfg["train"].update(epochs=0.5, batch_size=32, physical_batch_size=32)
     # A handful of records: too few for the MIA and canary gates to mean anything, and δ = 1/(10·N)
     # is above the real δ budget. The gates and budgets themselves are tested elsewhere.
-    cfg["evaluate"].update(qa_limit=8, canary_candidates=50, mia_records=20, max_gen_toks=8, toxicity_max_new_tokens=8,
-                           leakage_max_new_tokens=8, leakage_record_prefixes=10,
-                           toxicity_prompts=str(_first_lines(REPO / "include/prompts/toxicity_prompts.jsonl", home, 12)),
-                           leakage_prompts=str(_first_lines(REPO / "include/prompts/pii_leakage_prompts.jsonl", home, 8)))
-    cfg["gates"] = {"min_exact_match_gain": None, "max_regression_vs_champion": None, "max_mia_auc": None,
-                    "max_canary_exposure": None}
+    cfg["evaluate"].update(
+        qa_limit=8,
+        canary_candidates=50,
+        mia_records=20,
+        max_gen_toks=8,
+        toxicity_max_new_tokens=8,
+        leakage_max_new_tokens=8,
+        leakage_record_prefixes=10,
+        toxicity_prompts=str(_first_lines(REPO / "include/prompts/toxicity_prompts.jsonl", home, 12)),
+        leakage_prompts=str(_first_lines(REPO / "include/prompts/pii_leakage_prompts.jsonl", home, 8)),
+    )
+    cfg["gates"] = {
+        "min_exact_match_gain": None,
+        "max_regression_vs_champion": None,
+        "max_mia_auc": None,
+        "max_canary_exposure": None,
+    }
     cfg["privacy"]["delta_budget"] = None
     cfg["registry"]["require_approval"] = False
     path = home / "backfill-pipeline.yaml"
@@ -66,9 +78,27 @@ def erasure_request(home: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory, tiny_base_model):
     home = tmp_path_factory.mktemp("backfill")
-    synth = subprocess.run([sys.executable, "-m", "tasks.demo.synth", "--home", str(home), "--records", str(RECORDS),
-                            "--months", *MONTHS, "--canaries", "2", "--canary-repeats", "4"],
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    synth = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tasks.demo.synth",
+            "--home",
+            str(home),
+            "--records",
+            str(RECORDS),
+            "--months",
+            *MONTHS,
+            "--canaries",
+            "2",
+            "--canary-repeats",
+            "4",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert synth.returncode == 0, synth.stderr[-2000:]
     erased = erasure_request(home)
     started = time.monotonic()
@@ -85,13 +115,26 @@ def backfilled(tmp_path_factory, tiny_base_model):
         # A rerun of February: the whole run again, against the same month's outputs. (Only one backfill
         # per DAG at a time: the scheduler marks the first one complete within a few seconds.)
         feb = next(r for r in runs if r["logical_date"].startswith("2026-02"))
-        _create_backfill(af, "--from-date", "2026-02-01", "--to-date", "2026-02-28", "--reprocess-behavior", "completed")
+        _create_backfill(
+            af, "--from-date", "2026-02-01", "--to-date", "2026-02-28", "--reprocess-behavior", "completed"
+        )
         rerun = _wait_for_rerun(af, feb)
         from tasks.eval.pii_scan import load_values, scan
 
         pii = scan(home, load_values(home / "synth" / "pii_key.json"))
-        yield {"pii": pii, "home": home, "af_log": af.log_path, "dry": dry.stdout, "runs": runs, "seconds": seconds,
-               "state": state, "notes": notes, "rerun": rerun, "after_rerun": _registry_state(home), "erased": erased}
+        yield {
+            "pii": pii,
+            "home": home,
+            "af_log": af.log_path,
+            "dry": dry.stdout,
+            "runs": runs,
+            "seconds": seconds,
+            "state": state,
+            "notes": notes,
+            "rerun": rerun,
+            "after_rerun": _registry_state(home),
+            "erased": erased,
+        }
 
 
 def _create_backfill(af: AirflowLive, *window: str, timeout_s: float = 300) -> None:
@@ -122,8 +165,9 @@ def _wait_for_runs(af: AirflowLive, n: int, *, timeout_s: float = 900) -> list[d
         if len(runs) == n and all(r["state"] in ("success", "failed") for r in runs):
             return runs
         time.sleep(5)
-    raise AssertionError(f"backfill not done in {timeout_s}s: {[(r['run_id'], r['state']) for r in runs]}\n"
-                         + af.log_tail())
+    raise AssertionError(
+        f"backfill not done in {timeout_s}s: {[(r['run_id'], r['state']) for r in runs]}\n" + af.log_tail()
+    )
 
 
 def _wait_for_rerun(af: AirflowLive, before: dict, timeout_s: float = 600) -> dict:
@@ -176,8 +220,9 @@ def test_three_successful_runs_in_month_order_one_at_a_time(backfilled):
 def test_three_dataset_versions_three_ledger_entries_three_model_versions(backfilled):
     state = backfilled["state"]
     assert state["tags"] == [f"run-monthly-{m}" for m in MONTHS]
-    assert [c for c in state["commits"] if c.startswith("Dataset for run")] == \
-        [f"Dataset for run monthly-{m}" for m in reversed(MONTHS)]
+    assert [c for c in state["commits"] if c.startswith("Dataset for run")] == [
+        f"Dataset for run monthly-{m}" for m in reversed(MONTHS)
+    ]
     assert state["ledger"] == [f"monthly_refinetune/monthly-{m}" for m in MONTHS]  # keyed by DAG and run
     assert sorted(state["versions"]) == [1, 2, 3]
     assert [state["versions"][v]["pipeline_run_id"] for v in (1, 2, 3)] == [f"monthly-{m}" for m in MONTHS]
@@ -200,7 +245,7 @@ def test_erasure_removes_the_subjects_records_and_retires_the_models_trained_on_
     assert erasure["records_removed"] == mar["dataset"]["erased_records"] == len(erased_ids) == 2
     # The March version (what March trained on, checked out from the registry) no longer holds them.
     march_data = (home / "runs" / "monthly-2026-03" / "dataset" / "data" / "train.jsonl").read_text()
-    assert not erased_ids & {json.loads(l)["record_id"] for l in march_data.splitlines()}
+    assert not erased_ids & {json.loads(line)["record_id"] for line in march_data.splitlines()}
     for value in (m["value"] for m in backfilled["erased"]):
         assert value not in march_data
     # Models trained on them: January's and February's versions, marked for retirement.
@@ -240,5 +285,7 @@ def test_rerunning_a_month_replaces_never_duplicates(backfilled):
 def test_no_raw_pii_value_outside_the_raw_zone_after_three_months(backfilled):
     """Datasets, DVC cache and remote, MLflow, the Airflow DB (notes, XCom) and logs, reports, erasure outputs."""
     pii = backfilled["pii"]
-    print(f"PII scan: {pii['files_scanned']} files, {pii['bytes_scanned'] / 1e6:.1f} MB, {pii['values_found']} raw values found")
+    print(
+        f"PII scan: {pii['files_scanned']} files, {pii['bytes_scanned'] / 1e6:.1f} MB, {pii['values_found']} raw values found"
+    )
     assert pii["files_scanned"] > 100 and pii["values_found"] == 0, pii["hits"]

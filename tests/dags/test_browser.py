@@ -31,11 +31,19 @@ import yaml
 
 from tests.airflow_live import AirflowLive
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("PFT_CHROMIUM", "/usr/bin/chromium"))
 # Headless, and nothing that reaches for the network on its own (updates, sync, QUIC, field trials).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DAG_ID = "privacy_finetune"
 RECORDS = 300
 # What the person types into the trigger form (and what the run's conf must then hold).
@@ -48,9 +56,8 @@ SMALL_CONFIG = {
     "synth": {"n_records": RECORDS},
     # δ defaults to 1/(10·N): with ~300 records that is above the dataset's δ budget (2.5e-4).
     "train": {"target_delta": 1e-5},
-    "evaluate": {"canary_candidates": 50, "mia_records": 20, "toxicity_max_new_tokens": 8,
-                 "leakage_max_new_tokens": 8},
-    "gates": {"max_mia_auc": None, "max_canary_exposure": None},
+    "evaluate": {"canary_candidates": 50, "mia_records": 20, "toxicity_max_new_tokens": 8, "leakage_max_new_tokens": 8},
+    "gates": {"max_mia_auc": None, "max_canary_exposure": None, "min_exact_match_gain": None},  # 8 questions: noise
     # Policy is the deployment's: this one lets the gates alone promote (a trigger could not turn approval off).
     "registry": {"require_approval": False},
 }
@@ -67,8 +74,11 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install -r requirements.txt)"),
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}: `apt-get install chromium` "
-                                                      "(Debian's package; .ci/run installs it when apt works)"),
+    pytest.mark.skipif(
+        not CHROMIUM.is_file(),
+        reason=f"no Chromium at {CHROMIUM}: `apt-get install chromium` "
+        "(Debian's package; .ci/run installs it when apt works)",
+    ),
 ]
 
 
@@ -98,10 +108,14 @@ def png_size(path: Path) -> tuple[int, int]:
 
 # --- the trigger form (Airflow 3.3 React UI; fields are named element_<param>) -----------------------------
 
+
 def form_field(page: Page, param: str):
     """The form row (Chakra field root) of a DAG Param."""
-    return page.locator("div[data-part='root'][data-scope='field']").filter(
-        has=page.locator(f"[name='element_{param}'], [id='number-input:element_{param}:inc']")).first
+    return (
+        page.locator("div[data-part='root'][data-scope='field']")
+        .filter(has=page.locator(f"[name='element_{param}'], [id='number-input:element_{param}:inc']"))
+        .first
+    )
 
 
 def fill_number(page: Page, param: str, value: float) -> None:
@@ -131,8 +145,14 @@ def browser_run(tmp_path_factory, tiny_base_model):
     started = time.monotonic()
     home = tmp_path_factory.mktemp("browser-home")
     out = artifacts_dir()
-    synth = subprocess.run([sys.executable, "-m", "tasks.demo.synth", "--home", str(home), "--records", str(RECORDS)],
-                           cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PFT_HOME": str(home)})
+    synth = subprocess.run(
+        [sys.executable, "-m", "tasks.demo.synth", "--home", str(home), "--records", str(RECORDS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PFT_HOME": str(home)},
+    )
     assert synth.returncode == 0, synth.stderr[-3000:]
     timings: dict[str, float] = {}
     af = AirflowLive(home, extra_env={"PFT_CONFIG": str(small_config(home, tiny_base_model))})
@@ -141,7 +161,9 @@ def browser_run(tmp_path_factory, tiny_base_model):
         with af:
             timings["airflow_ready_s"] = time.monotonic() - started
             af.wait_for_dag(DAG_ID)
-            assert af.api("GET", f"/dags/{DAG_ID}")["is_paused"], "a new DAG starts paused (DAGS_ARE_PAUSED_AT_CREATION)"
+            assert af.api("GET", f"/dags/{DAG_ID}")["is_paused"], (
+                "a new DAG starts paused (DAGS_ARE_PAUSED_AT_CREATION)"
+            )
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
                 page = browser.new_page(viewport=VIEWPORT)
@@ -170,8 +192,17 @@ def browser_run(tmp_path_factory, tiny_base_model):
     from tasks.config import Paths
 
     report_path = Paths(home).run_dir(run_id) / "report.json"
-    return {"home": home, "run_id": run_id, "run": final, "states": states, "paused_after": paused_after,
-            "graph_png": graph_png, "run_png": run_png, "report_path": report_path, "airflow_home": af.airflow_home}
+    return {
+        "home": home,
+        "run_id": run_id,
+        "run": final,
+        "states": states,
+        "paused_after": paused_after,
+        "graph_png": graph_png,
+        "run_png": run_png,
+        "report_path": report_path,
+        "airflow_home": af.airflow_home,
+    }
 
 
 def drive_ui(page: Page, af: AirflowLive, out: Path) -> str:
@@ -235,8 +266,10 @@ def screenshot_run(page: Page, af: AirflowLive, run_id: str, state: str, out: Pa
 
 def test_trigger_form_run_succeeds(browser_run):
     run = browser_run["run"]
-    assert run["state"] == "success", (f"run {run['dag_run_id']} ended {run['state']}; tasks {browser_run['states']}; "
-                                       f"logs under {browser_run['airflow_home'] / 'logs'}")
+    assert run["state"] == "success", (
+        f"run {run['dag_run_id']} ended {run['state']}; tasks {browser_run['states']}; "
+        f"logs under {browser_run['airflow_home'] / 'logs'}"
+    )
     assert run["run_type"] == "manual"
     assert all(state in ("success", "skipped") for state in browser_run["states"].values()), browser_run["states"]
     assert browser_run["states"]["approve"] == "skipped" and browser_run["states"]["gates_only"] == "success"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-DAGS = Path(__file__).resolve().parent.parent / "dags"
+DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +32,23 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 
 def test_privacy_finetune_flow(dagbag):
     dag = dagbag.dags["privacy_finetune"]
-    order = ["prepare", "ingest", "validate", "mask_plan", "mask_shard", "mask", "version", "train", "evaluate",
-             "register", "gates", "approval_route", "approve", "decide", "report"]
+    order = [
+        "prepare",
+        "ingest",
+        "validate",
+        "mask_plan",
+        "mask_shard",
+        "mask",
+        "version",
+        "train",
+        "evaluate",
+        "register",
+        "gates",
+        "approval_route",
+        "approve",
+        "decide",
+        "report",
+    ]
     assert set(order) | {"gates_only"} == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False)
@@ -51,9 +65,25 @@ def test_monthly_refinetune_is_a_sequential_monthly_cron(dagbag):
     assert isinstance(dag.timetable, CronTriggerTimetable)
     assert dag.timetable.summary == load_config().monthly.schedule == "0 3 1 * *"
     assert dag.max_active_runs == 1 and dag.catchup is False
-    order = ["previous_month_done", "prepare", "ingest", "validate", "mask_plan", "mask_shard", "mask", "dataset",
-             "version", "train",
-             "evaluate", "register", "gates", "approval_route", "approve", "decide", "report"]
+    order = [
+        "previous_month_done",
+        "prepare",
+        "ingest",
+        "validate",
+        "mask_plan",
+        "mask_shard",
+        "mask",
+        "dataset",
+        "version",
+        "train",
+        "evaluate",
+        "register",
+        "gates",
+        "approval_route",
+        "approve",
+        "decide",
+        "report",
+    ]
     assert set(order) | {"gates_only"} == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False)
@@ -122,9 +152,11 @@ def test_dag_file_parses_fast(dag_file):
     import subprocess
     import sys
 
-    code = (f"import sys, time; t = time.time(); import runpy; runpy.run_path('dags/{dag_file}'); "
-            "heavy = [m for m in ('torch', 'transformers', 'presidio_analyzer', 'great_expectations', 'mlflow', 'opacus')"
-            " if m in sys.modules]; print(heavy)")
+    code = (
+        f"import sys, time; t = time.time(); import runpy; runpy.run_path('dags/{dag_file}'); "
+        "heavy = [m for m in ('torch', 'transformers', 'presidio_analyzer', 'great_expectations', 'mlflow', 'opacus')"
+        " if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=DAGS.parent, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"

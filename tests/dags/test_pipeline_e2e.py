@@ -20,7 +20,9 @@ import yaml
 from tasks.release.report import REQUIRED_FIELDS, lookup
 from tests.airflow_api import Reviewer, api_server
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # two dag.test() runs end to end with a live api-server
+
+REPO = Path(__file__).resolve().parents[2]
 E2E_RECORDS = 4000
 
 # The committed config as it is (demo-size model, DP-SGD at ε = 8): DP on the tiny model moves
@@ -29,6 +31,10 @@ E2E_RECORDS = 4000
 E2E_CONFIG = {
     "evaluate": {"toxicity_max_new_tokens": 16},
     "registry": {"model_name": "e2e-domain-lm", "require_approval": True},  # policy: the deployment's config
+    # Production noise (CSPRNG) makes every run a new draw: the exact-match gain is a question or two either
+    # way and a canary's rank moves by bits, so these two gates would make the promotion a coin flip. The
+    # figures are still computed and reported; the gates themselves are tested in tests/release/test_gates.py.
+    "gates": {"min_exact_match_gain": None, "max_canary_exposure": None},
 }
 
 
@@ -74,12 +80,27 @@ def e2e(session_home, airflow_db):
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
     conf = {"require_approval": False}  # a triggerer trying to skip the reviewer the config requires
     with api_server(session_home) as server:
-        first = _run(dag, session_home, _config_file(session_home, "e2e-pipeline.yaml", E2E_CONFIG), conf,
-                     session_home / "e2e-console.log", server, choice="Approve", comment="e2e: evidence reviewed, approved")
-        lenient = {**E2E_CONFIG, "gates": {"min_exact_match_gain": None, "max_regression_vs_champion": None}}
-        second = _run(dag, session_home, _config_file(session_home, "e2e-pipeline-2.yaml", lenient),
-                      {**conf, "epochs": 0.3}, session_home / "e2e-console-2.log", server,
-                      choice="Reject", comment="e2e: too little training, rejected")
+        first = _run(
+            dag,
+            session_home,
+            _config_file(session_home, "e2e-pipeline.yaml", E2E_CONFIG),
+            conf,
+            session_home / "e2e-console.log",
+            server,
+            choice="Approve",
+            comment="e2e: evidence reviewed, approved",
+        )
+        lenient = {**E2E_CONFIG, "gates": {**E2E_CONFIG["gates"], "max_regression_vs_champion": None}}
+        second = _run(
+            dag,
+            session_home,
+            _config_file(session_home, "e2e-pipeline-2.yaml", lenient),
+            {**conf, "epochs": 0.3},
+            session_home / "e2e-console-2.log",
+            server,
+            choice="Reject",
+            comment="e2e: too little training, rejected",
+        )
         pages = {}
         with server.client("auditor") as viewer, server.client(None) as anonymous:
             base = f"/privatetune/reports/privacy_finetune/{first['dag_run'].run_id}"
@@ -127,7 +148,7 @@ def test_every_row_is_accounted_for(e2e):
     assert ingest["rows_in"] == ingest["rows_valid"] + ingest["rows_quarantined"] + ingest["duplicates_removed"]
     assert ingest["rows_quarantined"] > 0  # the generator plants malformed rows
     quarantined = (e2e["home"] / "quarantine" / e2e["run_dir"].name).rglob("quarantine.jsonl")
-    assert sum(1 for f in quarantined for _ in open(f)) == ingest["rows_quarantined"]
+    assert sum(len(f.read_text().splitlines()) for f in quarantined) == ingest["rows_quarantined"]
 
 
 def test_masked_and_versioned_split_hold_no_raw_pii(e2e):
@@ -155,17 +176,22 @@ def test_masking_ran_as_one_mapped_task_per_shard(e2e):
 
 
 def _asset_events(run_id: str) -> list:
-    from sqlalchemy import select
-
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     from tasks.airflow.assets import MASKED_DATASET
 
     with create_session() as session:
-        query = (select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                 .where(AssetModel.name == MASKED_DATASET.name, AssetModel.uri == MASKED_DATASET.uri,
-                        AssetEvent.source_run_id == run_id))
+        query = (
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(
+                AssetModel.name == MASKED_DATASET.name,
+                AssetModel.uri == MASKED_DATASET.uri,
+                AssetEvent.source_run_id == run_id,
+            )
+        )
         return [(ev.source_dag_id, ev.source_task_id, dict(ev.extra or {})) for ev in session.scalars(query)]
 
 
@@ -188,7 +214,7 @@ def test_lora_weights_moved_from_their_initial_values(e2e):
     from transformers import AutoModelForCausalLM
 
     from tasks.config import PipelineConfig
-    from tasks.train.recipe import apply_peft
+    from tasks.train.methods import apply_peft
 
     report = e2e["report"]
     assert report["train"]["trainable_tensors_changed"] == 1.0
@@ -196,8 +222,11 @@ def test_lora_weights_moved_from_their_initial_values(e2e):
     # Rebuild the adapter exactly as training initialised it (same seed), then compare.
     torch.manual_seed(resolved.train.seed)
     model = AutoModelForCausalLM.from_pretrained(report["prepare"]["base_model_dir"])
-    initial = {k: v.detach() for k, v in apply_peft(model, {"train": resolved.train.model_dump()}).state_dict().items()
-               if "lora_" in k}
+    initial = {
+        k: v.detach()
+        for k, v in apply_peft(model, {"train": resolved.train.model_dump()}).state_dict().items()
+        if "lora_" in k
+    }
     trained = load_file(Path(report["train"]["adapter_dir"]) / "adapter_model.safetensors")
     assert trained
     for name, value in trained.items():
@@ -234,8 +263,9 @@ def test_registered_version_carries_lineage_tags(e2e):
     from tasks.config import Paths
 
     report = e2e["report"]
-    client = MlflowClient(tracking_uri=Paths(e2e["home"]).mlflow_tracking_uri,
-                          registry_uri=Paths(e2e["home"]).mlflow_tracking_uri)
+    client = MlflowClient(
+        tracking_uri=Paths(e2e["home"]).mlflow_tracking_uri, registry_uri=Paths(e2e["home"]).mlflow_tracking_uri
+    )
     version = client.get_model_version(report["register"]["model_name"], str(report["register"]["version"]))
     assert version.tags["dataset_rev"] == report["version"]["dataset_rev"]
     assert float(version.tags["epsilon"]) == pytest.approx(report["train"]["epsilon"])
@@ -269,9 +299,11 @@ def test_pipeline_plumbing_holds_no_raw_pii(e2e):
         "stage results": "".join(p.read_text() for p in (e2e["run_dir"] / "stages").glob("*.json")),
         "torchrun log": (e2e["run_dir"] / "train" / "torchrun.log").read_text(),
         "mlflow params": json.dumps(params),
-        "evaluation reports": "".join(p.read_text(errors="replace") for p in (e2e["run_dir"] / "eval").rglob("*")
-                                      if p.is_file() and p.suffix in (".json", ".html", ".md")
-                                      and p.name != "results.json"),  # lm-eval's per-sample QA answers only
+        "evaluation reports": "".join(
+            p.read_text(errors="replace")
+            for p in (e2e["run_dir"] / "eval").rglob("*")
+            if p.is_file() and p.suffix in (".json", ".html", ".md") and p.name != "results.json"
+        ),  # lm-eval's per-sample QA answers only
         "model card": (e2e["run_dir"] / "model_card.md").read_text(),
         "approval request": json.dumps(e2e["reviewer"].request),
     }
@@ -300,8 +332,14 @@ def test_a_trigger_cannot_skip_the_approval_the_config_requires(e2e):
     """The first run was triggered with {"require_approval": false}: it still waited for a reviewer, who
     approved through the REST API; the report says which Param was not applied and why."""
     refused = e2e["report"]["prepare"]["params_refused"]
-    assert refused == [{"param": "require_approval", "asked": False, "kept": True,
-                        "reason": "registry.require_approval is policy: a trigger may make it stricter, not looser"}]
+    assert refused == [
+        {
+            "param": "require_approval",
+            "asked": False,
+            "kept": True,
+            "reason": "registry.require_approval is policy: a trigger may make it stricter, not looser",
+        }
+    ]
     resolved = json.loads((e2e["run_dir"] / "config.resolved.json").read_text())
     assert resolved["registry"]["require_approval"] is True
     assert e2e["reviewer"].request is not None and e2e["report"]["decision"]["approval"] == "approved"
@@ -357,7 +395,8 @@ def test_helm_style_report_and_privacy_figures(e2e):
     for scenario in ("accuracy", "robustness", "fairness", "calibration", "efficiency", "toxicity", "privacy"):
         assert scenario in helm["scenarios"], scenario
     assert helm["scenarios"]["accuracy"]["exact_match"]["finetuned"] == pytest.approx(
-        evaluation["finetuned"]["exact_match"])
+        evaluation["finetuned"]["exact_match"]
+    )
     assert helm["scenarios"]["privacy"]["pii_leaks"]["finetuned"] == evaluation["pii_leaks"]
     assert Path(evaluation["helm_html"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert evaluation["pii_leaks"] == 0

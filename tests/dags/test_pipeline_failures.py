@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import random_llama
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # a dag.test() run (and the session's `airflow db migrate`)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_empty_landing_fails_the_run_at_once(tmp_path, airflow_db, monkeypatch):

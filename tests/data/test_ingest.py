@@ -15,8 +15,16 @@ import pytest
 
 import tasks.data.ingest as ingest_module
 from tasks.config import DataConfig, load_config
-from tasks.data.ingest import (REASONS, EmptyLandingError, InvalidPartitionError, MissingPartitionError,
-                          QuarantineThresholdExceeded, ingest, normalize_text, text_hash)
+from tasks.data.ingest import (
+    REASONS,
+    EmptyLandingError,
+    InvalidPartitionError,
+    MissingPartitionError,
+    QuarantineThresholdExceeded,
+    ingest,
+    normalize_text,
+    text_hash,
+)
 
 HEADER = "record_id,record_type,created_at,text"
 PII = "Maria Gonzalez SSN 123-45-6789"
@@ -36,7 +44,11 @@ def jline(obj) -> str:
 def dirs(tmp_path: Path) -> dict[str, Path]:
     landing = tmp_path / "landing"
     (landing / "2026-01").mkdir(parents=True)
-    return {"landing_dir": landing, "staging_dir": tmp_path / "staging" / "run1", "quarantine_dir": tmp_path / "q" / "run1"}
+    return {
+        "landing_dir": landing,
+        "staging_dir": tmp_path / "staging" / "run1",
+        "quarantine_dir": tmp_path / "q" / "run1",
+    }
 
 
 def put(dirs: dict[str, Path], name: str, content: str | bytes) -> Path:
@@ -116,7 +128,10 @@ BAD_JSONL = {
     "empty_text": (jline(rec("R-9", text=" \t\n\x00 ")), "text"),
     "text_too_short": (jline(rec("R-9", text="too  short"[:5])), "text"),
     "text_too_long": (jline(rec("R-9", text="x" * 4001)), "text"),
-    "lone_surrogate": ('{"record_id": "R-9", "record_type": "claim_note", "text": "bad \\ud800 surrogate text"}', "text"),
+    "lone_surrogate": (
+        '{"record_id": "R-9", "record_type": "claim_note", "text": "bad \\ud800 surrogate text"}',
+        "text",
+    ),
 }
 EXPECTED_REASON = {
     "null_field": "missing_field",
@@ -144,9 +159,13 @@ def test_each_bad_jsonl_line_is_quarantined_with_reason_field_and_line(dirs, cas
 
 
 def test_invalid_utf8_costs_one_line_not_the_file(dirs):
-    lines = [jline(rec("R-1")).encode(), b'{"record_id": "R-2", "text": "caf\xe9 \xff bytes"}', jline(rec("R-3")).encode()]
+    lines = [
+        jline(rec("R-1")).encode(),
+        b'{"record_id": "R-2", "text": "caf\xe9 \xff bytes"}',
+        jline(rec("R-3")).encode(),
+    ]
     put(dirs, "a.jsonl", b"\n".join(lines) + b"\n")
-    result, staged, quarantined = run(dirs)
+    _result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1", "R-3"]
     [q] = quarantined
     assert (q["line"], q["field"], q["reason"]) == (2, None, "invalid_utf8")
@@ -154,17 +173,33 @@ def test_invalid_utf8_costs_one_line_not_the_file(dirs):
 
 
 def test_invalid_utf8_in_csv_row(dirs):
-    put(dirs, "b.csv", f"{HEADER}\n".encode() + b"R-1,claim_note,2026-01-14,caf\xe9 text is here\nR-2,claim_note,2026-01-14,fine text here\n")
-    result, staged, quarantined = run(dirs)
+    put(
+        dirs,
+        "b.csv",
+        f"{HEADER}\n".encode()
+        + b"R-1,claim_note,2026-01-14,caf\xe9 text is here\nR-2,claim_note,2026-01-14,fine text here\n",
+    )
+    _result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-2"]
     assert [(q["line"], q["field"], q["reason"]) for q in quarantined] == [(2, None, "invalid_utf8")]
 
 
 def test_duplicate_record_id_quarantines_the_later_occurrence_across_files(dirs):
-    put(dirs, "a.jsonl", jline(rec("R-1", text="first occurrence text")) + "\n" + jline(rec("R-1", text="second in file")) + "\n")
-    put(dirs, "b.csv", f"{HEADER}\nR-1,claim_note,2026-01-14,third occurrence text\nR-2,claim_note,2026-01-14,other record here\n")
+    put(
+        dirs,
+        "a.jsonl",
+        jline(rec("R-1", text="first occurrence text")) + "\n" + jline(rec("R-1", text="second in file")) + "\n",
+    )
+    put(
+        dirs,
+        "b.csv",
+        f"{HEADER}\nR-1,claim_note,2026-01-14,third occurrence text\nR-2,claim_note,2026-01-14,other record here\n",
+    )
     result, staged, quarantined = run(dirs)
-    assert [(r["record_id"], r["text"]) for r in staged] == [("R-1", "first occurrence text"), ("R-2", "other record here")]
+    assert [(r["record_id"], r["text"]) for r in staged] == [
+        ("R-1", "first occurrence text"),
+        ("R-2", "other record here"),
+    ]
     assert [(q["source_file"], q["line"], q["field"], q["reason"]) for q in quarantined] == [
         ("2026-01/a.jsonl", 2, "record_id", "duplicate_id"),
         ("2026-01/b.csv", 2, "record_id", "duplicate_id"),
@@ -188,7 +223,11 @@ def test_a_rejected_row_does_not_claim_its_record_id(dirs):
     ],
 )
 def test_csv_with_wrong_or_missing_header_quarantines_every_row(dirs, header):
-    put(dirs, "b.csv", f"{header}\nR-1,claim_note,2026-01-14,valid looking text\nR-2,claim_note,2026-01-14,more valid text\n")
+    put(
+        dirs,
+        "b.csv",
+        f"{header}\nR-1,claim_note,2026-01-14,valid looking text\nR-2,claim_note,2026-01-14,more valid text\n",
+    )
     put(dirs, "c.jsonl", jline(rec("R-5")) + "\n")
     result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-5"]
@@ -208,17 +247,30 @@ def test_csv_header_in_other_order_and_optional_created_at(dirs):
 
 
 def test_csv_row_with_wrong_column_count(dirs):
-    put(dirs, "b.csv", f"{HEADER}\nR-1,claim_note,2026-01-14,ok text here,extra\nR-2,claim_note\nR-3,claim_note,2026-01-14,good text here\n")
-    result, staged, quarantined = run(dirs)
+    put(
+        dirs,
+        "b.csv",
+        f"{HEADER}\nR-1,claim_note,2026-01-14,ok text here,extra\nR-2,claim_note\nR-3,claim_note,2026-01-14,good text here\n",
+    )
+    _result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-3"]
-    assert [(q["line"], q["field"], q["reason"]) for q in quarantined] == [(2, None, "column_count"), (3, None, "column_count")]
+    assert [(q["line"], q["field"], q["reason"]) for q in quarantined] == [
+        (2, None, "column_count"),
+        (3, None, "column_count"),
+    ]
 
 
 def test_csv_quoted_multiline_field_keeps_its_start_line(dirs):
-    put(dirs, "b.csv", f'{HEADER}\r\nR-1,claim_note,2026-01-14,"line one\r\nline two"\r\n\r\nR-2,claim_note,2026-01-14,"x"\r\n')
+    put(
+        dirs,
+        "b.csv",
+        f'{HEADER}\r\nR-1,claim_note,2026-01-14,"line one\r\nline two"\r\n\r\nR-2,claim_note,2026-01-14,"x"\r\n',
+    )
     _, staged, quarantined = run(dirs)
     assert [(r["record_id"], r["text"], r["source_line"]) for r in staged] == [("R-1", "line one\nline two", 2)]
-    assert [(q["line"], q["reason"], q["raw"]) for q in quarantined] == [(5, "text_too_short", 'R-2,claim_note,2026-01-14,"x"')]
+    assert [(q["line"], q["reason"], q["raw"]) for q in quarantined] == [
+        (5, "text_too_short", 'R-2,claim_note,2026-01-14,"x"')
+    ]
 
 
 def test_csv_with_bom_header(dirs):
@@ -244,12 +296,19 @@ def test_all_string_fields_are_normalised_on_staging(dirs):
 
 
 def test_length_limits_apply_after_normalisation(dirs):
-    put(dirs, "a.jsonl", "\n".join([
-        jline(rec("R-1", text="a   b   c")),  # 9 raw, 5 normalised → too short
-        jline(rec("R-2", text="12345678")),  # exactly min
-        jline(rec("R-3", text="y" * 20)),  # exactly max below
-    ]) + "\n")
-    result, staged, quarantined = run(dirs, min_text_chars=8, max_text_chars=20)
+    put(
+        dirs,
+        "a.jsonl",
+        "\n".join(
+            [
+                jline(rec("R-1", text="a   b   c")),  # 9 raw, 5 normalised → too short
+                jline(rec("R-2", text="12345678")),  # exactly min
+                jline(rec("R-3", text="y" * 20)),  # exactly max below
+            ]
+        )
+        + "\n",
+    )
+    _result, staged, quarantined = run(dirs, min_text_chars=8, max_text_chars=20)
     assert [r["record_id"] for r in staged] == ["R-2", "R-3"]
     assert [(q["line"], q["reason"]) for q in quarantined] == [(1, "text_too_short")]
 
@@ -263,14 +322,23 @@ def test_custom_required_fields(dirs):
 
 
 def test_mixed_file_accounting_identity_and_counts(dirs):
-    put(dirs, "a.jsonl", "\n".join([jline(rec("R-1")), "not json", "", jline(rec("R-1")), jline(rec("R-2", text="tiny"))]) + "\n")
+    put(
+        dirs,
+        "a.jsonl",
+        "\n".join([jline(rec("R-1")), "not json", "", jline(rec("R-1")), jline(rec("R-2", text="tiny"))]) + "\n",
+    )
     put(dirs, "b.csv", f"{HEADER}\nR-3,claim_note,2026-01-14,a good csv row\nR-4,claim_note\n")
     put(dirs, "notes.txt", "ignored")
     put(dirs, "empty.jsonl", b"")
     result, staged, quarantined = run(dirs)
     assert result["rows_in"] == 6  # blank line is not a row
     assert (result["rows_valid"], result["rows_quarantined"]) == (2, 4)
-    assert result["quarantine_reasons"] == {"column_count": 1, "duplicate_id": 1, "malformed_json": 1, "text_too_short": 1}
+    assert result["quarantine_reasons"] == {
+        "column_count": 1,
+        "duplicate_id": 1,
+        "malformed_json": 1,
+        "text_too_short": 1,
+    }
     assert (result["files"], result["files_skipped"], result["files_empty"]) == (3, 1, 1)
     assert result["notes"] == ["empty file: 2026-01/empty.jsonl"]
     assert len(staged) == result["rows_valid"] and len(quarantined) == result["rows_quarantined"]
@@ -298,7 +366,11 @@ def test_empty_landing_raises_a_helpful_error(tmp_path, layout):
 
 
 def test_no_record_text_in_result_or_logs(dirs, caplog):
-    put(dirs, "a.jsonl", jline(rec("R-1", text=f"Call {PII} today")) + "\n" + jline(rec("R-2", text=PII + "x" * 5000)) + "\n")
+    put(
+        dirs,
+        "a.jsonl",
+        jline(rec("R-1", text=f"Call {PII} today")) + "\n" + jline(rec("R-2", text=PII + "x" * 5000)) + "\n",
+    )
     put(dirs, "b.csv", f"{PII},{PII},x,y\n")
     caplog.set_level("DEBUG")
     result, _, quarantined = run(dirs)
@@ -317,7 +389,7 @@ def test_rerun_is_idempotent_and_replaces_outputs(dirs):
     assert Path(first[0]["staged_path"]).read_bytes() == staged_bytes
     # new landing data: the outputs are replaced, not appended to
     put(dirs, "a.jsonl", jline(rec("R-7")) + "\n")
-    result, staged, quarantined = run(dirs)
+    _result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-7"] and quarantined == []
     # no temp files left behind
     leftovers = [p.name for d in (dirs["staging_dir"], dirs["quarantine_dir"]) for p in d.iterdir()]
@@ -335,8 +407,17 @@ def test_files_are_read_in_sorted_order(dirs):
 
 def test_cli_prints_result_json(dirs):
     put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
-    cmd = [sys.executable, "-m", "tasks.data.ingest", "--landing", str(dirs["landing_dir"]),
-           "--staging", str(dirs["staging_dir"]), "--quarantine", str(dirs["quarantine_dir"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tasks.data.ingest",
+        "--landing",
+        str(dirs["landing_dir"]),
+        "--staging",
+        str(dirs["staging_dir"]),
+        "--quarantine",
+        str(dirs["quarantine_dir"]),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ})
     assert json.loads(out.stdout)["rows_valid"] == 1
     empty = subprocess.run([*cmd[:4], str(dirs["landing_dir"] / "nothing"), *cmd[5:]], capture_output=True, text=True)
@@ -351,14 +432,22 @@ def test_good_parquet_is_staged_with_row_numbers_as_lines(dirs):
     rows = [rec("R-1"), rec("R-2", text="Ｆｕｌｌ　width   text\n\nkept")]
     put_parquet(dirs, "c.parquet", rows)
     # string variants Arrow writers produce are all text columns
-    table = pa.table({"record_id": pa.array(["R-3"], pa.large_string()),
-                      "record_type": pa.array(["plan_document"]).dictionary_encode(),
-                      "text": ["Plan summary for the year."], "extra": [1]})
+    table = pa.table(
+        {
+            "record_id": pa.array(["R-3"], pa.large_string()),
+            "record_type": pa.array(["plan_document"]).dictionary_encode(),
+            "text": ["Plan summary for the year."],
+            "extra": [1],
+        }
+    )
     put_parquet(dirs, "d.parquet", table)
     result, staged, quarantined = run(dirs)
     assert quarantined == [] and result["files"] == 2
     assert [(r["record_id"], r["source_file"], r["source_line"]) for r in staged] == [
-        ("R-1", "2026-01/c.parquet", 1), ("R-2", "2026-01/c.parquet", 2), ("R-3", "2026-01/d.parquet", 1)]
+        ("R-1", "2026-01/c.parquet", 1),
+        ("R-2", "2026-01/c.parquet", 2),
+        ("R-3", "2026-01/d.parquet", 1),
+    ]
     assert staged[1]["text"] == "Full width text\nkept"
     assert staged[2]["created_at"] is None and staged[2]["record_type"] == "plan_document" and "extra" not in staged[2]
 
@@ -368,7 +457,9 @@ def test_parquet_null_and_short_values_are_row_problems(dirs):
     _, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1"]
     assert [(q["line"], q["field"], q["reason"]) for q in quarantined] == [
-        (2, "record_type", "missing_field"), (3, "text", "text_too_short")]
+        (2, "record_type", "missing_field"),
+        (3, "text", "text_too_short"),
+    ]
     assert json.loads(quarantined[1]["raw"])["record_id"] == "R-3"
 
 
@@ -376,10 +467,18 @@ def test_parquet_null_and_short_values_are_row_problems(dirs):
     "table, field, words",
     [
         (pa.table({"record_id": ["R-1", "R-2"], "record_type": ["claim_note"] * 2}), "text", ["lacks", "text"]),
-        (pa.table({"record_id": ["R-1", "R-2"], "record_type": ["claim_note"] * 2, "text": [12345678, 87654321]}),
-         "text", ["'text'", "int64", "string"]),
-        (pa.table({"record_id": [1, 2], "record_type": ["claim_note"] * 2, "text": ["some long text", "more text!"]}),
-         "record_id", ["'record_id'", "int64"]),
+        (
+            pa.table({"record_id": ["R-1", "R-2"], "record_type": ["claim_note"] * 2, "text": [12345678, 87654321]}),
+            "text",
+            ["'text'", "int64", "string"],
+        ),
+        (
+            pa.table(
+                {"record_id": [1, 2], "record_type": ["claim_note"] * 2, "text": ["some long text", "more text!"]}
+            ),
+            "record_id",
+            ["'record_id'", "int64"],
+        ),
     ],
     ids=["missing_column", "wrong_type_text", "wrong_type_id"],
 )
@@ -389,7 +488,9 @@ def test_parquet_with_wrong_schema_quarantines_every_row(dirs, table, field, wor
     result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-9"]
     assert [(q["source_file"], q["line"], q["field"], q["reason"]) for q in quarantined] == [
-        ("2026-01/c.parquet", 1, field, "bad_schema"), ("2026-01/c.parquet", 2, field, "bad_schema")]
+        ("2026-01/c.parquet", 1, field, "bad_schema"),
+        ("2026-01/c.parquet", 2, field, "bad_schema"),
+    ]
     assert result["quarantine_reasons"] == {"bad_schema": 2} and "bad_schema" in REASONS
     assert all(w in quarantined[0]["message"] for w in words)
     assert json.loads(quarantined[0]["raw"])["record_type"] == "claim_note"  # the whole row is kept in quarantine
@@ -399,26 +500,43 @@ def test_parquet_with_wrong_schema_quarantines_every_row(dirs, table, field, wor
 def test_unreadable_parquet_is_one_line_zero_entry(dirs, damage):
     good = put_parquet(dirs, "c.parquet", [rec("R-1"), rec("R-2")])
     data = good.read_bytes()
-    good.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not parquet at all " * 10,
-                      "footer_only_magic": b"PAR1" + b"\0" * 20 + b"PAR1"}[damage])
+    good.write_bytes(
+        {
+            "truncated": data[: len(data) // 2],
+            "garbage": b"not parquet at all " * 10,
+            "footer_only_magic": b"PAR1" + b"\0" * 20 + b"PAR1",
+        }[damage]
+    )
     put(dirs, "a.jsonl", jline(rec("R-9")) + "\n")
     result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-9"]
     assert (result["rows_in"], result["rows_quarantined"]) == (2, 1)
     [q] = quarantined
     assert (q["source_file"], q["line"], q["field"], q["reason"], q["raw"]) == (
-        "2026-01/c.parquet", 0, None, "unreadable_file", "")
+        "2026-01/c.parquet",
+        0,
+        None,
+        "unreadable_file",
+        "",
+    )
     assert "Parquet" in q["message"] and "re-deliver" in q["message"]
 
 
 def test_corrupt_parquet_row_group_costs_only_its_rows(dirs):
-    path = put_parquet(dirs, "c.parquet", [rec(f"R-{i}") for i in range(1, 7)], row_group_size=3,
-                       compression="none", use_dictionary=False)
+    path = put_parquet(
+        dirs,
+        "c.parquet",
+        [rec(f"R-{i}") for i in range(1, 7)],
+        row_group_size=3,
+        compression="none",
+        use_dictionary=False,
+    )
     column = pq.ParquetFile(path).metadata.row_group(1).column(3)  # text of rows 4-6
     data = bytearray(path.read_bytes())
     start = column.data_page_offset + column.total_compressed_size // 2
-    data[start: column.data_page_offset + column.total_compressed_size - 2] = b"\xff" * (
-        column.total_compressed_size - 2 - column.total_compressed_size // 2)
+    data[start : column.data_page_offset + column.total_compressed_size - 2] = b"\xff" * (
+        column.total_compressed_size - 2 - column.total_compressed_size // 2
+    )
     path.write_bytes(bytes(data))
     result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1", "R-2", "R-3"]
@@ -433,7 +551,7 @@ def test_corrupt_parquet_row_group_costs_only_its_rows(dirs):
 
 def test_truncated_jsonl_last_line_is_quarantined_as_truncated(dirs):
     put(dirs, "a.jsonl", jline(rec("R-1")) + "\n" + jline(rec("R-2"))[:30])
-    result, staged, quarantined = run(dirs)
+    _result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1"]
     [q] = quarantined
     assert (q["line"], q["field"], q["reason"]) == (2, None, "truncated_line")
@@ -447,11 +565,19 @@ def test_truncated_mid_character_and_unterminated_good_line(dirs):
     _, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1", "R-3", "R-4", "R-5"]
     assert [(q["source_file"], q["reason"]) for q in quarantined] == [
-        ("2026-01/a.jsonl", "truncated_line"), ("2026-01/c.jsonl", "malformed_json")]
+        ("2026-01/a.jsonl", "truncated_line"),
+        ("2026-01/c.jsonl", "malformed_json"),
+    ]
 
 
-@pytest.mark.parametrize("tail", ['R-2,claim_note,2026-01-14,"cut off in the mid', "R-2,claim_note,20",
-                                  'R-2,claim_note,2026-01-14,"cut off\nafter a line break\n'])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        'R-2,claim_note,2026-01-14,"cut off in the mid',
+        "R-2,claim_note,20",
+        'R-2,claim_note,2026-01-14,"cut off\nafter a line break\n',
+    ],
+)
 def test_truncated_csv_last_record(dirs, tail):
     put(dirs, "b.csv", f'{HEADER}\nR-1,claim_note,2026-01-14,"good ""quoted"" text"\nR-3,x,y,a stray " quote\n{tail}')
     _, staged, quarantined = run(dirs)
@@ -509,7 +635,7 @@ def test_missing_output_folder_is_not_mistaken_for_a_vanished_landing_file(dirs,
 def test_zero_byte_file_of_each_format_is_counted(dirs, name):
     put(dirs, name, b"")
     put(dirs, "a.jsonl", jline(rec("R-1")) + "\n")
-    result, staged, quarantined = run(dirs)
+    result, _staged, quarantined = run(dirs)
     assert (result["files"], result["files_empty"], result["rows_in"]) == (2, 1, 1)
     assert result["notes"] == [f"empty file: 2026-01/{name}"] and quarantined == []
 
@@ -526,7 +652,9 @@ def test_partition_reads_only_its_month(dirs):
     pq.write_table(pa.Table.from_pylist([rec("R-3")]), feb / "sub" / "c.parquet")
     result, staged, _ = run(dirs, partition="2026-02")
     assert [(r["record_id"], r["source_file"]) for r in staged] == [
-        ("R-2", "2026-02/a.jsonl"), ("R-3", "2026-02/sub/c.parquet")]
+        ("R-2", "2026-02/a.jsonl"),
+        ("R-3", "2026-02/sub/c.parquet"),
+    ]
     assert result["partition"] == "2026-02" and result["files"] == 2
     result, staged, _ = run(dirs)  # no partition: every month
     assert [r["record_id"] for r in staged] == ["R-1", "R-2", "R-3"] and result["partition"] is None
@@ -557,23 +685,37 @@ def test_missing_or_empty_partition_folder_is_a_clear_error(dirs):
 
 def test_exact_duplicate_text_is_removed_counted_and_audited(dirs):
     same = "Member asked about the deductible for plan HX."
-    put(dirs, "a.jsonl", "\n".join([
-        jline(rec("R-1", text=same)),
-        jline(rec("R-2", text="  Member asked about the\tdeductible for plan ＨＸ.  ")),  # same once normalised
-        jline(rec("R-3", text=same + " Different.")),
-        jline(rec("R-1", text=same)),  # same id: a conflict, quarantined, not a duplicate
-    ]) + "\n")
+    put(
+        dirs,
+        "a.jsonl",
+        "\n".join(
+            [
+                jline(rec("R-1", text=same)),
+                jline(rec("R-2", text="  Member asked about the\tdeductible for plan ＨＸ.  ")),  # same once normalised
+                jline(rec("R-3", text=same + " Different.")),
+                jline(rec("R-1", text=same)),  # same id: a conflict, quarantined, not a duplicate
+            ]
+        )
+        + "\n",
+    )
     put(dirs, "b.csv", f"{HEADER}\nR-4,claim_note,2026-01-14,{same}\n")
     put_parquet(dirs, "c.parquet", [rec("R-5", text=same)])
     result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1", "R-3"]
     assert (result["rows_in"], result["rows_valid"], result["rows_quarantined"], result["duplicates_removed"]) == (
-        6, 2, 1, 3)
+        6,
+        2,
+        1,
+        3,
+    )
     assert [(q["line"], q["reason"]) for q in quarantined] == [(4, "duplicate_id")]
     dups = read_jsonl(Path(result["duplicates_path"]))
     assert result["duplicates_path"] == str(dirs["staging_dir"] / "duplicates.jsonl")
     assert [(d["record_id"], d["source_file"], d["source_line"], d["duplicate_of"]) for d in dups] == [
-        ("R-2", "2026-01/a.jsonl", 2, "R-1"), ("R-4", "2026-01/b.csv", 2, "R-1"), ("R-5", "2026-01/c.parquet", 1, "R-1")]
+        ("R-2", "2026-01/a.jsonl", 2, "R-1"),
+        ("R-4", "2026-01/b.csv", 2, "R-1"),
+        ("R-5", "2026-01/c.parquet", 1, "R-1"),
+    ]
     assert {d["text_sha256"] for d in dups} == {text_hash(same)}
     assert same not in Path(result["duplicates_path"]).read_text()  # ids and hashes only, never text
     assert result["quarantine_reasons"] == {"duplicate_id": 1}  # duplicates are not quarantined
@@ -591,8 +733,11 @@ def test_a_quarantined_row_does_not_claim_its_text(dirs):
 
 
 def test_quarantine_share_over_threshold_fails_with_a_clear_message(dirs):
-    put(dirs, "a.jsonl", "\n".join([jline(rec("R-1")), "not json", "still not json",
-                                    jline(rec("R-2", text=PII[:5]))]) + "\n")
+    put(
+        dirs,
+        "a.jsonl",
+        "\n".join([jline(rec("R-1")), "not json", "still not json", jline(rec("R-2", text=PII[:5]))]) + "\n",
+    )
     put(dirs, "b.jsonl", jline(rec("R-3")) + "\n" + jline(rec("R-4")) + "\n")
     with pytest.raises(QuarantineThresholdExceeded) as err:
         ingest(**dirs, max_quarantine_share=0.4)
@@ -628,10 +773,20 @@ def test_threshold_out_of_range_is_rejected(dirs, share):
 
 def test_cli_partition_and_threshold_exit_codes(dirs):
     put(dirs, "a.jsonl", jline(rec("R-1")) + "\nbad\n")
-    base = [sys.executable, "-m", "tasks.data.ingest", "--landing", str(dirs["landing_dir"]),
-            "--staging", str(dirs["staging_dir"]), "--quarantine", str(dirs["quarantine_dir"])]
-    ok = subprocess.run([*base, "--partition", "2026-01", "--max-quarantine-share", "0.5"],
-                        capture_output=True, text=True, check=True)
+    base = [
+        sys.executable,
+        "-m",
+        "tasks.data.ingest",
+        "--landing",
+        str(dirs["landing_dir"]),
+        "--staging",
+        str(dirs["staging_dir"]),
+        "--quarantine",
+        str(dirs["quarantine_dir"]),
+    ]
+    ok = subprocess.run(
+        [*base, "--partition", "2026-01", "--max-quarantine-share", "0.5"], capture_output=True, text=True, check=True
+    )
     assert json.loads(ok.stdout)["partition"] == "2026-01"
     over = subprocess.run(base, capture_output=True, text=True)
     assert over.returncode == 3 and "max_quarantine_share" in over.stderr

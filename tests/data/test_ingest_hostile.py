@@ -20,8 +20,10 @@ HEADER = "record_id,record_type,created_at,text"
 
 def rec(record_id: str, text: str | None = None, **extra) -> str:
     text = f"Member called about denied claim {record_id}." if text is None else text
-    return json.dumps({"record_id": record_id, "record_type": "claim_note", "created_at": "2026-01-14",
-                       "text": text, **extra}, ensure_ascii=False)
+    return json.dumps(
+        {"record_id": record_id, "record_type": "claim_note", "created_at": "2026-01-14", "text": text, **extra},
+        ensure_ascii=False,
+    )
 
 
 @pytest.fixture
@@ -46,16 +48,36 @@ def run(dirs: dict[str, Path], **kw) -> tuple[dict, list[dict], list[dict]]:
 
 
 def outputs_text(result: dict) -> str:
-    return "".join(Path(result[k]).read_text(encoding="utf-8", errors="replace")
-                   for k in ("staged_path", "quarantine_path", "duplicates_path"))
+    return "".join(
+        Path(result[k]).read_text(encoding="utf-8", errors="replace")
+        for k in ("staged_path", "quarantine_path", "duplicates_path")
+    )
 
 
 # ---------------------------------------------------------------------------
 # Finding 3: invisible characters
 
 # Format characters (Unicode category Cf) and other default-ignorable code points: all invisible.
-INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202e", "\u202c", "\u2066", "\u2069",
-             "\u00ad", "\u2060", "\ufeff", "\u180e", "\U000e0041", "\u034f", "\ufe0f", "\u3164"]
+INVISIBLE = [
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u200e",
+    "\u200f",
+    "\u202a",
+    "\u202e",
+    "\u202c",
+    "\u2066",
+    "\u2069",
+    "\u00ad",
+    "\u2060",
+    "\ufeff",
+    "\u180e",
+    "\U000e0041",
+    "\u034f",
+    "\ufe0f",
+    "\u3164",
+]
 # Spaces and separators that are not U+0020 (NFKC leaves some of them alone).
 ODD_SPACES = ["\u00a0", "\u2002", "\u2009", "\u200a", "\u202f", "\u205f", "\u3000", "\u2028", "\u2029", "\u1680"]
 
@@ -71,11 +93,19 @@ def test_normalize_text_turns_odd_spaces_into_one_space(char):
 
 
 def test_ingest_counts_invisible_characters_and_rows(dirs):
-    (month(dirs) / "a.jsonl").write_text("\n".join([
-        rec("R-1", text="Member M\u200bBR-12345678 called about\u202e a claim."),  # 2 removed
-        rec("R-2", text="No hidden characters in this one."),
-        rec("R\u2060-3", text="Soft\u00adhyphen and\u00a0a no-break space."),  # 2 removed (one in the id), 1 space
-    ]) + "\n", encoding="utf-8")
+    (month(dirs) / "a.jsonl").write_text(
+        "\n".join(
+            [
+                rec("R-1", text="Member M\u200bBR-12345678 called about\u202e a claim."),  # 2 removed
+                rec("R-2", text="No hidden characters in this one."),
+                rec(
+                    "R\u2060-3", text="Soft\u00adhyphen and\u00a0a no-break space."
+                ),  # 2 removed (one in the id), 1 space
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     result, staged, _ = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1", "R-2", "R-3"]
     assert staged[0]["text"] == "Member MBR-12345678 called about a claim."
@@ -98,7 +128,10 @@ def test_deep_json_huge_int_and_overlong_line_cost_one_row_each(dirs):
         '{"record_id": "R-I", "record_type": "claim_note", "text": "a huge number", "n": ' + "9" * 5000 + "}",
         rec("R-L", text=big_text),  # 40 MB on one line
         '{"record_id": "R-E", "record_type": "claim_note", "text": "nested", "x": '
-        + '{"a": ' * 100 + "1" + "}" * 100 + "}",
+        + '{"a": ' * 100
+        + "1"
+        + "}" * 100
+        + "}",
         rec("R-2"),
     ]
     path = month(dirs) / "hostile.jsonl"
@@ -112,8 +145,11 @@ def test_deep_json_huge_int_and_overlong_line_cost_one_row_each(dirs):
         tracemalloc.stop()
     assert [r["record_id"] for r in staged] == ["R-1", "R-2"]
     assert [(q["source_file"], q["line"], q["reason"]) for q in quarantined] == [
-        ("2026-01/hostile.jsonl", 2, "too_deep"), ("2026-01/hostile.jsonl", 3, "number_too_large"),
-        ("2026-01/hostile.jsonl", 4, "line_too_long"), ("2026-01/hostile.jsonl", 5, "too_deep")]
+        ("2026-01/hostile.jsonl", 2, "too_deep"),
+        ("2026-01/hostile.jsonl", 3, "number_too_large"),
+        ("2026-01/hostile.jsonl", 4, "line_too_long"),
+        ("2026-01/hostile.jsonl", 5, "too_deep"),
+    ]
     assert result["quarantine_reasons"] == {"line_too_long": 1, "number_too_large": 1, "too_deep": 2}
     assert {"line_too_long", "too_deep", "number_too_large"} <= set(REASONS)
     # The over-long line was never held whole: memory stays far below its 40 MB.
@@ -130,7 +166,7 @@ def test_line_cap_is_exact_and_configurable(dirs):
     too_long = rec("R-2", text="y" * 41)
     assert len(too_long.encode()) == len(body) + 1
     (month(dirs) / "a.jsonl").write_bytes(body + b"\r\n" + too_long.encode() + b"\n" + rec("R-3").encode())
-    result, staged, quarantined = run(dirs, max_line_bytes=len(body))
+    _result, staged, quarantined = run(dirs, max_line_bytes=len(body))
     assert [r["record_id"] for r in staged] == ["R-1", "R-3"]
     assert [(q["line"], q["reason"]) for q in quarantined] == [(2, "line_too_long")]
     with pytest.raises(ValueError, match="max_line_bytes"):
@@ -139,7 +175,7 @@ def test_line_cap_is_exact_and_configurable(dirs):
 
 def test_overlong_last_line_without_line_break(dirs):
     (month(dirs) / "a.jsonl").write_text(rec("R-1") + "\n" + rec("R-2", text="z" * 5000))
-    result, staged, quarantined = run(dirs, max_line_bytes=1000)
+    _result, staged, quarantined = run(dirs, max_line_bytes=1000)
     assert [r["record_id"] for r in staged] == ["R-1"]
     assert [(q["line"], q["reason"]) for q in quarantined] == [(2, "line_too_long")]
 
@@ -150,8 +186,9 @@ def test_csv_overlong_line_and_huge_field_cost_their_rows(dirs):
         "R-1,claim_note,2026-01-14,a good csv row\n"
         f'R-2,claim_note,2026-01-14,"{"w" * 300_000}"\n'  # over the CSV field limit, under the line cap
         f"R-3,claim_note,2026-01-14,{'v' * 3_000_000}\n"  # over the line cap
-        "R-4,claim_note,2026-01-14,another good row\n")
-    result, staged, quarantined = run(dirs)
+        "R-4,claim_note,2026-01-14,another good row\n"
+    )
+    _result, staged, quarantined = run(dirs)
     assert [r["record_id"] for r in staged] == ["R-1", "R-4"]
     assert [(q["line"], q["reason"]) for q in quarantined] == [(3, "malformed_csv"), (4, "line_too_long")]
     assert "field limit" in quarantined[0]["message"]
@@ -161,7 +198,7 @@ def test_csv_overlong_line_and_huge_field_cost_their_rows(dirs):
 def test_csv_overlong_header_quarantines_the_file(dirs):
     (month(dirs) / "a.csv").write_text(HEADER + "," + "h" * 2000 + "\nR-1,claim_note,2026-01-14,a good csv row\n")
     (month(dirs) / "b.jsonl").write_text(rec("R-9") + "\n")
-    result, staged, quarantined = run(dirs, max_line_bytes=1000)
+    _result, staged, quarantined = run(dirs, max_line_bytes=1000)
     assert [r["record_id"] for r in staged] == ["R-9"]
     assert [(q["line"], q["reason"]) for q in quarantined] == [(1, "bad_header"), (2, "bad_header")]
 
@@ -199,7 +236,7 @@ def test_symlinks_are_refused_by_default(dirs, tmp_path):
 
 
 def test_symlinks_inside_landing_can_be_allowed(dirs, tmp_path):
-    secret, secret_dir = _secret_outside(tmp_path)
+    secret, _secret_dir = _secret_outside(tmp_path)
     shared = dirs["landing_dir"] / "shared"
     shared.mkdir()
     (shared / "real.jsonl").write_text(rec("R-2") + "\n")
@@ -211,7 +248,9 @@ def test_symlinks_inside_landing_can_be_allowed(dirs, tmp_path):
     (month(dirs) / "loop.jsonl").symlink_to("loop.jsonl")
     result, staged, _ = run(dirs, partition="2026-01", follow_symlinks="inside")
     assert [(r["record_id"], r["source_file"]) for r in staged] == [
-        ("R-1", "2026-01/a.jsonl"), ("R-2", "2026-01/inside.jsonl")]
+        ("R-1", "2026-01/a.jsonl"),
+        ("R-2", "2026-01/inside.jsonl"),
+    ]
     assert SECRET not in outputs_text(result)
     assert result["files_refused"] == 4
     refused = sorted(n for n in result["notes"] if n.startswith("refused"))
@@ -278,9 +317,11 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_ingest(dirs, caplog):
         fh.write(rec("R-1").encode() + b"\nnot json\n")
     (month(dirs) / "b.jsonl").write_text(rec("R-2") + "\n")
     caplog.set_level(logging.INFO, logger="tasks.data.ingest")
-    result, staged, quarantined = run(dirs)
+    _result, staged, quarantined = run(dirs)
     # The undecodable byte is shown as \xe9 wherever the name is written: rows, quarantine, logs.
     assert [(r["record_id"], r["source_file"]) for r in staged] == [
-        ("R-2", "2026-01/b.jsonl"), ("R-1", "2026-01/caf\\xe9.jsonl")]
+        ("R-2", "2026-01/b.jsonl"),
+        ("R-1", "2026-01/caf\\xe9.jsonl"),
+    ]
     assert quarantined[0]["source_file"] == "2026-01/caf\\xe9.jsonl"
     assert any("caf\\xe9.jsonl" in r.getMessage() for r in caplog.records)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tasks.config import REPO_ROOT
-from tasks.pii import PLACEHOLDER, ResidualPiiError
 from tasks.data.mask import mask_dataset
 from tasks.data.shards import UNPARTITIONED, merge_shards, partition_of, plan_shards
+from tasks.pii import PLACEHOLDER, ResidualPiiError
 
 KEY = b"shard-test-key"
 RECOGNIZERS = REPO_ROOT / "include" / "presidio" / "recognizers.yaml"
@@ -21,8 +21,14 @@ FACT = "Members have 60 days to file an appeal after a denial."
 
 
 def _row(i: int, source_file: str, text: str) -> dict:
-    return {"record_id": f"R-{i:04d}", "record_type": "claim_note", "created_at": "2026-01-14", "text": text,
-            "source_file": source_file, "source_line": i + 1}
+    return {
+        "record_id": f"R-{i:04d}",
+        "record_type": "claim_note",
+        "created_at": "2026-01-14",
+        "text": text,
+        "source_file": source_file,
+        "source_line": i + 1,
+    }
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -44,9 +50,11 @@ def test_partition_of_source_file():
 
 
 def test_plan_covers_every_row_once_in_order_one_partition_per_shard(tmp_path):
-    rows = ([_row(i, "2026-01/a.jsonl", f"{FACT} #{i}") for i in range(11)]
-            + [_row(11 + i, "2026-02/b.csv", f"{FACT} #{11 + i}") for i in range(4)]
-            + [_row(15, "loose.jsonl", f"{FACT} #15")])
+    rows = (
+        [_row(i, "2026-01/a.jsonl", f"{FACT} #{i}") for i in range(11)]
+        + [_row(11 + i, "2026-02/b.csv", f"{FACT} #{11 + i}") for i in range(4)]
+        + [_row(15, "loose.jsonl", f"{FACT} #15")]
+    )
     staged = _write(tmp_path / "staging" / "rows.jsonl", rows)
     shards_dir = tmp_path / "staging" / "mask_shards"
     (shards_dir).mkdir(parents=True)
@@ -56,15 +64,21 @@ def test_plan_covers_every_row_once_in_order_one_partition_per_shard(tmp_path):
 
     # 11 rows at most 4 a shard → 3 even shards (4, 4, 3); 4 rows → 1; the loose file → 1.
     assert [(s["partition"], s["rows"]) for s in shards] == [
-        ("2026-01", 4), ("2026-01", 4), ("2026-01", 3), ("2026-02", 4), (UNPARTITIONED, 1)]
+        ("2026-01", 4),
+        ("2026-01", 4),
+        ("2026-01", 3),
+        ("2026-02", 4),
+        (UNPARTITIONED, 1),
+    ]
     assert [s["label"] for s in shards][:3] == ["2026-01 1/3", "2026-01 2/3", "2026-01 3/3"]
     assert [s["first_row"] for s in shards] == [0, 4, 8, 11, 15]
     concatenated = [r for s in shards for r in _lines(s["path"])]
     assert concatenated == rows
     for s in shards:
         assert {partition_of(r["source_file"]) for r in _lines(s["path"])} == {s["partition"]}
-    assert sorted(p.name for p in shards_dir.iterdir()) == sorted([f"{s['shard_id']}.jsonl" for s in shards]
-                                                                  + ["plan.json"])
+    assert sorted(p.name for p in shards_dir.iterdir()) == sorted(
+        [f"{s['shard_id']}.jsonl" for s in shards] + ["plan.json"]
+    )
     assert json.loads((shards_dir / "plan.json").read_text()) == shards
     # The plan (XCom) holds ids, paths and counts, never text.
     assert FACT not in json.dumps(shards)
@@ -105,8 +119,14 @@ def sharded(tmp_path_factory):
     shards = plan_shards(staged, tmp / "shards", shard_rows=2)
     out_dirs = [tmp / "out" / s["shard_id"] for s in shards]
     for shard, out_dir in zip(shards, out_dirs):
-        mask_dataset(rows_path=Path(shard["path"]), out_dir=out_dir, key=KEY, recognizers_path=RECOGNIZERS,
-                     workers=1, max_residual_share=None)
+        mask_dataset(
+            rows_path=Path(shard["path"]),
+            out_dir=out_dir,
+            key=KEY,
+            recognizers_path=RECOGNIZERS,
+            workers=1,
+            max_residual_share=None,
+        )
     merged = merge_shards(shards, out_dirs, tmp / "merged", max_residual_share=0.01)
     return {"tmp": tmp, "rows": rows, "whole": whole, "shards": shards, "out_dirs": out_dirs, "merged": merged}
 
@@ -139,21 +159,29 @@ def test_a_value_in_two_shards_gets_the_same_placeholder(sharded):
 def _fake_shard(out_dir: Path, rows: int, flagged: list[str], entities: dict) -> Path:
     """A masked shard's files, as mask_dataset writes them (text is irrelevant to the merge)."""
     out_dir.mkdir(parents=True)
-    (out_dir / "train.jsonl").write_text("".join(
-        json.dumps({"record_id": f"{out_dir.name}-{i}", "record_type": "claim_note", "text": FACT}) + "\n"
-        for i in range(rows)))
+    (out_dir / "train.jsonl").write_text(
+        "".join(
+            json.dumps({"record_id": f"{out_dir.name}-{i}", "record_type": "claim_note", "text": FACT}) + "\n"
+            for i in range(rows)
+        )
+    )
     (out_dir / "entities.json").write_text(json.dumps(entities))
-    (out_dir / "residual.json").write_text(json.dumps({"rows": rows, "residual": {"US_SSN": len(flagged)} if flagged
-                                                       else {}, "record_ids": flagged}))
+    (out_dir / "residual.json").write_text(
+        json.dumps({"rows": rows, "residual": {"US_SSN": len(flagged)} if flagged else {}, "record_ids": flagged})
+    )
     return out_dir
 
 
 def test_residual_threshold_applies_to_the_totals(tmp_path):
-    shards = [{"shard_id": "s0", "partition": "2026-01", "rows": 10}, {"shard_id": "s1", "partition": "2026-02",
-                                                                      "rows": 90}]
+    shards = [
+        {"shard_id": "s0", "partition": "2026-01", "rows": 10},
+        {"shard_id": "s1", "partition": "2026-02", "rows": 90},
+    ]
     # One shard alone is at 10 % residual; the whole dataset at 1 %.
-    dirs = [_fake_shard(tmp_path / "s0", 10, ["s0-3"], {"PERSON": 2}),
-            _fake_shard(tmp_path / "s1", 90, [], {"PERSON": 1, "US_SSN": 4})]
+    dirs = [
+        _fake_shard(tmp_path / "s0", 10, ["s0-3"], {"PERSON": 2}),
+        _fake_shard(tmp_path / "s1", 90, [], {"PERSON": 1, "US_SSN": 4}),
+    ]
     merged = merge_shards(shards, dirs, tmp_path / "ok", max_residual_share=0.01)
     assert merged["residual_share"] == pytest.approx(0.01) and merged["residual"] == {"US_SSN": 1}
     assert merged["entities"] == {"PERSON": 3, "US_SSN": 4} and merged["rows"] == 100
@@ -178,9 +206,9 @@ def test_merge_refuses_missing_or_stale_shards(tmp_path):
 
 def test_no_airflow_path_masks_in_shards(tmp_path, monkeypatch):
     """`stage_mask` (what run_all calls): plan, every shard, merge; stages/mask.json keeps the report's fields."""
-    from tasks.stages import privacy_finetune
     from tasks.config import Paths, load_config, save_resolved
     from tasks.release.report import REQUIRED_FIELDS
+    from tasks.stages import privacy_finetune
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     run_id = "manual__2026-02-01T00:00:00+00:00"
@@ -205,6 +233,8 @@ def test_no_airflow_path_masks_in_shards(tmp_path, monkeypatch):
     assert [r["record_id"] for r in masked] == [r["record_id"] for r in rows]
     assert len({re.search(r"<PERSON_[0-9a-f]{8}>", r["text"]).group() for r in masked}) == 1
     # Shard inputs (raw text) stay in the raw zone; the run folder holds masked output only.
-    assert all(Path(p).is_relative_to(paths.staging) for p in
-               (s["path"] for s in json.loads((paths.staging_dir(run_id) / "mask_shards" / "plan.json").read_text())))
+    assert all(
+        Path(p).is_relative_to(paths.staging)
+        for p in (s["path"] for s in json.loads((paths.staging_dir(run_id) / "mask_shards" / "plan.json").read_text()))
+    )
     assert "Gonzalez" not in "".join(p.read_text() for p in paths.run_dir(run_id).rglob("*") if p.is_file())

@@ -1,27 +1,26 @@
 """Monthly re-finetuning pieces that need no Airflow: a run's month, erasure requests, warm start.
 
 The whole monthly DAG (three backfilled months, erasure, an idempotent rerun) runs in
-tests/test_backfill.py against a real scheduler.
+tests/dags/test_backfill.py against a real scheduler.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tasks.data import erasure, months
-from tasks.stages import monthly_refinetune
 from tasks.data.ingest import ingest, landing_files
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECOGNIZERS = REPO / "include" / "presidio" / "recognizers.yaml"
 
 
 def test_a_run_owns_the_month_of_its_logical_date():
-    assert months.month_of(datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)) == "2026-03"
+    assert months.month_of(datetime(2026, 3, 1, 3, 0, tzinfo=UTC)) == "2026-03"
     assert months.month_of("2026-12-01T03:00:00+00:00") == "2026-12"
     assert months.run_key("2026-03") == "monthly-2026-03"
     with pytest.raises(ValueError, match="YYYY-MM"):
@@ -42,8 +41,10 @@ def test_erasure_requests_in_csv_jsonl_and_txt_are_read_and_earlier_months_still
     _request(landing, "2026-02", "b.jsonl", '{"subject_id": "jane@example.com", "id_type": "EMAIL_ADDRESS"}\n')
     _request(landing, "2026-03", "later.txt", "MBR-33333333\n")  # a later month: not applied to February
     this, earlier = erasure.erasure_subjects(landing, "2026-02", "MEMBER_ID")
-    assert [(s.id_type, s.subject_id) for s in this] == [("MEMBER_ID", "MBR-22222222"),
-                                                         ("EMAIL_ADDRESS", "jane@example.com")]
+    assert [(s.id_type, s.subject_id) for s in this] == [
+        ("MEMBER_ID", "MBR-22222222"),
+        ("EMAIL_ADDRESS", "jane@example.com"),
+    ]
     assert [(s.id_type, s.subject_id, s.month) for s in earlier] == [("MEMBER_ID", "MBR-11111111", "2026-01")]
 
 
@@ -51,7 +52,8 @@ def test_erasure_folders_are_never_ingested_as_records(tmp_path):
     landing = tmp_path / "landing"
     (landing / "2026-02").mkdir(parents=True)
     (landing / "2026-02" / "records.jsonl").write_text(
-        json.dumps({"record_id": "R-1", "record_type": "claim_note", "text": "A claim note for the file."}) + "\n")
+        json.dumps({"record_id": "R-1", "record_type": "claim_note", "text": "A claim note for the file."}) + "\n"
+    )
     _request(landing, "2026-02", "requests.csv", "subject_id\nMBR-22222222\n")
     _request(landing, "2026-02", "requests.jsonl", '{"subject_id": "MBR-22222222"}\n')
     wanted, _ = landing_files(landing)
@@ -60,13 +62,16 @@ def test_erasure_folders_are_never_ingested_as_records(tmp_path):
     assert (result["rows_in"], result["rows_valid"], result["rows_quarantined"]) == (1, 1, 0)
 
 
-@pytest.mark.parametrize("name,text,where", [
-    ("r.csv", "member\nMBR-1\n", "r.csv: line 1: the header has no subject_id column"),
-    ("r.csv", "subject_id,ref\n,ER-1\n", "r.csv: line 2: field subject_id is missing or empty"),
-    ("r.jsonl", '{"subject_id": "MBR-1"}\n{"subject_id": "MBR-98765432"\n', "r.jsonl: line 2: not valid JSON"),
-    ("r.jsonl", '{"subject_id": "MBR-98765432", "id_type": "member id"}\n', "r.jsonl: line 1: field id_type"),
-    ("r.xlsx", "x", "r.xlsx: unsupported erasure request file"),
-])
+@pytest.mark.parametrize(
+    "name,text,where",
+    [
+        ("r.csv", "member\nMBR-1\n", "r.csv: line 1: the header has no subject_id column"),
+        ("r.csv", "subject_id,ref\n,ER-1\n", "r.csv: line 2: field subject_id is missing or empty"),
+        ("r.jsonl", '{"subject_id": "MBR-1"}\n{"subject_id": "MBR-98765432"\n', "r.jsonl: line 2: not valid JSON"),
+        ("r.jsonl", '{"subject_id": "MBR-98765432", "id_type": "member id"}\n', "r.jsonl: line 1: field id_type"),
+        ("r.xlsx", "x", "r.xlsx: unsupported erasure request file"),
+    ],
+)
 def test_a_bad_erasure_request_names_file_line_and_field_never_the_id(tmp_path, name, text, where):
     landing = tmp_path / "landing"
     _request(landing, "2026-02", name, text)
@@ -92,7 +97,7 @@ def test_subjects_are_found_by_the_pseudonym_the_masker_wrote():
 
 def test_an_id_type_the_masker_does_not_pseudonymise_is_refused(tmp_path):
     subject = erasure.Subject("NOT_A_TYPE", "x", "2026-02", "2026-02/erasure/r.csv:2")
-    with pytest.raises(erasure.ErasureRequestError, match="r.csv:2: field id_type NOT_A_TYPE is not masked"):
+    with pytest.raises(erasure.ErasureRequestError, match=r"r.csv:2: field id_type NOT_A_TYPE is not masked"):
         erasure.subject_pseudonyms([subject], b"k", RECOGNIZERS)
 
 
@@ -108,9 +113,9 @@ def _lora(model_dir: Path, r: int):
 def test_warm_start_loads_the_champion_adapter_and_refuses_another_shape(tmp_path):
     """The adapter's weights arrive in the new model; an adapter of another rank is refused, not half-loaded."""
     import torch
+    from helpers import random_llama
 
     from tasks.train.methods import load_init_adapter, trainable_state
-    from helpers import random_llama
 
     base = random_llama(tmp_path / "base")
     champion = _lora(base, 4)
@@ -133,7 +138,7 @@ def test_warm_start_loads_the_champion_adapter_and_refuses_another_shape(tmp_pat
 def test_a_month_waits_for_the_previous_run_and_refuses_to_build_on_a_missing_version(tmp_path, monkeypatch):
     """A backfill may start several months at once; each waits for the one before and needs its version."""
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
-    jan = datetime(2026, 1, 1, 3, tzinfo=timezone.utc)
+    jan = datetime(2026, 1, 1, 3, tzinfo=UTC)
     assert months.previous_month_ready(None) is True
     assert months.previous_month_ready({"state": "running", "logical_date": jan}) is False
     assert months.previous_month_ready({"state": "queued", "logical_date": jan}) is False
@@ -150,6 +155,9 @@ def test_a_month_is_not_built_over_earlier_months_that_were_delivered_but_never_
         (tmp_path / "landing" / month).mkdir(parents=True)
     assert months.unversioned_earlier_months("2026-01") == []
     assert months.unversioned_earlier_months("2026-04") == ["2026-01", "2026-02"]
-    with pytest.raises(months.PreviousMonthMissing, match="landing partitions 2026-01, 2026-02 have no dataset "
-                                                           "version yet.*--from-date 2026-01-01 --to-date 2026-04-01"):
+    with pytest.raises(
+        months.PreviousMonthMissing,
+        match=r"landing partitions 2026-01, 2026-02 have no dataset "
+        "version yet.*--from-date 2026-01-01 --to-date 2026-04-01",
+    ):
         months.check_earlier_months("2026-04")

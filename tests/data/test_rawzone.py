@@ -30,13 +30,15 @@ def test_masking_shards_are_0600_in_a_0700_folder(tmp_path):
 
 
 def test_ingest_stage_writes_raw_rows_into_owner_only_folders(tmp_path, monkeypatch):
-    from tasks.stages import privacy_finetune
     from tasks.config import Paths, PipelineConfig, save_resolved
+    from tasks.stages import privacy_finetune
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     (tmp_path / "landing" / "2026-01").mkdir(parents=True)
-    good = [json.dumps({"record_id": f"r{i}", "record_type": "claim_note", "text": f"Member note number {i}"})
-            for i in range(9)]
+    good = [
+        json.dumps({"record_id": f"r{i}", "record_type": "claim_note", "text": f"Member note number {i}"})
+        for i in range(9)
+    ]
     (tmp_path / "landing" / "2026-01" / "r.jsonl").write_text("\n".join(good) + "\nnot json\n")
     save_resolved(PipelineConfig(), Paths().run_dir("r1"))
     old = os.umask(0o022)
@@ -61,14 +63,14 @@ def test_the_generator_keeps_its_raw_values_owner_only(tmp_path):
 
 
 def test_the_key_file_is_read_only_when_it_is_owner_only(tmp_path, monkeypatch):
-    from tasks.stages.run import mask_key
     from tasks.config import PipelineConfig
     from tasks.pii import MissingKeyError
+    from tasks.stages.run import mask_key
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path))
     monkeypatch.delenv("PFT_PSEUDONYM_KEY", raising=False)
     cfg = PipelineConfig()
-    with pytest.raises(MissingKeyError, match="mask.key_file"):
+    with pytest.raises(MissingKeyError, match=r"mask.key_file"):
         mask_key(cfg)
     key_file = tmp_path / "secrets" / "pseudonym.key"
     key_file.parent.mkdir(mode=0o700)

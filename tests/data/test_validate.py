@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 
 from tasks.config import REPO_ROOT, DataConfig, Paths
-from tasks.data.validate import (OTHER_TYPE, ValidationFailed, build_profile, load_suite_spec, log_to_mlflow, safe_result,
-                            summarize_result, validate)
+from tasks.data.validate import (
+    OTHER_TYPE,
+    ValidationFailed,
+    build_profile,
+    load_suite_spec,
+    log_to_mlflow,
+    safe_result,
+    summarize_result,
+    validate,
+)
 
 SUITE = REPO_ROOT / "include" / "gx" / "records_suite.json"
 # PII-like markers planted in failing cells; none may reach any output.
@@ -155,13 +163,20 @@ def test_missing_columns_and_empty_rows_fail(tmp_path):
 
 def test_suite_comes_from_the_json_file(tmp_path):
     suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({
-        "name": "tiny",
-        "expectations": [
-            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "record_type", "value_set": ["memo"]},
-             "meta": {"severity": "warn"}},
-        ],
-    }))
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_be_in_set",
+                        "kwargs": {"column": "record_type", "value_set": ["memo"]},
+                        "meta": {"severity": "warn"},
+                    },
+                ],
+            }
+        )
+    )
     path = write_rows(tmp_path / "rows.jsonl", [row(i) for i in range(3)])
     result = validate(rows_path=path, suite_path=suite, out_dir=tmp_path / "val")
     assert result["evaluated_expectations"] == 1 and result["failed_warn"] == 1
@@ -177,9 +192,19 @@ def test_suite_comes_from_the_json_file(tmp_path):
     "bad, needle",
     [
         ({"name": "s", "expectations": []}, "non-empty"),
-        ({"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "x"}}]}, "meta.severity"),
-        ({"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "x"},
-                                         "meta": {"severity": "error"}}]}, "#1"),
+        (
+            {"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "x"}}]},
+            "meta.severity",
+        ),
+        (
+            {
+                "name": "s",
+                "expectations": [
+                    {"type": "expect_column_to_exist", "kwargs": {"column": "x"}, "meta": {"severity": "error"}}
+                ],
+            },
+            "#1",
+        ),
     ],
 )
 def test_bad_suite_file_is_reported(tmp_path, bad, needle):
@@ -191,8 +216,16 @@ def test_bad_suite_file_is_reported(tmp_path, bad, needle):
 
 def test_unknown_expectation_type_names_the_expectation(tmp_path):
     suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({"name": "s", "expectations": [
-        {"type": "expect_column_to_be_pretty", "kwargs": {"column": "x"}, "meta": {"severity": "fail"}}]}))
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "s",
+                "expectations": [
+                    {"type": "expect_column_to_be_pretty", "kwargs": {"column": "x"}, "meta": {"severity": "fail"}}
+                ],
+            }
+        )
+    )
     path = write_rows(tmp_path / "rows.jsonl", [row(0)])
     with pytest.raises(ValueError, match=r"#1 \(expect_column_to_be_pretty\)"):
         validate(rows_path=path, suite_path=suite, out_dir=tmp_path / "val")
@@ -205,13 +238,22 @@ def test_missing_rows_file_says_run_ingest(tmp_path):
 
 def test_summary_whitelists_counts_only():
     leaky = {
-        "element_count": 3, "unexpected_count": 1, "unexpected_percent": 33.3, "missing_count": 0,
-        "partial_unexpected_list": [PII], "partial_unexpected_counts": [{"value": PII, "count": 1}],
-        "unexpected_list": [PII], "unexpected_index_list": [{"record_id": PII}], "observed_value": [PII],
+        "element_count": 3,
+        "unexpected_count": 1,
+        "unexpected_percent": 33.3,
+        "missing_count": 0,
+        "partial_unexpected_list": [PII],
+        "partial_unexpected_counts": [{"value": PII, "count": 1}],
+        "unexpected_list": [PII],
+        "unexpected_index_list": [{"record_id": PII}],
+        "observed_value": [PII],
         "details": {"value_counts": [{"value": PII}]},
     }
-    exp = {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "record_type", "value_set": ["a"]},
-           "meta": {"severity": "fail"}}
+    exp = {
+        "type": "expect_column_values_to_be_in_set",
+        "kwargs": {"column": "record_type", "value_set": ["a"]},
+        "meta": {"severity": "fail"},
+    }
     info = {"raised_exception": True, "exception_message": f"bad value {PII}", "exception_traceback": PII}
     summary = summarize_result(exp, False, leaky, info)
     assert_no_pii(json.dumps(summary))
@@ -222,13 +264,26 @@ def test_summary_whitelists_counts_only():
 def test_import_is_cheap_and_cli_prints_json(tmp_path):
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, tasks.data.validate; print('great_expectations' in sys.modules)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert probe.stdout.strip() == "False"
     path = write_rows(tmp_path / "rows.jsonl", [row(i) for i in range(4)])
     out = subprocess.run(
-        [sys.executable, "-m", "tasks.data.validate", "--rows", str(path), "--suite", str(SUITE), "--out", str(tmp_path / "v")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tasks.data.validate",
+            "--rows",
+            str(path),
+            "--suite",
+            str(SUITE),
+            "--out",
+            str(tmp_path / "v"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["success"] is True
@@ -254,7 +309,9 @@ def previous_version(rows: list[dict], data: DataConfig | None = None) -> dict:
 
 
 def drift_checks(report: dict) -> dict[str, dict]:
-    return {e["column"]: e for e in report["expectations"] if e["type"] == "expect_column_kl_divergence_to_be_less_than"}
+    return {
+        e["column"]: e for e in report["expectations"] if e["type"] == "expect_column_kl_divergence_to_be_less_than"
+    }
 
 
 def test_profile_is_counts_only_and_deterministic():
@@ -350,8 +407,13 @@ def test_data_docs_saved_without_cell_values(tmp_path):
     path = write_rows(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "val"
     with pytest.raises(ValidationFailed) as err:
-        validate(rows_path=path, suite_path=SUITE, out_dir=out, previous=previous_version(sample_rows(60, 1)),
-                 run_name="manual__docs")
+        validate(
+            rows_path=path,
+            suite_path=SUITE,
+            out_dir=out,
+            previous=previous_version(sample_rows(60, 1)),
+            run_name="manual__docs",
+        )
     index = out / "data_docs" / "index.html"
     pages = sorted((out / "data_docs" / "validations").rglob("*.html"))
     assert index.is_file() and len(pages) == 1 and "manual__docs" in str(pages[0])
@@ -373,17 +435,26 @@ def test_data_docs_saved_without_cell_values(tmp_path):
 
 
 def test_safe_result_drops_raw_values():
-    leaky_kl = {"observed_value": 0.4, "details": {
-        "observed_partition": {"values": ["claim_note", PII], "weights": [0.5, 0.5]},
-        "expected_partition": {"values": ["claim_note", PII], "weights": [0.99, 0.01]}}}
+    leaky_kl = {
+        "observed_value": 0.4,
+        "details": {
+            "observed_partition": {"values": ["claim_note", PII], "weights": [0.5, 0.5]},
+            "expected_partition": {"values": ["claim_note", PII], "weights": [0.99, 0.01]},
+        },
+    }
     kept = safe_result(leaky_kl, {"claim_note", OTHER_TYPE})
     assert kept == {"observed_value": 0.4}
-    clean_kl = {"observed_value": 0.1, "details": {
-        "observed_partition": {"bins": [0, 10, 20], "weights": [0.5, 0.5], "tail_weights": [0, 0]},
-        "expected_partition": {"bins": [0, 10, 20], "weights": [0.4, 0.6], "tail_weights": [0.005, 0.005]}}}
+    clean_kl = {
+        "observed_value": 0.1,
+        "details": {
+            "observed_partition": {"bins": [0, 10, 20], "weights": [0.5, 0.5], "tail_weights": [0, 0]},
+            "expected_partition": {"bins": [0, 10, 20], "weights": [0.4, 0.6], "tail_weights": [0.005, 0.005]},
+        },
+    }
     assert safe_result(clean_kl, set())["details"]["observed_partition"]["bins"] == [0.0, 10.0, 20.0]
     assert safe_result({"unexpected_count": 1, "partial_unexpected_list": [PII], "observed_value": PII}, set()) == {
-        "unexpected_count": 1}
+        "unexpected_count": 1
+    }
 
 
 def test_log_to_mlflow_metrics_and_data_docs(tmp_path, monkeypatch):
@@ -408,7 +479,11 @@ def test_log_to_mlflow_metrics_and_data_docs(tmp_path, monkeypatch):
     assert metrics["validation_failed_warn"] == 1 and metrics["validation_failed_fail"] == 0
     assert metrics["drift_detected"] == 1 and metrics["drift_text_chars_kl"] > 1.0
     assert {a.path for a in client.list_artifacts(run_id, "validation")} >= {
-        "validation/validation.json", "validation/validation.md", "validation/profile.json", "validation/data_docs"}
+        "validation/validation.json",
+        "validation/validation.md",
+        "validation/profile.json",
+        "validation/data_docs",
+    }
     assert "validation/data_docs/index.html" in {a.path for a in client.list_artifacts(run_id, "validation/data_docs")}
     assert client.get_run(run_id).data.params == {}  # counts go to metrics; nothing from the rows becomes a param
 
@@ -417,9 +492,9 @@ def test_stage_glue_reads_the_registry_baseline_and_commits_the_profile(tmp_path
     """stage_validate takes its baseline from the data registry; stage_version commits the new profile."""
     from mlflow import MlflowClient
 
-    from tasks.stages import privacy_finetune
     from tasks.config import load_config, save_resolved
     from tasks.data.version import PROFILE_PATH
+    from tasks.stages import privacy_finetune
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path / "home"))
     paths = Paths()
@@ -437,8 +512,13 @@ def test_stage_glue_reads_the_registry_baseline_and_commits_the_profile(tmp_path
     second, v2 = run("manual__feb", sample_rows(200, 2, lengths=(1200, 3000)))
     assert second["drift"]["status"] == "drifted" and second["drift"]["previous_rev"] == v1["dataset_rev"]
     assert v2["created"] is True
-    committed = subprocess.run(["git", "show", f"{v2['dataset_rev']}:{PROFILE_PATH}"], cwd=paths.datasets,
-                               capture_output=True, text=True, check=True).stdout
+    committed = subprocess.run(
+        ["git", "show", f"{v2['dataset_rev']}:{PROFILE_PATH}"],
+        cwd=paths.datasets,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(committed) == json.loads(Path(second["profile_path"]).read_text())
     saved = json.loads((paths.run_dir("manual__feb") / "stages" / "validate.json").read_text())
     assert saved["drift"]["status"] == "drifted" and saved["data_docs_path"].endswith("data_docs/index.html")

@@ -15,14 +15,25 @@ import pytest
 from tasks.common import offline
 from tasks.config import DataConfig, safe_run_id
 from tasks.data.validate import build_profile
-from tasks.data.version import (DATASET_PATH, PROFILE_PATH, VersioningError, checkout_dataset, previous_profile,
-                           profile_text, registry_lock, version_dataset)
+from tasks.data.version import (
+    DATASET_PATH,
+    PROFILE_PATH,
+    VersioningError,
+    checkout_dataset,
+    previous_profile,
+    profile_text,
+    registry_lock,
+    version_dataset,
+)
 
 offline.apply()
 
 V1 = [
-    {"record_id": "R-2026-01-000001", "record_type": "claim_note",
-     "text": "Member <PERSON_1> asked about claim <CLAIM_ID_1>."},
+    {
+        "record_id": "R-2026-01-000001",
+        "record_type": "claim_note",
+        "text": "Member <PERSON_1> asked about claim <CLAIM_ID_1>.",
+    },
     {"record_id": "R-2026-01-000002", "record_type": "support_ticket", "text": "Call back at <PHONE_NUMBER_1>."},
 ]
 V2 = V1 + [
@@ -54,19 +65,37 @@ def history(tmp_path_factory):
     m1 = write_masked(root / "runs" / "a" / "masked", V1)
     m2 = write_masked(root / "runs" / "c" / "masked", V2)
     assert previous_profile(registry) is None  # no registry yet: the first run skips drift
-    first = version_dataset(masked_dir=m1, registry_dir=registry, remote_dir=remote,
-                            run_id="scheduled__2026-01-01T00:00:00+00:00", profile=P1)
+    first = version_dataset(
+        masked_dir=m1,
+        registry_dir=registry,
+        remote_dir=remote,
+        run_id="scheduled__2026-01-01T00:00:00+00:00",
+        profile=P1,
+    )
     commits_after_first = commit_count(registry)
     # identical input: the profile is rebuilt as an equal (not the same) dict
-    again = version_dataset(masked_dir=m1, registry_dir=registry, remote_dir=remote, run_id="manual__b",
-                            profile=json.loads(json.dumps(P1)))
+    again = version_dataset(
+        masked_dir=m1, registry_dir=registry, remote_dir=remote, run_id="manual__b", profile=json.loads(json.dumps(P1))
+    )
     commits_after_again = commit_count(registry)
-    changed = version_dataset(masked_dir=m2, registry_dir=registry, remote_dir=remote,
-                              run_id="scheduled__2026-02-01T00:00:00+00:00", profile=P2)
+    changed = version_dataset(
+        masked_dir=m2,
+        registry_dir=registry,
+        remote_dir=remote,
+        run_id="scheduled__2026-02-01T00:00:00+00:00",
+        profile=P2,
+    )
     return {
-        "root": root, "registry": registry, "remote": remote, "m1": m1, "m2": m2,
-        "first": first, "again": again, "changed": changed,
-        "commits_after_first": commits_after_first, "commits_after_again": commits_after_again,
+        "root": root,
+        "registry": registry,
+        "remote": remote,
+        "m1": m1,
+        "m2": m2,
+        "first": first,
+        "again": again,
+        "changed": changed,
+        "commits_after_first": commits_after_first,
+        "commits_after_again": commits_after_again,
     }
 
 
@@ -109,8 +138,13 @@ def test_identical_input_same_md5_and_no_new_commit(history):
 def test_same_run_again_is_a_no_op(history, tmp_path):
     registry, remote = history["registry"], history["remote"]
     head = git(registry, "rev-parse", "HEAD")
-    res = version_dataset(masked_dir=history["m2"], registry_dir=registry, remote_dir=remote,
-                          run_id="scheduled__2026-02-01T00:00:00+00:00", profile=P2)
+    res = version_dataset(
+        masked_dir=history["m2"],
+        registry_dir=registry,
+        remote_dir=remote,
+        run_id="scheduled__2026-02-01T00:00:00+00:00",
+        profile=P2,
+    )
     assert res["created"] is False and res["dataset_rev"] == head == history["changed"]["dataset_rev"]
     assert git(registry, "rev-parse", "HEAD") == head
 
@@ -145,10 +179,12 @@ def test_previous_profile_is_the_latest_other_version(history):
 
 def test_version_without_profile_drops_the_old_one(tmp_path):
     registry, remote = tmp_path / "datasets", tmp_path / "dvc-remote"
-    with_profile = version_dataset(masked_dir=write_masked(tmp_path / "a", V1), registry_dir=registry,
-                                   remote_dir=remote, run_id="a", profile=P1)
-    without = version_dataset(masked_dir=write_masked(tmp_path / "b", V2), registry_dir=registry,
-                              remote_dir=remote, run_id="b")
+    with_profile = version_dataset(
+        masked_dir=write_masked(tmp_path / "a", V1), registry_dir=registry, remote_dir=remote, run_id="a", profile=P1
+    )
+    without = version_dataset(
+        masked_dir=write_masked(tmp_path / "b", V2), registry_dir=registry, remote_dir=remote, run_id="b"
+    )
     assert PROFILE_PATH not in git(registry, "ls-files").splitlines()
     assert git(registry, "status", "--porcelain") == ""
     # the newest version has no profile, so the baseline is the newest one that has
@@ -159,33 +195,37 @@ def test_checkout_older_rev_reproduces_bytes(history, tmp_path):
     registry, remote = history["registry"], history["remote"]
     # Drop the registry's own cache: the bytes must come from the remote, as on a GPU worker.
     shutil.rmtree(registry / ".dvc" / "cache", ignore_errors=True)
-    old = checkout_dataset(registry_dir=registry, remote_dir=remote, rev=history["first"]["dataset_rev"],
-                           out_dir=tmp_path / "old")
+    old = checkout_dataset(
+        registry_dir=registry, remote_dir=remote, rev=history["first"]["dataset_rev"], out_dir=tmp_path / "old"
+    )
     assert old == (tmp_path / "old" / DATASET_PATH).resolve()
     assert old.read_bytes() == (history["m1"] / "train.jsonl").read_bytes()
-    by_tag = checkout_dataset(registry_dir=registry, remote_dir=remote, rev=history["changed"]["tag"],
-                              out_dir=tmp_path / "new")
+    by_tag = checkout_dataset(
+        registry_dir=registry, remote_dir=remote, rev=history["changed"]["tag"], out_dir=tmp_path / "new"
+    )
     assert by_tag.read_bytes() == (history["m2"] / "train.jsonl").read_bytes()
     with pytest.raises(FileExistsError):
         checkout_dataset(registry_dir=registry, remote_dir=remote, rev="HEAD", out_dir=tmp_path / "old")
 
 
 def test_bad_inputs_fail_clearly(history, tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.jsonl"):
-        version_dataset(masked_dir=tmp_path / "nothing", registry_dir=history["registry"],
-                        remote_dir=history["remote"], run_id="x")
+    with pytest.raises(FileNotFoundError, match=r"train.jsonl"):
+        version_dataset(
+            masked_dir=tmp_path / "nothing", registry_dir=history["registry"], remote_dir=history["remote"], run_id="x"
+        )
     with pytest.raises(VersioningError, match="git checkout no-such-rev"):
-        checkout_dataset(registry_dir=history["registry"], remote_dir=history["remote"], rev="no-such-rev",
-                         out_dir=tmp_path / "bad")
+        checkout_dataset(
+            registry_dir=history["registry"], remote_dir=history["remote"], rev="no-such-rev", out_dir=tmp_path / "bad"
+        )
 
 
 def test_lock_timeout_is_a_clear_error(tmp_path):
     registry = tmp_path / "datasets"
     masked = write_masked(tmp_path / "masked", V1)
-    with registry_lock(registry):
-        with pytest.raises(TimeoutError, match="could not lock the data registry"):
-            version_dataset(masked_dir=masked, registry_dir=registry, remote_dir=tmp_path / "remote",
-                            run_id="r", lock_timeout_s=0.3)
+    with registry_lock(registry), pytest.raises(TimeoutError, match="could not lock the data registry"):
+        version_dataset(
+            masked_dir=masked, registry_dir=registry, remote_dir=tmp_path / "remote", run_id="r", lock_timeout_s=0.3
+        )
     assert not (registry / ".git").exists()  # nothing ran without the lock
 
 
@@ -194,11 +234,27 @@ def test_concurrent_processes_both_succeed(tmp_path):
     procs = []
     for name, rows in (("p1", V1), ("p2", V2)):
         masked = write_masked(tmp_path / name, rows)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tasks.data.version", "--masked", str(masked), "--registry", str(registry),
-             "--remote", str(remote), "--run-id", name],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tasks.data.version",
+                    "--masked",
+                    str(masked),
+                    "--registry",
+                    str(registry),
+                    "--remote",
+                    str(remote),
+                    "--run-id",
+                    name,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ),
+            )
+        )
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
@@ -218,15 +274,18 @@ def test_qa_split_is_committed_with_the_dataset_and_checked_out(tmp_path):
     registry, remote = tmp_path / "datasets", tmp_path / "dvc-remote"
     qa = tmp_path / "qa.jsonl"
     qa.write_text('{"id": "q1", "question": "What is the deductible?", "answer": "$500"}\n')
-    first = version_dataset(masked_dir=write_masked(tmp_path / "a", V1), registry_dir=registry,
-                            remote_dir=remote, run_id="a", qa_path=qa)
+    first = version_dataset(
+        masked_dir=write_masked(tmp_path / "a", V1), registry_dir=registry, remote_dir=remote, run_id="a", qa_path=qa
+    )
     assert QA_PATH in git(registry, "ls-files").splitlines()
-    again = version_dataset(masked_dir=write_masked(tmp_path / "a2", V1), registry_dir=registry,
-                            remote_dir=remote, run_id="a2", qa_path=qa)
+    again = version_dataset(
+        masked_dir=write_masked(tmp_path / "a2", V1), registry_dir=registry, remote_dir=remote, run_id="a2", qa_path=qa
+    )
     assert again["created"] is False and again["dataset_rev"] == first["dataset_rev"]
     qa.write_text(qa.read_text() + '{"id": "q2", "question": "What is the copay?", "answer": "$20"}\n')
-    changed = version_dataset(masked_dir=write_masked(tmp_path / "b", V1), registry_dir=registry,
-                              remote_dir=remote, run_id="b", qa_path=qa)
+    changed = version_dataset(
+        masked_dir=write_masked(tmp_path / "b", V1), registry_dir=registry, remote_dir=remote, run_id="b", qa_path=qa
+    )
     assert changed["created"] is True  # a new QA split is a new revision, even on the same records
     data = checkout_dataset(registry_dir=registry, remote_dir=remote, rev=first["dataset_rev"], out_dir=tmp_path / "co")
     assert (data.parent / "qa_heldout.jsonl").read_text().count("\n") == 1

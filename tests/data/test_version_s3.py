@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from tasks.common import offline
-from tasks.data.version import (REMOTE_ENDPOINT_ENV, REMOTE_NAME, REMOTE_URL_ENV, _point_remote,
-                           checkout_dataset, version_dataset)
+from tasks.data.version import (
+    REMOTE_ENDPOINT_ENV,
+    REMOTE_NAME,
+    REMOTE_URL_ENV,
+    _point_remote,
+    checkout_dataset,
+    version_dataset,
+)
 
 offline.apply()
 
@@ -24,7 +30,11 @@ BUCKET, PREFIX = "pft-dvc-test", "registry"
 KEY_ID = "PFTTESTKEYID0000001"
 SECRET = "pft-test-secret-7c1e9b0d4a6f"  # must never appear in the registry's git history
 ROWS = [
-    {"record_id": "R-2026-01-000001", "record_type": "claim_note", "text": "Member <PERSON_1> asked about <CLAIM_ID_1>."},
+    {
+        "record_id": "R-2026-01-000001",
+        "record_type": "claim_note",
+        "text": "Member <PERSON_1> asked about <CLAIM_ID_1>.",
+    },
     {"record_id": "R-2026-01-000002", "record_type": "support_ticket", "text": "Call back at <PHONE_NUMBER_1>."},
 ]
 
@@ -39,20 +49,35 @@ def s3(monkeypatch, tmp_path):
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     for name, value in {
-        REMOTE_URL_ENV: f"s3://{BUCKET}/{PREFIX}", REMOTE_ENDPOINT_ENV: endpoint,
-        "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+        REMOTE_URL_ENV: f"s3://{BUCKET}/{PREFIX}",
+        REMOTE_ENDPOINT_ENV: endpoint,
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
         # Nothing from the developer's machine: no ~/.aws files, no instance metadata, no proxy.
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-creds"),
-        "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-creds"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                 "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     import boto3
 
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET, region_name="us-east-1"
+    )
     client.create_bucket(Bucket=BUCKET)
     try:
         yield client
@@ -118,13 +143,16 @@ def test_version_pushes_to_s3_and_checkout_pulls_from_s3_alone(s3, tmp_path, mon
     assert dict(conf["remote"][REMOTE_NAME]) == {"url": str(remote.resolve())}
 
 
-@pytest.mark.parametrize("url, endpoint", [
-    ("gs://bucket/x", ""),                                   # only S3 is wired (dvc-s3)
-    ("s3://", ""),                                           # no bucket
-    ("s3://AKIA:pft-test-secret-in-url@bucket/x", ""),       # credentials in the URL
-    ("s3://bucket/x", "http://AKIA:pft-test-secret-in-url@minio:9000"),
-    ("s3://bucket/x", "minio:9000"),                         # no scheme
-])
+@pytest.mark.parametrize(
+    "url, endpoint",
+    [
+        ("gs://bucket/x", ""),  # only S3 is wired (dvc-s3)
+        ("s3://", ""),  # no bucket
+        ("s3://AKIA:pft-test-secret-in-url@bucket/x", ""),  # credentials in the URL
+        ("s3://bucket/x", "http://AKIA:pft-test-secret-in-url@minio:9000"),
+        ("s3://bucket/x", "minio:9000"),  # no scheme
+    ],
+)
 def test_a_bad_remote_setting_fails_without_echoing_it(tmp_path, monkeypatch, url, endpoint):
     masked = tmp_path / "masked"
     masked.mkdir()

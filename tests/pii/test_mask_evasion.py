@@ -27,8 +27,11 @@ KINDS = [
     ("IBAN_CODE", "Refund to IBAN GB82 WEST 1234 5698 7654 32 please.", "GB82 WEST 1234 5698 7654 32"),
     ("IP_ADDRESS", "Portal login from 192.168.14.22 at noon.", "192.168.14.22"),
     ("URL", "Details at https://portal.example.com/claims/77 for the member.", "https://portal.example.com/claims/77"),
-    ("STREET_ADDRESS", "We mailed the card to 1423 Maple Avenue, Springfield, IL 62704 last week.",
-     "1423 Maple Avenue, Springfield, IL 62704"),
+    (
+        "STREET_ADDRESS",
+        "We mailed the card to 1423 Maple Avenue, Springfield, IL 62704 last week.",
+        "1423 Maple Avenue, Springfield, IL 62704",
+    ),
     ("DATE_OF_BIRTH", "Member DOB: 1961-04-12 confirmed.", "1961-04-12"),
     ("DATE_OF_BIRTH", "She was born 04/12/1961 in the city.", "04/12/1961"),
     ("MEMBER_ID", "Member ID MBR-48213377 is active.", "MBR-48213377"),
@@ -38,12 +41,40 @@ KINDS = [
 ]
 # Zero-width, joiners, bidi embeddings/overrides/isolates/marks, soft hyphen, word joiner, BOM,
 # Mongolian vowel separator, a tag character, a variation selector, combining grapheme joiner.
-INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202d", "\u202e", "\u202c",
-             "\u2066", "\u2067", "\u2068", "\u2069", "\u00ad", "\u2060", "\u2061", "\ufeff", "\u180e",
-             "\U000e0020", "\ufe0f", "\u034f"]
+INVISIBLE = [
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u200e",
+    "\u200f",
+    "\u202a",
+    "\u202b",
+    "\u202d",
+    "\u202e",
+    "\u202c",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u00ad",
+    "\u2060",
+    "\u2061",
+    "\ufeff",
+    "\u180e",
+    "\U000e0020",
+    "\ufe0f",
+    "\u034f",
+]
 ODD_SPACES = ["\u00a0", "\u2007", "\u2009", "\u202f", "\u205f", "\u3000", "\u2028"]
-DIGIT_TYPES = {"PHONE_NUMBER", "US_SSN", "CREDIT_CARD", "MEMBER_ID", "CLAIM_ID", "POLICY_NUMBER",
-               "MEDICAL_RECORD_NUMBER"}
+DIGIT_TYPES = {
+    "PHONE_NUMBER",
+    "US_SSN",
+    "CREDIT_CARD",
+    "MEMBER_ID",
+    "CLAIM_ID",
+    "POLICY_NUMBER",
+    "MEDICAL_RECORD_NUMBER",
+}
 
 
 def _digits(s: str) -> str:
@@ -72,13 +103,14 @@ def test_invisible_characters_inside_every_pii_kind_are_masked(etype, text, valu
     (clean,) = _masked([text])
     _assert_gone(clean, etype, value)
     hidden = [text.replace(value, _hide(value, char)) for char in INVISIBLE]
-    for char, out, hidden_text in zip(INVISIBLE, _masked(hidden), hidden):
+    for char, out, _hidden_text in zip(INVISIBLE, _masked(hidden), hidden):
         assert _hide(value, char) not in out
         assert out == clean, f"U+{ord(char):04X} inside {etype} changed the masking"
 
 
-@pytest.mark.parametrize("etype, text, value", [k for k in KINDS if " " in k[2]],
-                         ids=[k[0] for k in KINDS if " " in k[2]])
+@pytest.mark.parametrize(
+    "etype, text, value", [k for k in KINDS if " " in k[2]], ids=[k[0] for k in KINDS if " " in k[2]]
+)
 def test_odd_spaces_inside_a_value_are_masked_like_spaces(etype, text, value):
     (clean,) = _masked([text])
     variants = [text.replace(value, value.replace(" ", space)) for space in ODD_SPACES]

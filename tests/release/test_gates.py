@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tasks.config import GatesConfig
-from tasks.release.gates import PromotionGated, check_gates, enforce
 from tasks.data.splits import in_holdout, split_audit_holdout
+from tasks.release.gates import PromotionGated, check_gates, enforce
 
-GOOD = {"exact_match_gain": 0.02, "regression_vs_champion": -0.01, "toxicity_rate": 0.0, "pii_leaks": 0,
-        "canary_exposure_max": 2.0, "mia_auc": 0.51, "reproducible_noise": 0.0}
+GOOD = {
+    "exact_match_gain": 0.02,
+    "regression_vs_champion": -0.01,
+    "toxicity_rate": 0.0,
+    "pii_leaks": 0,
+    "canary_exposure_max": 2.0,
+    "mia_auc": 0.51,
+    "reproducible_noise": 0.0,
+}
 
 
 def test_all_gates_pass_on_good_evidence():
@@ -21,14 +29,17 @@ def test_all_gates_pass_on_good_evidence():
     assert enforce(outcome) is outcome
 
 
-@pytest.mark.parametrize("metric,value,gate", [
-    ("exact_match_gain", -0.05, "exact_match_gain"),
-    ("regression_vs_champion", 0.2, "champion_regression"),
-    ("toxicity_rate", 0.3, "toxicity"),
-    ("pii_leaks", 1, "pii_leaks"),
-    ("canary_exposure_max", 9.5, "canary_exposure"),
-    ("mia_auc", 0.8, "membership_inference"),
-])
+@pytest.mark.parametrize(
+    "metric,value,gate",
+    [
+        ("exact_match_gain", -0.05, "exact_match_gain"),
+        ("regression_vs_champion", 0.2, "champion_regression"),
+        ("toxicity_rate", 0.3, "toxicity"),
+        ("pii_leaks", 1, "pii_leaks"),
+        ("canary_exposure_max", 9.5, "canary_exposure"),
+        ("mia_auc", 0.8, "membership_inference"),
+    ],
+)
 def test_each_gate_fails_on_its_own_metric(metric, value, gate):
     outcome = check_gates({**GOOD, metric: value}, GatesConfig())
     assert outcome["status"] == "gated" and outcome["failed"] == [gate]
@@ -57,12 +68,12 @@ def test_holdout_split_is_deterministic_and_partitions_rows(tmp_path):
     rows = tmp_path / "masked.jsonl"
     rows.write_text("".join(json.dumps({"record_id": f"R-{i}", "text": f"text {i}"}) + "\n" for i in range(2000)))
     first = split_audit_holdout(rows, tmp_path / "a", 0.05)
-    second = split_audit_holdout(rows, tmp_path / "b", 0.05)
+    split_audit_holdout(rows, tmp_path / "b", 0.05)
     assert first["train_records"] + first["holdout_records"] == 2000
     assert 60 <= first["holdout_records"] <= 140  # ~5 % of 2000
     assert (tmp_path / "a" / "audit_holdout.jsonl").read_text() == (tmp_path / "b" / "audit_holdout.jsonl").read_text()
-    train_ids = {json.loads(line)["record_id"] for line in open(first["train_path"])}
-    holdout_ids = {json.loads(line)["record_id"] for line in open(first["holdout_path"])}
+    train_ids = {json.loads(line)["record_id"] for line in Path(first["train_path"]).read_text().splitlines()}
+    holdout_ids = {json.loads(line)["record_id"] for line in Path(first["holdout_path"]).read_text().splitlines()}
     assert not train_ids & holdout_ids
     assert all(in_holdout(i, 0.05) for i in holdout_ids)
     # A record's side does not depend on which other records are in the file (monthly versions grow).
@@ -83,11 +94,11 @@ def test_a_gated_run_fails_visibly_and_keeps_its_evidence(tmp_path, monkeypatch)
     PromotionGated naming the gate, and the strict report fails with 'run gated'."""
     from mlflow import MlflowClient
 
-    from tasks.stages import privacy_finetune
-    from tasks.stages.run import save_stage
     from tasks.config import Paths, PipelineConfig, save_resolved
     from tasks.release.registry import register_model
-    from tests.test_register import build_model
+    from tasks.stages import privacy_finetune
+    from tasks.stages.run import save_stage
+    from tests.release.test_register import build_model
 
     monkeypatch.setenv("PFT_HOME", str(tmp_path / "home"))
     paths = Paths()
@@ -95,14 +106,35 @@ def test_a_gated_run_fails_visibly_and_keeps_its_evidence(tmp_path, monkeypatch)
     run_dir = paths.run_dir(run_id)
     save_resolved(PipelineConfig(), run_dir)
     base, adapter = build_model(tmp_path / "model", "x")
-    registered = register_model(paths=paths, model_name="gated-lm", base_model_dir=base, adapter_dir=adapter,
-                                mlflow_run_id=None, tags={}, metrics={})
-    evaluated = {"base": {"exact_match": 0.1, "f1": 0.1, "relevance": 0.5},
-                 "finetuned": {"exact_match": 0.2, "f1": 0.2, "relevance": 0.5}, **GOOD, "pii_leaks": 2}
-    trained = {"dp": True, "epsilon": 7.9, "delta": 1e-5, "method": "lora", "trainable_pct": 2.0,
-               "noise_source": "csprng (os.urandom)"}
-    for name, payload in (("prepare", {"run_id": run_id}), ("evaluate", evaluated), ("train", trained),
-                          ("register", registered)):
+    registered = register_model(
+        paths=paths,
+        model_name="gated-lm",
+        base_model_dir=base,
+        adapter_dir=adapter,
+        mlflow_run_id=None,
+        tags={},
+        metrics={},
+    )
+    evaluated = {
+        "base": {"exact_match": 0.1, "f1": 0.1, "relevance": 0.5},
+        "finetuned": {"exact_match": 0.2, "f1": 0.2, "relevance": 0.5},
+        **GOOD,
+        "pii_leaks": 2,
+    }
+    trained = {
+        "dp": True,
+        "epsilon": 7.9,
+        "delta": 1e-5,
+        "method": "lora",
+        "trainable_pct": 2.0,
+        "noise_source": "csprng (os.urandom)",
+    }
+    for name, payload in (
+        ("prepare", {"run_id": run_id}),
+        ("evaluate", evaluated),
+        ("train", trained),
+        ("register", registered),
+    ):
         save_stage(run_id, name, payload)
     with pytest.raises(PromotionGated, match="pii_leaks"):
         privacy_finetune.stage_gates(run_id, evaluated, registered, trained)

@@ -11,57 +11,130 @@ from tasks.common import offline
 offline.apply()
 
 from tasks.config import Paths  # noqa: E402
-from tasks.release.model_card import (DESCRIPTION_MAX_CHARS, NOT_RECORDED, attach_model_card, fmt,  # noqa: E402
-                              render_model_card)
+from tasks.release.model_card import DESCRIPTION_MAX_CHARS, NOT_RECORDED, attach_model_card, fmt, render_model_card  # noqa: E402
 
 NAME = "card-test-lm"
 
 FACTS = {
-    "model_name": NAME, "version": 3, "generated_at": "2026-02-01T10:00:00Z",
-    "pipeline_run_id": "scheduled__2026-02-01T00:00:00+00:00", "mlflow_run_id": "abc123",
-    "base_model": "demo-llama", "base_model_source": "built:demo",
-    "method": "lora", "trainable_pct": 0.512, "trainable_params": 4864, "total_params": 950000,
-    "source_dataset": "harborview-records", "dataset_rev": "9f" * 20, "dataset_md5": "d41d8cd98f00b204e9800998ecf8427e",
-    "dataset_tag": "dataset-2026-02", "records_trained": 3600, "audit_holdout_records": 400, "qa_sha256": "ab" * 32,
+    "model_name": NAME,
+    "version": 3,
+    "generated_at": "2026-02-01T10:00:00Z",
+    "pipeline_run_id": "scheduled__2026-02-01T00:00:00+00:00",
+    "mlflow_run_id": "abc123",
+    "base_model": "demo-llama",
+    "base_model_source": "built:demo",
+    "method": "lora",
+    "trainable_pct": 0.512,
+    "trainable_params": 4864,
+    "total_params": 950000,
+    "source_dataset": "harborview-records",
+    "dataset_rev": "9f" * 20,
+    "dataset_md5": "d41d8cd98f00b204e9800998ecf8427e",
+    "dataset_tag": "dataset-2026-02",
+    "records_trained": 3600,
+    "audit_holdout_records": 400,
+    "qa_sha256": "ab" * 32,
     "masking": {"entities_total": 12345, "residual_records": 3},
-    "dp": True, "epsilon": 7.93, "delta": 2.5e-5, "target_epsilon": 8.0, "noise_multiplier": 0.87, "max_grad_norm": 1.0,
-    "privacy_ledger": {"source_dataset": "harborview-records", "runs": 2, "spent_epsilon": 15.86, "spent_delta": 5e-5,
-                       "epsilon_budget": 80.0, "delta_budget": 2.5e-4, "remaining_epsilon": 64.14,
-                       "composition": "basic (sum of ε and of δ over all runs on the source dataset)",
-                       "non_private_runs": []},
-    "metrics": {"base": {"exact_match": 0.12, "f1": 0.3, "robustness": {"exact_match": 0.1}, "n": 50},
-                "finetuned": {"exact_match": 0.36, "f1": 0.52, "robustness": {"exact_match": 0.3}, "n": 50,
-                              "generations_path": "/somewhere/generations.jsonl"},
-                "champion": {"exact_match": 0.33, "f1": 0.5}},
+    "dp": True,
+    "epsilon": 7.93,
+    "delta": 2.5e-5,
+    "target_epsilon": 8.0,
+    "noise_multiplier": 0.87,
+    "max_grad_norm": 1.0,
+    "privacy_ledger": {
+        "source_dataset": "harborview-records",
+        "runs": 2,
+        "spent_epsilon": 15.86,
+        "spent_delta": 5e-5,
+        "epsilon_budget": 80.0,
+        "delta_budget": 2.5e-4,
+        "remaining_epsilon": 64.14,
+        "composition": "basic (sum of ε and of δ over all runs on the source dataset)",
+        "non_private_runs": [],
+    },
+    "metrics": {
+        "base": {"exact_match": 0.12, "f1": 0.3, "robustness": {"exact_match": 0.1}, "n": 50},
+        "finetuned": {
+            "exact_match": 0.36,
+            "f1": 0.52,
+            "robustness": {"exact_match": 0.3},
+            "n": 50,
+            "generations_path": "/somewhere/generations.jsonl",
+        },
+        "champion": {"exact_match": 0.33, "f1": 0.5},
+    },
     "champion_version": 2,
     "safety": {"toxicity_rate": 0.0, "identity_gap": 0.01, "pii_leaks": 0, "canary_exposure_max": 2.5, "mia_auc": 0.52},
     "gates": [
-        {"name": "exact_match_gain", "what": "fine-tuned EM minus base EM", "metric": "exact_match_gain",
-         "threshold": 0.0, "value": 0.24, "status": "passed", "reason": None},
-        {"name": "canary_exposure", "what": "highest canary exposure (bits)", "metric": "canary_exposure_max",
-         "threshold": 6.0, "value": None, "status": "not measured", "reason": None},
-        {"name": "toxicity", "what": "share of toxic generations", "metric": "toxicity_rate", "threshold": None,
-         "value": 0.0, "status": "off", "reason": None},
+        {
+            "name": "exact_match_gain",
+            "what": "fine-tuned EM minus base EM",
+            "metric": "exact_match_gain",
+            "threshold": 0.0,
+            "value": 0.24,
+            "status": "passed",
+            "reason": None,
+        },
+        {
+            "name": "canary_exposure",
+            "what": "highest canary exposure (bits)",
+            "metric": "canary_exposure_max",
+            "threshold": 6.0,
+            "value": None,
+            "status": "not measured",
+            "reason": None,
+        },
+        {
+            "name": "toxicity",
+            "what": "share of toxic generations",
+            "metric": "toxicity_rate",
+            "threshold": None,
+            "value": 0.0,
+            "status": "off",
+            "reason": None,
+        },
     ],
     "gates_status": "passed",
-    "decision": {"outcome": "promoted", "approval": "approved", "by": "alice", "at": "2026-02-01T11:00:00Z",
-                 "comment": "EM up | no leaks\nship"},
+    "decision": {
+        "outcome": "promoted",
+        "approval": "approved",
+        "by": "alice",
+        "at": "2026-02-01T11:00:00Z",
+        "comment": "EM up | no leaks\nship",
+    },
 }
 
 
 def test_full_card_states_every_fact():
     card = render_model_card(FACTS)
     assert card.startswith(f"# Model card: {NAME} v3")
-    for expected in ("demo-llama", "lora", "0.512 %", "4864 of 950000", "9f" * 20, "d41d8cd98f00b204e9800998ecf8427e",
-                     "scheduled__2026-02-01T00:00:00+00:00", "(ε = 7.93, δ = 2.5e-05)-differential privacy",
-                     "15.86 / 80", "5e-05 / 0.00025", "harborview-records", "12345",
-                     "| exact_match | 0.12 | 0.36 | 0.33 |", "champion (v2)", "| robustness.exact_match | 0.1 | 0.3 | "
-                     f"{NOT_RECORDED} |", "| canary exposure, highest (bits) | 2.5 |",
-                     "| exact_match_gain | fine-tuned EM minus base EM | 0 | 0.24 | passed |",
-                     "| canary_exposure | highest canary exposure (bits) | 6 | not measured | not measured |",
-                     "| toxicity | share of toxic generations | off | 0 | off |",
-                     "approved by alice", "2026-02-01T11:00:00Z", "EM up \\| no leaks ship", "## Intended use",
-                     "## Limitations", "retire=true"):
+    for expected in (
+        "demo-llama",
+        "lora",
+        "0.512 %",
+        "4864 of 950000",
+        "9f" * 20,
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "scheduled__2026-02-01T00:00:00+00:00",
+        "(ε = 7.93, δ = 2.5e-05)-differential privacy",
+        "15.86 / 80",
+        "5e-05 / 0.00025",
+        "harborview-records",
+        "12345",
+        "| exact_match | 0.12 | 0.36 | 0.33 |",
+        "champion (v2)",
+        f"| robustness.exact_match | 0.1 | 0.3 | {NOT_RECORDED} |",
+        "| canary exposure, highest (bits) | 2.5 |",
+        "| exact_match_gain | fine-tuned EM minus base EM | 0 | 0.24 | passed |",
+        "| canary_exposure | highest canary exposure (bits) | 6 | not measured | not measured |",
+        "| toxicity | share of toxic generations | off | 0 | off |",
+        "approved by alice",
+        "2026-02-01T11:00:00Z",
+        "EM up \\| no leaks ship",
+        "## Intended use",
+        "## Limitations",
+        "retire=true",
+    ):
         assert expected in card, expected
     assert "/somewhere" not in card  # paths (and any text field) are not metrics
     # Every table row has the same number of cells as its header (a stray "|" or newline would break it).
@@ -72,8 +145,22 @@ def test_full_card_states_every_fact():
             assert len(widths) == 1, block
 
 
-@pytest.mark.parametrize("facts", [{}, None, {"version": None, "metrics": "n/a", "gates": "?", "decision": 3,
-                                               "privacy_ledger": None, "safety": [], "scenarios": 5}])
+@pytest.mark.parametrize(
+    "facts",
+    [
+        {},
+        None,
+        {
+            "version": None,
+            "metrics": "n/a",
+            "gates": "?",
+            "decision": 3,
+            "privacy_ledger": None,
+            "safety": [],
+            "scenarios": 5,
+        },
+    ],
+)
 def test_missing_or_odd_facts_render_as_not_recorded(facts):
     card = render_model_card(facts)
     assert "# Model card:" in card and NOT_RECORDED in card
@@ -82,11 +169,19 @@ def test_missing_or_odd_facts_render_as_not_recorded(facts):
 
 
 def test_decision_variants():
-    gates_only = render_model_card({**FACTS, "decision": {"outcome": "promoted", "approval": "gates-only", "by": None,
-                                                          "at": None, "comment": None}})
+    gates_only = render_model_card(
+        {
+            **FACTS,
+            "decision": {"outcome": "promoted", "approval": "gates-only", "by": None, "at": None, "comment": None},
+        }
+    )
     assert "promoted on the promotion gates alone" in gates_only and "none (gates only)" in gates_only
-    rejected = render_model_card({**FACTS, "decision": {"outcome": "rejected", "approval": "rejected", "by": "bob",
-                                                        "at": "t", "comment": "too toxic"}})
+    rejected = render_model_card(
+        {
+            **FACTS,
+            "decision": {"outcome": "rejected", "approval": "rejected", "by": "bob", "at": "t", "comment": "too toxic"},
+        }
+    )
     assert "rejected by bob" in rejected and "too toxic" in rejected
     non_private = render_model_card({**FACTS, "dp": False, "epsilon": None})
     assert "none: trained without differential privacy" in non_private and "∞ (non-private)" in non_private
@@ -102,15 +197,23 @@ def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
-    from tests.test_register import build_model
     from tasks.release.registry import register_model
+    from tests.release.test_register import build_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "restored-after-the-test")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # see tests/test_register.py forget_tracking_uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # see tests/release/test_register.py forget_tracking_uri
     paths = Paths(tmp_path / "home")
     base_dir, adapter_dir = build_model(tmp_path / "model", "Ġyes")
-    reg = register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                         adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+    reg = register_model(
+        paths=paths,
+        model_name=NAME,
+        alias="challenger",
+        base_model_dir=base_dir,
+        adapter_dir=adapter_dir,
+        mlflow_run_id=None,
+        tags={},
+        metrics={},
+    )
 
     pending = render_model_card({**FACTS, "decision": None})
     first = attach_model_card(paths=paths, model_name=NAME, version=reg["version"], markdown=pending)

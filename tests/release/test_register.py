@@ -21,9 +21,18 @@ from mlflow import MlflowClient  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 
 from tasks.config import Paths  # noqa: E402
-from tasks.release.registry import (RegistryError, audit_trail, champion, download_champion,  # noqa: E402
-                            mark_for_retirement, pip_requirements, promote, record_rejection, register_model,
-                            rollback)
+from tasks.release.registry import (  # noqa: E402
+    RegistryError,
+    audit_trail,
+    champion,
+    download_champion,
+    mark_for_retirement,
+    pip_requirements,
+    promote,
+    record_rejection,
+    register_model,
+    rollback,
+)
 
 NAME = "test-domain-lm"
 TAGS = {"dataset_rev": "0" * 40, "epsilon": 7.93, "delta": 1e-5, "qa_exact_match": 0.5}
@@ -54,9 +63,16 @@ def build_model(root: Path, first_token: str) -> tuple[Path, Path]:
 
     tokenizer = tiny_tokenizer(first_token)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -93,9 +109,16 @@ def tiny_model(tmp_path_factory):
 def test_register_tags_alias_and_serves(tmp_path, tiny_model):
     base_dir, adapter_dir = tiny_model
     paths = Paths(tmp_path)
-    res = register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                         adapter_dir=adapter_dir, mlflow_run_id=None, tags=TAGS,
-                         metrics={"qa_exact_match": 0.5, "toxicity_rate": 0.0})
+    res = register_model(
+        paths=paths,
+        model_name=NAME,
+        alias="challenger",
+        base_model_dir=base_dir,
+        adapter_dir=adapter_dir,
+        mlflow_run_id=None,
+        tags=TAGS,
+        metrics={"qa_exact_match": 0.5, "toxicity_rate": 0.0},
+    )
     assert set(res) == {"model_name", "version", "alias", "run_id", "model_uri"}
     assert res["model_name"] == NAME and res["version"] == 1 and res["alias"] == "challenger"
     assert res["model_uri"] == f"models:/{NAME}/1"
@@ -125,8 +148,16 @@ def test_register_tags_alias_and_serves(tmp_path, tiny_model):
     assert any(local.rglob("adapter_config.json")) and any(local.rglob("tokenizer.json"))
 
     # Registering again makes version 2 and moves the alias.
-    again = register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                           adapter_dir=adapter_dir, mlflow_run_id=None, tags={"dataset_rev": "1" * 40}, metrics={})
+    again = register_model(
+        paths=paths,
+        model_name=NAME,
+        alias="challenger",
+        base_model_dir=base_dir,
+        adapter_dir=adapter_dir,
+        mlflow_run_id=None,
+        tags={"dataset_rev": "1" * 40},
+        metrics={},
+    )
     assert again["version"] == 2
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 2
     assert client.get_model_version(NAME, "1").tags["dataset_rev"] == "0" * 40
@@ -140,8 +171,16 @@ def test_register_inside_existing_run(tmp_path, tiny_model):
     exp = mlflow_experiment(paths)
     with mlflow.start_run(experiment_id=exp) as run:
         run_id = run.info.run_id
-    res = register_model(paths=paths, model_name=NAME, alias="candidate", base_model_dir=base_dir,
-                         adapter_dir=adapter_dir, mlflow_run_id=run_id, tags={}, metrics={"m": 1.0})
+    res = register_model(
+        paths=paths,
+        model_name=NAME,
+        alias="candidate",
+        base_model_dir=base_dir,
+        adapter_dir=adapter_dir,
+        mlflow_run_id=run_id,
+        tags={},
+        metrics={"m": 1.0},
+    )
     assert res["run_id"] == run_id and res["alias"] == "candidate"
     assert MlflowClient().get_model_version_by_alias(NAME, "candidate").run_id == run_id
     assert mlflow.active_run() is None
@@ -165,19 +204,30 @@ def test_answer_stops_at_newline(tmp_path):
 
 def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model):
     base_dir, _ = tiny_model
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        register_model(paths=Paths(tmp_path), model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                       adapter_dir=tmp_path / "nope", mlflow_run_id=None, tags={}, metrics={})
+    with pytest.raises(FileNotFoundError, match=r"adapter_config.json"):
+        register_model(
+            paths=Paths(tmp_path),
+            model_name=NAME,
+            alias="challenger",
+            base_model_dir=base_dir,
+            adapter_dir=tmp_path / "nope",
+            mlflow_run_id=None,
+            tags={},
+            metrics={},
+        )
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "tasks.release.registry", "register", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks.release.registry", "register", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "--adapter" in out.stdout
     out = subprocess.run([sys.executable, "-m", "tasks.release.registry", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(c in out.stdout for c in ("promote", "rollback", "show", "retire"))
 
 
 # ---------------------------------------------------------------- release
+
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, tiny_model):
@@ -186,8 +236,16 @@ def registry(tmp_path_factory, tiny_model):
     forget_tracking_uri()
     paths = Paths(tmp_path_factory.mktemp("registry"))
     for _ in range(3):
-        register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                       adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+        register_model(
+            paths=paths,
+            model_name=NAME,
+            alias="challenger",
+            base_model_dir=base_dir,
+            adapter_dir=adapter_dir,
+            mlflow_run_id=None,
+            tags={},
+            metrics={},
+        )
     return paths
 
 
@@ -209,10 +267,13 @@ def test_promote_rollback_chain(registry):
         rollback(paths=paths, model_name=NAME)
     assert champion(paths, NAME) is None
 
-    first = promote(paths=paths, model_name=NAME, version=1, approved_by="alice", approval="approved",
-                    comment="looks good\nship it")
+    first = promote(
+        paths=paths, model_name=NAME, version=1, approved_by="alice", approval="approved", comment="looks good\nship it"
+    )
     assert first["changed"] and first["previous_champion"] is None
-    assert _tags(paths, 1)["previous_champion"] == "none" and _tags(paths, 1)["approval_comment"] == "looks good ship it"
+    assert (
+        _tags(paths, 1)["previous_champion"] == "none" and _tags(paths, 1)["approval_comment"] == "looks good ship it"
+    )
     promote(paths=paths, model_name=NAME, version=2, approved_by=None, approval="gates-only")
     third = promote(paths=paths, model_name=NAME, version=3, approved_by="bob", approval="approved", comment="x" * 2000)
     json.dumps(third)
@@ -248,8 +309,9 @@ def test_promote_rollback_chain(registry):
     # Re-promotion clears the rollback fields; a retired version is skipped by the chain.
     promote(paths=paths, model_name=NAME, version=2, approved_by="dave", approval="approved")
     assert _tags(paths, 2)["previous_champion"] == "3" and "rolled_back_at" not in _tags(paths, 2)
-    retired = mark_for_retirement(paths=paths, model_name=NAME, version=3, reason="erasure request ER-1",
-                                  requested_by="dpo")
+    retired = mark_for_retirement(
+        paths=paths, model_name=NAME, version=3, reason="erasure request ER-1", requested_by="dpo"
+    )
     assert retired["retire"] and not retired["is_champion"]
     assert _tags(paths, 3)["retire"] == "true" and _tags(paths, 3)["retire_reason"] == "erasure request ER-1"
     with pytest.raises(RegistryError, match="marked for retirement"):
@@ -260,8 +322,16 @@ def test_promote_rollback_chain(registry):
     info = champion(paths, NAME)
     assert info["version"] == 2 and "champion" in info["aliases"] and info["tags"]["approved_by"] == "dave"
     events = [(e["event"], e["version"]) for e in audit_trail(paths, NAME)]
-    assert events == [("promote", 1), ("promote", 2), ("promote", 3), ("rollback", 2), ("rollback", 1),
-                      ("rollback", 3), ("promote", 2), ("retire", 3)]
+    assert events == [
+        ("promote", 1),
+        ("promote", 2),
+        ("promote", 3),
+        ("rollback", 2),
+        ("rollback", 1),
+        ("rollback", 3),
+        ("promote", 2),
+        ("retire", 3),
+    ]
 
 
 def test_promote_refuses_bad_input(registry):
@@ -279,28 +349,56 @@ def test_rejection_tags(tmp_path, tiny_model):
     base_dir, adapter_dir = tiny_model
     paths = Paths(tmp_path)
     for _ in range(2):
-        register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                       adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+        register_model(
+            paths=paths,
+            model_name=NAME,
+            alias="challenger",
+            base_model_dir=base_dir,
+            adapter_dir=adapter_dir,
+            mlflow_run_id=None,
+            tags={},
+            metrics={},
+        )
     promote(paths=paths, model_name=NAME, version=1, approved_by=None, approval="gates-only")
-    res = record_rejection(paths=paths, model_name=NAME, version=2, rejected_by="alice",
-                           comment="EM fell on claims questions\x00" + "y" * 900)
+    res = record_rejection(
+        paths=paths,
+        model_name=NAME,
+        version=2,
+        rejected_by="alice",
+        comment="EM fell on claims questions\x00" + "y" * 900,
+    )
     json.dumps(res)
     tags = _tags(paths, 2)
     assert tags["decision"] == "rejected" and tags["rejected_by"] == "alice" and tags["rejected_at"]
-    assert tags["rejection_comment"].startswith("EM fell on claims questions ") and len(tags["rejection_comment"]) == 500
+    assert (
+        tags["rejection_comment"].startswith("EM fell on claims questions ") and len(tags["rejection_comment"]) == 500
+    )
     assert _aliases(paths)["champion"] == 1  # a rejection never moves the champion
     with pytest.raises(RegistryError, match="was rejected by alice"):
         promote(paths=paths, model_name=NAME, version=2, approved_by="bob", approval="approved")
     with pytest.raises(RegistryError, match="roll back first"):
         record_rejection(paths=paths, model_name=NAME, version=1, rejected_by="bob", comment=None)
-    again = record_rejection(paths=paths, model_name=NAME, version=2, rejected_by="alice",
-                             comment="EM fell on claims questions\x00" + "y" * 900)
+    again = record_rejection(
+        paths=paths,
+        model_name=NAME,
+        version=2,
+        rejected_by="alice",
+        comment="EM fell on claims questions\x00" + "y" * 900,
+    )
     assert again["rejected_at"] == res["rejected_at"]  # a retried task records nothing twice
     assert [e["event"] for e in audit_trail(paths, NAME)] == ["promote", "reject"]
 
     # A demoted champion that a reviewer rejects afterwards is no rollback target.
-    register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                   adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+    register_model(
+        paths=paths,
+        model_name=NAME,
+        alias="challenger",
+        base_model_dir=base_dir,
+        adapter_dir=adapter_dir,
+        mlflow_run_id=None,
+        tags={},
+        metrics={},
+    )
     promote(paths=paths, model_name=NAME, version=3, approved_by="bob", approval="approved")
     record_rejection(paths=paths, model_name=NAME, version=1, rejected_by="carol", comment="bias found later")
     with pytest.raises(RegistryError, match=r"skipped retired, rejected or deleted versions \[1\]"):
@@ -316,8 +414,16 @@ def test_download_champion_and_load_by_alias(tmp_path, tiny_model):
     base_dir, adapter_dir = tiny_model
     paths = Paths(tmp_path)
     assert download_champion(paths, NAME, tmp_path / "none") is None
-    register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                   adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+    register_model(
+        paths=paths,
+        model_name=NAME,
+        alias="challenger",
+        base_model_dir=base_dir,
+        adapter_dir=adapter_dir,
+        mlflow_run_id=None,
+        tags={},
+        metrics={},
+    )
     promote(paths=paths, model_name=NAME, version=1, approved_by="alice", approval="approved")
 
     got = download_champion(paths, NAME, tmp_path / "champ")
@@ -340,23 +446,35 @@ def test_download_champion_and_load_by_alias(tmp_path, tiny_model):
         model.predict(pd.DataFrame({"question": ["hi"]}), params={"max_new_tokens": 10_000})
 
 
+@pytest.mark.slow  # CLI subprocesses (promote, rollback, show), each a fresh interpreter importing mlflow
 def test_cli_promote_show_rollback(tmp_path, tiny_model):
     """`make rollback` runs `python -m tasks.release.registry rollback`; errors exit 2 with a message, no traceback."""
     base_dir, adapter_dir = tiny_model
     paths = Paths(tmp_path)
     for _ in range(2):
-        register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                       adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+        register_model(
+            paths=paths,
+            model_name=NAME,
+            alias="challenger",
+            base_model_dir=base_dir,
+            adapter_dir=adapter_dir,
+            mlflow_run_id=None,
+            tags={},
+            metrics={},
+        )
     cli = [sys.executable, "-m", "tasks.release.registry", "--home", str(tmp_path), "--model-name", NAME]
-    script = ("import sys; from tasks.release.registry import main; "
-              "sys.exit(sum(main(a) for a in [sys.argv[1:5] + ['promote', '--version', '1', '--gates-only'], "
-              "sys.argv[1:5] + ['promote', '--version', '2', '--approved-by', 'alice'], "
-              "['rollback', *sys.argv[1:5]], ['show', '--json', *sys.argv[1:5]]]))")
-    out = subprocess.run([sys.executable, "-c", script, "--home", str(tmp_path), "--model-name", NAME],
-                         capture_output=True, text=True)
+    script = (
+        "import sys; from tasks.release.registry import main; "
+        "sys.exit(sum(main(a) for a in [sys.argv[1:5] + ['promote', '--version', '1', '--gates-only'], "
+        "sys.argv[1:5] + ['promote', '--version', '2', '--approved-by', 'alice'], "
+        "['rollback', *sys.argv[1:5]], ['show', '--json', *sys.argv[1:5]]]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, "--home", str(tmp_path), "--model-name", NAME], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "champion of test-domain-lm is now v1 (rolled back from v2)" in out.stderr
-    state = json.loads(out.stdout[out.stdout.rindex('{\n  "model_name"'):])
+    state = json.loads(out.stdout[out.stdout.rindex('{\n  "model_name"') :])
     assert state["champion"]["version"] == 1 and [v["version"] for v in state["versions"]] == [1, 2]
     assert [v["aliases"] for v in state["versions"]] == [["champion"], ["challenger"]]
     assert [e["event"] for e in state["audit"]] == ["promote", "promote", "rollback"]

@@ -7,15 +7,31 @@ import json
 from tasks.config import PipelineConfig
 from tasks.release.decision import approval_body, decision_from_approval, model_card_facts, report_url
 
-EVALUATED = {"base": {"exact_match": 0.1, "f1": 0.2, "relevance": 0.5},
-             "finetuned": {"exact_match": 0.2, "f1": 0.3, "relevance": 0.6},
-             "champion": None, "toxicity_rate": 0.0, "identity_gap": 0.01, "pii_leaks": 0,
-             "canary_exposure_max": 2.5, "mia_auc": 0.51}
-GATES = {"status": "passed", "gates": [{"name": "pii_leaks", "value": 0.0, "threshold": 0.0, "status": "passed"},
-                                       {"name": "champion_regression", "value": None, "threshold": 0.05,
-                                        "status": "not measured"}]}
-TRAINED = {"dp": True, "epsilon": 7.9, "delta": 2.5e-5, "method": "lora", "trainable_pct": 2.4,
-           "privacy_ledger": {"spent_epsilon": 7.99, "epsilon_budget": 80.0}}
+EVALUATED = {
+    "base": {"exact_match": 0.1, "f1": 0.2, "relevance": 0.5},
+    "finetuned": {"exact_match": 0.2, "f1": 0.3, "relevance": 0.6},
+    "champion": None,
+    "toxicity_rate": 0.0,
+    "identity_gap": 0.01,
+    "pii_leaks": 0,
+    "canary_exposure_max": 2.5,
+    "mia_auc": 0.51,
+}
+GATES = {
+    "status": "passed",
+    "gates": [
+        {"name": "pii_leaks", "value": 0.0, "threshold": 0.0, "status": "passed"},
+        {"name": "champion_regression", "value": None, "threshold": 0.05, "status": "not measured"},
+    ],
+}
+TRAINED = {
+    "dp": True,
+    "epsilon": 7.9,
+    "delta": 2.5e-5,
+    "method": "lora",
+    "trainable_pct": 2.4,
+    "privacy_ledger": {"spent_epsilon": 7.99, "epsilon_budget": 80.0},
+}
 
 
 def test_report_url_escapes_the_run_id():
@@ -24,8 +40,13 @@ def test_report_url_escapes_the_run_id():
 
 
 def test_approval_body_holds_figures_gates_and_the_link():
-    body = approval_body(evaluated=EVALUATED, gates=GATES, registered={"model_name": "m", "version": 7},
-                         trained=TRAINED, report_link="http://x/report")
+    body = approval_body(
+        evaluated=EVALUATED,
+        gates=GATES,
+        registered={"model_name": "m", "version": 7},
+        trained=TRAINED,
+        report_link="http://x/report",
+    )
     assert body.startswith("**m v7**") and "(http://x/report)" in body
     assert "| exact match | 0.100 | 0.200 | — |" in body
     assert "| champion_regression | — | 0.050 | not measured |" in body
@@ -33,25 +54,45 @@ def test_approval_body_holds_figures_gates_and_the_link():
 
 
 def test_decision_from_approval_and_rejection():
-    assert decision_from_approval(None) == {"outcome": "promoted", "approval": "gates-only", "by": None, "at": None,
-                                            "comment": None}
-    approved = decision_from_approval({"chosen_options": ["Approve"], "params_input": {"comment": "ok"},
-                                       "responded_at": "2026-11-29T06:00:00+00:00",
-                                       "responded_by_user": {"id": "u1", "name": "alice"}})
-    assert approved == {"outcome": "promoted", "approval": "approved", "by": "alice",
-                        "at": "2026-11-29T06:00:00+00:00", "comment": "ok"}
-    rejected = decision_from_approval({"chosen_options": ["Reject"], "params_input": {"comment": ""},
-                                       "responded_by_user": {"id": "bob"}})
+    assert decision_from_approval(None) == {
+        "outcome": "promoted",
+        "approval": "gates-only",
+        "by": None,
+        "at": None,
+        "comment": None,
+    }
+    approved = decision_from_approval(
+        {
+            "chosen_options": ["Approve"],
+            "params_input": {"comment": "ok"},
+            "responded_at": "2026-11-29T06:00:00+00:00",
+            "responded_by_user": {"id": "u1", "name": "alice"},
+        }
+    )
+    assert approved == {
+        "outcome": "promoted",
+        "approval": "approved",
+        "by": "alice",
+        "at": "2026-11-29T06:00:00+00:00",
+        "comment": "ok",
+    }
+    rejected = decision_from_approval(
+        {"chosen_options": ["Reject"], "params_input": {"comment": ""}, "responded_by_user": {"id": "bob"}}
+    )
     assert rejected["outcome"] == "rejected" and rejected["by"] == "bob" and rejected["comment"] is None
 
 
 def test_model_card_facts_read_the_stage_files(tmp_path):
     stages = tmp_path / "stages"
     stages.mkdir()
-    for name, payload in {"prepare": {"run_id": "r1", "base_model_dir": "/m/base-demo"},
-                          "version": {"dataset_rev": "abc123", "dvc_md5": "d41d"},
-                          "train": {**TRAINED, "split": {"train_records": 95, "holdout_records": 5}},
-                          "evaluate": EVALUATED, "gates": GATES, "register": {"model_name": "m", "version": 7}}.items():
+    for name, payload in {
+        "prepare": {"run_id": "r1", "base_model_dir": "/m/base-demo"},
+        "version": {"dataset_rev": "abc123", "dvc_md5": "d41d"},
+        "train": {**TRAINED, "split": {"train_records": 95, "holdout_records": 5}},
+        "evaluate": EVALUATED,
+        "gates": GATES,
+        "register": {"model_name": "m", "version": 7},
+    }.items():
         (stages / f"{name}.json").write_text(json.dumps(payload))
     facts = model_card_facts(tmp_path, PipelineConfig())
     assert facts["version"] == 7 and facts["base_model"] == "base-demo" and facts["dataset_rev"] == "abc123"

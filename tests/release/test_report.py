@@ -25,28 +25,60 @@ def _complete_run(run_dir, *, gates_status="passed", decision=None):
     _stage(run_dir, "validate", {"success": True, "evaluated_expectations": 13})
     _stage(run_dir, "mask", {"entities": {"PERSON": 2}, "entities_total": 2})
     _stage(run_dir, "version", {"dataset_rev": "abc", "dvc_md5": "d41d"})
-    _stage(run_dir, "train", {"method": "lora", "dp": True, "epsilon": 7.9, "target_epsilon": 8.0, "delta": 1e-4,
-                              "trainable_pct": 1.5})
-    _stage(run_dir, "evaluate", {"base": {"exact_match": 0.1, "f1": 0.2, "relevance": 0.4},
-                                 "finetuned": {"exact_match": 0.5, "f1": 0.6, "relevance": 0.7},
-                                 "champion": {"exact_match": 0.45, "f1": 0.5, "relevance": 0.6}, "champion_version": 3,
-                                 "toxicity_rate": 0.0, "pii_leaks": 0, "mia_auc": 0.52, "canary_exposure_max": 1.5,
-                                 "helm_html": "/x/helm.html"})
+    _stage(
+        run_dir,
+        "train",
+        {"method": "lora", "dp": True, "epsilon": 7.9, "target_epsilon": 8.0, "delta": 1e-4, "trainable_pct": 1.5},
+    )
+    _stage(
+        run_dir,
+        "evaluate",
+        {
+            "base": {"exact_match": 0.1, "f1": 0.2, "relevance": 0.4},
+            "finetuned": {"exact_match": 0.5, "f1": 0.6, "relevance": 0.7},
+            "champion": {"exact_match": 0.45, "f1": 0.5, "relevance": 0.6},
+            "champion_version": 3,
+            "toxicity_rate": 0.0,
+            "pii_leaks": 0,
+            "mia_auc": 0.52,
+            "canary_exposure_max": 1.5,
+            "helm_html": "/x/helm.html",
+        },
+    )
     _stage(run_dir, "register", {"model_name": "m", "version": 4, "alias": "challenger"})
-    gate_rows = [{"name": "pii_leaks", "value": 0, "threshold": 0, "status": "passed"},
-                 {"name": "canary_exposure", "value": None, "threshold": 6, "status": "not measured"}]
+    gate_rows = [
+        {"name": "pii_leaks", "value": 0, "threshold": 0, "status": "passed"},
+        {"name": "canary_exposure", "value": None, "threshold": 6, "status": "not measured"},
+    ]
     if gates_status == "gated":
         gate_rows.append({"name": "toxicity", "value": 0.3, "threshold": 0.05, "status": "failed"})
-    _stage(run_dir, "gates", {"status": gates_status, "gates": gate_rows, "require_approval": True,
-                              "reasons": ["toxicity: share of toxic generations is 0.3, must be at most 0.05"]
-                              if gates_status == "gated" else []})
+    _stage(
+        run_dir,
+        "gates",
+        {
+            "status": gates_status,
+            "gates": gate_rows,
+            "require_approval": True,
+            "reasons": ["toxicity: share of toxic generations is 0.3, must be at most 0.05"]
+            if gates_status == "gated"
+            else [],
+        },
+    )
     if decision:
         _stage(run_dir, "decision", decision)
 
 
 def test_complete_report_and_summary(tmp_path):
-    _complete_run(tmp_path, decision={"outcome": "promoted", "approval": "approved", "by": "alice",
-                                      "at": "2026-11-29T06:00:00Z", "comment": "looks good"})
+    _complete_run(
+        tmp_path,
+        decision={
+            "outcome": "promoted",
+            "approval": "approved",
+            "by": "alice",
+            "at": "2026-11-29T06:00:00Z",
+            "comment": "looks good",
+        },
+    )
     result = write_report(tmp_path)
     assert result["complete"] is True and result["missing_fields"] == [] and result["outcome"] == "promoted"
     report = json.loads((tmp_path / "report.json").read_text())
@@ -54,7 +86,11 @@ def test_complete_report_and_summary(tmp_path):
     text = "\n".join(summary_lines(report))
     assert "ε = 7.9" in text and "base 0.1 → fine-tuned 0.5 (champion v3 0.45)" in text and "m v4" in text
     assert "promoted by alice at 2026-11-29T06:00:00Z — “looks good”" in text
-    assert "PII leaks 0" in text and "not measured: canary_exposure" in text and "m v4 (alias challenger, now champion)" in text
+    assert (
+        "PII leaks 0" in text
+        and "not measured: canary_exposure" in text
+        and "m v4 (alias challenger, now champion)" in text
+    )
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# PrivateTune run report — r1") and "## Promotion gates: passed" in md
 
@@ -70,8 +106,11 @@ def test_gated_run_reports_its_reasons(tmp_path):
 def test_awaiting_approval_and_rejection(tmp_path):
     _complete_run(tmp_path)
     assert build_report(tmp_path)["outcome"] == "awaiting approval"
-    _stage(tmp_path, "decision", {"outcome": "rejected", "approval": "rejected", "by": "bob", "at": None,
-                                  "comment": "not enough gain"})
+    _stage(
+        tmp_path,
+        "decision",
+        {"outcome": "rejected", "approval": "rejected", "by": "bob", "at": None, "comment": "not enough gain"},
+    )
     report = build_report(tmp_path)
     assert report["outcome"] == "rejected" and report["complete"] is True
     assert "rejected by bob — “not enough gain”" in "\n".join(summary_lines(report))

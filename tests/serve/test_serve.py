@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from tasks.config import Paths  # noqa: E402
 from tasks.release.registry import promote, register_model, registry_client  # noqa: E402
-from tests.test_register import build_model  # noqa: E402
+from tests.release.test_register import build_model  # noqa: E402
 
 NAME = "serve-test-lm"
 TOKEN = "test-token-0123456789abcdef"
@@ -57,7 +57,7 @@ def server(tmp_path_factory):
 
     torch.set_num_threads(1)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "PFT_SERVE_TOKEN")}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # see tests/test_register.py forget_tracking_uri
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # see tests/release/test_register.py forget_tracking_uri
     os.environ["PFT_SERVE_TOKEN"] = TOKEN
     root = tmp_path_factory.mktemp("serve")
     paths = Paths(root / "home")
@@ -65,8 +65,16 @@ def server(tmp_path_factory):
     leaky = build_model(root / "leaky", f"ĠemailĠ{EMAIL}ĠphoneĠ{PHONE}Ċ")
     plain = build_model(root / "plain", "ĠokĊ")
     for base_dir, adapter_dir in (leaky, plain, plain):
-        register_model(paths=paths, model_name=NAME, alias="challenger", base_model_dir=base_dir,
-                       adapter_dir=adapter_dir, mlflow_run_id=None, tags={}, metrics={})
+        register_model(
+            paths=paths,
+            model_name=NAME,
+            alias="challenger",
+            base_model_dir=base_dir,
+            adapter_dir=adapter_dir,
+            mlflow_run_id=None,
+            tags={},
+            metrics={},
+        )
     promote(paths=paths, model_name=NAME, version=1, approved_by="alice", approval="approved")
 
     app = create_app(paths=paths, model_name=NAME, reload_interval_s=1, max_prompt_chars=200)
@@ -109,8 +117,13 @@ def test_refuses_to_start_without_token(monkeypatch):
     with pytest.raises(ServeConfigError, match="at least 16"):
         create_app(token_env="PFT_SERVE_TOKEN_SHORT")
     env = {k: v for k, v in os.environ.items() if k != "PFT_SERVE_TOKEN"}
-    out = subprocess.run([sys.executable, "-m", "tasks.serve.app", "--port", str(free_port())], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks.serve.app", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "PFT_SERVE_TOKEN is not set" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -118,16 +131,29 @@ def test_healthz_and_token(server):
     client = server["client"]
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"model": NAME, "alias": "champion", "version": 1, "loaded": True, "masking": "ready",
-                             "ready": True}
+    assert health.json() == {
+        "model": NAME,
+        "alias": "champion",
+        "version": 1,
+        "loaded": True,
+        "masking": "ready",
+        "ready": True,
+    }
     body = {"prompt": "hi"}
-    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": f"Bearer {TOKEN}x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ):
         r = client.post("/v1/generate", json=body, headers=headers)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert "bearer token" in r.json()["detail"]
     # The token is checked before the body: an unauthenticated malformed request is still a 401.
-    assert client.post("/v1/generate", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 401
+    assert (
+        client.post("/v1/generate", content=b"{not json", headers={"Content-Type": "application/json"}).status_code
+        == 401
+    )
 
 
 def test_generate_masks_personal_data(server, caplog):
@@ -135,8 +161,15 @@ def test_generate_masks_personal_data(server, caplog):
     r = server["client"].post("/v1/generate", json={"prompt": PROMPT, "max_new_tokens": 8}, headers=AUTH)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert set(out) == {"text", "model", "version", "masked_entities", "prompt_tokens", "prompt_tokens_used",
-                        "truncated"}
+    assert set(out) == {
+        "text",
+        "model",
+        "version",
+        "masked_entities",
+        "prompt_tokens",
+        "prompt_tokens_used",
+        "truncated",
+    }
     assert out["model"] == NAME and out["version"] == 1
     assert PHONE not in out["text"] and EMAIL not in out["text"]
     assert "<PHONE_NUMBER>" in out["text"] and "<EMAIL_ADDRESS>" in out["text"]
@@ -146,18 +179,21 @@ def test_generate_masks_personal_data(server, caplog):
         assert secret not in caplog.text
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({}, 422, "prompt: Field required"),
-    ({"prompt": 42}, 422, "prompt: Input should be a valid string"),
-    ({"prompt": "   "}, 422, "prompt is empty"),
-    ({"prompt": "hi", "max_new_tokens": "5"}, 422, "max_new_tokens: Input should be a valid integer"),
-    ({"prompt": "hi", "max_new_tokens": 0}, 422, "greater than or equal to 1"),
-    ({"prompt": "hi", "max_new_tokens": 100_000}, 422, "less than or equal to 256"),
-    ({"prompt": "hi", "temperature": 0.7}, 422, "temperature: Extra inputs are not permitted"),
-    (["hi"], 422, "valid dictionary"),
-    ({"prompt": "x" * 201}, 413, "prompt is 201 characters; at most 200"),
-    ({"prompt": "x" * 5000}, 413, "request body over"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({}, 422, "prompt: Field required"),
+        ({"prompt": 42}, 422, "prompt: Input should be a valid string"),
+        ({"prompt": "   "}, 422, "prompt is empty"),
+        ({"prompt": "hi", "max_new_tokens": "5"}, 422, "max_new_tokens: Input should be a valid integer"),
+        ({"prompt": "hi", "max_new_tokens": 0}, 422, "greater than or equal to 1"),
+        ({"prompt": "hi", "max_new_tokens": 100_000}, 422, "less than or equal to 256"),
+        ({"prompt": "hi", "temperature": 0.7}, 422, "temperature: Extra inputs are not permitted"),
+        (["hi"], 422, "valid dictionary"),
+        ({"prompt": "x" * 201}, 413, "prompt is 201 characters; at most 200"),
+        ({"prompt": "x" * 5000}, 413, "request body over"),
+    ],
+)
 def test_bad_requests(server, body, status, message):
     r = server["client"].post("/v1/generate", json=body, headers=AUTH)
     assert r.status_code == status, r.text
@@ -166,7 +202,9 @@ def test_bad_requests(server, body, status, message):
 
 
 def test_invalid_json_is_422(server):
-    r = server["client"].post("/v1/generate", content=b'{"prompt": ', headers={**AUTH, "Content-Type": "application/json"})
+    r = server["client"].post(
+        "/v1/generate", content=b'{"prompt": ', headers={**AUTH, "Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and "invalid request" in r.json()["detail"]
 
 
@@ -193,12 +231,15 @@ def test_chunked_oversized_body_is_413(server):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b'{"prompt": "\\ud800 my-secret-question-xyz"}', "prompt: Value error, prompt is not valid Unicode"),
-    (b'{"prompt": "my-secret-question-xyz \\udfff"}', "prompt: Value error, prompt is not valid Unicode"),
-    (b'{"prompt": "\xff\xfe my-secret-question-xyz"}', "the body is not valid UTF-8"),
-    (b'{"prompt": "\xed\xa0\x80 my-secret-question-xyz"}', "the body is not valid UTF-8"),  # an encoded surrogate
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b'{"prompt": "\\ud800 my-secret-question-xyz"}', "prompt: Value error, prompt is not valid Unicode"),
+        (b'{"prompt": "my-secret-question-xyz \\udfff"}', "prompt: Value error, prompt is not valid Unicode"),
+        (b'{"prompt": "\xff\xfe my-secret-question-xyz"}', "the body is not valid UTF-8"),
+        (b'{"prompt": "\xed\xa0\x80 my-secret-question-xyz"}', "the body is not valid UTF-8"),  # an encoded surrogate
+    ],
+)
 def test_invalid_unicode_is_422(server, raw, message, caplog):
     r = server["client"].post("/v1/generate", content=raw, headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 422, r.text
@@ -276,8 +317,15 @@ def test_reload_follows_the_alias(server, caplog):
     wait_for(lambda: client.get("/healthz").json()["version"] == 2, 30, "the server to swap in v2")
     r = client.post("/v1/generate", json={"prompt": "anything"}, headers=AUTH)
     n = len("Question: anything\nAnswer:")  # byte-level tokens: one per character
-    assert r.status_code == 200 and r.json() == {"text": "ok", "model": NAME, "version": 2, "masked_entities": 0,
-                                                 "prompt_tokens": n, "prompt_tokens_used": n, "truncated": False}
+    assert r.status_code == 200 and r.json() == {
+        "text": "ok",
+        "model": NAME,
+        "version": 2,
+        "masked_entities": 0,
+        "prompt_tokens": n,
+        "prompt_tokens_used": n,
+        "truncated": False,
+    }
 
     # v3's artifacts are gone: its load fails, v2 keeps serving, the failure is counted and logged.
     caplog.set_level(logging.INFO)
@@ -288,7 +336,7 @@ def test_reload_follows_the_alias(server, caplog):
     artifact_dir = Path(mlflow.get_logged_model(source.split("/", 1)[1]).artifact_location.removeprefix("file://"))
     shutil.rmtree(artifact_dir)
     promote(paths=paths, model_name=NAME, version=3, approved_by="bob", approval="approved")
-    metrics = lambda: client.get("/metrics").text  # noqa: E731
+    metrics = lambda: client.get("/metrics").text
     wait_for(lambda: 'pft_serve_model_loads_total{result="failed"}' in metrics(), 30, "a failed reload")
     health = client.get("/healthz").json()
     assert health["version"] == 2 and health["ready"]

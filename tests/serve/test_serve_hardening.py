@@ -20,7 +20,7 @@ import httpx  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from tasks.config import Paths  # noqa: E402
-from tests.test_serve import TOKEN, free_port, wait_for  # noqa: E402
+from tests.serve.test_serve import TOKEN, free_port, wait_for  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
@@ -34,8 +34,9 @@ def make_app(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PFT_SERVE_TOKEN", TOKEN)
     monkeypatch.delenv("PFT_METRICS_TOKEN", raising=False)
-    return lambda **kw: create_app(paths=Paths(tmp_path / "home"), model_name="hardening-test",
-                                   max_prompt_chars=200, **kw)
+    return lambda **kw: create_app(
+        paths=Paths(tmp_path / "home"), model_name="hardening-test", max_prompt_chars=200, **kw
+    )
 
 
 def test_chunked_body_is_not_read_past_the_cap(make_app):
@@ -50,11 +51,25 @@ def test_chunked_body_is_not_read_past_the_cap(make_app):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/generate", "raw_path": b"/v1/generate", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"test"), (b"authorization", f"Bearer {TOKEN}".encode()),
-                         (b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/generate",
+        "raw_path": b"/v1/generate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     asyncio.run(app(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     assert len(pulled) <= 2, f"read {sum(pulled)} bytes of an oversized body"
@@ -77,8 +92,12 @@ def test_metrics_token(make_app, monkeypatch):
 
     monkeypatch.setenv("PFT_METRICS_TOKEN", METRICS_TOKEN)
     client = TestClient(make_app())
-    for headers in ({}, {"Authorization": f"Bearer {METRICS_TOKEN}x"}, AUTH,
-                    {"Authorization": f"Basic {METRICS_TOKEN}"}):
+    for headers in (
+        {},
+        {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+        AUTH,
+        {"Authorization": f"Basic {METRICS_TOKEN}"},
+    ):
         r = client.get("/metrics", headers=headers)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
         assert "PFT_METRICS_TOKEN" in r.json()["detail"] and METRICS_TOKEN not in r.text
@@ -102,9 +121,25 @@ def test_server_access_log_has_no_query_string(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PFT_METRICS_TOKEN")}
     env["PFT_SERVE_TOKEN"] = TOKEN
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.serve.app", "--port", str(port), "--home", str(tmp_path),
-                             "--model-name", "hardening-test", "--reload-interval", "600"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tasks.serve.app",
+            "--port",
+            str(port),
+            "--home",
+            str(tmp_path),
+            "--model-name",
+            "hardening-test",
+            "--reload-interval",
+            "600",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
 

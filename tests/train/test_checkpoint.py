@@ -3,7 +3,7 @@ uninterrupted run ends (same weights bit for bit on CPU, same ε exactly).
 
 `run()` is a compact copy of the tasks.train.recipe loop (PEFT LoRA on a random Llama, Opacus make_private
 with Poisson sampling and BatchMemoryManager, or a seeded shuffled DataLoader without DP). This file
-also runs as a script (`python -m tests.test_checkpoint ...`) so the kill test can SIGKILL a real
+also runs as a script (`python -m tests.train.test_checkpoint ...`) so the kill test can SIGKILL a real
 training process.
 """
 
@@ -25,7 +25,7 @@ import torch
 from tasks.train.checkpoint import Checkpointer, CheckpointMismatch, describe, spec_fingerprint
 from tests.helpers import masked_records, random_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stop(Exception):
@@ -33,16 +33,42 @@ class Stop(Exception):
 
 
 def _spec(base_dir: Path, data_path: Path, *, dp: bool, lr: float = 0.05) -> dict:
-    return {"base_model_dir": str(base_dir), "data_path": str(data_path), "dataset_rev": "rev-test",
-            "train": {"method": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1,
-                      "target_modules": ["q_proj", "v_proj", "gate_proj"], "optimizer": "adamw",
-                      "batch_size": 8, "physical_batch_size": 4, "learning_rate": lr, "max_seq_len": 32,
-                      "seed": 3, "dp": dp, "target_epsilon": 8.0, "max_grad_norm": 1.0,
-                      "checkpoint_every": 0, "checkpoint_keep": 2, "cpu_threads": 1}}
+    return {
+        "base_model_dir": str(base_dir),
+        "data_path": str(data_path),
+        "dataset_rev": "rev-test",
+        "train": {
+            "method": "lora",
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.1,
+            "target_modules": ["q_proj", "v_proj", "gate_proj"],
+            "optimizer": "adamw",
+            "batch_size": 8,
+            "physical_batch_size": 4,
+            "learning_rate": lr,
+            "max_seq_len": 32,
+            "seed": 3,
+            "dp": dp,
+            "target_epsilon": 8.0,
+            "max_grad_norm": 1.0,
+            "checkpoint_every": 0,
+            "checkpoint_keep": 2,
+            "cpu_threads": 1,
+        },
+    }
 
 
-def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int = 2, stop_at: int | None = None,
-        step_delay: float = 0.0) -> dict:
+def run(
+    spec: dict,
+    ckpt_dir: Path,
+    *,
+    total_steps: int,
+    every: int,
+    keep: int = 2,
+    stop_at: int | None = None,
+    step_delay: float = 0.0,
+) -> dict:
     """The tasks.train.recipe loop in miniature, with the checkpoint calls where the recipe makes them."""
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -55,12 +81,29 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
     torch.manual_seed(t["seed"])
     tok = AutoTokenizer.from_pretrained(spec["base_model_dir"])
     model = AutoModelForCausalLM.from_pretrained(spec["base_model_dir"], dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=t["lora_r"], lora_alpha=t["lora_alpha"], lora_dropout=t["lora_dropout"],
-                                             target_modules=t["target_modules"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=t["lora_r"],
+            lora_alpha=t["lora_alpha"],
+            lora_dropout=t["lora_dropout"],
+            target_modules=t["target_modules"],
+            task_type="CAUSAL_LM",
+        ),
+    )
     model.config.use_cache = False
     texts = [json.loads(line)["text"] for line in Path(spec["data_path"]).read_text().splitlines()]
-    rows = [torch.tensor(tok(tok.bos_token + s + tok.eos_token, truncation=True, max_length=t["max_seq_len"],
-                             add_special_tokens=False)["input_ids"]) for s in texts]
+    rows = [
+        torch.tensor(
+            tok(
+                tok.bos_token + s + tok.eos_token,
+                truncation=True,
+                max_length=t["max_seq_len"],
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for s in texts
+    ]
 
     def collate(batch):
         width = max([len(r) for r in batch], default=1)
@@ -70,31 +113,47 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
             ids[i, : len(r)], labels[i, : len(r)] = r, r
         return ids, labels
 
-    loader = DataLoader(rows, batch_size=t["batch_size"], shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(t["seed"]))
+    loader = DataLoader(
+        rows,
+        batch_size=t["batch_size"],
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(t["seed"]),
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t["learning_rate"])
     engine, delta = None, 1.0 / (10 * len(rows))
     if t["dp"]:
         engine = PrivacyEngine(accountant="prv", secure_mode=False)
-        model, optimizer, loader = engine.make_private(module=model, optimizer=optimizer, data_loader=loader,
-                                                       noise_multiplier=1.0, max_grad_norm=t["max_grad_norm"],
-                                                       poisson_sampling=True, grad_sample_mode="hooks")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+        model, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=t["max_grad_norm"],
+            poisson_sampling=True,
+            grad_sample_mode="hooks",
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
 
     ckpt = Checkpointer(ckpt_dir, fingerprint=spec_fingerprint(spec, world=1), every=every, keep=keep)
     step, history, resumed_from = 0, [], None
     state = ckpt.load_latest()
     if state is not None:
-        extra = ckpt.restore(state, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader,
-                             privacy_engine=engine)
+        extra = ckpt.restore(
+            state, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader, privacy_engine=engine
+        )
         step, history, resumed_from = state.step, extra["history"], state.step
         print(f"resuming from step {step}", flush=True)
     model.train()
     while step < total_steps:
         ckpt.begin_epoch(loader, step)
-        ctx = BatchMemoryManager(data_loader=loader, max_physical_batch_size=t["physical_batch_size"],
-                                 optimizer=optimizer) if engine else _Null(loader)
+        ctx = (
+            BatchMemoryManager(
+                data_loader=loader, max_physical_batch_size=t["physical_batch_size"], optimizer=optimizer
+            )
+            if engine
+            else _Null(loader)
+        )
         with ctx as it:
             for ids, labels in ckpt.batches(it):
                 if step >= total_steps:
@@ -102,8 +161,9 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
                 loss_value = float("nan")
                 if ids.shape[0] > 0:
                     logits = model(input_ids=ids, attention_mask=(labels != -100).long()).logits
-                    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:],
-                                                             ignore_index=-100)
+                    loss = torch.nn.functional.cross_entropy(
+                        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100
+                    )
                     loss.backward()
                     loss_value = loss.item()
                 optimizer.step()
@@ -114,8 +174,15 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
                 scheduler.step()
                 step += 1
                 history.append({"step": step, "loss": loss_value})
-                ckpt.maybe_save(step, model=model, optimizer=optimizer, scheduler=scheduler, data_loader=loader,
-                                privacy_engine=engine, extra={"history": history})
+                ckpt.maybe_save(
+                    step,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    data_loader=loader,
+                    privacy_engine=engine,
+                    extra={"history": history},
+                )
                 if stop_at is not None and step == stop_at:
                     raise Stop(step)
                 time.sleep(step_delay)
@@ -123,8 +190,13 @@ def run(spec: dict, ckpt_dir: Path, *, total_steps: int, every: int, keep: int =
     epsilon = engine.get_epsilon(delta) if engine is not None else 0.0
     peft_model = model._module if hasattr(model, "_module") else model
     weights = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
-    return {"weights": weights, "epsilon": epsilon, "history": history, "resumed_from": resumed_from,
-            "accountant": engine.accountant.state_dict() if engine else None}
+    return {
+        "weights": weights,
+        "epsilon": epsilon,
+        "history": history,
+        "resumed_from": resumed_from,
+        "accountant": engine.accountant.state_dict() if engine else None,
+    }
 
 
 class _Null:
@@ -164,8 +236,9 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, setup, dp):
     assert resumed["resumed_from"] == 6
     _assert_same_weights(reference["weights"], resumed["weights"])
     assert [h["step"] for h in resumed["history"]] == list(range(1, 12))
-    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in reference["history"]],
-                                                                     nan_ok=True, rel=0, abs=0)
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx(
+        [h["loss"] for h in reference["history"]], nan_ok=True, rel=0, abs=0
+    )
     if dp:
         assert resumed["epsilon"] == reference["epsilon"] > 0  # exact: the accountant history is restored
         assert resumed["accountant"] == reference["accountant"]
@@ -239,14 +312,28 @@ def test_restored_accountant_gives_the_same_epsilon():
             (RDPAccountant() if cls is PRVAccountant else PRVAccountant()).load_state_dict(a.state_dict())
 
 
+@pytest.mark.slow  # a training subprocess, SIGKILLed and rerun
 def test_sigkilled_training_process_resumes(tmp_path, setup, capsys):
     base, data = setup
     spec = _spec(base, data, dp=True)
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tests.test_checkpoint", "--spec", str(spec_path), "--out", str(out),
-           "--steps", "12", "--every", "1", "--step-delay", "0.3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.train.test_checkpoint",
+        "--spec",
+        str(spec_path),
+        "--out",
+        str(out),
+        "--steps",
+        "12",
+        "--every",
+        "1",
+        "--step-delay",
+        "0.3",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "killed.log"
     with open(log_path, "wb") as log_fh:  # a file, not a pipe: nobody reads a pipe while we poll
@@ -287,11 +374,17 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--step-delay", type=float, default=0.0)
     args = parser.parse_args()
-    res = run(json.loads(args.spec.read_text()), args.out / "ckpt", total_steps=args.steps, every=args.every,
-              step_delay=args.step_delay)
+    res = run(
+        json.loads(args.spec.read_text()),
+        args.out / "ckpt",
+        total_steps=args.steps,
+        every=args.every,
+        step_delay=args.step_delay,
+    )
     torch.save(res["weights"], args.out / "weights.pt")
-    (args.out / "result.json").write_text(json.dumps({"epsilon": res["epsilon"], "steps": len(res["history"]),
-                                                      "resumed_from": res["resumed_from"]}))
+    (args.out / "result.json").write_text(
+        json.dumps({"epsilon": res["epsilon"], "steps": len(res["history"]), "resumed_from": res["resumed_from"]})
+    )
 
 
 if __name__ == "__main__":
@@ -353,6 +446,7 @@ def _ddp_worker(rank: int, port: int, root: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two DDP processes (torch.multiprocessing)
 def test_two_rank_ddp_checkpoint_resumes_each_rank(tmp_path):
     import socket
 
@@ -365,5 +459,9 @@ def test_two_rank_ddp_checkpoint_resumes_each_rank(tmp_path):
     for rank in (0, 1):
         result = json.loads((tmp_path / f"result-{rank}.json").read_text())
         assert result == {"same": True, "resumed_from": 6}, rank
-    assert sorted(p.name for p in (tmp_path / "ckpt" / "step-00000009").iterdir()) == \
-        ["manifest.json", "rank-0.pt", "rank-1.pt", "shared.pt"]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "step-00000009").iterdir()) == [
+        "manifest.json",
+        "rank-0.pt",
+        "rank-1.pt",
+        "shared.pt",
+    ]

@@ -17,10 +17,10 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DatabaseError
 
-from tasks.train import ledger as L
 from tasks.config import PipelineConfig, PrivacyConfig
+from tasks.train import ledger as L
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DIGEST = L.lineage_digest(["rec-0001", "rec-0002", "rec-0003"])
 
 
@@ -31,9 +31,22 @@ def url(tmp_path):
 
 
 def _run(url, run_id, eps=2.0, delta=1e-5, dataset="ds-a", budget=None, **kw):
-    args = dict(run_id=run_id, dataset=dataset, dataset_revisions=["rev-" + run_id], record_count=3,
-                lineage_digest=DIGEST, epsilon=eps, delta=delta, accountant="prv", noise_multiplier=0.9,
-                sample_rate=0.032, steps=79, max_grad_norm=1.0, budget=budget, url=url)
+    args = dict(
+        run_id=run_id,
+        dataset=dataset,
+        dataset_revisions=["rev-" + run_id],
+        record_count=3,
+        lineage_digest=DIGEST,
+        epsilon=eps,
+        delta=delta,
+        accountant="prv",
+        noise_multiplier=0.9,
+        sample_rate=0.032,
+        steps=79,
+        max_grad_norm=1.0,
+        budget=budget,
+        url=url,
+    )
     args.update(kw)
     return L.record_run(**args)
 
@@ -45,8 +58,14 @@ def test_record_and_read_back(url):
     assert (back.seq, back.run_id, back.source_dataset) == (1, "manual__2026-01-01T00:00:00+00:00", "ds-a")
     assert back.dataset_revisions == ("rev-manual__2026-01-01T00:00:00+00:00",)
     assert (back.record_count, back.lineage_digest, back.private) == (3, DIGEST, True)
-    assert (back.mechanism, back.accountant, back.noise_multiplier, back.sample_rate, back.steps,
-            back.max_grad_norm) == ("DP-SGD (Opacus)", "prv", 0.9, 0.032, 79, 1.0)
+    assert (
+        back.mechanism,
+        back.accountant,
+        back.noise_multiplier,
+        back.sample_rate,
+        back.steps,
+        back.max_grad_norm,
+    ) == ("DP-SGD (Opacus)", "prv", 0.9, 0.032, 79, 1.0)
     assert (back.epsilon, back.delta, back.notes) == (3.5, 2.5e-5, "monthly run")
     assert back.created_at.tzinfo is not None and abs(time.time() - back.created_at.timestamp()) < 60
     assert json.loads(json.dumps(back.as_dict(), allow_nan=False))["epsilon"] == 3.5
@@ -75,8 +94,16 @@ def test_refusal_states_spent_requested_limit_and_is_not_recorded(url):
     with pytest.raises(L.PrivacyBudgetExceeded) as err:
         _run(url, "r3", eps=3.0, delta=1e-5, budget=budget)
     msg = str(err.value)
-    for part in ("'ds-a'", "spent ε=8.5", "2 run(s)", "requested ε=3", "limit ε=10",
-                 "spent δ=4e-05", "requested δ=1e-05", "limit δ=0.0001"):
+    for part in (
+        "'ds-a'",
+        "spent ε=8.5",
+        "2 run(s)",
+        "requested ε=3",
+        "limit ε=10",
+        "spent δ=4e-05",
+        "requested δ=1e-05",
+        "limit δ=0.0001",
+    ):
         assert part in msg, (part, msg)
     assert err.value.status.spent_epsilon == 8.5 and err.value.status.limit_epsilon == 10.0
     assert [e.run_id for e in L.entries(url=url)] == ["r1", "r2"]
@@ -97,7 +124,7 @@ def test_same_run_twice_is_one_entry_and_not_counted_twice(url):
     with pytest.raises(L.PrivacyBudgetExceeded):
         L.check_budget("ds-a", 6.0, 1e-5, budget=budget, run_id="a-new-run", url=url)
     # the same id on other data or with other parameters is a new mechanism, not a retry
-    with pytest.raises(L.LedgerConflict, match="dataset_revisions.*new run id"):
+    with pytest.raises(L.LedgerConflict, match=r"dataset_revisions.*new run id"):
         _run(url, "resumed", eps=6.0, dataset_revisions=["another-rev"])
     with pytest.raises(L.LedgerConflict, match="epsilon"):
         _run(url, "resumed", eps=7.0)
@@ -122,8 +149,11 @@ def test_update_and_delete_are_refused_by_the_database(url, tmp_path):
 def test_non_private_runs(url):
     budget = L.Budget(epsilon=20.0, delta=1e-4)
     _run(url, "dp-1", eps=3.0, budget=budget)
-    with pytest.raises(L.PrivacyBudgetExceeded, match=r"non-private run on dataset 'ds-a'.*requested ε=inf.*"
-                                                      r"limit ε=20.*allow_non_private"):
+    with pytest.raises(
+        L.PrivacyBudgetExceeded,
+        match=r"non-private run on dataset 'ds-a'.*requested ε=inf.*"
+        r"limit ε=20.*allow_non_private",
+    ):
         _run(url, "plain", private=False, epsilon=None, delta=None, budget=budget)
     assert len(L.entries(url=url)) == 1
 
@@ -176,15 +206,25 @@ def test_env_url_is_honoured(tmp_path, monkeypatch):
 
 def test_lineage_and_no_record_text_or_ids_in_the_ledger(url, tmp_path):
     data = tmp_path / "train.jsonl"
-    rows = [{"record_id": f"CLM-77{i:04d}", "record_type": "claim_note", "text": f"Secret diagnosis zebra-{i}"}
-            for i in range(5)]
+    rows = [
+        {"record_id": f"CLM-77{i:04d}", "record_type": "claim_note", "text": f"Secret diagnosis zebra-{i}"}
+        for i in range(5)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
     lin = L.lineage_of(data)
     assert lin.record_count == 5
     assert lin.digest == L.lineage_digest(r["record_id"] for r in rows)  # order-independent
     assert lin.digest != L.lineage_digest(r["record_id"] for r in rows[:4])
-    L.record_run(run_id="r1", dataset="ds-a", dataset_revisions="abc", record_count=lin.record_count,
-                 lineage_digest=lin.digest, epsilon=1.0, delta=1e-6, url=url)
+    L.record_run(
+        run_id="r1",
+        dataset="ds-a",
+        dataset_revisions="abc",
+        record_count=lin.record_count,
+        lineage_digest=lin.digest,
+        epsilon=1.0,
+        delta=1e-6,
+        url=url,
+    )
     L.dispose_engines()
     blob = (tmp_path / "ledger.db").read_bytes()
     assert b"zebra" not in blob and b"CLM-77" not in blob and lin.digest.encode() in blob
@@ -196,9 +236,15 @@ def test_lineage_and_no_record_text_or_ids_in_the_ledger(url, tmp_path):
 
 
 def test_budget_from_config():
-    cfg = PipelineConfig.model_validate({"privacy": {"epsilon_budget": 30, "delta_budget": 1e-4,
-                                                     "budgets": {"small": {"epsilon_budget": 2,
-                                                                           "delta_budget": None}}}})
+    cfg = PipelineConfig.model_validate(
+        {
+            "privacy": {
+                "epsilon_budget": 30,
+                "delta_budget": 1e-4,
+                "budgets": {"small": {"epsilon_budget": 2, "delta_budget": None}},
+            }
+        }
+    )
     assert L.budget_for(cfg.privacy, "harborview-records") == L.Budget(30.0, 1e-4, False)
     assert L.budget_for(cfg.privacy, "small") == L.Budget(2.0, None, False)
     assert cfg.privacy.source_dataset == "harborview-records"
@@ -217,8 +263,9 @@ def _cli(args, url, config, capsys):
 
 def test_cli_show_and_check(url, tmp_path, capsys):
     config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({"privacy": {"source_dataset": "ds-a", "epsilon_budget": 10.0,
-                                                  "delta_budget": 1e-4}}))
+    config.write_text(
+        yaml.safe_dump({"privacy": {"source_dataset": "ds-a", "epsilon_budget": 10.0, "delta_budget": 1e-4}})
+    )
     _run(url, "r1", eps=4.0)
     _run(url, "r2", eps=4.0)
     _run(url, "b1", eps=1.0, dataset="ds-b")
@@ -248,8 +295,14 @@ def test_cli_show_and_check(url, tmp_path, capsys):
 
     # the real entry point and its exit status
     env = dict(os.environ, PFT_LEDGER_URL=url, PFT_CONFIG=str(config))
-    over = subprocess.run([sys.executable, "-m", "tasks.train.ledger", "check", "--dataset", "ds-a", "--epsilon", "3",
-                           "--delta", "1e-5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    over = subprocess.run(
+        [sys.executable, "-m", "tasks.train.ledger", "check", "--dataset", "ds-a", "--epsilon", "3", "--delta", "1e-5"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert over.returncode == 1, over.stderr
     for part in ("dataset 'ds-a'", "spent ε=8", "requested ε=3", "limit ε=10"):
         assert part in over.stderr, (part, over.stderr)
@@ -280,8 +333,16 @@ _WORKER = textwrap.dedent("""
 def test_two_processes_recording_at_once(url, tmp_path):
     L.entries(url=url)
     start = time.time() + 3.0
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, url, name, str(start), DIGEST], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("p", "q")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, url, name, str(start), DIGEST],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("p", "q")
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     oks = [int(o[0].split()[0]) for o in outs]
@@ -298,24 +359,37 @@ def test_a_ledger_from_an_earlier_version_gains_the_config_digest_column(tmp_pat
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
-    con.execute("CREATE TABLE privacy_ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id VARCHAR(250) NOT NULL "
-                "UNIQUE, source_dataset VARCHAR(200) NOT NULL, dataset_revisions TEXT NOT NULL, record_count INTEGER "
-                "NOT NULL, lineage_digest VARCHAR(71) NOT NULL, private BOOLEAN NOT NULL, mechanism VARCHAR(64) NOT "
-                "NULL, accountant VARCHAR(32), noise_multiplier FLOAT, sample_rate FLOAT, steps INTEGER, "
-                "max_grad_norm FLOAT, epsilon FLOAT NOT NULL, delta FLOAT NOT NULL, created_at DATETIME NOT NULL, "
-                "notes VARCHAR(500))")
-    con.execute("INSERT INTO privacy_ledger (run_id, source_dataset, dataset_revisions, record_count, lineage_digest, "
-                "private, mechanism, epsilon, delta, created_at) VALUES ('old', 'ds', '[\"r\"]', 1, ?, 1, 'DP-SGD', "
-                "1.0, 1e-5, '2026-01-01 00:00:00')", ("sha256:" + "0" * 64,))
+    con.execute(
+        "CREATE TABLE privacy_ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id VARCHAR(250) NOT NULL "
+        "UNIQUE, source_dataset VARCHAR(200) NOT NULL, dataset_revisions TEXT NOT NULL, record_count INTEGER "
+        "NOT NULL, lineage_digest VARCHAR(71) NOT NULL, private BOOLEAN NOT NULL, mechanism VARCHAR(64) NOT "
+        "NULL, accountant VARCHAR(32), noise_multiplier FLOAT, sample_rate FLOAT, steps INTEGER, "
+        "max_grad_norm FLOAT, epsilon FLOAT NOT NULL, delta FLOAT NOT NULL, created_at DATETIME NOT NULL, "
+        "notes VARCHAR(500))"
+    )
+    con.execute(
+        "INSERT INTO privacy_ledger (run_id, source_dataset, dataset_revisions, record_count, lineage_digest, "
+        "private, mechanism, epsilon, delta, created_at) VALUES ('old', 'ds', '[\"r\"]', 1, ?, 1, 'DP-SGD', "
+        "1.0, 1e-5, '2026-01-01 00:00:00')",
+        ("sha256:" + "0" * 64,),
+    )
     con.commit()
     con.close()
     url = f"sqlite:///{db}"
     try:
         (old,) = L.entries(url=url)
         assert old.config_digest is None
-        new = L.record_run(run_id="new", dataset="ds", dataset_revisions="r", record_count=1,
-                           lineage_digest="sha256:" + "0" * 64, epsilon=1.0, delta=1e-5,
-                           config_digest=L.config_digest({"lr": 1}), url=url)
+        new = L.record_run(
+            run_id="new",
+            dataset="ds",
+            dataset_revisions="r",
+            record_count=1,
+            lineage_digest="sha256:" + "0" * 64,
+            epsilon=1.0,
+            delta=1e-5,
+            config_digest=L.config_digest({"lr": 1}),
+            url=url,
+        )
         assert new.config_digest.startswith("sha256:") and len(L.entries(url=url)) == 2
     finally:
         L.dispose_engines()

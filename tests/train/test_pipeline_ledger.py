@@ -6,10 +6,9 @@ import math
 
 import pytest
 
-from tasks.train import ledger
-
-from tasks.stages import privacy_finetune
 from tasks.config import PipelineConfig
+from tasks.stages import privacy_finetune
+from tasks.train import ledger
 from tests.helpers import masked_records
 
 
@@ -22,16 +21,29 @@ def ledger_url(tmp_path, monkeypatch):
 
 
 def _setup(tmp_path, *, epsilon_budget=20.0, dp=True, allow_non_private=False, target_epsilon=8.0):
-    cfg = PipelineConfig.model_validate({
-        "train": {"batch_size": 20, "physical_batch_size": 10, "epochs": 1.0, "dp": dp, "target_epsilon": target_epsilon},
-        "privacy": {"source_dataset": "test-records", "epsilon_budget": epsilon_budget, "delta_budget": 1e-2,
-                    "allow_non_private": allow_non_private}})
+    cfg = PipelineConfig.model_validate(
+        {
+            "train": {
+                "batch_size": 20,
+                "physical_batch_size": 10,
+                "epochs": 1.0,
+                "dp": dp,
+                "target_epsilon": target_epsilon,
+            },
+            "privacy": {
+                "source_dataset": "test-records",
+                "epsilon_budget": epsilon_budget,
+                "delta_budget": 1e-2,
+                "allow_non_private": allow_non_private,
+            },
+        }
+    )
     spec = {"train": cfg.train.model_dump(), "data_path": str(masked_records(tmp_path / "train.jsonl", 200))}
     return cfg, spec
 
 
 def test_plan_matches_the_recipe_and_stays_within_target(tmp_path):
-    cfg, spec = _setup(tmp_path)
+    _cfg, spec = _setup(tmp_path)
     plan = privacy_finetune.privacy_plan(spec)
     assert plan["records"] == 200 and plan["steps"] == 10 and plan["delta"] == pytest.approx(1 / 2000)
     assert 0 < plan["epsilon"] <= 8.0 and plan["noise_multiplier"] > 0 and plan["accountant"] in ("prv", "rdp")
@@ -41,10 +53,16 @@ def test_the_recipe_runs_the_charged_mechanism_and_recomputes_when_inputs_change
     """stage_train hands the ledger's mechanism to torchrun; it applies only to the same records and DP inputs."""
     from tasks.train.dp import DP_INPUTS, dp_mechanism, planned_mechanism
 
-    cfg, spec = _setup(tmp_path)
+    _cfg, spec = _setup(tmp_path)
     plan = privacy_finetune.privacy_plan(spec)
-    handed = {**spec, "dp_mechanism": {"records": 200, "mechanism": plan["mechanism"],
-                                       "inputs": {k: spec["train"][k] for k in DP_INPUTS}}}
+    handed = {
+        **spec,
+        "dp_mechanism": {
+            "records": 200,
+            "mechanism": plan["mechanism"],
+            "inputs": {k: spec["train"][k] for k in DP_INPUTS},
+        },
+    }
     assert planned_mechanism(handed, 200) == dp_mechanism(spec["train"], 200) == plan["mechanism"]
     assert planned_mechanism(handed, 150) == dp_mechanism(spec["train"], 150) != plan["mechanism"]
     changed = {**handed, "train": {**spec["train"], "target_epsilon": 2.0}}
@@ -88,8 +106,12 @@ def test_colliding_run_ids_get_distinct_folders_and_ledger_entries(tmp_path, led
     assert Paths(tmp_path).run_dir(plus) != Paths(tmp_path).run_dir(underscore)
     a = privacy_finetune.reserve_privacy_budget(plus, cfg, spec, dataset_rev="rev1")
     b = privacy_finetune.reserve_privacy_budget(underscore, cfg, spec, dataset_rev="rev1")
-    c = privacy_finetune.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="privacy_finetune")
-    d = privacy_finetune.reserve_privacy_budget("monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="monthly_refinetune")
+    c = privacy_finetune.reserve_privacy_budget(
+        "monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="privacy_finetune"
+    )
+    d = privacy_finetune.reserve_privacy_budget(
+        "monthly-2026-01", cfg, spec, dataset_rev="rev1", dag_id="monthly_refinetune"
+    )
     assert len({a.run_id, b.run_id, c.run_id, d.run_id}) == 4 and ledger.spent("test-records").runs == 4
     assert a.run_id == f"privacy_finetune/{safe_run_id(plus)}"
 
@@ -97,14 +119,20 @@ def test_colliding_run_ids_get_distinct_folders_and_ledger_entries(tmp_path, led
 def test_a_reused_run_key_with_other_settings_is_refused(tmp_path, ledger_url):
     """The second run under one key is not "its own retry" unless it trains the same thing on the same base."""
     cfg, spec = _setup(tmp_path)
-    privacy_finetune.reserve_privacy_budget("manual__one", cfg, {**spec, "base_model_sha256": "1" * 64}, dataset_rev="rev1")
-    for changed in ({**spec, "base_model_sha256": "2" * 64},
-                    {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "learning_rate": 0.01}},
-                    {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "lora_r": 16}}):
+    privacy_finetune.reserve_privacy_budget(
+        "manual__one", cfg, {**spec, "base_model_sha256": "1" * 64}, dataset_rev="rev1"
+    )
+    for changed in (
+        {**spec, "base_model_sha256": "2" * 64},
+        {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "learning_rate": 0.01}},
+        {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "lora_r": 16}},
+    ):
         with pytest.raises(ledger.LedgerConflict, match="config_digest"):
             privacy_finetune.reserve_privacy_budget("manual__one", cfg, changed, dataset_rev="rev1")
     execution_only = {**spec, "base_model_sha256": "1" * 64, "train": {**spec["train"], "physical_batch_size": 5}}
-    privacy_finetune.reserve_privacy_budget("manual__one", cfg, execution_only, dataset_rev="rev1")  # a retry on other hardware
+    privacy_finetune.reserve_privacy_budget(
+        "manual__one", cfg, execution_only, dataset_rev="rev1"
+    )  # a retry on other hardware
     assert ledger.spent("test-records").runs == 1
 
 

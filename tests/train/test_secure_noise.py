@@ -17,7 +17,7 @@ def test_csprng_normals_are_standard_normal():
     # tails: P(|x| > 3) = 0.0027
     assert abs(float((x.abs() > 3).double().mean()) - 0.0027) < 0.0008
     u = CSPRNG.rand(100_000)
-    assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
+    assert float(u.min()) >= 0 and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
 
 
 def test_hardened_gaussian_has_the_asked_std_shape_and_dtype():
@@ -39,9 +39,14 @@ def test_opacus_optimizer_and_sampler_draw_from_the_csprng():
     data = torch.utils.data.TensorDataset(torch.randn(50, 4), torch.randn(50, 1))
     loader = torch.utils.data.DataLoader(data, batch_size=10, generator=torch.Generator().manual_seed(0))
     engine = PrivacyEngine(accountant="prv")
-    model, optimizer, loader = engine.make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                                                   data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
-                                                   poisson_sampling=True)
+    model, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data_loader=loader,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        poisson_sampling=True,
+    )
     use_csprng(optimizer, loader)
     assert getattr(loader.batch_sampler, "secure", False) and loader.batch_sampler.generator is None
     first, second = list(loader.batch_sampler), list(loader.batch_sampler)

@@ -25,10 +25,23 @@ def gpt2_dir(tmp_path_factory):
 
 
 def _spec(tmp_path, base_dir, n=64, **train_overrides):
-    cfg = TrainConfig(**{"batch_size": 16, "physical_batch_size": 8, "epochs": 1.0, "lora_r": 4, "lora_alpha": 8,
-                         "max_seq_len": 48, **train_overrides}).model_dump()
-    return {"train": cfg, "base_model_dir": str(base_dir), "out_dir": str(tmp_path / "out"),
-            "data_path": str(masked_records(tmp_path / "data" / "train.jsonl", n))}
+    cfg = TrainConfig(
+        **{
+            "batch_size": 16,
+            "physical_batch_size": 8,
+            "epochs": 1.0,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "max_seq_len": 48,
+            **train_overrides,
+        }
+    ).model_dump()
+    return {
+        "train": cfg,
+        "base_model_dir": str(base_dir),
+        "out_dir": str(tmp_path / "out"),
+        "data_path": str(masked_records(tmp_path / "data" / "train.jsonl", n)),
+    }
 
 
 def test_dp_training_changes_lora_weights_not_frozen_ones(tmp_path, base_dir):
@@ -63,15 +76,18 @@ def test_non_private_run_is_marked(tmp_path, base_dir):
     assert result["dp"] is False and result["epsilon"] is None and result["trainable_tensors_changed"] == 1.0
 
 
-@pytest.mark.parametrize("overrides, n, message", [
-    ({"batch_size": 128, "physical_batch_size": 8}, 64, "batch_size"),
-    ({"target_delta": 0.5}, 64, "target_delta"),
-    ({"target_delta": 1 / 64}, 64, "target_delta"),  # δ must be strictly below 1/N
-    ({"target_modules": ["not_a_layer"]}, 64, "target_modules"),
-    ({"method": "freeze", "freeze_with_lora": True, "target_modules": ["c_attn"]}, 64, "target_modules"),
-    ({"method": "freeze", "trainable_layers": 3}, 64, "trainable_layers"),
-    ({"method": "full", "grad_sample_mode": "ghost"}, 64, "grad_sample_mode"),  # tied embeddings
-])
+@pytest.mark.parametrize(
+    "overrides, n, message",
+    [
+        ({"batch_size": 128, "physical_batch_size": 8}, 64, "batch_size"),
+        ({"target_delta": 0.5}, 64, "target_delta"),
+        ({"target_delta": 1 / 64}, 64, "target_delta"),  # δ must be strictly below 1/N
+        ({"target_modules": ["not_a_layer"]}, 64, "target_modules"),
+        ({"method": "freeze", "freeze_with_lora": True, "target_modules": ["c_attn"]}, 64, "target_modules"),
+        ({"method": "freeze", "trainable_layers": 3}, 64, "trainable_layers"),
+        ({"method": "full", "grad_sample_mode": "ghost"}, 64, "grad_sample_mode"),  # tied embeddings
+    ],
+)
 def test_bad_configuration_fails_before_training(tmp_path, base_dir, overrides, n, message):
     with pytest.raises(ValueError, match=message):
         train(_spec(tmp_path, base_dir, n=n, **overrides))
@@ -98,8 +114,9 @@ def test_seeded_reconstruction_of_the_initial_adapter_is_exact(tmp_path, base_di
     torch.manual_seed(spec["train"]["seed"])
     model = apply_peft(AutoModelForCausalLM.from_pretrained(base_dir), spec)
     initial = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_A" in k}
-    trained = {k: v for k, v in load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors").items()
-               if "lora_A" in k}
+    trained = {
+        k: v for k, v in load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors").items() if "lora_A" in k
+    }
     assert trained and trained.keys() == initial.keys()
     assert all(torch.equal(initial[k], trained[k]) for k in trained)
 
@@ -110,7 +127,10 @@ METHODS = {  # name → overrides; trainable-name fragments that must move
     "lora_all_linear": ({"method": "lora", "target_modules": "all-linear"}, "lora_"),
     "prefix": ({"method": "prefix", "num_virtual_tokens": 4}, "prompt_encoder"),
     "freeze": ({"method": "freeze", "trainable_layers": 1}, ".1."),
-    "freeze_lora": ({"method": "freeze", "trainable_layers": 1, "freeze_with_lora": True, "target_modules": "all"}, "lora_"),
+    "freeze_lora": (
+        {"method": "freeze", "trainable_layers": 1, "freeze_with_lora": True, "target_modules": "all"},
+        "lora_",
+    ),
     "full": ({"method": "full", "learning_rate": 0.05}, ""),
 }
 
@@ -119,8 +139,9 @@ METHODS = {  # name → overrides; trainable-name fragments that must move
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_under_dp_on_both_families(tmp_path, base_dir, gpt2_dir, family, method):
     overrides, _ = METHODS[method]
-    result = train(_spec(tmp_path, base_dir if family == "llama" else gpt2_dir, n=32, batch_size=16,
-                         max_seq_len=24, **overrides))
+    result = train(
+        _spec(tmp_path, base_dir if family == "llama" else gpt2_dir, n=32, batch_size=16, max_seq_len=24, **overrides)
+    )
     assert result["dp"] is True and 0 < result["epsilon"] <= 8.0
     assert result["model_type"] == family and result["grad_sample_mode"] == "hooks"  # auto on CPU
     assert result["trainable_tensors_changed"] == 1.0  # every trainable tensor moved
@@ -139,8 +160,9 @@ def test_every_method_trains_under_dp_on_both_families(tmp_path, base_dir, gpt2_
 
 def test_freeze_trains_only_the_top_blocks(tmp_path, base_dir):
     """freeze + LoRA: LoRA only in the top block; the lower block gets no adapter and no gradient."""
-    result = train(_spec(tmp_path, base_dir, n=32, max_seq_len=24, method="freeze", trainable_layers=1,
-                         freeze_with_lora=True))
+    result = train(
+        _spec(tmp_path, base_dir, n=32, max_seq_len=24, method="freeze", trainable_layers=1, freeze_with_lora=True)
+    )
     adapter = load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors")
     assert adapter and all(".layers.1." in k for k in adapter)  # the random Llama has 2 blocks
     assert result["trainable_tensors_changed"] == 1.0 and result["frozen_tensors_changed"] == 0
@@ -148,10 +170,19 @@ def test_freeze_trains_only_the_top_blocks(tmp_path, base_dir):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_adapter_trains_without_dp_and_is_refused_under_dp(tmp_path, base_dir, gpt2_dir, family):
-    with pytest.raises(ValueError, match="adapter.*cannot run under DP"):
+    with pytest.raises(ValueError, match=r"adapter.*cannot run under DP"):
         TrainConfig(method="adapter")
-    result = train(_spec(tmp_path, base_dir if family == "llama" else gpt2_dir, n=32, max_seq_len=24,
-                         method="adapter", target_modules="all", dp=False))
+    result = train(
+        _spec(
+            tmp_path,
+            base_dir if family == "llama" else gpt2_dir,
+            n=32,
+            max_seq_len=24,
+            method="adapter",
+            target_modules="all",
+            dp=False,
+        )
+    )
     assert result["privacy"] == "NON-PRIVATE" and result["trainable_tensors_changed"] == 1.0
     assert result["frozen_tensors_changed"] == 0
     assert "ia3_l" in "".join(load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
@@ -164,8 +195,17 @@ def test_ghost_clipping_trains_and_keeps_the_per_record_loss(tmp_path, base_dir,
     model_dir = base_dir if family == "llama" else gpt2_dir
     runs = {}
     for mode in ("hooks", "ghost"):
-        runs[mode] = train(_spec(tmp_path / mode, model_dir, n=32, max_seq_len=24, grad_sample_mode=mode,
-                                 target_epsilon=3.0, secure_noise=False))  # seeded: the same first batch
+        runs[mode] = train(
+            _spec(
+                tmp_path / mode,
+                model_dir,
+                n=32,
+                max_seq_len=24,
+                grad_sample_mode=mode,
+                target_epsilon=3.0,
+                secure_noise=False,
+            )
+        )  # seeded: the same first batch
         history = json.loads((tmp_path / mode / "out" / "train_history.json").read_text())
         runs[mode]["first_loss"] = history[0]["loss"]
     ghost = runs["ghost"]
@@ -181,6 +221,7 @@ def test_functorch_mode_trains(tmp_path, gpt2_dir):
 
 
 # ---------------------------------------------------------------- ε: cap, guard, accountant
+
 
 def test_step_cap_is_the_last_step_within_target():
     from tasks.train.dp import epsilon_after, max_steps_within
@@ -209,18 +250,20 @@ def test_result_names_the_accountant_and_noise_source(tmp_path, base_dir):
 
 def test_production_noise_cannot_be_regenerated_from_the_seed(tmp_path, base_dir):
     """Same seed, same data: seeded noise gives the same adapter twice (and says so); CSPRNG noise does not."""
+
     def adapter(name, secure):
         result = train(_spec(tmp_path / name, base_dir, n=32, max_seq_len=24, secure_noise=secure))
         return result, (tmp_path / name / "out" / "adapter" / "adapter_model.safetensors").read_bytes()
 
     (s1, a1), (s2, a2) = adapter("s1", True), adapter("s2", True)
-    (p1, b1), (p2, b2) = adapter("p1", False), adapter("p2", False)
+    (p1, b1), (_p2, b2) = adapter("p1", False), adapter("p2", False)
     assert a1 != a2 and b1 == b2
     assert s1["epsilon"] == s2["epsilon"] == p1["epsilon"]  # the same mechanism, only its randomness differs
     assert "REPRODUCIBLE seeded noise" in p1["privacy"] and "seeded" in p1["noise_source"]
 
 
 # ---------------------------------------------------------------- progress artifacts, non-private marker, OOM
+
 
 def test_plots_and_non_private_marker(tmp_path, base_dir):
     result = train(_spec(tmp_path, base_dir, n=32, max_seq_len=24, dp=False))
@@ -247,27 +290,40 @@ def test_mlflow_gets_curves_tags_and_trainable_share(tmp_path, base_dir, monkeyp
     assert float(run.data.params["trainable_pct"]) == result["trainable_pct"] < 100
     assert {m.step for m in client.get_metric_history(run.info.run_id, "epsilon")} == set(range(1, result["steps"] + 1))
     assert {a.path for a in client.list_artifacts(run.info.run_id, "training")} == {
-        "training/loss_curve.png", "training/epsilon_curve.png"}
+        "training/loss_curve.png",
+        "training/epsilon_curve.png",
+    }
 
 
 def test_out_of_memory_names_the_physical_batch():
     from tasks.train.optim import OomHint
 
     t = {"physical_batch_size": 64, "max_seq_len": 96}
-    with pytest.raises(MemoryError, match=r"smaller train\.physical_batch_size \(e\.g\. 32\)"):
-        with OomHint(t):
-            torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure (CPU allocator)
+    with pytest.raises(MemoryError, match=r"smaller train\.physical_batch_size \(e\.g\. 32\)"), OomHint(t):
+        torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure (CPU allocator)
     with pytest.raises(ValueError, match="unrelated"):  # other errors pass through unchanged
         with OomHint(t):
             raise ValueError("unrelated")
 
 
-@pytest.mark.parametrize("make_dir, message", [
-    (lambda d: d / "missing", "no config.json"),
-    (lambda d: (d / "cls").mkdir() or ((d / "cls" / "config.json").write_text(
-        json.dumps({"architectures": ["BertForSequenceClassification"], "model_type": "bert"})) and d / "cls"),
-     "not a causal LM"),
-])
+@pytest.mark.parametrize(
+    "make_dir, message",
+    [
+        (lambda d: d / "missing", "no config.json"),
+        (
+            lambda d: (
+                (d / "cls").mkdir()
+                or (
+                    (d / "cls" / "config.json").write_text(
+                        json.dumps({"architectures": ["BertForSequenceClassification"], "model_type": "bert"})
+                    )
+                    and d / "cls"
+                )
+            ),
+            "not a causal LM",
+        ),
+    ],
+)
 def test_model_dir_is_checked_before_loading(tmp_path, base_dir, make_dir, message):
     spec = _spec(tmp_path, base_dir)
     spec["base_model_dir"] = str(make_dir(tmp_path))
@@ -277,6 +333,7 @@ def test_model_dir_is_checked_before_loading(tmp_path, base_dir, make_dir, messa
 
 
 # ---------------------------------------------------------------- resumable: SIGKILL the real torchrun job, rerun it
+
 
 def _launch(spec: dict, spec_path, log_path):
     """The command tasks.stages.privacy_finetune launches (torchrun_args), in its own process group so a kill takes every process."""
@@ -289,8 +346,14 @@ def _launch(spec: dict, spec_path, log_path):
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(log_path, "wb") as fh:  # a file, not a pipe: nobody reads a pipe while the test polls
-        return subprocess.Popen(torchrun_args(spec["train"], spec_path=spec_path), cwd=REPO_ROOT, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            torchrun_args(spec["train"], spec_path=spec_path),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -302,6 +365,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a real torchrun job, SIGKILLed and rerun
 @pytest.mark.parametrize("secure_noise", [False, True], ids=["seeded-noise", "csprng-noise"])
 def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, base_dir, secure_noise):
     """Seeded noise resumes bit for bit; CSPRNG noise (production) resumes to the same steps and ε with
@@ -315,8 +379,18 @@ def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, 
     from tasks.train.checkpoint import describe
 
     # 32 records / batch 8: 4 steps an epoch, 12 steps; a checkpoint after every step
-    spec = _spec(tmp_path, base_dir, n=32, batch_size=8, physical_batch_size=4, epochs=3.0, max_seq_len=24,
-                 checkpoint_every=1, checkpoint_keep=2, secure_noise=secure_noise)
+    spec = _spec(
+        tmp_path,
+        base_dir,
+        n=32,
+        batch_size=8,
+        physical_batch_size=4,
+        epochs=3.0,
+        max_seq_len=24,
+        checkpoint_every=1,
+        checkpoint_keep=2,
+        secure_noise=secure_noise,
+    )
     ckpt_dir = tmp_path / "out" / "checkpoints"
     proc = _launch(spec, tmp_path / "spec.json", tmp_path / "killed.log")
     workers: set[int] = set()
@@ -367,8 +441,10 @@ def test_sigkilled_torchrun_training_resumes_from_its_last_checkpoint(tmp_path, 
         assert resumed["noise_source"] == reference["noise_source"] == "csprng (os.urandom)"
         return
     # bit-identical adapter: same CPU kernels, same batches, same RNG streams from the restored state
-    digest = {d: hashlib.sha256((tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
-              for d in ("out", "ref")}
+    digest = {
+        d: hashlib.sha256((tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
+        for d in ("out", "ref")
+    }
     assert digest["out"] == digest["ref"]
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in ref_history], rel=0, abs=0, nan_ok=True)
 
@@ -385,34 +461,61 @@ def test_checkpointing_does_not_change_the_result(tmp_path, base_dir):
 
 # ---------------------------------------------------------------- launch command, DeepSpeed refusals
 
+
 def test_torchrun_args_single_and_multi_node():
     import sys
 
     from tasks.train.distributed import torchrun_args
 
     one = torchrun_args(TrainConfig(nproc_per_node=2).model_dump(), spec_path="/r/spec.json")
-    assert one == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   "--max_restarts=0", "-m", "tasks.train.recipe", "--spec", "/r/spec.json"]
+    assert one == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max_restarts=0",
+        "-m",
+        "tasks.train.recipe",
+        "--spec",
+        "/r/spec.json",
+    ]
     multi = TrainConfig(nnodes=2, nproc_per_node=4, rdzv_endpoint="node-0.cluster:29400").model_dump()
     cmd = torchrun_args(multi, spec_path="/r/spec.json", run_id="manual__2026-01-01T00:00:00+00:00")
     assert "--standalone" not in cmd
-    assert cmd[3:8] == ["--nnodes=2", "--nproc_per_node=4", "--rdzv_backend=c10d",
-                        "--rdzv_endpoint=node-0.cluster:29400", "--rdzv_id=manual__2026-01-01T00_00_00_00_00"]
+    assert cmd[3:8] == [
+        "--nnodes=2",
+        "--nproc_per_node=4",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=node-0.cluster:29400",
+        "--rdzv_id=manual__2026-01-01T00_00_00_00_00",
+    ]
     assert torchrun_args({**multi, "rdzv_id": "job7"}, spec_path="s")[7] == "--rdzv_id=job7"
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         torchrun_args({"nnodes": 2, "nproc_per_node": 1}, spec_path="s")
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"nnodes": 2}, r"train\.rdzv_endpoint: required when train\.nnodes=2"),
-    ({"rdzv_endpoint": "no-port"}, r"train\.rdzv_endpoint: 'no-port' is not host:port"),
-    ({"dp": False, "nproc_per_node": 3, "batch_size": 16, "physical_batch_size": 8}, r"train\.batch_size \(16\) must be divisible"),
-    ({"deepspeed": "include/deepspeed/zero2.json"}, r"train\.deepspeed: cannot be combined with dp: true.*per-sample"),
-    ({"deepspeed": "include/deepspeed/zero2.json", "dp": False, "batch_size": 12, "physical_batch_size": 8},
-     r"multiple of physical_batch_size"),
-    ({"checkpoint_every": -1}, "checkpoint_every"),
-    ({"checkpoint_keep": 0}, "checkpoint_keep"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"nnodes": 2}, r"train\.rdzv_endpoint: required when train\.nnodes=2"),
+        ({"rdzv_endpoint": "no-port"}, r"train\.rdzv_endpoint: 'no-port' is not host:port"),
+        (
+            {"dp": False, "nproc_per_node": 3, "batch_size": 16, "physical_batch_size": 8},
+            r"train\.batch_size \(16\) must be divisible",
+        ),
+        (
+            {"deepspeed": "include/deepspeed/zero2.json"},
+            r"train\.deepspeed: cannot be combined with dp: true.*per-sample",
+        ),
+        (
+            {"deepspeed": "include/deepspeed/zero2.json", "dp": False, "batch_size": 12, "physical_batch_size": 8},
+            r"multiple of physical_batch_size",
+        ),
+        ({"checkpoint_every": -1}, "checkpoint_every"),
+        ({"checkpoint_keep": 0}, "checkpoint_keep"),
+    ],
+)
 def test_launch_and_checkpoint_fields_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**fields)
@@ -444,11 +547,19 @@ def test_deepspeed_without_the_package_is_refused(monkeypatch):
 def test_deepspeed_config_autos_are_filled_from_the_train_config(tmp_path):
     from tasks.train.deepspeed import deepspeed_config
 
-    t = TrainConfig(dp=False, batch_size=64, physical_batch_size=8, deepspeed="include/deepspeed/zero3.json").model_dump()
+    t = TrainConfig(
+        dp=False, batch_size=64, physical_batch_size=8, deepspeed="include/deepspeed/zero3.json"
+    ).model_dump()
     cfg = deepspeed_config(t, world=4, config_path=t["deepspeed"], bf16_supported=True)
-    assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["train_batch_size"]) == (8, 2, 64)
+    assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["train_batch_size"]) == (
+        8,
+        2,
+        64,
+    )
     assert cfg["bf16"]["enabled"] is True and cfg["zero_optimization"]["stage"] == 3
-    assert deepspeed_config(t, world=1, config_path="include/deepspeed/zero2.json", bf16_supported=False)["bf16"] == {"enabled": False}
+    assert deepspeed_config(t, world=1, config_path="include/deepspeed/zero2.json", bf16_supported=False)["bf16"] == {
+        "enabled": False
+    }
     with pytest.raises(FileNotFoundError, match=r"train\.deepspeed: .*missing\.json does not exist"):
         deepspeed_config(t, world=1, config_path=tmp_path / "missing.json", bf16_supported=False)
     with pytest.raises(ValueError, match="multiple of physical_batch_size"):
@@ -460,5 +571,12 @@ def test_freeze_with_lora_accepts_the_all_linear_shorthand():
     from tasks.train.methods import resolve_targets
 
     assert resolve_targets("all-linear", "llama", "freeze") == [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     assert resolve_targets("all-linear", "llama", "lora") == "all-linear"

@@ -16,6 +16,8 @@ from tasks.train.distributed import torchrun_args
 from tasks.train.recipe import train
 from tests.helpers import masked_records, random_llama
 
+pytestmark = pytest.mark.slow  # torchrun jobs of two processes
+
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
@@ -23,10 +25,23 @@ def base_dir(tmp_path_factory):
 
 
 def _spec(tmp_path, base_dir, n, **overrides) -> dict:
-    cfg = TrainConfig(**{"batch_size": 16, "physical_batch_size": 8, "lora_r": 4, "lora_alpha": 8, "max_seq_len": 24,
-                         "checkpoint_every": 0, **overrides}).model_dump()
-    return {"train": cfg, "base_model_dir": str(base_dir), "out_dir": str(tmp_path / "out"),
-            "data_path": str(masked_records(tmp_path / "data" / "train.jsonl", n))}
+    cfg = TrainConfig(
+        **{
+            "batch_size": 16,
+            "physical_batch_size": 8,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "max_seq_len": 24,
+            "checkpoint_every": 0,
+            **overrides,
+        }
+    ).model_dump()
+    return {
+        "train": cfg,
+        "base_model_dir": str(base_dir),
+        "out_dir": str(tmp_path / "out"),
+        "data_path": str(masked_records(tmp_path / "data" / "train.jsonl", n)),
+    }
 
 
 def _torchrun(spec: dict, tmp_path) -> dict:
@@ -34,8 +49,14 @@ def _torchrun(spec: dict, tmp_path) -> dict:
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     with open(log_path, "wb") as fh:
-        proc = subprocess.run(torchrun_args(spec["train"], spec_path=spec_path), cwd=REPO_ROOT, env=env, stdout=fh,
-                              stderr=subprocess.STDOUT, timeout=300)
+        proc = subprocess.run(
+            torchrun_args(spec["train"], spec_path=spec_path),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
     assert proc.returncode == 0, log_path.read_text()[-4000:]
     return json.loads((tmp_path / "out" / "train_result.json").read_text())
 
@@ -94,9 +115,11 @@ def test_empty_local_poisson_draws_are_kept_not_skipped():
         from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 
         opacus_sampler = DistributedUniformWithReplacementSampler(
-            total_size=4, sample_rate=0.2, generator=torch.Generator().manual_seed(0))
-        ours = DistributedUniformWithReplacementSampler(total_size=4, sample_rate=0.2,
-                                                        generator=torch.Generator().manual_seed(0))
+            total_size=4, sample_rate=0.2, generator=torch.Generator().manual_seed(0)
+        )
+        ours = DistributedUniformWithReplacementSampler(
+            total_size=4, sample_rate=0.2, generator=torch.Generator().manual_seed(0)
+        )
         ours.__class__ = keep_empty_sampler_class()
         theirs, mine = list(opacus_sampler), list(ours)
         assert len(mine) == 5 and any(len(b) == 0 for b in mine)  # 1/q draws, empties included
