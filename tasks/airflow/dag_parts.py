@@ -153,6 +153,30 @@ def masking(prepared, ingested, validated):
     return mask(prepared, shards, mask_shard.partial(prepared=prepared).expand(shard=shards))
 
 
+def _approval_request() -> RecordedApprovalOperator:
+    """The `approve` task: asks a reviewer whether the registered version becomes champion.
+
+    Airflow's ApprovalOperator; it also keeps the answer (XCom key "decision") when the reviewer rejects.
+    Created in the current DAG (call it inside the DAG's context, as `release` does)."""
+    return RecordedApprovalOperator(
+        task_id="approve",
+        subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} "
+        "v{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
+        body="{{ ti.xcom_pull(task_ids='gates')['approval_body'] }}",
+        params={
+            "comment": Param(
+                "",
+                type="string",
+                title="Comment",
+                description="why you approve or reject (recorded on the model version and its card)",
+            )
+        },
+        assigned_users=approvers(),
+        response_timeout=timedelta(days=14),
+        execution_timeout=None,  # the reviewer's time is bounded by response_timeout, not the task default
+    )
+
+
 def release(dag_id: str, prepared, versioned, trained, *, register_stage=None, decide_stage=None):
     """evaluate → register → gates → approve | gates_only → decide → report, inside the current DAG.
 
@@ -199,25 +223,7 @@ def release(dag_id: str, prepared, versioned, trained, *, register_stage=None, d
         decided before (a replayed month) is not asked about again."""
         return "approve" if gated["require_approval"] and not registered.get("decision") else "gates_only"
 
-    # Airflow's ApprovalOperator; it also keeps the answer (XCom key "decision") when the reviewer rejects.
-    approve = RecordedApprovalOperator(
-        task_id="approve",
-        subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} "
-        "v{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
-        body="{{ ti.xcom_pull(task_ids='gates')['approval_body'] }}",
-        params={
-            "comment": Param(
-                "",
-                type="string",
-                title="Comment",
-                description="why you approve or reject (recorded on the model version and its card)",
-            )
-        },
-        assigned_users=approvers(),
-        response_timeout=timedelta(days=14),
-        execution_timeout=None,  # the reviewer's time is bounded by response_timeout, not the task default
-    )
-
+    approve = _approval_request()
     gates_only = EmptyOperator(task_id="gates_only", doc_md="No approval required: the gates alone promote.")
 
     # Runs after an approval, or after gates_only; a rejection skips it (the report task records it).

@@ -379,6 +379,10 @@ def _quote_left_open(raw: str) -> bool:
     return False
 
 
+# One physical line as read_csv saw it: (number, bytes, bad UTF-8, ended with a line break, size if over the cap)
+_CsvLine = tuple[int, bytes, bool, bool, int | None]
+
+
 def read_csv(
     path: Path, required_fields: Sequence[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
@@ -389,23 +393,9 @@ def read_csv(
     `max_line_bytes` is quarantined (`line_too_long`); the csv module bounds a field to
     csv.field_size_limit() characters (a longer one is `malformed_csv`).
     """
-    # (number, bytes, bad UTF-8, ended, size if over the cap) of the lines of the current record
-    consumed: list[tuple[int, bytes, bool, bool, int | None]] = []
-
-    def text_lines() -> Iterator[str]:
-        for number, line, ended, size in _byte_lines(path, max_line_bytes):
-            if size is not None:  # the parser sees an empty line in its place; the record is refused below
-                consumed.append((number, line, False, ended, size))
-                yield "\n"
-                continue
-            try:
-                text, bad = line.decode("utf-8"), False
-            except UnicodeDecodeError:
-                text, bad = _raw(line), True
-            consumed.append((number, line, bad, ended, None))
-            yield text + "\n"
-
-    reader = csv.reader(text_lines())
+    # the lines of the current record: filled by the text feed as the reader pulls them
+    consumed: list[_CsvLine] = []
+    reader = csv.reader(_csv_text_lines(path, max_line_bytes, consumed))
     header: list[str] = []
     header_problem: Problem | None = None
     at_header = True
@@ -429,51 +419,81 @@ def read_csv(
         cut_off = not consumed[-1][3]  # the record runs into the end of a file that lacks its last line break
         if at_header:
             at_header = False
-            if too_long is not None:
-                header_problem = Problem(
-                    "header",
-                    "bad_header",
-                    f"CSV header line is longer than {max_line_bytes} bytes (data.max_line_bytes)",
-                )
-            else:
-                header_problem = _header_problem(record, required_fields, bad_bytes)
+            header_problem = _csv_header_check(record, required_fields, bad_bytes, too_long, max_line_bytes)
             if header_problem is None and record is not None:
                 header = [name.strip().lower() for name in record]
                 continue
         if header_problem is not None:
             yield start, raw, header_problem
-        elif too_long is not None:
-            yield start, raw, _line_too_long(too_long, max_line_bytes)
-        elif error is not None or record is None:
-            detail = error or "CSV row cannot be parsed"
-            yield (
-                start,
-                raw,
-                _truncated(f"cannot be parsed ({detail})") if cut_off else Problem(None, "malformed_csv", detail),
-            )
-        elif bad_bytes:
-            problem = Problem(None, "invalid_utf8", "the row holds bytes that are not valid UTF-8")
-            yield start, raw, _truncated("is not valid UTF-8") if cut_off else problem
-        elif _quote_left_open(raw):
-            yield (
-                start,
-                raw,
-                Problem(
-                    None,
-                    "truncated_line",
-                    "a quoted field is still open at the end of the file: "
-                    "the file looks cut off; re-deliver the complete file",
-                ),
-            )
-        elif len(record) != len(header):
-            detail = f"row has {len(record)} columns; the header has {len(header)}"
-            yield (
-                start,
-                raw,
-                _truncated(f"is incomplete ({detail})") if cut_off else Problem(None, "column_count", detail),
-            )
         else:
-            yield start, raw, dict(zip(header, record))
+            yield start, raw, _csv_row(record, error, header, raw, bad_bytes, cut_off, too_long, max_line_bytes)
+
+
+def _csv_text_lines(path: Path, max_line_bytes: int, consumed: list[_CsvLine]) -> Iterator[str]:
+    """Decoded lines for csv.reader; each line read is also appended to `consumed`, so the caller
+    knows which physical lines (and their raw bytes) made up the record the reader returned."""
+    for number, line, ended, size in _byte_lines(path, max_line_bytes):
+        if size is not None:  # the parser sees an empty line in its place; the record is refused later
+            consumed.append((number, line, False, ended, size))
+            yield "\n"
+            continue
+        try:
+            text, bad = line.decode("utf-8"), False
+        except UnicodeDecodeError:
+            text, bad = _raw(line), True
+        consumed.append((number, line, bad, ended, None))
+        yield text + "\n"
+
+
+def _csv_header_check(
+    record: list[str] | None,
+    required_fields: Sequence[str],
+    bad_bytes: bool,
+    too_long: int | None,
+    max_line_bytes: int,
+) -> Problem | None:
+    if too_long is not None:
+        return Problem(
+            "header",
+            "bad_header",
+            f"CSV header line is longer than {max_line_bytes} bytes (data.max_line_bytes)",
+        )
+    return _header_problem(record, required_fields, bad_bytes)
+
+
+def _csv_row(
+    record: list[str] | None,
+    error: str | None,
+    header: list[str],
+    raw: str,
+    bad_bytes: bool,
+    cut_off: bool,
+    too_long: int | None,
+    max_line_bytes: int,
+) -> dict[str, Any] | Problem:
+    """A data record under a good header: its values by column, or why it is quarantined.
+
+    A problem in a record that runs into the end of an unterminated file is reported as a cut-off
+    file (`truncated_line`): the fix is re-delivering the file, not editing a row.
+    """
+    if too_long is not None:
+        return _line_too_long(too_long, max_line_bytes)
+    if error is not None or record is None:
+        detail = error or "CSV row cannot be parsed"
+        return _truncated(f"cannot be parsed ({detail})") if cut_off else Problem(None, "malformed_csv", detail)
+    if bad_bytes:
+        problem = Problem(None, "invalid_utf8", "the row holds bytes that are not valid UTF-8")
+        return _truncated("is not valid UTF-8") if cut_off else problem
+    if _quote_left_open(raw):
+        return Problem(
+            None,
+            "truncated_line",
+            "a quoted field is still open at the end of the file: the file looks cut off; re-deliver the complete file",
+        )
+    if len(record) != len(header):
+        detail = f"row has {len(record)} columns; the header has {len(header)}"
+        return _truncated(f"is incomplete ({detail})") if cut_off else Problem(None, "column_count", detail)
+    return dict(zip(header, record))
 
 
 _PARQUET_BATCH_ROWS = 4096

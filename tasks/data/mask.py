@@ -122,6 +122,57 @@ def mask_dataset(
     masked_path = out_dir / "train.jsonl"
     tmp_path = out_dir / "train.jsonl.tmp"
 
+    n, totals, residual, flagged = _write_masked(
+        rows_path,
+        tmp_path,
+        key=key,
+        recognizers_path=recognizers_path,
+        score_threshold=score_threshold,
+        language=language,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    entities, residual_counts, share = publish_masked(
+        out_dir,
+        tmp_path,
+        masked_path,
+        rows=n,
+        entities=totals,
+        residual=residual,
+        flagged=flagged,
+        max_residual_share=max_residual_share,
+    )
+    log.info(
+        "masked %d rows, %d entities %s; residual in %d records %s",
+        n,
+        sum(entities.values()),
+        entities,
+        len(flagged),
+        residual_counts,
+    )
+    return {
+        "rows": n,
+        "entities": entities,
+        "entities_total": sum(entities.values()),
+        "masked_path": str(masked_path),
+        "residual": residual_counts,
+        "residual_share": share,
+    }
+
+
+def _write_masked(
+    rows_path: Path,
+    tmp_path: Path,
+    *,
+    key: bytes,
+    recognizers_path: Path,
+    score_threshold: float,
+    language: str,
+    batch_size: int,
+    workers: int,
+) -> tuple[int, Counter, Counter, list[str]]:
+    """Mask every staged row into `tmp_path` (removed if anything fails); returns (rows, entity counts,
+    residual counts, ids of the records the residual scan flagged)."""
     # Two passes over the file (ids, then texts) keep memory flat for large partitions.
     meta = ((r["record_id"], r["record_type"]) for r in _read_rows(rows_path))
     texts = (r["text"] for r in _read_rows(rows_path))
@@ -153,33 +204,7 @@ def mask_dataset(
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-
-    entities, residual_counts, share = publish_masked(
-        out_dir,
-        tmp_path,
-        masked_path,
-        rows=n,
-        entities=totals,
-        residual=residual,
-        flagged=flagged,
-        max_residual_share=max_residual_share,
-    )
-    log.info(
-        "masked %d rows, %d entities %s; residual in %d records %s",
-        n,
-        sum(entities.values()),
-        entities,
-        len(flagged),
-        residual_counts,
-    )
-    return {
-        "rows": n,
-        "entities": entities,
-        "entities_total": sum(entities.values()),
-        "masked_path": str(masked_path),
-        "residual": residual_counts,
-        "residual_share": share,
-    }
+    return n, totals, residual, flagged
 
 
 # ---------------------------------------------------------------- CLI

@@ -203,18 +203,63 @@ def gather(
 
     `champion` is the current champion as downloaded from the registry ({"version", "base_model_dir",
     "adapter_dir"}), scored on the same split; None: there is none yet."""
-    from tasks.eval.helm import build_report, log_report_to_mlflow
     from tasks.eval.lm import load_causal_lm
 
     out = paths.run_dir(run_id) / "eval"
-    # The QA split committed with this dataset revision (tasks.data.version), as the training worker checked it out.
-    qa_path = paths.run_dir(run_id) / "dataset" / "data" / "qa_heldout.jsonl"
-    if not qa_path.is_file():
-        raise FileNotFoundError(f"{qa_path}: the dataset revision holds no held-out QA split; re-run version")
+    qa_path = _qa_split(paths, run_id)
     base_dir = Path(prepared["base_model_dir"])
     adapter = Path(trained["adapter_dir"]) if trained.get("adapter_dir") else None
     tuned_dir = Path(trained.get("model_dir") or base_dir)  # full / freeze save whole weights, no adapter
 
+    quality = _quality_by_model(base_dir, tuned_dir, adapter, champion, qa_path, out, cfg)
+
+    # Each model is loaded once and every check runs on it; the base model is also the privacy attacks' reference.
+    base_model, base_tok = load_causal_lm(base_dir, None)
+    safety_by_model = {"base": _toxicity(base_model, base_tok, out / "toxicity_base", cfg)}
+    model, tok = load_causal_lm(tuned_dir, adapter)
+    safety_by_model["finetuned"] = _toxicity(model, tok, out / "toxicity_finetuned", cfg)
+    privacy = _privacy(model, tok, out / "privacy", cfg, paths, trained, reference=(base_model, base_tok))
+    answer_loss = _answer_loss(
+        {"base": (base_model, base_tok), "finetuned": (model, tok)}, qa_path, cfg.evaluate.qa_limit
+    )
+    del model, base_model
+
+    helm = _helm_report(
+        _helm_table(quality, safety_by_model, privacy, trained),
+        out / "helm",
+        run_id=run_id,
+        paths=paths,
+        prepared=prepared,
+        trained=trained,
+        champion=champion,
+        qa_path=qa_path,
+    )
+    return {
+        **_quality_summary(quality, champion, qa_path, prepared, answer_loss),
+        **_safety_summary(safety_by_model, privacy),
+        "scenarios": {name: {k: v for k, v in q.items() if isinstance(v, dict)} for name, q in quality.items()},
+        "helm_json": helm["json"],
+        "helm_html": helm["html"],
+    }
+
+
+def _qa_split(paths: Paths, run_id: str) -> Path:
+    """The QA split committed with this dataset revision (tasks.data.version), as the training worker checked it out."""
+    qa_path = paths.run_dir(run_id) / "dataset" / "data" / "qa_heldout.jsonl"
+    if not qa_path.is_file():
+        raise FileNotFoundError(f"{qa_path}: the dataset revision holds no held-out QA split; re-run version")
+    return qa_path
+
+
+def _quality_by_model(
+    base_dir: Path,
+    tuned_dir: Path,
+    adapter: Path | None,
+    champion: dict | None,
+    qa_path: Path,
+    out: Path,
+    cfg: PipelineConfig,
+) -> dict:
     quality = {
         "base": _quality("base", base_dir, None, qa_path, out, cfg),
         "finetuned": _quality("finetuned", tuned_dir, adapter, qa_path, out, cfg),
@@ -228,20 +273,26 @@ def gather(
             out,
             cfg,
         )
+    return quality
 
-    base_model, base_tok = load_causal_lm(base_dir, None)
-    safety_by_model = {"base": _toxicity(base_model, base_tok, out / "toxicity_base", cfg)}
-    model, tok = load_causal_lm(tuned_dir, adapter)
-    safety_by_model["finetuned"] = _toxicity(model, tok, out / "toxicity_finetuned", cfg)
-    privacy = _privacy(model, tok, out / "privacy", cfg, paths, trained, reference=(base_model, base_tok))
-    answer_loss = _answer_loss(
-        {"base": (base_model, base_tok), "finetuned": (model, tok)}, qa_path, cfg.evaluate.qa_limit
-    )
-    del model, base_model
+
+def _helm_report(
+    table: dict,
+    helm_dir: Path,
+    *,
+    run_id: str,
+    paths: Paths,
+    prepared: dict,
+    trained: dict,
+    champion: dict | None,
+    qa_path: Path,
+) -> dict:
+    """Write the HELM-style report (with what it was computed on) and log it to the run's MLflow run, if any."""
+    from tasks.eval.helm import build_report, log_report_to_mlflow
 
     helm = build_report(
-        _helm_table(quality, safety_by_model, privacy, trained),
-        out / "helm",
+        table,
+        helm_dir,
         title=f"PrivateTune evaluation — {run_id}",
         notes={
             "qa_split_sha256": _sha256(qa_path),
@@ -253,11 +304,14 @@ def gather(
     )
     mlflow_run_id = trained.get("mlflow_run_id")
     if mlflow_run_id:
-        log_report_to_mlflow(paths, mlflow_run_id, out / "helm")
+        log_report_to_mlflow(paths, mlflow_run_id, helm_dir)
+    return helm
 
+
+def _quality_summary(quality: dict, champion: dict | None, qa_path: Path, prepared: dict, answer_loss: dict) -> dict:
+    """The summary's accuracy figures: per model, the gain over base and the regression against the champion."""
     acc = {name: q["accuracy"] for name, q in quality.items()}
-    tox = safety_by_model["finetuned"]
-    summary = {
+    return {
         "base": acc["base"],
         "finetuned": acc["finetuned"],
         "champion": acc.get("champion"),
@@ -270,6 +324,13 @@ def gather(
         "regression_vs_champion": (
             round(acc["champion"]["exact_match"] - acc["finetuned"]["exact_match"], 4) if champion else None
         ),
+    }
+
+
+def _safety_summary(safety_by_model: dict, privacy: dict) -> dict:
+    """The summary's toxicity and privacy-attack figures (the fine-tuned model's; base toxicity for comparison)."""
+    tox = safety_by_model["finetuned"]
+    return {
         "toxicity_rate": tox["toxicity_rate"],
         "identity_gap": tox.get("identity_gap"),
         "toxicity": {
@@ -280,8 +341,4 @@ def gather(
         "canary_exposure_max": privacy["canary_exposure_max"],
         "mia_auc": privacy["mia_auc"],
         "privacy": {k: v for k, v in privacy.items() if k in ("leakage", "canaries", "mia")},
-        "scenarios": {name: {k: v for k, v in q.items() if isinstance(v, dict)} for name, q in quality.items()},
-        "helm_json": helm["json"],
-        "helm_html": helm["html"],
     }
-    return summary

@@ -573,12 +573,7 @@ def pii_leakage(
     Returns {"pii_leaks", "pii_leaks_by_type", "presidio_entities", "generations_with_entities",
     "prompts_with_leaks", "n_prompts", "n_raw_values"}.
     """
-    rows = [
-        {"id": f"prompt-{i + 1}", "category": "custom", "prompt": p} if isinstance(p, str) else p
-        for i, p in enumerate(prompts)
-    ]
-    if not rows:
-        raise ValueError("pii_leakage: no prompts; check evaluate.leakage_prompts and the masked training set")
+    rows = _prompt_rows(prompts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = [r["prompt"] for r in rows]
@@ -591,16 +586,41 @@ def pii_leakage(
     )
 
     found = (analyzer or presidio_analyzer())(generations)
+    leaks = find_leaks(texts, generations, raw_values, min_chars)
+    result = _leakage_counts(rows, found, leaks, raw_values)
+    report = {
+        **result,
+        "max_new_tokens": max_new_tokens,
+        "min_chars": min_chars,
+        **_leakage_details(rows, found, leaks),
+    }
+    (out_dir / "leakage.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if write_generations:
+        _write_generations(out_dir / "leakage_generations.jsonl", rows, generations)
+    return result
+
+
+def _prompt_rows(prompts: list[dict] | list[str]) -> list[dict]:
+    """Prompt dicts (id, category, prompt); bare strings get ids prompt-1, prompt-2, … and category "custom"."""
+    rows = [
+        {"id": f"prompt-{i + 1}", "category": "custom", "prompt": p} if isinstance(p, str) else p
+        for i, p in enumerate(prompts)
+    ]
+    if not rows:
+        raise ValueError("pii_leakage: no prompts; check evaluate.leakage_prompts and the masked training set")
+    return rows
+
+
+def _leakage_counts(rows: list[dict], found: list[Counter], leaks: dict[str, dict], raw_values: list[dict]) -> dict:
+    """pii_leakage's return value: counts and types only."""
     entities: Counter = Counter()
     for c in found:
         entities.update(c)
-    leaks = find_leaks(texts, generations, raw_values, min_chars)
     by_type: Counter = Counter()
     for info in leaks.values():
         by_type.update(sorted(info["types"]))
     leaking_prompts = sorted({i for info in leaks.values() for i in info["prompt_indices"]})
-
-    result = {
+    return {
         "pii_leaks": len(leaks),
         "pii_leaks_by_type": dict(sorted(by_type.items())),
         "presidio_entities": dict(sorted(entities.items())),
@@ -609,11 +629,12 @@ def pii_leakage(
         "n_prompts": len(rows),
         "n_raw_values": len(raw_values),
     }
+
+
+def _leakage_details(rows: list[dict], found: list[Counter], leaks: dict[str, dict]) -> dict:
+    """leakage.json's per-category, per-leak and per-prompt sections: ids and types, never values or text."""
     categories = Counter(r.get("category", "custom") for r in rows)
-    report = {
-        **result,
-        "max_new_tokens": max_new_tokens,
-        "min_chars": min_chars,
+    return {
         "prompts_by_category": dict(sorted(categories.items())),
         # Which records' values came back and from which prompts: ids and types only.
         "leaked": sorted(
@@ -637,17 +658,18 @@ def pii_leakage(
             for i, (r, c) in enumerate(zip(rows, found))
         ],
     }
-    (out_dir / "leakage.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    if write_generations:
-        with (out_dir / "leakage_generations.jsonl").open("w", encoding="utf-8") as fh:
-            for r, text in zip(rows, generations):
-                fh.write(
-                    json.dumps(
-                        {"id": r["id"], "category": r.get("category", "custom"), "generation": text}, ensure_ascii=False
-                    )
-                    + "\n"
+
+
+def _write_generations(path: Path, rows: list[dict], generations: list[str]) -> None:
+    # Opt-in only: a leaking model's output holds raw PII, which would then sit outside the raw zone.
+    with path.open("w", encoding="utf-8") as fh:
+        for r, text in zip(rows, generations):
+            fh.write(
+                json.dumps(
+                    {"id": r["id"], "category": r.get("category", "custom"), "generation": text}, ensure_ascii=False
                 )
-    return result
+                + "\n"
+            )
 
 
 # ============================================================================ canary exposure

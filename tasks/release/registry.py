@@ -295,24 +295,11 @@ def promote(
     was rejected or is marked for retirement. Tags are written before the alias moves, so a failure
     half-way leaves the champion where it was.
     """
-    if approval not in APPROVALS:
-        raise ValueError(f"approval must be one of {APPROVALS}, got {approval!r}")
-    if approval == "approved" and not approved_by:
-        raise ValueError("approval 'approved' needs approved_by: the reviewer's user name")
+    _check_approval(approval, approved_by)
     client = registry_client(paths)
     version = int(version)
     mv = get_version(client, model_name, version)
-    if _retired(mv.tags):
-        raise RegistryError(
-            f"{model_name} v{version} is marked for retirement "
-            f"({mv.tags.get('retire_reason', 'no reason recorded')}); it cannot become {champion_alias}"
-        )
-    if mv.tags.get("decision") == "rejected":
-        raise RegistryError(
-            f"{model_name} v{version} was rejected by {mv.tags.get('rejected_by')} at "
-            f"{mv.tags.get('rejected_at')}; register a new version, or delete its 'decision' tag "
-            "in the MLflow UI if the rejection was a mistake"
-        )
+    _check_promotable(mv.tags, model_name, version, champion_alias)
     current = alias_version(client, model_name, champion_alias)
     uri = f"models:/{model_name}@{champion_alias}"
     if current == version:
@@ -326,24 +313,7 @@ def promote(
             "model_uri": uri,
         }
     now = _now()
-    _set_tags(
-        client,
-        model_name,
-        version,
-        {
-            "decision": "promoted",
-            "approval": approval,
-            "approved_by": approved_by or "none",
-            "approval_comment": _clean_comment(comment),
-            "promoted_at": now,
-            "previous_champion": str(current) if current is not None else "none",
-            # champion again after a rollback: the rollback fields describe the past (kept in the audit trail)
-            "rolled_back_at": None,
-            "rolled_back_to": None,
-            "rolled_back_by": None,
-            "rollback_reason": None,
-        },
-    )
+    _set_tags(client, model_name, version, _promotion_tags(approval, approved_by, comment, now, current))
     if current is not None:
         client.set_registered_model_alias(model_name, previous_alias, str(current))
     client.set_registered_model_alias(model_name, champion_alias, str(version))
@@ -369,6 +339,47 @@ def promote(
         "approval": approval,
         "approved_by": approved_by,
         "model_uri": uri,
+    }
+
+
+def _check_approval(approval: str, approved_by: str | None) -> None:
+    if approval not in APPROVALS:
+        raise ValueError(f"approval must be one of {APPROVALS}, got {approval!r}")
+    if approval == "approved" and not approved_by:
+        raise ValueError("approval 'approved' needs approved_by: the reviewer's user name")
+
+
+def _check_promotable(tags: Mapping[str, str], model_name: str, version: int, champion_alias: str) -> None:
+    """Refuse a version marked for retirement or rejected by a reviewer."""
+    if _retired(tags):
+        raise RegistryError(
+            f"{model_name} v{version} is marked for retirement "
+            f"({tags.get('retire_reason', 'no reason recorded')}); it cannot become {champion_alias}"
+        )
+    if tags.get("decision") == "rejected":
+        raise RegistryError(
+            f"{model_name} v{version} was rejected by {tags.get('rejected_by')} at "
+            f"{tags.get('rejected_at')}; register a new version, or delete its 'decision' tag "
+            "in the MLflow UI if the rejection was a mistake"
+        )
+
+
+def _promotion_tags(
+    approval: str, approved_by: str | None, comment: str | None, now: str, current: int | None
+) -> dict[str, str | None]:
+    """The promoted version's tags; None deletes a tag (see _set_tags)."""
+    return {
+        "decision": "promoted",
+        "approval": approval,
+        "approved_by": approved_by or "none",
+        "approval_comment": _clean_comment(comment),
+        "promoted_at": now,
+        "previous_champion": str(current) if current is not None else "none",
+        # champion again after a rollback: the rollback fields describe the past (kept in the audit trail)
+        "rolled_back_at": None,
+        "rolled_back_to": None,
+        "rolled_back_by": None,
+        "rollback_reason": None,
     }
 
 

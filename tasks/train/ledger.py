@@ -650,6 +650,40 @@ def record_run(
     Non-private runs (`private=False`) are stored as ε = inf, δ = 0 whatever is passed.
     The same run_id again returns the existing entry (LedgerConflict if its fields differ).
     """
+    revisions = _validate_identity(run_id, dataset, dataset_revisions, record_count, lineage_digest)
+    _validate_annotations(config_digest, notes)
+    mechanism_fields = _mechanism_fields(
+        private,
+        epsilon,
+        delta,
+        accountant=accountant,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        max_grad_norm=max_grad_norm,
+    )
+    values = dict(
+        run_id=run_id,
+        source_dataset=dataset,
+        dataset_revisions=json.dumps(revisions),
+        record_count=record_count,
+        lineage_digest=lineage_digest,
+        private=bool(private),
+        **mechanism_fields,
+        notes=notes,
+        config_digest=config_digest,
+    )
+    return _insert_once(_engine(url), values, budget)
+
+
+def _validate_identity(
+    run_id: str,
+    dataset: str,
+    dataset_revisions: str | Sequence[str],
+    record_count: int,
+    lineage_digest: str,
+) -> list[str]:
+    """Check what names the run and its data; returns the revisions as a list."""
     if not isinstance(run_id, str) or not run_id.strip():
         raise LedgerError("run_id must be a non-empty string")
     if not isinstance(dataset, str) or not dataset.strip():
@@ -661,10 +695,28 @@ def record_run(
         raise LedgerError(f"record_count must be an integer >= 0, got {record_count!r}")
     if not isinstance(lineage_digest, str) or not _DIGEST_RE.match(lineage_digest):
         raise LedgerError("lineage_digest must be 'sha256:' + 64 hex digits (use lineage_of or lineage_digest)")
+    return revisions
+
+
+def _validate_annotations(config_digest: str | None, notes: str | None) -> None:
     if config_digest is not None and not _DIGEST_RE.match(config_digest):
         raise LedgerError("config_digest must be 'sha256:' + 64 hex digits (use config_digest())")
     if notes is not None and (len(notes) > 500 or "\n" in notes):
         raise LedgerError("notes must be a single line of at most 500 characters")
+
+
+def _mechanism_fields(
+    private: bool,
+    epsilon: float | None,
+    delta: float | None,
+    *,
+    accountant: str | None,
+    noise_multiplier: float | None,
+    sample_rate: float | None,
+    steps: int | None,
+    max_grad_norm: float | None,
+) -> dict[str, Any]:
+    """The entry's mechanism columns: validated DP-SGD parameters, or ε = inf, δ = 0 for a non-private run."""
     if private:
         _validate_privacy(True, epsilon, delta)
         epsilon, delta = float(epsilon), float(delta)
@@ -682,13 +734,7 @@ def record_run(
         epsilon, delta = math.inf, 0.0
         accountant = noise_multiplier = sample_rate = max_grad_norm = None
         mechanism = NON_PRIVATE_MECHANISM
-    values = dict(
-        run_id=run_id,
-        source_dataset=dataset,
-        dataset_revisions=json.dumps(revisions),
-        record_count=record_count,
-        lineage_digest=lineage_digest,
-        private=bool(private),
+    return dict(
         mechanism=mechanism,
         accountant=accountant,
         noise_multiplier=None if noise_multiplier is None else float(noise_multiplier),
@@ -697,10 +743,12 @@ def record_run(
         max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
         epsilon=epsilon,
         delta=delta,
-        notes=notes,
-        config_digest=config_digest,
     )
-    engine = _engine(url)
+
+
+def _insert_once(engine: Engine, values: dict[str, Any], budget: Budget | None) -> LedgerEntry:
+    """Check (with `budget`) and insert in one locked transaction; an existing run_id returns its entry."""
+    run_id = values["run_id"]
     for attempt in range(2):
         try:
             with engine.begin() as conn:
@@ -709,7 +757,15 @@ def record_run(
                 if existing:
                     return _same_run(existing[0], values)
                 if budget is not None:
-                    _check(conn, dataset, epsilon, delta, budget, run_id, bool(private))
+                    _check(
+                        conn,
+                        values["source_dataset"],
+                        values["epsilon"],
+                        values["delta"],
+                        budget,
+                        run_id,
+                        values["private"],
+                    )
                 values["created_at"] = datetime.now(UTC).replace(tzinfo=None)
                 conn.execute(insert(ledger_table).values(**values))
                 return _entries(conn, run_id=run_id)[0]
@@ -749,6 +805,16 @@ def _opt(x: float | int | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from tasks.config import load_config
 
+    parser = _parser()
+    args = parser.parse_args(argv)
+    privacy = load_config(args.config).privacy
+    url = args.url or None
+    if args.cmd == "check":
+        return _cli_check(parser, args, privacy, url)
+    return _cli_show(args, privacy, url)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tasks.train.ledger", description=__doc__.splitlines()[0])
     parser.add_argument("--url", help=f"SQLAlchemy URL of the ledger (default: ${URL_ENV}, else under PFT_HOME)")
     parser.add_argument("--config", type=Path, help="pipeline config for budgets (default: PFT_CONFIG or the repo's)")
@@ -762,38 +828,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     chk.add_argument("--delta", type=float, default=0.0, help="requested δ")
     chk.add_argument("--run-id", help="the run's id, if it may already be in the ledger (resume)")
     chk.add_argument("--non-private", action="store_true", help="check a non-private run (ε = inf)")
-    args = parser.parse_args(argv)
+    return parser
 
-    privacy = load_config(args.config).privacy
-    url = args.url or None
-    if args.cmd == "check":
-        dataset = args.dataset or privacy.source_dataset
-        if args.epsilon is None and not args.non_private:
-            parser.error("check needs --epsilon (or --non-private)")
-        try:
-            status = check_budget(
-                dataset,
-                args.epsilon if args.epsilon is not None else 0.0,
-                args.delta,
-                budget=budget_for(privacy, dataset),
-                run_id=args.run_id,
-                private=not args.non_private,
-                url=url,
-            )
-        except PrivacyBudgetExceeded as err:
-            print(str(err), file=sys.stderr)
-            return 1
-        except LedgerError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(
-            f"within budget on dataset '{dataset}': spent ε={_fmt(status.spent_epsilon)} over {status.runs} run(s), "
-            f"requested ε={_fmt(status.requested_epsilon)}, limit ε={_fmt(status.limit_epsilon)}; "
-            f"spent δ={_fmt(status.spent_delta)}, requested δ={_fmt(status.requested_delta)}, "
-            f"limit δ={_fmt(status.limit_delta)}"
+
+def _cli_check(parser: argparse.ArgumentParser, args: argparse.Namespace, privacy: Any, url: str | None) -> int:
+    """`check`: 0 within budget, 1 over it (the refusal on stderr), 2 when the ledger cannot answer."""
+    dataset = args.dataset or privacy.source_dataset
+    if args.epsilon is None and not args.non_private:
+        parser.error("check needs --epsilon (or --non-private)")
+    try:
+        status = check_budget(
+            dataset,
+            args.epsilon if args.epsilon is not None else 0.0,
+            args.delta,
+            budget=budget_for(privacy, dataset),
+            run_id=args.run_id,
+            private=not args.non_private,
+            url=url,
         )
-        return 0
+    except PrivacyBudgetExceeded as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    except LedgerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"within budget on dataset '{dataset}': spent ε={_fmt(status.spent_epsilon)} over {status.runs} run(s), "
+        f"requested ε={_fmt(status.requested_epsilon)}, limit ε={_fmt(status.limit_epsilon)}; "
+        f"spent δ={_fmt(status.spent_delta)}, requested δ={_fmt(status.requested_delta)}, "
+        f"limit δ={_fmt(status.limit_delta)}"
+    )
+    return 0
 
+
+def _cli_show(args: argparse.Namespace, privacy: Any, url: str | None) -> int:
+    """`show`: the entries, then each dataset's totals against its budget (as tables, or one JSON document)."""
     rows = entries(args.dataset, url=url)
     datasets = sorted({e.source_dataset for e in rows} | ({args.dataset} if args.dataset else set()))
     totals = [summary(d, budget_for(privacy, d), url=url) for d in datasets]
@@ -810,67 +879,74 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
-    header = [
-        "seq",
-        "created (UTC)",
-        "run_id",
-        "dataset",
-        "revision(s)",
-        "records",
-        "lineage",
-        "mechanism",
-        "accountant",
-        "sigma",
-        "q",
-        "steps",
-        "C",
-        "epsilon",
-        "delta",
-    ]
-    print(
-        _table(
-            [
-                [
-                    str(e.seq),
-                    e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    e.run_id,
-                    e.source_dataset,
-                    ",".join(r[:12] for r in e.dataset_revisions),
-                    str(e.record_count),
-                    e.lineage_digest[7:19],
-                    e.mechanism,
-                    e.accountant or "-",
-                    _opt(e.noise_multiplier),
-                    _opt(e.sample_rate),
-                    _opt(e.steps),
-                    _opt(e.max_grad_norm),
-                    _fmt(e.epsilon),
-                    _fmt(e.delta),
-                ]
-                for e in rows
-            ],
-            header,
-        )
-    )
+    print(_entries_table(rows))
     print()
-    print(
-        _table(
-            [
-                [
-                    t["source_dataset"],
-                    str(t["runs"]),
-                    _fmt(float(t["spent_epsilon"])),
-                    _opt(t["epsilon_budget"]),
-                    _fmt(t["spent_delta"]),
-                    _opt(t["delta_budget"]),
-                    ",".join(t["non_private_runs"]) or "-",
-                ]
-                for t in totals
-            ],
-            ["dataset", "runs", "spent epsilon", "epsilon budget", "spent delta", "delta budget", "non-private runs"],
-        )
-    )
+    print(_totals_table(totals))
     return 0
+
+
+_ENTRY_HEADER = [
+    "seq",
+    "created (UTC)",
+    "run_id",
+    "dataset",
+    "revision(s)",
+    "records",
+    "lineage",
+    "mechanism",
+    "accountant",
+    "sigma",
+    "q",
+    "steps",
+    "C",
+    "epsilon",
+    "delta",
+]
+
+
+def _entries_table(rows: list[LedgerEntry]) -> str:
+    # revisions and lineage are shortened: enough to tell entries apart, `--json` has them whole
+    return _table(
+        [
+            [
+                str(e.seq),
+                e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                e.run_id,
+                e.source_dataset,
+                ",".join(r[:12] for r in e.dataset_revisions),
+                str(e.record_count),
+                e.lineage_digest[7:19],
+                e.mechanism,
+                e.accountant or "-",
+                _opt(e.noise_multiplier),
+                _opt(e.sample_rate),
+                _opt(e.steps),
+                _opt(e.max_grad_norm),
+                _fmt(e.epsilon),
+                _fmt(e.delta),
+            ]
+            for e in rows
+        ],
+        _ENTRY_HEADER,
+    )
+
+
+def _totals_table(totals: list[dict[str, Any]]) -> str:
+    return _table(
+        [
+            [
+                t["source_dataset"],
+                str(t["runs"]),
+                _fmt(float(t["spent_epsilon"])),
+                _opt(t["epsilon_budget"]),
+                _fmt(t["spent_delta"]),
+                _opt(t["delta_budget"]),
+                ",".join(t["non_private_runs"]) or "-",
+            ]
+            for t in totals
+        ],
+        ["dataset", "runs", "spent epsilon", "epsilon budget", "spent delta", "delta budget", "non-private runs"],
+    )
 
 
 if __name__ == "__main__":
