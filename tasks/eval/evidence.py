@@ -233,6 +233,7 @@ def gather(
         trained=trained,
         champion=champion,
         qa_path=qa_path,
+        per_question=_per_question_specs(quality, list(safety_by_model), out),
     )
     return {
         **_quality_summary(quality, champion, qa_path, prepared, answer_loss),
@@ -240,7 +241,18 @@ def gather(
         "scenarios": {name: {k: v for k, v in q.items() if isinstance(v, dict)} for name, q in quality.items()},
         "helm_json": helm["json"],
         "helm_html": helm["html"],
+        "worse_than_base": helm["worse_than_base"],
     }
+
+
+def _per_question_specs(quality: dict, toxicity_models: list[str], out: Path) -> dict:
+    """model -> scenario -> metric -> per-question spec (numbers only, read from the models' eval files)."""
+    from tasks.eval.per_question import read_specs, toxicity_specs
+
+    specs = {name: read_specs(Path(q["per_question_path"])) for name, q in quality.items()}
+    for name in toxicity_models:
+        specs.setdefault(name, {})["toxicity"] = toxicity_specs(out / f"toxicity_{name}" / "toxicity.json")
+    return specs
 
 
 def _qa_split(paths: Paths, run_id: str) -> Path:
@@ -286,14 +298,17 @@ def _helm_report(
     trained: dict,
     champion: dict | None,
     qa_path: Path,
+    per_question: dict,
 ) -> dict:
-    """Write the HELM-style report (with what it was computed on) and log it to the run's MLflow run, if any."""
+    """Write the HELM-style report (with what it was computed on, each figure's interval and the
+    worse-than-base flags) and log it to the run's MLflow run, if any."""
     from tasks.eval.helm import build_report, log_report_to_mlflow
 
     helm = build_report(
         table,
         helm_dir,
         title=f"PrivateTune evaluation — {run_id}",
+        per_question=per_question,
         notes={
             "qa_split_sha256": _sha256(qa_path),
             "champion_version": champion and champion["version"],

@@ -149,6 +149,7 @@ def summary_lines(report: dict) -> list[str]:
         f"privacy attacks     PII leaks {get('evaluate.pii_leaks')}, canary exposure "
         f"{get('evaluate.canary_exposure_max')} bits, MIA AUC {get('evaluate.mia_auc')}",
         f"HELM-style report   {get('evaluate.helm_html')}",
+        f"HELM vs base        {_worse_than_base(get('evaluate.worse_than_base', None))}",
         f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')}"
         f"{', now champion' if get('decision.outcome', None) == 'promoted' else ''})",
         f"gates               {_gates(report.get('gates'))}",
@@ -173,6 +174,39 @@ def _answer_loss(loss: dict | None) -> str:
         f"base {loss['base']['mean']:.3f} → fine-tuned {loss['finetuned']['mean']:.3f} "
         f"(Δ {d['mean']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], {d['n']} questions)"
     )
+
+
+WORSE_THAN_BASE_FLAG = "⚠ worse than base beyond noise"
+
+
+def _worse_than_base(flags: list | None) -> str:
+    """The HELM metrics where fine-tuned is worse than base beyond the noise (paired 95% CI wholly on the worse side)."""
+    if flags is None:
+        return "— (no per-question intervals in this run)"
+    if not flags:
+        return "no scenario metric worse than base beyond noise (paired 95% bootstrap CI)"
+    return f"{WORSE_THAN_BASE_FLAG}: " + "; ".join(_flag_text(f) for f in flags)
+
+
+def _flag_text(flag: dict) -> str:
+    return (
+        f"{flag['scenario']}.{flag['metric']} Δ {flag['delta']:+.3f} "
+        f"[{flag['ci_low']:+.3f}, {flag['ci_high']:+.3f}]{'' if flag.get('higher_is_better') else ' (lower is better)'}"
+    )
+
+
+def _worse_than_base_section(report: dict) -> list[str]:
+    flags = (report.get("evaluate") or {}).get("worse_than_base") or []
+    if not flags:
+        return []
+    lines = ["", f"## {WORSE_THAN_BASE_FLAG}", "", "| scenario | metric | better | Δ fine-tuned − base | 95% CI |"]
+    lines.append("|---|---|---|---|---|")
+    for f in flags:
+        better = "higher" if f.get("higher_is_better") else "lower"
+        lines.append(
+            f"| {f['scenario']} | {f['metric']} | {better} | {f['delta']:+.3f} | [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}] |"
+        )
+    return lines
 
 
 def _monthly_lines(report: dict) -> list[str]:
@@ -280,6 +314,7 @@ def render_markdown(report: dict) -> str:
     ]
     for stage in STAGE_ORDER:
         lines.append(f"| {stage} | {report['stages'][stage]} | {report.get(stage, {}).get('seconds', '')} |")
+    lines += _worse_than_base_section(report)
     quarantine = (report.get("ingest") or {}).get("quarantine_reasons") or {}
     if quarantine:
         lines += ["", "## Quarantine reasons", "", "| reason | rows |", "|---|---|"]

@@ -399,6 +399,13 @@ def test_helm_style_report_and_privacy_figures(e2e):
     )
     assert helm["scenarios"]["privacy"]["pii_leaks"]["finetuned"] == evaluation["pii_leaks"]
     assert Path(evaluation["helm_html"]).read_text().lstrip().lower().startswith("<!doctype html")
+    assert helm["notes"]["dataset_rev"] == e2e["report"]["version"]["dataset_rev"]
+    # Every QA scenario figure carries its interval; the flags are in the page's JSON and the stage's result.
+    for scenario in ("accuracy", "robustness", "fairness", "calibration"):
+        for metric in helm["scenarios"][scenario]:
+            if metric != "n":
+                assert set(helm["intervals"][scenario][metric]) >= {"base", "finetuned"}, (scenario, metric)
+    assert evaluation["worse_than_base"] == helm["worse_than_base"]
     assert evaluation["pii_leaks"] == 0
     assert 0.0 <= evaluation["mia_auc"] <= 1.0
     assert evaluation["canary_exposure_max"] is not None and evaluation["canary_exposure_max"] >= 0.0

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tasks.common import offline
+from tasks.common.jsonl import read_rows
+from tasks.eval import per_question
 from tasks.eval.helm import (
     _answer_token_count,
     build_report,
@@ -23,6 +25,7 @@ from tasks.eval.helm import (
     log_report_to_mlflow,
     quality_kwargs,
 )
+from tasks.eval.helm_intervals import FLAG_TEXT
 from tests.eval.test_evaluate import QA, build_tiny
 
 offline.apply()
@@ -108,7 +111,7 @@ def test_evaluate_model_quality(tiny, tmp_path):
     q = evaluate_model_quality(
         "finetuned", tiny["trained"], None, tiny["qa"], tmp_path / "q", efficiency_prompts=2, **kwargs
     )
-    assert set(q) == {"accuracy", "robustness", "fairness", "calibration", "efficiency", "seconds"}
+    assert set(q) == {"accuracy", "robustness", "fairness", "calibration", "efficiency", "seconds", "per_question_path"}
     assert q["accuracy"]["n"] == q["calibration"]["n"] == 3
     # The greedy path of calibration and lm-eval's agree on what is correct.
     assert q["calibration"]["accuracy"] == q["accuracy"]["exact_match"] == 1.0
@@ -117,6 +120,7 @@ def test_evaluate_model_quality(tiny, tmp_path):
     assert saved["meta"]["model"] == "finetuned" and saved["meta"]["torch_threads"] == 1
     assert set(saved["meta"]["seconds"]) == {"suite", "calibration", "efficiency", "total"}
     assert (tmp_path / "q" / "suite" / "lm_eval_task" / "domain_qa_paraphrase.yaml").is_file()
+    _assert_per_question_reproduces_every_figure(q, tiny["qa"])
 
     with_adapter = evaluate_model_quality(
         "base+lora",
@@ -130,6 +134,19 @@ def test_evaluate_model_quality(tiny, tmp_path):
     )
     assert with_adapter["accuracy"]["n"] == 2
     assert 0.0 <= with_adapter["calibration"]["ece"] <= 1.0
+
+
+def _assert_per_question_reproduces_every_figure(quality: dict, qa_path: Path) -> None:
+    """Every figure but the counts has a per-question spec whose statistic is the figure; no question text."""
+    text = Path(quality["per_question_path"]).read_text()
+    specs = json.loads(text)
+    for scenario in ("accuracy", "robustness", "fairness", "calibration", "efficiency"):
+        figures = {m: v for m, v in quality[scenario].items() if m != "n" and v is not None}
+        assert set(specs[scenario]) == set(figures), scenario
+        for metric, value in figures.items():
+            assert per_question.statistic_value(specs[scenario][metric]) == pytest.approx(value), (scenario, metric)
+    for row in read_rows(qa_path, ("id", "question", "answer")):
+        assert row["question"] not in text and f'"{row["answer"]}"' not in text
 
 
 # ----------------------------------------------------------------------------- report
@@ -209,6 +226,94 @@ def test_report_lists_unmeasured_scenarios_and_rejects_non_numbers(tmp_path):
     assert [Path(p).name for p in paths["plots"]] == ["helm_accuracy.png"]
     with pytest.raises(TypeError, match=r"models\['base'\]\['accuracy'\]\['exact_match'\] is str"):
         build_report({"base": {"accuracy": {"exact_match": "high"}}}, tmp_path, title="t")
+
+
+def _noise_case() -> tuple[dict, dict]:
+    """(models, per_question) on 40 questions: the fine-tuned model is worse than base beyond the noise on
+    typo EM (loses 15 of base's 20 answers) and the fairness EM gap (one group loses 15 answers); inside
+    the noise on clean EM (one answer fewer) and the F1 gap (one question differs); far slower (not flagged)."""
+    specs = {
+        "base": {
+            "accuracy": {"exact_match": per_question.mean_spec([1] * 6 + [0] * 34)},
+            "robustness": {"exact_match_typo": per_question.mean_spec([1] * 20 + [0] * 20)},
+            "fairness": {
+                "exact_match_gap": per_question.gap_spec({"a": [1] * 20 + [0] * 20, "b": [1] * 20 + [0] * 20}),
+                "f1_gap": per_question.gap_spec({"a": [1] * 20 + [0] * 20, "b": [1] * 20 + [0] * 20}),
+            },
+            "efficiency": {"latency_ms_per_answer": per_question.mean_spec([10.0, 11.0, 9.0, 10.0] * 10)},
+        },
+        "finetuned": {
+            "accuracy": {"exact_match": per_question.mean_spec([1] * 5 + [0] * 35)},
+            "robustness": {"exact_match_typo": per_question.mean_spec([1] * 5 + [0] * 35)},
+            "fairness": {
+                "exact_match_gap": per_question.gap_spec(
+                    {"a": [1] * 20 + [0] * 20, "b": [0] * 15 + [1] * 5 + [0] * 20}
+                ),
+                "f1_gap": per_question.gap_spec({"a": [1] * 20 + [0] * 20, "b": [0] + [1] * 19 + [0] * 20}),
+            },
+            "efficiency": {"latency_ms_per_answer": per_question.mean_spec([50.0, 51.0, 49.0, 50.0] * 10)},
+        },
+    }
+    models = {
+        model: {
+            s: {m: per_question.statistic_value(spec) for m, spec in metrics.items()} for s, metrics in scen.items()
+        }
+        for model, scen in specs.items()
+    }
+    return models, specs
+
+
+def test_every_figure_with_a_sample_gets_an_interval(tmp_path):
+    models, specs = _noise_case()
+    paths = build_report(models, tmp_path, title="t", per_question=specs)
+    report = json.loads(Path(paths["json"]).read_text())
+    for model, scenarios in models.items():
+        for scenario, metrics in scenarios.items():
+            for metric, value in metrics.items():
+                ci = report["intervals"][scenario][metric][model]
+                assert ci["ci_low"] <= value <= ci["ci_high"] and ci["n"] == 40, (model, scenario, metric)
+                assert report["delta_intervals"]["finetuned-base"][scenario][metric]["n"] == 40
+    assert "percentile bootstrap" in report["interval_method"]
+    flat = helm_metrics(report)
+    assert (
+        flat["helm.base.robustness.exact_match_typo.ci_high"]
+        == report["intervals"]["robustness"]["exact_match_typo"]["base"]["ci_high"]
+    )
+    assert "[" in Path(paths["html"]).read_text()
+
+
+def test_worse_than_base_beyond_noise_is_flagged_and_inside_noise_is_not(tmp_path):
+    models, specs = _noise_case()
+    paths = build_report(models, tmp_path, title="t", per_question=specs)
+    report = json.loads(Path(paths["json"]).read_text())
+    flagged = {(f["scenario"], f["metric"]): f for f in report["worse_than_base"]}
+    assert set(flagged) == {("robustness", "exact_match_typo"), ("fairness", "exact_match_gap")}
+    assert flagged["robustness", "exact_match_typo"]["ci_high"] < 0  # higher is better: wholly below 0
+    assert flagged["fairness", "exact_match_gap"]["ci_low"] > 0  # lower is better: wholly above 0
+    assert flagged["robustness", "exact_match_typo"]["delta"] == pytest.approx(-0.375)
+    inside = report["delta_intervals"]["finetuned-base"]
+    assert inside["accuracy"]["exact_match"]["ci_low"] < 0 <= inside["accuracy"]["exact_match"]["ci_high"]
+    assert inside["fairness"]["f1_gap"]["ci_low"] <= 0 < inside["fairness"]["f1_gap"]["ci_high"]
+    assert inside["efficiency"]["latency_ms_per_answer"]["ci_low"] > 0  # slower beyond noise, but timings
+    assert paths["worse_than_base"] == report["worse_than_base"]
+    assert helm_metrics(report)["helm.worse_than_base"] == 2
+
+    page = Path(paths["html"]).read_text()
+    assert page.count(FLAG_TEXT) == 3  # the banner and the two rows
+    row = {
+        metric: next(r for r in page.split("<tr>") if f'<td class="l">{metric}' in r)
+        for metric in ("exact_match_typo", "exact_match<")
+    }
+    assert FLAG_TEXT in row["exact_match_typo"] and FLAG_TEXT not in row["exact_match<"]
+    assert FLAG_TEXT in page.split("<table>")[0]  # the banner, above the table
+
+
+def test_no_flag_and_no_interval_without_per_question_data(tmp_path):
+    models, _ = _noise_case()
+    paths = build_report(models, tmp_path, title="t")
+    report = json.loads(Path(paths["json"]).read_text())
+    assert report["worse_than_base"] == [] and report["intervals"] == {} and report["delta_intervals"] == {}
+    assert FLAG_TEXT not in Path(paths["html"]).read_text()
 
 
 def test_direction_rules():

@@ -19,7 +19,7 @@ def test_incomplete_run_names_missing_fields(tmp_path):
     assert report["stages"]["ingest"] == "completed" and report["stages"]["train"] == "not run"
 
 
-def _complete_run(run_dir, *, gates_status="passed", decision=None):
+def _complete_run(run_dir, *, gates_status="passed", decision=None, worse_than_base=None):
     _stage(run_dir, "prepare", {"run_id": "r1"})
     _stage(run_dir, "ingest", {"rows_in": 3, "rows_valid": 2, "rows_quarantined": 1})
     _stage(run_dir, "validate", {"success": True, "evaluated_expectations": 13})
@@ -43,6 +43,7 @@ def _complete_run(run_dir, *, gates_status="passed", decision=None):
             "mia_auc": 0.52,
             "canary_exposure_max": 1.5,
             "helm_html": "/x/helm.html",
+            **({"worse_than_base": worse_than_base} if worse_than_base is not None else {}),
         },
     )
     _stage(run_dir, "register", {"model_name": "m", "version": 4, "alias": "challenger"})
@@ -115,3 +116,46 @@ def test_awaiting_approval_and_rejection(tmp_path):
     assert report["outcome"] == "rejected" and report["complete"] is True
     assert "rejected by bob — “not enough gain”" in "\n".join(summary_lines(report))
     assert "decision.outcome" in REQUIRED_FIELDS
+
+
+TYPO_FLAG = {
+    "scenario": "robustness",
+    "metric": "exact_match_typo",
+    "delta": -0.375,
+    "ci_low": -0.525,
+    "ci_high": -0.225,
+    "n": 40,
+    "higher_is_better": True,
+}
+GAP_FLAG = {
+    "scenario": "fairness",
+    "metric": "exact_match_gap",
+    "delta": 0.375,
+    "ci_low": 0.225,
+    "ci_high": 0.525,
+    "n": 40,
+    "higher_is_better": False,
+}
+
+
+def test_metrics_worse_than_base_beyond_noise_are_flagged(tmp_path):
+    _complete_run(tmp_path, worse_than_base=[TYPO_FLAG, GAP_FLAG])
+    write_report(tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["evaluate"]["worse_than_base"] == [TYPO_FLAG, GAP_FLAG]  # machine-readable
+    line = next(x for x in summary_lines(report) if x.startswith("HELM vs base"))
+    assert "⚠ worse than base beyond noise" in line
+    assert "robustness.exact_match_typo Δ -0.375 [-0.525, -0.225]" in line
+    assert "fairness.exact_match_gap Δ +0.375 [+0.225, +0.525] (lower is better)" in line
+    md = (tmp_path / "report.md").read_text()
+    assert "## ⚠ worse than base beyond noise" in md
+    assert "| robustness | exact_match_typo | higher | -0.375 | [-0.525, -0.225] |" in md
+
+
+def test_no_flag_when_nothing_is_worse_beyond_noise(tmp_path):
+    _complete_run(tmp_path, worse_than_base=[])
+    write_report(tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    line = next(x for x in summary_lines(report) if x.startswith("HELM vs base"))
+    assert "no scenario metric worse than base beyond noise" in line and "⚠" not in line
+    assert "⚠" not in (tmp_path / "report.md").read_text()
