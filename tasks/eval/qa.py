@@ -1,7 +1,7 @@
 """Evaluate stage: domain QA quality through lm-eval, and toxicity of generations.
 
-`evaluate_qa` scores a base model (optionally with a LoRA adapter) on the held-out
-QA set with the `domain_qa` lm-eval task (include/lm_eval_tasks/domain_qa): greedy
+`evaluate_qa` scores a base model (optionally with a LoRA adapter) on a QA split
+(validation or test, tasks.demo.synth) with the `domain_qa` lm-eval task (include/lm_eval_tasks/domain_qa): greedy
 answers cut at the first newline, SQuAD-style exact match and token F1, and
 relevance (cosine of sentence embeddings, offline all-MiniLM-L6-v2 by default).
 `evaluate_qa_suite` adds HELM-style robustness (typos, casing, paraphrase) and
@@ -192,6 +192,16 @@ def _run_lm_eval(
         json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False), encoding="utf-8"
     )
     return results
+
+
+def per_question_scores(results_path: Path, task: str = TASK_NAME) -> dict[str, list[float]]:
+    """{"exact_match": [...], "f1": [...]}: each question's score in the QA file's order (lm-eval's doc_id),
+    from a results.json written with its samples (`evaluate_qa`, `evaluate_qa_suite`)."""
+    results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    samples = sorted(results["samples"][task], key=lambda s: int(s["doc_id"]))
+    if [int(s["doc_id"]) for s in samples] != list(range(len(samples))):
+        raise ValueError(f"{results_path}: task {task} did not score questions 0..{len(samples) - 1} once each")
+    return {metric: [float(s[metric]) for s in samples] for metric in ("exact_match", "f1")}
 
 
 def _task_metrics(results: dict, task: str) -> dict:

@@ -25,6 +25,7 @@ from tasks.eval.qa import (
     evaluate_qa,
     evaluate_qa_suite,
     main,
+    per_question_scores,
     render_task_yaml,
     toxicity,
     write_task_dir,
@@ -143,7 +144,7 @@ def build_tiny(root: Path) -> dict:
         "base": base,
         "adapter": adapter,
         "trained": trained,
-        "qa": _write_jsonl(root / "qa_heldout.jsonl", QA),
+        "qa": _write_jsonl(root / "qa_validation.jsonl", QA),
         "prompts": _write_jsonl(root / "prompts.jsonl", PROMPTS),
     }
 
@@ -228,7 +229,7 @@ def test_rendered_task_points_at_qa_file(tmp_path):
     assert all(m["aggregation"] == "mean" and m["higher_is_better"] for m in cfg["metric_list"])
     # The committed YAML still loads and keeps its documented default.
     committed = load_yaml(TASK_SRC_DIR / f"{TASK_NAME}.yaml")
-    assert committed["dataset_kwargs"]["data_files"]["test"] == ".local/synth/qa_heldout.jsonl"
+    assert committed["dataset_kwargs"]["data_files"]["test"] == ".local/synth/qa_validation.jsonl"
 
 
 def test_rendered_task_takes_its_own_name(tmp_path):
@@ -281,6 +282,17 @@ def test_trained_model_scores_perfectly_through_cli(tiny, tmp_path, capsys):
     # The generation is the answer with its leading space, cut before the newline.
     assert by_id["q1"]["filtered_resps"] == [" $1,500"]
     assert by_id["q1"]["arguments"][0][0] == _qa_prompt(QA[0]["question"])  # (context, gen_kwargs)
+    assert per_question_scores(out / "results.json") == {"exact_match": [1.0] * len(QA), "f1": [1.0] * len(QA)}
+
+
+def test_per_question_scores_follow_the_qa_file_order(tmp_path):
+    samples = [{"doc_id": i, "exact_match": float(i == 1), "f1": 0.5 * i} for i in (2, 0, 1)]
+    path = _write_jsonl(tmp_path / "r.json", [])
+    path.write_text(json.dumps({"samples": {TASK_NAME: samples}}))
+    assert per_question_scores(path) == {"exact_match": [0.0, 1.0, 0.0], "f1": [0.0, 0.5, 1.0]}
+    path.write_text(json.dumps({"samples": {TASK_NAME: samples[:1] + samples[:1]}}))
+    with pytest.raises(ValueError, match="once each"):
+        per_question_scores(path)
 
 
 @pytest.mark.slow  # the real lm_eval executable in a subprocess
