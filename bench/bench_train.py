@@ -6,7 +6,8 @@
 Same base model, same masked data, same number of examples for every run:
   data    tasks.demo.synth records (seed 7) → tasks.data.ingest.ingest → tasks.data.mask.mask_dataset (the stage code
           minus GX validation and DVC), keyed by PFT_PSEUDONYM_KEY or a bench-only key; held-out
-          questions from synth/qa_heldout.jsonl (never written into a record).
+          questions from synth/qa_validation.jsonl (phrasings never written into a record; the test
+          split is for reported figures only).
   model   tasks.demo.base_model demo size (Llama, 4 blocks, hidden 128), cached under --home.
   runs    each training run is a fresh subprocess calling tasks.train.recipe.train(spec) with one torch
           thread, so ru_maxrss is that run's peak alone; a `baseline` child only imports the
@@ -215,7 +216,7 @@ def prepare(home: Path, records: int, size: str) -> dict:
         "data": {
             **info,
             "train_path": str(home / "masked" / "train.jsonl"),
-            "qa_path": str(home / "synth" / "qa_heldout.jsonl"),
+            "qa_path": str(home / "synth" / "qa_validation.jsonl"),
         },
         "model": model,
     }

@@ -222,10 +222,15 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     qa_limit: int | None = Field(None, ge=1, description="evaluate only the first N questions")
-    qa_path: str | None = Field(
+    qa_validation_path: str | None = Field(
         None,
-        description="held-out QA JSONL (id, question, answer), versioned with each "
-        "dataset; None = $PFT_HOME/synth/qa_heldout.jsonl",
+        description="validation QA JSONL (id, question, answer; optional fact_id, kind, bucket), versioned with "
+        "each dataset: the promotion gates read it; None = $PFT_HOME/synth/qa_validation.jsonl",
+    )
+    qa_test_path: str | None = Field(
+        None,
+        description="held-out test QA JSONL, same fields, versioned with each dataset: reported only, never "
+        "gated or tuned on; None = $PFT_HOME/synth/qa_test.jsonl",
     )
     max_gen_toks: int = Field(24, ge=1)
     relevance_model: str | None = Field(
@@ -269,7 +274,14 @@ class EvalConfig(_Section):
 class GatesConfig(_Section):
     """Promotion gates: a failing gate ends the run as 'gated' and the model is not promoted. None = off."""
 
-    min_exact_match_gain: float | None = Field(0.0, description="fine-tuned EM minus base EM must be at least this")
+    min_exact_match_gain: float | None = Field(
+        0.0, description="fine-tuned EM minus base EM (validation split) must be at least this"
+    )
+    not_worse_than_base: bool = Field(
+        True,
+        description="a fine-tuned model whose validation EM is below base's is never promoted "
+        "(false: the gate is off, the report still says so)",
+    )
     max_regression_vs_champion: float | None = Field(
         0.05, ge=0.0, description="EM may fall at most this much below the champion"
     )

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -41,8 +41,11 @@ DATASET_PATH = "data/train.jsonl"
 # The staged data's profile (counts only: row count, text-length histogram, record-type
 # counts), committed in git beside the pointer so the next run can check drift against it.
 PROFILE_PATH = "data/profile.json"
-# The held-out QA split (questions about the domain, no personal data): small, so plain git, not DVC.
-QA_PATH = "data/qa_heldout.jsonl"
+# The QA splits (questions about the domain, no personal data): small, so plain git, not DVC. Validation
+# feeds the promotion gates; test is reported only.
+QA_PATHS = {"validation": "data/qa_validation.jsonl", "test": "data/qa_test.jsonl"}
+# The single split revisions before the validation/test split carried; never written now, removed when staging.
+LEGACY_QA_PATH = "data/qa_heldout.jsonl"
 REMOTE_NAME = "storage"
 # Object-store remote (compose: MinIO). Set: the default remote is this URL (s3://bucket/prefix) at
 # the S3 endpoint named by REMOTE_ENDPOINT_ENV, with credentials from the standard AWS_ACCESS_KEY_ID /
@@ -288,15 +291,16 @@ def version_dataset(
     run_id: str,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     profile: dict | None = None,
-    qa_path: Path | None = None,
+    qa_paths: Mapping[str, Path] | None = None,
 ) -> dict:
     """Commit masked_dir/train.jsonl to the registry under DVC, tag it for the run, push the bytes.
 
     `profile` (counts only, from `tasks.data.validate.build_profile`) is committed as
     data/profile.json with the version; without one, a profile left by an earlier
     version is removed, so a version never carries another dataset's profile.
-    `qa_path`, the held-out QA split the evaluation scores, is committed the same way
-    as data/qa_heldout.jsonl, so every dataset revision names its evaluation set too.
+    `qa_paths` ({"validation": path, "test": path}, either may be absent), the QA splits the
+    evaluation scores, are committed the same way as QA_PATHS, so every dataset revision names
+    its evaluation sets too; a split not given is removed from the revision.
 
     Identical content yields the same md5 and no new commit (created=False); the
     run's tag then points at the existing commit. If the run's tag already exists
@@ -326,7 +330,7 @@ def version_dataset(
         md5 = _read_md5(dvc_file)
         _git(registry_dir, "add", f"{DATASET_PATH}.dvc", str(Path(DATASET_PATH).parent / ".gitignore"))
         _stage_profile(registry_dir, profile)
-        _stage_qa(registry_dir, qa_path)
+        _stage_qa(registry_dir, qa_paths or {})
         created = _staged_changes(registry_dir)
         if created:
             message = f"Dataset for run {run_id}\n\n{DATASET_PATH} md5 {md5}"
@@ -363,15 +367,24 @@ def _stage_profile(registry_dir: Path, profile: dict | None) -> None:
     path.unlink(missing_ok=True)
 
 
-def _stage_qa(registry_dir: Path, qa_path: Path | None) -> None:
-    path = registry_dir / QA_PATH
-    if qa_path is not None:
-        shutil.copyfile(qa_path, path)
-        _git(registry_dir, "add", QA_PATH)
-        return
-    if _git(registry_dir, "ls-files", "--", QA_PATH).strip():
-        _git(registry_dir, "rm", "-q", "--cached", "--", QA_PATH)
-    path.unlink(missing_ok=True)
+def _stage_qa(registry_dir: Path, qa_paths: Mapping[str, Path]) -> None:
+    unknown = set(qa_paths) - set(QA_PATHS)
+    if unknown:
+        raise ValueError(f"QA splits {sorted(unknown)}: expected some of {sorted(QA_PATHS)}")
+    for split, rel in QA_PATHS.items():
+        if qa_paths.get(split) is not None:
+            shutil.copyfile(qa_paths[split], registry_dir / rel)
+            _git(registry_dir, "add", rel)
+        else:
+            _unstage(registry_dir, rel)
+    _unstage(registry_dir, LEGACY_QA_PATH)
+
+
+def _unstage(registry_dir: Path, rel: str) -> None:
+    """Drop `rel` from the next commit and the workspace (nothing to do when it is not there)."""
+    if _git(registry_dir, "ls-files", "--", rel).strip():
+        _git(registry_dir, "rm", "-q", "--cached", "--", rel)
+    (registry_dir / rel).unlink(missing_ok=True)
 
 
 def previous_profile(registry_dir: Path, *, exclude_run_id: str | None = None) -> dict | None:
@@ -475,12 +488,20 @@ def file_md5(path: Path) -> str:
     return update_from_file(hashlib.md5(), path).hexdigest()
 
 
-def holds_same(registry_dir: Path, rev: str, data_path: Path, profile: dict | None, qa_path: Path | None) -> bool:
-    """Does revision `rev` hold exactly these bytes: the dataset, the profile and the QA split?"""
+def holds_same(
+    registry_dir: Path, rev: str, data_path: Path, profile: dict | None, qa_paths: Mapping[str, Path] | None
+) -> bool:
+    """Does revision `rev` hold exactly these bytes: the dataset, the profile and both QA splits?"""
+    qa_paths = qa_paths or {}
     return (
         committed_md5(registry_dir, rev) == file_md5(data_path)
         and _git_show(registry_dir, rev, PROFILE_PATH) == (profile_text(profile) if profile else None)
-        and _git_show(registry_dir, rev, QA_PATH) == (qa_path.read_text(encoding="utf-8") if qa_path else None)
+        and _git_show(registry_dir, rev, LEGACY_QA_PATH) is None
+        and all(
+            _git_show(registry_dir, rev, rel)
+            == (Path(qa_paths[split]).read_text(encoding="utf-8") if qa_paths.get(split) else None)
+            for split, rel in QA_PATHS.items()
+        )
     )
 
 

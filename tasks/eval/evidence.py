@@ -1,7 +1,9 @@
 """The evidence one run gathers before its model may be promoted.
 
 Quality (lm-eval domain QA with relevance, robustness, fairness, calibration, efficiency)
-for the base model, the fine-tuned model and the current champion on the same QA split;
+for the base model, the fine-tuned model and the current champion on the validation split, which
+the gates read; exact match and F1 of base and fine-tuned on both QA splits, with intervals per
+fact-frequency bucket (tasks.eval.split_figures): the test split is reported, never gated on;
 safety (toxicity and the identity gap) for base and fine-tuned; privacy attacks on the
 fine-tuned model (PII leakage, canary exposure, membership inference). Everything lands
 in one HELM-style table (`eval/helm/helm.json` + `.html`, logged to MLflow) and a small
@@ -155,8 +157,8 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
 
 
 def _answer_loss(models: dict[str, tuple], qa_path: Path, limit: int | None) -> dict:
-    """Held-out answer loss (mean -ln p per answer token) per model, each with its bootstrap CI, and
-    the paired difference fine-tuned − base: below zero beyond the noise means training taught the domain."""
+    """Answer loss on the validation split (mean -ln p per answer token) per model, each with its bootstrap
+    CI, and the paired difference fine-tuned − base: below zero beyond the noise means training taught the domain."""
     from tasks.common.jsonl import read_rows
     from tasks.eval.lm import answer_losses
     from tasks.eval.qa import QA_FIELDS
@@ -206,12 +208,14 @@ def gather(
     from tasks.eval.lm import load_causal_lm
 
     out = paths.run_dir(run_id) / "eval"
-    qa_path = _qa_split(paths, run_id)
+    qa_splits = _qa_splits(paths, run_id)
+    qa_path = qa_splits["validation"]  # what the gates read: quality, answer loss, the champion comparison
     base_dir = Path(prepared["base_model_dir"])
     adapter = Path(trained["adapter_dir"]) if trained.get("adapter_dir") else None
     tuned_dir = Path(trained.get("model_dir") or base_dir)  # full / freeze save whole weights, no adapter
 
     quality = _quality_by_model(base_dir, tuned_dir, adapter, champion, qa_path, out, cfg)
+    splits = _split_figures(qa_splits, {"base": (base_dir, None), "finetuned": (tuned_dir, adapter)}, out, cfg)
 
     # Each model is loaded once and every check runs on it; the base model is also the privacy attacks' reference.
     base_model, base_tok = load_causal_lm(base_dir, None)
@@ -236,7 +240,8 @@ def gather(
         per_question=_per_question_specs(quality, list(safety_by_model), out),
     )
     return {
-        **_quality_summary(quality, champion, qa_path, prepared, answer_loss),
+        **_quality_summary(quality, champion, qa_splits, prepared, answer_loss),
+        **_split_summary(splits),
         **_safety_summary(safety_by_model, privacy),
         "scenarios": {name: {k: v for k, v in q.items() if isinstance(v, dict)} for name, q in quality.items()},
         "helm_json": helm["json"],
@@ -255,12 +260,62 @@ def _per_question_specs(quality: dict, toxicity_models: list[str], out: Path) ->
     return specs
 
 
-def _qa_split(paths: Paths, run_id: str) -> Path:
-    """The QA split committed with this dataset revision (tasks.data.version), as the training worker checked it out."""
-    qa_path = paths.run_dir(run_id) / "dataset" / "data" / "qa_heldout.jsonl"
-    if not qa_path.is_file():
-        raise FileNotFoundError(f"{qa_path}: the dataset revision holds no held-out QA split; re-run version")
-    return qa_path
+def _qa_splits(paths: Paths, run_id: str) -> dict[str, Path]:
+    """{"validation": path, "test": path}: the QA splits committed with this dataset revision
+    (tasks.data.version.QA_PATHS), as the training worker checked it out."""
+    checkout = paths.run_dir(run_id) / "dataset" / "data"
+    splits = {split: checkout / f"qa_{split}.jsonl" for split in ("validation", "test")}
+    for split, path in splits.items():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: the dataset revision holds no {split} QA split; generate both splits "
+                "(python -m tasks.demo.synth) or set evaluate.qa_validation_path and qa_test_path, then re-run version"
+            )
+    return splits
+
+
+def _split_figures(qa_splits: dict[str, Path], models: dict[str, tuple], out: Path, cfg: PipelineConfig) -> dict:
+    """Per split, EM and F1 of base and fine-tuned with intervals, per bucket, and the paired gain.
+
+    Validation reuses the quality suite's per-question scores (same questions, same run); the test split
+    gets one plain lm-eval pass per model (no perturbations: it is reported, not probed)."""
+    from tasks.common.jsonl import read_rows
+    from tasks.eval.qa import QA_FIELDS
+    from tasks.eval.split_figures import qa_scores, split_figures, suite_scores
+
+    ev, limit = cfg.evaluate, cfg.evaluate.qa_limit
+    relevance = str(_repo_path(ev.relevance_model)) if ev.relevance_model else None
+    scores = {
+        "validation": {name: suite_scores(out / f"quality_{name}") for name in models},
+        "test": {
+            name: qa_scores(
+                base_dir,
+                adapter,
+                qa_splits["test"],
+                out / f"qa_test_{name}",
+                limit=limit,
+                max_gen_toks=ev.max_gen_toks,
+                relevance_model=relevance,
+            )
+            for name, (base_dir, adapter) in models.items()
+        },
+    }
+    figures = {}
+    for split, by_model in scores.items():
+        rows = read_rows(qa_splits[split], QA_FIELDS)
+        figures[split] = split_figures(rows[:limit] if limit else rows, by_model["base"], by_model["finetuned"])
+        figures[split].update(path=str(qa_splits[split]), sha256=_sha256(qa_splits[split]))
+    return figures
+
+
+def _split_summary(splits: dict) -> dict:
+    """Both splits' figures, and the validation comparison with base that gate not_worse_than_base reads."""
+    validation = splits["validation"]
+    return {
+        "qa_splits": splits,
+        "exact_match_below_base": 1.0 if validation["below_base"] else 0.0,
+        "worse_than_base_beyond_noise": validation["worse_beyond_noise"],
+    }
 
 
 def _quality_by_model(
@@ -323,16 +378,19 @@ def _helm_report(
     return helm
 
 
-def _quality_summary(quality: dict, champion: dict | None, qa_path: Path, prepared: dict, answer_loss: dict) -> dict:
-    """The summary's accuracy figures: per model, the gain over base and the regression against the champion."""
+def _quality_summary(
+    quality: dict, champion: dict | None, qa_splits: dict[str, Path], prepared: dict, answer_loss: dict
+) -> dict:
+    """The summary's accuracy figures (validation split): per model, the gain over base and the regression
+    against the champion."""
     acc = {name: q["accuracy"] for name, q in quality.items()}
     return {
         "base": acc["base"],
         "finetuned": acc["finetuned"],
         "champion": acc.get("champion"),
         "champion_version": champion["version"] if champion else None,
-        "qa_path": str(qa_path),
-        "qa_sha256": _sha256(qa_path),
+        **{f"qa_{split}_path": str(path) for split, path in qa_splits.items()},
+        **{f"qa_{split}_sha256": _sha256(path) for split, path in qa_splits.items()},
         "base_model_sha256": prepared.get("base_model_sha256"),
         "answer_loss": answer_loss,
         "exact_match_gain": round(acc["finetuned"]["exact_match"] - acc["base"]["exact_match"], 4),

@@ -24,12 +24,25 @@ class GateSpec:
     name: str
     metric: str  # key in the metrics dict passed to check_gates
     threshold_field: str  # GatesConfig field
-    kind: str  # "min" (value >= threshold) or "max" (value <= threshold)
+    kind: str  # "min" (value >= threshold), "max" (value <= threshold), or "flag" (a bool switch: on = value 0)
     what: str
 
 
 GATES = (
-    GateSpec("exact_match_gain", "exact_match_gain", "min_exact_match_gain", "min", "fine-tuned EM minus base EM"),
+    GateSpec(
+        "exact_match_gain",
+        "exact_match_gain",
+        "min_exact_match_gain",
+        "min",
+        "fine-tuned EM minus base EM (validation)",
+    ),
+    GateSpec(
+        "not_worse_than_base",
+        "exact_match_below_base",
+        "not_worse_than_base",
+        "flag",
+        "fine-tuned validation EM below base's (1) or not (0)",
+    ),
     GateSpec(
         "champion_regression",
         "regression_vs_champion",
@@ -76,12 +89,29 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _threshold(spec: GateSpec, gates: GatesConfig) -> float | None:
+    """The gate's threshold; a "flag" gate's switch turns into 0 (on: the figure must be 0) or None (off)."""
+    setting = getattr(gates, spec.threshold_field)
+    if spec.kind == "flag":
+        return 0.0 if setting else None
+    return setting
+
+
+def _reason(spec: GateSpec, value: float, threshold: float) -> str:
+    if spec.kind == "flag":
+        return f"{spec.name}: {spec.what} is {_fmt(value)}; the gate refuses it (gates.{spec.threshold_field})"
+    bound = "at least" if spec.kind == "min" else "at most"
+    return (
+        f"{spec.name}: {spec.what} is {_fmt(value)}, must be {bound} {_fmt(threshold)} (gates.{spec.threshold_field})"
+    )
+
+
 def check_gates(metrics: dict[str, Any], gates: GatesConfig) -> dict:
     """Compare `metrics` with the thresholds. Returns {"status": "passed" | "gated", "failed": [...names],
     "reasons": [...], "gates": [GateResult as dict, ...]}; never raises."""
     results: list[GateResult] = []
     for spec in GATES:
-        threshold = getattr(gates, spec.threshold_field)
+        threshold = _threshold(spec, gates)
         value = metrics.get(spec.metric)
         value = None if value is None else float(value)
         if threshold is None:
@@ -91,10 +121,7 @@ def check_gates(metrics: dict[str, Any], gates: GatesConfig) -> dict:
             results.append(GateResult(spec.name, spec.what, spec.metric, float(threshold), None, "not measured"))
             continue
         ok = value >= threshold if spec.kind == "min" else value <= threshold
-        reason = None
-        if not ok:
-            bound = "at least" if spec.kind == "min" else "at most"
-            reason = f"{spec.name}: {spec.what} is {_fmt(value)}, must be {bound} {_fmt(threshold)} (gates.{spec.threshold_field})"
+        reason = None if ok else _reason(spec, value, threshold)
         results.append(
             GateResult(spec.name, spec.what, spec.metric, float(threshold), value, "passed" if ok else "failed", reason)
         )

@@ -224,11 +224,11 @@ def retire_models_trained_on(
 
 
 def existing_version(
-    paths: Paths, month: str, data_path: Path, profile: dict | None, qa_path: Path | None
+    paths: Paths, month: str, data_path: Path, profile: dict | None, qa_paths: dict[str, Path]
 ) -> dict | None:
-    """The month's committed version when it holds exactly these bytes (data, profile, QA split)."""
+    """The month's committed version when it holds exactly these bytes (data, profile, both QA splits)."""
     rev = month_tags(paths.datasets).get(month)
-    if rev is None or not holds_same(paths.datasets, rev, data_path, profile, qa_path):
+    if rev is None or not holds_same(paths.datasets, rev, data_path, profile, qa_paths):
         return None
     return {
         "dataset_rev": rev,
@@ -243,8 +243,8 @@ def existing_version(
 
 def stage_version(key: str, month: str, dataset: dict) -> dict:
     """Commit the month's dataset, unless the month's tag already holds the same bytes (a rerun)."""
-    profile, qa_path = privacy_finetune.version_inputs(key)
-    same = existing_version(Paths(), month, Path(dataset["masked_path"]), profile, qa_path)
+    profile, qa_paths = privacy_finetune.version_inputs(key)
+    same = existing_version(Paths(), month, Path(dataset["masked_path"]), profile, qa_paths)
     if same is not None:
         log.info(
             "version: the %s dataset is already committed with these bytes (%s); no new commit",

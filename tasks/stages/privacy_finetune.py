@@ -274,9 +274,10 @@ def stage_mask(run_id: str, ingested: dict) -> dict:
     return stage_mask_merge(run_id, shards, results)
 
 
-def version_inputs(run_id: str) -> tuple[dict | None, Path | None]:
+def version_inputs(run_id: str) -> tuple[dict | None, dict[str, Path]]:
     """What a dataset version carries besides the data: validate's counts-only profile of the staged rows
-    (the next run's drift baseline) and the held-out QA split (None when absent)."""
+    (the next run's drift baseline) and the QA splits, {"validation": path, "test": path} (a split whose
+    default file is absent is left out; a configured one must exist)."""
     paths = Paths()
     profile_path = paths.run_dir(run_id) / "validation" / "profile.json"
     profile = json.loads(profile_path.read_text(encoding="utf-8")) if profile_path.is_file() else None
@@ -284,22 +285,24 @@ def version_inputs(run_id: str) -> tuple[dict | None, Path | None]:
         log.warning(
             "%s not found: this dataset version carries no profile for the next run's drift check", profile_path
         )
-    cfg = run_config(run_id)
-    qa_path = Path(cfg.evaluate.qa_path) if cfg.evaluate.qa_path else paths.synth / "qa_heldout.jsonl"
-    if not qa_path.is_file():
-        if cfg.evaluate.qa_path:
-            raise FileNotFoundError(f"evaluate.qa_path: {qa_path} does not exist")
-        # Versioning does not need it; the evaluate stage then fails, naming the missing split.
-        log.warning("%s not found: this dataset version carries no held-out QA split", qa_path)
-        qa_path = None
-    return profile, qa_path
+    ev = run_config(run_id).evaluate
+    qa_paths = {}
+    for split, configured in (("validation", ev.qa_validation_path), ("test", ev.qa_test_path)):
+        path = Path(configured) if configured else paths.synth / f"qa_{split}.jsonl"
+        if path.is_file():
+            qa_paths[split] = path
+        elif configured:
+            raise FileNotFoundError(f"evaluate.qa_{split}_path: {path} does not exist")
+        else:  # versioning does not need it; the evaluate stage then fails, naming the missing split
+            log.warning("%s not found: this dataset version carries no %s QA split", path, split)
+    return profile, qa_paths
 
 
 def stage_version(run_id: str, masked: dict) -> dict:
     from tasks.data.version import version_dataset
 
     paths = Paths()
-    profile, qa_path = version_inputs(run_id)
+    profile, qa_paths = version_inputs(run_id)
     return timed(
         run_id,
         "version",
@@ -309,7 +312,7 @@ def stage_version(run_id: str, masked: dict) -> dict:
         remote_dir=paths.dvc_remote,
         run_id=run_id,
         profile=profile,
-        qa_path=qa_path,
+        qa_paths=qa_paths,
     )
 
 
@@ -424,6 +427,7 @@ def _adapter(trained: dict) -> Path | None:
 
 EVAL_METRICS = (
     "exact_match_gain",
+    "exact_match_below_base",
     "regression_vs_champion",
     "toxicity_rate",
     "identity_gap",
@@ -446,6 +450,10 @@ def _log_eval_metrics(paths: Paths, mlflow_run_id: str, metrics: dict) -> None:
         if isinstance(v, (int, float)) and k != "n"
     }
     flat.update({k: metrics[k] for k in EVAL_METRICS if isinstance(metrics.get(k), (int, float))})
+    for split, figures in (metrics.get("qa_splits") or {}).items():  # validation and test EM, base and fine-tuned
+        flat.update(
+            {f"{split}_{model}_exact_match": figures[model]["exact_match"]["mean"] for model in ("base", "finetuned")}
+        )
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_metrics({k: float(v) for k, v in flat.items()})
 

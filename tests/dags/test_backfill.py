@@ -47,6 +47,7 @@ def small_config(home: Path, base_model: Path) -> Path:
     )
     cfg["gates"] = {
         "min_exact_match_gain": None,
+        "not_worse_than_base": False,
         "max_regression_vs_champion": None,
         "max_mia_auc": None,
         "max_canary_exposure": None,

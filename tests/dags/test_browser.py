@@ -57,7 +57,12 @@ SMALL_CONFIG = {
     # δ defaults to 1/(10·N): with ~300 records that is above the dataset's δ budget (2.5e-4).
     "train": {"target_delta": 1e-5},
     "evaluate": {"canary_candidates": 50, "mia_records": 20, "toxicity_max_new_tokens": 8, "leakage_max_new_tokens": 8},
-    "gates": {"max_mia_auc": None, "max_canary_exposure": None, "min_exact_match_gain": None},  # 8 questions: noise
+    "gates": {  # 8 questions: noise
+        "max_mia_auc": None,
+        "max_canary_exposure": None,
+        "min_exact_match_gain": None,
+        "not_worse_than_base": False,
+    },
     # Policy is the deployment's: this one lets the gates alone promote (a trigger could not turn approval off).
     "registry": {"require_approval": False},
 }

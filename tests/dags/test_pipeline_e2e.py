@@ -1,7 +1,7 @@
 """End to end: `dag.test()` of privacy_finetune on generated data and the tiny base model.
 
 Asserts outcomes, not just success: no raw PII in the masked (and versioned) split, LoRA
-weights moved, ε within target, held-out answer loss falls well below base, the registered
+weights moved, ε within target, answer loss on the validation split falls well below base, the registered
 version carries its lineage tags, and the report holds every required field.
 """
 
@@ -34,7 +34,9 @@ E2E_CONFIG = {
     # Production noise (CSPRNG) makes every run a new draw: the exact-match gain is a question or two either
     # way and a canary's rank moves by bits, so these two gates would make the promotion a coin flip. The
     # figures are still computed and reported; the gates themselves are tested in tests/release/test_gates.py.
-    "gates": {"min_exact_match_gain": None, "max_canary_exposure": None},
+    # not_worse_than_base reads the same exact-match comparison on the validation split: off until the
+    # recipe is tuned and the EM assertion joins the answer-loss one below.
+    "gates": {"min_exact_match_gain": None, "not_worse_than_base": False, "max_canary_exposure": None},
 }
 
 
@@ -243,13 +245,15 @@ def test_epsilon_within_target(e2e):
 
 
 def test_finetuned_learns_the_held_out_answers(e2e):
-    """What DP training reliably does on the demo: the gold answers of held-out questions become far
-    more likely. The paired bootstrap interval of (fine-tuned − base) answer loss lies wholly below
-    zero, and the mean drop is at least a quarter of base's loss. Exact match moves one question at
-    a time and is the utility issue's figure, not asserted here."""
-    loss = e2e["report"]["evaluate"]["answer_loss"]
+    """What DP training reliably does on the demo: the gold answers of the validation split's questions
+    (phrasings never in a record) become far more likely. The paired bootstrap interval of (fine-tuned −
+    base) answer loss lies wholly below zero, and the mean drop is at least a quarter of base's loss.
+    Exact match is the utility issue's figure, not asserted here yet."""
+    evaluate = e2e["report"]["evaluate"]
+    loss = evaluate["answer_loss"]
     delta = loss["finetuned_minus_base"]
-    assert delta["n"] == e2e["report"]["evaluate"]["finetuned"]["n"]
+    assert delta["n"] == evaluate["finetuned"]["n"] == evaluate["qa_splits"]["validation"]["n"] >= 300
+    assert evaluate["qa_splits"]["test"]["n"] >= 300  # scored and reported, never gated
     assert delta["ci_high"] < 0, delta
     assert loss["finetuned"]["mean"] <= 0.75 * loss["base"]["mean"], loss
     evaluation = e2e["report"]["evaluate"]

@@ -268,24 +268,51 @@ def test_concurrent_processes_both_succeed(tmp_path):
         assert git(registry, "rev-parse", f"{r['tag']}^{{commit}}") == r["dataset_rev"]
 
 
-def test_qa_split_is_committed_with_the_dataset_and_checked_out(tmp_path):
-    from tasks.data.version import QA_PATH
+def test_qa_splits_are_committed_with_the_dataset_and_checked_out(tmp_path):
+    from tasks.data.version import LEGACY_QA_PATH, QA_PATHS, holds_same
 
     registry, remote = tmp_path / "datasets", tmp_path / "dvc-remote"
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text('{"id": "q1", "question": "What is the deductible?", "answer": "$500"}\n')
+    val, test = tmp_path / "qa_validation.jsonl", tmp_path / "qa_test.jsonl"
+    val.write_text('{"id": "v1", "question": "What deductible does the plan have?", "answer": "$500"}\n')
+    test.write_text('{"id": "t1", "question": "What is the deductible under the plan?", "answer": "$500"}\n')
+    splits = {"validation": val, "test": test}
     first = version_dataset(
-        masked_dir=write_masked(tmp_path / "a", V1), registry_dir=registry, remote_dir=remote, run_id="a", qa_path=qa
+        masked_dir=write_masked(tmp_path / "a", V1),
+        registry_dir=registry,
+        remote_dir=remote,
+        run_id="a",
+        qa_paths=splits,
     )
-    assert QA_PATH in git(registry, "ls-files").splitlines()
+    assert {split: f"data/qa_{split}.jsonl" for split in ("validation", "test")} == QA_PATHS  # evidence reads these
+    tracked = git(registry, "ls-files").splitlines()
+    assert set(QA_PATHS.values()) <= set(tracked) and LEGACY_QA_PATH not in tracked
+    assert holds_same(registry, first["dataset_rev"], tmp_path / "a" / "train.jsonl", None, splits)
+    assert not holds_same(registry, first["dataset_rev"], tmp_path / "a" / "train.jsonl", None, {"validation": val})
     again = version_dataset(
-        masked_dir=write_masked(tmp_path / "a2", V1), registry_dir=registry, remote_dir=remote, run_id="a2", qa_path=qa
+        masked_dir=write_masked(tmp_path / "a2", V1),
+        registry_dir=registry,
+        remote_dir=remote,
+        run_id="a2",
+        qa_paths=splits,
     )
     assert again["created"] is False and again["dataset_rev"] == first["dataset_rev"]
-    qa.write_text(qa.read_text() + '{"id": "q2", "question": "What is the copay?", "answer": "$20"}\n')
-    changed = version_dataset(
-        masked_dir=write_masked(tmp_path / "b", V1), registry_dir=registry, remote_dir=remote, run_id="b", qa_path=qa
+    test.write_text(
+        test.read_text() + '{"id": "t2", "question": "What is the copay under the plan?", "answer": "$20"}\n'
     )
-    assert changed["created"] is True  # a new QA split is a new revision, even on the same records
+    changed = version_dataset(
+        masked_dir=write_masked(tmp_path / "b", V1),
+        registry_dir=registry,
+        remote_dir=remote,
+        run_id="b",
+        qa_paths=splits,
+    )
+    assert changed["created"] is True  # a new test split is a new revision, even on the same records
+    assert not holds_same(registry, first["dataset_rev"], tmp_path / "b" / "train.jsonl", None, splits)
     data = checkout_dataset(registry_dir=registry, remote_dir=remote, rev=first["dataset_rev"], out_dir=tmp_path / "co")
-    assert (data.parent / "qa_heldout.jsonl").read_text().count("\n") == 1
+    assert (data.parent / "qa_validation.jsonl").read_text().count("\n") == 1
+    assert (data.parent / "qa_test.jsonl").read_text().count("\n") == 1
+    dropped = version_dataset(
+        masked_dir=write_masked(tmp_path / "c", V1), registry_dir=registry, remote_dir=remote, run_id="c", qa_paths=None
+    )
+    assert not set(QA_PATHS.values()) & set(git(registry, "ls-files").splitlines())
+    assert dropped["created"] is True

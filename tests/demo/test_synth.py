@@ -1,9 +1,10 @@
-"""The demo data generator: deterministic, PII recorded in its key, QA phrasings held out."""
+"""The demo data generator: deterministic, PII recorded in its key, QA splits held out, facts at uneven frequencies."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from tasks.demo import synth
 
@@ -44,16 +45,96 @@ def test_pii_key_values_appear_in_landing_and_are_rare(tmp_path):
     assert len(with_pii) < 0.6 * 400  # personal data appears in a minority of records
 
 
-def test_held_out_questions_never_appear_in_records(tmp_path):
+def _landing_text(root):
+    return "".join(p.read_text() for p in (root / "landing").rglob("*.*"))
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_qa_splits_are_disjoint_cover_every_fact_and_stay_out_of_the_records(tmp_path):
     synth.generate(tmp_path, n_records=400)
-    landing = "".join(p.read_text() for p in (tmp_path / "landing").rglob("*.*"))
-    qa = [json.loads(line) for line in (tmp_path / "synth" / "qa_heldout.jsonl").read_text().splitlines()]
-    assert len(qa) == len(synth.domain_facts())
-    assert not [q["question"] for q in qa if q["question"] in landing]
-    assert all(q["answer"] in landing for q in qa)  # every fact is taught somewhere
+    landing = _landing_text(tmp_path)
+    val = _jsonl(tmp_path / "synth" / "qa_validation.jsonl")
+    test = _jsonl(tmp_path / "synth" / "qa_test.jsonl")
+    facts = {f.fact_id for f in synth.domain_facts()}
+    assert len(facts) >= 150
+    assert len(val) >= 300 and len(test) >= 300
+    for rows in (val, test):
+        assert all(set(r) == {"id", "question", "answer", "fact_id", "kind", "bucket"} for r in rows)
+        assert {r["fact_id"] for r in rows} == facts  # every fact asked in both splits
+        assert {r["bucket"] for r in rows} == set(synth.BUCKETS)
+    assert len({r["id"] for r in val + test}) == len(val) + len(test)
+    assert not {r["question"] for r in val} & {r["question"] for r in test}  # disjoint in question text
+    assert not [r["question"] for r in val + test if r["question"] in landing]  # no eval phrasing in a record
+    assert all(r["answer"] in landing for r in val)  # every fact is taught somewhere
+
+
+def test_eval_phrasings_are_never_train_phrasings():
+    for kind, templates in synth.QUESTION_TEMPLATES.items():
+        train, val, test = (set(templates[s]) for s in ("train", "validation", "test"))
+        assert len(val) >= 2 and len(test) >= 2, kind
+        assert not (train & val or train & test or val & test), kind
+
+
+def test_bucket_frequencies_at_demo_size(tmp_path):
+    """Common facts each in at least 1 % of the records, tail facts in a handful; every kind has both."""
+    n = synth.DEMO_RECORDS
+    synth.generate(tmp_path, n_records=n)
+    table = json.loads((tmp_path / "synth" / "facts.json").read_text())
+    assert {row["fact_id"] for row in table} == {f.fact_id for f in synth.domain_facts()}
+    common = [row for row in table if row["bucket"] == "common"]
+    tail = [row for row in table if row["bucket"] == "tail"]
+    assert len(common) >= 50 and len(tail) >= 50
+    assert all(row["records"] >= 0.01 * n and row["share"] >= 0.01 for row in common)
+    assert all(3 <= row["records"] <= 8 for row in tail)
+    assert max(row["records"] for row in tail) < min(row["records"] for row in common) / 5
+    for kind in synth.FACT_KINDS:
+        assert {row["bucket"] for row in table if row["kind"] == kind} == set(synth.BUCKETS), kind
+
+
+def test_every_fact_lands_in_exactly_its_count_of_records():
+    import random
+
+    facts = synth.domain_facts()
+    counts = synth.fact_counts(facts, 1000)
+    types = [synth.RECORD_TYPES[i % 4] for i in range(1000)]
+    records = synth.assign_facts(random.Random(3), facts, types, counts)
+    assert len(records) == 1000 and all(records)
+    assert all(len({f.fact_id for f in rec}) == len(rec) for rec in records)  # never twice in one record
+    seen = {f.fact_id: 0 for f in facts}
+    for rec in records:
+        for f in rec:
+            seen[f.fact_id] += 1
+    assert seen == counts
+
+
+def test_ten_times_the_demo_keeps_the_shares(tmp_path):
+    """The benchmark's sizes: 10× the records in seconds, the same facts at the same shares, tails scaled."""
+    n = 10 * synth.DEMO_RECORDS
+    counts = synth.generate(tmp_path, n_records=n, canaries=0)
+    assert counts["records"] == n and counts["questions"] == {"validation": 320, "test": 320}
+    table = json.loads((tmp_path / "synth" / "facts.json").read_text())
+    demo = synth.fact_counts(synth.domain_facts(), synth.DEMO_RECORDS)
+    for row in table:
+        if row["bucket"] == "tail":
+            assert 30 <= row["records"] <= 89
+        else:
+            assert abs(row["share"] - demo[row["fact_id"]] / synth.DEMO_RECORDS) < 0.001
+    assert (tmp_path / "landing" / "2026-01" / "records.jsonl").read_text().count("\n") > 0.7 * n
+
+
+def test_the_seed_draws_the_records_not_the_domain(tmp_path):
+    synth.generate(tmp_path / "a", n_records=200, seed=7)
+    synth.generate(tmp_path / "b", n_records=200, seed=8)
+    for name in ("qa_validation.jsonl", "qa_test.jsonl"):
+        assert (tmp_path / "a" / "synth" / name).read_bytes() == (tmp_path / "b" / "synth" / name).read_bytes()
+    assert _landing_text(tmp_path / "a") != _landing_text(tmp_path / "b")
 
 
 def test_general_corpus_holds_no_domain_facts(tmp_path):
+    """The base model's text asks in every phrasing of every kind, about other insurers only."""
     synth.generate(tmp_path, n_records=50)
     general = (tmp_path / "synth" / "general_corpus.txt").read_text()
     assert "Question:" in general
@@ -61,6 +142,16 @@ def test_general_corpus_holds_no_domain_facts(tmp_path):
         assert plan not in general
     for code in synth.PROCEDURES:
         assert f"CPT {code}" not in general
+    for form in synth.FORMS.values():
+        assert form not in general
+    for fact in synth.domain_facts():
+        for text in fact.questions + fact.val_questions + fact.test_questions + fact.statements:
+            assert text not in general, text
+    asked = [line.removeprefix("Question: ") for line in general.splitlines() if line.startswith("Question: ")]
+    for kind, templates in synth.QUESTION_TEMPLATES.items():
+        for template in templates["validation"] + templates["test"]:
+            pattern = re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)) + "$")
+            assert any(pattern.match(q) for q in asked), (kind, template)
 
 
 # ---------------------------------------------------------------- canaries
@@ -113,7 +204,7 @@ def test_canaries_open_their_records_and_change_nothing_else(tmp_path):
     for c in key:
         assert landing.count(c["secret"]) == c["repeats"]
     # The pseudo-random stream of the records is untouched: PII key and QA are byte-identical.
-    for name in ("pii_key.json", "qa_heldout.jsonl", "general_corpus.txt"):
+    for name in ("pii_key.json", "qa_validation.jsonl", "qa_test.jsonl", "facts.json", "general_corpus.txt"):
         assert (tmp_path / "c" / "synth" / name).read_bytes() == (tmp_path / "p" / "synth" / name).read_bytes()
 
 

@@ -13,6 +13,7 @@ from tasks.release.gates import PromotionGated, check_gates, enforce
 
 GOOD = {
     "exact_match_gain": 0.02,
+    "exact_match_below_base": 0.0,
     "regression_vs_champion": -0.01,
     "toxicity_rate": 0.0,
     "pii_leaks": 0,
@@ -33,6 +34,7 @@ def test_all_gates_pass_on_good_evidence():
     "metric,value,gate",
     [
         ("exact_match_gain", -0.05, "exact_match_gain"),
+        ("exact_match_below_base", 1.0, "not_worse_than_base"),
         ("regression_vs_champion", 0.2, "champion_regression"),
         ("toxicity_rate", 0.3, "toxicity"),
         ("pii_leaks", 1, "pii_leaks"),
@@ -56,6 +58,19 @@ def test_unmeasured_figures_do_not_block_and_off_gates_are_ignored():
     assert status["canary_exposure"] == "not measured"
     assert status["membership_inference"] == "off"
     assert outcome["status"] == "passed"
+
+
+def test_a_model_below_base_on_validation_is_never_promoted_unless_the_switch_is_off():
+    below = {**GOOD, "exact_match_gain": -0.003, "exact_match_below_base": 1.0}
+    outcome = check_gates(below, GatesConfig(min_exact_match_gain=None))  # the gain gate off: this one still holds
+    assert outcome["status"] == "gated" and outcome["failed"] == ["not_worse_than_base"]
+    assert "below base" in outcome["reasons"][0] and "gates.not_worse_than_base" in outcome["reasons"][0]
+    gate = next(g for g in outcome["gates"] if g["name"] == "not_worse_than_base")
+    assert (gate["threshold"], gate["value"]) == (0.0, 1.0)
+    off = check_gates(below, GatesConfig(min_exact_match_gain=None, not_worse_than_base=False))
+    assert off["status"] == "passed"
+    assert next(g for g in off["gates"] if g["name"] == "not_worse_than_base")["status"] == "off"
+    assert GatesConfig().not_worse_than_base is True  # on unless a deployment turns it off
 
 
 def test_several_failures_are_all_reported():
