@@ -65,6 +65,7 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
         "",
         f"- training: {trained.get('method')}, {trained.get('trainable_pct')} % trainable, {privacy}; "
         f"ledger ε spent {_num(ledger.get('spent_epsilon'))} of {_num(ledger.get('epsilon_budget'))}",
+        *_split_lines(evaluated.get("qa_splits")),
         f"- toxicity rate {_num(evaluated.get('toxicity_rate'))}, identity gap {_num(evaluated.get('identity_gap'))}",
         f"- PII leaks {_num(evaluated.get('pii_leaks'))}, canary exposure {_num(evaluated.get('canary_exposure_max'), 2)} bits, "
         f"MIA AUC {_num(evaluated.get('mia_auc'))}",
@@ -80,6 +81,21 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
         "Your comment is recorded on the model version and in its model card.",
     ]
     return "\n".join(lines)
+
+
+def _split_lines(splits: dict | None) -> list[str]:
+    """The reviewer's view of the QA splits: the test split's EM (reported only) and the validation verdict."""
+    if not isinstance(splits, dict) or not {"validation", "test"} <= set(splits):
+        return []
+    from tasks.eval.split_figures import interval_text, versus_base
+
+    test = splits["test"]
+    return [
+        f"- test split, reported only ({test['n']} questions, 95% CI): EM base {interval_text(test['base']['exact_match'])}"
+        f" → fine-tuned {interval_text(test['finetuned']['exact_match'])}, "
+        f"gain {interval_text(test['gain']['exact_match'], signed=True)}",
+        f"- fine-tuned vs base: {versus_base(splits['validation'])}",
+    ]
 
 
 def decision_from_approval(approval: dict | None) -> dict:
@@ -130,7 +146,9 @@ def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
         "dataset_tag": versioned.get("tag"),
         "records_trained": (trained.get("split") or {}).get("train_records"),
         "audit_holdout_records": (trained.get("split") or {}).get("holdout_records"),
-        "qa_sha256": evaluated.get("qa_sha256"),
+        "qa_validation_sha256": evaluated.get("qa_validation_sha256"),
+        "qa_test_sha256": evaluated.get("qa_test_sha256"),
+        "qa_splits": evaluated.get("qa_splits"),
         "dp": trained.get("dp"),
         "epsilon": trained.get("epsilon"),
         "delta": trained.get("delta"),

@@ -17,7 +17,8 @@ are ignored). `tasks.release.decision.model_card_facts` builds this dict from a 
       total_params
     source_dataset, dataset_rev, dataset_md5,  the masked, DVC-versioned training set: git revision,
       dataset_tag, records_trained,              DVC md5, tag, record counts (training and the
-      audit_holdout_records, qa_sha256           membership-inference hold-out), held-out QA digest
+      audit_holdout_records,                     membership-inference hold-out), digests of the QA
+      qa_validation_sha256, qa_test_sha256       splits
     masking                                    {"entities_total", "residual_records", "rows", ...} counts
     dp, epsilon, delta, target_epsilon,        DP-SGD guarantee of this run (dp false = non-private)
       noise_multiplier, max_grad_norm, accountant,
@@ -29,6 +30,8 @@ are ignored). `tasks.release.decision.model_card_facts` builds this dict from a 
                                                  numbers, nested dicts flattened as "scenario.metric"
     champion_version                           the champion the run compared against
     scenarios                                  optional HELM-style {model: {scenario: {metric: x}}}
+    qa_splits                                  {"validation", "test"}: tasks.eval.split_figures.split_figures
+                                                 (EM and F1 with 95 % CIs, per bucket, paired gain over base)
     safety                                     {"toxicity_rate", "identity_gap", "pii_leaks",
                                                  "canary_exposure_max", "mia_auc", ...}
     gates, gates_status                        [{"name", "what", "threshold", "value", "status",
@@ -46,6 +49,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks.eval.split_figures import TABLE_HEADER, table_rows, versus_base
+
 NOT_RECORDED = "not recorded"
 # The registry's description column is VARCHAR(5000) on Postgres (MLflow's schema); SQLite does
 # not enforce it, a tracking server on Postgres does. Longer cards are cut there, whole in the artifact.
@@ -59,7 +64,7 @@ DEFAULT_INTENDED_USE = (
 )
 DEFAULT_LIMITATIONS = (
     "A small language model fine-tuned on masked text: it can state wrong facts fluently; "
-    "exact match on the held-out QA set is the measured accuracy, not a guarantee.",
+    "exact match on the held-out QA test split is the measured accuracy, not a guarantee.",
     "Trained on pseudonymised records: it was never shown names or identifiers, and serving masks "
     "personal data in its outputs, but no masking is perfect (see the PII leakage figures).",
     "The differential-privacy guarantee (ε, δ) bounds what the weights reveal about any one record "
@@ -335,7 +340,8 @@ def _lineage_lines(facts: Mapping) -> list[str]:
                 ("audit hold-out records (never trained on)", _get(facts, "audit_holdout_records")),
                 ("masked entities in the dataset", masking.get("entities_total")),
                 ("records still flagged by the residual scan", masking.get("residual_records")),
-                ("held-out QA set (sha256)", _get(facts, "qa_sha256")),
+                ("QA validation split, gated on (sha256)", _get(facts, "qa_validation_sha256")),
+                ("QA test split, reported only (sha256)", _get(facts, "qa_test_sha256")),
                 ("pipeline run", _get(facts, "pipeline_run_id")),
                 ("MLflow run", _get(facts, "mlflow_run_id")),
             ],
@@ -343,9 +349,28 @@ def _lineage_lines(facts: Mapping) -> list[str]:
     ]
 
 
+def _split_lines(facts: Mapping) -> list[str]:
+    """The test split's EM and F1 with 95 % CIs, overall and per fact-frequency bucket; the validation verdict."""
+    splits = _section(facts, "qa_splits")
+    try:
+        rows, verdict = table_rows(splits["test"]), versus_base(splits["validation"])
+    except (KeyError, TypeError, AttributeError):  # absent or malformed: the card never raises
+        return [f"Domain QA per split: {NOT_RECORDED}.", ""]
+    return [
+        "Domain QA on the held-out test split (reported only, never gated or tuned on): EM and F1 with 95 % "
+        "bootstrap intervals, overall and per fact-frequency bucket; figures are cut, never rounded up.",
+        "",
+        *_table(TABLE_HEADER, [[_Raw(cell) for cell in row] for row in rows]),
+        "",
+        f"Fine-tuned vs base on the validation split (gate not_worse_than_base): {verdict}.",
+        "",
+    ]
+
+
 def _evaluation_lines(facts: Mapping) -> list[str]:
     return [
-        "Quality on the held-out domain QA set (same questions for every column):",
+        *_split_lines(facts),
+        "Quality on the validation split, which the gates read (same questions for every column):",
         "",
         *_quality_lines(facts),
         *_scenario_lines(facts),

@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from tasks.eval.split_figures import TABLE_HEADER, interval_text, table_rows, versus_base
+
 STAGE_ORDER = [
     "prepare",
     "ingest",
@@ -144,6 +146,7 @@ def summary_lines(report: dict) -> list[str]:
             for label, key in (("exact match", "exact_match"), ("F1", "f1"), ("relevance", "relevance"))
         ],
         f"answer loss (nats)  {_answer_loss(get('evaluate.answer_loss', None))}",
+        *_split_lines(report),
         f"toxicity            rate {get('evaluate.toxicity_rate')} (base {get('evaluate.base_toxicity_rate')}), "
         f"identity gap {get('evaluate.identity_gap')}",
         f"privacy attacks     PII leaks {get('evaluate.pii_leaks')}, canary exposure "
@@ -206,6 +209,59 @@ def _worse_than_base_section(report: dict) -> list[str]:
         lines.append(
             f"| {f['scenario']} | {f['metric']} | {better} | {f['delta']:+.3f} | [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}] |"
         )
+    return lines
+
+
+def _split_lines(report: dict) -> list[str]:
+    """Domain QA on the test split (reported, never gated), per bucket, and the validation comparison
+    with base that gate not_worse_than_base reads; figures cut, never rounded up."""
+    splits = (report.get("evaluate") or {}).get("qa_splits")
+    if not isinstance(splits, dict) or not {"validation", "test"} <= set(splits):
+        return []
+    test = splits["test"]
+
+    def compared(base: dict, tuned: dict, gain: dict, metric: str) -> str:
+        return (
+            f"base {interval_text(base[metric])} → fine-tuned {interval_text(tuned[metric])}, "
+            f"gain {interval_text(gain[metric], signed=True)}"
+        )
+
+    lines = [
+        f"test split EM       {compared(test['base'], test['finetuned'], test['gain'], 'exact_match')} "
+        f"({test['n']} questions, 95% CI; reported, never gated)",
+        f"test split F1       {compared(test['base'], test['finetuned'], test['gain'], 'f1')}",
+    ]
+    for bucket, tuned in test["finetuned"]["buckets"].items():
+        label = f"  EM {bucket} ({tuned['n']})"
+        base, gain = test["base"]["buckets"][bucket], test["gain"]["buckets"][bucket]
+        lines.append(f"{label:<20}{compared(base, tuned, gain, 'exact_match')}")
+    return [*lines, f"vs base             {versus_base(splits['validation'])}{_below_base_gate(report)}"]
+
+
+def _below_base_gate(report: dict) -> str:
+    gate = next((g for g in (report.get("gates") or {}).get("gates", []) if g["name"] == "not_worse_than_base"), None)
+    if gate is None:
+        return ""
+    if gate["status"] == "failed":
+        return "; never promoted (gate not_worse_than_base)"
+    return "; gate not_worse_than_base is off" if gate["status"] == "off" else ""
+
+
+def _split_sections(report: dict) -> list[str]:
+    """A table per QA split: EM and F1 with 95% CIs, overall and per fact-frequency bucket."""
+    splits = (report.get("evaluate") or {}).get("qa_splits")
+    if not isinstance(splits, dict):
+        return []
+    lines = []
+    for split, what in (("test", "reported only, never gated or tuned on"), ("validation", "the gates read it")):
+        if split in splits:
+            lines += ["", f"## Domain QA, {split} split ({what})", "", "| " + " | ".join(TABLE_HEADER) + " |"]
+            lines += [
+                "|" + "---|" * len(TABLE_HEADER),
+                *("| " + " | ".join(row) + " |" for row in table_rows(splits[split])),
+            ]
+    if "validation" in splits:
+        lines += ["", f"Fine-tuned vs base: {versus_base(splits['validation'])}{_below_base_gate(report)}."]
     return lines
 
 
@@ -329,6 +385,7 @@ def render_markdown(report: dict) -> str:
             "|---|---|---|---|",
         ]
         lines += [f"| {g['name']} | {g['value']} | {g['threshold']} | {g['status']} |" for g in gates["gates"]]
+    lines += _split_sections(report)
     if report.get("missing_fields"):
         lines += ["", "## Missing fields", "", *[f"- {f}" for f in report["missing_fields"]]]
     return "\n".join(lines) + "\n"

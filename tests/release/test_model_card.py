@@ -15,6 +15,16 @@ from tasks.release.model_card import DESCRIPTION_MAX_CHARS, NOT_RECORDED, attach
 
 NAME = "card-test-lm"
 
+
+def _split(base_correct: int, tuned_correct: int, n: int = 320) -> dict:
+    from tasks.eval.split_figures import split_figures
+
+    rows = [{"bucket": ("common", "tail")[i % 2]} for i in range(n)]
+    base = [1.0] * base_correct + [0.0] * (n - base_correct)
+    tuned = [1.0] * tuned_correct + [0.0] * (n - tuned_correct)
+    return split_figures(rows, {"exact_match": base, "f1": base}, {"exact_match": tuned, "f1": tuned})
+
+
 FACTS = {
     "model_name": NAME,
     "version": 3,
@@ -33,7 +43,9 @@ FACTS = {
     "dataset_tag": "dataset-2026-02",
     "records_trained": 3600,
     "audit_holdout_records": 400,
-    "qa_sha256": "ab" * 32,
+    "qa_validation_sha256": "ab" * 32,
+    "qa_test_sha256": "cd" * 32,
+    "qa_splits": {"validation": _split(90, 100), "test": _split(30, 46)},
     "masking": {"entities_total": 12345, "residual_records": 3},
     "dp": True,
     "epsilon": 7.93,
@@ -122,6 +134,14 @@ def test_full_card_states_every_fact():
         "harborview-records",
         "12345",
         "| exact_match | 0.12 | 0.36 | 0.33 |",
+        "| QA validation split, gated on (sha256) | " + "ab" * 32,
+        "| QA test split, reported only (sha256) | " + "cd" * 32,
+        "Domain QA on the held-out test split (reported only, never gated or tuned on)",
+        "| questions | n | base EM | fine-tuned EM | EM gain | base F1 | fine-tuned F1 | F1 gain |",
+        "| all | 320 | 0.093 [",  # 30/320 = 0.09375: cut, never rounded up
+        "| common | 160 | ",
+        "| tail | 160 | ",
+        "Fine-tuned vs base on the validation split (gate not_worse_than_base): not below base on validation",
         "champion (v2)",
         f"| robustness.exact_match | 0.1 | 0.3 | {NOT_RECORDED} |",
         "| canary exposure, highest (bits) | 2.5 |",
@@ -166,6 +186,14 @@ def test_missing_or_odd_facts_render_as_not_recorded(facts):
     assert "# Model card:" in card and NOT_RECORDED in card
     assert "Pending: no promotion decision recorded yet" in card
     assert "Quality metrics: not recorded." in card and "Gates: not recorded." in card
+    assert "Domain QA per split: not recorded." in card
+
+
+def test_a_model_worse_than_base_says_so_on_its_card():
+    card = render_model_card({**FACTS, "qa_splits": {"validation": _split(150, 60), "test": _split(30, 46)}})
+    assert "(gate not_worse_than_base): worse than base beyond noise on validation (EM gain -0.282 [" in card
+    odd = render_model_card({**FACTS, "qa_splits": {"validation": {}, "test": {"n": 3}}})
+    assert "Domain QA per split: not recorded." in odd
 
 
 def test_decision_variants():
@@ -215,7 +243,10 @@ def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
         metrics={},
     )
 
-    pending = render_model_card({**FACTS, "decision": None})
+    # Cards that fit the registry's description column (the per-split table alone is about 1 kB; a longer
+    # card is cut there, as the end of this test shows).
+    fitting = {**FACTS, "qa_splits": None}
+    pending = render_model_card({**fitting, "decision": None})
     first = attach_model_card(paths=paths, model_name=NAME, version=reg["version"], markdown=pending)
     assert first["artifact_uri"] == f"runs:/{reg['run_id']}/model_card.md" and not first["description_truncated"]
     client = MlflowClient()
@@ -223,7 +254,7 @@ def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
     assert mlflow.artifacts.load_text(first["artifact_uri"]) == pending
 
     # After approval the card is re-rendered and replaces both.
-    approved = render_model_card(FACTS)
+    approved = render_model_card(fitting)
     again = attach_model_card(paths=paths, model_name=NAME, version=1, markdown=approved)
     assert client.get_model_version(NAME, "1").description == approved
     assert mlflow.artifacts.load_text(again["artifact_uri"]) == approved

@@ -53,6 +53,30 @@ def test_approval_body_holds_figures_gates_and_the_link():
     assert "ε = 7.900" in body and "PII leaks 0" in body
 
 
+def test_approval_body_shows_the_test_split_and_the_verdict_against_base():
+    from tasks.eval.split_figures import split_figures
+
+    rows = [{"bucket": "common"}] * 320
+
+    def scores(correct: int) -> dict:
+        em = [1.0] * correct + [0.0] * (320 - correct)
+        return {"exact_match": em, "f1": em}
+
+    splits = {
+        "validation": split_figures(rows, scores(90), scores(60)),
+        "test": split_figures(rows, scores(30), scores(46)),
+    }
+    body = approval_body(
+        evaluated={**EVALUATED, "qa_splits": splits},
+        gates=GATES,
+        registered={"model_name": "m", "version": 7},
+        trained=TRAINED,
+        report_link="http://x/report",
+    )
+    assert "- test split, reported only (320 questions, 95% CI): EM base 0.093 [" in body
+    assert "- fine-tuned vs base: worse than base beyond noise on validation" in body
+
+
 def test_decision_from_approval_and_rejection():
     assert decision_from_approval(None) == {
         "outcome": "promoted",
