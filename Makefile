@@ -32,7 +32,7 @@ KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 # The demo's deployment config (include/config/demo.yaml: pipeline.yaml, promoted by the gates alone).
 DEMO_CONFIG = PFT_CONFIG="$${PFT_CONFIG:-$(CURDIR)/include/config/demo.yaml}"
 
-.PHONY: help setup demo verify-offline test test-fast lint lock airflow data base-model report bench-mask bench-train bench-privacy clean-runs clean serve rollback
+.PHONY: help setup demo verify-offline test test-fast lint lock airflow data base-model report bench-mask bench-train bench-privacy bench-utility clean-runs clean serve rollback
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
@@ -48,6 +48,7 @@ help:
 	@echo "make bench-mask  masking recall per entity and throughput (results in bench/results/)"
 	@echo "make bench-train PEFT vs full fine-tuning, DP overhead, privacy-utility (~30 min; results in bench/results/)"
 	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private controls (~12 min; bench/results/)"
+	@echo "make bench-utility test EM with CIs vs ε and records: how much data ε = X needs (~60 min; bench/results/)"
 
 # Dependencies: requirements.txt (direct pins), requirements-models.txt (the spaCy pipeline, by hash) and
 # requirements-dev.txt (lint, lock and build tools) are the human-edited inputs; requirements.lock is every
@@ -171,6 +172,10 @@ bench-train: $(STAMP)
 # Privacy attacks: canary exposure, MIA AUC and PII leaks of DP LoRA vs non-private controls (~12 min).
 bench-privacy: $(STAMP)
 	$(BIN)/python bench/bench_privacy.py --out bench/results/privacy.json
+
+# Utility: test EM with CIs at ε 1, 2, 4, 8, ∞ × N 1, 4, 16 × the demo's records, same recipe and compute (~60 min).
+bench-utility: $(STAMP)
+	$(BIN)/python bench/bench_utility.py --out bench/results/utility.json
 
 clean-runs:
 	rm -rf $(PFT_HOME)/runs $(PFT_HOME)/staging $(PFT_HOME)/quarantine

@@ -1,0 +1,96 @@
+"""The utility benchmark's recipe search tunes on validation only; its scoring and summaries are sound."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_utility", REPO / "bench" / "bench_utility.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_gives_bucket_cis_and_paired_gain():
+    bench = _bench()
+    tuned = [{"bucket": "common", "em": 1.0, "f1": 1.0}] * 6 + [{"bucket": "tail", "em": 0.0, "f1": 0.5}] * 4
+    base = [{"bucket": "common", "em": 0.0, "f1": 0.0}] * 6 + [{"bucket": "tail", "em": 0.0, "f1": 0.0}] * 4
+    summary = bench.summarise(tuned, base)
+    assert summary["all"]["n"] == 10 and summary["common"]["n"] == 6 and summary["tail"]["n"] == 4
+    assert summary["common"]["em"]["mean"] == 1.0 and summary["common"]["gain"]["ci_low"] == 1.0
+    assert summary["tail"]["gain"] == {**summary["tail"]["gain"], "mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert summary["all"]["em"]["ci_low"] < 0.6 < summary["all"]["em"]["ci_high"]
+
+
+def test_share_of_nonprivate_gain_is_per_n():
+    bench = _bench()
+
+    def run(name, mult, eps, gain):
+        return {"name": name, "multiplier": mult, "epsilon": eps, "metrics": {"common": {"gain": {"mean": gain}}}}
+
+    runs = [
+        run("a", 1, 8.0, 0.05),
+        run("b", 1, float("inf"), 0.10),
+        run("c", 4, 8.0, 0.09),
+        run("d", 4, float("inf"), 0.0),
+    ]
+    shares = bench.share_of_nonprivate_gain(runs)
+    assert shares["a"] == 0.5 and shares["b"] == 1.0
+    assert shares["c"] is None  # non-private gained nothing at that N: no ratio to claim
+
+
+def test_same_compute_keeps_batch_and_steps():
+    bench = _bench()
+    train = {"epochs": 2.5, "batch_size": 128}
+    scaled = bench.same_compute(train, 4000, 64000)
+    assert scaled["batch_size"] == 128 and scaled["epochs"] * 64000 == pytest.approx(2.5 * 4000)
+
+
+def test_pseudonymise_replaces_every_keyed_value():
+    bench = _bench()
+    rows = [{"record_id": "R-1", "text": "Member: Maria Gonzalez, SSN 123-45-6789, Maria Gonzalez again."}]
+    key = [
+        {"type": "PERSON", "value": "Maria Gonzalez", "record_id": "R-1"},
+        {"type": "US_SSN", "value": "123-45-6789", "record_id": "R-1"},
+    ]
+    (out,) = bench.pseudonymise(rows, key)
+    assert "Maria" not in out["text"] and "6789" not in out["text"]
+    assert out["text"].count("<PERSON_") == 2 and "<US_SSN_" in out["text"]
+
+
+@pytest.mark.slow
+def test_tuning_never_opens_the_test_split(tmp_path):
+    """The recipe search scores validation only: with the test split made unreadable (a folder in its place)
+    it still runs to the end, and no process of it opens that path."""
+    bench = _bench()
+    work = tmp_path / "work"
+    data = bench.prepare_data(work / "data_1x", 240)
+    test_file = Path(data["synth"]) / "qa_test.jsonl"
+    test_file.unlink()
+    test_file.mkdir()  # any open() of it now raises IsADirectoryError, in this process or a child
+    opened: list[str] = []
+
+    def audit(event, args):
+        if event == "open" and args and str(args[0]).endswith("qa_test.jsonl"):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)
+    out = tmp_path / "tuning.json"
+    candidates = json.dumps([{"learning_rate": 0.01, "optimizer": "adamw"}])
+    bench.main(
+        ["tune", "--quick", "--records", "240", "--work", str(work), "--out", str(out), "--candidates", candidates]
+    )
+    doc = json.loads(out.read_text())
+    assert doc["split"] == "validation" and len(doc["candidates"]) == 1
+    assert doc["candidates"][0]["metrics"]["all"]["n"] >= 300  # every validation question was scored
+    assert opened == []
+    shutil.rmtree(work, ignore_errors=True)
