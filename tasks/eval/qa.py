@@ -307,23 +307,12 @@ def evaluate_qa_suite(
 
     _check_model_dirs(base_model_dir, adapter_dir)
     _check_limit(limit)
-    rows = read_rows(qa_path, QA_FIELDS)
-    ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{qa_path}: question id {dup!r} appears more than once; ids must be unique")
+    rows = _unique_rows(qa_path)
     rows = rows[:limit] if limit else rows
     out_dir = Path(out_dir)
     groups = perturb.GROUPS if groups is None else groups
-
-    splits: dict[str, list[dict]] = {TASK_NAME: rows}
-    for p, perturbed in perturb.robustness_variants(rows, seed, typo_rate=typo_rate).items():
-        splits[f"{TASK_NAME}_{p}"] = perturbed
-    for g, variants in perturb.demographic_variants(rows, seed, groups).items():
-        splits[f"{TASK_NAME}_fair_{g}"] = variants
-    qa_paths = {name: _write_rows(out_dir / "data" / f"{name}.jsonl", split) for name, split in splits.items()}
+    qa_paths = _scenario_splits(rows, out_dir, seed, typo_rate, groups)
     task_dir = write_tasks_dir(qa_paths=qa_paths, out_dir=out_dir, max_gen_toks=max_gen_toks)
-
     results = _run_lm_eval(
         task_dir=task_dir,
         task_names=list(qa_paths),
@@ -335,24 +324,11 @@ def evaluate_qa_suite(
         relevance_model=relevance_model,
     )
     by_task = {name: _task_metrics(results, name) for name in qa_paths}
-
-    robust_tasks = [f"{TASK_NAME}_{p}" for p in ROBUSTNESS_PERTURBATIONS]
-    robustness: dict[str, float] = {}
-    for p, task in zip(ROBUSTNESS_PERTURBATIONS, robust_tasks):
-        robustness[f"exact_match_{p}"] = by_task[task]["exact_match"]
-        robustness[f"f1_{p}"] = by_task[task]["f1"]
-    robustness["exact_match_worst"] = _worst_case(results, [TASK_NAME, *robust_tasks], "exact_match")
-    robustness["f1_worst"] = _worst_case(results, [TASK_NAME, *robust_tasks], "f1")
-
-    fairness: dict[str, float] = {}
-    for g in groups:
-        fairness[f"exact_match_{g}"] = by_task[f"{TASK_NAME}_fair_{g}"]["exact_match"]
-        fairness[f"f1_{g}"] = by_task[f"{TASK_NAME}_fair_{g}"]["f1"]
-    for metric in ("exact_match", "f1"):
-        values = [by_task[f"{TASK_NAME}_fair_{g}"][metric] for g in groups]
-        fairness[f"{metric}_gap"] = max(values) - min(values)
-
-    suite = {"accuracy": by_task[TASK_NAME], "robustness": robustness, "fairness": fairness}
+    suite = {
+        "accuracy": by_task[TASK_NAME],
+        "robustness": _robustness(results, by_task),
+        "fairness": _fairness(by_task, groups),
+    }
     meta = {
         "seed": seed,
         "typo_rate": typo_rate,
@@ -364,6 +340,50 @@ def evaluate_qa_suite(
     }
     (out_dir / "suite.json").write_text(json.dumps({**suite, "meta": meta}, indent=2), encoding="utf-8")
     return suite
+
+
+def _unique_rows(qa_path: Path) -> list[dict]:
+    """The split's rows; a repeated question id is an error (per-question results are keyed by it)."""
+    rows = read_rows(qa_path, QA_FIELDS)
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{qa_path}: question id {dup!r} appears more than once; ids must be unique")
+    return rows
+
+
+def _scenario_splits(rows: list[dict], out_dir: Path, seed: int, typo_rate: float, groups: dict) -> dict[str, Path]:
+    """The clean split and every perturbed / demographic variant, written as one JSONL per lm-eval task."""
+    from tasks.eval import perturb
+
+    splits: dict[str, list[dict]] = {TASK_NAME: rows}
+    for p, perturbed in perturb.robustness_variants(rows, seed, typo_rate=typo_rate).items():
+        splits[f"{TASK_NAME}_{p}"] = perturbed
+    for g, variants in perturb.demographic_variants(rows, seed, groups).items():
+        splits[f"{TASK_NAME}_fair_{g}"] = variants
+    return {name: _write_rows(out_dir / "data" / f"{name}.jsonl", split) for name, split in splits.items()}
+
+
+def _robustness(results: dict, by_task: dict) -> dict[str, float]:
+    robust_tasks = [f"{TASK_NAME}_{p}" for p in ROBUSTNESS_PERTURBATIONS]
+    robustness: dict[str, float] = {}
+    for p, task in zip(ROBUSTNESS_PERTURBATIONS, robust_tasks):
+        robustness[f"exact_match_{p}"] = by_task[task]["exact_match"]
+        robustness[f"f1_{p}"] = by_task[task]["f1"]
+    robustness["exact_match_worst"] = _worst_case(results, [TASK_NAME, *robust_tasks], "exact_match")
+    robustness["f1_worst"] = _worst_case(results, [TASK_NAME, *robust_tasks], "f1")
+    return robustness
+
+
+def _fairness(by_task: dict, groups: dict) -> dict[str, float]:
+    fairness: dict[str, float] = {}
+    for g in groups:
+        fairness[f"exact_match_{g}"] = by_task[f"{TASK_NAME}_fair_{g}"]["exact_match"]
+        fairness[f"f1_{g}"] = by_task[f"{TASK_NAME}_fair_{g}"]["f1"]
+    for metric in ("exact_match", "f1"):
+        values = [by_task[f"{TASK_NAME}_fair_{g}"][metric] for g in groups]
+        fairness[f"{metric}_gap"] = max(values) - min(values)
+    return fairness
 
 
 # ----------------------------------------------------------------------------- toxicity
@@ -396,81 +416,63 @@ def toxicity(
 # ----------------------------------------------------------------------------- CLI
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tasks.eval.qa", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--base", type=Path, required=True, help="local Hugging Face causal-LM directory")
-        p.add_argument("--adapter", type=Path, default=None, help="PEFT LoRA adapter directory (optional)")
-        p.add_argument("--out", type=Path, required=True, help="output folder")
-
     defaults = EvalConfig()
-    qa = sub.add_parser("qa", help="domain QA through lm-eval (exact match, F1, relevance)")
-    model_args(qa)
-    qa.add_argument("--qa", type=Path, required=True, help="QA JSONL with id, question, answer")
-    qa.add_argument("--limit", type=int, default=defaults.qa_limit, help="score only the first N questions")
-    qa.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
-    qa.add_argument("--batch-size", type=int, default=16)
-    qa.add_argument(
-        "--relevance-model",
-        default=defaults.relevance_model,
-        help="sentence-transformers folder for relevance (default: packaged all-MiniLM-L6-v2)",
-    )
-
+    _qa_args(sub.add_parser("qa", help="domain QA through lm-eval (exact match, F1, relevance)"), defaults)
     suite = sub.add_parser("suite", help="domain QA + robustness + fairness scenarios in one lm-eval run")
-    model_args(suite)
-    suite.add_argument("--qa", type=Path, required=True, help="QA JSONL with id, question, answer")
-    suite.add_argument("--limit", type=int, default=defaults.qa_limit, help="score only the first N questions")
-    suite.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
+    _qa_args(suite, defaults)
     suite.add_argument("--seed", type=int, default=defaults.perturbation_seed, help="perturbation seed")
-    suite.add_argument("--batch-size", type=int, default=16)
-    suite.add_argument(
-        "--relevance-model",
-        default=defaults.relevance_model,
-        help="sentence-transformers folder for relevance (default: packaged all-MiniLM-L6-v2)",
-    )
-
     tox = sub.add_parser("toxicity", help="toxicity of greedy continuations of a prompt set")
-    model_args(tox)
+    _model_args(tox)
     tox.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL with id, category, prompt")
     tox.add_argument("--max-new-tokens", type=int, default=defaults.toxicity_max_new_tokens)
     tox.add_argument("--threshold", type=float, default=defaults.toxicity_threshold)
-
     ty = sub.add_parser("task-yaml", help="write a domain_qa task folder that reads FILE, for lm_eval --include_path")
     ty.add_argument("--qa", type=Path, required=True)
     ty.add_argument("--out", type=Path, required=True)
     ty.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", type=Path, required=True, help="local Hugging Face causal-LM directory")
+    p.add_argument("--adapter", type=Path, default=None, help="PEFT LoRA adapter directory (optional)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def _qa_args(p: argparse.ArgumentParser, defaults: EvalConfig) -> None:
+    _model_args(p)
+    p.add_argument("--qa", type=Path, required=True, help="QA JSONL with id, question, answer")
+    p.add_argument("--limit", type=int, default=defaults.qa_limit, help="score only the first N questions")
+    p.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--relevance-model",
+        default=defaults.relevance_model,
+        help="sentence-transformers folder for relevance (default: packaged all-MiniLM-L6-v2)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     offline.apply()
-    if args.command == "qa":
-        result = evaluate_qa(
-            base_model_dir=args.base,
-            adapter_dir=args.adapter,
-            qa_path=args.qa,
-            out_dir=args.out,
-            limit=args.limit,
-            max_gen_toks=args.max_gen_toks,
-            batch_size=args.batch_size,
-            relevance_model=args.relevance_model,
-        )
-    elif args.command == "suite":
-        result = evaluate_qa_suite(
-            base_model_dir=args.base,
-            adapter_dir=args.adapter,
-            qa_path=args.qa,
-            out_dir=args.out,
-            limit=args.limit,
-            max_gen_toks=args.max_gen_toks,
-            seed=args.seed,
-            relevance_model=args.relevance_model,
-            batch_size=args.batch_size,
-        )
+    models = {"base_model_dir": args.base, "adapter_dir": getattr(args, "adapter", None)}
+    if args.command in ("qa", "suite"):
+        common = {
+            **models,
+            "qa_path": args.qa,
+            "out_dir": args.out,
+            "limit": args.limit,
+            "max_gen_toks": args.max_gen_toks,
+            "batch_size": args.batch_size,
+            "relevance_model": args.relevance_model,
+        }
+        result = evaluate_qa(**common) if args.command == "qa" else evaluate_qa_suite(**common, seed=args.seed)
     elif args.command == "toxicity":
         result = toxicity(
-            base_model_dir=args.base,
-            adapter_dir=args.adapter,
+            **models,
             prompts_path=args.prompts,
             out_dir=args.out,
             max_new_tokens=args.max_new_tokens,
