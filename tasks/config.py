@@ -100,8 +100,9 @@ TARGET_SHORTHANDS = ("mlp", "attention", "all", "all-linear")
 
 
 class TrainConfig(_Section):
-    """Defaults tuned on the demo model (bench notes in README): DP-SGD with momentum on a
-    low-rank LoRA of the MLP blocks — few trainable dimensions means less noise per step.
+    """Defaults chosen on the validation split of generated data of the demo's shape (docs/training.md):
+    DP-AdamW on a rank-8 LoRA of every linear layer, logical batch 256, about 80 steps at the demo's
+    16,000 records. The test split and the user's data played no part in the choice.
 
     Methods: lora; adapter (PEFT IA3 scaling vectors); prefix (PEFT prefix-tuning); freeze
     (only the top `trainable_layers` blocks train, optionally only LoRA inside them); full."""
@@ -114,11 +115,11 @@ class TrainConfig(_Section):
         description="records kept out of training (by a hash "
         "of record_id) as non-members for the membership-inference test; 0 = off",
     )
-    lora_r: int = Field(4, ge=1)
-    lora_alpha: int = Field(8, ge=1)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | str = Field(
-        "mlp", description="module names, or per-family shorthand: mlp | attention | all | all-linear (PEFT)"
+        "all-linear", description="module names, or per-family shorthand: mlp | attention | all | all-linear (PEFT)"
     )
     num_virtual_tokens: int = Field(8, ge=1, description="prefix: virtual tokens prepended to every layer")
     trainable_layers: int = Field(1, ge=1, description="freeze: the top N transformer blocks that train")
@@ -126,11 +127,11 @@ class TrainConfig(_Section):
     grad_sample_mode: Literal["auto", "hooks", "ghost", "functorch"] = Field(
         "auto", description="DP clipping: auto = per-sample hooks on CPU, ghost on CUDA where supported"
     )
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd = SGD with momentum 0.9")
-    epochs: float = Field(2.5, gt=0)
-    batch_size: int = Field(128, ge=1, description="expected logical batch (Poisson sampling under DP)")
+    optimizer: Literal["sgd", "adamw"] = Field("adamw", description="sgd = SGD with momentum 0.9")
+    epochs: float = Field(1.3, gt=0)
+    batch_size: int = Field(256, ge=1, description="expected logical batch (Poisson sampling under DP)")
     physical_batch_size: int = Field(64, ge=1, description="what fits in memory; BatchMemoryManager splits")
-    learning_rate: float = Field(0.5, gt=0)
+    learning_rate: float = Field(0.02, gt=0)
     max_seq_len: int = Field(96, ge=8)
     seed: int = 0
     nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node under torchrun")
@@ -309,7 +310,7 @@ class RegisterConfig(_Section):
 
 class SynthConfig(_Section):
     seed: int = 7
-    n_records: int = Field(4000, ge=10)
+    n_records: int = Field(16000, ge=10)
     months: list[str] = ["2026-01"]
     csv_share: float = Field(0.25, ge=0.0, le=1.0)
     bad_rows: int = Field(6, ge=0, description="deliberately malformed rows in the landing data")

@@ -23,20 +23,17 @@ from tests.airflow_api import Reviewer, api_server
 pytestmark = pytest.mark.slow  # two dag.test() runs end to end with a live api-server
 
 REPO = Path(__file__).resolve().parents[2]
-E2E_RECORDS = 4000
+E2E_RECORDS = 16000  # the demo's records: at 4,000 the DP gain on exact match is a third of it
 
-# The committed config as it is (demo-size model, DP-SGD at ε = 8): DP on the tiny model moves
-# answer likelihoods but not exact matches, so the EM comparison needs the demo model.
-# Only the toxicity generations are shortened to save time.
+# The committed config as it is (demo-size model and records, DP-AdamW at ε = 8); only the toxicity
+# generations are shortened to save time.
 E2E_CONFIG = {
     "evaluate": {"toxicity_max_new_tokens": 16},
     "registry": {"model_name": "e2e-domain-lm", "require_approval": True},  # policy: the deployment's config
-    # Production noise (CSPRNG) makes every run a new draw: the exact-match gain is a question or two either
-    # way and a canary's rank moves by bits, so these two gates would make the promotion a coin flip. The
-    # figures are still computed and reported; the gates themselves are tested in tests/release/test_gates.py.
-    # not_worse_than_base reads the same exact-match comparison on the validation split: off until the
-    # recipe is tuned and the EM assertion joins the answer-loss one below.
-    "gates": {"min_exact_match_gain": None, "not_worse_than_base": False, "max_canary_exposure": None},
+    # Production noise (CSPRNG) makes every run a new draw: a canary's rank moves by bits, so this gate would
+    # make the promotion a coin flip. The figure is still computed and reported; the gate itself is tested in
+    # tests/release/test_gates.py. The exact-match gates stay on: the gain is asserted below.
+    "gates": {"max_canary_exposure": None},
 }
 
 
@@ -167,7 +164,7 @@ def test_masking_ran_as_one_mapped_task_per_shard(e2e):
     report = e2e["report"]
     shard_tis = [ti for ti in e2e["dag_run"].get_task_instances() if ti.task_id == "mask_shard"]
     plan = json.loads((e2e["home"] / "staging" / e2e["run_dir"].name / "mask_shards" / "plan.json").read_text())
-    # 4000 generated records in one month partition, at most mask.shard_rows = 2000 a shard.
+    # 16,000 generated records in one month partition, at most mask.shard_rows = 2000 a shard.
     assert len(plan) == report["mask"]["shards"] >= 2
     assert sorted(ti.map_index for ti in shard_tis) == list(range(len(plan)))
     assert all("success" in str(ti.state).lower() for ti in shard_tis)
@@ -248,7 +245,7 @@ def test_finetuned_learns_the_held_out_answers(e2e):
     """What DP training reliably does on the demo: the gold answers of the validation split's questions
     (phrasings never in a record) become far more likely. The paired bootstrap interval of (fine-tuned −
     base) answer loss lies wholly below zero, and the mean drop is at least a quarter of base's loss.
-    Exact match is the utility issue's figure, not asserted here yet."""
+    Exact match is asserted in test_finetuned_beats_base_on_validation_exact_match."""
     evaluate = e2e["report"]["evaluate"]
     loss = evaluate["answer_loss"]
     delta = loss["finetuned_minus_base"]
@@ -259,6 +256,19 @@ def test_finetuned_learns_the_held_out_answers(e2e):
     evaluation = e2e["report"]["evaluate"]
     assert 0.0 <= evaluation["finetuned"]["f1"] <= 1.0 and 0.0 <= evaluation["base"]["f1"] <= 1.0
     assert 0.0 <= evaluation["toxicity_rate"] <= 1.0
+
+
+def test_finetuned_beats_base_on_validation_exact_match(e2e):
+    """The DP model learns the domain: on the validation split (the gates' split; phrasings never in a record)
+    the paired 95 % interval of fine-tuned − base exact match lies above 0, over all questions and over the
+    common facts (each in ≥ 1 % of the records: what DP is meant to learn). Measured when this was written:
+    common +0.27 and all +0.14 over base at ε 7.96 (one run of the recipe search, tasks on validation)."""
+    validation = e2e["report"]["evaluate"]["qa_splits"]["validation"]
+    gain = validation["gain"]
+    assert validation["n"] >= 300 and not validation["below_base"]
+    assert gain["exact_match"]["ci_low"] > 0, gain["exact_match"]
+    assert gain["buckets"]["common"]["exact_match"]["ci_low"] > 0, gain["buckets"]["common"]
+    assert e2e["report"]["gates"]["status"] == "passed", e2e["report"]["gates"]
 
 
 def test_registered_version_carries_lineage_tags(e2e):
