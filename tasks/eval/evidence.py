@@ -238,6 +238,7 @@ def gather(
         champion=champion,
         qa_path=qa_path,
         per_question=_per_question_specs(quality, list(safety_by_model), out),
+        qa_splits=splits,
     )
     return {
         **_quality_summary(quality, champion, qa_splits, prepared, answer_loss),
@@ -354,9 +355,11 @@ def _helm_report(
     champion: dict | None,
     qa_path: Path,
     per_question: dict,
+    qa_splits: dict | None = None,
 ) -> dict:
-    """Write the HELM-style report (with what it was computed on, each figure's interval and the
-    worse-than-base flags) and log it to the run's MLflow run, if any."""
+    """Write the HELM-style report (with what it was computed on, each figure's interval, the
+    worse-than-base flags and, from `qa_splits`, both QA splits by fact frequency) and log it to the
+    run's MLflow run, if any."""
     from tasks.eval.helm import build_report, log_report_to_mlflow
 
     helm = build_report(
@@ -364,6 +367,7 @@ def _helm_report(
         helm_dir,
         title=f"PrivateTune evaluation — {run_id}",
         per_question=per_question,
+        qa_splits=qa_splits,
         notes={
             "qa_split_sha256": _sha256(qa_path),
             "champion_version": champion and champion["version"],

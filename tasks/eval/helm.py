@@ -27,7 +27,7 @@ from typing import Any
 from tasks.common import offline
 from tasks.common.jsonl import read_rows
 from tasks.config import EvalConfig
-from tasks.eval import helm_intervals, per_question
+from tasks.eval import helm_intervals, helm_qa, per_question
 from tasks.eval.lm import load_causal_lm
 from tasks.eval.per_question import expected_calibration_error
 from tasks.eval.qa import QA_FIELDS, ROBUSTNESS_PERTURBATIONS, TASK_NAME, TASK_SRC_DIR
@@ -485,6 +485,7 @@ td.better{color:#137333}td.worse{color:#b3261e}td.missing{color:#999}
 .notes td{text-align:left}img{max-width:100%;margin:8px 0;border:1px solid #eee}
 .ci{color:#666;font-size:0.85em;white-space:nowrap}
 .flag{color:#b3261e;font-weight:600}p.flag{border:1px solid #b3261e;padding:6px 10px;background:#fdecea}
+.above{color:#137333;font-weight:600}
 """
 # Nothing may load from anywhere: no scripts, styles or images but the inline ones.
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -595,6 +596,7 @@ Generated {e(report["generated_at"])}.</p>
 <tbody>
 {chr(10).join(_table_rows(report))}
 </tbody></table>
+{helm_qa.section_html(report["qa_by_bucket"])}
 {_notes_table(report["notes"])}
 {_images(plots)}
 </body></html>
@@ -608,6 +610,7 @@ def build_report(
     title: str,
     notes: dict | None = None,
     per_question: helm_intervals.PerQuestion | None = None,
+    qa_splits: dict | None = None,
 ) -> dict:
     """Write helm.json, helm.html and helm_<scenario>.png for {model: {scenario: {metric: value}}}.
 
@@ -616,6 +619,8 @@ def build_report(
     champion where both exist. `per_question` ({model: {scenario: {metric: spec}}}, see
     tasks.eval.per_question) gives each figure and delta its 95 % bootstrap interval and flags
     the metrics where fine-tuned is worse than base beyond the noise (tasks.eval.helm_intervals).
+    `qa_splits` ({"validation", "test"}: tasks.eval.split_figures.split_figures) adds the section
+    "Domain QA by fact frequency" and helm.json's "qa_by_bucket" (tasks.eval.helm_qa).
     Returns {"json": path, "html": path, "plots": [paths], "worse_than_base": [flags]}.
     """
     if not models:
@@ -623,6 +628,7 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = _report_dict(models, title, dict(notes or {}), per_question or {})
+    report["qa_by_bucket"] = helm_qa.qa_by_bucket(qa_splits)
     plots = _write_plots(report, out_dir)
     report["plots"] = {s: p.name for s, p in plots.items()}
     json_path = out_dir / "helm.json"
