@@ -179,6 +179,9 @@ def run_child(spec: dict, work: Path) -> dict:
     """Train and score in a fresh process (one torch thread), so runs can go side by side."""
     work.mkdir(parents=True, exist_ok=True)
     spec_path, out_path = work / "spec.json", work / "result.json"
+    if out_path.is_file() and spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
+        return json.loads(out_path.read_text())  # the same run already finished: a rerun of the grid reuses it
+    out_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "child", str(spec_path), str(out_path)]
@@ -225,21 +228,21 @@ def grid(args) -> list[dict]:
     items = []
     for mult in args.multipliers:
         for eps in args.epsilons:
-            name = f"n{mult}x_eps{'inf' if math.isinf(eps) else f'{eps:g}'}"
+            name = f"n{mult:g}x_eps{'inf' if math.isinf(eps) else f'{eps:g}'}"
             items.append({"name": name, "multiplier": mult, "epsilon": eps})
     return items
 
 
 def run_grid(args, work: Path) -> dict:
     demo_records = args.records
-    datasets = {m: prepare_data(work / f"data_{m}x", demo_records * m) for m in args.multipliers}
-    base_dir = build_base(work / f"data_{args.multipliers[0]}x", args.size)
+    datasets = {m: prepare_data(work / f"data_{m:g}x", round(demo_records * m)) for m in args.multipliers}
+    base_dir = build_base(work / f"data_{args.multipliers[0]:g}x", args.size)
     synth_1x = Path(datasets[args.multipliers[0]]["synth"])  # questions are the same at every N
     base = base_scores(base_dir, synth_1x, "test", work / "base_test_scores.json")
     base_recipe = recipe(args.quick_overrides)
 
     def one(item: dict) -> dict:
-        n = demo_records * item["multiplier"]
+        n = round(demo_records * item["multiplier"])
         dp = not math.isinf(item["epsilon"])
         train = same_compute(
             {**base_recipe, "dp": dp, "target_epsilon": item["epsilon"] if dp else 8.0}, demo_records, n
@@ -393,7 +396,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "utility.json")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("PFT_BENCH_HOME", "/tmp/pft-bench-utility")))
     p.add_argument("--records", type=int, default=None, help="the demo's N (default: config synth.n_records)")
-    p.add_argument("--multipliers", type=int, nargs="+", default=list(MULTIPLIERS))
+    p.add_argument("--multipliers", type=float, nargs="+", default=list(MULTIPLIERS))
     p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one torch thread each")
     p.add_argument("--size", default="demo", choices=["demo", "tiny"])
