@@ -286,8 +286,37 @@ def share_of_nonprivate_gain(runs: list[dict], bucket: str = "common") -> dict[s
     return out
 
 
+def _cut(value: float, digits: int = 3, *, up: bool = False) -> str:
+    """A figure as shown, never rounded into a better claim: cut down (towards -∞), or up for an upper bound."""
+    scaled = value * 10**digits
+    cut = math.ceil(scaled - 1e-9) if up else math.floor(scaled + 1e-9)
+    return f"{cut / 10**digits:.{digits}f}"
+
+
 def _ci(entry: dict) -> str:
-    return f"{entry['mean']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+    return f"{_cut(entry['mean'])} [{_cut(entry['ci_low'])}, {_cut(entry['ci_high'], up=True)}]"
+
+
+def _order(run: dict) -> tuple:
+    return (run["multiplier"], math.inf if run["epsilon"] is None else float(run["epsilon"]))
+
+
+def target_lines(doc: dict) -> list[str]:
+    """Issue 14's targets on common facts, read off this run: a share of non-private gain, CI above base."""
+    shares = share_of_nonprivate_gain(doc["runs"])
+    base_high = doc["base"]["common"]["em"]["ci_high"]
+    lines = []
+    for mult, want in ((1, 0.8), (16, 0.9)):
+        run = next((r for r in doc["runs"] if r["multiplier"] == mult and r["epsilon"] == 8.0), None)
+        if run is None or shares.get(run["name"]) is None:
+            continue
+        share, low = shares[run["name"]], run["metrics"]["common"]["em"]["ci_low"]
+        lines.append(
+            f"- ε 8 at {run['records']:,} records: {_cut(share, 2)} of the non-private gain on common facts "
+            f"(target ≥ {want}: {'met' if share >= want else 'NOT met'}); DP EM's CI lower bound {_cut(low)} vs "
+            f"base's upper bound {_cut(base_high, up=True)} ({'above' if low > base_high else 'NOT above'})."
+        )
+    return lines
 
 
 def render_md(doc: dict) -> str:
@@ -307,16 +336,21 @@ def render_md(doc: dict) -> str:
         "|---:|---:|---:|---:|---|---|---|---|---|---:|",
     ]
     shares = share_of_nonprivate_gain(doc["runs"])
-    for r in doc["runs"]:
+    for r in sorted(doc["runs"], key=_order):
         m, t = r["metrics"], r["train"]
         eps = "∞" if math.isinf(r["epsilon"]) else f"{t['epsilon']:.2f}"
         share = shares[r["name"]]
         lines.append(
             f"| {r['records']:,} | {eps} | {t['steps']} | {t['noise_multiplier'] or 0:.3f} | {_ci(m['all']['em'])} "
             f"| {_ci(m['common']['em'])} | {_ci(m['common']['gain'])} | {_ci(m['tail']['em'])} "
-            f"| {_ci(m['tail']['gain'])} | {'—' if share is None else f'{share:.2f}'} |"
+            f"| {_ci(m['tail']['gain'])} | {'—' if share is None else _cut(share, 2)} |"
         )
-    lines += ["", "Recipe: `" + json.dumps(doc["recipe_overrides"]) + "` over pipeline.yaml `train:`.", ""]
+    lines += ["", "Targets (issue 14):", *target_lines(doc), ""]
+    lines += [
+        "Recipe: `" + json.dumps(doc["recipe_overrides"]) + "` (pipeline.yaml `train:`); epochs are the demo's, "
+        "scaled by demo N / N at the other sizes so every N trains the same logical batch × steps.",
+        "",
+    ]
     lines += doc.get("reading", [])
     return "\n".join(lines) + "\n"
 
@@ -391,7 +425,7 @@ QUICK = {"epochs": 0.5, "batch_size": 32, "physical_batch_size": 32}
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", nargs="?", default="grid", choices=["grid", "tune", "child"])
+    p.add_argument("mode", nargs="?", default="grid", choices=["grid", "tune", "child", "render"])
     p.add_argument("paths", nargs="*", help="child: SPEC RESULT")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "utility.json")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("PFT_BENCH_HOME", "/tmp/pft-bench-utility")))
@@ -418,6 +452,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "child":
         child(Path(args.paths[0]), Path(args.paths[1]))
         return
+    if args.mode == "render":  # the Markdown and the plot again, from a finished run's JSON
+        write_views(json.loads(args.out.read_text()), args.out)
+        return
     from tasks.common import offline
 
     offline.apply()
@@ -428,10 +465,14 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1, default=str))
     if args.mode == "grid":
-        doc["recipe_overrides"] = {k: v for k, v in doc["recipe"].items() if k in RECIPE_KEYS}
-        args.out.with_suffix(".md").write_text(render_md(doc))
-        save_plot(doc, args.out.with_suffix(".png"))
+        write_views(doc, args.out)
     print(f"wrote {args.out}")
+
+
+def write_views(doc: dict, out: Path) -> None:
+    doc["recipe_overrides"] = {k: v for k, v in doc["recipe"].items() if k in RECIPE_KEYS}
+    out.with_suffix(".md").write_text(render_md(doc))
+    save_plot(doc, out.with_suffix(".png"))
 
 
 RECIPE_KEYS = (

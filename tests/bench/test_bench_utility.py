@@ -94,3 +94,30 @@ def test_tuning_never_opens_the_test_split(tmp_path):
     assert doc["candidates"][0]["metrics"]["all"]["n"] >= 300  # every validation question was scored
     assert opened == []
     shutil.rmtree(work, ignore_errors=True)
+
+
+def test_figures_are_never_rounded_into_a_better_claim():
+    bench = _bench()
+    assert bench._cut(0.14375) == "0.143" and bench._cut(0.2999) == "0.299"
+    assert bench._cut(-0.0476) == "-0.048"  # a loss is not shown smaller than it is
+    assert bench._ci({"mean": 0.14375, "ci_low": 0.0656, "ci_high": 0.1281}) == "0.143 [0.065, 0.129]"
+
+
+def test_target_lines_read_the_share_and_the_base_bound():
+    bench = _bench()
+
+    def run(name, mult, eps, gain, low):
+        return {
+            "name": name,
+            "multiplier": mult,
+            "epsilon": eps,
+            "records": 16000 * mult,
+            "metrics": {"common": {"gain": {"mean": gain}, "em": {"ci_low": low}}},
+        }
+
+    doc = {
+        "base": {"common": {"em": {"ci_high": 0.19}}},
+        "runs": [run("a", 1, 8.0, 0.35, 0.39), run("b", 1, float("inf"), 0.44, 0.49)],
+    }
+    (line,) = bench.target_lines(doc)
+    assert "0.79 of the non-private gain" in line and "NOT met" in line and "(above)" in line
