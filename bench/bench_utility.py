@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -107,15 +106,6 @@ def qa_rows(synth_dir: Path, split: str) -> list[dict]:
 # ---------------------------------------------------------------- scoring
 
 
-def _qa_utils():
-    """The domain_qa lm-eval task's scoring (SQuAD normalisation, EM, F1), loaded by path as lm-eval does."""
-    path = REPO / "include" / "lm_eval_tasks" / "domain_qa" / "utils.py"
-    spec = importlib.util.spec_from_file_location("bench_domain_qa_utils", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def score(base_dir: str, adapter_dir: str | None, rows: list[dict], max_new_tokens: int = 16) -> list[dict]:
     """Per question: bucket, EM and F1 of the greedy answer (the answer text never leaves this process)."""
     from tasks.demo.synth import QA_PROMPT
@@ -124,7 +114,9 @@ def score(base_dir: str, adapter_dir: str | None, rows: list[dict], max_new_toke
     model, tokenizer = load_causal_lm(Path(base_dir), Path(adapter_dir) if adapter_dir else None)
     prompts = [QA_PROMPT.format(question=r["question"]) for r in rows]
     answers = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=64)
-    utils = _qa_utils()
+    from tasks.eval.helm import qa_scoring
+
+    utils = qa_scoring()
     return [
         {
             "id": r["id"],

@@ -61,7 +61,7 @@ Models = dict[str, dict[str, dict[str, float | None]]]
 # ----------------------------------------------------------------------------- calibration
 
 
-def _qa_utils():
+def qa_scoring():
     """The domain_qa task's utils.py (normalisation, EM): the same scoring lm-eval uses, loaded by path."""
     spec = importlib.util.spec_from_file_location("privatetune_domain_qa_utils", TASK_SRC_DIR / "utils.py")
     module = importlib.util.module_from_spec(spec)
@@ -146,7 +146,7 @@ def calibration_outcomes(
     model, tokenizer, qa_rows: list[dict], *, max_new_tokens: int, batch_size: int = 16
 ) -> tuple[list[float], list[bool]]:
     """(confidence, correct) per QA row: the per-question outcomes behind `calibration_summary`."""
-    utils = _qa_utils()
+    utils = qa_scoring()
     answers = answer_confidences(
         model, tokenizer, [r["question"] for r in qa_rows], max_new_tokens=max_new_tokens, batch_size=batch_size
     )
