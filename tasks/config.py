@@ -326,8 +326,9 @@ class DatasetBudget(_Section):
 class PrivacyConfig(_Section):
     """Total privacy budget per source dataset, enforced by tasks.train.ledger before training.
 
-    Basic composition: ε and δ of every run on the same source dataset add up (monthly
-    versions accumulate, so all its runs overlap). None = record only, not enforced."""
+    Tight composition: the accountant (PRV, RDP fallback) composes every run on the same source
+    dataset (monthly versions accumulate, so all its runs overlap) at δ = the sum of their δ; the
+    basic sum of ε is shown beside it. None = record only, not enforced."""
 
     source_dataset: str = Field(
         "harborview-records",

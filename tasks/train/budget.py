@@ -103,8 +103,9 @@ def ledger_summary(cfg: PipelineConfig, entry, mlflow_run_id: str | None) -> dic
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=Paths().mlflow_tracking_uri)
-        for key in ("spent_epsilon", "spent_delta", "runs"):
+        for key in ("spent_epsilon", "basic_epsilon", "spent_delta", "runs"):  # tight ε and the basic sum beside it
             if isinstance(summary[key], (int, float)):
                 client.log_metric(mlflow_run_id, f"ledger_{key}", float(summary[key]))
         client.set_tag(mlflow_run_id, "privacy_ledger_dataset", dataset)
+        client.set_tag(mlflow_run_id, "privacy_ledger_accountant", summary.get("composition_accountant") or "basic")
     return summary

@@ -12,15 +12,16 @@ API (every function takes `url=None` → `ledger_url()`)
     lineage_of(path) -> Lineage(record_count, digest)     # from a dataset JSONL (reads record_id only)
     lineage_digest(ids) -> "sha256:<hex>"
     budget_for(privacy_cfg, dataset) -> Budget(epsilon, delta, allow_non_private)
-    check_budget(dataset, epsilon, delta, *, budget, run_id=None, private=True) -> BudgetStatus
-        read-only pre-flight; raises PrivacyBudgetExceeded (spent, requested, limit in the message)
+    check_budget(dataset, epsilon, delta, *, budget, run_id=None, private=True,
+                 noise_multiplier=None, sample_rate=None, steps=None, unit="record") -> BudgetStatus
+        read-only pre-flight; raises PrivacyBudgetExceeded (spent, requested, composed total, limit)
     record_run(*, run_id, dataset, dataset_revisions, record_count, lineage_digest, epsilon, delta,
                private=True, accountant=None, noise_multiplier=None, sample_rate=None, steps=None,
-               max_grad_norm=None, notes=None, budget=None) -> LedgerEntry
+               max_grad_norm=None, unit="record", notes=None, budget=None) -> LedgerEntry
         appends one entry; with `budget`, the check and the insert happen in ONE locked
         transaction, so two concurrent runs cannot both pass a check that only one fits.
         Idempotent per run_id (see "Retries" below).
-    spent(dataset, *, exclude_run_id=None) -> Spent(epsilon, delta, runs)
+    spent(dataset, *, exclude_run_id=None) -> Spent(epsilon, delta, runs, ..., basic_epsilon, accountant)
     entries(dataset=None, *, run_id=None) -> list[LedgerEntry]
     summary(dataset, budget) -> dict       # JSON-safe cumulative figures for report.json / MLflow
 
@@ -36,30 +37,56 @@ Intended use in the training stage, before the first noisy step:
 What an entry is, and when it is written
 ----------------------------------------
 One row per training run, written BEFORE training starts, holding the run's target
-(ε, δ). Rows are never updated, so the ledger records the reservation, not a final
+(ε, δ) and its mechanism: noise multiplier σ, sample rate q, steps T (the cap: training
+stops there or earlier), clipping norm, the accountant that set σ, and the privacy unit
+(`unit`: "record" today, one row of the masked set; "subject" once subject-level DP-SGD
+lands). Rows are never updated, so the ledger records the reservation, not a final
 figure: this is sound because the noise multiplier is computed so that the accountant
 reaches the target at the last step and training stops before exceeding it, hence the
 actual ε ≤ the recorded ε. A run that fails midway stays counted at its full target
 (conservative; its checkpoints may already hold noisy updates). The actual ε is in the
 run's train_result.json and MLflow run.
 
-Composition rule (why summing is sound)
----------------------------------------
-Spent(dataset) = (Σ ε_i, Σ δ_i) over every entry of that source dataset. Basic sequential
-composition: running mechanisms that are (ε_i, δ_i)-DP on the same data is
-(Σ ε_i, Σ δ_i)-DP (Dwork & Roth 2014, Thm 3.16), and this holds when each run is chosen
-adaptively after seeing earlier results (Dwork, Rothblum & Vadhan 2010). A new run is
-allowed only if spent + requested ≤ the dataset's budget, for ε and for δ.
+Composition rule: tight, with the basic sum beside it
+------------------------------------------------------
+Every run on a source dataset is a Poisson-subsampled Gaussian mechanism (σ, q, T) on
+the same records, so the dataset's spend is one accountant fed the whole history:
+
+    spent ε = Opacus PRVAccountant(history = every run's (σ, q, T)).get_epsilon(δ_mech)
+              + Σ ε_i of the runs without a recorded mechanism
+    at  δ   = Σ δ_i over every run (δ_mech: the sum over the runs with a mechanism)
+
+(`tasks.train.composition`). The RDP accountant answers when PRV fails, and the figure
+says which one was used; when neither can, the whole dataset falls back to basic
+composition. PRV gives its upper bound, and the figure is the accountant's own at that
+δ, never lowered (not even when the RDP fallback over few runs lands above the sum).
+Why δ = Σ δ_i: it is the δ that basic composition spends, so the δ budget keeps its
+meaning (δ still adds up and is checked as before) and the tight ε and the basic sum are
+two bounds at one δ. Basic composition, (Σ ε_i, Σ δ_i) (Dwork & Roth 2014, Thm 3.16),
+stays in every output as `basic_epsilon`, an upper bound.
+Both hold when each run is chosen adaptively after seeing earlier results (Dwork, Rothblum
+& Vadhan 2010; accountants compose adaptively by construction).
+Runs without a recorded mechanism (entries written before the mechanism was required,
+or by a caller that gave only ε, δ) cannot be handed to an accountant: their recorded
+(ε_i, δ_i) are added on top of the accountant's figure. That is basic composition of
+the composed block with each of them: sound, and conservative (the figure says how many).
+Refusal uses the tight figure: a new run is allowed only if the accountant's ε of the
+history plus this run's mechanism, at the δ sum including this run, is within the
+dataset's ε budget, and the δ sum within its δ budget.
 Overlap: monthly dataset versions accumulate (each revision contains earlier months'
 records), so every run on a source dataset is counted against every record of it. For a
 record that only appears in later versions this over-counts, which is conservative.
 Different source datasets are assumed to hold different people; if they do not, give
 them one `privacy.source_dataset` id. The unit of privacy is one record (DP-SGD clips
-per example); a person with k records is protected at kε by group privacy.
-Advanced composition or RDP/PRV composition of the whole history would be tighter, but
-needs every mechanism's parameters, which is why each entry keeps accountant, noise
-multiplier, sample rate, steps and clipping norm: a tighter accountant can be plugged
-into `spent()` later without losing history.
+per example); a person with k records is protected at kε by group privacy. A dataset's
+figure is in "subject" units only when every run on it is; otherwise in "record" units
+(a subject-level guarantee implies the record-level one, not the other way round).
+
+Erasure refunds no budget
+-------------------------
+Erasing a subject's records removes them from later dataset versions; it does not
+undo what earlier runs learned from them, so every entry stays counted. The models
+trained on them are retired, not unlearned. `show` and `summary()` say so.
 
 Non-private runs (`train.dp: false`)
 ------------------------------------
@@ -100,8 +127,12 @@ UPDATE/DELETE/TRUNCATE from the pipeline's role as well.)
 CLI
 ---
     python -m tasks.train.ledger show [--dataset X] [--json]        # entries, then totals vs budget
+        per dataset: tight ε (accountant, δ), basic sum, budget, runs; erasure refunds none
     python -m tasks.train.ledger check --dataset X --epsilon 3 --delta 1e-5 [--run-id R] [--non-private]
-        exit 0 within budget, 1 with the refusal message when over.
+                                       [--noise-multiplier S --sample-rate Q --steps T]
+        exit 0 within budget, 1 with the refusal message when over. Without the mechanism,
+        the requested ε is added on top of the composed figure (basic, conservative).
+    `python -m tasks.ledger` is the same CLI under the name issue 15 gives it.
 Budgets come from `privacy:` in the pipeline config (`PFT_CONFIG` or `--config`).
 """
 
@@ -110,6 +141,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -139,11 +171,24 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
+from tasks.train.composition import CompositionError, Mechanism, compose
+
+log = logging.getLogger(__name__)
+
 URL_ENV = "PFT_LEDGER_URL"
 DP_MECHANISM = "DP-SGD (Opacus)"
 NON_PRIVATE_MECHANISM = "none (non-private)"
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REL_TOL = 1e-9  # float sums of δ (e.g. 10 × 2.5e-5) must not fail a budget they meet exactly
+UNITS = ("record", "subject")  # what one neighbouring dataset differs by: one row, or one data subject's rows
+COMPOSITION = (
+    "tight: the accountant (PRV, RDP fallback) over every run's (noise multiplier, sample rate, steps) on the "
+    "source dataset, at δ = the sum of the runs' δ; runs without a recorded mechanism add their recorded ε on top; "
+    "basic_epsilon (the sum of ε) is an upper bound"
+)
+ERASURE_NOTE = (
+    "erasure refunds no budget: earlier runs already learned from erased records, so every entry stays counted"
+)
 
 metadata = MetaData()
 ledger_table = Table(
@@ -169,6 +214,8 @@ ledger_table = Table(
     # sha256 of what else decides the mechanism's output: the train config and the base model's digest.
     # A retried run must match it too; NULL only on entries written before it was recorded.
     Column("config_digest", String(71)),
+    # The privacy unit of the run's guarantee; entries written before it was recorded were record-level.
+    Column("unit", String(16), server_default="record"),
 )
 
 _SQLITE_TRIGGERS = [
@@ -227,10 +274,28 @@ class Budget:
 
 @dataclass(frozen=True)
 class Spent:
-    epsilon: float
-    delta: float
+    """A dataset's spend: `epsilon` is the tight figure (what budgets are checked against), at δ = `delta`."""
+
+    epsilon: float  # accountant over the recorded mechanisms + ε of runs without one; inf after a non-private run
+    delta: float  # Σ δ of the runs: the δ at which `epsilon` and `basic_epsilon` hold
     runs: int
     non_private_runs: tuple[str, ...] = ()
+    basic_epsilon: float = 0.0  # Σ ε: basic composition, an upper bound
+    accountant: str | None = None  # "prv" or "rdp" when a mechanism was composed, else None (basic only)
+    without_mechanism: tuple[str, ...] = ()  # runs added at their recorded ε
+    unit: str = "record"
+
+    @property
+    def how(self) -> str:
+        """How `epsilon` was composed, in a few words (for messages and the CLI)."""
+        if self.non_private_runs:
+            return "non-private run(s): no guarantee"
+        if self.accountant is None:
+            return "basic: no recorded mechanism" if self.runs else "no runs"
+        extra = f" + recorded ε of {len(self.without_mechanism)} run(s) without one" if self.without_mechanism else ""
+        return (
+            f"{self.accountant.upper()} accountant over {self.runs - len(self.without_mechanism)} mechanism(s){extra}"
+        )
 
 
 @dataclass(frozen=True)
@@ -245,6 +310,10 @@ class BudgetStatus:
     limit_delta: float | None
     already_recorded: bool = False
     non_private_runs: tuple[str, ...] = ()
+    spent_basic_epsilon: float = 0.0  # Σ ε of the spent runs (upper bound beside `spent_epsilon`)
+    total_epsilon: float = 0.0  # tight ε of the spent runs and this one composed together: what the limit checks
+    total_delta: float = 0.0  # Σ δ including this run: the δ of `total_epsilon`
+    accountant: str | None = None  # the accountant of `total_epsilon` (None: basic)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -273,6 +342,14 @@ class LedgerEntry:
     created_at: datetime
     notes: str | None = field(default=None)
     config_digest: str | None = field(default=None)
+    unit: str = field(default="record")
+
+    @property
+    def recorded_mechanism(self) -> Mechanism | None:
+        """(σ, q, T) when all three are recorded (an accountant can compose it), else None."""
+        if self.private and None not in (self.noise_multiplier, self.sample_rate, self.steps):
+            return (self.noise_multiplier, self.sample_rate, self.steps)
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe: ε = ∞ becomes the string "inf", times are ISO 8601 UTC."""
@@ -385,15 +462,17 @@ def _init_schema(engine: Engine) -> None:
 
 
 def _add_missing_columns(conn: Connection) -> None:
-    """A ledger created by an earlier version gains the newer nullable columns (append-only still holds:
-    ADD COLUMN changes no row)."""
+    """A ledger created by an earlier version gains the newer nullable columns: existing rows read NULL, or
+    the column's constant default (`unit`: 'record'). Append-only still holds: ADD COLUMN is DDL, it fires no
+    UPDATE trigger on SQLite or Postgres, and no row is rewritten by an UPDATE statement."""
     from sqlalchemy import inspect
 
     present = {c["name"] for c in inspect(conn).get_columns("privacy_ledger")}
     for column in ledger_table.columns:
         if column.name not in present:
             kind = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE privacy_ledger ADD COLUMN {column.name} {kind}")
+            default = f" DEFAULT '{column.server_default.arg}'" if column.server_default is not None else ""
+            conn.exec_driver_sql(f"ALTER TABLE privacy_ledger ADD COLUMN {column.name} {kind}{default}")
 
 
 def _lock_for_write(conn: Connection) -> None:
@@ -436,6 +515,7 @@ def _to_entry(row) -> LedgerEntry:
         created_at=created,
         notes=m["notes"],
         config_digest=m["config_digest"],
+        unit=m["unit"] or "record",  # NULL only if a database dropped the default: entries before units were records
     )
 
 
@@ -454,15 +534,51 @@ def entries(dataset: str | None = None, *, run_id: str | None = None, url: str |
         return _entries(conn, dataset, run_id)
 
 
-def _spent(conn: Connection, dataset: str, exclude_run_id: str | None) -> Spent:
-    # Basic composition: ε and δ add up over every run on the dataset (see module docstring).
-    rows = [e for e in _entries(conn, dataset) if e.run_id != exclude_run_id]
+@dataclass(frozen=True)
+class _Charge:
+    """What one run costs its dataset: (ε, δ) and, when recorded, the mechanism an accountant composes."""
+
+    run_id: str
+    private: bool
+    epsilon: float
+    delta: float
+    mechanism: Mechanism | None
+    unit: str = "record"
+
+
+def _charge(e: LedgerEntry) -> _Charge:
+    return _Charge(e.run_id, e.private, e.epsilon, e.delta, e.recorded_mechanism, e.unit)
+
+
+def _compose_spend(charges: Sequence[_Charge]) -> Spent:
+    """The tight spend of these runs (module docstring, "Composition rule"), with the basic sum beside it."""
+    non_private = tuple(c.run_id for c in charges if not c.private)
+    composable = [] if non_private else [c for c in charges if c.mechanism is not None and c.delta > 0]
+    accountant, composed = None, 0.0
+    if composable:
+        try:
+            result = compose([c.mechanism for c in composable], math.fsum(c.delta for c in composable))
+            accountant, composed = result.accountant, result.epsilon
+        except CompositionError as exc:  # no accountant answered: basic composition for the whole dataset
+            log.warning("privacy ledger: %s; using basic composition", exc)
+            composable = []
+    composed_ids = {id(c) for c in composable}
+    on_top = [c for c in charges if id(c) not in composed_ids]  # sound: basic composition with the composed block
     return Spent(
-        epsilon=math.fsum(e.epsilon for e in rows),
-        delta=math.fsum(e.delta for e in rows),
-        runs=len(rows),
-        non_private_runs=tuple(e.run_id for e in rows if not e.private),
+        epsilon=math.inf if non_private else composed + math.fsum(c.epsilon for c in on_top),
+        delta=math.fsum(c.delta for c in charges),
+        runs=len(charges),
+        non_private_runs=non_private,
+        basic_epsilon=math.fsum(c.epsilon for c in charges),
+        accountant=accountant,
+        without_mechanism=tuple(c.run_id for c in on_top if c.private),
+        # subject-level implies record-level, not the reverse: the weaker unit when runs differ
+        unit="subject" if charges and all(c.unit == "subject" for c in charges) else "record",
     )
+
+
+def _spent(conn: Connection, dataset: str, exclude_run_id: str | None) -> Spent:
+    return _compose_spend([_charge(e) for e in _entries(conn, dataset) if e.run_id != exclude_run_id])
 
 
 def spent(dataset: str, *, exclude_run_id: str | None = None, url: str | None = None) -> Spent:
@@ -493,36 +609,44 @@ def _exceeds(total: float, limit: float | None) -> bool:
     return limit is not None and total > limit * (1 + _REL_TOL)
 
 
-def _check(
-    conn: Connection, dataset: str, epsilon: float, delta: float, budget: Budget, run_id: str | None, private: bool
-) -> BudgetStatus:
+def _check(conn: Connection, dataset: str, request: _Charge, budget: Budget, run_id: str | None) -> BudgetStatus:
+    """Compose the dataset's history with `request` and refuse when over budget. `run_id`'s own entry is left
+    out of the history, so a retried run is not counted twice."""
     already = bool(run_id) and bool(_entries(conn, run_id=run_id))
-    s = _spent(conn, dataset, exclude_run_id=run_id)
-    requested_eps = epsilon if private else math.inf
-    requested_delta = delta if private else 0.0
+    history = [_charge(e) for e in _entries(conn, dataset) if e.run_id != run_id]
+    s = _compose_spend(history)
+    total = _compose_spend([*history, request])
     status = BudgetStatus(
         dataset=dataset,
         spent_epsilon=s.epsilon,
         spent_delta=s.delta,
         runs=s.runs,
-        requested_epsilon=requested_eps,
-        requested_delta=requested_delta,
+        requested_epsilon=request.epsilon,
+        requested_delta=request.delta,
         limit_epsilon=budget.epsilon,
         limit_delta=budget.delta,
         already_recorded=already,
         non_private_runs=s.non_private_runs,
+        spent_basic_epsilon=s.basic_epsilon,
+        total_epsilon=total.epsilon,
+        total_delta=total.delta,
+        accountant=total.accountant,
     )
-    if not budget.enforced:
-        return status
+    if budget.enforced:
+        _refuse_if_over(status, s, total, budget, request.private)
+    return status
+
+
+def _refuse_if_over(status: BudgetStatus, s: Spent, total: Spent, budget: Budget, private: bool) -> None:
     figures = (
-        f"spent ε={_fmt(s.epsilon)} over {s.runs} run(s), requested ε={_fmt(requested_eps)}, "
-        f"limit ε={_fmt(budget.epsilon)}; spent δ={_fmt(s.delta)}, requested δ={_fmt(requested_delta)}, "
-        f"limit δ={_fmt(budget.delta)}"
+        f"spent ε={_fmt(s.epsilon)} ({s.how}; basic sum {_fmt(s.basic_epsilon)}) over {s.runs} run(s), "
+        f"requested ε={_fmt(status.requested_epsilon)}, limit ε={_fmt(budget.epsilon)}; spent δ={_fmt(s.delta)}, "
+        f"requested δ={_fmt(status.requested_delta)}, limit δ={_fmt(budget.delta)}"
     )
-    where = f"dataset '{dataset}'"
+    where = f"dataset '{status.dataset}'"
     if not private:
         if budget.allow_non_private:
-            return status  # the operator accepted that this dataset loses its DP guarantee
+            return  # the operator accepted that this dataset loses its DP guarantee
         raise PrivacyBudgetExceeded(
             f"privacy budget refused a non-private run on {where}: {figures}. A non-private run spends unbounded "
             f"ε and voids the DP guarantee for every record of the dataset; set privacy.allow_non_private: true "
@@ -531,19 +655,20 @@ def _check(
         )
     if s.non_private_runs:
         if budget.allow_non_private:
-            return status  # the operator accepted that this dataset has no DP guarantee left
+            return  # the operator accepted that this dataset has no DP guarantee left
         raise PrivacyBudgetExceeded(
             f"privacy budget exhausted on {where}: non-private run(s) {', '.join(s.non_private_runs)} voided its DP "
             f"guarantee; {figures}. Use another source dataset, or set privacy.allow_non_private: true",
             status=status,
         )
-    if _exceeds(s.epsilon + requested_eps, budget.epsilon) or _exceeds(s.delta + requested_delta, budget.delta):
+    if _exceeds(total.epsilon, budget.epsilon) or _exceeds(total.delta, budget.delta):
         raise PrivacyBudgetExceeded(
-            f"privacy budget exceeded on {where}: {figures} (basic composition: spent + requested must not exceed "
-            f"the limit). Lower train.target_epsilon/target_delta, or raise the dataset's budget in privacy:",
+            f"privacy budget exceeded on {where}: {figures}. Composed with this run: ε={_fmt(total.epsilon)} "
+            f"({total.how}) at δ={_fmt(total.delta)}, basic sum ε={_fmt(total.basic_epsilon)}; the composed ε and "
+            f"the δ sum must not exceed the limits. Lower train.target_epsilon/target_delta, or raise the "
+            f"dataset's budget in privacy:",
             status=status,
         )
-    return status
 
 
 def check_budget(
@@ -554,34 +679,66 @@ def check_budget(
     budget: Budget,
     run_id: str | None = None,
     private: bool = True,
+    noise_multiplier: float | None = None,
+    sample_rate: float | None = None,
+    steps: int | None = None,
+    unit: str = "record",
     url: str | None = None,
 ) -> BudgetStatus:
     """Would a run of (ε, δ) on `dataset` fit its budget? Raises PrivacyBudgetExceeded if not.
 
-    `run_id` already in the ledger (a resumed or retried run) is left out of "spent".
-    Read-only: use `record_run(..., budget=...)` to check and reserve atomically.
+    With the run's mechanism (σ, q, T) it is composed with the history by the accountant; without it, its ε
+    is added on top (conservative). `run_id` already in the ledger (a resumed or retried run) is left out of
+    "spent". Read-only: use `record_run(..., budget=...)` to check and reserve atomically.
     """
-    _validate_privacy(private, epsilon, delta)
+    fields = _mechanism_fields(
+        private,
+        epsilon,
+        delta,
+        accountant=None,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        max_grad_norm=None,
+        unit=unit,
+    )
+    request = _request(run_id or "(requested run)", private, fields)
     with _engine(url).connect() as conn:
-        return _check(conn, dataset, float(epsilon), float(delta), budget, run_id, private)
+        return _check(conn, dataset, request, budget, run_id)
+
+
+def _request(run_id: str, private: bool, fields: dict[str, Any]) -> _Charge:
+    """The charge of a run about to be recorded, from its validated mechanism columns."""
+    mechanism = tuple(fields[k] for k in ("noise_multiplier", "sample_rate", "steps"))
+    complete = private and None not in mechanism
+    return _Charge(run_id, private, fields["epsilon"], fields["delta"], mechanism if complete else None, fields["unit"])
 
 
 def summary(dataset: str, budget: Budget | None = None, *, url: str | None = None) -> dict[str, Any]:
-    """Cumulative figures for report.json and MLflow (JSON-safe; ε = ∞ as "inf")."""
+    """Cumulative figures for report.json and MLflow (JSON-safe; ε = ∞ as "inf").
+
+    `spent_epsilon` is the tight figure (at δ = `spent_delta`, by `composition_accountant`), `basic_epsilon`
+    the sum beside it; `remaining_epsilon` is the budget less the tight figure."""
     s = spent(dataset, url=url)
     eps_limit = budget.epsilon if budget else None
     delta_limit = budget.delta if budget else None
     return {
         "source_dataset": dataset,
         "runs": s.runs,
+        "unit": s.unit,
         "spent_epsilon": _json_num(s.epsilon),
         "spent_delta": s.delta,
+        "composition_accountant": s.accountant,
+        "composed": s.how,
+        "basic_epsilon": _json_num(s.basic_epsilon),
         "epsilon_budget": eps_limit,
         "delta_budget": delta_limit,
         "remaining_epsilon": None if eps_limit is None else _json_num(max(0.0, eps_limit - s.epsilon)),
         "remaining_delta": None if delta_limit is None else max(0.0, delta_limit - s.delta),
+        "runs_without_mechanism": list(s.without_mechanism),
         "non_private_runs": list(s.non_private_runs),
-        "composition": "basic (sum of ε and of δ over all runs on the source dataset)",
+        "composition": COMPOSITION,
+        "erasure": ERASURE_NOTE,
     }
 
 
@@ -616,6 +773,7 @@ _COMPARED = (
     "epsilon",
     "delta",
     "config_digest",
+    "unit",
 )
 
 
@@ -644,8 +802,10 @@ def record_run(
     budget: Budget | None = None,
     url: str | None = None,
     config_digest: str | None = None,
+    unit: str = "record",
 ) -> LedgerEntry:
-    """Append one run's entry (its target ε, δ); with `budget`, refuse it first if it does not fit.
+    """Append one run's entry (its target ε, δ and mechanism); with `budget`, refuse it first if the history
+    composed with it does not fit.
 
     Non-private runs (`private=False`) are stored as ε = inf, δ = 0 whatever is passed.
     The same run_id again returns the existing entry (LedgerConflict if its fields differ).
@@ -661,6 +821,7 @@ def record_run(
         sample_rate=sample_rate,
         steps=steps,
         max_grad_norm=max_grad_norm,
+        unit=unit,
     )
     values = dict(
         run_id=run_id,
@@ -715,8 +876,13 @@ def _mechanism_fields(
     sample_rate: float | None,
     steps: int | None,
     max_grad_norm: float | None,
+    unit: str = "record",
 ) -> dict[str, Any]:
     """The entry's mechanism columns: validated DP-SGD parameters, or ε = inf, δ = 0 for a non-private run."""
+    if unit not in UNITS:
+        raise LedgerError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool)):
+        raise LedgerError(f"steps must be an integer or None, got {steps!r}")
     if private:
         _validate_privacy(True, epsilon, delta)
         epsilon, delta = float(epsilon), float(delta)
@@ -743,6 +909,7 @@ def _mechanism_fields(
         max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
         epsilon=epsilon,
         delta=delta,
+        unit=unit,
     )
 
 
@@ -757,15 +924,8 @@ def _insert_once(engine: Engine, values: dict[str, Any], budget: Budget | None) 
                 if existing:
                     return _same_run(existing[0], values)
                 if budget is not None:
-                    _check(
-                        conn,
-                        values["source_dataset"],
-                        values["epsilon"],
-                        values["delta"],
-                        budget,
-                        run_id,
-                        values["private"],
-                    )
+                    request = _request(run_id, values["private"], values)
+                    _check(conn, values["source_dataset"], request, budget, run_id)
                 values["created_at"] = datetime.now(UTC).replace(tzinfo=None)
                 conn.execute(insert(ledger_table).values(**values))
                 return _entries(conn, run_id=run_id)[0]
@@ -819,7 +979,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", help=f"SQLAlchemy URL of the ledger (default: ${URL_ENV}, else under PFT_HOME)")
     parser.add_argument("--config", type=Path, help="pipeline config for budgets (default: PFT_CONFIG or the repo's)")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    show = sub.add_parser("show", help="print the ledger and per-dataset totals vs budget")
+    show = sub.add_parser(
+        "show", help="print the ledger, then per dataset: tight ε (accountant, δ), basic sum, budget, runs"
+    )
     show.add_argument("--dataset", help="only this source dataset")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     chk = sub.add_parser("check", help="exit 1 when a run of this ε, δ would exceed the dataset's budget")
@@ -828,6 +990,9 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--delta", type=float, default=0.0, help="requested δ")
     chk.add_argument("--run-id", help="the run's id, if it may already be in the ledger (resume)")
     chk.add_argument("--non-private", action="store_true", help="check a non-private run (ε = inf)")
+    chk.add_argument("--noise-multiplier", type=float, help="the run's σ (with --sample-rate and --steps: composed)")
+    chk.add_argument("--sample-rate", type=float, help="the run's Poisson sample rate q")
+    chk.add_argument("--steps", type=int, help="the run's (capped) number of steps T")
     return parser
 
 
@@ -844,6 +1009,9 @@ def _cli_check(parser: argparse.ArgumentParser, args: argparse.Namespace, privac
             budget=budget_for(privacy, dataset),
             run_id=args.run_id,
             private=not args.non_private,
+            noise_multiplier=args.noise_multiplier,
+            sample_rate=args.sample_rate,
+            steps=args.steps,
             url=url,
         )
     except PrivacyBudgetExceeded as err:
@@ -853,10 +1021,12 @@ def _cli_check(parser: argparse.ArgumentParser, args: argparse.Namespace, privac
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
-        f"within budget on dataset '{dataset}': spent ε={_fmt(status.spent_epsilon)} over {status.runs} run(s), "
-        f"requested ε={_fmt(status.requested_epsilon)}, limit ε={_fmt(status.limit_epsilon)}; "
-        f"spent δ={_fmt(status.spent_delta)}, requested δ={_fmt(status.requested_delta)}, "
-        f"limit δ={_fmt(status.limit_delta)}"
+        f"within budget on dataset '{dataset}': spent ε={_fmt(status.spent_epsilon)} "
+        f"(basic sum {_fmt(status.spent_basic_epsilon)}) over {status.runs} run(s), "
+        f"requested ε={_fmt(status.requested_epsilon)}, composed with it ε={_fmt(status.total_epsilon)} "
+        f"({(status.accountant or 'basic').upper()}) at δ={_fmt(status.total_delta)}, "
+        f"limit ε={_fmt(status.limit_epsilon)}; spent δ={_fmt(status.spent_delta)}, "
+        f"requested δ={_fmt(status.requested_delta)}, limit δ={_fmt(status.limit_delta)}"
     )
     return 0
 
@@ -873,6 +1043,7 @@ def _cli_show(args: argparse.Namespace, privacy: Any, url: str | None) -> int:
                     "url": make_url(url or ledger_url()).render_as_string(hide_password=True),
                     "entries": [e.as_dict() for e in rows],
                     "totals": totals,
+                    "erasure": ERASURE_NOTE,
                 },
                 indent=2,
                 allow_nan=False,
@@ -882,6 +1053,9 @@ def _cli_show(args: argparse.Namespace, privacy: Any, url: str | None) -> int:
     print(_entries_table(rows))
     print()
     print(_totals_table(totals))
+    print()
+    print(f"Composition: {COMPOSITION}.")
+    print(f"Note: {ERASURE_NOTE}.")
     return 0
 
 
@@ -901,6 +1075,7 @@ _ENTRY_HEADER = [
     "C",
     "epsilon",
     "delta",
+    "unit",
 ]
 
 
@@ -924,6 +1099,7 @@ def _entries_table(rows: list[LedgerEntry]) -> str:
                 _opt(e.max_grad_norm),
                 _fmt(e.epsilon),
                 _fmt(e.delta),
+                e.unit,
             ]
             for e in rows
         ],
@@ -931,21 +1107,41 @@ def _entries_table(rows: list[LedgerEntry]) -> str:
     )
 
 
+_TOTALS_HEADER = [
+    "dataset",
+    "runs",
+    "unit",
+    "tight epsilon",
+    "accountant",
+    "at delta",
+    "basic sum",
+    "epsilon budget",
+    "delta budget",
+    "runs w/o mechanism",
+    "non-private runs",
+]
+
+
 def _totals_table(totals: list[dict[str, Any]]) -> str:
+    # tight ε first: it is what the budget is checked against; the basic sum beside it is an upper bound
     return _table(
         [
             [
                 t["source_dataset"],
                 str(t["runs"]),
+                t["unit"],
                 _fmt(float(t["spent_epsilon"])),
-                _opt(t["epsilon_budget"]),
+                (t["composition_accountant"] or ("basic" if t["runs"] else "-")).upper(),
                 _fmt(t["spent_delta"]),
+                _fmt(float(t["basic_epsilon"])),
+                _opt(t["epsilon_budget"]),
                 _opt(t["delta_budget"]),
+                str(len(t["runs_without_mechanism"])),
                 ",".join(t["non_private_runs"]) or "-",
             ]
             for t in totals
         ],
-        ["dataset", "runs", "spent epsilon", "epsilon budget", "spent delta", "delta budget", "non-private runs"],
+        _TOTALS_HEADER,
     )
 
 

@@ -1,4 +1,8 @@
-"""Privacy budget ledger: recording, composition, refusal, append-only, idempotence, CLI, concurrency."""
+"""Privacy budget ledger: recording, composition, refusal, append-only, idempotence, CLI, concurrency.
+
+Runs written by `_run` carry no mechanism unless a test passes one (`**MECH`): their ε compose by basic
+composition, which keeps the bookkeeping tests' figures exact. The tight composition of real mechanisms is
+tested below them (`test_tight_*`) and in test_composition.py."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from tasks.train import ledger as L
 
 REPO = Path(__file__).resolve().parents[2]
 DIGEST = L.lineage_digest(["rec-0001", "rec-0002", "rec-0003"])
+MECH = dict(accountant="prv", noise_multiplier=0.9, sample_rate=0.032, steps=79, max_grad_norm=1.0)
 
 
 @pytest.fixture
@@ -39,11 +44,6 @@ def _run(url, run_id, eps=2.0, delta=1e-5, dataset="ds-a", budget=None, **kw):
         lineage_digest=DIGEST,
         epsilon=eps,
         delta=delta,
-        accountant="prv",
-        noise_multiplier=0.9,
-        sample_rate=0.032,
-        steps=79,
-        max_grad_norm=1.0,
         budget=budget,
         url=url,
     )
@@ -52,7 +52,7 @@ def _run(url, run_id, eps=2.0, delta=1e-5, dataset="ds-a", budget=None, **kw):
 
 
 def test_record_and_read_back(url):
-    entry = _run(url, "manual__2026-01-01T00:00:00+00:00", eps=3.5, delta=2.5e-5, notes="monthly run")
+    entry = _run(url, "manual__2026-01-01T00:00:00+00:00", eps=3.5, delta=2.5e-5, notes="monthly run", **MECH)
     [back] = L.entries(url=url)
     assert back == entry
     assert (back.seq, back.run_id, back.source_dataset) == (1, "manual__2026-01-01T00:00:00+00:00", "ds-a")
@@ -66,7 +66,8 @@ def test_record_and_read_back(url):
         back.steps,
         back.max_grad_norm,
     ) == ("DP-SGD (Opacus)", "prv", 0.9, 0.032, 79, 1.0)
-    assert (back.epsilon, back.delta, back.notes) == (3.5, 2.5e-5, "monthly run")
+    assert (back.epsilon, back.delta, back.notes, back.unit) == (3.5, 2.5e-5, "monthly run", "record")
+    assert back.recorded_mechanism == (0.9, 0.032, 79)
     assert back.created_at.tzinfo is not None and abs(time.time() - back.created_at.timestamp()) < 60
     assert json.loads(json.dumps(back.as_dict(), allow_nan=False))["epsilon"] == 3.5
 
@@ -76,8 +77,11 @@ def test_cumulative_totals_and_other_datasets_not_counted(url):
         _run(url, f"run-{i}", eps=8.0, delta=2.5e-5)
     _run(url, "other", eps=5.0, delta=1e-6, dataset="ds-b")
     s = L.spent("ds-a", url=url)
-    assert (s.epsilon, s.runs) == (80.0, 10) and math.isclose(s.delta, 2.5e-4)
-    assert L.spent("ds-b", url=url) == L.Spent(epsilon=5.0, delta=1e-6, runs=1)
+    assert (s.epsilon, s.basic_epsilon, s.runs, s.accountant) == (80.0, 80.0, 10, None)
+    assert math.isclose(s.delta, 2.5e-4) and len(s.without_mechanism) == 10  # no mechanism: basic composition
+    assert L.spent("ds-b", url=url) == L.Spent(
+        epsilon=5.0, delta=1e-6, runs=1, basic_epsilon=5.0, without_mechanism=("other",)
+    )
     assert L.spent("nothing", url=url) == L.Spent(0.0, 0.0, 0)
     # exactly at the limit is allowed (float sums of δ must not trip it); ds-b's spend is not in ds-a's
     assert L.check_budget("ds-b", 75.0, 1e-5, budget=L.Budget(80.0, 2.5e-4), url=url).spent_epsilon == 5.0
@@ -276,15 +280,25 @@ def test_cli_show_and_check(url, tmp_path, capsys):
     assert lines[0].split()[:4] == ["seq", "created", "(UTC)", "run_id"]
     assert sum(1 for line in lines if line.split()[:1] in (["1"], ["2"], ["3"])) == 3
     totals = next(line for line in lines if line.startswith("ds-a "))
-    assert totals.split()[:6] == ["ds-a", "2", "8", "10", "2e-05", "0.0001"]
+    # runs, unit, tight ε, accountant (none: these runs have no mechanism), at δ, basic sum, budgets, w/o mechanism
+    assert totals.split() == ["ds-a", "2", "record", "8", "BASIC", "2e-05", "8", "10", "0.0001", "2", "-"]
+    assert "erasure refunds no budget" in out
 
     rc, out, _ = _cli(["show", "--json", "--dataset", "ds-a"], url, config, capsys)
     doc = json.loads(out)
     assert rc == 0 and [e["run_id"] for e in doc["entries"]] == ["r1", "r2"]
+    assert doc["erasure"].startswith("erasure refunds no budget")
     assert doc["totals"] == [L.summary("ds-a", L.Budget(10.0, 1e-4), url=url)]
 
     rc, out, _ = _cli(["check", "--epsilon", "2", "--delta", "1e-5"], url, config, capsys)
     assert rc == 0 and "within budget on dataset 'ds-a'" in out
+    # ε 2.5 on top of 8 is over 10; with its mechanism (ε ≈ 0.73 at δ 1e-5 by PRV) the composed total fits
+    rc, _, err = _cli(["check", "--epsilon", "2.5", "--delta", "1e-5"], url, config, capsys)
+    assert rc == 1 and "composed with this run: ε=10.5 (basic" in err.lower()
+    mechanism = ["--noise-multiplier", "1.2", "--sample-rate", "0.02", "--steps", "50"]
+    rc, out, err = _cli(["check", "--epsilon", "2.5", "--delta", "1e-5", *mechanism], url, config, capsys)
+    assert rc == 0, err
+    assert "composed with it ε=8.72" in out and "(PRV) at δ=3e-05" in out
     rc, _, err = _cli(["check", "--epsilon", "4", "--delta", "1e-5", "--run-id", "r2"], url, config, capsys)
     assert rc == 0, err  # a resumed run is not counted twice
     rc, _, err = _cli(["check", "--non-private"], url, config, capsys)
@@ -353,8 +367,9 @@ def test_two_processes_recording_at_once(url, tmp_path):
     assert L.spent("ds-a", url=url).epsilon == 10.0
 
 
-def test_a_ledger_from_an_earlier_version_gains_the_config_digest_column(tmp_path):
-    """ALTER TABLE ADD COLUMN on the old table; old rows keep NULL, append-only still holds."""
+def test_a_ledger_from_an_earlier_version_gains_the_newer_columns(tmp_path):
+    """ALTER TABLE ADD COLUMN on the old table: old rows read config_digest NULL and unit 'record' (they were
+    record-level), no mechanism to compose; append-only still holds."""
     import sqlite3
 
     db = tmp_path / "old.db"
@@ -378,7 +393,7 @@ def test_a_ledger_from_an_earlier_version_gains_the_config_digest_column(tmp_pat
     url = f"sqlite:///{db}"
     try:
         (old,) = L.entries(url=url)
-        assert old.config_digest is None
+        assert old.config_digest is None and old.unit == "record" and old.recorded_mechanism is None
         new = L.record_run(
             run_id="new",
             dataset="ds",
@@ -393,3 +408,209 @@ def test_a_ledger_from_an_earlier_version_gains_the_config_digest_column(tmp_pat
         assert new.config_digest.startswith("sha256:") and len(L.entries(url=url)) == 2
     finally:
         L.dispose_engines()
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT run_id, unit FROM privacy_ledger ORDER BY seq").fetchall() == [
+        ("old", "record"),
+        ("new", "record"),
+    ]
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):  # the migration kept the triggers working
+        raw.execute("UPDATE privacy_ledger SET unit = 'subject'")
+    raw.close()
+
+
+# --------------------------------------------------------------------------- tight composition
+
+
+def _opacus(accountant: str, history: list, delta: float) -> float:
+    """Opacus's own accountant fed a history: what the ledger's figure must equal."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = {"prv": PRVAccountant, "rdp": RDPAccountant}[accountant]()
+    acc.history = list(history)
+    return acc.get_epsilon(delta)
+
+
+def _mech(sigma: float, q: float, steps: int, delta: float) -> dict:
+    """A run's mechanism and the ε the recipe's accountant gives it (as `tasks.train.dp.dp_mechanism` returns)."""
+    from tasks.train.dp import epsilon_after
+
+    eps = epsilon_after(steps, noise=sigma, sample_rate=q, delta=delta, accountant="prv")
+    return {"noise": sigma, "sample_rate": q, "steps": steps, "delta": delta, "epsilon": eps, "accountant": "prv"}
+
+
+def _monthly(month: int) -> dict:
+    """The pipeline's own mechanism for month `month` of a retrain at ε = 2 on a source growing 1,000 records a
+    month from 16,000 (batch 256, 1.3 epochs: q = 256/N, about 80-140 steps, δ = 1e-5)."""
+    from tasks.train.dp import dp_mechanism
+
+    t = {"target_epsilon": 2.0, "target_delta": 1e-5, "batch_size": 256, "epochs": 1.3}
+    return dp_mechanism(t, 16_000 + 1_000 * month)
+
+
+def _dp_run(url, run_id, mech, budget=None, dataset="ds-a"):
+    """Record a run as the pipeline does: its mechanism and its accountant's ε."""
+    return L.record_run(
+        run_id=run_id,
+        dataset=dataset,
+        dataset_revisions=["rev-" + run_id],
+        record_count=3,
+        lineage_digest=DIGEST,
+        epsilon=mech["epsilon"],
+        delta=mech["delta"],
+        accountant=mech["accountant"],
+        noise_multiplier=mech["noise"],
+        sample_rate=mech["sample_rate"],
+        steps=mech["steps"],
+        max_grad_norm=1.0,
+        budget=budget,
+        url=url,
+    )
+
+
+def _history(mechs: list[dict]) -> list[tuple]:
+    return [(m["noise"], m["sample_rate"], m["steps"]) for m in mechs]
+
+
+@pytest.fixture
+def fresh_composition():
+    from tasks.train import composition
+
+    composition.clear_cache()
+    yield
+    composition.clear_cache()  # no figure composed under a patched accountant outlives the test
+
+
+def test_tight_composition_of_heterogeneous_runs_is_opacus_prv_fed_the_same_history(url):
+    runs = [_mech(0.8, 0.016, 82, 1e-5), _mech(1.1, 0.01, 150, 2e-5), _mech(0.6, 0.03, 40, 5e-6)]
+    for i, m in enumerate(runs):
+        _dp_run(url, f"m{i}", m)
+    s = L.spent("ds-a", url=url)
+    delta = math.fsum(m["delta"] for m in runs)
+    assert s.accountant == "prv" and s.delta == pytest.approx(delta, rel=1e-12)
+    assert s.epsilon == _opacus("prv", _history(runs), delta)  # to the last bit: same history, same order
+    assert s.basic_epsilon == pytest.approx(math.fsum(m["epsilon"] for m in runs), rel=1e-12)
+    assert s.epsilon < s.basic_epsilon
+    # more than any one of the runs at the same δ (a run alone at its smaller δ can show more: δ buys ε)
+    assert all(_opacus("prv", _history([m]), delta) < s.epsilon for m in runs)
+    assert (s.without_mechanism, s.unit, s.how) == ((), "record", "PRV accountant over 3 mechanism(s)")
+    summ = L.summary("ds-a", L.Budget(10.0, 1e-3), url=url)
+    assert (summ["spent_epsilon"], summ["basic_epsilon"], summ["composition_accountant"]) == (
+        s.epsilon,
+        s.basic_epsilon,
+        "prv",
+    )
+    assert summ["remaining_epsilon"] == pytest.approx(10.0 - s.epsilon)
+    json.dumps(summ, allow_nan=False)
+
+
+def test_tight_composition_falls_back_to_rdp_then_to_basic(url, monkeypatch, fresh_composition):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    runs = [_mech(0.95, 0.02, 70, 1e-5), _mech(0.7, 0.012, 110, 1e-5)]
+    for i, m in enumerate(runs):
+        _dp_run(url, f"f{i}", m)
+    rdp = _opacus("rdp", _history(runs), 2e-5)
+
+    def prv_fails(self, delta, **kw):
+        raise ValueError("PRV domain too large")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", prv_fails)
+    s = L.spent("ds-a", url=url)
+    assert s.accountant == "rdp" and s.epsilon == pytest.approx(rdp, rel=1e-9)
+    assert s.how.startswith("RDP accountant") and s.epsilon < s.basic_epsilon
+
+    from tasks.train import composition
+
+    composition.clear_cache()
+    monkeypatch.setattr(RDPAccountant, "get_epsilon", lambda self, delta, **kw: math.nan)
+    s = L.spent("ds-a", url=url)  # neither answers: basic composition for the whole dataset, and it says so
+    assert (s.accountant, s.without_mechanism, s.how) == (None, ("f0", "f1"), "basic: no recorded mechanism")
+    assert s.epsilon == s.basic_epsilon == pytest.approx(runs[0]["epsilon"] + runs[1]["epsilon"])
+
+
+def test_runs_without_a_mechanism_are_added_on_top_of_the_accountant(url):
+    runs = [_mech(0.8, 0.016, 82, 1e-5), _mech(1.0, 0.02, 60, 1e-5)]
+    for i, m in enumerate(runs):
+        _dp_run(url, f"t{i}", m)
+    _run(url, "legacy", eps=1.5, delta=2e-5)  # an entry from before mechanisms were recorded
+    _run(url, "partial", eps=0.5, delta=1e-6, noise_multiplier=1.0)  # half a mechanism is none
+    s = L.spent("ds-a", url=url)
+    assert s.epsilon == pytest.approx(_opacus("prv", _history(runs), 2e-5) + 1.5 + 0.5, rel=1e-9)
+    assert s.delta == pytest.approx(2e-5 + 2e-5 + 1e-6) and s.without_mechanism == ("legacy", "partial")
+    assert s.how == "PRV accountant over 2 mechanism(s) + recorded ε of 2 run(s) without one"
+
+
+def test_tight_total_of_twelve_monthly_retrains_at_epsilon_2(url):
+    """Issue 15's target: twelve monthly retrains at ε = 2 each compose to far less than the basic sum of 24.
+    December is admitted under a budget of 6, which basic composition exhausts at the fourth month."""
+    budget = L.Budget(epsilon=6.0, delta=1e-3)
+    months = [_monthly(m) for m in range(12)]
+    assert all(m["accountant"] == "prv" and 1.99 <= m["epsilon"] <= 2.0 for m in months)
+    assert math.fsum(m["epsilon"] for m in months[:4]) > budget.epsilon
+    for i, m in enumerate(months):  # the check composes the whole history: once is enough here (PRV takes seconds)
+        _dp_run(url, f"monthly_refinetune/monthly-2026-{i + 1:02d}", m, budget=budget if i == 11 else None)
+    s = L.spent("ds-a", url=url)
+    assert (s.runs, s.accountant) == (12, "prv") and s.delta == pytest.approx(12e-5)
+    assert s.epsilon == pytest.approx(_opacus("prv", _history(months), 12e-5), rel=1e-9)
+    assert 23.9 < s.basic_epsilon <= 24.0
+    assert 2.0 < s.epsilon < s.basic_epsilon / 4  # measured: 3.83 (PRV at δ 1.2e-4) against 23.95
+    print(
+        f"\n12 monthly retrains at ε=2: tight ε={s.epsilon:.3f} (PRV, δ={s.delta:.2g}), basic sum {s.basic_epsilon:.3f}"
+    )
+
+
+def test_the_ledger_refuses_on_the_tight_total(url):
+    """The request is composed with the history: refused when that total is over the limit, admitted when it
+    is not, even where spent + requested ε (and the basic sum) would be far over."""
+    from tasks.train.composition import compose
+
+    months = [_monthly(m) for m in range(13)]
+    for i, m in enumerate(months[:12]):
+        _dp_run(url, f"month-{i + 1:02d}", m)
+    spent = L.spent("ds-a", url=url)
+    total = compose(_history(months), 13e-5).epsilon
+    assert spent.epsilon < total < spent.epsilon + months[12]["epsilon"]
+
+    over = L.Budget(epsilon=(spent.epsilon + total) / 2, delta=1e-3)  # the history fits, the 13th month does not
+    with pytest.raises(L.PrivacyBudgetExceeded) as err:
+        _dp_run(url, "month-13", months[12], budget=over)
+    status = err.value.status
+    assert status.spent_epsilon == pytest.approx(spent.epsilon) and status.spent_epsilon < over.epsilon
+    assert status.total_epsilon == pytest.approx(total, rel=1e-9) and status.accountant == "prv"
+    assert f"Composed with this run: ε={total:.6g} (PRV accountant over 13 mechanism(s))" in str(err.value)
+    assert len(L.entries(url=url)) == 12  # refused: not recorded
+
+    fits = L.Budget(epsilon=total + 0.01, delta=1e-3)  # basic: 25.9 spent + requested, far over 'fits'
+    assert spent.basic_epsilon + months[12]["epsilon"] > spent.epsilon + months[12]["epsilon"] > fits.epsilon
+    entry = _dp_run(url, "month-13", months[12], budget=fits)
+    assert entry.seq == 13 and L.spent("ds-a", url=url).epsilon == pytest.approx(total, rel=1e-9)
+
+
+def test_a_retried_run_is_not_counted_twice_in_the_tight_total(url):
+    budget = L.Budget(epsilon=5.0, delta=1e-3)
+    jan, feb = _monthly(0), _monthly(1)
+    _dp_run(url, "monthly-2026-01", jan, budget=budget)
+    first = _dp_run(url, "monthly-2026-02", feb, budget=budget)
+    again = _dp_run(url, "monthly-2026-02", feb, budget=budget)  # an Airflow retry of February
+    assert again == first and len(L.entries(url=url)) == 2
+    both = _opacus("prv", _history([jan, feb]), 2e-5)
+    assert L.spent("ds-a", url=url).epsilon == pytest.approx(both, rel=1e-9)
+    status = L.check_budget(
+        "ds-a",
+        feb["epsilon"],
+        feb["delta"],
+        budget=budget,
+        run_id="monthly-2026-02",
+        noise_multiplier=feb["noise"],
+        sample_rate=feb["sample_rate"],
+        steps=feb["steps"],
+        url=url,
+    )
+    assert status.already_recorded and status.runs == 1 and status.spent_epsilon == pytest.approx(jan["epsilon"])
+    assert status.total_epsilon == pytest.approx(both, rel=1e-9)  # February once, not twice
+
+
+def test_python_m_tasks_ledger_is_the_same_cli():
+    import tasks.ledger
+
+    assert tasks.ledger.main is L.main

@@ -70,19 +70,31 @@ def test_the_recipe_runs_the_charged_mechanism_and_recomputes_when_inputs_change
 
 
 def test_reservation_is_charged_once_and_refused_over_budget(tmp_path, ledger_url):
-    cfg, spec = _setup(tmp_path)
+    """Runs at ε ≈ 8 (PRV, 10 steps at q = 0.1, δ = 5e-4) under a budget of 12: composed tightly, three fit
+    (basic composition would have refused the second), the fourth is refused."""
+    from tasks.train.composition import compose
+
+    cfg, spec = _setup(tmp_path, epsilon_budget=12.0)
     first = privacy_finetune.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")
     again = privacy_finetune.reserve_privacy_budget("manual__one", cfg, spec, dataset_rev="rev1")  # an Airflow retry
     assert again.run_id == first.run_id
     assert ledger.spent("test-records").runs == 1
-    privacy_finetune.reserve_privacy_budget("manual__two", cfg, spec, dataset_rev="rev1")
-    spent = ledger.spent("test-records").epsilon
-    assert spent == pytest.approx(2 * first.epsilon) and spent <= 16.0
-    with pytest.raises(ledger.PrivacyBudgetExceeded) as err:  # a third ε≈8 run passes the 20 budget
-        privacy_finetune.reserve_privacy_budget("manual__three", cfg, spec, dataset_rev="rev1")
-    message = str(err.value)
-    assert "test-records" in message and "20" in message and f"{spent:.4g}"[:4] in message
-    assert ledger.spent("test-records").runs == 2  # the refused run is not recorded
+    assert first.recorded_mechanism is not None and first.unit == "record"
+    for key in ("manual__two", "manual__three"):
+        privacy_finetune.reserve_privacy_budget(key, cfg, spec, dataset_rev="rev1")
+    spent = ledger.spent("test-records")
+    mechanism, delta = first.recorded_mechanism, first.delta
+    assert spent.epsilon == compose([mechanism] * 3, 3 * delta).epsilon and spent.accountant == "prv"
+    assert spent.basic_epsilon == pytest.approx(3 * first.epsilon) and spent.basic_epsilon > 1.9 * 12.0
+    assert 2 * first.epsilon > 12.0 >= spent.epsilon  # basic composition would have refused the second run
+    with pytest.raises(ledger.PrivacyBudgetExceeded) as err:  # the fourth takes the composed total past 12
+        privacy_finetune.reserve_privacy_budget("manual__four", cfg, spec, dataset_rev="rev1")
+    message, total = str(err.value), compose([mechanism] * 4, 4 * delta).epsilon
+    assert total > 12.0 and err.value.status.total_epsilon == total
+    assert "test-records" in message and "limit ε=12" in message and f"ε={total:.6g} (PRV accountant" in message
+    assert ledger.spent("test-records").runs == 3  # the refused run is not recorded
+    summary = privacy_finetune.ledger_summary(cfg, first, None)
+    assert summary["spent_epsilon"] == spent.epsilon and summary["basic_epsilon"] == spent.basic_epsilon
     from tasks.airflow.dag_parts import permanent_errors
 
     assert isinstance(err.value, permanent_errors())  # the Airflow task fails at once, no retry
