@@ -61,10 +61,11 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
         else f"ε = {_num(trained.get('epsilon'))}, δ = {trained.get('delta'):.2e}"
     )
     ledger = trained.get("privacy_ledger") or {}
+    composed = f" ({ledger['composed']}; basic sum {_num(ledger.get('basic_epsilon'))})" if "composed" in ledger else ""
     lines += [
         "",
         f"- training: {trained.get('method')}, {trained.get('trainable_pct')} % trainable, {privacy}; "
-        f"ledger ε spent {_num(ledger.get('spent_epsilon'))} of {_num(ledger.get('epsilon_budget'))}",
+        f"ledger ε spent {_num(ledger.get('spent_epsilon'))}{composed} of {_num(ledger.get('epsilon_budget'))}",
         *_split_lines(evaluated.get("qa_splits")),
         f"- toxicity rate {_num(evaluated.get('toxicity_rate'))}, identity gap {_num(evaluated.get('identity_gap'))}",
         f"- PII leaks {_num(evaluated.get('pii_leaks'))}, canary exposure {_num(evaluated.get('canary_exposure_max'), 2)} bits, "

@@ -23,9 +23,11 @@ are ignored). `tasks.release.decision.model_card_facts` builds this dict from a 
     dp, epsilon, delta, target_epsilon,        DP-SGD guarantee of this run (dp false = non-private)
       noise_multiplier, max_grad_norm, accountant,
       noise_source                               "csprng (os.urandom)" or a seeded PRNG (tests, benchmarks)
-    privacy_ledger                             tasks.train.ledger.summary(): source_dataset, runs, spent_epsilon,
-                                                 spent_delta, epsilon_budget, delta_budget, remaining_*,
-                                                 composition, non_private_runs
+    privacy_ledger                             tasks.train.ledger.summary(): source_dataset, runs, unit,
+                                                 spent_epsilon (tight, by composition_accountant, at
+                                                 spent_delta), composed, basic_epsilon (the sum, an upper
+                                                 bound), epsilon_budget, delta_budget, remaining_*,
+                                                 composition, erasure, non_private_runs
     metrics                                    {"base": {...}, "finetuned": {...}, "champion": {...}}:
                                                  numbers, nested dicts flattened as "scenario.metric"
     champion_version                           the champion the run compared against
@@ -184,17 +186,21 @@ def _privacy_lines(facts: Mapping) -> list[str]:
         ("ledger: source dataset", ledger.get("source_dataset") or _get(facts, "source_dataset")),
         ("ledger: runs on the source dataset", ledger.get("runs")),
         (
-            "ledger: total ε spent / budget",
+            "ledger: total ε spent (tight) / budget",
             _Raw(
                 f"{fmt(ledger.get('spent_epsilon'))} / {fmt(ledger.get('epsilon_budget')) if ledger else NOT_RECORDED}"
             ),
         ),
+        ("ledger: tight ε composed by", ledger.get("composed")),
+        ("ledger: basic composition (sum of ε), an upper bound", ledger.get("basic_epsilon")),
         (
-            "ledger: total δ spent / budget",
+            "ledger: total δ spent (the δ of both ε figures) / budget",
             _Raw(f"{fmt(ledger.get('spent_delta'))} / {fmt(ledger.get('delta_budget')) if ledger else NOT_RECORDED}"),
         ),
         ("ledger: remaining ε", ledger.get("remaining_epsilon")),
+        ("ledger: privacy unit", ledger.get("unit")),
         ("ledger: composition", ledger.get("composition")),
+        ("ledger: erasure", ledger.get("erasure")),
     ]
     if ledger.get("non_private_runs"):
         rows.append(("ledger: non-private runs (void the dataset's guarantee)", ledger.get("non_private_runs")))

@@ -336,10 +336,18 @@ def _ledger(ledger: dict | None) -> str:
     def num(x):
         return f"{x:.4g}" if isinstance(x, float) else x
 
+    limit = "no limit" if budget is None else num(budget)
+    if "basic_epsilon" not in ledger:  # a report.json from before the ledger composed tightly
+        return (
+            f"{ledger.get('source_dataset')}: ε spent {num(ledger.get('spent_epsilon'))} of {limit} over "
+            f"{ledger.get('runs')} run(s), δ spent {num(ledger.get('spent_delta'))} (basic composition)"
+        )
+    # the tight figure is what the budget is charged; the basic sum beside it is an upper bound
     return (
-        f"{ledger.get('source_dataset')}: ε spent {num(ledger.get('spent_epsilon'))} of "
-        f"{'no limit' if budget is None else num(budget)} over {ledger.get('runs')} run(s), "
-        f"δ spent {num(ledger.get('spent_delta'))} (basic composition)"
+        f"{ledger.get('source_dataset')}: ε spent {num(ledger.get('spent_epsilon'))} "
+        f"({ledger.get('composed')}, at δ {num(ledger.get('spent_delta'))}; basic sum "
+        f"{num(ledger.get('basic_epsilon'))}) of {limit} over {ledger.get('runs')} run(s), unit "
+        f"{ledger.get('unit')}; erasure refunds no budget"
     )
 
 

@@ -471,7 +471,8 @@ def stage_register(run_id: str, prepared: dict, versioned: dict, trained: dict, 
         "method": trained["method"],
         "dp": str(trained["dp"]).lower(),
         "privacy": trained.get("privacy"),
-        "ledger_spent_epsilon": (trained.get("privacy_ledger") or {}).get("spent_epsilon"),
+        "ledger_spent_epsilon": (trained.get("privacy_ledger") or {}).get("spent_epsilon"),  # tight
+        "ledger_basic_epsilon": (trained.get("privacy_ledger") or {}).get("basic_epsilon"),  # the sum, upper bound
         "epsilon": trained["epsilon"],
         "delta": trained["delta"],
         "trainable_pct": trained["trainable_pct"],

@@ -51,6 +51,24 @@ def test_approval_body_holds_figures_gates_and_the_link():
     assert "| exact match | 0.100 | 0.200 | — |" in body
     assert "| champion_regression | — | 0.050 | not measured |" in body
     assert "ε = 7.900" in body and "PII leaks 0" in body
+    assert "ledger ε spent 7.990 of 80.000" in body  # a ledger summary from before tight composition
+
+
+def test_approval_body_shows_the_tight_ledger_figure_beside_the_basic_sum():
+    ledger = {
+        "spent_epsilon": 15.391,
+        "basic_epsilon": 79.92,
+        "composed": "PRV accountant over 10 mechanism(s)",
+        "epsilon_budget": 80.0,
+    }
+    body = approval_body(
+        evaluated=EVALUATED,
+        gates=GATES,
+        registered={"model_name": "m", "version": 7},
+        trained={**TRAINED, "privacy_ledger": ledger},
+        report_link="http://x/report",
+    )
+    assert "ledger ε spent 15.391 (PRV accountant over 10 mechanism(s); basic sum 79.920) of 80.000" in body
 
 
 def test_approval_body_shows_the_test_split_and_the_verdict_against_base():

@@ -159,3 +159,26 @@ def test_no_flag_when_nothing_is_worse_beyond_noise(tmp_path):
     line = next(x for x in summary_lines(report) if x.startswith("HELM vs base"))
     assert "no scenario metric worse than base beyond noise" in line and "⚠" not in line
     assert "⚠" not in (tmp_path / "report.md").read_text()
+
+
+def test_the_ledger_line_shows_the_tight_figure_with_its_accountant_and_the_basic_sum():
+    ledger = {
+        "source_dataset": "harborview-records",
+        "runs": 10,
+        "unit": "record",
+        "spent_epsilon": 15.391,
+        "spent_delta": 7.143e-5,
+        "composition_accountant": "prv",
+        "composed": "PRV accountant over 10 mechanism(s)",
+        "basic_epsilon": 79.92,
+        "epsilon_budget": 80.0,
+    }
+    [line] = [x for x in summary_lines({"train": {"privacy_ledger": ledger}}) if x.startswith("privacy ledger")]
+    assert line.endswith(
+        "harborview-records: ε spent 15.39 (PRV accountant over 10 mechanism(s), at δ 7.143e-05; basic sum 79.92) "
+        "of 80 over 10 run(s), unit record; erasure refunds no budget"
+    )
+    # a report.json written before the ledger composed tightly keeps saying what it was
+    old = {"source_dataset": "h", "runs": 1, "spent_epsilon": 7.993, "spent_delta": 7e-6, "epsilon_budget": 80.0}
+    [line] = [x for x in summary_lines({"train": {"privacy_ledger": old}}) if x.startswith("privacy ledger")]
+    assert line.endswith("h: ε spent 7.993 of 80 over 1 run(s), δ spent 7e-06 (basic composition)")
