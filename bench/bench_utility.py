@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         child(Path(args.paths[0]), Path(args.paths[1]))
         return
     if args.mode == "render":  # the Markdown and the plot again, from a finished run's JSON
-        write_views(json.loads(args.out.read_text()), args.out)
+        write_views(read_doc(args.out), args.out)
         return
     from tasks.common import offline
 
@@ -455,10 +455,34 @@ def main(argv: list[str] | None = None) -> None:
     doc.update(started=started, machine=machine(), command="python " + " ".join(sys.argv))
     doc["wall_minutes"] = round((time.perf_counter() - t0) / 60, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1, default=str))
+    args.out.write_text(strict_json(doc))
     if args.mode == "grid":
         write_views(doc, args.out)
     print(f"wrote {args.out}")
+
+
+def strict_json(doc: dict) -> str:
+    """JSON any reader accepts: a non-private run's ε (∞) is written as null, never as `Infinity`."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(doc), indent=1, default=str, allow_nan=False)
+
+
+def read_doc(path: Path) -> dict:
+    """A results file back in memory: a run with ε null is the non-private one (ε = ∞)."""
+    doc = json.loads(path.read_text())
+    for run in doc.get("runs", []):
+        if run.get("epsilon") is None:
+            run["epsilon"] = math.inf
+    return doc
 
 
 def write_views(doc: dict, out: Path) -> None:

@@ -121,3 +121,23 @@ def test_target_lines_read_the_share_and_the_base_bound():
     }
     (line,) = bench.target_lines(doc)
     assert "0.79 of the non-private gain" in line and "NOT met" in line and "(above)" in line
+
+
+def test_results_are_strict_json_and_read_back_non_private_as_infinite(tmp_path):
+    bench = _bench()
+    doc = {"runs": [{"name": "n1x_epsinf", "epsilon": float("inf")}, {"name": "n1x_eps8", "epsilon": 8.0}]}
+    path = tmp_path / "utility.json"
+    path.write_text(bench.strict_json(doc))
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    strict = json.loads(path.read_text(), parse_constant=refuse)
+    assert [r["epsilon"] for r in strict["runs"]] == [None, 8.0]
+    assert [r["epsilon"] for r in bench.read_doc(path)["runs"]] == [float("inf"), 8.0]
+
+
+def test_committed_results_are_strict_json():
+    committed = Path(__file__).resolve().parents[2] / "bench" / "results" / "utility.json"
+    doc = json.loads(committed.read_text(), parse_constant=lambda c: pytest.fail(f"{committed}: {c} is not JSON"))
+    assert any(r["epsilon"] is None for r in doc["runs"])
