@@ -52,8 +52,20 @@ class DataConfig(_Section):
     )
 
 
+# Masking profiles: the recognizers YAML each one names (include/presidio/; tasks.pii reads it).
+MASK_PROFILES = {
+    "minimal": "include/presidio/recognizers.yaml",  # names, contacts, ids, birth dates: text de-identified upstream
+    "safe_harbor": "include/presidio/safe_harbor.yaml",  # HIPAA Safe Harbor's 18 identifiers, domain facts kept
+}
+
+
 class MaskConfig(_Section):
-    recognizers: str = "include/presidio/recognizers.yaml"
+    profile: Literal["safe_harbor", "minimal"] = Field(
+        "minimal", description="masking profile: which recognizers YAML masks (MASK_PROFILES)"
+    )
+    recognizers: str | None = Field(
+        None, description="the recognizers YAML; None = the profile's file. A custom file replaces the profile's"
+    )
     key_env: str = Field("PFT_PSEUDONYM_KEY", description="env var holding the HMAC key")
     key_conn_id: str = Field("pft_pseudonym_key", description="Airflow connection with the key in its password")
     key_file: str | None = Field(
@@ -68,6 +80,20 @@ class MaskConfig(_Section):
         0.01, ge=0.0, le=1.0, description="fail when more records still look like PII; None = count only"
     )
     shard_rows: int = Field(2000, ge=1, description="most rows per masking shard (one mapped Airflow task each)")
+
+    @model_validator(mode="after")
+    def _profile_file(self) -> MaskConfig:
+        # One source of truth: `recognizers` left out means the profile's file; naming another
+        # profile's file would mask with a profile the config does not say.
+        chosen = MASK_PROFILES[self.profile]
+        if self.recognizers is None:
+            self.recognizers = chosen
+        elif self.recognizers in MASK_PROFILES.values() and self.recognizers != chosen:
+            raise ValueError(
+                f"mask.recognizers is {self.recognizers} but mask.profile is {self.profile} "
+                f"({chosen}); drop mask.recognizers to use the profile's file"
+            )
+        return self
 
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
