@@ -353,6 +353,15 @@ def domain_facts() -> list[Fact]:
     return _kind_facts(PLANS, PLAN_VALUES, PROCEDURES, FORMS, DEADLINES, SERVICE_LIMITS)
 
 
+def fact_strings(facts: list[Fact] | None = None) -> list[str]:
+    """Every string a record states a fact with: its statements, its FAQ questions (train phrasings)
+    and its FAQ answer line ("Answer: $3,000"). Masking must leave them verbatim (fact retention,
+    tasks.pii.retention); a sorted, de-duplicated list."""
+    facts = facts if facts is not None else domain_facts()
+    found = {s for f in facts for s in (*f.statements, *f.questions, f"Answer: {f.answer}")}
+    return sorted(found)
+
+
 def fact_buckets(facts: list[Fact] | None = None) -> dict[str, str]:
     """fact_id -> common | mid | tail: BUCKET_SHARES of each kind, drawn once from DOMAIN_SEED."""
     facts = facts if facts is not None else domain_facts()

@@ -14,14 +14,16 @@ How the pieces fit (each module imports only those above it):
 
     key          the HMAC key: env var, else an Airflow connection's password
     pseudonyms   "<PERSON_1a2b3c4d>" and "***-**-9999": what a masked value becomes
-    spec         the YAML's `mask:`, `name_lists:` and `residual:` sections → MaskSpec
+    spec         the YAML's `mask:`, `name_lists:`, `places:`, `residual:` sections and `extends:` → MaskSpec
     names        the PERSON gazetteer: name lists and cue words (name_list_spans)
     gate         the NER gate: which sentences the spaCy NER reads
     spacy_ner    spaCy with its NER only, as Presidio's NLP engine (imported lazily)
     engines      Presidio's analyzer (recognizers, offline and tuned) and anonymizer (operators),
                  built once per process
     refine       clean-up of the raw findings: domain terms, NER/pattern overlaps, repeats
+    places       the LOCATION gazetteer: the place list (safe_harbor profile)
     residual     the residual scan: a second detector counts what masking left behind
+    retention    fact retention: the share of fact strings a masking leaves verbatim
     masking      one process: invisible characters out, analyze, refine, anonymize, residual scan
     workers      chunks over spawned worker processes; mask_records and mask_texts
 
@@ -37,17 +39,20 @@ from tasks.pii.names import name_list_spans
 from tasks.pii.pseudonyms import PLACEHOLDER, mask_chars, normalise, pseudonym
 from tasks.pii.refine import refine_results
 from tasks.pii.residual import ResidualPiiError, residual_findings
+from tasks.pii.retention import FactRetention, fact_retention
 from tasks.pii.spec import MaskSpec, Operator, load_spec
 from tasks.pii.workers import mask_records, mask_texts, mask_workers, usable_workers
 
 __all__ = [
     "PLACEHOLDER",
+    "FactRetention",
     "MaskSpec",
     "MaskedText",
     "MissingKeyError",
     "Operator",
     "ResidualPiiError",
     "build_registry",
+    "fact_retention",
     "load_spec",
     "mask_chars",
     "mask_records",

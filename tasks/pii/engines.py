@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks.pii.names import name_list_recognizer
+from tasks.pii.places import place_recognizer
 from tasks.pii.pseudonyms import mask_chars, pseudonym
-from tasks.pii.spec import MaskSpec
+from tasks.pii.spec import MaskSpec, read_doc, source_files
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ NER_RECOGNIZER = "SpacyRecognizer"
 NER_RECOGNIZERS = {"SpacyRecognizer", "StanzaRecognizer", "TransformersRecognizer", "GLiNERRecognizer"}
 
 _NLP_ENGINES: dict[tuple[str, str], Any] = {}
-_ANALYZERS: dict[tuple[str, int, str], Any] = {}
+_ANALYZERS: dict[tuple, Any] = {}
 _ANONYMIZER: Any = None
 _OFFLINE_TLD: Any = None
 
@@ -107,19 +108,27 @@ def build_registry(recognizers_path: Path, language: str, spec: MaskSpec, nlp_en
         )
     )
     if custom:
-        try:
-            registry.add_recognizers_from_yaml(path)
-        except Exception as exc:
-            raise ValueError(f"{path}: a recognizer could not be loaded ({exc}); check its fields and regex") from None
+        # The profile's recognizers, with those of the file it extends (tasks.pii.spec.read_doc).
+        for i, rec in enumerate(read_doc(path).get("recognizers") or []):
+            try:
+                registry.add_pattern_recognizer_from_dict(rec)
+            except Exception as exc:
+                name = rec.get("name") if isinstance(rec, dict) else None
+                raise ValueError(
+                    f"{path}: recognizer {i} ('{name}') could not be loaded ({exc}); check its fields and regex"
+                ) from None
         if spec.name_lists is not None:
             registry.add_recognizer(name_list_recognizer(spec.name_lists, language))
+        if spec.places is not None:
+            registry.add_recognizer(place_recognizer(spec.places, language))
     return registry
 
 
-def cache_key(recognizers_path: Path, language: str) -> tuple[str, int, str]:
-    """What the per-process caches are keyed by: the file's resolved path and version, and the language."""
+def cache_key(recognizers_path: Path, language: str) -> tuple:
+    """What the per-process caches are keyed by: the file's resolved path, its version and the
+    versions of the files it extends, and the language."""
     path = Path(recognizers_path).resolve()
-    return str(path), path.stat().st_mtime_ns, language
+    return str(path), tuple(f.stat().st_mtime_ns for f in source_files(path)), language
 
 
 def analyzer(recognizers_path: Path, language: str, spec: MaskSpec):

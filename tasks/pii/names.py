@@ -95,8 +95,9 @@ def name_lists(spec: NameListSpec) -> NameLists:
 
 
 def _words(scan: str) -> list[tuple[int, int, str, str]]:
-    """(start, end, folded core, kind) per word; kind is "cap", "initial", "lower" or "other". An
-    initial's span takes its full stop ("M."), another word's does not."""
+    """(start, end, folded core, kind) per word; kind is "cap", "initial", "lower", "upper" (all
+    capitals, two letters or more) or "other". An initial's span takes its full stop ("M."),
+    another word's does not."""
     words = []
     for m in _NAME_WORD.finditer(scan):
         token = m.group()
@@ -107,6 +108,8 @@ def _words(scan: str) -> list[tuple[int, int, str, str]]:
             kind = "cap"
         elif core.islower():
             kind = "lower"
+        elif core.isupper():
+            kind = "upper"
         else:
             kind = "other"
         end = m.end() if kind == "initial" else m.start() + len(core)
@@ -146,6 +149,24 @@ class _NameScan:
             and words[i + 1][2] in self.lists.last
             and self.joined(i, i + 1)
         )
+
+    def upper_name(self, i: int) -> int:
+        """Words from i in capitals that are a name ("ROBERT KOWALSKI", "ROBERT J KOWALSKI", or listed
+        words after a cue: "Attn: KOWALSKI"): the index of its last word, or -1."""
+        words, n = self.words, len(self.words)
+        if not self.spec.upper_case or words[i][3] != "upper" or words[i][2] in self.lists.never:
+            return -1
+        j = i + 1
+        if j + 1 < n and words[j][3] == "initial" and self.joined(i, j):
+            j += 1  # a middle initial
+        # After a listed first name any capitalised word but a never-name is a surname: the lists
+        # lack many ("KOWALSKI"), and all-capital text has no lower-case words to tell them apart.
+        last = j < n and words[j][3] == "upper" and self.joined(j - 1, j) and words[j][2] not in self.lists.never
+        if last and words[i][2] in self.lists.first:
+            return j
+        if words[i][0] in self.cued and self.listed(i):
+            return i
+        return -1
 
     def starts_name(self, i: int) -> bool:
         """Word i (a name word) starts a name: it is listed, follows a cue, or has a middle initial after it."""
@@ -231,7 +252,8 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
     capitalised word ("Qoqa M Arsanukayev"). It takes in the capitalised words and initials
     joined to it by spaces (and particles: "van der"), up to five words, and one unlisted
     capitalised word before it ("Tzigane Lantos"). In lower case only a listed first name
-    followed by a listed last name counts ("sofia brandt"). Never a name: a word in not_names.txt or spaCy's stop words; a
+    followed by a listed last name counts ("sofia brandt"), and with `upper_case` the same in
+    capitals ("SOFIA BRANDT", or a listed word in capitals after a cue). Never a name: a word in not_names.txt or spaCy's stop words; a
     span right before a not_names word ("Morris Street", "Hope Clinic") or right after a house
     number ("500 Forbes Road") is dropped.
     """
@@ -240,6 +262,10 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
     spans: list[tuple[int, int, float]] = []
     n, i = len(words), 0
     while i < n:
+        if (last := names.upper_name(i)) >= 0:
+            spans.append((words[i][0], words[last][1], spec.full_name_score))
+            i = last + 1
+            continue
         if words[i][3] == "lower":
             if names.lowercase_name(i):
                 spans.append((words[i][0], words[i + 1][1], spec.score))

@@ -1,5 +1,9 @@
-"""The masking configuration: the `mask:`, `name_lists:` and `residual:` sections of the recognizers
-YAML (include/presidio/recognizers.yaml), parsed and checked into a MaskSpec.
+"""The masking configuration: the `mask:`, `name_lists:`, `places:` and `residual:` sections of the
+recognizers YAML (a masking profile: include/presidio/recognizers.yaml is `minimal`,
+include/presidio/safe_harbor.yaml is `safe_harbor`), parsed and checked into a MaskSpec.
+
+A profile may start from another with `extends: <file>` (relative to it): read_doc merges the two
+(recognizers added, mask entities and residual patterns merged, term lists joined).
 
 Errors name the file and the field to fix. The `recognizers:` section itself is Presidio's and is
 loaded by tasks.pii.engines; here it only says which entity types exist.
@@ -45,6 +49,7 @@ class NameListSpec:
     score: float = 0.6  # one listed name alone ("Sofia", "Brandt")
     full_name_score: float = 0.85  # a listed name with a capitalised neighbour ("Sofia Brandt")
     lowercase: bool = True  # "sofia brandt": a listed first name and a listed last name, both lower case
+    upper_case: bool = False  # "SOFIA BRANDT": the same in capitals (or capitals after a cue word)
     cues: re.Pattern | None = None  # `after_words`: capitalised words right after one of these are a name
 
 
@@ -60,6 +65,16 @@ class MaskSpec:
     residual: ResidualSpec = ResidualSpec()
     name_lists: NameListSpec | None = None
     ner_gate: bool = True  # spaCy NER only on sentences with a capitalised word that may be a name
+    places: PlaceSpec | None = None  # the LOCATION gazetteer (`places:`), in profiles that mask places
+
+
+@dataclass(frozen=True)
+class PlaceSpec:
+    """The `places:` section: the place gazetteer's files (resolved paths) and its score."""
+
+    places: tuple[Path, ...]
+    not_places: tuple[Path, ...]
+    score: float = 0.6
 
 
 def _parse_operator(path: Path, etype: str, raw: Any, default_op: str) -> Operator:
@@ -113,6 +128,34 @@ def _parse_residual(path: Path, raw: Any) -> ResidualSpec:
     return ResidualSpec(float(threshold), tuple(compiled))
 
 
+def _files(path: Path, section: str, raw: dict, field: str) -> tuple[Path, ...]:
+    """`field: file` or `field: [files]`, relative to the YAML, resolved and checked to exist."""
+    value = raw.get(field) or []
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{path}: {section}.{field} must be a file name or a list of file names")
+    resolved = tuple((path.parent / v).resolve() for v in value)
+    for f in resolved:
+        if not f.is_file():
+            raise ValueError(f"{path}: {section}.{field}: file not found: {f}")
+    return resolved
+
+
+def _parse_places(path: Path, raw: Any) -> PlaceSpec | None:
+    """`places: {places: [files], not_places: [files], score: 0.6}`; file paths relative to the YAML."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: 'places' must be a mapping with places, not_places and score")
+    unknown = sorted(set(raw) - {"places", "not_places", "score"})
+    if unknown:
+        raise ValueError(f"{path}: places: unknown field(s) {unknown}")
+    score = raw.get("score", 0.6)
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+        raise ValueError(f"{path}: places.score must be a number between 0 and 1")
+    return PlaceSpec(_files(path, "places", raw, "places"), _files(path, "places", raw, "not_places"), float(score))
+
+
 def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
     """`name_lists: {first_names: [files], last_names: [files], not_names: [files], score: 0.6}`;
     file paths are relative to the YAML."""
@@ -121,30 +164,30 @@ def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: 'name_lists' must be a mapping with first_names, last_names and not_names")
     unknown = sorted(
-        set(raw) - {"first_names", "last_names", "not_names", "score", "full_name_score", "lowercase", "after_words"}
+        set(raw)
+        - {
+            "first_names",
+            "last_names",
+            "not_names",
+            "score",
+            "full_name_score",
+            "lowercase",
+            "upper_case",
+            "after_words",
+        }
     )
     if unknown:
         raise ValueError(f"{path}: name_lists: unknown field(s) {unknown}")
-    files = {}
-    for field in ("first_names", "last_names", "not_names"):
-        value = raw.get(field) or []
-        value = [value] if isinstance(value, str) else value
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ValueError(f"{path}: name_lists.{field} must be a file name or a list of file names")
-        resolved = tuple((path.parent / v).resolve() for v in value)
-        for f in resolved:
-            if not f.is_file():
-                raise ValueError(f"{path}: name_lists.{field}: file not found: {f}")
-        files[field] = resolved
+    files = {field: _files(path, "name_lists", raw, field) for field in ("first_names", "last_names", "not_names")}
     scores = {}
     for field, default in (("score", 0.6), ("full_name_score", 0.85)):
         value = raw.get(field, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{path}: name_lists.{field} must be a number between 0 and 1")
         scores[field] = float(value)
-    lowercase = raw.get("lowercase", True)
-    if not isinstance(lowercase, bool):
-        raise ValueError(f"{path}: name_lists.lowercase must be true or false")
+    lowercase, upper_case = raw.get("lowercase", True), raw.get("upper_case", False)
+    if not isinstance(lowercase, bool) or not isinstance(upper_case, bool):
+        raise ValueError(f"{path}: name_lists.lowercase and name_lists.upper_case must be true or false")
     after = raw.get("after_words") or []
     if not isinstance(after, list) or not all(isinstance(w, str) and w.strip() for w in after):
         raise ValueError(f"{path}: name_lists.after_words must be a list of words or phrases")
@@ -153,12 +196,62 @@ def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
         # "spoke with", "Hi", "Mr.": the phrase, an optional comma or colon, then spaces.
         alternatives = "|".join(r"\s+".join(map(re.escape, w.split())) for w in sorted(after, key=len, reverse=True))
         cues = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)\.?[,:?]?[ \t]+", re.IGNORECASE)
-    return NameListSpec(**files, **scores, lowercase=lowercase, cues=cues)
+    return NameListSpec(**files, **scores, lowercase=lowercase, upper_case=upper_case, cues=cues)
 
 
-def load_spec(recognizers_path: Path) -> MaskSpec:
-    """Parse and check the YAML; errors name the file and the field to fix."""
-    path = Path(recognizers_path)
+# File fields of the sections that name files: made absolute when a profile extends another, so
+# that they stay relative to the file that names them.
+_FILE_FIELDS = {"name_lists": ("first_names", "last_names", "not_names"), "places": ("places", "not_places")}
+
+
+def _absolute_files(path: Path, doc: dict) -> dict:
+    doc = dict(doc)
+    for section, fields in _FILE_FIELDS.items():
+        if isinstance(doc.get(section), dict):
+            sec = dict(doc[section])
+            for field in fields:
+                value = sec.get(field)
+                if isinstance(value, (str, list)):
+                    items = [value] if isinstance(value, str) else value
+                    sec[field] = [str((path.parent / v).resolve()) if isinstance(v, str) else v for v in items]
+            doc[section] = sec
+    return doc
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """`child` over `base`: recognizers added, mask entities and residual patterns merged, the
+    mask's term lists joined, name_lists/places fields overridden one by one, the rest replaced."""
+    out = {**base, **{k: v for k, v in child.items() if k not in ("mask", "residual", "recognizers")}}
+    out["recognizers"] = list(base.get("recognizers") or []) + list(child.get("recognizers") or [])
+    for section in ("name_lists", "places"):
+        if isinstance(base.get(section), dict) and isinstance(child.get(section), dict):
+            out[section] = {**base[section], **child[section]}
+    mask = {**(base.get("mask") or {}), **(child.get("mask") or {})}
+    for field in ("entities",):
+        if isinstance((base.get("mask") or {}).get(field), dict) and isinstance(
+            (child.get("mask") or {}).get(field), dict
+        ):
+            mask[field] = {**base["mask"][field], **child["mask"][field]}
+    for field in ("domain_terms", "allow_list"):
+        joined = list((base.get("mask") or {}).get(field) or []) + list((child.get("mask") or {}).get(field) or [])
+        if joined:
+            mask[field] = list(dict.fromkeys(joined))
+    out["mask"] = mask
+    residual = {**(base.get("residual") or {}), **(child.get("residual") or {})}
+    patterns = {
+        **((base.get("residual") or {}).get("patterns") or {}),
+        **((child.get("residual") or {}).get("patterns") or {}),
+    }
+    if residual or patterns:
+        out["residual"] = {**residual, "patterns": patterns}
+    return out
+
+
+def read_doc(recognizers_path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML as one mapping, with the file it `extends` merged under it (file fields made absolute)."""
+    path = Path(recognizers_path).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: 'extends' goes round in a circle; a profile cannot extend itself")
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -167,6 +260,33 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
         raise ValueError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping with 'recognizers' and 'mask'")
+    parent = doc.pop("extends", None)
+    if parent is None:
+        return doc
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"{path}: 'extends' must name one recognizers file (relative to this one)")
+    base = read_doc(path.parent / parent, (*_seen, path))
+    return _merge(_absolute_files(path.parent / parent, base), _absolute_files(path, doc))
+
+
+def source_files(recognizers_path: Path) -> tuple[Path, ...]:
+    """The YAML and every file it extends: what a cache of its parsed form depends on."""
+    path = Path(recognizers_path).resolve()
+    out = [path]
+    while True:
+        try:
+            parent = (yaml.safe_load(out[-1].read_text()) or {}).get("extends")
+        except (OSError, yaml.YAMLError, AttributeError):
+            parent = None
+        if not isinstance(parent, str) or len(out) > 8:
+            return tuple(out)
+        out.append((out[-1].parent / parent).resolve())
+
+
+def load_spec(recognizers_path: Path) -> MaskSpec:
+    """Parse and check the YAML (merged with the file it extends); errors name the file and the field to fix."""
+    path = Path(recognizers_path)
+    doc = read_doc(path)
     recognizers = doc.get("recognizers") or []
     if not isinstance(recognizers, list):
         raise ValueError(f"{path}: 'recognizers' must be a list of Presidio pattern recognizers")
@@ -205,6 +325,7 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
         residual=_parse_residual(path, doc.get("residual")),
         name_lists=_parse_name_lists(path, doc.get("name_lists")),
         ner_gate=_parse_bool(path, mask, "ner_gate", True),
+        places=_parse_places(path, doc.get("places")),
         **lists,
     )
 
@@ -216,13 +337,13 @@ def _parse_bool(path: Path, section: dict, field: str, default: bool) -> bool:
     return value
 
 
-_SPECS: dict[tuple[str, int], MaskSpec] = {}
+_SPECS: dict[tuple, MaskSpec] = {}
 
 
 def cached_spec(recognizers_path: str) -> MaskSpec:
     """load_spec, once per file version and process: parsing the YAML costs as much as masking 30 texts."""
     path = Path(recognizers_path).resolve()
-    key = (str(path), path.stat().st_mtime_ns)
+    key = (str(path), *(f.stat().st_mtime_ns for f in source_files(path)))
     if key not in _SPECS:
         _SPECS[key] = load_spec(path)
     return _SPECS[key]

@@ -1,0 +1,173 @@
+"""The safe_harbor masking profile: every Safe Harbor identifier kind that occurs in text, in several
+formats (value gone, placeholder typed), names in any casing, domain facts kept (fact retention on
+generated records), and the profile selected through the config (mask.profile)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tasks.config import MASK_PROFILES, REPO_ROOT, MaskConfig
+from tasks.demo import synth
+from tasks.pii import fact_retention, load_spec, mask_records, mask_texts
+
+SAFE_HARBOR = REPO_ROOT / MASK_PROFILES["safe_harbor"]
+MINIMAL = REPO_ROOT / MASK_PROFILES["minimal"]
+KEY = b"test-key-0123456789abcdef0123456789"
+PLACEHOLDER = re.compile(r"<([A-Z_]+)_[0-9a-f]{8}>")
+
+# Per Safe Harbor kind: (text, the raw values that must be gone, the placeholder types accepted).
+CASES = {
+    "street_address": [
+        ("Mail it to 1423 maple avenue, apt 4 please.", ["1423 maple avenue"], {"STREET_ADDRESS"}),
+        ("She lives at 77 rue de Groussay since May.", ["77 rue de Groussay"], {"STREET_ADDRESS"}),
+        ("New address: Norrbyvägen 21, Stockholm.", ["Norrbyvägen 21"], {"STREET_ADDRESS"}),
+        ("Post to ul. Biskupa Bogedaina 118 today.", ["Bogedaina 118"], {"STREET_ADDRESS"}),
+        ("Send to PO Box 5030 or Suite 171.", ["Box 5030", "Suite 171"], {"STREET_ADDRESS"}),
+    ],
+    "city_county": [
+        ("He grew up in LAHTI and now lives in Tucson.", ["LAHTI", "Tucson"], {"LOCATION"}),
+        ("It is near Tucson. Fine.", ["Tucson"], {"LOCATION"}),
+        ("The member moved to Cook County last year.", ["Cook County"], {"LOCATION"}),
+        ("Born in the city of Albufeira, she travels.", ["Albufeira"], {"LOCATION"}),
+        # spaCy reads some towns as people; the place is masked either way.
+        ("Letters go to Schwänberg now.", ["Schwänberg"], {"LOCATION", "PERSON"}),
+    ],
+    "zip_code": [
+        ("Springfield, IL 62704 is on file.", ["62704"], {"ZIP_CODE", "STREET_ADDRESS", "LOCATION"}),
+        ("My zip code is 20303.", ["20303"], {"ZIP_CODE"}),
+        ("ZIP: 2331", ["2331"], {"ZIP_CODE"}),
+        ("Postcode SW1A 1AA, London.", ["SW1A 1AA"], {"ZIP_CODE"}),
+        ("Billing address:\n    5931 DB\n", ["5931 DB"], {"STREET_ADDRESS", "ZIP_CODE"}),
+    ],
+    "date": [
+        ("Patient admitted 03/14/2024 and discharged 3/18/24.", ["03/14/2024", "3/18/24"], {"DATE"}),
+        ("Date of service 2024-03-15, seen again on March 18, 2024.", ["2024-03-15", "March 18, 2024"], {"DATE"}),
+        ("He died on 7 June 2023 at home.", ["7 June 2023"], {"DATE"}),
+        ("Admitted on March 3 for surgery.", ["March 3"], {"DATE"}),
+        ("Date: 1991-08-07 06:54:21.113200", ["1991-08-07"], {"DATE"}),
+    ],
+    "age_over_89": [
+        ("He is 93 years old.", ["93"], {"AGE"}),
+        ("A 101-year-old woman, aged 95 at intake.", ["101", "95"], {"AGE"}),
+        ("I'm 92 y/o and she turned 90.", ["92", "90"], {"AGE"}),
+    ],
+    "license": [
+        ("My driver's license number is D1234567.", ["D1234567"], {"LICENSE_NUMBER", "US_DRIVER_LICENSE"}),
+        ("Certificate no. 88-301-442 was renewed.", ["88-301-442"], {"LICENSE_NUMBER"}),
+        ("NPI: 1234567893 on the claim.", ["1234567893"], {"LICENSE_NUMBER"}),
+    ],
+    "vehicle": [
+        ("VIN 1HGCM82633A004352 was in the accident.", ["1HGCM82633A004352"], {"VEHICLE_ID"}),
+        ("License plate ABC 1234, car parked outside.", ["ABC 1234"], {"VEHICLE_ID"}),
+    ],
+    "device": [
+        ("Pump serial number SN-88213X failed.", ["SN-88213X"], {"DEVICE_ID"}),
+        # An IMEI passes the Luhn check: a card finding may win the overlap; the number goes either way.
+        ("IMEI: 490154203237518 on the monitor.", ["490154203237518"], {"DEVICE_ID", "CREDIT_CARD"}),
+        ("The hub's MAC is 00:1A:2B:3C:4D:5E.", ["00:1A:2B:3C:4D:5E"], {"DEVICE_ID"}),
+    ],
+    "account_fax_url": [
+        ("Refund to account number 123456789.", ["123456789"], {"ACCOUNT_NUMBER", "US_BANK_NUMBER"}),
+        ("Acct #: 0045-2231-88 is closed.", ["0045-2231-88"], {"ACCOUNT_NUMBER"}),
+        ("Fax: (312) 555-0147 or fax 0498 33 37 76.", ["(312) 555-0147", "0498 33 37 76"], {"PHONE_NUMBER"}),
+        ("See https://www.LodgingAlternatives.it/ for it.", ["LodgingAlternatives"], {"URL"}),
+    ],
+    "names_any_casing": [
+        ("spoke with maria gonzalez about the claim.", ["maria gonzalez"], {"PERSON"}),
+        ("ROBERT KOWALSKI called back.", ["ROBERT", "KOWALSKI"], {"PERSON"}),
+        ("Attn: SOFIA J BRANDT, claims.", ["SOFIA", "BRANDT"], {"PERSON"}),
+    ],
+}
+
+
+def _mask(texts: list[str], path: Path = SAFE_HARBOR) -> list[tuple[str, dict]]:
+    return list(mask_texts(texts, key=KEY, recognizers_path=path, workers=1))
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_each_safe_harbor_kind_is_masked_typed(kind):
+    cases = CASES[kind]
+    for (text, values, types), (masked, _counts) in zip(cases, _mask([c[0] for c in cases]), strict=True):
+        for value in values:
+            assert value not in masked, f"{kind}: a value survived in case {cases.index((text, values, types))}"
+        found = set(PLACEHOLDER.findall(masked))
+        assert found and found <= types | {"PERSON", "LOCATION", "STREET_ADDRESS", "ZIP_CODE"}, (kind, found)
+        assert found & types, (kind, found, types)
+
+
+def test_facts_bare_years_and_deadlines_survive():
+    texts = [
+        "CPT 70551, an MRI of the brain, requires prior authorization. In 2019 the plan changed.",
+        "Members have 30 days to report a new dependent. Effective 2026-01-01, the Coastal HMO plan applies.",
+        "To appeal a denied claim, members use Form AP-7. The deductible for the Evergreen PPO plan is $2,000.",
+        "Skilled nursing care is covered up to 100 days a year. A member must file a grievance within 45 days.",
+    ]
+    for text, (masked, counts) in zip(texts, _mask(texts), strict=True):
+        assert masked == text, counts
+
+
+def test_minimal_profile_leaves_what_safe_harbor_adds():
+    text = "He is 93 years old, admitted 03/14/2024, lives in Tucson; VIN 1HGCM82633A004352."
+    ((masked, counts),) = _mask([text], MINIMAL)
+    assert masked == text and not counts
+
+
+def test_fact_retention_on_generated_records(tmp_path):
+    synth.generate(tmp_path, seed=20261207, n_records=160, bad_rows=0, canaries=0)
+    rows = [r for p in sorted((tmp_path / "landing").rglob("*.jsonl")) for r in _jsonl(p)]
+    texts = [r["text"] for r in rows]
+    masked = list(mask_records(texts, key=KEY, recognizers_path=SAFE_HARBOR, workers=1))
+    result = fact_retention(texts, [m.text for m in masked], synth.fact_strings())
+    assert result.present > 300
+    assert result.share >= 0.99, result
+    # The generator's own PII is all gone too, and the residual scan finds nothing.
+    key = _key(tmp_path)
+    for row, m in zip(rows, masked, strict=True):
+        assert not [v for v in key.get(row["record_id"], ()) if v in m.text]
+        assert not m.residual
+
+
+def test_profile_is_selected_by_config():
+    assert MaskConfig(profile="safe_harbor").recognizers == MASK_PROFILES["safe_harbor"]
+    assert MaskConfig().recognizers == MASK_PROFILES["minimal"]
+    with pytest.raises(ValueError, match=r"drop mask\.recognizers"):
+        MaskConfig(profile="safe_harbor", recognizers=MASK_PROFILES["minimal"])
+    spec = load_spec(SAFE_HARBOR)
+    # safe_harbor extends minimal: every minimal type and operator is kept.
+    assert load_spec(MINIMAL).entities.items() <= spec.entities.items()
+    assert {"LOCATION", "ZIP_CODE", "DATE", "AGE", "VEHICLE_ID", "DEVICE_ID"} <= set(spec.entities)
+
+
+def test_extends_resolves_files_and_refuses_a_circle(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {SAFE_HARBOR}\nmask:\n  entities: {{AGE: keep}}\n")
+    spec = load_spec(child)
+    assert "AGE" not in spec.entities and "DATE" in spec.entities
+    assert spec.places is not None and spec.places.places[0].is_file()
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="circle"):
+        load_spec(loop)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().startswith("{")]
+
+
+def _key(home: Path) -> dict[str, list[str]]:
+    import json
+
+    out: dict[str, list[str]] = {}
+    for entry in json.loads((home / "synth" / "pii_key.json").read_text()):
+        out.setdefault(entry["record_id"], []).append(entry["value"])
+    return out
+
+
+def test_a_masked_place_keeps_the_full_stop_after_it():
+    ((masked, _),) = _mask(["She now lives in Tucson."])
+    assert masked.endswith(">.") and "Tucson" not in masked
