@@ -32,6 +32,11 @@ Throughput, on the first --n synth_key records, side by side:
               once, with exactly the same recognizers (tasks.pii.build_registry) and operators,
               on Presidio's default spaCy pipeline (all components) with default conflict handling.
 Engine and worker start-up times are reported apart from docs/s.
+
+Masking profiles (bench/mask_profiles.py, issue 16): value-level recall per Safe Harbor type under
+each profile (minimal, safe_harbor) and plain Presidio on the same presidio-evaluator sentences
+(seed --sh-seed, never used elsewhere), precision, names re-cased, fact retention.
+`--profiles-only` runs that section alone and writes --out (e.g. bench/results/mask_profiles.json).
 """
 
 from __future__ import annotations
@@ -553,7 +558,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-eval", type=int, default=1000, help="sentences per presidio-evaluator set")
     parser.add_argument("--seed", type=int, default=101, help="generator seed (the demo data uses 7)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sh-n", type=int, default=1000, help="presidio-evaluator sentences for the profile table")
+    parser.add_argument("--sh-seed", type=int, default=20261207, help="their seed (never used for tuning)")
+    parser.add_argument("--fact-records", type=int, default=1000, help="generator records for fact retention")
+    parser.add_argument("--profiles-only", action="store_true", help="run only the masking-profile section")
     args = parser.parse_args(argv)
+    if args.profiles_only:
+        return profiles_only(args)
 
     from tasks.pii import mask_workers
 
@@ -655,6 +666,23 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
+    return 0
+
+
+def profiles_only(args) -> int:
+    """The masking-profile section alone (bench/mask_profiles.py), to --out (.json and .md)."""
+    import mask_profiles
+
+    section = mask_profiles.profile_section(args.sh_n, args.sh_seed, args.workers, args.fact_records, args.seed)
+    params = f"--profiles-only --sh-n {args.sh_n} --sh-seed {args.sh_seed} --fact-records {args.fact_records} "
+    params += f"--seed {args.seed} --workers {args.workers}"
+    head = f"Run {time.strftime('%Y-%m-%dT%H:%M:%S%z')} on {platform.machine()}, {os.cpu_count()} CPUs; {params}."
+    result = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "params": params, "profiles": section}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    text = "\n".join(["# Masking profiles benchmark", "", head, "", *mask_profiles.markdown(section)])
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 
