@@ -1,9 +1,11 @@
 """2-process torchrun training on CPU (gloo): DP-SGD through Opacus DPDDP keeps both ranks' weights
 bit-identical, the per-step global Poisson batch matches batch_size, and ε equals a single-process
-run's (the accountant depends only on q, σ and the step count). Plain DDP without DP briefly."""
+run's (the accountant depends only on q, σ and the step count). Plain DDP without DP briefly.
+Two single-process launchers meeting at a c10d rendezvous on 127.0.0.1, as two nodes would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -127,3 +129,44 @@ def test_empty_local_poisson_draws_are_kept_not_skipped():
         assert [b.tolist() for b in mine if len(b)] == [b.tolist() for b in theirs]  # same non-empty draws
     finally:
         dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_rendezvous_trains_dp_in_sync_with_single_process_epsilon(tmp_path, base_dir):
+    """Two torchrun launchers (`nnodes=2`, one process each) meet at a real c10d rendezvous on 127.0.0.1,
+    as two machines would, and train DP LoRA over gloo: equal weights on both, every trainable tensor
+    moved, and the ε of one process running the same config."""
+    n = 64
+    endpoint = f"127.0.0.1:{_free_port()}"
+    spec = _spec(tmp_path, base_dir, n, nnodes=2, nproc_per_node=1, rdzv_endpoint=endpoint, epochs=2.0)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = torchrun_args(spec["train"], spec_path=spec_path, run_id="rendezvous-test")
+    assert "--nnodes=2" in cmd and f"--rdzv_endpoint={endpoint}" in cmd and "--standalone" not in cmd
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(open(log, "wb")) for log in logs]
+        nodes = [subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT) for out in outs]
+        stack.callback(lambda: [node.kill() for node in nodes])  # a hung rendezvous leaves no launcher behind
+        codes = [node.wait(timeout=300) for node in nodes]
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+
+    result = json.loads((tmp_path / "out" / "train_result.json").read_text())
+    assert result["world_size"] == 2 and result["dp"] is True
+    assert result["ranks_in_sync"] is True and len(set(result["rank_weight_digests"])) == 1
+    assert len(result["rank_weight_digests"]) == 2
+    assert result["trainable_tensors_changed"] == 1.0 and result["frozen_tensors_changed"] == 0
+
+    single = train(_spec(tmp_path / "single", base_dir, n, epochs=2.0))
+    assert single["steps"] == result["steps"] and single["noise_multiplier"] == result["noise_multiplier"]
+    history = json.loads((tmp_path / "out" / "train_history.json").read_text())
+    single_history = json.loads((tmp_path / "single" / "out" / "train_history.json").read_text())
+    assert history[-1]["epsilon"] == single_history[-1]["epsilon"] > 0
