@@ -342,6 +342,9 @@ class SynthConfig(_Section):
     bad_rows: int = Field(6, ge=0, description="deliberately malformed rows in the landing data")
     canaries: int = Field(4, ge=0, description="secret canaries inserted into the raw data (exposure test)")
     canary_repeats: int = Field(8, ge=1, description="times each canary appears in the landing data")
+    identifiers: Literal["minimal", "safe_harbor"] = Field(
+        "minimal", description="safe_harbor: records with personal data also hold every Safe Harbor identifier kind"
+    )
 
 
 class DatasetBudget(_Section):

@@ -25,7 +25,12 @@ Writes, under a data root:
                                 and test ones included, as a pretrained LLM knows them), and sentences
                                 using the domain's words without any of its rules.
 - synth/pii_key.json            every raw PII value inserted (type, value, record_id). For tests and
-                                benchmarks only: the pipeline never reads it.
+                                benchmarks only: the pipeline never reads it. With
+                                identifiers="safe_harbor" (--identifiers) the records with personal
+                                data also hold free prose with every HIPAA Safe Harbor kind (names in
+                                any casing, international addresses, cities, ZIP codes, person dates,
+                                ages over 89, licence/vehicle/device/account/fax numbers, URLs:
+                                tasks.demo.synth_identifiers), all keyed; the default adds none.
 - synth/canaries.json           the secret canaries planted in the landing data (Carlini et al. 2019,
                                 "The Secret Sharer"): each a random code in a shape masking does not
                                 catch, repeated in a few records, so the evaluation can measure how much
@@ -49,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.common.rawzone import lock_down, private_dir, write_private
+from tasks.demo.synth_identifiers import IdentifierProse
 
 QA_PROMPT = "Question: {question}\nAnswer:"
 DOMAIN_SEED = 20260114  # the insurer's facts' buckets and frequencies; not the records' seed
@@ -489,10 +495,11 @@ AREA_CODES = ["312", "614", "608", "518", "520", "919", "415", "206"]
 class PiiFactory:
     """Draws personal data and records each raw value it hands out."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, address_parts: bool = False):
         self.rng = rng
         self.key: list[dict] = []
         self._record_id = ""
+        self.address_parts = address_parts  # also key an address's city and ZIP (identifiers="safe_harbor")
 
     def for_record(self, record_id: str) -> PiiFactory:
         self._record_id = record_id
@@ -524,7 +531,11 @@ class PiiFactory:
     def address(self) -> str:
         city, state, zip3 = self.rng.choice(CITIES)
         street = f"{self.rng.randint(100, 9899)} {self.rng.choice(STREETS)}"
-        return self._note("ADDRESS", f"{street}, {city}, {state} {zip3}{self.rng.randint(10, 99):02d}")
+        zip_code = f"{zip3}{self.rng.randint(10, 99):02d}"
+        if self.address_parts:  # Safe Harbor: the city and the ZIP code are identifiers on their own
+            self._note("CITY", city)
+            self._note("ZIP_CODE", zip_code)
+        return self._note("ADDRESS", f"{street}, {city}, {state} {zip_code}")
 
     def dob(self) -> str:
         y, m, d = self.rng.randint(1940, 2005), self.rng.randint(1, 12), self.rng.randint(1, 28)
@@ -547,6 +558,9 @@ class PiiFactory:
 
 # ---------------------------------------------------------------- records
 
+# Which identifier kinds the records hold: "minimal" (a contact line) or "safe_harbor" (also free
+# prose with every HIPAA Safe Harbor kind: tasks.demo.synth_identifiers).
+IDENTIFIER_SETS = ("minimal", "safe_harbor")
 RECORD_TYPES = ["claim_note", "member_letter", "support_ticket", "plan_document"]
 # Facts per record by type: a claim note cites one or two rules, a plan document lists several.
 FACTS_PER_RECORD = {"claim_note": (1, 2), "member_letter": (1, 3), "support_ticket": (1, 3), "plan_document": (2, 4)}
@@ -1162,6 +1176,8 @@ def _write_month(
     for record_id, record_type, chosen in records:
         with_pii = record_type != "plan_document" and rng.random() < opts["pii_share"]
         text = _record_text(rng, record_type, chosen, pii.for_record(record_id) if with_pii else None, year)
+        if with_pii and opts["prose"] is not None:
+            text = _with_prose(text, opts["prose"])
         if record_id in opts["planted"]:
             text = f"{opts['planted'][record_id]} {text}"
         row = {
@@ -1178,6 +1194,16 @@ def _write_month(
     (month_dir / "records.jsonl").write_text("\n".join(lines) + "\n")
     if csv_rows:
         _write_csv(month_dir / "claim_notes.csv", csv_rows)
+
+
+def _with_prose(text: str, prose: IdentifierProse) -> str:
+    """The record with Safe Harbor identifier prose after its first sentence or at its end. The
+    fact statements and FAQ lines are untouched (fact retention counts them verbatim)."""
+    sentences = prose.prose()
+    cut = text.find(". ") + 2
+    if cut > 1 and prose.rng.random() < 0.4:
+        return f"{text[:cut]}{sentences} {text[cut:]}"
+    return f"{text} {sentences}"
 
 
 def _facts_per_record(value: tuple[int, int] | dict | None) -> dict[str, tuple[int, int]] | None:
@@ -1199,6 +1225,7 @@ def generate(
     facts_per_record: tuple[int, int] | dict | None = None,
     canaries: int = 4,
     canary_repeats: int = 8,
+    identifiers: str = "minimal",
 ) -> dict:
     """Write landing data, QA splits, fact table, general corpus, PII key and canary key under `home`.
 
@@ -1207,6 +1234,10 @@ def generate(
     every mention fits. Each of the `canaries` secrets opens `canary_repeats` records (the record's
     first sentence, so truncation to train.max_seq_len keeps it). Canaries draw from their own random
     stream and only prepend a sentence: everything else is byte-identical to `canaries=0`.
+    `identifiers`: "minimal" (the default: names, contacts, ids, addresses, birth dates in a
+    record's contact line) or "safe_harbor": the records with personal data also get free prose
+    with every Safe Harbor identifier kind (tasks.demo.synth_identifiers), drawn from their own
+    random stream, so records, facts and QA files are otherwise those of "minimal".
     Returns counts and paths.
     """
     home, months = Path(home), months or ["2026-01"]
@@ -1218,7 +1249,12 @@ def generate(
     canary_key = make_canaries(random.Random(f"canaries:{seed}"), canaries, canary_repeats, ids)
     planted = {rid: canary_text(c) for c in canary_key for rid in c["record_ids"]}
     record_facts = assign_facts(rng, facts, types, fact_counts(facts, n_records), _facts_per_record(facts_per_record))
-    pii = PiiFactory(rng)
+    if identifiers not in IDENTIFIER_SETS:
+        raise ValueError(f"identifiers must be one of {IDENTIFIER_SETS}, got {identifiers!r}")
+    pii = PiiFactory(rng, address_parts=identifiers == "safe_harbor")
+    prose = None
+    if identifiers == "safe_harbor":
+        prose = IdentifierProse(random.Random(f"identifiers:{seed}"), pii._note, FIRST, LAST)
     landing, start = home / "landing", 0
     for m_index, (month, count) in enumerate(zip(months, counts)):
         records = list(
@@ -1229,6 +1265,7 @@ def generate(
             "csv_share": csv_share,
             "planted": planted,
             "bad_rows": bad_rows * (m_index == 0),
+            "prose": prose,
         }
         _write_month(landing / month, rng, records, pii, opts)
         start += count
@@ -1291,6 +1328,12 @@ def main() -> None:
     parser.add_argument("--months", nargs="+", default=defaults.months)
     parser.add_argument("--canaries", type=int, default=defaults.canaries, help="secret canaries to plant (0: none)")
     parser.add_argument("--canary-repeats", type=int, default=defaults.canary_repeats, help="records each canary opens")
+    parser.add_argument(
+        "--identifiers",
+        choices=IDENTIFIER_SETS,
+        default=defaults.identifiers,
+        help="safe_harbor: records with personal data also hold every HIPAA Safe Harbor identifier kind in prose",
+    )
     args = parser.parse_args()
     n_records = round(args.scale * DEMO_RECORDS) if args.scale else args.records
     counts = generate(
@@ -1302,6 +1345,7 @@ def main() -> None:
         bad_rows=defaults.bad_rows,
         canaries=args.canaries,
         canary_repeats=args.canary_repeats,
+        identifiers=args.identifiers,
     )
     print(json.dumps(counts, indent=2))
 

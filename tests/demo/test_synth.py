@@ -240,3 +240,88 @@ def test_canaries_survive_the_real_masker(tmp_path):
             m = masked[hosts.index(rid)]
             assert m.text.startswith(synth.canary_text(c))
             assert not m.residual  # nor does the residual scan flag it
+
+
+SAFE_HARBOR_KINDS = {
+    "PERSON",
+    "ADDRESS",
+    "CITY",
+    "ZIP_CODE",
+    "DATE_OF_BIRTH",
+    "ADMISSION_DATE",
+    "DISCHARGE_DATE",
+    "SERVICE_DATE",
+    "DATE_OF_DEATH",
+    "AGE",
+    "LICENSE_NUMBER",
+    "VEHICLE_ID",
+    "DEVICE_ID",
+    "ACCOUNT_NUMBER",
+    "FAX_NUMBER",
+    "URL",
+    "PHONE_NUMBER",
+    "EMAIL_ADDRESS",
+    "US_SSN",
+    "MEDICAL_RECORD_NUMBER",
+    "POLICY_NUMBER",
+    "MEMBER_ID",
+}
+
+
+def _landing_rows(root):
+    rows = {}
+    for p in sorted((root / "landing").rglob("*.jsonl")):
+        for line in p.read_text().splitlines():
+            if line.startswith('{"record_id": "R-'):
+                row = json.loads(line)
+                rows[row["record_id"]] = row["text"]
+    for p in sorted((root / "landing").rglob("*.csv")):
+        import csv
+
+        rows.update({r["record_id"]: r["text"] for r in csv.DictReader(p.open())})
+    return rows
+
+
+def test_safe_harbor_identifiers_add_prose_and_leave_the_rest(tmp_path):
+    months = ["2026-01", "2026-02"]
+    plain = synth.generate(tmp_path / "p", n_records=400, months=months)
+    sh = synth.generate(tmp_path / "s", n_records=400, months=months, identifiers="safe_harbor")
+    # Same records, facts, QA splits and corpus: the prose draws from its own stream.
+    assert sh["records"] == plain["records"] == 400 and sh["fact_mentions"] == plain["fact_mentions"]
+    for name in ("qa_validation.jsonl", "qa_test.jsonl", "facts.json", "general_corpus.txt", "canaries.json"):
+        assert (tmp_path / "p" / "synth" / name).read_bytes() == (tmp_path / "s" / "synth" / name).read_bytes()
+    before, after = _landing_rows(tmp_path / "p"), _landing_rows(tmp_path / "s")
+    assert before.keys() == after.keys()
+    changed = 0
+    for rid, text in before.items():
+        new = after[rid]
+        if new != text:
+            changed += 1
+            # Prose is inserted after a sentence or appended: every original byte stays, in order.
+            cuts = [m.end() for m in re.finditer(r"\. ", text)] + [len(text)]
+            assert any(new.startswith(text[:c]) and new.endswith(text[c:]) for c in cuts), rid
+    assert 0 < changed < 0.5 * len(before)
+    # The key lists every Safe Harbor kind; the minimal key's entries are all still there.
+    key = json.loads((tmp_path / "s" / "synth" / "pii_key.json").read_text())
+    old_key = json.loads((tmp_path / "p" / "synth" / "pii_key.json").read_text())
+    assert {e["type"] for e in key} >= SAFE_HARBOR_KINDS
+    entries = {(e["type"], e["value"], e["record_id"]) for e in key}
+    assert {(e["type"], e["value"], e["record_id"]) for e in old_key} <= entries
+    assert all(e["value"] in after[e["record_id"]] for e in key)
+    # Names in any casing; ages keyed only over 89; dates in several formats.
+    names = [e["value"] for e in key if e["type"] == "PERSON"]
+    assert any(n.islower() for n in names) and any(n.isupper() for n in names) and any("," in n for n in names)
+    assert all(int(re.search(r"\d+", e["value"])[0]) > 89 for e in key if e["type"] == "AGE")
+    dates = [e["value"] for e in key if e["type"].endswith("_DATE") or e["type"] == "DATE_OF_DEATH"]
+    assert any("/" in d for d in dates) and any(re.search(r"[A-Z][a-z]+", d) for d in dates)
+    assert any(re.fullmatch(r"\d{4}-\d\d-\d\d", d) for d in dates) and any("." in d for d in dates)
+
+
+def test_safe_harbor_identifiers_are_deterministic_and_checked(tmp_path):
+    synth.generate(tmp_path / "a", n_records=150, identifiers="safe_harbor")
+    synth.generate(tmp_path / "b", n_records=150, identifiers="safe_harbor")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    import pytest
+
+    with pytest.raises(ValueError, match="identifiers"):
+        synth.generate(tmp_path / "c", n_records=50, identifiers="everything")
