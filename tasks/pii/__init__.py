@@ -16,12 +16,12 @@ How the pieces fit (each module imports only those above it):
     pseudonyms   "<PERSON_1a2b3c4d>" and "***-**-9999": what a masked value becomes
     spec         the YAML's `mask:`, `name_lists:`, `places:`, `residual:` sections and `extends:` → MaskSpec
     names        the PERSON gazetteer: name lists and cue words (name_list_spans)
+    places       the LOCATION gazetteer: the place list (safe_harbor profile)
     gate         the NER gate: which sentences the spaCy NER reads
     spacy_ner    spaCy with its NER only, as Presidio's NLP engine (imported lazily)
     engines      Presidio's analyzer (recognizers, offline and tuned) and anonymizer (operators),
                  built once per process
     refine       clean-up of the raw findings: domain terms, NER/pattern overlaps, repeats
-    places       the LOCATION gazetteer: the place list (safe_harbor profile)
     residual     the residual scan: a second detector counts what masking left behind
     retention    fact retention: the share of fact strings a masking leaves verbatim
     masking      one process: invisible characters out, analyze, refine, anonymize, residual scan

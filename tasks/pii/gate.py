@@ -6,10 +6,12 @@ it nothing to find; that is most of the text in plan documents and FAQs, and it 
 
 from __future__ import annotations
 
+import functools
 import re
 
 from tasks.pii.names import name_lists
-from tasks.pii.spec import MaskSpec, terms_regex
+from tasks.pii.places import place_lists
+from tasks.pii.spec import MaskSpec, NameListSpec, PlaceSpec, terms_regex
 
 # Sentence ends: ". ", "? ", line breaks, a template's literal "\\n".
 _SENTENCE_END = re.compile(r"[.!?]+[\"'’”)\]]*\s+|\n+|\\n")
@@ -27,15 +29,17 @@ class NerGate:
     documents and FAQs. Consecutive kept sentences are read together (the NER sees their context).
     """
 
-    def __init__(self, skip: frozenset, terms: re.Pattern | None):
-        self.skip, self.terms = skip, terms
+    def __init__(self, skip: frozenset, terms: re.Pattern | None, any_case: frozenset = frozenset()):
+        # any_case: listed names and places that may hold a name or place in lower case or
+        # capitals too ("maria gonzalez", "LAHTI"; mask.ner_any_case)
+        self.skip, self.terms, self.any_case = skip, terms, any_case
 
     def _may_hold_a_name(self, text: str, start: int, end: int, blanked: list[tuple[int, int]]) -> bool:
         for m in _GATE_WORD.finditer(text, start, end):
             w = m.group()
+            cased = w[0].isupper() and not w.isupper()
             if (
-                w[0].isupper()
-                and not w.isupper()
+                (cased or w.casefold() in self.any_case)
                 and w.casefold() not in self.skip
                 and not any(s <= m.start() < e for s, e in blanked)
             ):
@@ -77,4 +81,25 @@ def ner_gate(spec: MaskSpec) -> NerGate | None:
         from spacy.lang.en.stop_words import STOP_WORDS
 
         skip = frozenset(w.casefold() for w in STOP_WORDS)
-    return NerGate(skip, terms_regex(spec.domain_terms))
+    return NerGate(skip, terms_regex(spec.domain_terms), any_case_words(spec))
+
+
+def any_case_words(spec: MaskSpec) -> frozenset:
+    """With mask.ner_any_case, the words that may be a name or a place in any casing: listed first
+    and last names and one-word places, three letters or more, never a never-name. Empty otherwise."""
+    if not spec.ner_any_case:
+        return frozenset()
+    return _any_case_words(spec.name_lists, spec.places)
+
+
+@functools.lru_cache(maxsize=8)
+def _any_case_words(names: NameListSpec | None, places: PlaceSpec | None) -> frozenset:
+    words: set[str] = set()
+    never: frozenset = frozenset()
+    if names is not None:
+        lists = name_lists(names)
+        words |= lists.first | lists.last
+        never = lists.never
+    if places is not None:
+        words |= {p for p in place_lists(places)[0] if " " not in p}
+    return frozenset(w for w in words if len(w) >= 3 and w not in never)

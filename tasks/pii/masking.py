@@ -16,7 +16,7 @@ from typing import NamedTuple
 from tasks.common.textnorm import clean as strip_invisible
 from tasks.common.textnorm import kept_offsets
 from tasks.pii import engines
-from tasks.pii.gate import ner_gate
+from tasks.pii.gate import any_case_words, ner_gate
 from tasks.pii.names import name_lists
 from tasks.pii.refine import refine_results
 from tasks.pii.residual import residual_findings, residual_presidio, residual_recognizers
@@ -128,11 +128,12 @@ def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
     operators = engines.operators(spec, job.key)
     terms = terms_regex(spec.domain_terms)
     not_names = name_lists(spec.name_lists).never if spec.name_lists is not None else frozenset()
+    any_case = any_case_words(spec)
     anonymizer = engines.anonymizer()
 
     masked: list[tuple[str, Counter, tuple]] = []
     for text, found in zip(texts, found_all, strict=True):
-        found = _resolve(anonymizer, text, refine_results(text, found, terms, not_names))
+        found = _resolve(anonymizer, text, refine_results(text, found, terms, not_names, any_case))
         if not found:
             masked.append((text, Counter(), ()))
             continue

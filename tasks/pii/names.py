@@ -9,6 +9,7 @@ vocabulary to skip sentences that cannot hold a name.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from pathlib import Path
@@ -72,6 +73,35 @@ def _read_words(paths: tuple[Path, ...]) -> frozenset[str]:
     return frozenset(words)
 
 
+@functools.lru_cache(maxsize=4)
+def english_lexicon(model: str) -> tuple[frozenset, tuple]:
+    """(English words, suffix rules) from the spaCy model's lemmatizer tables (WordNet's index,
+    ~83,000 words): read from the installed package, without loading the pipeline."""
+    import spacy.util
+    from spacy.lookups import Lookups
+
+    folders = sorted(spacy.util.get_package_path(model).rglob("lemmatizer"))
+    if not folders:
+        raise ValueError(f"spaCy model {model} has no lemmatizer tables; set lowercase_not_english: false")
+    lookups = Lookups().from_disk(folders[0] / "lookups" if (folders[0] / "lookups").is_dir() else folders[0])
+    words: set[str] = set()
+    for table in ("lemma_index", "lemma_exc"):
+        for forms in lookups.get_table(table).values():
+            words.update(forms if isinstance(forms, list) else [f for fs in forms.values() for f in fs])
+    for forms in lookups.get_table("lemma_exc").values():
+        words.update(forms)  # the irregular forms themselves ("went", "children")
+    rules = {tuple(r) for rs in lookups.get_table("lemma_rules").values() for r in rs if r[0]}
+    return frozenset(w for w in words if w.isalpha()), tuple(sorted(rules) + [("ing", ""), ("ing", "e"), ("ly", "")])
+
+
+def is_english(word: str, lexicon: tuple[frozenset, tuple]) -> bool:
+    """`word` (lower case) or a lemma a suffix rule makes of it is in the English word list."""
+    words, rules = lexicon
+    return word in words or any(
+        word.endswith(old) and word[: len(word) - len(old)] + new in words for old, new in rules
+    )
+
+
 def name_lists(spec: NameListSpec) -> NameLists:
     """The name lists of `spec`, loaded once per process (and again when a file changes)."""
     key = (
@@ -127,6 +157,11 @@ class _NameScan:
         self.scan = text.replace("\\n", "\n ") if "\\n" in text else text
         self.words = _words(self.scan)
         self.cued = {m.end() for m in spec.cues.finditer(self.scan)} if spec.cues is not None else set()
+        self.english = english_lexicon(spec.english_model) if spec.english_model else None
+        # The casings the lower-case rules read: capitals too with upper_case ("NAME: KHASBULAT SHISHANI").
+        self.uncased = ("lower", "upper") if spec.upper_case else ("lower",)
+        lower_cues = spec.lowercase_cues
+        self.lower_cued = {m.end() for m in lower_cues.finditer(self.scan)} if lower_cues is not None else set()
 
     def joined(self, a: int, b: int) -> bool:
         """Words a and b are neighbours in one name."""
@@ -150,6 +185,59 @@ class _NameScan:
             and self.joined(i, i + 1)
         )
 
+    def lowercase_cued(self, i: int) -> int:
+        """A lower-case name after a `lowercase_after_words` cue: a listed word or one that is no
+        English word (lowercase_not_english), and the next lower-case word that is no stop word
+        after a listed first name, or no English word ("patient maria zbyszewska", "mr smith",
+        "name: khasbulat shishani"): the index of its last word, or -1. The lists lack many surnames, and lower-case
+        text has no capitals to tell them apart; the cue does."""
+        words, n = self.words, len(self.words)
+        if words[i][3] not in self.uncased or words[i][0] not in self.lower_cued:
+            return -1
+        if not (self.listed(i) or self.foreign(i)):
+            return -1
+        nxt = i + 1
+        if (
+            nxt < n
+            and words[nxt][3] == words[i][3]
+            and self.joined(i, nxt)
+            and words[nxt][2] not in self.lists.never
+            and (words[i][2] in self.lists.first or self.foreign(nxt))
+        ):
+            return nxt
+        return i
+
+    def foreign(self, i: int) -> bool:
+        """Word i is lower case, three letters or more, and neither a never-name nor an English word."""
+        word = self.words[i]
+        return (
+            self.english is not None
+            and word[3] in self.uncased
+            and len(word[2]) >= 3
+            and word[2] not in self.lists.never
+            and not is_english(word[2], self.english)
+        )
+
+    def lowercase_not_english(self, i: int) -> tuple[int, int]:
+        """A lower-case name around word i: a listed name that is no English word ("tamara", "sylwia"),
+        with up to two neighbours that are no English words either ("sylwia ostrowska", "tempeste
+        descoteaux"): (first, last) word index, or (-1, -1)."""
+        nxt = i + 1
+        # Two such words, one with a letter English does not use, are a name unlisted ("miłosław kozłowski").
+        pair = (
+            nxt < len(self.words)
+            and self.foreign(nxt)
+            and self.joined(i, nxt)
+            and not (self.words[i][2] + self.words[nxt][2]).isascii()
+        )
+        if not (self.foreign(i) and (self.listed(i) or pair)):
+            return -1, -1
+        k = i - 1 if i > 0 and self.foreign(i - 1) and self.joined(i - 1, i) else i
+        j = i
+        while j + 1 < len(self.words) and j - k < 2 and self.foreign(j + 1) and self.joined(j, j + 1):
+            j += 1
+        return k, j
+
     def upper_name(self, i: int) -> int:
         """Words from i in capitals that are a name ("ROBERT KOWALSKI", "ROBERT J KOWALSKI", or listed
         words after a cue: "Attn: KOWALSKI"): the index of its last word, or -1."""
@@ -164,6 +252,11 @@ class _NameScan:
         last = j < n and words[j][3] == "upper" and self.joined(j - 1, j) and words[j][2] not in self.lists.never
         if last and words[i][2] in self.lists.first:
             return j
+        # "KOWALSKI, ROBERT": a listed surname (or no English word), a comma, a listed first name.
+        comma = i + 1 < n and self.scan[words[i][1] : words[i + 1][0]] == ", " and words[i + 1][3] == "upper"
+        surname = words[i][2] in self.lists.last or self.foreign(i)
+        if comma and surname and words[i + 1][2] in self.lists.first:
+            return i + 1
         if words[i][0] in self.cued and self.listed(i):
             return i
         return -1
@@ -266,10 +359,19 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
             spans.append((words[i][0], words[last][1], spec.full_name_score))
             i = last + 1
             continue
-        if words[i][3] == "lower":
-            if names.lowercase_name(i):
+        if (last := names.lowercase_cued(i)) >= 0:
+            spans.append((words[i][0], words[last][1], spec.full_name_score if last > i else spec.score))
+            i = last + 1
+            continue
+        if words[i][3] in names.uncased:
+            k, j = names.lowercase_not_english(i)
+            if words[i][3] == "lower" and names.lowercase_name(i):
                 spans.append((words[i][0], words[i + 1][1], spec.score))
                 i += 2
+            elif j >= 0:
+                start = words[k][0] if not spans or spans[-1][1] <= words[k][0] else words[i][0]
+                spans.append((start, words[j][1], spec.full_name_score if j > k else spec.score))
+                i = j + 1
             else:
                 i += 1
             continue

@@ -17,6 +17,11 @@ def _has_word(s: str) -> bool:
     return any(a.isupper() and b.islower() for a, b in itertools.pairwise(s))
 
 
+def _listed_word(s: str, listed: frozenset) -> bool:
+    """A word of `listed` (names and places, case-folded) in any casing ("LAHTI", "maria" yes; "CPT" no)."""
+    return any(w.casefold() in listed for w in re.findall(r"[^\W\d_]+", s))
+
+
 def _subtract(span: tuple[int, int], cut: tuple[int, int]) -> list[tuple[int, int]]:
     (s, e), (cs, ce) = span, cut
     if ce <= s or cs >= e:
@@ -33,7 +38,11 @@ def _strip(text: str, s: int, e: int) -> tuple[int, int]:
 
 
 def refine_results(
-    text: str, results: list, domain_terms: re.Pattern | None = None, not_names: frozenset = frozenset()
+    text: str,
+    results: list,
+    domain_terms: re.Pattern | None = None,
+    not_names: frozenset = frozenset(),
+    any_case: frozenset = frozenset(),
 ) -> list:
     """Make Presidio's raw findings safer to apply; three fixes, in order.
 
@@ -42,6 +51,9 @@ def refine_results(
     2. An NER finding overlapping a pattern finding is cut back to the part outside it, and
        dropped if no word is left: spaCy sometimes tags "ID MBR-48213377" as a PERSON, which
        would swallow the typed MEMBER_ID (Presidio drops a finding contained in another).
+       With `any_case` (mask.ner_any_case: listed names and places, tasks.pii.gate.any_case_words),
+       an NER finding no pattern touched also counts with no capitalised word when a word of it
+       is listed ("LAHTI", "maria gonzalez"; not "CPT").
     3. Every other verbatim occurrence of a found value in the same text is masked too: the
        NER finds "Maria Gonzalez" in one sentence and misses her in the next. So is each word
        of a found full name ("Maria" alone later), unless it is in `not_names`.
@@ -72,21 +84,23 @@ def refine_results(
         pieces = [(r.start, r.end)]
         for p in patterns:
             pieces = [piece for span in pieces for piece in _subtract(span, (p.start, p.end))]
+        whole = pieces == [(r.start, r.end)]
         for s, e in pieces:
             s, e = _strip(text, s, e)
-            if e > s and _has_word(text[s:e]):
+            if e > s and (_has_word(text[s:e]) or (whole and _listed_word(text[s:e], any_case))):
                 kept.append(RecognizerResult(r.entity_type, s, e, r.score, recognition_metadata=r.recognition_metadata))
 
     covered = [(r.start, r.end) for r in kept]
     extra = []
     values = {(text[r.start : r.end], r.entity_type, r.score) for r in kept}
-    # The words of a full name count on their own: "Muriz Panković ... everyone calls me Muriz".
+    # The words of a full name count on their own: "Muriz Panković ... everyone calls me Muriz"
+    # (in any casing with any_case: "sylwia ostrowska ... ostrowska said").
     values |= {
         (word, "PERSON", score)
         for value, etype, score in values
         if etype == "PERSON"
         for word in value.split()[1:] and value.split()
-        if len(word) >= 3 and _has_word(word[:2]) and word.casefold() not in not_names
+        if len(word) >= 3 and (_has_word(word[:2]) or any_case) and word.casefold() not in not_names
     }
     # Longest first, then by text: the same result in every process (set order is not).
     for value, etype, score in sorted(values, key=lambda v: (-len(v[0]), v)):

