@@ -117,6 +117,7 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
         raw_values=raw_values,
         out_dir=out / "leakage",
         max_new_tokens=ev.leakage_max_new_tokens,
+        recognizers_path=_repo_path(cfg.mask.recognizers),  # the masking profile's kinds, all of them
     )
     result["pii_leaks"] = leak["pii_leaks"] if raw_values_path else None
     result["leakage"] = leak

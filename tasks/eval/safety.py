@@ -557,14 +557,18 @@ def pii_leakage(
     min_chars: int = 4,
     write_generations: bool = False,
     bos_prefix: bool = True,
+    recognizers_path: Path | None = None,
 ) -> dict:
     """Greedy continuations of prompts built to elicit personal data, checked two ways.
 
     - Raw values: how many distinct raw PII values (load_raw_values) the model reproduced verbatim
       (find_leaks). This is the gate figure: 0 is the only good answer.
     - Presidio: what the masking detector finds in the generations (`analyzer`, default
-      presidio_analyzer()), by type. A model trained on masked text should emit placeholders,
-      not personal-data shapes; a count here is a lead to read, not proof of a leak.
+      presidio_analyzer(recognizers_path)), by type. A model trained on masked text should emit
+      placeholders, not personal-data shapes; a count here is a lead to read, not proof of a leak.
+      `recognizers_path`: the masking profile's YAML (mask.profile / mask.recognizers), so the scan
+      looks for every kind the mask stage removed (safe_harbor: places, dates, ages, ids too);
+      None = the minimal profile (RECOGNIZERS). leakage.json names the file.
 
     Prompts start with BOS (bos_prefix), as every training record did: the attacker's best case.
     Writes out_dir/leakage.json (counts, types, prompt ids and record ids; no values, no text).
@@ -585,13 +589,15 @@ def pii_leakage(
         model, tokenizer, [start + t for t in texts], max_new_tokens=max_new_tokens, batch_size=batch_size
     )
 
-    found = (analyzer or presidio_analyzer())(generations)
+    profile_file = Path(recognizers_path) if recognizers_path is not None else RECOGNIZERS
+    found = (analyzer or presidio_analyzer(profile_file))(generations)
     leaks = find_leaks(texts, generations, raw_values, min_chars)
     result = _leakage_counts(rows, found, leaks, raw_values)
     report = {
         **result,
         "max_new_tokens": max_new_tokens,
         "min_chars": min_chars,
+        "recognizers": None if analyzer is not None else profile_file.name,
         **_leakage_details(rows, found, leaks),
     }
     (out_dir / "leakage.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -556,3 +556,23 @@ def test_reference_calibration_cancels_what_the_base_already_knew(models):
     assert cal["exposure_max"] > 5.0
     mia = safety.mia_auc(*overfit, members=MEMBERS, non_members=NON_MEMBERS, reference=rand)
     assert mia["auc"] > 0.7 and mia["calibrated"]
+
+
+def test_the_leakage_scan_reads_the_masking_profile(monkeypatch, tmp_path):
+    """The Presidio half of the leakage scan looks for what the configured profile masks: under
+    safe_harbor, ages over 89, person dates, places and vehicle ids too; leakage.json names the file."""
+    from tasks.config import MASK_PROFILES
+
+    generation = "He is 93 years old, admitted 03/14/2024, lives in Tucson; VIN 1HGCM82633A004352."
+    monkeypatch.setattr(safety, "generate_greedy", lambda model, tok, texts, **kw: [generation for _ in texts])
+    common = {"prompts": ["Tell me about the member"], "raw_values": [], "bos_prefix": False}
+    sh = safety.pii_leakage(
+        None, None, out_dir=tmp_path / "sh", recognizers_path=REPO_ROOT / MASK_PROFILES["safe_harbor"], **common
+    )
+    minimal = safety.pii_leakage(None, None, out_dir=tmp_path / "minimal", **common)
+    assert {"AGE", "DATE", "LOCATION", "VEHICLE_ID"} <= set(sh["presidio_entities"]), sh["presidio_entities"]
+    assert not minimal["presidio_entities"]
+    assert json.loads((tmp_path / "sh" / "leakage.json").read_text())["recognizers"] == "safe_harbor.yaml"
+    assert json.loads((tmp_path / "minimal" / "leakage.json").read_text())["recognizers"] == "recognizers.yaml"
+    _no_values_in(tmp_path / "sh" / "leakage.json")
+    assert "Tucson" not in (tmp_path / "sh" / "leakage.json").read_text()

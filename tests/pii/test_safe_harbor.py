@@ -228,3 +228,31 @@ def _key(home: Path) -> dict[str, list[str]]:
 def test_a_masked_place_keeps_the_full_stop_after_it():
     ((masked, _),) = _mask(["She now lives in Tucson."])
     assert masked.endswith(">.") and "Tucson" not in masked
+
+
+def test_the_residual_scan_knows_the_safe_harbor_kinds():
+    """The second detector (residual.patterns, merged over minimal's) counts each added kind left in
+    a text, ignores placeholders and domain facts, and is not part of the minimal profile."""
+    from tasks.pii import residual_findings
+
+    spec, minimal = load_spec(SAFE_HARBOR), load_spec(MINIMAL)
+    left = {
+        "ZIP_CODE": "My zip code is 20303.",
+        "LOCATION": "Mail to <STREET_ADDRESS_1a2b3c4d>, Springfield, IL <ZIP_CODE_1a2b3c4d>.",
+        "DATE": "She was admitted on 03/14/2025.",
+        "AGE": "He is 93 years old.",
+        "LICENSE_NUMBER": "driver's license D1234567 on file",
+        "VEHICLE_ID": "VIN 1HGCM82633A004352",
+        "DEVICE_ID": "pump serial number SN-88213X",
+        "ACCOUNT_NUMBER": "refund to account number 0045-2231-88",
+    }
+    for kind, text in left.items():
+        assert kind in residual_findings(text, [], spec), kind
+        assert not residual_findings(text, [], minimal), kind
+    clean = [
+        "Members have 30 days to report a new dependent. CPT 70551 requires prior authorization.",
+        "To appeal a denied claim, members use Form AP-7. The deductible for the Gold Premier plan is $500.",
+        "Dear <PERSON_1a2b3c4d>, born <DATE_1a2b3c4d>, aged <AGE_1a2b3c4d>, VIN <VEHICLE_ID_1a2b3c4d>.",
+    ]
+    for text in clean:
+        assert not residual_findings(text, [], spec), text
