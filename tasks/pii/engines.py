@@ -120,7 +120,7 @@ def build_registry(recognizers_path: Path, language: str, spec: MaskSpec, nlp_en
         if spec.name_lists is not None:
             registry.add_recognizer(name_list_recognizer(spec.name_lists, language))
         if spec.places is not None:
-            registry.add_recognizer(place_recognizer(spec.places, language))
+            registry.add_recognizer(place_recognizer(spec.places, language, spec.name_lists))
     return registry
 
 

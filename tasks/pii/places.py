@@ -12,11 +12,14 @@ import re
 import unicodedata
 from pathlib import Path
 
-from tasks.pii.spec import PlaceSpec
+from tasks.pii.names import english_lexicon, is_english, name_lists
+from tasks.pii.spec import NameListSpec, PlaceSpec
 
 # A word with inner apostrophes, hyphens or dots ("Cluj-Napoca", "'s-Graveland", "St.").
 _WORD = re.compile(r"[^\W\d_]+(?:['’.-][^\W\d_]+)*")
 _MAX_WORDS = 4
+# A preposition of place, not at a sentence start: the words after it may be a place ("in Sauðarkrókur").
+_PREPOSITION = re.compile(r"(?<=[^.!?:\n\s] )(?:in|to|near|from)\s+")
 _PLACES: dict[tuple, tuple[frozenset, frozenset]] = {}
 
 
@@ -69,8 +72,45 @@ def place_spans(text: str, spec: PlaceSpec) -> list[tuple[int, int]]:
     return spans
 
 
-def place_recognizer(spec: PlaceSpec, language: str):
-    """A Presidio recognizer for LOCATION over place_spans (built here: Presidio loads lazily)."""
+def unknown_places(text: str, spec: PlaceSpec, names: NameListSpec | None = None) -> list[tuple[int, int]]:
+    """Capitalised words after "in", "to", "near" or "from" (not at a sentence start) that are no
+    English word (the spaCy model's word list), no never-place and none of `names` (listed names,
+    which the PERSON gazetteer reads), four letters or more, not an acronym of four capitals or
+    fewer: "in Sauðarkrókur", "to GLAUBENDORF"; not "in Medicare", "to CPT", "in Gold Premier"."""
+    if spec.english_model is None:
+        return []
+    lexicon, (_, never) = english_lexicon(spec.english_model), place_lists(spec)
+    lists = name_lists(names) if names is not None else None
+
+    def listed(word: str) -> bool:
+        return word in never or (lists is not None and (word in lists.first or word in lists.last))
+
+    def place_word(w: str) -> bool:
+        return (
+            w[0].isupper()
+            and len(w) >= 4
+            and not (w.isupper() and len(w) <= 4)
+            and not listed(w.casefold())
+            and not is_english(w.casefold(), lexicon)
+        )
+
+    spans = []
+    for m in _PREPOSITION.finditer(text):
+        start = end = m.end()
+        for _ in range(3):  # up to three words, a space or a hyphen apart
+            w = _WORD.match(text, end)
+            if w is None or not place_word(w.group()) or (end > start and text[end - 1] not in " -"):
+                break
+            end = w.end() + (text[w.end() : w.end() + 1] in (" ", "-"))
+        end = end if end == start or text[end - 1].isalpha() else end - 1
+        if end > start:
+            spans.append((start, end))
+    return spans
+
+
+def place_recognizer(spec: PlaceSpec, language: str, names: NameListSpec | None = None):
+    """A Presidio recognizer for LOCATION over place_spans and unknown_places (built here: Presidio
+    loads lazily)."""
     from presidio_analyzer import EntityRecognizer, RecognizerResult
 
     class PlaceListRecognizer(EntityRecognizer):
@@ -88,7 +128,7 @@ def place_recognizer(spec: PlaceSpec, language: str):
             }
             return [
                 RecognizerResult("LOCATION", s, e, spec.score, recognition_metadata=dict(metadata))
-                for s, e in place_spans(text, spec)
+                for s, e in place_spans(text, spec) + unknown_places(text, spec, names)
             ]
 
     return PlaceListRecognizer(supported_entities=["LOCATION"], name="PlaceListRecognizer", supported_language=language)

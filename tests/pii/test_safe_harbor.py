@@ -111,6 +111,10 @@ CASES = {
         ),
         ("I am in LONDON for a business trip.", ["LONDON"], {"LOCATION"}),
         ("He flew to Koidu on Saturday.", ["Koidu"], {"LOCATION"}),
+        # No English word and no listed name, after a preposition of place; "home city X".
+        ("We returned to GLAUBENDORF by helicopter.", ["GLAUBENDORF"], {"LOCATION"}),
+        ("The club is in Sauðarkrókur, they say.", ["Sauðarkrókur"], {"LOCATION"}),
+        ("the economy of her home city STAVANGER: oil", ["STAVANGER"], {"LOCATION"}),
     ],
 }
 
@@ -146,6 +150,7 @@ def test_acronyms_and_english_words_are_not_names_in_any_casing():
         "CPT 70551 REQUIRES PRIOR AUTHORIZATION. THE COPAY FOR THE COASTAL HMO PLAN IS $20.",
         "Is an MRI, CPT 70551, subject to prior authorization? patient reported pain, dear valued member.",
         "update a member address within 30 days; the copay is $20.",
+        "The claim went to CPT review in Medicare and to Member Services for the Gold Premier plan.",
     ]
     for text, (masked, counts) in zip(texts, _mask(texts), strict=True):
         assert masked == text, counts
