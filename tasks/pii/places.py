@@ -47,14 +47,28 @@ def _capitalised(word: str) -> bool:
     return word[0].isupper() or word[:2] in ("'s", "’s")
 
 
+# Address context, within 40 characters before a word: a street, address or residence word.
+_ADDRESS_CUE = re.compile(
+    r"(?i)\b(?:address|street|st|ave|avenue|road|rd|lane|ln|drive|dr|blvd|boulevard|way|court|ct|"
+    r"lives?|living|moved|reside[sd]?|zip|postcode|city|town)\b"
+)
+
+
+def _address_context(text: str, start: int, spec: PlaceSpec) -> bool:
+    return spec.english_model is not None and _ADDRESS_CUE.search(text, max(0, start - 40), start) is not None
+
+
 def place_spans(text: str, spec: PlaceSpec) -> list[tuple[int, int]]:
-    """(start, end) of every listed place in `text`, longest phrase first, never overlapping."""
+    """(start, end) of every listed place in `text`, longest phrase first, never overlapping. In
+    lower case only in address context (after_prepositions): a street, address or residence word
+    shortly before ("12 elm st, utrecht", "moved to madrid")."""
     places, _ = place_lists(spec)
     words = list(_WORD.finditer(text))
     spans: list[tuple[int, int]] = []
     i = 0
     while i < len(words):
-        if not _capitalised(words[i].group()):
+        lower = not _capitalised(words[i].group()) and _address_context(text, words[i].start(), spec)
+        if not (_capitalised(words[i].group()) or lower):
             i += 1
             continue
         for n in range(min(_MAX_WORDS, len(words) - i), 0, -1):
@@ -63,7 +77,9 @@ def place_spans(text: str, spec: PlaceSpec) -> list[tuple[int, int]]:
             if any(text[a.end() : b.start()] not in (" ", "-", " - ") for a, b in zip(group, group[1:])):
                 continue
             phrase = " ".join(unicodedata.normalize("NFC", text[group[0].start() : group[-1].end()]).casefold().split())
-            if phrase in places and _capitalised(group[-1].group()):
+            # In lower case, four letters or more: "utrecht" (WordNet knows famous places, so the
+            # English word list cannot tell them apart; the address context and not_places.txt do).
+            if phrase in places and (_capitalised(group[-1].group()) or (lower and len(phrase) >= 4)):
                 spans.append((group[0].start(), group[-1].end()))
                 i += n
                 break

@@ -111,6 +111,8 @@ CASES = {
         ),
         ("I am in LONDON for a business trip.", ["LONDON"], {"LOCATION"}),
         ("He flew to Koidu on Saturday.", ["Koidu"], {"LOCATION"}),
+        # The place list in lower case, in address context.
+        ("she lives at 458 oak street, utrecht now", ["utrecht"], {"LOCATION", "STREET_ADDRESS"}),
         # No English word and no listed name, after a preposition of place; "home city X".
         ("We returned to GLAUBENDORF by helicopter.", ["GLAUBENDORF"], {"LOCATION"}),
         ("The club is in Sauðarkrókur, they say.", ["Sauðarkrókur"], {"LOCATION"}),
