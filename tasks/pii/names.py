@@ -63,13 +63,15 @@ class NameLists(NamedTuple):
 _NAME_LISTS: dict[tuple, NameLists] = {}
 
 
-def _read_words(paths: tuple[Path, ...]) -> frozenset[str]:
+def read_word_list(paths: tuple[Path, ...]) -> frozenset[str]:
+    """The entries of word-list files (one per line, `#` comments), NFC and case-folded, inner spaces
+    collapsed: the name lists here, the place gazetteer in tasks.pii.places."""
     words = set()
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
-                words.add(unicodedata.normalize("NFC", line).casefold())
+                words.add(" ".join(unicodedata.normalize("NFC", line).casefold().split()))
     return frozenset(words)
 
 
@@ -114,9 +116,9 @@ def name_lists(spec: NameListSpec) -> NameLists:
         from spacy.lang.en.stop_words import STOP_WORDS
 
         stop = frozenset(w.casefold() for w in STOP_WORDS)
-        listed_never = _read_words(spec.not_names)
+        listed_never = read_word_list(spec.not_names)
         never = listed_never | stop
-        first, last = _read_words(spec.first_names), _read_words(spec.last_names)
+        first, last = read_word_list(spec.first_names), read_word_list(spec.last_names)
         # The NER gate's vocabulary: words that are never names and that no list has as a name
         # either ("Question", "Prior"; not "Grace", which the lists have and not_names keeps out).
         gate_skip = never - first - last

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from pathlib import Path
 
-from tasks.pii.names import english_lexicon, is_english, name_lists
+from tasks.pii.names import english_lexicon, is_english, name_lists, read_word_list
 from tasks.pii.spec import NameListSpec, PlaceSpec
 
 # A word with inner apostrophes, hyphens or dots ("Cluj-Napoca", "'s-Graveland", "St.").
@@ -23,23 +22,13 @@ _PREPOSITION = re.compile(r"(?<=[^.!?:\n\s] )(?:in|to|near|from)\s+")
 _PLACES: dict[tuple, tuple[frozenset, frozenset]] = {}
 
 
-def _read(paths: tuple[Path, ...]) -> frozenset[str]:
-    words = set()
-    for path in paths:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                words.add(" ".join(unicodedata.normalize("NFC", line).casefold().split()))
-    return frozenset(words)
-
-
 def place_lists(spec: PlaceSpec) -> tuple[frozenset, frozenset]:
     """(places, never places), case-folded; loaded once per process and file version."""
     files = spec.places + spec.not_places
     key = (files, tuple(p.stat().st_mtime_ns for p in files))
     if key not in _PLACES:
-        never = _read(spec.not_places)
-        _PLACES[key] = (_read(spec.places) - never, never)
+        never = read_word_list(spec.not_places)
+        _PLACES[key] = (read_word_list(spec.places) - never, never)
     return _PLACES[key]
 
 
