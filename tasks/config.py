@@ -144,6 +144,11 @@ class TrainConfig(_Section):
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_train_a: bool = Field(
+        True,
+        description="method lora: false = LoRA-A stays at its seeded random init and only B trains "
+        "(FFA-LoRA): fewer noised coordinates under DP",
+    )
     target_modules: list[str] | str = Field(
         "all-linear", description="module names, or per-family shorthand: mlp | attention | all | all-linear (PEFT)"
     )

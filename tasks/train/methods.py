@@ -115,7 +115,8 @@ def apply_method(model, spec: dict, model_type: str | None = None):
         "task_type": "CAUSAL_LM",
     }
     if method == "lora":
-        return get_peft_model(model, LoraConfig(**lora))
+        model = get_peft_model(model, LoraConfig(**lora))
+        return model if t["lora_train_a"] else freeze_lora_a(model)
     # freeze: only the top N blocks train; nothing below them needs a gradient, so backward stops there
     blocks_name, blocks = find_blocks(model)
     top = list(range(len(blocks) - t["trainable_layers"], len(blocks)))
@@ -128,6 +129,16 @@ def apply_method(model, spec: dict, model_type: str | None = None):
     for i in top:
         for p in blocks[i].parameters():
             p.requires_grad_(True)
+    return model
+
+
+def freeze_lora_a(model):
+    """FFA-LoRA (Sun et al., ICLR 2024): A keeps its seeded random projection and only B trains. Under DP
+    the noise is spread over half the coordinates, and B alone is still a rank-r update; the seeded init
+    makes A the same on every rank and on resume."""
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            p.requires_grad_(False)
     return model
 
 

@@ -76,6 +76,8 @@ def log_params(
         params["target_modules"] = targets if isinstance(targets, str) else ",".join(targets)
     if t["method"] == "lora" or (t["method"] == "freeze" and t["freeze_with_lora"]):
         params.update({k: t[k] for k in ("lora_r", "lora_alpha", "lora_dropout")})
+    if t["method"] == "lora":
+        params["lora_train_a"] = t["lora_train_a"]
     if t["method"] == "prefix":
         params["num_virtual_tokens"] = t["num_virtual_tokens"]
     if t["method"] == "freeze":
