@@ -60,6 +60,19 @@ def test_dp_training_changes_lora_weights_not_frozen_ones(tmp_path, base_dir):
     assert before == after  # the base model on disk is untouched
 
 
+def test_ffa_lora_trains_b_only_and_keeps_a_at_its_seeded_init(tmp_path, base_dir):
+    """lora_train_a: false (FFA-LoRA): only B gets gradients (and DP noise); A stays the seeded random
+    projection, which the frozen-tensor check covers, and B still moves from its zero init."""
+    full = train(_spec(tmp_path / "ab", base_dir, n=32, max_seq_len=24))
+    ffa = train(_spec(tmp_path / "b", base_dir, n=32, max_seq_len=24, lora_train_a=False))
+    adapter = load_file(tmp_path / "b" / "out" / "adapter" / "adapter_model.safetensors")
+    b_params = sum(v.numel() for k, v in adapter.items() if "lora_B" in k)
+    assert ffa["trainable_params"] == b_params < full["trainable_params"]
+    assert ffa["trainable_tensors_changed"] == 1.0  # every B moved
+    assert ffa["frozen_tensors_changed"] == 0  # A (frozen) and the base did not
+    assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
 def test_epsilon_is_reported_and_within_target(tmp_path, base_dir):
     result = train(_spec(tmp_path, base_dir, target_epsilon=2.0, epochs=2.0))
     assert 0 < result["epsilon"] <= 2.0
@@ -580,3 +593,16 @@ def test_freeze_with_lora_accepts_the_all_linear_shorthand():
         "down_proj",
     ]
     assert resolve_targets("all-linear", "llama", "lora") == "all-linear"
+
+
+def test_dp_rows_are_ordered_by_length_so_physical_batches_pad_less():
+    """Poisson batches list records in index order; sorted rows make BatchMemoryManager's cuts
+    length-homogeneous. Without DP the loader shuffles, so the order is left alone."""
+    from tasks.train.data import make_loader
+
+    rows = [[1] * n for n in (9, 2, 7, 4, 4, 1)]
+    t = {"dp": True, "seed": 0, "batch_size": 2, "max_seq_len": 16}
+    private = make_loader(rows, pad_id=0, t=t, rank=0, world=1)
+    assert [len(r) for r in private.dataset.rows] == [1, 2, 4, 4, 7, 9]
+    public = make_loader(rows, pad_id=0, t={**t, "dp": False}, rank=0, world=1)
+    assert public.dataset.rows == rows
