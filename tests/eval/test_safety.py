@@ -524,7 +524,8 @@ def test_auc_matches_sklearn_with_ties():
 def test_mia_separates_an_overfit_models_training_records(models):
     result = safety.mia_auc(*models["overfit"], members=MEMBERS, non_members=NON_MEMBERS, max_len=96)
     assert result["n_members"] == len(MEMBERS) and result["n_non_members"] == len(NON_MEMBERS)
-    assert result["auc"] > 0.7
+    assert result["auc"] > 0.7 and result["score"] == "min_k" and "reference" not in result["scores"]
+    assert result["scores"]["loss"]["auc"] > 0.7 and result["scores"]["zlib"]["auc"] > 0.7
     untrained = safety.mia_auc(*models["random"], members=MEMBERS, non_members=NON_MEMBERS, max_len=96)
     assert abs(untrained["auc"] - 0.5) < 0.25
     with pytest.raises(ValueError, match="audit_holdout_share"):
@@ -556,6 +557,12 @@ def test_reference_calibration_cancels_what_the_base_already_knew(models):
     assert cal["exposure_max"] > 5.0
     mia = safety.mia_auc(*overfit, members=MEMBERS, non_members=NON_MEMBERS, reference=rand)
     assert mia["auc"] > 0.7 and mia["calibrated"]
+    # every calibrated score, each with its CI and TPR at low FPR; the reference score is the primary one
+    assert set(mia["scores"]) == {"reference", "min_k", "zlib", "loss"} and mia["score"] == "reference"
+    assert mia["auc"] == mia["scores"]["reference"]["auc"]
+    assert mia["auc_ci_low"] <= mia["auc"] <= mia["auc_ci_high"]
+    assert set(mia["scores"]["min_k"]["tpr_at_fpr"]) == {"0.01", "0.1"}
+    assert mia["best_auc"] == max(v["auc"] for v in mia["scores"].values())
 
 
 def test_the_leakage_scan_reads_the_masking_profile(monkeypatch, tmp_path):
