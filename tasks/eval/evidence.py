@@ -91,8 +91,8 @@ def _toxicity(model, tokenizer, out: Path, cfg: PipelineConfig) -> dict:
 def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, trained: dict, reference: tuple) -> dict:
     """PII leakage, canary exposure and MIA on one model; a figure is None when its input is absent.
 
-    `reference` is the base model: exposure and MIA scores become differences to it, so only what
-    training added counts (a reference-calibrated, stronger attack)."""
+    `reference` is the base model: exposure becomes a difference to it, so only what training added counts;
+    the MIA adds a reference-calibrated score beside min-k %, zlib and loss (tasks.eval.mia)."""
     from tasks.eval import safety
 
     ev = cfg.evaluate

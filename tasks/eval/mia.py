@@ -37,7 +37,11 @@ MIN_K_FRACTION = 0.2  # Shi et al.'s recommended k
 FPR_TARGETS = (0.01, 0.1)
 RESAMPLES = 1000
 SEED = 20260101
-SCORE_ORDER = ("reference", "min_k", "zlib", "loss")  # the first present is the primary: the pre-declared one
+# The primary score (what `auc` and the gate report) is declared before any audit, not picked per run: min-k was
+# the strongest on the memorising control of bench/bench_privacy.py at both 8 and 30 epochs (docs/evaluation.md).
+# The base-model reference is weaker there: the base never saw insurer text, so its loss is mostly domain
+# unfamiliarity, not the record's own difficulty. Scores missing from an audit fall back in this order.
+SCORE_ORDER = ("min_k", "reference", "zlib", "loss")
 
 
 def min_k_score(nlls: Sequence[float], k: float = MIN_K_FRACTION) -> float:

@@ -866,7 +866,7 @@ def mia_auc(
     0.5 = the attack cannot tell them apart; 1.0 = it always can.
 
     `reference` = (model, tokenizer) of a model that never saw the data (the base model): adds the
-    reference-calibrated score, which is then the primary one. `auc` is the primary score's AUC, with its
+    reference-calibrated score. `auc` is the pre-declared primary score's AUC (min-k, mia.SCORE_ORDER), with its
     bootstrap CI beside it; `scores` holds every score's AUC, CI and TPR at 1 % / 10 % FPR; `best_score`
     names the strongest (chosen after the fact, so read its AUC as optimistic). With `member_groups` /
     `non_member_groups` (one key per text), a group's score is the mean of its records' and groups are the
