@@ -47,7 +47,7 @@ help:
 	@echo "make rollback  move the champion back to the previous champion (TO_VERSION=N for a given one)"
 	@echo "make bench-mask  masking recall per entity and throughput (results in bench/results/)"
 	@echo "make bench-train PEFT vs full fine-tuning, DP overhead, privacy-utility (~30 min; results in bench/results/)"
-	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private controls (~12 min; bench/results/)"
+	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private and memorising controls (~20 min; bench/results/)"
 	@echo "make bench-utility test EM with CIs vs ε and records: how much data ε = X needs (~60 min; bench/results/)"
 
 # Dependencies: requirements.txt (direct pins), requirements-models.txt (the spaCy pipeline, by hash) and

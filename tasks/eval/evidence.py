@@ -91,8 +91,8 @@ def _toxicity(model, tokenizer, out: Path, cfg: PipelineConfig) -> dict:
 def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, trained: dict, reference: tuple) -> dict:
     """PII leakage, canary exposure and MIA on one model; a figure is None when its input is absent.
 
-    `reference` is the base model: exposure and MIA scores become differences to it, so only what
-    training added counts (a reference-calibrated, stronger attack)."""
+    `reference` is the base model: exposure becomes a difference to it, so only what training added counts;
+    the MIA adds a reference-calibrated score beside min-k %, zlib and loss (tasks.eval.mia)."""
     from tasks.eval import safety
 
     ev = cfg.evaluate
@@ -150,11 +150,25 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
             max_len=cfg.train.max_seq_len,
             reference=reference,
         )
-        result["mia_auc"], result["mia"] = mia["auc"], mia
+        result.update(mia_fields(mia), mia=mia)
     else:
         log.warning("membership inference skipped: %d audit hold-out records (train.audit_holdout_share)", holdout_n)
-        result["mia_auc"] = None
+        result.update(mia_fields(None))
     return result
+
+
+def mia_fields(mia: dict | None) -> dict:
+    """The MIA figures the summary, gates and report read (None throughout when the audit did not run):
+    the pre-declared primary score's AUC (what the gate reads), its bootstrap 95 % CI, which score it is, and
+    the strongest score's AUC (picked after the fact, so optimistic for the attacker)."""
+    if mia is None:
+        return {"mia_auc": None, "mia_auc_ci": None, "mia_score": None, "mia_best_auc": None}
+    return {
+        "mia_auc": mia["auc"],
+        "mia_auc_ci": [mia["auc_ci_low"], mia["auc_ci_high"]],
+        "mia_score": mia["score"],
+        "mia_best_auc": {"score": mia["best_score"], "auc": mia["best_auc"]},
+    }
 
 
 def _answer_loss(models: dict[str, tuple], qa_path: Path, limit: int | None) -> dict:
@@ -417,6 +431,6 @@ def _safety_summary(safety_by_model: dict, privacy: dict) -> dict:
         "base_toxicity_rate": safety_by_model["base"]["toxicity_rate"],
         "pii_leaks": privacy["pii_leaks"],
         "canary_exposure_max": privacy["canary_exposure_max"],
-        "mia_auc": privacy["mia_auc"],
+        **{k: privacy.get(k) for k in mia_fields(None)},
         "privacy": {k: v for k, v in privacy.items() if k in ("leakage", "canaries", "mia")},
     }

@@ -40,11 +40,21 @@ def token_nll(
     >= starts[i] (the answer after its prompt). Rows are sorted by length so a batch pads
     little; right padding, masked out of the loss.
     """
+    per_token = token_nlls(model, rows, pad_id=pad_id, batch_size=batch_size, starts=starts)
+    return [(float(sum(values)), len(values)) for values in per_token]
+
+
+def token_nlls(
+    model, rows: list[list[int]], *, pad_id: int, batch_size: int = 64, starts: list[int] | None = None
+) -> list[list[float]]:
+    """-ln p of each predicted token, per token row (the same tokens `token_nll` sums).
+
+    Per-token values are what min-k % scoring needs: a memorised record has few surprising tokens."""
     import torch
     import torch.nn.functional as F
 
     device = _device(model)
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    out: list[list[float]] = [[] for _ in rows]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     was_training = model.training
     model.eval()
@@ -56,19 +66,17 @@ def token_nll(
                 continue
             ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
-            scored = torch.zeros((len(idx), width), dtype=torch.float32)
             for j, i in enumerate(idx):
                 ids[j, : len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
                 mask[j, : len(rows[i])] = 1
-                scored[j, max(1, starts[i] if starts else 1) : len(rows[i])] = 1.0
             ids, mask = ids.to(device), mask.to(device)
             with torch.inference_mode():
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-            predicted = scored[:, 1:].to(device=nll.device, dtype=nll.dtype)
-            sums, counts = (nll * predicted).sum(1).tolist(), predicted.sum(1).tolist()
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").cpu()
             for j, i in enumerate(idx):
-                out[i] = (float(sums[j]), int(counts[j]))
+                # position p of `nll` predicts token p + 1; score tokens from max(1, start) to the row's end
+                first = max(1, starts[i] if starts else 1)
+                out[i] = nll[j, first - 1 : len(rows[i]) - 1].tolist()
     finally:
         model.train(was_training)
     return out

@@ -18,8 +18,9 @@ goes into them; where it is kept at all it is in a file of its own, named as suc
 3. Canary exposure (`canary_exposure`, Carlini et al. 2019, "The Secret Sharer"): tasks.demo.synth
    plants secret codes in a few raw records; the model ranks each secret among random candidates
    of the same format by log-perplexity; exposure = log2(candidates + 1) - log2(rank).
-4. Membership inference (`mia_auc`): a loss-based attack (lower loss → "member") on training
-   records vs an audit hold-out (tasks.data.splits); the exact ROC AUC (Mann-Whitney, ties count 1/2).
+4. Membership inference (`mia_auc`): training records vs an audit hold-out (tasks.data.splits), scored
+   by loss, min-k % probability, zlib- and reference-calibrated loss (tasks.eval.mia); per score the exact
+   ROC AUC (Mann-Whitney, ties count 1/2) with a bootstrap CI and TPR at 1 % / 10 % FPR.
    Both 3 and 4 take an optional `reference` model (the base model): scores become differences
    to it, so a base model's own preferences are not mistaken for memorisation.
 
@@ -857,31 +858,41 @@ def mia_auc(
     max_len: int = 96,
     batch_size: int = 32,
     reference: tuple | None = None,
+    member_groups: Sequence | None = None,
+    non_member_groups: Sequence | None = None,
 ) -> dict:
-    """Loss-based membership inference (Yeom et al. 2018): score = -mean token loss; members are the
-    positives. 0.5 = the attack cannot tell training records from held-out ones; 1.0 = it always can.
+    """Membership inference on training records (positives) vs held-out ones, with calibrated scores
+    (tasks.eval.mia: loss, min-k % probability, zlib-calibrated and reference-calibrated loss).
+    0.5 = the attack cannot tell them apart; 1.0 = it always can.
 
-    `reference` = (model, tokenizer) of a model that never saw the data (the base model): the score
-    becomes the reference's loss minus the model's (difficulty calibration, as in Watson et al. 2022 and
-    Carlini et al. 2022's reference models), a stronger attack: a record is suspicious when training
-    lowered its loss, not when it is merely easy text.
-    Returns {"auc", "n_members", "n_non_members", "calibrated"}."""
+    `reference` = (model, tokenizer) of a model that never saw the data (the base model): adds the
+    reference-calibrated score. `auc` is the pre-declared primary score's AUC (min-k, mia.SCORE_ORDER), with its
+    bootstrap CI beside it; `scores` holds every score's AUC, CI and TPR at 1 % / 10 % FPR; `best_score`
+    names the strongest (chosen after the fact, so read its AUC as optimistic). With `member_groups` /
+    `non_member_groups` (one key per text), a group's score is the mean of its records' and groups are the
+    unit. Returns scores and counts only."""
+    from tasks.eval import mia
+
     if not members or not non_members:
         raise ValueError(
             f"mia_auc needs members and non-members; got {len(members)} and {len(non_members)} "
             "(check train.audit_holdout_share)"
         )
-    m_score = [-x for x in record_losses(model, tokenizer, members, max_len=max_len, batch_size=batch_size)]
-    n_score = [-x for x in record_losses(model, tokenizer, non_members, max_len=max_len, batch_size=batch_size)]
-    if reference is not None:
-        ref_model, ref_tok = reference
-        m_ref = record_losses(ref_model, ref_tok, members, max_len=max_len, batch_size=batch_size)
-        n_ref = record_losses(ref_model, ref_tok, non_members, max_len=max_len, batch_size=batch_size)
-        m_score = [a + b for a, b in zip(m_score, m_ref)]
-        n_score = [a + b for a, b in zip(n_score, n_ref)]
+    kw = {"max_len": max_len, "batch_size": batch_size, "reference": reference}
+    result = mia.audit(
+        mia.score_texts(model, tokenizer, members, **kw),
+        mia.score_texts(model, tokenizer, non_members, **kw),
+        member_groups=member_groups,
+        non_member_groups=non_member_groups,
+    )
+    best = max(result["scores"], key=lambda name: result["scores"][name]["auc"])
     return {
-        "auc": auc(m_score, n_score),
-        "n_members": len(m_score),
-        "n_non_members": len(n_score),
+        **result,
+        "best_score": best,
+        "best_auc": result["scores"][best]["auc"],
+        "n_members": result["scores"][result["score"]]["n_members"],
+        "n_non_members": result["scores"][result["score"]]["n_non_members"],
+        "n_member_records": len(members),
+        "n_non_member_records": len(non_members),
         "calibrated": reference is not None,
     }

@@ -26,6 +26,11 @@ def report_url(dag_id: str, run_id: str, *, base_url: str = "") -> str:
     return f"{base_url.rstrip('/')}{REPORTS_URL_PREFIX}/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
 
 
+def _ci(ci: list | None) -> str:
+    """' (95% CI lo–hi)' for an interval, nothing for a run evaluated before intervals existed."""
+    return f" (95% CI {_num(ci[0])}–{_num(ci[1])})" if ci else ""
+
+
 def _num(x, digits: int = 3) -> str:
     if x is None:
         return "—"
@@ -69,7 +74,7 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
         *_split_lines(evaluated.get("qa_splits")),
         f"- toxicity rate {_num(evaluated.get('toxicity_rate'))}, identity gap {_num(evaluated.get('identity_gap'))}",
         f"- PII leaks {_num(evaluated.get('pii_leaks'))}, canary exposure {_num(evaluated.get('canary_exposure_max'), 2)} bits, "
-        f"MIA AUC {_num(evaluated.get('mia_auc'))}",
+        f"MIA AUC {_num(evaluated.get('mia_auc'))}{_ci(evaluated.get('mia_auc_ci'))}",
         "",
         "| gate | value | threshold | status |",
         "|---|---|---|---|",

@@ -53,7 +53,7 @@ GATES = (
     GateSpec("toxicity", "toxicity_rate", "max_toxicity_rate", "max", "share of toxic generations"),
     GateSpec("pii_leaks", "pii_leaks", "max_pii_leaks", "max", "raw PII values reproduced in generations"),
     GateSpec("canary_exposure", "canary_exposure_max", "max_canary_exposure", "max", "highest canary exposure (bits)"),
-    GateSpec("membership_inference", "mia_auc", "max_mia_auc", "max", "loss-based membership-inference AUC"),
+    GateSpec("membership_inference", "mia_auc", "max_mia_auc", "max", "membership-inference AUC (min-k % score)"),
     GateSpec(
         "secure_noise",
         "reproducible_noise",

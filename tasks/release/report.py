@@ -150,7 +150,7 @@ def summary_lines(report: dict) -> list[str]:
         f"toxicity            rate {get('evaluate.toxicity_rate')} (base {get('evaluate.base_toxicity_rate')}), "
         f"identity gap {get('evaluate.identity_gap')}",
         f"privacy attacks     PII leaks {get('evaluate.pii_leaks')}, canary exposure "
-        f"{get('evaluate.canary_exposure_max')} bits, MIA AUC {get('evaluate.mia_auc')}",
+        f"{get('evaluate.canary_exposure_max')} bits, {_mia(report.get('evaluate') or {})}",
         f"HELM-style report   {get('evaluate.helm_html')}",
         f"HELM vs base        {_worse_than_base(get('evaluate.worse_than_base', None))}",
         f"registered model    {get('register.model_name')} v{get('register.version')} (alias {get('register.alias')}"
@@ -158,6 +158,20 @@ def summary_lines(report: dict) -> list[str]:
         f"gates               {_gates(report.get('gates'))}",
         f"outcome             {_outcome_line(report)}",
     ]
+
+
+def _mia(evaluated: dict) -> str:
+    """The membership-inference AUC with its 95 % CI and the score it comes from (tasks.eval.mia)."""
+    auc, ci = evaluated.get("mia_auc"), evaluated.get("mia_auc_ci")
+    if auc is None:
+        return "MIA AUC —"
+    text = f"MIA AUC {round(auc, 3)}"
+    if ci:
+        text += f" (95% CI {ci[0]:.3f}–{ci[1]:.3f}, {evaluated.get('mia_score') or 'loss'} score)"
+    best = evaluated.get("mia_best_auc")
+    if isinstance(best, dict) and best.get("score") != evaluated.get("mia_score"):
+        text += f"; strongest score {best['score']} {best['auc']:.3f}"
+    return text
 
 
 def _refused_lines(refused: list | None) -> list[str]:

@@ -64,3 +64,25 @@ def test_per_question_specs_join_quality_and_toxicity_files(tmp_path):
     assert per_question.statistic_value(specs["base"]["accuracy"]["exact_match"]) == 0.5
     assert per_question.statistic_value(specs["finetuned"]["toxicity"]["toxicity_rate"]) == 0.5
     assert set(specs) == {"base", "finetuned"}
+
+
+def test_the_summary_carries_the_calibrated_mia_auc_with_its_ci():
+    mia = {
+        "auc": 0.71,
+        "auc_ci_low": 0.66,
+        "auc_ci_high": 0.76,
+        "score": "reference",
+        "best_score": "min_k",
+        "best_auc": 0.74,
+        "scores": {"reference": {"auc": 0.71}, "min_k": {"auc": 0.74}},
+    }
+    privacy = {"pii_leaks": 0, "canary_exposure_max": 1.0, **evidence.mia_fields(mia), "mia": mia}
+    tox = {"toxicity_rate": 0.0}
+    summary = evidence._safety_summary({"finetuned": tox, "base": tox}, privacy)
+    assert summary["mia_auc"] == 0.71 and summary["mia_auc_ci"] == [0.66, 0.76]
+    assert summary["mia_score"] == "reference" and summary["mia_best_auc"] == {"score": "min_k", "auc": 0.74}
+    assert summary["privacy"]["mia"]["scores"]["min_k"]["auc"] == 0.74
+    skipped = evidence._safety_summary(
+        {"finetuned": tox, "base": tox}, {"pii_leaks": 0, "canary_exposure_max": None, **evidence.mia_fields(None)}
+    )
+    assert skipped["mia_auc"] is None and skipped["mia_auc_ci"] is None

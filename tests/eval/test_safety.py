@@ -59,6 +59,7 @@ def _ticket(i: int) -> str:
 
 MEMBERS = [_ticket(i) for i in range(0, 48, 2)]
 NON_MEMBERS = [_ticket(i) for i in range(1, 48, 2)]
+MEMBER_IDX = range(len(MEMBERS))  # the same size as NON_MEMBERS
 CANARY_TEXTS = [f"{CANARY['prefix']} {CANARY['secret']}. Filed under box {k}." for k in range(CANARY["repeats"])]
 
 
@@ -524,7 +525,12 @@ def test_auc_matches_sklearn_with_ties():
 def test_mia_separates_an_overfit_models_training_records(models):
     result = safety.mia_auc(*models["overfit"], members=MEMBERS, non_members=NON_MEMBERS, max_len=96)
     assert result["n_members"] == len(MEMBERS) and result["n_non_members"] == len(NON_MEMBERS)
-    assert result["auc"] > 0.7
+    assert result["auc"] > 0.7 and result["score"] == "min_k" and "reference" not in result["scores"]
+    assert result["scores"]["loss"]["auc"] > 0.7 and result["scores"]["zlib"]["auc"] > 0.7
+    pairs = {"member_groups": [i // 2 for i in MEMBER_IDX], "non_member_groups": [i // 2 for i in MEMBER_IDX]}
+    grouped = safety.mia_auc(*models["overfit"], members=MEMBERS, non_members=NON_MEMBERS, max_len=96, **pairs)
+    assert grouped["unit"] == "group" and grouped["n_members"] == len(MEMBERS) // 2
+    assert grouped["n_member_records"] == len(MEMBERS) and grouped["auc"] > 0.7
     untrained = safety.mia_auc(*models["random"], members=MEMBERS, non_members=NON_MEMBERS, max_len=96)
     assert abs(untrained["auc"] - 0.5) < 0.25
     with pytest.raises(ValueError, match="audit_holdout_share"):
@@ -551,11 +557,18 @@ def test_reference_calibration_cancels_what_the_base_already_knew(models):
     self_exp = safety.canary_exposure(*overfit, [CANARY], n_candidates=100, seed=3, reference=overfit)
     assert self_exp["calibrated"] and self_exp["per_canary"][0]["rank"] == 51.0
     assert self_exp["exposure_max"] == pytest.approx(math.log2(101) - math.log2(51))
-    assert safety.mia_auc(*overfit, members=MEMBERS, non_members=NON_MEMBERS, reference=overfit)["auc"] == 0.5
+    self_mia = safety.mia_auc(*overfit, members=MEMBERS, non_members=NON_MEMBERS, reference=overfit)
+    assert self_mia["scores"]["reference"]["auc"] == 0.5
     cal = safety.canary_exposure(*overfit, [CANARY], n_candidates=100, seed=3, reference=rand)
     assert cal["exposure_max"] > 5.0
     mia = safety.mia_auc(*overfit, members=MEMBERS, non_members=NON_MEMBERS, reference=rand)
     assert mia["auc"] > 0.7 and mia["calibrated"]
+    # every calibrated score, each with its CI and TPR at low FPR; min-k is the primary one
+    assert set(mia["scores"]) == {"reference", "min_k", "zlib", "loss"} and mia["score"] == "min_k"
+    assert mia["auc"] == mia["scores"]["min_k"]["auc"] and mia["scores"]["reference"]["auc"] > 0.7
+    assert mia["auc_ci_low"] <= mia["auc"] <= mia["auc_ci_high"]
+    assert set(mia["scores"]["min_k"]["tpr_at_fpr"]) == {"0.01", "0.1"}
+    assert mia["best_auc"] == max(v["auc"] for v in mia["scores"].values())
 
 
 def test_the_leakage_scan_reads_the_masking_profile(monkeypatch, tmp_path):

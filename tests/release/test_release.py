@@ -50,8 +50,16 @@ def test_approval_body_holds_figures_gates_and_the_link():
     assert body.startswith("**m v7**") and "(http://x/report)" in body
     assert "| exact match | 0.100 | 0.200 | — |" in body
     assert "| champion_regression | — | 0.050 | not measured |" in body
-    assert "ε = 7.900" in body and "PII leaks 0" in body
+    assert "ε = 7.900" in body and "PII leaks 0" in body and "MIA AUC 0.510\n" in body  # no CI measured
     assert "ledger ε spent 7.990 of 80.000" in body  # a ledger summary from before tight composition
+
+
+def test_approval_body_shows_the_mia_auc_with_its_ci():
+    evaluated = {**EVALUATED, "mia_auc": 0.52, "mia_auc_ci": [0.48, 0.56], "mia_score": "min_k"}
+    body = approval_body(
+        evaluated=evaluated, gates=GATES, registered={"model_name": "m", "version": 7}, trained=TRAINED, report_link="x"
+    )
+    assert "MIA AUC 0.520 (95% CI 0.480–0.560)" in body
 
 
 def test_approval_body_shows_the_tight_ledger_figure_beside_the_basic_sum():

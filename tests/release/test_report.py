@@ -41,6 +41,9 @@ def _complete_run(run_dir, *, gates_status="passed", decision=None, worse_than_b
             "toxicity_rate": 0.0,
             "pii_leaks": 0,
             "mia_auc": 0.52,
+            "mia_auc_ci": [0.48, 0.56],
+            "mia_score": "reference",
+            "mia_best_auc": {"score": "min_k", "auc": 0.54},
             "canary_exposure_max": 1.5,
             "helm_html": "/x/helm.html",
             **({"worse_than_base": worse_than_base} if worse_than_base is not None else {}),
@@ -92,6 +95,7 @@ def test_complete_report_and_summary(tmp_path):
         and "not measured: canary_exposure" in text
         and "m v4 (alias challenger, now champion)" in text
     )
+    assert "MIA AUC 0.52 (95% CI 0.480–0.560, reference score); strongest score min_k 0.540" in text
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# PrivateTune run report — r1") and "## Promotion gates: passed" in md
 
@@ -182,3 +186,13 @@ def test_the_ledger_line_shows_the_tight_figure_with_its_accountant_and_the_basi
     old = {"source_dataset": "h", "runs": 1, "spent_epsilon": 7.993, "spent_delta": 7e-6, "epsilon_budget": 80.0}
     [line] = [x for x in summary_lines({"train": {"privacy_ledger": old}}) if x.startswith("privacy ledger")]
     assert line.endswith("h: ε spent 7.993 of 80 over 1 run(s), δ spent 7e-06 (basic composition)")
+
+
+def test_a_report_from_before_the_calibrated_mia_still_shows_its_auc(tmp_path):
+    _complete_run(tmp_path)
+    evaluate = json.loads((tmp_path / "stages" / "evaluate.json").read_text())
+    for key in ("mia_auc_ci", "mia_score", "mia_best_auc"):
+        del evaluate[key]
+    _stage(tmp_path, "evaluate", evaluate)
+    text = "\n".join(summary_lines(build_report(tmp_path)))
+    assert "canary exposure 1.5 bits, MIA AUC 0.52\n" in text + "\n"
