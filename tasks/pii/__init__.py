@@ -14,6 +14,7 @@ How the pieces fit (each module imports only those above it):
 
     key          the HMAC key: env var, else an Airflow connection's password
     pseudonyms   "<PERSON_1a2b3c4d>" and "***-**-9999": what a masked value becomes
+    dateshift    the per-subject date shift (mask.date_shift): a keyed offset in days per subject
     spec         the YAML's `mask:`, `name_lists:`, `places:`, `residual:` sections and `extends:` → MaskSpec
     names        the PERSON gazetteer: name lists and cue words (name_list_spans)
     places       the LOCATION gazetteer: the place list (safe_harbor profile)
@@ -32,6 +33,7 @@ and `workers` processes share the chunks of a large input; results come back in 
 do not depend on the number of workers. Results hold counts and offsets, never text in logs.
 """
 
+from tasks.pii.dateshift import DateShift, offset_days, shift_date
 from tasks.pii.engines import build_registry
 from tasks.pii.key import MissingKeyError, resolve_key
 from tasks.pii.masking import MaskedText
@@ -45,6 +47,7 @@ from tasks.pii.workers import mask_records, mask_texts, mask_workers, usable_wor
 
 __all__ = [
     "PLACEHOLDER",
+    "DateShift",
     "FactRetention",
     "MaskSpec",
     "MaskedText",
@@ -60,9 +63,11 @@ __all__ = [
     "mask_workers",
     "name_list_spans",
     "normalise",
+    "offset_days",
     "pseudonym",
     "refine_results",
     "residual_findings",
     "resolve_key",
+    "shift_date",
     "usable_workers",
 ]

@@ -16,8 +16,10 @@ from typing import NamedTuple
 from tasks.common.textnorm import clean as strip_invisible
 from tasks.common.textnorm import kept_offsets
 from tasks.pii import engines
+from tasks.pii.dateshift import DATE_TYPES, DateShift, offset_days, shift_date
 from tasks.pii.gate import any_case_words, ner_gate
 from tasks.pii.names import name_lists
+from tasks.pii.pseudonyms import PLACEHOLDER, pseudonym
 from tasks.pii.refine import refine_results
 from tasks.pii.residual import residual_findings, residual_presidio, residual_recognizers
 from tasks.pii.spec import MaskSpec, cached_spec, terms_regex
@@ -47,6 +49,7 @@ class MaskJob:
     language: str
     batch_size: int
     residual: bool
+    date_shift: DateShift | None = None  # None: dates get the YAML's operator
 
 
 _WARNED: set[tuple] = set()
@@ -68,6 +71,36 @@ def _resolve(anonymizer, text: str, results: list) -> list:
         return anonymizer._merge_entities_with_spaces_between(text, resolved)
     except AttributeError:  # another Presidio version: report the findings as they are
         return results
+
+
+def _shift_operators(text: str, found: list, operators: dict, job: MaskJob) -> dict:
+    """The operators for one text: with the date shift on and a subject in the text, its date types
+    shift by the subject's keyed offset; a date the shift cannot read gets a keyed placeholder. No
+    subject: the YAML's operators, unchanged."""
+    from presidio_anonymizer.entities import OperatorConfig
+
+    shift = job.date_shift
+    subjects = sorted((r.start, r.entity_type) for r in found if shift and r.entity_type in shift.subject_types)
+    if not subjects or not any(r.entity_type in DATE_TYPES for r in found):
+        return operators
+    start, subject_type = subjects[0]
+    end = next(r.end for r in found if (r.start, r.entity_type) == (start, subject_type))
+    days = offset_days(subject_type, text[start:end], job.key, shift.max_days)
+
+    def shifted(etype: str):
+        return lambda value: shift_date(value, days) or pseudonym(etype, value, job.key)
+
+    dated = {etype: OperatorConfig("custom", {"lambda": shifted(etype)}) for etype in DATE_TYPES if etype in operators}
+    return {**operators, **dated}
+
+
+def _shifted_spans(out) -> list[tuple[int, int]]:
+    """Where the output holds a shifted date (not a placeholder): the residual scan must not count it."""
+    return [
+        (item.start, item.end)
+        for item in out.items
+        if item.entity_type in DATE_TYPES and not PLACEHOLDER.fullmatch(item.text or "")
+    ]
 
 
 def _input_spans(original: str, cleaned: str, spans: tuple) -> tuple:
@@ -132,6 +165,7 @@ def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
     anonymizer = engines.anonymizer()
 
     masked: list[tuple[str, Counter, tuple]] = []
+    kept: dict[int, list[tuple[int, int]]] = {}  # per text: shifted dates, which are no residual
     for text, found in zip(texts, found_all, strict=True):
         found = _resolve(anonymizer, text, refine_results(text, found, terms, not_names, any_case))
         if not found:
@@ -140,15 +174,19 @@ def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
         out = anonymizer.anonymize(
             text=text,
             analyzer_results=found,
-            operators=operators,
+            operators=_shift_operators(text, found, operators, job) if job.date_shift else operators,
             conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS,
         )
         spans = tuple(sorted((r.entity_type, r.start, r.end) for r in found))
+        kept[len(masked)] = _shifted_spans(out) if job.date_shift else []
         masked.append((out.text, Counter(item.entity_type for item in out.items), spans))
     masked = [(t, c, _input_spans(o, clean, s)) for (t, c, s), o, clean in zip(masked, originals, texts, strict=True)]
 
     residual: list[Counter] = [Counter() for _ in masked]
     if job.residual:
         checkers = residual_recognizers(job.recognizers_path, job.language, spec)
-        residual = [residual_findings(t, residual_presidio(t, checkers, spec), spec) for t, _, _ in masked]
+        residual = [
+            residual_findings(t, residual_presidio(t, checkers, spec), spec, kept.get(i, ()))
+            for i, (t, _, _) in enumerate(masked)
+        ]
     return [MaskedText(t, c, s, r) for (t, c, s), r in zip(masked, residual, strict=True)]

@@ -155,13 +155,19 @@ class _NameScan:
     def __init__(self, text: str, spec: NameListSpec):
         self.text, self.spec = text, spec
         self.lists = name_lists(spec)
-        # Templates and exports often hold a literal "\\n": read it as the line break it stands for.
-        self.scan = text.replace("\\n", "\n ") if "\\n" in text else text
+        # Templates and exports often hold a literal "\\n" ("\\N" in capitals): read it as the line break.
+        self.scan = re.sub(r"\\[nN]", "\n ", text) if "\\" in text else text
         self.words = _words(self.scan)
         self.cued = {m.end() for m in spec.cues.finditer(self.scan)} if spec.cues is not None else set()
         self.english = english_lexicon(spec.english_model) if spec.english_model else None
         # The casings the lower-case rules read: capitals too with upper_case ("NAME: KHASBULAT SHISHANI").
         self.uncased = ("lower", "upper") if spec.upper_case else ("lower",)
+        # No capitals to go by: a lower-case text (a capital first letter at most) or one in capitals.
+        kinds = [w[3] for w in self.words[1:]]
+        self.uncased_text = bool(kinds) and (
+            ("cap" not in kinds and "upper" not in kinds)
+            or (spec.upper_case and "cap" not in kinds and "lower" not in kinds)
+        )
         lower_cues = spec.lowercase_cues
         self.lower_cued = {m.end() for m in lower_cues.finditer(self.scan)} if lower_cues is not None else set()
 
@@ -176,16 +182,37 @@ class _NameScan:
         return self.words[i][2] in self.lists.first or self.words[i][2] in self.lists.last
 
     def lowercase_name(self, i: int) -> bool:
-        """Word i (lower case) and the next: a listed first name, then a listed last name ("sofia brandt")."""
+        """Word i (lower case) and the next: a listed first name, then a listed last name ("sofia brandt"),
+        or, with lowercase_not_english, a word that is no English word ("thea kokshoorn")."""
         words, n = self.words, len(self.words)
         return bool(
             self.spec.lowercase
             and words[i][2] in self.lists.first
             and i + 1 < n
             and words[i + 1][3] == "lower"
-            and words[i + 1][2] in self.lists.last
+            and (words[i + 1][2] in self.lists.last or self.foreign(i + 1))
             and self.joined(i, i + 1)
         )
+
+    def uncased_first_name(self, i: int) -> bool:
+        """In a text without capitals to go by (all lower case or all capitals), a listed first name in a
+        name's place: before ":", "," or "'s" at a line start or in a list ("bryan: remember me",
+        "djevad, can i", "here's david's address", "dawn, tony, tiffany and carol"), or after "to", "at",
+        "by", "with", "me" at a sentence's end ("i'm so jealous! to thomas"). The word lists count
+        many first names as English words (the lexicon holds proper nouns), so position decides."""
+        if (
+            self.english is None
+            or not self.uncased_text
+            or self.words[i][2] not in self.lists.first
+            or len(self.words[i][2]) < 3
+        ):
+            return False
+        start, end = self.words[i][0], self.words[i][1]
+        before, after = self.scan[max(0, start - 8) : start], self.scan[end : end + 6]
+        slot = re.match(r"(?:'s\b|’s\b|:|,)", after) and re.search(r"(?:^|\n\s*|[,:]\s|\band\s|\bhere's\s)$", before)
+        listed = re.search(r"(?:,\s|\band\s)$", before) and re.match(r"(?:,|\s+and\b|\.)", after)
+        tail = re.search(r"\b(?:to|at|by|with|me)\s$", before) and re.match(r"\s*(?:[.!?\"]|$)", after)
+        return bool(slot or listed or tail)
 
     def lowercase_cued(self, i: int) -> int:
         """A lower-case name after a `lowercase_after_words` cue: a listed word or one that is no
@@ -370,6 +397,9 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
             if words[i][3] == "lower" and names.lowercase_name(i):
                 spans.append((words[i][0], words[i + 1][1], spec.score))
                 i += 2
+            elif j < 0 and names.uncased_first_name(i):
+                spans.append((words[i][0], words[i][1], spec.score))
+                i += 1
             elif j >= 0:
                 start = words[k][0] if not spans or spans[-1][1] <= words[k][0] else words[i][0]
                 spans.append((start, words[j][1], spec.full_name_score if j > k else spec.score))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from tasks.pii.engines import NER_RECOGNIZERS, build_registry, cache_key
@@ -63,14 +64,17 @@ def residual_presidio(text: str, recognizers: list, spec: MaskSpec) -> list:
     return results
 
 
-def residual_findings(text: str, presidio_results: list, spec: MaskSpec) -> Counter:
+def residual_findings(
+    text: str, presidio_results: list, spec: MaskSpec, kept: Iterable[tuple[int, int]] = ()
+) -> Counter:
     """Count what still looks like personal data in a masked text, per entity type.
 
     Findings of Presidio's pattern recognizers (`presidio_results`) and the YAML's residual
     regexes are merged: overlapping findings count once, under the longest one's type. Only
-    types the stage masks count; findings touching a placeholder and allow-listed spans do not.
+    types the stage masks count; findings touching a placeholder, a `kept` span (a date the
+    masker shifted) and allow-listed spans do not.
     """
-    hidden = [m.span() for m in PLACEHOLDER.finditer(text)]
+    hidden = [m.span() for m in PLACEHOLDER.finditer(text)] + list(kept)
     spans = [(r.start, r.end, r.entity_type) for r in presidio_results]
     spans += [
         (m.start(), m.end(), etype)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasks.pii.dateshift import DateShift
 from tasks.pii.key import MissingKeyError
 from tasks.pii.masking import MaskedText, MaskJob, mask_chunk
 from tasks.pii.spec import load_spec
@@ -115,18 +116,22 @@ def mask_records(
     workers: int = 2,
     chunk_size: int = CHUNK_SIZE,
     residual: bool = True,
+    date_shift: DateShift | None = None,
 ) -> Iterator[MaskedText]:
     """Yield a MaskedText per input text, in input order.
 
     Chunks of `chunk_size` texts are spread over `workers` processes, each loading its engines
     once; an input of one chunk stays in this process unless a `mask_workers` block keeps warm
     workers. The result does not depend on `workers`, `chunk_size` or `batch_size`. At most 2
-    chunks per worker are in flight, so memory stays flat on a large partition.
+    chunks per worker are in flight, so memory stays flat on a large partition. `date_shift`
+    moves a subject's dates by its keyed offset instead of masking them (tasks.pii.dateshift).
     """
     if not key:
         raise MissingKeyError("the pseudonymisation key is empty; see resolve_key()")
     load_spec(recognizers_path)  # a bad YAML fails here, with its path, before any worker starts
-    job = MaskJob(key, str(Path(recognizers_path).resolve()), score_threshold, language, batch_size, residual)
+    job = MaskJob(
+        key, str(Path(recognizers_path).resolve()), score_threshold, language, batch_size, residual, date_shift
+    )
     chunks = _chunks(texts, max(1, chunk_size))
     head = list(itertools.islice(chunks, 2))
     n = usable_workers(workers)

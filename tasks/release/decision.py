@@ -122,6 +122,8 @@ def decision_from_approval(approval: dict | None) -> dict:
 
 def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
     """Everything the model card states, read from the run's stage files (figures, ids, revisions)."""
+    from tasks.release.masking_benchmark import masking_facts
+
     stages = run_dir / "stages"
 
     def stage(name: str) -> dict:
@@ -139,6 +141,7 @@ def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
         "max_grad_norm": cfg.train.max_grad_norm,
         "accountant": (trained.get("privacy_ledger") or {}).get("accountant") or trained.get("accountant"),
         "masking": {k: masked.get(k) for k in ("entities_total", "residual_records")} if masked else None,
+        "masking_profile": masking_facts(cfg.mask.profile, cfg.mask.recognizers),
         "base_model": prepared.get("base_model_dir") and Path(prepared["base_model_dir"]).name,
         "base_model_source": prepared.get("base_model_source"),
         "base_model_sha256": prepared.get("base_model_sha256"),

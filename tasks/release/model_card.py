@@ -20,6 +20,9 @@ are ignored). `tasks.release.decision.model_card_facts` builds this dict from a 
       audit_holdout_records,                     membership-inference hold-out), digests of the QA
       qa_validation_sha256, qa_test_sha256       splits
     masking                                    {"entities_total", "residual_records", "rows", ...} counts
+    masking_profile                            tasks.release.masking_benchmark.masking_facts(): {"profile",
+                                                 "recognizers", "custom", "benchmark": {"recall", "values",
+                                                 "lowest_type", "lowest_recall", "docs", "date", ...}}
     dp, epsilon, delta, target_epsilon,        DP-SGD guarantee of this run (dp false = non-private)
       noise_multiplier, max_grad_norm, accountant,
       noise_source                               "csprng (os.urandom)" or a seeded PRNG (tests, benchmarks)
@@ -326,6 +329,29 @@ def _model_lines(facts: Mapping) -> list[str]:
     )
 
 
+def _masking_rows(facts: Mapping) -> list[tuple[str, Any]]:
+    """The profile that masked the training data and, from the committed masking benchmark, that
+    profile's recall: a figure on external-style template text, never a measurement on this run's data."""
+    chosen = _section(facts, "masking_profile")
+    profile = chosen.get("profile")
+    shown = f"{profile} ({chosen['recognizers']})" if profile and chosen.get("recognizers") else profile
+    bench = chosen.get("benchmark") if isinstance(chosen.get("benchmark"), Mapping) else {}
+    if chosen.get("custom"):
+        recall = _Raw("none: a custom recognizers file, never benchmarked")
+    elif bench.get("recall") is None:
+        recall = None
+    else:
+        recall = (
+            f"value-level recall {fmt(bench['recall'])} ({fmt(bench.get('values'))} values), lowest type "
+            f"{fmt(bench.get('lowest_type'))} {fmt(bench.get('lowest_recall'))}; presidio-evaluator templates, "
+            f"{fmt(bench.get('docs'))} sentences, benchmark of {fmt(bench.get('date'))}"
+        )
+    return [
+        ("masking profile", shown),
+        ("masking recall: benchmark on external-style text, not this run's data", recall),
+    ]
+
+
 def _lineage_lines(facts: Mapping) -> list[str]:
     masking = _section(facts, "masking")
     return [
@@ -344,6 +370,7 @@ def _lineage_lines(facts: Mapping) -> list[str]:
                 ("dataset tag", _get(facts, "dataset_tag")),
                 ("records trained on", _get(facts, "records_trained")),
                 ("audit hold-out records (never trained on)", _get(facts, "audit_holdout_records")),
+                *_masking_rows(facts),
                 ("masked entities in the dataset", masking.get("entities_total")),
                 ("records still flagged by the residual scan", masking.get("residual_records")),
                 ("QA validation split, gated on (sha256)", _get(facts, "qa_validation_sha256")),

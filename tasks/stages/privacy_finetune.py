@@ -199,7 +199,7 @@ def stage_mask_plan(run_id: str, ingested: dict) -> list[dict]:
 def stage_mask_shard(run_id: str, shard: dict) -> dict:
     """Mask one shard into runs/<run>/mask_shards/<shard_id>/ (counts only: the residual threshold
     applies to the merged totals). A retry overwrites the shard's own output."""
-    from tasks.data.mask import mask_dataset
+    from tasks.data.mask import date_shift_option, mask_dataset
 
     cfg = run_config(run_id)
     out_dir = _shard_out_dir(run_id, shard)
@@ -213,6 +213,7 @@ def stage_mask_shard(run_id: str, shard: dict) -> dict:
         language=cfg.mask.language,
         workers=cfg.mask.workers,
         max_residual_share=None,
+        date_shift=date_shift_option(cfg.mask),
     )
     result = {
         "shard_id": shard["shard_id"],

@@ -263,3 +263,21 @@ def test_the_residual_scan_knows_the_safe_harbor_kinds():
     ]
     for text in clean:
         assert not residual_findings(text, [], spec), text
+
+
+def test_first_names_in_a_name_slot_of_uncased_text():
+    """Text without capitals (all lower case or all capitals): a listed first name before ":", "," or
+    "'s", in a list, or at a sentence's end after "to"; a first name with a word that is no English word."""
+    cases = [
+        ("bryan: remember me? when i met your brother", ["bryan"]),
+        ("as promised, here's david's address", ["david"]),
+        ("they had 6: dawn, tony, tiffany and carol.", ["dawn", "tony", "tiffany", "carol"]),
+        ("i'm so jealous! to thomas", ["thomas"]),
+        ("sung by thea kokshoorn in 2017", ["thea kokshoorn"]),
+        ("BRYAN: REMEMBER ME?\\NMATTHEW: YOU SAVED MY LIFE!", ["BRYAN", "MATTHEW"]),
+    ]
+    for (_text, values), (masked, _) in zip(cases, _mask([c[0] for c in cases]), strict=True):
+        assert not [v for v in values if v in masked], masked
+    # Mixed-case text keeps its capitals as the signal: common words that are listed names stay.
+    ((masked, _),) = _mask(["The claim was filed with Frank Moore: chase the appeal, mark the form."])
+    assert "chase the appeal, mark the form" in masked

@@ -47,6 +47,19 @@ FACTS = {
     "qa_test_sha256": "cd" * 32,
     "qa_splits": {"validation": _split(90, 100), "test": _split(30, 46)},
     "masking": {"entities_total": 12345, "residual_records": 3},
+    "masking_profile": {
+        "profile": "safe_harbor",
+        "recognizers": "include/presidio/safe_harbor.yaml",
+        "custom": False,
+        "benchmark": {
+            "recall": 0.931,
+            "values": 1507,
+            "lowest_type": "ZIP_CODE",
+            "lowest_recall": 0.72,
+            "docs": 1000,
+            "date": "2026-12-07",
+        },
+    },
     "dp": True,
     "epsilon": 7.93,
     "delta": 2.5e-5,
@@ -142,6 +155,9 @@ def test_full_card_states_every_fact():
         "| ledger: erasure | erasure refunds no budget",
         "harborview-records",
         "12345",
+        "| masking profile | safe_harbor (include/presidio/safe_harbor.yaml) |",
+        "| masking recall: benchmark on external-style text, not this run's data | value-level recall 0.931 (1507 "
+        "values), lowest type ZIP_CODE 0.72; presidio-evaluator templates, 1000 sentences, benchmark of 2026-12-07 |",
         "| exact_match | 0.12 | 0.36 | 0.33 |",
         "| QA validation split, gated on (sha256) | " + "ab" * 32,
         "| QA test split, reported only (sha256) | " + "cd" * 32,
@@ -253,8 +269,8 @@ def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
     )
 
     # Cards that fit the registry's description column (the per-split table alone is about 1 kB; a longer
-    # card is cut there, as the end of this test shows).
-    fitting = {**FACTS, "qa_splits": None}
+    # card is cut there, as the end of this test shows; the default limitations are another 0.6 kB).
+    fitting = {**FACTS, "qa_splits": None, "limitations": ["demo"]}
     pending = render_model_card({**fitting, "decision": None})
     first = attach_model_card(paths=paths, model_name=NAME, version=reg["version"], markdown=pending)
     assert first["artifact_uri"] == f"runs:/{reg['run_id']}/model_card.md" and not first["description_truncated"]
@@ -275,4 +291,27 @@ def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
     description = client.get_model_version(NAME, "1").description
     assert res["description_truncated"] and len(description) <= DESCRIPTION_MAX_CHARS
     assert "full card is the artifact runs:/" in description
+    # The cut keeps the lineage section, masking profile and its benchmark recall included.
+    assert "| masking profile | safe_harbor" in description and "value-level recall 0.931" in description
     assert mlflow.artifacts.load_text(res["artifact_uri"]) == long_card
+
+
+def test_masking_profile_and_its_benchmark_recall(tmp_path):
+    from tasks.config import MASK_PROFILES
+    from tasks.release.masking_benchmark import MASK_BENCHMARK_JSON, masking_facts
+
+    # The committed benchmark: the profile's overall recall, its weakest type and the date it was measured.
+    facts = masking_facts("safe_harbor", MASK_PROFILES["safe_harbor"])
+    bench = facts["benchmark"]
+    assert not facts["custom"] and 0 < bench["recall"] <= 1 and bench["values"] > 0 and len(bench["date"]) == 10
+    assert bench["lowest_recall"] <= bench["recall"] and bench["lowest_type"] != "ALL"
+    assert MASK_BENCHMARK_JSON.is_file()
+    # A custom recognizers file was never benchmarked: the card says so instead of borrowing a figure.
+    custom = masking_facts("minimal", "include/presidio/mine.yaml")
+    card = render_model_card({**FACTS, "masking_profile": custom})
+    assert custom["custom"] and "none: a custom recognizers file, never benchmarked" in card
+    # No results file (an image without bench/): the profile still shows, the figure is not recorded.
+    absent = masking_facts("safe_harbor", MASK_PROFILES["safe_harbor"], tmp_path / "none.json")
+    card = render_model_card({**FACTS, "masking_profile": absent})
+    assert "| masking profile | safe_harbor" in card
+    assert f"| masking recall: benchmark on external-style text, not this run's data | {NOT_RECORDED} |" in card

@@ -153,3 +153,4 @@ def test_model_card_facts_read_the_stage_files(tmp_path):
 
     card = render_model_card(facts)
     assert "abc123" in card and "not recorded" in card  # no decision yet
+    assert facts["masking_profile"]["profile"] == PipelineConfig().mask.profile and "| masking profile |" in card
