@@ -345,6 +345,11 @@ class SynthConfig(_Section):
     identifiers: Literal["minimal", "safe_harbor"] = Field(
         "minimal", description="safe_harbor: records with personal data also hold every Safe Harbor identifier kind"
     )
+    members: bool = Field(
+        False,
+        description="claim notes, letters and tickets belong to members (heavy-tailed records per member), "
+        "named in a member_id field and in the text",
+    )
 
 
 class DatasetBudget(_Section):
