@@ -374,6 +374,27 @@ class PrivacyConfig(_Section):
     delta_budget: float | None = Field(2.5e-4, gt=0, lt=1, description="total δ per source dataset")
     allow_non_private: bool = Field(False, description="allow dp: false runs, which void the dataset's DP guarantee")
     budgets: dict[str, DatasetBudget] = Field({}, description="per-dataset overrides of the two budgets")
+    # The privacy unit (docs/privacy.md#the-privacy-unit): one record, or one data subject (all of a
+    # member's records together). Under `subject` DP-SGD samples and clips subjects, and ε is per subject.
+    unit: Literal["record", "subject"] = Field(
+        "record",
+        description="record: ε per masked record; subject: ε per data subject (sampling and clipping by subject)",
+    )
+    subject_field: str | None = Field(
+        "member_id",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="raw landing field naming a record's subject; the masker replaces it by its keyed pseudonym "
+        "(as subject_entity) before it leaves the raw zone. None: the subject is only found in the text",
+    )
+    subject_entity: str = Field(
+        "MEMBER_ID",
+        pattern=r"^[A-Z][A-Z0-9_]*$",
+        description="entity type of the subject: the field's pseudonym type, and the masked placeholder "
+        "(<MEMBER_ID_…>) that names the subject in the text of a record without the field",
+    )
+    subject_max_records: int = Field(
+        4, ge=1, le=64, description="k: at most this many of a subject's records are packed into its one example"
+    )
 
 
 class NotifyConfig(_Section):

@@ -41,6 +41,7 @@ from tasks.pii.refine import refine_results
 from tasks.pii.residual import ResidualPiiError, residual_findings
 from tasks.pii.retention import FactRetention, fact_retention
 from tasks.pii.spec import MaskSpec, Operator, load_spec
+from tasks.pii.subjects import subject_in_text, subject_pseudonym
 from tasks.pii.workers import mask_records, mask_texts, mask_workers, usable_workers
 
 __all__ = [
@@ -64,5 +65,7 @@ __all__ = [
     "refine_results",
     "residual_findings",
     "resolve_key",
+    "subject_in_text",
+    "subject_pseudonym",
     "usable_workers",
 ]

@@ -139,6 +139,7 @@ def stage_ingest(run_id: str, partition: str | None = None) -> dict:
         staging_dir=paths.staging_dir(run_id),
         quarantine_dir=paths.quarantine_dir(run_id),
         required_fields=tuple(cfg.data.required_fields),
+        optional_fields=(cfg.privacy.subject_field,) if cfg.privacy.subject_field else (),
         min_text_chars=cfg.data.min_text_chars,
         max_text_chars=cfg.data.max_text_chars,
         glob=cfg.data.landing_glob,
@@ -213,6 +214,8 @@ def stage_mask_shard(run_id: str, shard: dict) -> dict:
         language=cfg.mask.language,
         workers=cfg.mask.workers,
         max_residual_share=None,
+        subject_field=cfg.privacy.subject_field,
+        subject_entity=cfg.privacy.subject_entity,
     )
     result = {
         "shard_id": shard["shard_id"],
