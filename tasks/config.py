@@ -393,7 +393,7 @@ class PrivacyConfig(_Section):
         "(<MEMBER_ID_…>) that names the subject in the text of a record without the field",
     )
     subject_max_records: int = Field(
-        4, ge=1, le=64, description="k: at most this many of a subject's records are packed into its one example"
+        2, ge=1, le=64, description="k: at most this many of a subject's records are packed into its one example"
     )
 
 
@@ -653,6 +653,19 @@ class Paths:
 
     def quarantine_dir(self, run_id: str) -> Path:
         return self.quarantine / safe_run_id(run_id)
+
+
+def train_settings(cfg: PipelineConfig) -> dict:
+    """The `train` part of a run's spec: cfg.train, plus the privacy unit's settings when the unit is a subject.
+    A record-level run's settings are exactly cfg.train's, so its ledger digest and checkpoints stay as they were."""
+    settings = cfg.train.model_dump()
+    if cfg.privacy.unit == "subject":
+        settings.update(
+            privacy_unit="subject",
+            subject_entity=cfg.privacy.subject_entity,
+            subject_max_records=cfg.privacy.subject_max_records,
+        )
+    return settings
 
 
 def save_resolved(cfg: PipelineConfig, run_dir: Path) -> Path:

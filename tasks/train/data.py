@@ -1,19 +1,77 @@
-"""The training data and its loss: masked records (clean zone) → token rows → right-padded batches, and a
-loss in which every record weighs the same (token mean per record, then mean over the batch)."""
+"""The training data and its loss: masked records (clean zone) → privacy units → token rows → right-padded
+batches, and a loss in which every unit weighs the same (token mean per row, then mean over the batch).
+
+The privacy unit (`privacy_unit` in the spec's train settings, docs/privacy.md#the-privacy-unit): a record,
+or a data subject. Under `subject`, a subject's records are one unit: `pack_rows` packs up to
+`subject_max_records` of them into one token row, so Poisson sampling draws subjects and Opacus clips each
+subject's whole contribution to a step at max_grad_norm. A record without a subject is its own unit."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from pathlib import Path
 
 from tasks.common.jsonl import read_objects
+from tasks.common.tokens import tokenize
+from tasks.pii import subject_in_text
 
 
-def load_texts(path: Path) -> list[str]:
-    """The `text` of every record in the versioned training file; an empty file is an error."""
-    texts = [row["text"] for row in read_objects(path, fields=("text",), hint="; re-run the version stage")]
-    if not texts:
+def privacy_unit(t: dict) -> str:
+    """`record` or `subject`: the unit a run's ε is about (record-level specs carry no key)."""
+    return t.get("privacy_unit") or "record"
+
+
+def load_units(path: Path, t: dict) -> tuple[list[list[str]], dict]:
+    """The training units and their counts (never text). `record`: every record alone. `subject`: records
+    grouped by their `subject` field (the masker's keyed pseudonym), else by the first placeholder of
+    `subject_entity` in their text; a record naming no subject is a unit of its own."""
+    rows = list(read_objects(path, fields=("text",), hint="; re-run the version stage"))
+    if not rows:
         raise ValueError(f"{path}: the training set is empty")
-    return texts
+    if privacy_unit(t) == "record":
+        return [[row["text"]] for row in rows], {"privacy_unit": "record", "records": len(rows), "units": len(rows)}
+    entity = t.get("subject_entity") or "MEMBER_ID"
+    groups: dict[str, list[str]] = {}
+    alone: list[list[str]] = []
+    for row in rows:
+        subject = row.get("subject") or subject_in_text(row["text"], entity)
+        if subject:
+            groups.setdefault(subject, []).append(row["text"])
+        else:
+            alone.append([row["text"]])
+    units = [*groups.values(), *alone]
+    return units, unit_counts(units, subjects=len(groups), k=t.get("subject_max_records") or 1)
+
+
+def unit_counts(units: list[list[str]], *, subjects: int, k: int) -> dict:
+    """Counts for the result and the report: subjects, records without one, the records-per-subject
+    distribution (how many subjects have 1, 2, … records) and how many records packing leaves out."""
+    per_subject = Counter(len(u) for u in units[:subjects])
+    return {
+        "privacy_unit": "subject",
+        "records": sum(len(u) for u in units),
+        "units": len(units),
+        "subjects": subjects,
+        "records_without_subject": len(units) - subjects,
+        "records_per_subject": {str(n): per_subject[n] for n in sorted(per_subject)},
+        "subject_max_records": k,
+        "records_beyond_k": sum(max(0, len(u) - k) for u in units),
+    }
+
+
+def pack_rows(units: list[list[str]], tokenizer, t: dict) -> list[list[int]]:
+    """One token row per unit. A record unit is its record cut at max_seq_len (as before units existed). A
+    subject's row is up to `subject_max_records` of its records, drawn once with the run's seed and kept in
+    order, each cut at max_seq_len and joined (BOS…EOS BOS…EOS): one example, so one clipped gradient."""
+    if privacy_unit(t) == "record":
+        return tokenize([u[0] for u in units], tokenizer, t["max_seq_len"])
+    k, rng = t.get("subject_max_records") or 1, random.Random(t["seed"])
+    rows = []
+    for texts in units:
+        chosen = sorted(rng.sample(range(len(texts)), k)) if len(texts) > k else range(len(texts))
+        rows.append([tok for row in tokenize([texts[i] for i in chosen], tokenizer, t["max_seq_len"]) for tok in row])
+    return rows
 
 
 class TokenDataset:

@@ -25,6 +25,18 @@ def check_model_dir(model_dir: Path) -> dict:
     return cfg
 
 
+def check_packed_length(t: dict, model_cfg: dict) -> None:
+    """Under privacy_unit: subject a row packs up to subject_max_records records of max_seq_len tokens each:
+    the model must have that many positions."""
+    positions = model_cfg.get("max_position_embeddings") or model_cfg.get("n_positions")
+    k = t.get("subject_max_records") or 1
+    if t.get("privacy_unit") == "subject" and positions and k * t["max_seq_len"] > positions:
+        raise ValueError(
+            f"privacy.subject_max_records ({k}) × train.max_seq_len ({t['max_seq_len']}) = {k * t['max_seq_len']} "
+            f"tokens per packed subject exceeds the model's {positions} positions; lower either"
+        )
+
+
 def preflight(spec: dict, n_records: int) -> dict:
     """Model dir, DeepSpeed prerequisites, batch vs records, δ < 1/N, ghost clipping vs tied embeddings, and
     the method against the model skeleton, built on the meta device (no weights, no RNG): module names and
@@ -36,13 +48,14 @@ def preflight(spec: dict, n_records: int) -> dict:
     model_cfg = check_model_dir(Path(spec["base_model_dir"]))
     if t.get("deepspeed"):
         deepspeed_preflight(t)
-    if t["batch_size"] > n_records:
-        raise ValueError(f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n_records} records)")
+    if t["batch_size"] > n_records:  # n_records: the privacy units (records, or subjects + records without one)
+        raise ValueError(f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n_records} units)")
     delta = t["target_delta"] or 1.0 / (10 * n_records)
     if t["dp"] and delta >= 1.0 / n_records:
         raise ValueError(
             f"train.target_delta ({delta}) must be < 1/N = {1.0 / n_records:.2e} for N={n_records} records"
         )
+    check_packed_length(t, model_cfg)
     model_type = model_cfg.get("model_type", "")
     tied = bool(model_cfg.get("tie_word_embeddings", model_type == "gpt2"))
     if t["dp"] and t["method"] == "full" and t["grad_sample_mode"] == "ghost" and tied:
