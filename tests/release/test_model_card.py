@@ -276,3 +276,10 @@ def test_attach_sets_description_and_artifact(tmp_path, monkeypatch):
     assert res["description_truncated"] and len(description) <= DESCRIPTION_MAX_CHARS
     assert "full card is the artifact runs:/" in description
     assert mlflow.artifacts.load_text(res["artifact_uri"]) == long_card
+
+
+def test_the_card_says_whether_epsilon_is_per_record_or_per_subject():
+    record = render_model_card(FACTS)
+    assert "differential privacy per record" in record and "ε spent by this run (per record)" in record
+    subject = render_model_card({**FACTS, "privacy_unit": "subject"})
+    assert "differential privacy per subject" in subject and "per-subject clipping norm" in subject

@@ -182,3 +182,20 @@ def test_the_ledger_line_shows_the_tight_figure_with_its_accountant_and_the_basi
     old = {"source_dataset": "h", "runs": 1, "spent_epsilon": 7.993, "spent_delta": 7e-6, "epsilon_budget": 80.0}
     [line] = [x for x in summary_lines({"train": {"privacy_ledger": old}}) if x.startswith("privacy ledger")]
     assert line.endswith("h: ε spent 7.993 of 80 over 1 run(s), δ spent 7e-06 (basic composition)")
+
+
+def test_the_privacy_line_says_its_unit_and_subject_counts_are_shown():
+    train = {"dp": True, "epsilon": 7.9, "delta": 2.5e-5, "target_epsilon": 8.0}
+    [line] = [x for x in summary_lines({"train": train}) if x.startswith("privacy  ")]
+    assert "ε = 7.9 per record" in line  # a result from before units existed is record-level
+    subjects = {
+        "records": 60,
+        "subjects": 20,
+        "records_without_subject": 10,
+        "records_per_subject": {"1": 12, "2": 5, "13": 3},
+        "subject_max_records": 2,
+        "records_beyond_k": 36,
+    }
+    text = "\n".join(summary_lines({"train": {**train, "privacy_unit": "subject", "subjects": subjects}}))
+    assert "ε = 7.9 per subject" in text
+    assert "20 subjects + 10 record(s) without a subject" in text and "{1: 12, 2: 5, 13: 3}" in text
