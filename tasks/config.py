@@ -393,7 +393,17 @@ class PrivacyConfig(_Section):
         "(<MEMBER_ID_…>) that names the subject in the text of a record without the field",
     )
     subject_max_records: int = Field(
-        2, ge=1, le=64, description="k: at most this many of a subject's records are packed into its one example"
+        2,
+        ge=1,
+        le=64,
+        description="k: at most this many of a subject's records, drawn afresh each time it is sampled, are "
+        "packed into its one example",
+    )
+    subject_max_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="token budget of a subject's packed example (whole records while they fit, the next one cut); "
+        "None: the model's positions. Must fit the model and hold one record of train.max_seq_len",
     )
 
 
@@ -664,6 +674,7 @@ def train_settings(cfg: PipelineConfig) -> dict:
             privacy_unit="subject",
             subject_entity=cfg.privacy.subject_entity,
             subject_max_records=cfg.privacy.subject_max_records,
+            subject_max_tokens=cfg.privacy.subject_max_tokens,
         )
     return settings
 

@@ -331,7 +331,8 @@ def _outcome_line(report: dict) -> str:
 
 def _subject_lines(subjects: dict | None) -> list[str]:
     """Under privacy.unit: subject, who the units are (counts only): subjects, records without one, records
-    per subject (how many subjects have n records), and the records that packing at k left out."""
+    per subject (how many subjects have n records), and the records past k in any one example (they train when
+    a later sampling of their subject draws them)."""
     if not isinstance(subjects, dict):
         return []
     spread = ", ".join(f"{n}: {count}" for n, count in (subjects.get("records_per_subject") or {}).items())
@@ -339,7 +340,7 @@ def _subject_lines(subjects: dict | None) -> list[str]:
         f"privacy units       {subjects.get('subjects')} subjects + {subjects.get('records_without_subject')} "
         f"record(s) without a subject (their own unit), from {subjects.get('records')} records",
         f"records per subject {{{spread}}} (records: subjects); k = {subjects.get('subject_max_records')}, "
-        f"{subjects.get('records_beyond_k')} record(s) beyond k not trained on",
+        f"{subjects.get('records_beyond_k')} record(s) beyond k in one example (k drawn afresh per sampling)",
     ]
 
 

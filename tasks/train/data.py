@@ -2,13 +2,13 @@
 batches, and a loss in which every unit weighs the same (token mean per row, then mean over the batch).
 
 The privacy unit (`privacy_unit` in the spec's train settings, docs/privacy.md#the-privacy-unit): a record,
-or a data subject. Under `subject`, a subject's records are one unit: `pack_rows` packs up to
-`subject_max_records` of them into one token row, so Poisson sampling draws subjects and Opacus clips each
-subject's whole contribution to a step at max_grad_norm. A record without a subject is its own unit."""
+or a data subject. Under `subject`, a subject's records are one unit: each time Poisson sampling draws the
+subject, `SubjectDataset` draws up to `subject_max_records` of its records afresh and packs them into one token
+row of at most `packed_tokens`, so Opacus clips the subject's whole contribution to a step at max_grad_norm and,
+over the epochs, every record can be trained on. A record without a subject is its own unit."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -46,7 +46,8 @@ def load_units(path: Path, t: dict) -> tuple[list[list[str]], dict]:
 
 def unit_counts(units: list[list[str]], *, subjects: int, k: int) -> dict:
     """Counts for the result and the report: subjects, records without one, the records-per-subject
-    distribution (how many subjects have 1, 2, … records) and how many records packing leaves out."""
+    distribution (how many subjects have 1, 2, … records) and how many records do not fit one example (k per
+    sampling: they train only when a later sampling draws them)."""
     per_subject = Counter(len(u) for u in units[:subjects])
     return {
         "privacy_unit": "subject",
@@ -60,18 +61,41 @@ def unit_counts(units: list[list[str]], *, subjects: int, k: int) -> dict:
     }
 
 
-def pack_rows(units: list[list[str]], tokenizer, t: dict) -> list[list[int]]:
-    """One token row per unit. A record unit is its record cut at max_seq_len (as before units existed). A
-    subject's row is up to `subject_max_records` of its records, drawn once with the run's seed and kept in
-    order, each cut at max_seq_len and joined (BOS…EOS BOS…EOS): one example, so one clipped gradient."""
+def packed_tokens(t: dict, positions: int | None) -> int:
+    """The token budget of a subject's packed example: `subject_max_tokens`, else the model's positions
+    (preflight checks it fits the model and holds one whole record of max_seq_len)."""
+    return t.get("subject_max_tokens") or positions or (t.get("subject_max_records") or 1) * t["max_seq_len"]
+
+
+def pack(records: list[list[int]], cap: int) -> list[int]:
+    """Records (already cut at max_seq_len) joined into one row of at most `cap` tokens: whole while they fit,
+    the first one that does not is cut to what is left, and the rest wait for another sampling."""
+    row: list[int] = []
+    for tokens in records:
+        row += tokens[: cap - len(row)]
+        if len(row) >= cap:
+            break
+    return row
+
+
+def make_dataset(units: list[list[str]], tokenizer, t: dict, *, positions: int | None = None, rank: int = 0):
+    """The training examples, one per privacy unit. `record`: a TokenDataset of records cut at max_seq_len (as
+    before units existed). `subject`: a SubjectDataset that draws up to k of a subject's records afresh each time
+    the subject is sampled and packs them into `packed_tokens`."""
     if privacy_unit(t) == "record":
-        return tokenize([u[0] for u in units], tokenizer, t["max_seq_len"])
-    k, rng = t.get("subject_max_records") or 1, random.Random(t["seed"])
-    rows = []
-    for texts in units:
-        chosen = sorted(rng.sample(range(len(texts)), k)) if len(texts) > k else range(len(texts))
-        rows.append([tok for row in tokenize([texts[i] for i in chosen], tokenizer, t["max_seq_len"]) for tok in row])
-    return rows
+        return TokenDataset(tokenize([u[0] for u in units], tokenizer, t["max_seq_len"]))
+    tokens = [tokenize(texts, tokenizer, t["max_seq_len"]) for texts in units]
+    secure = t["dp"] and t.get("secure_noise", True)
+    return SubjectDataset(
+        tokens,
+        k=t.get("subject_max_records") or 1,
+        cap=packed_tokens(t, positions),
+        seed=None if secure else t["seed"] + rank + _DRAW_SEED_OFFSET,
+    )
+
+
+# The record draw's own stream, apart from the loader's (seed + rank): so the Poisson draws stay what they were.
+_DRAW_SEED_OFFSET = 104_729
 
 
 class TokenDataset:
@@ -87,6 +111,43 @@ class TokenDataset:
         import torch
 
         return torch.tensor(self.rows[i], dtype=torch.long)
+
+
+class SubjectDataset:
+    """One example per unit: up to k of its records, drawn afresh each time the unit is sampled (so over the
+    epochs every record can train, while one sampled subject is still one example, one clipped gradient) and
+    packed in file order into at most `cap` tokens. The draw comes from a seeded torch generator (`seed`;
+    checkpoints save its state) or, when `seed` is None (secure noise), from the OS CSPRNG like the Poisson
+    sampling: which records trained is then as unpredictable as which subjects did."""
+
+    def __init__(self, records: list[list[list[int]]], *, k: int, cap: int, seed: int | None):
+        import torch
+
+        self.records, self.k, self.cap = records, k, cap
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def draw(self, n: int) -> list[int]:
+        """k of n record indices, uniformly without replacement, in file order (all of them when n ≤ k)."""
+        import torch
+
+        if n <= self.k:
+            return list(range(n))
+        if self.generator is None:
+            from tasks.train.noise import CSPRNG
+
+            u = CSPRNG.rand(n)
+        else:
+            u = torch.rand(n, generator=self.generator, dtype=torch.float64)
+        return sorted(u.argsort()[: self.k].tolist())
+
+    def __getitem__(self, i: int):
+        import torch
+
+        records = self.records[i]
+        return torch.tensor(pack([records[j] for j in self.draw(len(records))], self.cap), dtype=torch.long)
 
 
 def make_collate(pad_id: int, max_len: int):
@@ -105,7 +166,7 @@ def make_collate(pad_id: int, max_len: int):
     return collate
 
 
-def make_loader(rows: list[list[int]], *, pad_id: int, t: dict, rank: int, world: int):
+def make_loader(dataset, *, pad_id: int, t: dict, rank: int, world: int):
     """The recipe's DataLoader, with a seeded generator (one stream per rank; rank 0's is the single-process
     one) that checkpoints can rewind. Under DP it only conveys the global sample rate (batch_size / N) to
     make_private, which replaces its sampler with Poisson draws from that generator. Several ranks without
@@ -113,7 +174,7 @@ def make_loader(rows: list[list[int]], *, pad_id: int, t: dict, rank: int, world
     import torch
     from torch.utils.data import DataLoader
 
-    dataset = TokenDataset(rows)
+    dataset = TokenDataset(dataset) if isinstance(dataset, list) else dataset  # token rows, or a built dataset
     collate = make_collate(pad_id, t["max_seq_len"])
     generator = torch.Generator().manual_seed(t["seed"] + rank)
     if world > 1 and not t["dp"]:

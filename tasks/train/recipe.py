@@ -35,7 +35,7 @@ from typing import Any
 
 from tasks.common import offline
 from tasks.train import tracking
-from tasks.train.data import batch_loss, load_units, make_loader, pack_rows
+from tasks.train.data import batch_loss, load_units, make_dataset, make_loader
 from tasks.train.deepspeed import train_deepspeed
 from tasks.train.distributed import (
     broadcast_from_rank0,
@@ -209,7 +209,7 @@ def setup_engine(run: Run, base: Base, units: list[list[str]]) -> Engine:
     if run.world > 1:
         model = wrap_for_ranks(model, dp=t["dp"], device=run.device, local_rank=run.local_rank)
         torch.manual_seed(t["seed"] + run.rank)  # from here on (dropout), ranks draw independently
-    rows = pack_rows(units, base.tokenizer, t)
+    rows = make_dataset(units, base.tokenizer, t, positions=run.info.get("positions"), rank=run.rank)
     loader = make_loader(rows, pad_id=base.tokenizer.pad_token_id, t=t, rank=run.rank, world=run.world)
     planned = planned_steps_for(t, len(rows))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
