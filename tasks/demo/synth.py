@@ -1232,7 +1232,7 @@ def _write_month(
         if with_pii and opts["prose"] is not None:
             text = _with_prose(text, opts["prose"])
         if member is not None and not with_pii:  # every member record names its member, header or not
-            text = f"{text} Member ID {pii.for_record(record_id, member).member_id()}."
+            text = f"{text}\nMember ID {pii.for_record(record_id, member).member_id()}."
         if record_id in opts["planted"]:
             text = f"{opts['planted'][record_id]} {text}"
         row = {
