@@ -66,6 +66,7 @@ def landing_rows(home: Path) -> list[dict]:
 
 def pseudonymise(rows: list[dict], pii_key: list[dict]) -> list[dict]:
     """Each record's raw personal values → the masker's typed keyed placeholders (longest value first)."""
+    from tasks.pii import subject_pseudonym
     from tasks.pii.pseudonyms import pseudonym
 
     by_record: dict[str, list[dict]] = {}
@@ -77,22 +78,28 @@ def pseudonymise(rows: list[dict], pii_key: list[dict]) -> list[dict]:
         for entry in sorted(by_record.get(row["record_id"], []), key=lambda e: -len(e["value"])):
             text = text.replace(entry["value"], pseudonym(entry["type"], entry["value"], BENCH_KEY))
         out.append({"record_id": row["record_id"], "text": text})
+        subject = subject_pseudonym("MEMBER_ID", row.get("member_id"), BENCH_KEY)
+        if subject:  # as the masker writes it: only the keyed pseudonym of the member id
+            out[-1]["subject"] = subject
     return out
 
 
-def prepare_data(home: Path, records: int) -> dict:
-    """Generated, pseudonymised training records at one N (cached under home)."""
+def prepare_data(home: Path, records: int, *, members: bool = False) -> dict:
+    """Generated, pseudonymised training records at one N (cached under home). `members`: claim notes, letters
+    and tickets belong to members (synth.members), each record keeping its member's pseudonym as `subject`."""
     from tasks.demo import synth
 
     stamp = home / "prepared.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("records") == records:
-        return json.loads(stamp.read_text())
+    cached = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if cached.get("records") == records and cached.get("members", False) == members:
+        return cached
     t0 = time.perf_counter()
-    synth.generate(home, seed=7, n_records=records, canaries=0)
+    synth.generate(home, seed=7, n_records=records, canaries=0, members=members)
     rows = pseudonymise(landing_rows(home), json.loads((home / "synth" / "pii_key.json").read_text()))
     train_path = home / "train.jsonl"
     train_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     info = {"records": records, "rows": len(rows), "train_path": str(train_path), "synth": str(home / "synth")}
+    info["members"] = members
     info["prepare_seconds"] = round(time.perf_counter() - t0, 1)
     stamp.write_text(json.dumps(info, indent=2))
     return info
@@ -195,6 +202,7 @@ def child(spec_path: Path, out_path: Path) -> None:
     model_dir = spec["base_model_dir"] if adapter or not result.get("model_dir") else result["model_dir"]
     scored = score(model_dir, adapter, qa_rows(Path(spec["synth_dir"]), spec["split"]))
     keep = ("steps", "epsilon", "delta", "noise_multiplier", "records", "batch_size", "train_seconds", "final_loss")
+    keep += ("privacy_unit", "privacy", "subjects")
     out_path.write_text(json.dumps({"train": {k: result.get(k) for k in keep}, "scored": scored}))
 
 

@@ -361,6 +361,11 @@ class SynthConfig(_Section):
     identifiers: Literal["minimal", "safe_harbor"] = Field(
         "minimal", description="safe_harbor: records with personal data also hold every Safe Harbor identifier kind"
     )
+    members: bool = Field(
+        False,
+        description="claim notes, letters and tickets belong to members (heavy-tailed records per member), "
+        "named in a member_id field and in the text",
+    )
 
 
 class DatasetBudget(_Section):
@@ -385,6 +390,37 @@ class PrivacyConfig(_Section):
     delta_budget: float | None = Field(2.5e-4, gt=0, lt=1, description="total δ per source dataset")
     allow_non_private: bool = Field(False, description="allow dp: false runs, which void the dataset's DP guarantee")
     budgets: dict[str, DatasetBudget] = Field({}, description="per-dataset overrides of the two budgets")
+    # The privacy unit (docs/privacy.md#the-privacy-unit): one record, or one data subject (all of a
+    # member's records together). Under `subject` DP-SGD samples and clips subjects, and ε is per subject.
+    unit: Literal["record", "subject"] = Field(
+        "record",
+        description="record: ε per masked record; subject: ε per data subject (sampling and clipping by subject)",
+    )
+    subject_field: str | None = Field(
+        "member_id",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="raw landing field naming a record's subject; the masker replaces it by its keyed pseudonym "
+        "(as subject_entity) before it leaves the raw zone. None: the subject is only found in the text",
+    )
+    subject_entity: str = Field(
+        "MEMBER_ID",
+        pattern=r"^[A-Z][A-Z0-9_]*$",
+        description="entity type of the subject: the field's pseudonym type, and the masked placeholder "
+        "(<MEMBER_ID_…>) that names the subject in the text of a record without the field",
+    )
+    subject_max_records: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="k: at most this many of a subject's records, drawn afresh each time it is sampled, are "
+        "packed into its one example",
+    )
+    subject_max_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="token budget of a subject's packed example (whole records while they fit, the next one cut); "
+        "None: the model's positions. Must fit the model and hold one record of train.max_seq_len",
+    )
 
 
 class NotifyConfig(_Section):
@@ -643,6 +679,20 @@ class Paths:
 
     def quarantine_dir(self, run_id: str) -> Path:
         return self.quarantine / safe_run_id(run_id)
+
+
+def train_settings(cfg: PipelineConfig) -> dict:
+    """The `train` part of a run's spec: cfg.train, plus the privacy unit's settings when the unit is a subject.
+    A record-level run's settings are exactly cfg.train's, so its ledger digest and checkpoints stay as they were."""
+    settings = cfg.train.model_dump()
+    if cfg.privacy.unit == "subject":
+        settings.update(
+            privacy_unit="subject",
+            subject_entity=cfg.privacy.subject_entity,
+            subject_max_records=cfg.privacy.subject_max_records,
+            subject_max_tokens=cfg.privacy.subject_max_tokens,
+        )
+    return settings
 
 
 def save_resolved(cfg: PipelineConfig, run_dir: Path) -> Path:

@@ -156,15 +156,17 @@ def check_record(
     min_text_chars: int,
     max_text_chars: int,
     counts: Counter[str] | None = None,
+    optional_fields: Sequence[str] = (),
 ) -> tuple[dict[str, Any] | None, Problem | None]:
     """Validate and normalise one parsed record: (row, None) when good, (None, problem) when not.
 
-    `counts` gains what normalisation removed (see normalize_text)."""
+    `counts` gains what normalisation removed (see normalize_text). `optional_fields` (such as the
+    privacy subject's `member_id`) are kept when present, checked like the others, None when absent."""
     for name in required_fields:
         if values.get(name) is None:
             return None, Problem(name, "missing_field", f"required field '{name}' is missing or null")
     row: dict[str, Any] = {}
-    for name in dict.fromkeys([*RECORD_FIELDS, *required_fields]):
+    for name in dict.fromkeys([*RECORD_FIELDS, *required_fields, *optional_fields]):
         value = values.get(name)
         if value is None:
             row[name] = None
@@ -191,8 +193,9 @@ def check_record(
     for name in required_fields:
         if name != "text" and row[name] == "":
             return None, Problem(name, "missing_field", f"required field '{name}' is blank")
-    if row["created_at"] == "":
-        row["created_at"] = None  # optional: blank means unknown
+    for name in ("created_at", *optional_fields):
+        if row[name] == "":
+            row[name] = None  # optional: blank means unknown (a CSV row of a record without a subject)
     return row, None
 
 
@@ -548,7 +551,9 @@ def _raw_row(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)
 
 
-def read_parquet(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
+def read_parquet(
+    path: Path, required_fields: Sequence[str], optional_fields: Sequence[str] = ()
+) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     """Rows of a Parquet file; the line number is the 1-based row index.
 
     Unreadable footer → one `unreadable_file` entry at line 0 (its rows cannot be counted).
@@ -578,7 +583,11 @@ def read_parquet(path: Path, required_fields: Sequence[str]) -> Iterator[tuple[i
         wanted = (
             None
             if schema_problem
-            else list(dict.fromkeys(columns[name] for name in [*RECORD_FIELDS, *required_fields] if name in columns))
+            else list(
+                dict.fromkeys(
+                    columns[name] for name in [*RECORD_FIELDS, *required_fields, *optional_fields] if name in columns
+                )
+            )
         )
         row_number = 0
         for group in range(pf.num_row_groups):
@@ -750,12 +759,13 @@ def _read_rows(
     path: Path,
     required: Sequence[str],
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    optional: Sequence[str] = (),
 ) -> Iterator[tuple[int, str, dict[str, Any] | Problem]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return read_csv(path, required, max_line_bytes)
     if suffix == ".parquet":
-        return read_parquet(path, required)
+        return read_parquet(path, required, optional)
     return read_jsonl(path, max_line_bytes)
 
 
@@ -771,6 +781,7 @@ class _Rules:
     min_text_chars: int
     max_text_chars: int
     max_line_bytes: int
+    optional: tuple[str, ...] = ()  # kept when present: the privacy subject's raw field
 
 
 @dataclass
@@ -802,6 +813,7 @@ def _classify(
         min_text_chars=rules.min_text_chars,
         max_text_chars=rules.max_text_chars,
         counts=counts,
+        optional_fields=rules.optional,
     )
     if row is not None and row["record_id"] is not None and row["record_id"] in seen_ids:
         return None, Problem("record_id", "duplicate_id", "record_id already staged from an earlier row")
@@ -824,7 +836,7 @@ def _ingest_file(
     staged, duplicates, quarantined = out
     source = _source_name(rel)
     file_in = file_bad = file_dup = 0
-    for line, raw, parsed in _read_rows(path, rules.required, rules.max_line_bytes):
+    for line, raw, parsed in _read_rows(path, rules.required, rules.max_line_bytes, rules.optional):
         tally.rows_in += 1
         file_in += 1
         found: Counter[str] = Counter()
@@ -925,6 +937,7 @@ def ingest(
     max_quarantine_share: float = 0.2,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     follow_symlinks: str = "never",
+    optional_fields: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Stage every valid row of the landing files, quarantine the bad ones, drop exact duplicates; return counts.
 
@@ -944,7 +957,7 @@ def ingest(
         raise ValueError(f"max_line_bytes must be a whole number of bytes >= 1, got {max_line_bytes!r}")
     if follow_symlinks not in FOLLOW_SYMLINKS:
         raise ValueError(f"follow_symlinks must be one of {FOLLOW_SYMLINKS}, got {follow_symlinks!r}")
-    rules = _Rules(tuple(required_fields), min_text_chars, max_text_chars, max_line_bytes)
+    rules = _Rules(tuple(required_fields), min_text_chars, max_text_chars, max_line_bytes, tuple(optional_fields))
     root = partition_root(landing_dir, partition)
     tally = _Tally(refused=refused_links(landing_dir, root, follow_symlinks))
     files, skipped = landing_files(landing_dir, glob, root, follow_symlinks=follow_symlinks)

@@ -1,7 +1,8 @@
 """The mask stage: staged rows (raw zone) in, masked rows (clean zone) out.
 
 Reads staging rows.jsonl, masks every text with the PII engine (tasks.pii: Presidio, keyed
-pseudonyms, residual scan) and writes masked/train.jsonl ({"record_id", "record_type", "text"}),
+pseudonyms, residual scan) and writes masked/train.jsonl ({"record_id", "record_type", "text"}, and
+"subject": the keyed pseudonym of the raw subject field, e.g. member_id, when a record has one),
 masked/entities.json (counts per entity type) and masked/residual.json (residual counts, share
 and the flagged record ids). Above `max_residual_share` of the records still looking like
 personal data the stage fails and publishes nothing. Logs, errors and the returned dict hold
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from tasks.common.jsonl import read_objects
 from tasks.config import MaskConfig
-from tasks.pii import DateShift, MissingKeyError, ResidualPiiError, mask_records, resolve_key
+from tasks.pii import DateShift, MissingKeyError, ResidualPiiError, mask_records, resolve_key, subject_pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,12 @@ def mask_dataset(
     workers: int = 2,
     max_residual_share: float | None = 0.01,
     date_shift: DateShift | None = None,
+    subject_field: str | None = None,
+    subject_entity: str = "MEMBER_ID",
 ) -> dict:
     """Mask staged rows into out_dir/train.jsonl; write entities.json and residual.json; return
-    counts and paths.
+    counts and paths. A row's raw `subject_field` becomes its `subject`: the keyed pseudonym of that
+    value as `subject_entity`, the placeholder the same id gets in the text; the raw value is dropped.
 
     Raises ResidualPiiError (and leaves no train.jsonl) when the share of records in which the
     residual scan still finds personal data exceeds `max_residual_share` (None: count only).
@@ -141,6 +145,7 @@ def mask_dataset(
         batch_size=batch_size,
         workers=workers,
         date_shift=date_shift,
+        subject=(subject_field, subject_entity),
     )
     entities, residual_counts, share = publish_masked(
         out_dir,
@@ -181,11 +186,16 @@ def _write_masked(
     batch_size: int,
     workers: int,
     date_shift: DateShift | None = None,
+    subject: tuple[str | None, str] = (None, "MEMBER_ID"),
 ) -> tuple[int, Counter, Counter, list[str]]:
     """Mask every staged row into `tmp_path` (removed if anything fails); returns (rows, entity counts,
     residual counts, ids of the records the residual scan flagged)."""
+    field, entity = subject
     # Two passes over the file (ids, then texts) keep memory flat for large partitions.
-    meta = ((r["record_id"], r["record_type"]) for r in _read_rows(rows_path))
+    meta = (
+        (r["record_id"], r["record_type"], subject_pseudonym(entity, r.get(field), key) if field else None)
+        for r in _read_rows(rows_path)
+    )
     texts = (r["text"] for r in _read_rows(rows_path))
     totals: Counter = Counter()
     residual: Counter = Counter()
@@ -203,11 +213,11 @@ def _write_masked(
                 workers=workers,
                 date_shift=date_shift,
             )
-            for (record_id, record_type), m in zip(meta, masked):
-                out.write(
-                    json.dumps({"record_id": record_id, "record_type": record_type, "text": m.text}, ensure_ascii=False)
-                    + "\n"
-                )
+            for (record_id, record_type, subject_key), m in zip(meta, masked):
+                row = {"record_id": record_id, "record_type": record_type, "text": m.text}
+                if subject_key:  # only the keyed pseudonym leaves the raw zone
+                    row["subject"] = subject_key
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 totals.update(m.entities)
                 if m.residual:
                     residual.update(m.residual)
@@ -228,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
 
     offline.apply()
     try:
-        defaults = load_config().mask
+        cfg = load_config()
+        defaults, subject = cfg.mask, (cfg.privacy.subject_field, cfg.privacy.subject_entity)
     except FileNotFoundError:
-        defaults = MaskConfig()
+        defaults, subject = MaskConfig(), (None, "MEMBER_ID")
     parser = argparse.ArgumentParser(prog="python -m tasks.data.mask", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=Path, required=True, help="staged rows.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="output folder (train.jsonl, entities.json)")
@@ -279,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             language=args.language,
             batch_size=args.batch_size,
             workers=args.workers,
+            subject_field=subject[0],
+            subject_entity=subject[1],
             max_residual_share=(
                 None if args.max_residual_share is None or args.max_residual_share < 0 else args.max_residual_share
             ),

@@ -499,10 +499,12 @@ class PiiFactory:
         self.rng = rng
         self.key: list[dict] = []
         self._record_id = ""
+        self._member: Member | None = None
         self.address_parts = address_parts  # also key an address's city and ZIP (identifiers="safe_harbor")
 
-    def for_record(self, record_id: str) -> PiiFactory:
-        self._record_id = record_id
+    def for_record(self, record_id: str, member: Member | None = None) -> PiiFactory:
+        """Values drawn next belong to `record_id`; a member's record names that member (its id and name)."""
+        self._record_id, self._member = record_id, member
         return self
 
     def _note(self, kind: str, value: str) -> str:
@@ -510,7 +512,10 @@ class PiiFactory:
         return value
 
     def person(self) -> tuple[str, str, str]:
-        first, last = self.rng.choice(FIRST), self.rng.choice(LAST)
+        if self._member is not None:
+            first, last = self._member.first, self._member.last
+        else:
+            first, last = self.rng.choice(FIRST), self.rng.choice(LAST)
         self._note("PERSON", f"{first} {last}")
         return first, last, f"{first} {last}"
 
@@ -543,6 +548,8 @@ class PiiFactory:
         return self._note("DATE_OF_BIRTH", value)
 
     def member_id(self) -> str:
+        if self._member is not None:
+            return self._note("MEMBER_ID", self._member.member_id)
         return self._note("MEMBER_ID", f"MBR-{self.rng.randint(10**7, 10**8 - 1)}")
 
     def claim_id(self, year: int) -> str:
@@ -554,6 +561,48 @@ class PiiFactory:
 
     def mrn(self) -> str:
         return self._note("MEDICAL_RECORD_NUMBER", f"MRN-{self.rng.randint(10**6, 10**7 - 1)}")
+
+
+# ---------------------------------------------------------------- members
+
+# Records per member (members=True): a Pareto tail, as claims and letters pile up for a few people.
+# Shape 1.2 capped at 60 gives a median of 1, about 80 % with at most 3 and ~3 % with 20 or more.
+MEMBER_TAIL_SHAPE = 1.2
+MEMBER_MAX_RECORDS = 60
+MEMBER_RECORD_TYPES = ("claim_note", "member_letter", "support_ticket")  # plan documents belong to no one
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str
+    first: str
+    last: str
+
+
+def assign_members(rng: random.Random, record_ids: list[str], types: list[str]) -> dict[str, Member]:
+    """record_id → its member, for every record of a member type. Record counts per member are heavy-tailed,
+    and a member's records are scattered over the whole id list, hence over the months."""
+    eligible = [rid for rid, t in zip(record_ids, types) if t in MEMBER_RECORD_TYPES]
+    owners: list[Member] = []
+    used: set[str] = set()
+    while len(owners) < len(eligible):
+        member_id = f"MBR-{rng.randint(10**7, 10**8 - 1)}"
+        if member_id in used:
+            continue
+        used.add(member_id)
+        member = Member(member_id, rng.choice(FIRST), rng.choice(LAST))
+        owners += [member] * min(MEMBER_MAX_RECORDS, int(rng.paretovariate(MEMBER_TAIL_SHAPE)))
+    owners = owners[: len(eligible)]
+    rng.shuffle(owners)
+    return dict(zip(eligible, owners))
+
+
+def members_key(members: dict[str, Member]) -> list[dict]:
+    """The test-only key of who owns what: one entry per member, its record ids in id order."""
+    owned: dict[str, list[str]] = {}
+    for record_id, member in sorted(members.items()):
+        owned.setdefault(member.member_id, []).append(record_id)
+    return [{"member_id": m, "record_ids": ids} for m, ids in sorted(owned.items())]
 
 
 # ---------------------------------------------------------------- records
@@ -687,7 +736,10 @@ def _record_text(rng: random.Random, record_type: str, chosen: list[Fact], pii: 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["record_id", "record_type", "created_at", "text"], lineterminator="\n")
+    fields = ["record_id", "record_type", "created_at", "text"]
+    if any("member_id" in row for row in rows):
+        fields.append("member_id")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", restval="")
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "text": row["text"].replace("\n", " ")})
@@ -1174,10 +1226,13 @@ def _write_month(
     year = int(month[:4])
     jsonl_rows, csv_rows = [], []
     for record_id, record_type, chosen in records:
+        member = opts["members"].get(record_id)
         with_pii = record_type != "plan_document" and rng.random() < opts["pii_share"]
-        text = _record_text(rng, record_type, chosen, pii.for_record(record_id) if with_pii else None, year)
+        text = _record_text(rng, record_type, chosen, pii.for_record(record_id, member) if with_pii else None, year)
         if with_pii and opts["prose"] is not None:
             text = _with_prose(text, opts["prose"])
+        if member is not None and not with_pii:  # every member record names its member, header or not
+            text = f"{text}\nMember ID {pii.for_record(record_id, member).member_id()}."
         if record_id in opts["planted"]:
             text = f"{opts['planted'][record_id]} {text}"
         row = {
@@ -1186,6 +1241,8 @@ def _write_month(
             "created_at": f"{month}-{rng.randint(1, 28):02d}",
             "text": text,
         }
+        if member is not None:
+            row["member_id"] = member.member_id
         # Claim notes are single-line, so some land as CSV (the other export path seen in practice).
         as_csv = record_type == "claim_note" and rng.random() < opts["csv_share"] * 4
         (csv_rows if as_csv else jsonl_rows).append(row)
@@ -1226,6 +1283,7 @@ def generate(
     canaries: int = 4,
     canary_repeats: int = 8,
     identifiers: str = "minimal",
+    members: bool = False,
 ) -> dict:
     """Write landing data, QA splits, fact table, general corpus, PII key and canary key under `home`.
 
@@ -1238,6 +1296,10 @@ def generate(
     record's contact line) or "safe_harbor": the records with personal data also get free prose
     with every Safe Harbor identifier kind (tasks.demo.synth_identifiers), drawn from their own
     random stream, so records, facts and QA files are otherwise those of "minimal".
+    `members`: every claim note, letter and ticket belongs to a member (`assign_members`: heavy-tailed
+    records per member, spread over the months), named in the record's `member_id` field and in its
+    text (the contact header, else a closing "Member ID MBR-…" line); synth/members.json keys who owns
+    which record. Off by default: the default output is unchanged.
     Returns counts and paths.
     """
     home, months = Path(home), months or ["2026-01"]
@@ -1252,6 +1314,7 @@ def generate(
     if identifiers not in IDENTIFIER_SETS:
         raise ValueError(f"identifiers must be one of {IDENTIFIER_SETS}, got {identifiers!r}")
     pii = PiiFactory(rng, address_parts=identifiers == "safe_harbor")
+    owners = assign_members(random.Random(f"members:{seed}"), ids, types) if members else {}
     prose = None
     if identifiers == "safe_harbor":
         prose = IdentifierProse(random.Random(f"identifiers:{seed}"), pii._note, FIRST, LAST)
@@ -1266,6 +1329,7 @@ def generate(
             "planted": planted,
             "bad_rows": bad_rows * (m_index == 0),
             "prose": prose,
+            "members": owners,
         }
         _write_month(landing / month, rng, records, pii, opts)
         start += count
@@ -1280,6 +1344,22 @@ def generate(
         "months": months,
         "landing": str(landing),
         **_write_synth(home, seed, facts, written, n_records, pii, canary_key),
+        **_write_members(home, owners),
+    }
+
+
+def _write_members(home: Path, owners: dict[str, Member]) -> dict:
+    """synth/members.json (raw zone, like the PII key) and counts only; nothing without members."""
+    if not owners:
+        return {}
+    key = members_key(owners)
+    write_private(private_dir(home / "synth") / "members.json", json.dumps(key, indent=1))
+    sizes = sorted(len(m["record_ids"]) for m in key)
+    return {
+        "members": len(key),
+        "member_records": len(owners),
+        "records_per_member": {"median": sizes[len(sizes) // 2], "max": sizes[-1]},
+        "members_path": str(home / "synth" / "members.json"),
     }
 
 
@@ -1334,6 +1414,12 @@ def main() -> None:
         default=defaults.identifiers,
         help="safe_harbor: records with personal data also hold every HIPAA Safe Harbor identifier kind in prose",
     )
+    parser.add_argument(
+        "--members",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.members,
+        help="claim notes, letters and tickets belong to members with heavy-tailed record counts (member_id field)",
+    )
     args = parser.parse_args()
     n_records = round(args.scale * DEMO_RECORDS) if args.scale else args.records
     counts = generate(
@@ -1346,6 +1432,7 @@ def main() -> None:
         canaries=args.canaries,
         canary_repeats=args.canary_repeats,
         identifiers=args.identifiers,
+        members=args.members,
     )
     print(json.dumps(counts, indent=2))
 

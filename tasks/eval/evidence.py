@@ -198,8 +198,12 @@ def _helm_table(quality: dict, safety_by_model: dict, privacy: dict, trained: di
         "pii_leaks": privacy.get("pii_leaks"),
         "canary_exposure_max": privacy.get("canary_exposure_max"),
         "mia_auc": privacy.get("mia_auc"),
-        "epsilon": trained.get("epsilon") if trained.get("dp") else None,
     }
+    # The table holds numbers only, so the unit is in the metric's name: ε per record keeps its old name.
+    unit = trained.get("privacy_unit") or "record"
+    models["finetuned"]["privacy"]["epsilon" if unit == "record" else f"epsilon_per_{unit}"] = (
+        trained.get("epsilon") if trained.get("dp") else None
+    )
     return models
 
 

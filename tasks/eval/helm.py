@@ -50,6 +50,7 @@ _LOWER_IS_BETTER = {
     "canary_exposure_max",
     "mia_auc",
     "epsilon",
+    "epsilon_per_subject",
     "regression_vs_champion",
 }
 # Metrics with no better direction (sizes, or descriptive like mean confidence).

@@ -43,6 +43,7 @@ from tasks.pii.refine import refine_results
 from tasks.pii.residual import ResidualPiiError, residual_findings
 from tasks.pii.retention import FactRetention, fact_retention
 from tasks.pii.spec import MaskSpec, Operator, load_spec
+from tasks.pii.subjects import subject_in_text, subject_pseudonym
 from tasks.pii.workers import mask_records, mask_texts, mask_workers, usable_workers
 
 __all__ = [
@@ -69,5 +70,7 @@ __all__ = [
     "residual_findings",
     "resolve_key",
     "shift_date",
+    "subject_in_text",
+    "subject_pseudonym",
     "usable_workers",
 ]

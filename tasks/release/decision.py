@@ -160,7 +160,8 @@ def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
         "qa_splits": evaluated.get("qa_splits"),
         "dp": trained.get("dp"),
         "epsilon": trained.get("epsilon"),
-        "delta": trained.get("delta"),
+        "privacy_unit": trained.get("privacy_unit") or "record",  # what ε is per (train results before units: record)
+        "subjects": trained.get("subjects"),  # counts only: subjects, records per subject, records without one
         "target_epsilon": cfg.train.target_epsilon,
         "noise_multiplier": trained.get("noise_multiplier"),
         "privacy_ledger": trained.get("privacy_ledger"),

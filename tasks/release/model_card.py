@@ -23,7 +23,8 @@ are ignored). `tasks.release.decision.model_card_facts` builds this dict from a 
     masking_profile                            tasks.release.masking_benchmark.masking_facts(): {"profile",
                                                  "recognizers", "custom", "benchmark": {"recall", "values",
                                                  "lowest_type", "lowest_recall", "docs", "date", ...}}
-    dp, epsilon, delta, target_epsilon,        DP-SGD guarantee of this run (dp false = non-private)
+    dp, epsilon, delta, target_epsilon,        DP-SGD guarantee of this run (dp false = non-private);
+      privacy_unit, subjects                     ε is per "record" or per "subject"; subject counts
       noise_multiplier, max_grad_norm, accountant,
       noise_source                               "csprng (os.urandom)" or a seeded PRNG (tests, benchmarks)
     privacy_ledger                             tasks.train.ledger.summary(): source_dataset, runs, unit,
@@ -72,8 +73,8 @@ DEFAULT_LIMITATIONS = (
     "exact match on the held-out QA test split is the measured accuracy, not a guarantee.",
     "Trained on pseudonymised records: it was never shown names or identifiers, and serving masks "
     "personal data in its outputs, but no masking is perfect (see the PII leakage figures).",
-    "The differential-privacy guarantee (ε, δ) bounds what the weights reveal about any one record "
-    "of the training set; it does not cover the base model's own pre-training data.",
+    "The DP guarantee (ε, δ) bounds what the weights reveal about one privacy unit (a record, or per "
+    "subject all of one member's records); not the base model's own pre-training data.",
     "Evaluated in English on the domain's held-out questions only; other languages and domains are untested.",
 )
 DEFAULT_OUT_OF_SCOPE = (
@@ -168,22 +169,29 @@ def _noise_source(facts: Mapping, dp: Any) -> Any:
     return source
 
 
+PRIVACY_UNITS = ("record", "subject")  # per record: one masked row; per subject: all of one member's records
+
+
 def _privacy_lines(facts: Mapping) -> list[str]:
     dp = _get(facts, "dp")
+    unit = _get(facts, "privacy_unit") if _get(facts, "privacy_unit") in PRIVACY_UNITS else "record"
     if dp is False:
         guarantee = "**none: trained without differential privacy (dp: false)**"
     elif dp is None:
         guarantee = NOT_RECORDED
     else:
-        guarantee = f"(ε = {fmt(_get(facts, 'epsilon'))}, δ = {fmt(_get(facts, 'delta'))})-differential privacy, DP-SGD"
+        guarantee = (
+            f"(ε = {fmt(_get(facts, 'epsilon'))}, δ = {fmt(_get(facts, 'delta'))})-differential privacy "
+            f"per {unit}, DP-SGD"
+        )
     ledger = _section(facts, "privacy_ledger")
     rows = [
         ("guarantee of this version", _Raw(guarantee)),
-        ("ε spent by this run", _get(facts, "epsilon") if dp is not False else "∞ (non-private)"),
+        (f"ε spent by this run (per {unit})", _get(facts, "epsilon") if dp is not False else "∞ (non-private)"),
         ("δ", _get(facts, "delta")),
         ("target ε", _get(facts, "target_epsilon")),
         ("noise multiplier", _get(facts, "noise_multiplier")),
-        ("per-record clipping norm", _get(facts, "max_grad_norm")),
+        (f"per-{unit} clipping norm", _get(facts, "max_grad_norm")),
         ("accountant", _get(facts, "accountant")),
         ("noise source", _noise_source(facts, dp)),
         ("ledger: source dataset", ledger.get("source_dataset") or _get(facts, "source_dataset")),

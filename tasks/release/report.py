@@ -112,13 +112,13 @@ def summary_lines(report: dict) -> list[str]:
 
     entities = get("mask.entities", {}) or {}
     ent = ", ".join(f"{k} {v}" for k, v in sorted(entities.items(), key=lambda kv: -kv[1])) or "—"
-    eps, delta = get("train.epsilon"), get("train.delta")
+    eps, delta, unit = get("train.epsilon"), get("train.delta"), get("train.privacy_unit", "record")
     privacy = (
         "non-private (dp: false)"
         if get("train.dp", True) is False
-        else f"ε = {eps} (target {get('train.target_epsilon')}), δ = {delta:.2e}"
+        else f"ε = {eps} per {unit} (target {get('train.target_epsilon')}), δ = {delta:.2e}"
         if isinstance(delta, float)
-        else f"ε = {eps}, δ = {delta}"
+        else f"ε = {eps} per {unit}, δ = {delta}"
     )
     return [
         f"run                 {report.get('run_id')}",
@@ -139,6 +139,7 @@ def summary_lines(report: dict) -> list[str]:
         f"training            {get('train.method')}, {get('train.trainable_pct')}% trainable, {get('train.steps')} steps, "
         f"{get('train.train_seconds')} s",
         f"privacy             {privacy}",
+        *_subject_lines(get("train.subjects", None)),
         f"privacy ledger      {_ledger(get('train.privacy_ledger', None))}",
         *[
             f"domain QA {label:<13}base {get('evaluate.base.' + key)} → fine-tuned {get('evaluate.finetuned.' + key)}"
@@ -340,6 +341,21 @@ def _outcome_line(report: dict) -> str:
         comment = f" — “{decision['comment']}”" if decision.get("comment") else ""
         return f"{out} by {who}{' at ' + decision['at'] if decision.get('at') else ''}{comment}"
     return out
+
+
+def _subject_lines(subjects: dict | None) -> list[str]:
+    """Under privacy.unit: subject, who the units are (counts only): subjects, records without one, records
+    per subject (how many subjects have n records), and the records past k in any one example (they train when
+    a later sampling of their subject draws them)."""
+    if not isinstance(subjects, dict):
+        return []
+    spread = ", ".join(f"{n}: {count}" for n, count in (subjects.get("records_per_subject") or {}).items())
+    return [
+        f"privacy units       {subjects.get('subjects')} subjects + {subjects.get('records_without_subject')} "
+        f"record(s) without a subject (their own unit), from {subjects.get('records')} records",
+        f"records per subject {{{spread}}} (records: subjects); k = {subjects.get('subject_max_records')}, "
+        f"{subjects.get('records_beyond_k')} record(s) beyond k in one example (k drawn afresh per sampling)",
+    ]
 
 
 def _ledger(ledger: dict | None) -> str:

@@ -27,6 +27,7 @@ from tasks.config import (
     resolve_params,
     safe_run_id,
     save_resolved,
+    train_settings,
 )
 from tasks.stages.run import cli_params, cli_parser, mask_key, repo_path, run_config, save_stage, timed
 from tasks.train.budget import ledger_summary, privacy_plan, reserve_privacy_budget
@@ -139,6 +140,7 @@ def stage_ingest(run_id: str, partition: str | None = None) -> dict:
         staging_dir=paths.staging_dir(run_id),
         quarantine_dir=paths.quarantine_dir(run_id),
         required_fields=tuple(cfg.data.required_fields),
+        optional_fields=(cfg.privacy.subject_field,) if cfg.privacy.subject_field else (),
         min_text_chars=cfg.data.min_text_chars,
         max_text_chars=cfg.data.max_text_chars,
         glob=cfg.data.landing_glob,
@@ -214,6 +216,8 @@ def stage_mask_shard(run_id: str, shard: dict) -> dict:
         workers=cfg.mask.workers,
         max_residual_share=None,
         date_shift=date_shift_option(cfg.mask),
+        subject_field=cfg.privacy.subject_field,
+        subject_entity=cfg.privacy.subject_entity,
     )
     result = {
         "shard_id": shard["shard_id"],
@@ -327,7 +331,7 @@ def completed_training(run_id: str, prepared: dict, versioned: dict) -> dict | N
         return None
     same = (
         spec.get("dataset_rev") == versioned["dataset_rev"]
-        and spec.get("train") == json.loads(json.dumps(cfg.train.model_dump()))
+        and spec.get("train") == json.loads(json.dumps(train_settings(cfg)))
         and spec.get("base_model_dir") == prepared["base_model_dir"]
         and spec.get("base_model_sha256") == prepared.get("base_model_sha256")
     )
@@ -360,7 +364,7 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, warm_start: dic
         # Records kept out of training, so the membership-inference test has true non-members.
         split = split_audit_holdout(data_path, run_dir / "split", cfg.train.audit_holdout_share)
         spec = {
-            "train": cfg.train.model_dump(),
+            "train": train_settings(cfg),  # with the privacy unit's settings under privacy.unit: subject
             "base_model_dir": prepared["base_model_dir"],
             "base_model_sha256": prepared.get("base_model_sha256"),
             "data_path": split["train_path"],
@@ -386,7 +390,7 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, warm_start: dic
             from tasks.train.dp import DP_INPUTS
 
             spec["dp_mechanism"] = {
-                "records": plan["records"],
+                "units": plan["units"],
                 "mechanism": plan["mechanism"],
                 "inputs": {k: spec["train"].get(k) for k in DP_INPUTS},
             }

@@ -13,23 +13,31 @@ log = logging.getLogger(__name__)
 
 def privacy_plan(spec: dict) -> dict:
     """The DP mechanism the recipe will run, computed the same way it does (same functions, same inputs):
-    records, δ, sample rate, noise, accountant, steps after the ε cap, and the ε those steps spend."""
+    the privacy unit and how many units (records, or subjects plus records without one: the accountant's N),
+    δ, sample rate, noise, accountant, steps after the ε cap, and the ε those steps spend."""
+    from tasks.train.data import load_units, privacy_unit
     from tasks.train.dp import dp_mechanism, planned_steps_for
 
     t = spec["train"]
-    with open(spec["data_path"], "rb") as f:
-        n = sum(1 for line in f if line.strip())
+    unit, counts = privacy_unit(t), {}
+    if unit == "record":
+        with open(spec["data_path"], "rb") as f:
+            n = records = sum(1 for line in f if line.strip())
+    else:  # grouping reads the masked file once more: pseudonyms and counts, no text is kept
+        units, counts = load_units(spec["data_path"], t)
+        n, records = len(units), counts["records"]
     if t["batch_size"] > n:  # the recipe's preflight says the same; the accountant would fail obscurely first
         raise ValueError(
-            f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n} records in "
+            f"train.batch_size ({t['batch_size']}) is larger than the dataset ({n} {unit} units in "
             f"{spec['data_path']}); lower train.batch_size (and physical_batch_size) or add data"
         )
+    base = {"privacy_unit": unit, "records": records, "units": n, "unit_counts": counts}
     if not t["dp"]:
-        return {"private": False, "records": n, "epsilon": math.inf, "delta": 0.0, "steps": planned_steps_for(t, n)}
+        return {**base, "private": False, "epsilon": math.inf, "delta": 0.0, "steps": planned_steps_for(t, n)}
     mech = dp_mechanism(t, n)
     return {
+        **base,
         "private": True,
-        "records": n,
         "delta": mech["delta"],
         "sample_rate": mech["sample_rate"],
         "noise_multiplier": mech["noise"],
@@ -78,14 +86,16 @@ def reserve_privacy_budget(
         sample_rate=plan.get("sample_rate"),
         steps=plan["steps"],
         max_grad_norm=spec["train"]["max_grad_norm"],
+        unit=plan.get("privacy_unit", "record"),
         budget=ledger.budget_for(cfg.privacy, dataset),
     )
     log.info(
-        "privacy ledger: run %s on %s reserved ε=%s δ=%s",
+        "privacy ledger: run %s on %s reserved ε=%s δ=%s per %s",
         entry.run_id,
         dataset,
         "inf" if not plan["private"] else f"{plan['epsilon']:.4f}",
         plan["delta"],
+        plan.get("privacy_unit", "record"),
     )
     return entry
 

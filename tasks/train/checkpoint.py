@@ -68,6 +68,10 @@ restarts G there and `batches()` skips the used batches. Both need the DataLoade
 `generator=torch.Generator().manual_seed(seed)`. A CSPRNG sampler (tasks.train.noise, production)
 has no state: the resumed epoch draws its remaining steps afresh, so the weights differ from an
 uninterrupted run's but the steps, and with them ε, are the same.
+A dataset that draws its examples (subject packing, tasks.train.data.SubjectDataset: which ≤ k records form
+a sampled subject's example) has its own seeded generator; the rank state keeps it too (`draw_state`): where
+it stood after the last step under Poisson sampling, at the epoch start for the non-DP loader (the skipped
+batches replay its draws). Under secure noise it draws from the CSPRNG and has nothing to keep.
 The position is counted in logical steps. Opacus' distributed Poisson sampler silently drops a
 draw that is empty on one rank (desynchronising DPDDP ranks, and such an epoch would resume one
 draw off); tasks.train.dp.make_private replaces it with `KeepEmptyDistributedSampler` (tasks.train.distributed), which yields the empty draw.
@@ -188,6 +192,12 @@ def _secure(sampler) -> bool:
     return sampler is not None and getattr(sampler, "secure", False)
 
 
+def _draw_generator(data_loader):
+    """The dataset's own generator, if its examples draw (subject packing: which records form the example)."""
+    gen = getattr(getattr(data_loader, "dataset", None), "generator", None)
+    return gen if type(gen).__name__ == "Generator" else None
+
+
 def _require_generator(data_loader) -> None:
     sampler = _poisson_sampler(data_loader)
     if _secure(sampler):
@@ -305,6 +315,7 @@ class Checkpointer:
         # sampler cursor: where the current epoch began and, after a resume, what to replay
         self._epoch_start_step = 0
         self._epoch_start_gen_state = None  # non-DP: loader generator state before the epoch's iter()
+        self._epoch_start_draw_state = None  # non-DP: the dataset's draw generator then (replayed with the skip)
         self._pending: dict | None = None  # sampler position from a checkpoint, used by the next begin_epoch
         self._swap = None  # DP: (original generator, draws per epoch) while a resumed epoch samples from a copy
         self._skip = 0
@@ -392,10 +403,15 @@ class Checkpointer:
         if not self.enabled:
             return
         _require_generator(data_loader)
+        draws = _draw_generator(data_loader)
         if pending is None:
             self._epoch_start_step = step
             self._epoch_start_gen_state = None if sampler is not None else data_loader.generator.get_state()
+            self._epoch_start_draw_state = draws.get_state() if draws is not None and sampler is None else None
             return
+        if draws is not None and pending.get("draw_state") is not None:  # where the dataset's draws stood
+            draws.set_state(pending["draw_state"])
+            self._epoch_start_draw_state = pending["draw_state"] if sampler is None else None
         used = step - pending["epoch_start_step"]
         if _secure(sampler):  # fresh CSPRNG draws for what is left of the epoch: same step count, same ε
             if pending["kind"] != "poisson-secure":
@@ -461,6 +477,9 @@ class Checkpointer:
         else:
             position = {"kind": "shuffle", "generator_state": self._epoch_start_gen_state}
         position.update(epoch=self._epoch, epoch_start_step=self._epoch_start_step, used=used)
+        draws = _draw_generator(data_loader)
+        if draws is not None:  # Poisson: where the draws stand now; shuffle: at the epoch start (the skip replays)
+            position["draw_state"] = draws.get_state() if sampler is not None else self._epoch_start_draw_state
         _save({"rng": _rng_state(), "sampler": position}, tmp / f"rank-{self.rank}.pt")
 
         if self.rank == 0:

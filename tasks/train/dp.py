@@ -18,7 +18,8 @@ import warnings
 
 log = logging.getLogger(__name__)
 
-# The train config fields the mechanism depends on (with the record count): a pre-computed one applies while they match.
+# The train config fields the mechanism depends on (with the unit count: records, or subjects under privacy_unit
+# subject; k only changes packing): a pre-computed one applies while they match.
 DP_INPUTS = ("target_epsilon", "target_delta", "batch_size", "epochs")
 
 
@@ -75,7 +76,7 @@ def planned_steps_for(t: dict, n: int) -> int:
 
 
 def dp_mechanism(t: dict, n: int) -> dict:
-    """The DP-SGD mechanism a run on `n` records will use: δ, sample rate, noise (PRV, RDP fallback), steps
+    """The DP-SGD mechanism a run on `n` privacy units (records, or subjects plus records without one) will use: δ, sample rate, noise (PRV, RDP fallback), steps
     capped at the last one within the target ε, and the ε those steps spend. The recipe runs with it and the
     pipeline charges the privacy ledger with it, so the two can never disagree."""
     delta = t["target_delta"] or 1.0 / (10 * n)
@@ -94,7 +95,7 @@ def planned_mechanism(spec: dict, n: int) -> dict:
     applies: same records and DP inputs. Saves the noise search a second time inside torchrun."""
     pre = spec.get("dp_mechanism") or {}
     t = spec["train"]
-    if pre.get("records") == n and pre.get("inputs") == {k: t.get(k) for k in DP_INPUTS}:
+    if pre.get("units", pre.get("records")) == n and pre.get("inputs") == {k: t.get(k) for k in DP_INPUTS}:
         return pre["mechanism"]
     return dp_mechanism(t, n)
 
@@ -103,11 +104,13 @@ def planned_mechanism(spec: dict, n: int) -> dict:
 
 
 def privacy_marker(t: dict, epsilon: float, delta: float) -> str:
-    """The one-line privacy claim of a run: `NON-PRIVATE`, or DP (ε, δ), flagged when the noise was seeded."""
+    """The one-line privacy claim of a run: `NON-PRIVATE`, or DP (ε, δ) per record or per subject, flagged
+    when the noise was seeded."""
     if not t["dp"]:
         return "NON-PRIVATE"
     seeded = "" if t.get("secure_noise", True) else ", REPRODUCIBLE seeded noise: not a production guarantee"
-    return f"DP (epsilon={epsilon:.3f}, delta={delta:.2e}{seeded})"
+    unit = t.get("privacy_unit") or "record"
+    return f"DP (epsilon={epsilon:.3f}, delta={delta:.2e}, per {unit}{seeded})"
 
 
 def noise_source(t: dict) -> str | None:

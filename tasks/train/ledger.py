@@ -39,8 +39,8 @@ What an entry is, and when it is written
 One row per training run, written BEFORE training starts, holding the run's target
 (ε, δ) and its mechanism: noise multiplier σ, sample rate q, steps T (the cap: training
 stops there or earlier), clipping norm, the accountant that set σ, and the privacy unit
-(`unit`: "record" today, one row of the masked set; "subject" once subject-level DP-SGD
-lands). Rows are never updated, so the ledger records the reservation, not a final
+(`unit`: "record", one row of the masked set; or "subject" under privacy.unit: subject,
+all of one data subject's records). Rows are never updated, so the ledger records the reservation, not a final
 figure: this is sound because the noise multiplier is computed so that the accountant
 reaches the target at the last step and training stops before exceeding it, hence the
 actual ε ≤ the recorded ε. A run that fails midway stays counted at its full target
@@ -77,8 +77,8 @@ Overlap: monthly dataset versions accumulate (each revision contains earlier mon
 records), so every run on a source dataset is counted against every record of it. For a
 record that only appears in later versions this over-counts, which is conservative.
 Different source datasets are assumed to hold different people; if they do not, give
-them one `privacy.source_dataset` id. The unit of privacy is one record (DP-SGD clips
-per example); a person with k records is protected at kε by group privacy. A dataset's
+them one `privacy.source_dataset` id. The unit of privacy is what DP-SGD clips per example:
+one record (a person with k records is protected at kε by group privacy), or one subject. A dataset's
 figure is in "subject" units only when every run on it is; otherwise in "record" units
 (a subject-level guarantee implies the record-level one, not the other way round).
 

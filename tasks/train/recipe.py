@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common import offline
-from tasks.common.tokens import tokenize
 from tasks.train import tracking
-from tasks.train.data import batch_loss, load_texts, make_loader
+from tasks.train.data import batch_loss, load_units, make_dataset, make_loader
 from tasks.train.deepspeed import train_deepspeed
 from tasks.train.distributed import (
     broadcast_from_rank0,
@@ -70,6 +69,7 @@ class Run:
 
     spec: dict
     info: dict  # preflight: model_type, tied_embeddings, blocks, delta
+    units: dict  # the privacy unit and its counts (records, units, subjects…): no text
     rank: int
     world: int
     local_rank: int
@@ -104,7 +104,7 @@ class Engine:
     model: Any
     optimizer: Any
     loader: Any
-    records: int
+    records: int  # training examples = privacy units: records, or subjects (+ records without one); the DP N
     planned_steps: int
     total_steps: int  # planned, or under DP capped at the last step within target ε
     scheduler: Any = None
@@ -121,14 +121,14 @@ class Engine:
 def train(spec: dict) -> dict:
     """One training run: setup → train loop → finish. Returns train_result.json's figures."""
     offline.apply()
-    texts, run = setup(spec)
+    units, run = setup(spec)
     base = setup_model(run)
-    if run.t.get("deepspeed"):
+    if run.t.get("deepspeed"):  # non-private only: the unit does not matter, every record trains
         return train_deepspeed(
             spec,
             model=base.model,
             tokenizer=base.tokenizer,
-            texts=texts,
+            texts=[text for unit in units for text in unit],
             rank=run.rank,
             world=run.world,
             device=run.device,
@@ -137,21 +137,22 @@ def train(spec: dict) -> dict:
             total=base.total,
             warm_start=base.warm_start,
         )
-    engine = setup_engine(run, base, texts)
+    engine = setup_engine(run, base, units)
     ckpt, progress = resume(run, engine)
     mlflow_run = start_tracking(run, base, engine)
     train_loop(run, engine, ckpt, progress, mlflow_run, pad_id=base.tokenizer.pad_token_id)
     return finish(run, base, engine, progress, mlflow_run)
 
 
-def setup(spec: dict) -> tuple[list[str], Run]:
-    """Preflight (data file, model dir, batch, δ, targets, method × DP: nothing is computed before it passes),
-    then the output directory, torch threads, the process group, seeds and device."""
+def setup(spec: dict) -> tuple[list[list[str]], Run]:
+    """The privacy units (records, or records grouped by subject); preflight (data file, model dir, batch, δ,
+    targets, method × DP: nothing is computed before it passes), then the output directory, torch threads,
+    the process group, seeds and device."""
     import torch
 
     t = spec["train"]
-    texts = load_texts(Path(spec["data_path"]))
-    info = preflight(spec, len(texts))
+    units, counts = load_units(Path(spec["data_path"]), t)
+    info = preflight(spec, len(units))
     Path(spec["out_dir"]).mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         torch.set_num_threads(t["cpu_threads"])
@@ -159,7 +160,7 @@ def setup(spec: dict) -> tuple[list[str], Run]:
     random.seed(t["seed"] + rank)
     torch.manual_seed(t["seed"])  # same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway)
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return texts, Run(spec=spec, info=info, rank=rank, world=world, local_rank=local_rank, device=device)
+    return units, Run(spec=spec, info=info, units=counts, rank=rank, world=world, local_rank=local_rank, device=device)
 
 
 def setup_model(run: Run) -> Base:
@@ -199,15 +200,16 @@ def setup_model(run: Run) -> Base:
     )
 
 
-def setup_engine(run: Run, base: Base, texts: list[str]) -> Engine:
-    """(DP)DDP across ranks, token rows and their loader, the optimizer, DP (make_private), the LR schedule."""
+def setup_engine(run: Run, base: Base, units: list[list[str]]) -> Engine:
+    """(DP)DDP across ranks, one token row per privacy unit and their loader, the optimizer, DP (make_private),
+    the LR schedule."""
     import torch
 
     t, model = run.t, base.model
     if run.world > 1:
         model = wrap_for_ranks(model, dp=t["dp"], device=run.device, local_rank=run.local_rank)
         torch.manual_seed(t["seed"] + run.rank)  # from here on (dropout), ranks draw independently
-    rows = tokenize(texts, base.tokenizer, t["max_seq_len"])
+    rows = make_dataset(units, base.tokenizer, t, positions=run.info.get("positions"), rank=run.rank)
     loader = make_loader(rows, pad_id=base.tokenizer.pad_token_id, t=t, rank=run.rank, world=run.world)
     planned = planned_steps_for(t, len(rows))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
@@ -240,10 +242,12 @@ def setup_privacy(run: Run, engine: Engine) -> None:
     mode = resolve_grad_sample_mode(t, engine.model, run.device, run.info["tied_embeddings"])
     if run.rank == 0:
         log.info(
-            "DP-SGD: accountant %s, noise %.4f, sample rate %.4f, clipping mode %s",
+            "DP-SGD per %s: accountant %s, noise %.4f, sample rate %.4f over %d units, clipping mode %s",
+            run.units["privacy_unit"],
             accountant,
             noise,
             t["batch_size"] / engine.records,
+            engine.records,
             mode,
         )
     engine.privacy_engine, engine.model, engine.optimizer, engine.loader, engine.criterion = make_private(
@@ -425,6 +429,7 @@ def finish(run: Run, base: Base, engine: Engine, progress: Progress, mlflow_run)
         digests=rank_digests(inner, run.world),  # every rank must hold the same weights; rank 0's are saved
         mlflow_run_id=mlflow_run.info.run_id if mlflow_run else None,
         warm_start=base.warm_start,
+        units=run.units,
     )
     if run.rank == 0:
         plots = save_outputs(

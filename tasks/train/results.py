@@ -76,8 +76,10 @@ def train_result(
     mlflow_run_id: str | None = None,
     warm_start: dict | None = None,
     deepspeed: dict | None = None,
+    units: dict | None = None,
 ) -> dict:
-    """train_result.json: the privacy claim and mechanism, the schedule, what trained, speed, ranks, outputs."""
+    """train_result.json: the privacy claim and mechanism and its unit, the schedule, what trained, speed, ranks,
+    outputs. `records` counts training examples (the privacy units); `units` the records and subjects behind them."""
     epsilon, history, elapsed = progress.epsilon, progress.history, progress.elapsed()
     result = {
         "method": t["method"],
@@ -85,6 +87,7 @@ def train_result(
         "privacy": privacy_marker(t, epsilon, delta),
         "noise_source": noise_source(t),
         "epsilon": round(epsilon, 4) if t["dp"] else None,
+        "privacy_unit": t.get("privacy_unit") or "record",  # what ε is per: one record, or one data subject
         "target_epsilon": t["target_epsilon"] if t["dp"] else None,
         "delta": delta if t["dp"] else None,
         "noise_multiplier": round(noise, 4),
@@ -117,6 +120,8 @@ def train_result(
     }
     if deepspeed is not None:
         result["deepspeed"] = deepspeed
+    if units is not None and units.get("privacy_unit") == "subject":
+        result["subjects"] = {k: v for k, v in units.items() if k != "privacy_unit"}  # counts only
     return result
 
 

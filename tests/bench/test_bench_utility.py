@@ -141,3 +141,27 @@ def test_committed_results_are_strict_json():
     committed = Path(__file__).resolve().parents[2] / "bench" / "results" / "utility.json"
     doc = json.loads(committed.read_text(), parse_constant=lambda c: pytest.fail(f"{committed}: {c} is not JSON"))
     assert any(r["epsilon"] is None for r in doc["runs"])
+
+
+def test_pseudonymise_keeps_the_member_as_its_keyed_subject():
+    bench = _bench()
+    rows = [
+        {"record_id": "R-1", "text": "Letter. Member ID MBR-12345678.", "member_id": "MBR-12345678"},
+        {"record_id": "R-2", "text": "Plan document.", "member_id": ""},
+    ]
+    key = [{"type": "MEMBER_ID", "value": "MBR-12345678", "record_id": "R-1"}]
+    member, plan = bench.pseudonymise(rows, key)
+    assert member["subject"] in member["text"] and member["subject"].startswith("<MEMBER_ID_")  # field = text
+    assert "MBR-" not in json.dumps(member) and "subject" not in plan
+
+
+def test_expected_records_trained_counts_draws_past_k():
+    spec = importlib.util.spec_from_file_location("bench_subject", REPO / "bench" / "bench_utility_subject.py")
+    subject = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(subject)
+    counts = {"units": 100, "records_without_subject": 50, "records_per_subject": {"1": 40, "10": 10}}
+    none = subject.expected_records_trained(counts, batch=10, steps=0, k=2)
+    many = subject.expected_records_trained(counts, batch=10, steps=2000, k=2)
+    assert none == 0 and many == pytest.approx(50 + 40 + 100, rel=1e-3)  # every record, the 10-record subjects' too
+    one = subject.expected_records_trained(counts, batch=10, steps=1, k=2)
+    assert one == pytest.approx(0.1 * (50 + 40 + 10 * 2))  # one step: a sampled subject trains k of its records

@@ -325,3 +325,55 @@ def test_safe_harbor_identifiers_are_deterministic_and_checked(tmp_path):
 
     with pytest.raises(ValueError, match="identifiers"):
         synth.generate(tmp_path / "c", n_records=50, identifiers="everything")
+
+
+def _landing_records(root):
+    """Every landing record (JSONL and CSV), bad rows left out."""
+    import csv
+
+    rows = []
+    for path in sorted((root / "landing").rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and str(row.get("record_id", "")).startswith("R-"):
+                rows.append(row)
+    for path in sorted((root / "landing").rglob("*.csv")):
+        rows += [r for r in csv.DictReader(path.open()) if r["record_id"].startswith("R-")]
+    return rows
+
+
+def test_members_own_heavy_tailed_record_counts_spread_over_months(tmp_path):
+    months = ["2026-01", "2026-02", "2026-03", "2026-04"]
+    counts = synth.generate(tmp_path, n_records=2000, months=months, canaries=0, members=True)
+    key = json.loads((tmp_path / "synth" / "members.json").read_text())
+    sizes = sorted(len(m["record_ids"]) for m in key)
+    assert counts["members"] == len(key) and counts["member_records"] == sum(sizes)
+    assert sizes[len(sizes) // 2] <= 3  # most members have a few records
+    assert sizes[-1] >= 20  # some have dozens
+    big = max(key, key=lambda m: len(m["record_ids"]))
+    assert len({rid[2:9] for rid in big["record_ids"]}) >= 3  # R-2026-01-…: spread over the months
+    rows = {r["record_id"]: r for r in _landing_records(tmp_path)}
+    owner = {rid: m["member_id"] for m in key for rid in m["record_ids"]}
+    for rid, row in rows.items():
+        if row["record_type"] == "plan_document":
+            assert not row.get("member_id") and rid not in owner  # plan documents belong to no one
+        else:  # the structured field and the text both name the owner the key says
+            assert row["member_id"] == owner[rid]
+            assert owner[rid] in row["text"]
+    pii = json.loads((tmp_path / "synth" / "pii_key.json").read_text())
+    keyed = {(e["record_id"], e["value"]) for e in pii if e["type"] == "MEMBER_ID"}
+    assert set(owner.items()) <= keyed  # the raw id is in the PII key too, so leakage scans look for it
+
+
+def test_members_are_opt_in_and_leave_facts_and_questions_alone(tmp_path):
+    synth.generate(tmp_path / "plain", n_records=300)
+    synth.generate(tmp_path / "members", n_records=300, members=True)
+    assert not (tmp_path / "plain" / "synth" / "members.json").exists()
+    assert all("member_id" not in r for r in _landing_records(tmp_path / "plain"))
+    for name in ("facts.json", "qa_validation.jsonl", "qa_test.jsonl"):
+        assert (tmp_path / "plain" / "synth" / name).read_bytes() == (
+            tmp_path / "members" / "synth" / name
+        ).read_bytes()

@@ -315,3 +315,10 @@ def test_masking_profile_and_its_benchmark_recall(tmp_path):
     card = render_model_card({**FACTS, "masking_profile": absent})
     assert "| masking profile | safe_harbor" in card
     assert f"| masking recall: benchmark on external-style text, not this run's data | {NOT_RECORDED} |" in card
+
+
+def test_the_card_says_whether_epsilon_is_per_record_or_per_subject():
+    record = render_model_card(FACTS)
+    assert "differential privacy per record" in record and "ε spent by this run (per record)" in record
+    subject = render_model_card({**FACTS, "privacy_unit": "subject"})
+    assert "differential privacy per subject" in subject and "per-subject clipping norm" in subject

@@ -196,3 +196,20 @@ def test_a_report_from_before_the_calibrated_mia_still_shows_its_auc(tmp_path):
     _stage(tmp_path, "evaluate", evaluate)
     text = "\n".join(summary_lines(build_report(tmp_path)))
     assert "canary exposure 1.5 bits, MIA AUC 0.52\n" in text + "\n"
+
+
+def test_the_privacy_line_says_its_unit_and_subject_counts_are_shown():
+    train = {"dp": True, "epsilon": 7.9, "delta": 2.5e-5, "target_epsilon": 8.0}
+    [line] = [x for x in summary_lines({"train": train}) if x.startswith("privacy  ")]
+    assert "ε = 7.9 per record" in line  # a result from before units existed is record-level
+    subjects = {
+        "records": 60,
+        "subjects": 20,
+        "records_without_subject": 10,
+        "records_per_subject": {"1": 12, "2": 5, "13": 3},
+        "subject_max_records": 2,
+        "records_beyond_k": 36,
+    }
+    text = "\n".join(summary_lines({"train": {**train, "privacy_unit": "subject", "subjects": subjects}}))
+    assert "ε = 7.9 per subject" in text
+    assert "20 subjects + 10 record(s) without a subject" in text and "{1: 12, 2: 5, 13: 3}" in text

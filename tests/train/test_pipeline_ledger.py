@@ -155,3 +155,26 @@ def test_a_privacy_finetune_run_may_not_take_a_monthly_run_key(tmp_path, monkeyp
     with pytest.raises(PolicyViolation, match="reserved for monthly_refinetune"):
         privacy_finetune.stage_prepare("monthly-2026-01", {}, dag_id="privacy_finetune")
     assert not (tmp_path / "runs" / "monthly-2026-01").exists()
+
+
+def test_a_subject_level_plan_counts_subjects_and_the_ledger_entry_says_subject(tmp_path, ledger_url):
+    """privacy.unit: subject — N is the subjects (plus records without one), δ follows them, the entry's unit is
+    'subject'; the record-level spec of the same config carries no unit keys (its ledger digest is unchanged)."""
+    import json
+
+    from tasks.config import train_settings
+
+    cfg, _ = _setup(tmp_path)
+    cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"unit": "subject"})})
+    path = tmp_path / "subjects.jsonl"
+    rows = [{"record_id": f"R-{i}", "subject": f"<MEMBER_ID_{i % 50:08x}>", "text": f"Record {i}."} for i in range(200)]
+    rows += [{"record_id": f"P-{i}", "text": f"Plan text {i}."} for i in range(30)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"train": train_settings(cfg), "data_path": str(path)}
+    plan = privacy_finetune.privacy_plan(spec)
+    assert plan["privacy_unit"] == "subject" and plan["units"] == 80 and plan["records"] == 230
+    assert plan["sample_rate"] == pytest.approx(20 / 80) and plan["delta"] == pytest.approx(1 / 800)
+    assert plan["unit_counts"]["records_per_subject"] == {"4": 50}
+    entry = privacy_finetune.reserve_privacy_budget("run-subject", cfg, spec, dataset_rev="rev1", plan=plan)
+    assert entry.unit == "subject"
+    assert ledger.summary("test-records")["unit"] == "subject"
