@@ -116,7 +116,7 @@ def apply_method(model, spec: dict, model_type: str | None = None):
     }
     if method == "lora":
         model = get_peft_model(model, LoraConfig(**lora))
-        return model if t["lora_train_a"] else freeze_lora_a(model)
+        return model if t.get("lora_train_a", True) else freeze_lora_a(model)  # specs from before the option
     # freeze: only the top N blocks train; nothing below them needs a gradient, so backward stops there
     blocks_name, blocks = find_blocks(model)
     top = list(range(len(blocks) - t["trainable_layers"], len(blocks)))

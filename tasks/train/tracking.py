@@ -77,7 +77,7 @@ def log_params(
     if t["method"] == "lora" or (t["method"] == "freeze" and t["freeze_with_lora"]):
         params.update({k: t[k] for k in ("lora_r", "lora_alpha", "lora_dropout")})
     if t["method"] == "lora":
-        params["lora_train_a"] = t["lora_train_a"]
+        params["lora_train_a"] = t.get("lora_train_a", True)
     if t["method"] == "prefix":
         params["num_virtual_tokens"] = t["num_virtual_tokens"]
     if t["method"] == "freeze":
