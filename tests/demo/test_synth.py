@@ -159,21 +159,7 @@ def test_general_corpus_holds_no_domain_facts(tmp_path):
 
 def _landing_rows(root):
     """Every landing record as {record_id: text} (JSONL and CSV; malformed demo rows skipped)."""
-    import csv
-
-    rows = {}
-    for path in sorted((root / "landing").rglob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row.get("text"), str) and row["record_id"].startswith("R-"):
-                rows[row["record_id"]] = row["text"]
-    for path in sorted((root / "landing").rglob("*.csv")):
-        with path.open(newline="") as fh:
-            rows.update({r["record_id"]: r["text"] for r in csv.DictReader(fh)})
-    return rows
+    return {r["record_id"]: r["text"] for r in _landing_records(root) if isinstance(r.get("text"), str)}
 
 
 def test_canaries_open_their_records_and_change_nothing_else(tmp_path):
@@ -266,20 +252,6 @@ SAFE_HARBOR_KINDS = {
     "POLICY_NUMBER",
     "MEMBER_ID",
 }
-
-
-def _landing_rows(root):
-    rows = {}
-    for p in sorted((root / "landing").rglob("*.jsonl")):
-        for line in p.read_text().splitlines():
-            if line.startswith('{"record_id": "R-'):
-                row = json.loads(line)
-                rows[row["record_id"]] = row["text"]
-    for p in sorted((root / "landing").rglob("*.csv")):
-        import csv
-
-        rows.update({r["record_id"]: r["text"] for r in csv.DictReader(p.open())})
-    return rows
 
 
 def test_safe_harbor_identifiers_add_prose_and_leave_the_rest(tmp_path):
