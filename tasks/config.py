@@ -170,9 +170,9 @@ class TrainConfig(_Section):
     optimizer: Literal["sgd", "adamw"] = Field("adamw", description="sgd = SGD with momentum 0.9")
     epochs: float = Field(1.3, gt=0)
     batch_size: int = Field(256, ge=1, description="expected logical batch (Poisson sampling under DP)")
-    physical_batch_size: int = Field(32, ge=1, description="what fits in memory; BatchMemoryManager splits")
+    physical_batch_size: int = Field(64, ge=1, description="what fits in memory; BatchMemoryManager splits")
     learning_rate: float = Field(0.02, gt=0)
-    max_seq_len: int = Field(192, ge=8)
+    max_seq_len: int = Field(96, ge=8)
     seed: int = 0
     nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node under torchrun")
     cpu_threads: int = Field(1, ge=1, description="torch threads per process on CPU (small models run fastest on 1)")
