@@ -83,7 +83,8 @@ def make_dataset(units: list[list[str]], tokenizer, t: dict, *, positions: int |
     before units existed). `subject`: a SubjectDataset that draws up to k of a subject's records afresh each time
     the subject is sampled and packs them into `packed_tokens`."""
     if privacy_unit(t) == "record":
-        return TokenDataset(tokenize([u[0] for u in units], tokenizer, t["max_seq_len"]))
+        rows = tokenize([u[0] for u in units], tokenizer, t["max_seq_len"])
+        return TokenDataset(sorted(rows, key=len) if t["dp"] else rows)  # why sorted: make_loader
     tokens = [tokenize(texts, tokenizer, t["max_seq_len"]) for texts in units]
     secure = t["dp"] and t.get("secure_noise", True)
     return SubjectDataset(
@@ -176,8 +177,8 @@ def make_loader(dataset, *, pad_id: int, t: dict, rank: int, world: int):
 
     if isinstance(dataset, list) and t["dp"]:
         # A Poisson batch lists its records in index order and BatchMemoryManager cuts it in that order, so
-        # with the rows sorted by length each physical batch pads to a similar width (the demo's records:
-        # about the padded tokens of 96-token rows at 192). Each record's inclusion is still its own draw.
+        # with the rows sorted by length each physical batch pads to a similar width. Each record's inclusion
+        # is still its own draw. make_dataset sorts the records it builds for the same reason.
         dataset = sorted(dataset, key=len)
     dataset = TokenDataset(dataset) if isinstance(dataset, list) else dataset  # token rows, or a built dataset
     collate = make_collate(pad_id, t["max_seq_len"])

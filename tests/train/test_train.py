@@ -606,3 +606,14 @@ def test_dp_rows_are_ordered_by_length_so_physical_batches_pad_less():
     assert [len(r) for r in private.dataset.rows] == [1, 2, 4, 4, 7, 9]
     public = make_loader(rows, pad_id=0, t={**t, "dp": False}, rank=0, world=1)
     assert public.dataset.rows == rows
+    # The recipe's path: make_dataset builds the record dataset, sorted under DP too.
+    from tasks.train.data import make_dataset
+
+    class Chars:  # one token per character
+        bos_token = eos_token = ""
+
+        def __call__(self, text, **kw):
+            return {"input_ids": [1] * min(len(text), kw["max_length"])}
+
+    built = make_dataset([["x" * n] for n in (9, 2, 7)], Chars(), {**t, "privacy_unit": "record"})
+    assert [len(r) for r in built.rows] == [2, 7, 9]
