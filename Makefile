@@ -32,7 +32,7 @@ KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 # The demo's deployment config (include/config/demo.yaml: pipeline.yaml, promoted by the gates alone).
 DEMO_CONFIG = PFT_CONFIG="$${PFT_CONFIG:-$(CURDIR)/include/config/demo.yaml}"
 
-.PHONY: help setup demo verify-offline test test-fast lint lock airflow data base-model report bench-mask bench-train bench-privacy bench-utility clean-runs clean serve rollback
+.PHONY: help setup demo verify-offline test test-fast lint lock airflow data base-model report bench-mask bench-train bench-privacy bench-utility clean-runs clean serve rollback cluster cluster-down cluster-status
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
@@ -41,6 +41,8 @@ help:
 	@echo "make lint      ruff check, ruff format --check and the import-layer contracts (lint-imports)"
 	@echo "make lock      re-resolve requirements.lock (every transitive pin, with hashes) after editing requirements*.txt"
 	@echo "make verify-offline  the demo run inside a network namespace with only loopback"
+	@echo "make cluster   the production topology natively: Postgres, Redis, S3, MLflow server, Celery workers"
+	@echo "make cluster-down / cluster-status  stop it / check every service's health"
 	@echo "make airflow   start Airflow (web UI on http://localhost:8080) on the same PFT_HOME"
 	@echo "make report    print the summary of the latest run"
 	@echo "make serve     serve the champion model on http://$(SERVE_HOST):$(SERVE_PORT) (needs PFT_SERVE_TOKEN)"
@@ -160,6 +162,18 @@ airflow: setup
 	@echo "Airflow UI: http://localhost:8080  — user 'admin'; its password is printed below and kept in"
 	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
 	@$(BIN)/airflow standalone
+
+# The production topology as native processes (tasks/cluster): Postgres, Redis, an S3 server (moto), the
+# MLflow server and Airflow on the CeleryExecutor with a default-queue and a gpu-queue worker. State, logs
+# and generated secrets under $(PFT_HOME)/cluster/. Needs Debian's postgresql and redis-server.
+cluster: $(STAMP)
+	$(BIN)/python -m tasks.cluster up --home $(PFT_HOME) $(if $(PFT_CONFIG),--config $(PFT_CONFIG))
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m tasks.cluster down --home $(PFT_HOME)
+
+cluster-status: $(STAMP)
+	$(BIN)/python -m tasks.cluster status --home $(PFT_HOME)
 
 # Masking quality (precision/recall/F2 per entity) and throughput vs a plain Presidio loop.
 bench-mask: $(STAMP)

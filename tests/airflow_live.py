@@ -62,7 +62,134 @@ def _interrupt_when_parent_dies() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
 
 
-class AirflowLive:
+class AirflowClient:
+    """The REST API and the CLI of a running Airflow: its URL, its users' passwords and the
+    components' environment (same DB, config, dags and keys). `AirflowLive` starts one; the
+    cluster tests point one at `make cluster`'s api-server."""
+
+    def __init__(self, base_url: str, passwords: dict[str, str], env: dict[str, str], cwd: Path, airflow_home: Path):
+        self.base_url = base_url
+        self.passwords = passwords
+        self.users = dict.fromkeys(passwords, "admin")
+        self.env = env
+        self.home = cwd
+        self.airflow_home = airflow_home
+        self._tokens: dict[str, str] = {}
+
+    def _check_alive(self) -> None:
+        """Raises when the components are known to have exited (nothing to check for a client alone)."""
+
+    # --- CLI and REST ------------------------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`airflow <args>` with the components' environment (same DB, config, dags, keys)."""
+        proc = subprocess.run(
+            [str(BIN / "airflow"), *args], cwd=self.home, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(
+                f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def token(self, user: str | None = None) -> str:
+        """A JWT from POST /auth/token (cached per user)."""
+        user = user or next(iter(self.users))
+        if user not in self._tokens:
+            resp = httpx.post(
+                f"{self.base_url}/auth/token", json={"username": user, "password": self.passwords[user]}, timeout=30
+            )
+            resp.raise_for_status()
+            self._tokens[user] = resp.json()["access_token"]
+        return self._tokens[user]
+
+    def client(self, user: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
+
+    def api(self, method: str, path: str, *, user: str | None = None, ok=(200,), **kwargs) -> Any:
+        """One REST call under /api/v2; a status outside `ok` raises with the response body."""
+        with self.client(user) as client:
+            resp = client.request(method, f"/api/v2{path}", **kwargs)
+        if resp.status_code not in ok:
+            raise RuntimeError(f"{method} /api/v2{path} → {resp.status_code}: {resp.text[:2000]}")
+        return resp.json() if resp.content else None
+
+    def set_pool(self, name: str, slots: int, description: str = "") -> dict:
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+        with self.client() as client:
+            resp = client.post("/api/v2/pools", json=body)
+            if resp.status_code == 409:
+                resp = client.patch(f"/api/v2/pools/{name}", json=body)
+        if resp.status_code not in (200, 201):
+            raise RuntimeError(f"pool {name}: {resp.status_code} {resp.text[:1000]}")
+        return resp.json()
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 180) -> dict:
+        """Until the dag-processor has parsed and serialized `dag_id`. An import error in a file named
+        after the DAG fails at once; other files' errors are named if it times out."""
+        deadline, errors = time.monotonic() + timeout_s, []
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with self.client() as client:
+                resp = client.get(f"/api/v2/dags/{dag_id}/details")
+                if resp.status_code == 200:
+                    return resp.json()
+                errors = client.get("/api/v2/importErrors").json().get("import_errors", [])
+            if any(dag_id in str(e.get("filename", "")) for e in errors):
+                raise RuntimeError(f"DAG {dag_id} does not import: {json.dumps(errors)[:4000]}")
+            time.sleep(2)
+        raise TimeoutError(
+            f"DAG {dag_id} not parsed after {timeout_s:.0f}s; import errors: {json.dumps(errors)[:3000]}; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def unpause(self, dag_id: str) -> dict:
+        return self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> dict:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-start_date"})["dag_runs"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+        return {
+            (ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti["state"]
+            for ti in tis["task_instances"]
+        }
+
+    def wait_for_dag_run(self, dag_id: str, run_id: str, timeout: float = 900, poll_s: float = 3) -> dict:
+        """Poll the run until it is success or failed; returns the run. On timeout, raises with its
+        task states. (A failed run is returned, not raised: the caller asserts on it.)"""
+        deadline = time.monotonic() + timeout
+        run: dict = {}
+        while time.monotonic() < deadline:
+            self._check_alive()
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in TERMINAL_RUN_STATES:
+                return run
+            time.sleep(poll_s)
+        raise TimeoutError(
+            f"{dag_id} run {run_id} still {run.get('state')} after {timeout:.0f}s; tasks: "
+            f"{self.task_states(dag_id, run_id)}; task logs under {self.airflow_home / 'logs'}"
+        )
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+        """A task's log as text (from the REST API), for failure messages."""
+        with self.client() as client:
+            resp = client.get(
+                f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+                params={"map_index": map_index, "full_content": True},
+                headers={"Accept": "text/plain"},
+            )
+        return resp.text
+
+
+class AirflowLive(AirflowClient):
     """`airflow standalone` on `home` (PFT_HOME; AIRFLOW_HOME = home/airflow unless given).
 
     users: name → SimpleAuthManager role (admin, op, user, viewer); passwords are generated and
@@ -234,112 +361,3 @@ class AirflowLive:
         raise TimeoutError(
             f"Airflow not healthy after {timeout_s:.0f}s (last health: {last}); log {self.log_path}:\n{self.log_tail()}"
         )
-
-    # --- CLI and REST ------------------------------------------------------------------------------------
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        """`airflow <args>` with the components' environment (same DB, config, dags, keys)."""
-        proc = subprocess.run(
-            [str(BIN / "airflow"), *args], cwd=self.home, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(
-                f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-            )
-        return proc
-
-    def token(self, user: str | None = None) -> str:
-        """A JWT from POST /auth/token (cached per user)."""
-        user = user or next(iter(self.users))
-        if user not in self._tokens:
-            resp = httpx.post(
-                f"{self.base_url}/auth/token", json={"username": user, "password": self.passwords[user]}, timeout=30
-            )
-            resp.raise_for_status()
-            self._tokens[user] = resp.json()["access_token"]
-        return self._tokens[user]
-
-    def client(self, user: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
-
-    def api(self, method: str, path: str, *, user: str | None = None, ok=(200,), **kwargs) -> Any:
-        """One REST call under /api/v2; a status outside `ok` raises with the response body."""
-        with self.client(user) as client:
-            resp = client.request(method, f"/api/v2{path}", **kwargs)
-        if resp.status_code not in ok:
-            raise RuntimeError(f"{method} /api/v2{path} → {resp.status_code}: {resp.text[:2000]}")
-        return resp.json() if resp.content else None
-
-    def set_pool(self, name: str, slots: int, description: str = "") -> dict:
-        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
-        with self.client() as client:
-            resp = client.post("/api/v2/pools", json=body)
-            if resp.status_code == 409:
-                resp = client.patch(f"/api/v2/pools/{name}", json=body)
-        if resp.status_code not in (200, 201):
-            raise RuntimeError(f"pool {name}: {resp.status_code} {resp.text[:1000]}")
-        return resp.json()
-
-    def wait_for_dag(self, dag_id: str, timeout_s: float = 180) -> dict:
-        """Until the dag-processor has parsed and serialized `dag_id`. An import error in a file named
-        after the DAG fails at once; other files' errors are named if it times out."""
-        deadline, errors = time.monotonic() + timeout_s, []
-        while time.monotonic() < deadline:
-            self._check_alive()
-            with self.client() as client:
-                resp = client.get(f"/api/v2/dags/{dag_id}/details")
-                if resp.status_code == 200:
-                    return resp.json()
-                errors = client.get("/api/v2/importErrors").json().get("import_errors", [])
-            if any(dag_id in str(e.get("filename", "")) for e in errors):
-                raise RuntimeError(f"DAG {dag_id} does not import: {json.dumps(errors)[:4000]}")
-            time.sleep(2)
-        raise TimeoutError(
-            f"DAG {dag_id} not parsed after {timeout_s:.0f}s; import errors: {json.dumps(errors)[:3000]}; "
-            f"log {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def unpause(self, dag_id: str) -> dict:
-        return self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
-
-    def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> dict:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
-
-    def dag_runs(self, dag_id: str) -> list[dict]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-start_date"})["dag_runs"]
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
-        return {
-            (ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti["state"]
-            for ti in tis["task_instances"]
-        }
-
-    def wait_for_dag_run(self, dag_id: str, run_id: str, timeout: float = 900, poll_s: float = 3) -> dict:
-        """Poll the run until it is success or failed; returns the run. On timeout, raises with its
-        task states. (A failed run is returned, not raised: the caller asserts on it.)"""
-        deadline = time.monotonic() + timeout
-        run: dict = {}
-        while time.monotonic() < deadline:
-            self._check_alive()
-            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in TERMINAL_RUN_STATES:
-                return run
-            time.sleep(poll_s)
-        raise TimeoutError(
-            f"{dag_id} run {run_id} still {run.get('state')} after {timeout:.0f}s; tasks: "
-            f"{self.task_states(dag_id, run_id)}; task logs under {self.airflow_home / 'logs'}"
-        )
-
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
-        """A task's log as text (from the REST API), for failure messages."""
-        with self.client() as client:
-            resp = client.get(
-                f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-                params={"map_index": map_index, "full_content": True},
-                headers={"Accept": "text/plain"},
-            )
-        return resp.text

@@ -450,3 +450,54 @@ def test_make_never_exports_the_pseudonymisation_key_to_every_process():
     makefile = (REPO / "Makefile").read_text()
     assert MaskConfig().key_env not in makefile
     assert "chmod 700 $(PFT_HOME)/secrets" in makefile and "chmod 600 $(KEY_FILE)" in makefile
+
+
+# --- `make cluster` (tasks/cluster): the same topology natively, under the same names ----------------------
+
+
+def _native(tmp_path: Path):
+    from tasks.cluster.topology import Cluster
+
+    return Cluster.at(tmp_path / "home")
+
+
+def _shape(value: str) -> str:
+    """A connection value with hosts, ports, secrets and ${...} filled in: its scheme, bucket, path."""
+    value = re.sub(r"\$\{([A-Z_]+)(?::-([^}]*))?[^}]*\}", lambda m: m[2] or m[1].lower(), value)
+    return re.sub(r"//[^/]*@?[^/]*/", "//HOST/", value)
+
+
+def test_the_native_cluster_sets_every_variable_compose_sets_for_airflow_and_its_workers(tmp_path):
+    compose, native = _compose(), _native(tmp_path)
+    assert set(compose["x-airflow-common"]["environment"]) <= set(native.airflow_env())
+    for service, worker in (("airflow-worker", "cpu"), ("airflow-worker-gpu", "gpu")):
+        compose_env = set(compose["services"][service]["environment"]) - {"DUMB_INIT_SETSID"}  # container init only
+        assert compose_env <= set(native.worker_env(worker)), compose_env - set(native.worker_env(worker))
+    mlflow_env = set(compose["services"]["mlflow"]["environment"]) - {"MLFLOW_BACKEND_STORE_URI"}  # a flag natively
+    assert mlflow_env - {"MLFLOW_DISABLE_TELEMETRY"} <= set(native.mlflow_env())
+    assert native.mlflow_env()["MLFLOW_DISABLE_TELEMETRY"] == "true"  # the offline env
+
+
+def test_the_native_cluster_and_compose_agree_on_executor_drivers_databases_and_buckets(tmp_path):
+    compose, native = _compose(), _native(tmp_path)
+    c_env, n_env = compose["x-airflow-common"]["environment"], native.airflow_env()
+    assert n_env["AIRFLOW__CORE__EXECUTOR"] == c_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND", "PFT_LEDGER_URL"):
+        compose_shape = _shape(c_env[name]).replace("postgres_db", "airflow")
+        assert _shape(n_env[name]) == compose_shape, (name, _shape(n_env[name]), compose_shape)
+    dvc = compose["x-dvc-remote-env"]
+    assert _shape(native.dvc_remote_env()["PFT_DVC_REMOTE_URL"]) == _shape(dvc["PFT_DVC_REMOTE_URL"])
+    assert native.settings.ledger_db != native.settings.postgres_db  # separate databases in both forms
+    assert "LEDGER_DB" in compose["services"]["mlflow-db-init"]["environment"]
+
+
+def test_the_native_cluster_reads_compose_names_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEDGER_DB", "ledger_x")
+    monkeypatch.setenv("DVC_BUCKET", "dvc-x")
+    native = _native(tmp_path)
+    assert native.postgres_url(native.settings.ledger_db).endswith("/ledger_x")
+    assert native.dvc_remote_env()["PFT_DVC_REMOTE_URL"] == "s3://dvc-x/registry"
+    # Secrets are generated, kept owner-only, and the same on the next start (idempotent).
+    settings = tmp_path / "home" / "cluster" / "settings.json"
+    assert settings.stat().st_mode & 0o777 == 0o600
+    assert _native(tmp_path).settings == native.settings
