@@ -60,17 +60,25 @@ class Daemon:
         return proc.pid
 
     def stop(self, grace_s: float = 30, sig: int = signal.SIGTERM) -> bool:
-        """`sig` to the service's process group, SIGKILL after `grace_s`. False when it was not running."""
+        """`sig` to the service's process group, SIGKILL after `grace_s` to the group and to every
+        descendant that left it (torchrun starts its own session): nothing it started outlives it.
+        False when it was not running."""
+        import psutil
+
         pid = self.pid()
         if pid is None:
             return False
+        family = _family(pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _group_alive(pid):
-            time.sleep(0.2)
+        if sig != signal.SIGKILL:
+            psutil.wait_procs(family, timeout=grace_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+        for proc in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(family, timeout=10)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -86,20 +94,15 @@ def _is_zombie(pid: int) -> bool:
     return False
 
 
-def _group_alive(pgid: int) -> bool:
+def _family(pid: int) -> list:
+    """The process and all its descendants, whatever session they moved to."""
+    import psutil
+
     try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    # A group whose only members are zombies is gone for our purposes (the parent reaps them later).
-    members = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid_of(int(p.name)) == pgid]
-    return any(not _is_zombie(int(p.name)) for p in members)
-
-
-def _pgid_of(pid: int) -> int | None:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
-    return None
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, *, daemon: Daemon | None = None) -> float:

@@ -203,9 +203,7 @@ def start_mlflow(cluster: Cluster) -> None:
     argv += ["--backend-store-uri", cluster.postgres_url(s.mlflow_db), "--serve-artifacts"]
     argv += ["--artifacts-destination", f"s3://{s.mlflow_bucket}/artifacts"]
     argv += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
-    mlflow = daemon(cluster, "mlflow")
-    mlflow.start(argv, cluster.mlflow_env(), cluster.state)
-    wait_until(lambda: mlflow_ready(cluster), 180, "mlflow", daemon=mlflow)
+    daemon(cluster, "mlflow").start(argv, cluster.mlflow_env(), cluster.state)
 
 
 # --- Airflow ------------------------------------------------------------------------------------------------
