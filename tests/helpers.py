@@ -76,3 +76,16 @@ def masked_records(path: Path, n: int) -> Path:
                 + "\n"
             )
     return path
+
+
+def write_pipeline_config(path: Path, base_model: Path, overrides: dict[str, dict]) -> Path:
+    """The committed include/config/pipeline.yaml, each section updated with `overrides`, pointing at
+    `base_model` (the session's tiny model), written to `path` for a live Airflow's PFT_CONFIG."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "include" / "config" / "pipeline.yaml").read_text())
+    for section, values in overrides.items():
+        cfg.setdefault(section, {}).update(values)
+    cfg["base_model"]["path"] = str(base_model)
+    path.write_text(yaml.safe_dump(cfg))
+    return path

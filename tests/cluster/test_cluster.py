@@ -28,6 +28,7 @@ from tasks.cluster import control
 from tasks.cluster import services as svc
 from tasks.cluster.topology import Cluster
 from tests.airflow_live import AirflowClient
+from tests.helpers import write_pipeline_config
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "privacy_finetune"
@@ -84,16 +85,6 @@ def artifacts_dir() -> Path:
     return path
 
 
-def _config(home: Path, base_model: Path) -> Path:
-    cfg = yaml.safe_load((REPO / "include" / "config" / "pipeline.yaml").read_text())
-    for section, values in CLUSTER_CONFIG.items():
-        cfg.setdefault(section, {}).update(values)
-    cfg["base_model"]["path"] = str(base_model)
-    path = home / "cluster-pipeline.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def _synth(home: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tasks.demo.synth", "--home", str(home), "--records", str(RECORDS)],
@@ -110,7 +101,7 @@ def cluster(request, tiny_base_model):
     home.chmod(0o711)
     _synth(home)
     c = Cluster.at(home)
-    c.settings.pft_config = str(_config(home, tiny_base_model))
+    c.settings.pft_config = str(write_pipeline_config(home / "cluster-pipeline.yaml", tiny_base_model, CLUSTER_CONFIG))
     c.settings.airflow_overrides = AIRFLOW_OVERRIDES
     c.settings.save(c.state)
     said: list[str] = []

@@ -27,9 +27,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import yaml
 
 from tests.airflow_live import AirflowLive
+from tests.helpers import write_pipeline_config
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("PFT_CHROMIUM", "/usr/bin/chromium"))
@@ -95,14 +95,8 @@ def artifacts_dir() -> Path:
 
 
 def small_config(home: Path, base_model: Path) -> Path:
-    cfg = yaml.safe_load((REPO / "include" / "config" / "pipeline.yaml").read_text())
-    for section, values in SMALL_CONFIG.items():
-        cfg.setdefault(section, {}).update(values)
     # The tiny model the form asks for, built once per session (the conftest fixture), not in prepare.
-    cfg["base_model"]["path"] = str(base_model)
-    path = home / "browser-pipeline.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_pipeline_config(home / "browser-pipeline.yaml", base_model, SMALL_CONFIG)
 
 
 def png_size(path: Path) -> tuple[int, int]:
