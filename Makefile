@@ -32,7 +32,7 @@ KEY_FILE := $(PFT_HOME)/secrets/pseudonym.key
 # The demo's deployment config (include/config/demo.yaml: pipeline.yaml, promoted by the gates alone).
 DEMO_CONFIG = PFT_CONFIG="$${PFT_CONFIG:-$(CURDIR)/include/config/demo.yaml}"
 
-.PHONY: help setup demo verify-offline test test-fast lint lock airflow data base-model report bench-mask bench-train bench-privacy bench-utility clean-runs clean serve rollback cluster cluster-down cluster-status
+.PHONY: help setup demo verify-offline test test-fast lint lock airflow data base-model report bench-mask bench-train bench-privacy bench-utility bench-cluster clean-runs clean serve rollback cluster cluster-down cluster-status
 
 help:
 	@echo "make demo      install, prepare .local/, run the privacy_finetune DAG end to end, print the summary"
@@ -50,6 +50,7 @@ help:
 	@echo "make bench-mask  masking recall per entity and throughput (results in bench/results/)"
 	@echo "make bench-train PEFT vs full fine-tuning, DP overhead, privacy-utility (~30 min; results in bench/results/)"
 	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private and memorising controls (~20 min; bench/results/)"
+	@echo "make bench-cluster masking on 1 vs 2 Celery workers of make cluster, one month of 8,000 records (~15 min)"
 	@echo "make bench-utility test EM with CIs vs ε and records: how much data ε = X needs (~60 min; bench/results/)"
 
 # Dependencies: requirements.txt (direct pins), requirements-models.txt (the spaCy pipeline, by hash) and
@@ -190,6 +191,10 @@ bench-privacy: $(STAMP)
 # Utility: test EM with CIs at ε 1, 2, 4, 8, ∞ × N 1, 4, 16 × the demo's records, same recipe and compute (~60 min).
 bench-utility: $(STAMP)
 	$(BIN)/python bench/bench_utility.py --out bench/results/utility.json
+
+# Scale-out: masking one landing month of 8,000 records in shards on 1 vs 2 Celery workers of make cluster (~15 min).
+bench-cluster: $(STAMP)
+	$(BIN)/python bench/bench_cluster.py --out bench/results/cluster.json
 
 clean-runs:
 	rm -rf $(PFT_HOME)/runs $(PFT_HOME)/staging $(PFT_HOME)/quarantine
