@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,17 +36,13 @@ from typing import Any
 
 import httpx
 
+from tasks.cluster.topology import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TERMINAL_RUN_STATES = {"success", "failed"}
 DEFAULT_POOLS = {"gpu": (1, "training slots: one per GPU worker")}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _interrupt_when_parent_dies() -> None:

@@ -40,6 +40,24 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", POSTGRES_OS_USER, "--", *argv] if os.geteuid() == 0 else argv
 
 
+def _give_to_postgres(*paths: Path) -> None:
+    """Under root, Postgres runs as its own OS user: the files it writes must be its own."""
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(POSTGRES_OS_USER)
+        for path in paths:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _connect(cluster: Cluster, db: str = "postgres"):
+    import psycopg2
+
+    s = cluster.settings
+    return psycopg2.connect(
+        host="127.0.0.1", port=s.ports.postgres, user=s.postgres_user, password=s.postgres_password,
+        dbname=db, connect_timeout=3,
+    )  # fmt: skip
+
+
 def _postgres_dirs(cluster: Cluster) -> tuple[Path, Path]:
     root = cluster.state / "postgres"
     return root / "data", root / "run"
@@ -52,9 +70,7 @@ def _prepare_postgres_dirs(cluster: Cluster) -> None:
         path.chmod(0o700)
     if os.geteuid() != 0:
         return
-    entry = pwd.getpwnam(POSTGRES_OS_USER)
-    for path in (data.parent, data, run):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+    _give_to_postgres(data.parent, data, run)
     # The postgres user must be able to walk down to its folder (only the last levels are its own).
     probe = subprocess.run(_as_postgres(["test", "-w", str(data)]), capture_output=True)
     if probe.returncode != 0:
@@ -72,9 +88,7 @@ def _initdb(cluster: Cluster) -> None:
     pwfile = data.parent / "initdb.pw"
     pwfile.write_text(s.postgres_password + "\n")
     pwfile.chmod(0o600)
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(POSTGRES_OS_USER)
-        os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    _give_to_postgres(pwfile)
     try:
         argv = [pg_tool("initdb"), "-D", str(data), "-U", s.postgres_user, f"--pwfile={pwfile}"]
         argv += ["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"]
@@ -83,15 +97,8 @@ def _initdb(cluster: Cluster) -> None:
         pwfile.unlink(missing_ok=True)
 
 
-def postgres_ready(cluster: Cluster, db: str = "postgres") -> bool:
-    import psycopg2
-
-    s = cluster.settings
-    conn = psycopg2.connect(
-        host="127.0.0.1", port=s.ports.postgres, user=s.postgres_user, password=s.postgres_password,
-        dbname=db, connect_timeout=3,
-    )  # fmt: skip
-    conn.close()
+def postgres_ready(cluster: Cluster) -> bool:
+    _connect(cluster).close()
     return True
 
 
@@ -101,25 +108,18 @@ def start_postgres(cluster: Cluster) -> None:
     data, run = _postgres_dirs(cluster)
     log = daemon(cluster, "postgres").log_file
     log.parent.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        log.touch()
-        entry = pwd.getpwnam(POSTGRES_OS_USER)
-        os.chown(log, entry.pw_uid, entry.pw_gid)
+    log.touch()
+    _give_to_postgres(log)
     options = f"-c listen_addresses=127.0.0.1 -p {cluster.settings.ports.postgres} -c unix_socket_directories={run}"
     argv = [pg_tool("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"]
     subprocess.run(_as_postgres(argv), check=True, capture_output=True, text=True)
     wait_until(lambda: postgres_ready(cluster), 60, "postgres")
-    create_databases(cluster)
 
 
 def create_databases(cluster: Cluster) -> None:
-    """Airflow's, MLflow's and the ledger's databases, each created once."""
-    import psycopg2
-
+    """Airflow's, MLflow's and the ledger's databases, each created once (`up` calls it every time)."""
     s = cluster.settings
-    conn = psycopg2.connect(
-        host="127.0.0.1", port=s.ports.postgres, user=s.postgres_user, password=s.postgres_password, dbname="postgres"
-    )
+    conn = _connect(cluster)
     conn.autocommit = True
     with conn.cursor() as cur:
         for db in (s.postgres_db, s.mlflow_db, s.ledger_db):
