@@ -143,12 +143,17 @@ serve: $(STAMP)
 rollback: $(STAMP)
 	@$(BIN)/python -m tasks.release.registry rollback --model-name $(MODEL_NAME) $(if $(TO_VERSION),--to-version $(TO_VERSION))
 
+# Two pytest-xdist workers, each taking whole files (module fixtures such as the e2e's runs stay on one
+# worker), longest files first (tests/conftest.py LONGEST_FIRST). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 # The unit tier: everything not marked slow (e2e dag.test runs, live Airflow, browser, torchrun jobs).
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST)
 
 # ruff (config: [tool.ruff] in pyproject.toml) and the import layers ([tool.importlinter]).
 # All three run, and the target fails if any of them does. `ruff format .` formats; `ruff format --diff .` shows.

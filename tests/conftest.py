@@ -116,3 +116,22 @@ def tiny_base_model(session_home: Path) -> Path:
     corpus = shared / "general_corpus.txt"
     corpus.write_text("\n\n".join(general_corpus(random.Random(8))) + "\n")  # synth: Random(seed + 1), seed 7
     return Path(build_base_model(corpus_path=corpus, models_root=shared / "models", size="tiny")["model_dir"])
+
+
+# `make test` runs two pytest-xdist workers, each taking whole files (--dist loadfile) in collection order
+# (--no-loadscope-reorder). The longest files go first, so the e2e's two demo-scale runs overlap the rest
+# of the suite instead of following it. Seconds from the last serial run (tests/ durations, 2 cores).
+LONGEST_FIRST = (
+    "tests/dags/test_pipeline_e2e.py",  # ~750 s
+    "tests/dags/test_backfill.py",  # ~385 s
+    "tests/dags/test_browser.py",  # ~135 s: queued behind the e2e on its worker
+    "tests/cluster/test_cluster.py",  # ~340 s
+    "tests/bench/test_bench_utility.py",
+    "tests/train/test_train.py",
+    "tests/train/test_train_distributed.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep their order
