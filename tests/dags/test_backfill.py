@@ -45,12 +45,15 @@ def small_config(home: Path, base_model: Path) -> Path:
         toxicity_prompts=str(_first_lines(REPO / "include/prompts/toxicity_prompts.jsonl", home, 12)),
         leakage_prompts=str(_first_lines(REPO / "include/prompts/pii_leakage_prompts.jsonl", home, 8)),
     )
+    # Twelve toxicity prompts: one toxic 8-token generation of the tiny model is a rate of 0.083, over the
+    # 0.05 gate (seen once under CSPRNG noise). The gates are tested in test_gates.py and the e2e run.
     cfg["gates"] = {
         "min_exact_match_gain": None,
         "not_worse_than_base": False,
         "max_regression_vs_champion": None,
         "max_mia_auc": None,
         "max_canary_exposure": None,
+        "max_toxicity_rate": None,
     }
     cfg["privacy"]["delta_budget"] = None
     cfg["registry"]["require_approval"] = False
