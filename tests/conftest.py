@@ -24,6 +24,11 @@ os.environ.setdefault("PFT_PSEUDONYM_KEY", "test-only-pseudonymisation-key")
 os.environ.pop("PFT_CONFIG", None)
 os.environ.pop("PFT_DVC_REMOTE_URL", None)  # a developer's S3 remote must not receive test data
 
+from tests.helpers import cores_per_worker  # noqa: E402
+
+# Before torch is imported anywhere (subprocesses inherit it): torch's default is every core.
+os.environ.setdefault("OMP_NUM_THREADS", str(cores_per_worker()))
+
 from tasks.common import offline  # noqa: E402
 
 offline.apply()
@@ -119,13 +124,15 @@ def tiny_base_model(session_home: Path) -> Path:
 
 
 # `make test` runs two pytest-xdist workers, each taking whole files (--dist loadfile) in collection order
-# (--no-loadscope-reorder). The longest files go first, so the e2e's two demo-scale runs overlap the rest
-# of the suite instead of following it. Seconds from the last serial run (tests/ durations, 2 cores).
+# (--no-loadscope-reorder), two files ahead. The longest files go first, so the e2e's two demo-scale runs
+# overlap the rest of the suite instead of following it; the third file, queued behind the e2e on its
+# worker, is a short one.
 LONGEST_FIRST = (
-    "tests/dags/test_pipeline_e2e.py",  # ~750 s
-    "tests/dags/test_backfill.py",  # ~385 s
-    "tests/dags/test_browser.py",  # ~135 s: queued behind the e2e on its worker
-    "tests/cluster/test_cluster.py",  # ~340 s
+    "tests/dags/test_pipeline_e2e.py",
+    "tests/dags/test_backfill.py",
+    "tests/test_config.py",
+    "tests/cluster/test_cluster.py",
+    "tests/dags/test_browser.py",
     "tests/bench/test_bench_utility.py",
     "tests/train/test_train.py",
     "tests/train/test_train_distributed.py",

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+
+def cores_per_worker() -> int:
+    """This test process's share of the cores: all of them alone, one each under two pytest-xdist workers.
+
+    More torch (OpenMP) threads than free cores make every barrier spin: the e2e's demo base model, built on
+    two threads while the other worker ran the backfill, took 14 min instead of about 3."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
 
 SENTENCES = [
     "Question: What is the deductible for the Gold plan?\nAnswer: $500",

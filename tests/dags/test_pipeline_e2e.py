@@ -19,6 +19,7 @@ import yaml
 
 from tasks.release.report import REQUIRED_FIELDS, lookup
 from tests.airflow_api import Reviewer, api_server
+from tests.helpers import cores_per_worker
 
 pytestmark = pytest.mark.slow  # two dag.test() runs end to end with a live api-server
 
@@ -27,10 +28,10 @@ E2E_RECORDS = 16000  # the demo's records: at 4,000 the DP gain on exact match i
 SECOND_RUN_QUESTIONS = 64
 
 # The committed config as it is (demo-size model and records, DP-AdamW at ε = 8); only the toxicity
-# generations are shortened to save time. Like `make demo` (include/config/demo.yaml), the e2e has the
-# machine to itself: training uses both cores (measured here: 4.9 s a step on one thread).
+# generations are shortened to save time. Run alone, training uses both cores, as `make demo` does
+# (include/config/demo.yaml); under `make test` the other xdist worker has one of them.
 E2E_CONFIG = {
-    "train": {"cpu_threads": 2},
+    "train": {"cpu_threads": cores_per_worker()},
     "evaluate": {"toxicity_max_new_tokens": 16},
     "registry": {"model_name": "e2e-domain-lm", "require_approval": True},  # policy: the deployment's config
     # Production noise (CSPRNG) makes every run a new draw: a canary's rank moves by bits, so this gate would
@@ -79,7 +80,7 @@ def e2e(session_home, airflow_db):
     from tasks.demo import synth
 
     synth.generate(session_home, n_records=E2E_RECORDS)
-    _build_base_model_on_both_cores(session_home)
+    _build_base_model(session_home)
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
     conf = {"require_approval": False}  # a triggerer trying to skip the reviewer the config requires
     with api_server(session_home) as server:
@@ -116,15 +117,19 @@ def e2e(session_home, airflow_db):
     return {**first, "home": session_home, "second": second, "pages": pages}
 
 
-def _build_base_model_on_both_cores(home: Path) -> None:
-    """What `make demo` does before its run (`make base-model`): the prepare stage then finds the demo base
-    model built. Inside the stage it builds on one thread, as workers share their cores (361 s vs ~155 s)."""
+def _build_base_model(home: Path) -> None:
+    """What `make demo` does before its run (`make base-model`), on this process's cores: the prepare stage
+    then finds the demo base model built. Inside the stage it builds on one thread, as Airflow workers share
+    their cores (measured: 361 s in the stage, ~155 s on two threads)."""
     from tasks.config import load_config
     from tasks.demo.base_model import build_base_model
 
     size = load_config(REPO / "include" / "config" / "pipeline.yaml").base_model.size
     build_base_model(
-        corpus_path=home / "synth" / "general_corpus.txt", models_root=home / "models", size=size, threads=2
+        corpus_path=home / "synth" / "general_corpus.txt",
+        models_root=home / "models",
+        size=size,
+        threads=cores_per_worker(),
     )
 
 
