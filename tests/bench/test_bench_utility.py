@@ -43,9 +43,37 @@ def test_share_of_nonprivate_gain_is_per_n():
         run("c", 4, 8.0, 0.09),
         run("d", 4, float("inf"), 0.0),
     ]
-    shares = bench.share_of_nonprivate_gain(runs)
-    assert shares["a"] == 0.5 and shares["b"] == 1.0
+    shares = bench.share_of_nonprivate_gain({"runs": runs})
+    assert shares["a"]["mean"] == 0.5 and shares["b"]["mean"] == 1.0
+    assert shares["a"]["ci_low"] is None  # no per-question scores in the file: the point estimate alone
     assert shares["c"] is None  # non-private gained nothing at that N: no ratio to claim
+
+
+def _paired_doc(dp_right: int, np_right: int, n: int = 100) -> dict:
+    """Base answers none of n common questions; DP the first dp_right, non-private the first np_right."""
+
+    def run(name, eps, right):
+        em = [1.0 if i < right else 0.0 for i in range(n)]
+        metrics = {"common": {"gain": {"mean": right / n}}}
+        return {"name": name, "multiplier": 1, "epsilon": eps, "metrics": metrics, "em_per_question": em}
+
+    base = [{"id": f"q{i}", "bucket": "common", "em": 0.0} for i in range(n)]
+    return {"base_per_question": base, "runs": [run("dp", 8.0, dp_right), run("np", float("inf"), np_right)]}
+
+
+def test_share_interval_is_a_paired_bootstrap_over_questions():
+    bench = _bench()
+    # DP answers exactly what non-private answers: every resample's share is 1, however few questions.
+    same = bench.share_of_nonprivate_gain(_paired_doc(40, 40))["dp"]
+    assert same == {"mean": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    # DP right on 30 of the 40 non-private gets right: 0.75. Resampling the 100 questions, the share is
+    # 30-of-40 drawn again: a binomial proportion, so the interval is about 0.75 ± 1.96·sqrt(.75·.25/40).
+    share = bench.share_of_nonprivate_gain(_paired_doc(30, 40))["dp"]
+    assert share["mean"] == 0.75
+    assert 0.59 < share["ci_low"] < 0.65 and 0.85 < share["ci_high"] < 0.90
+    line = bench._share(share)
+    assert line.startswith("0.75 [0.") and bench._verdict(share, 0.8).startswith("NOT met, and 0.8 lies inside")
+    assert bench._verdict({"mean": 0.95, "ci_low": 0.91, "ci_high": 0.99}, 0.9) == "met"
 
 
 def test_same_compute_keeps_batch_and_steps():
