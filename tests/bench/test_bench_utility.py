@@ -165,10 +165,20 @@ def test_results_are_strict_json_and_read_back_non_private_as_infinite(tmp_path)
     assert [r["epsilon"] for r in bench.read_doc(path)["runs"]] == [float("inf"), 8.0]
 
 
-def test_committed_results_are_strict_json():
-    committed = Path(__file__).resolve().parents[2] / "bench" / "results" / "utility.json"
+@pytest.mark.parametrize("name", ["utility.json", "utility_share.json"])
+def test_committed_results_are_strict_json(name):
+    committed = REPO / "bench" / "results" / name
     doc = json.loads(committed.read_text(), parse_constant=lambda c: pytest.fail(f"{committed}: {c} is not JSON"))
     assert any(r["epsilon"] is None for r in doc["runs"])
+
+
+def test_committed_share_intervals_are_what_the_kept_scores_give():
+    bench = _bench()
+    doc = bench.read_doc(REPO / "bench" / "results" / "utility_share.json")
+    page = (REPO / "bench" / "results" / "utility_share.md").read_text()
+    for run in doc["runs"]:
+        share = bench.share_of_nonprivate_gain(doc)[run["name"]]
+        assert share["ci_low"] is not None and f"| {bench._share(share)} |" in page, run["name"]
 
 
 def test_pseudonymise_keeps_the_member_as_its_keyed_subject():
