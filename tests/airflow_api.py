@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,13 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from tasks.cluster.topology import free_port
+
 USERS = {"reviewer": ("admin", "reviewer-test-password"), "auditor": ("viewer", "auditor-test-password")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def auth_env(home: Path) -> dict[str, str]:

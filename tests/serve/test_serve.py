@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ offline.apply()
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from tasks.cluster.topology import free_port  # noqa: E402
 from tasks.config import Paths  # noqa: E402
 from tasks.release.registry import promote, register_model, registry_client  # noqa: E402
 from tests.release.test_register import build_model  # noqa: E402
@@ -29,12 +29,6 @@ NAME = "serve-test-lm"
 TOKEN = "test-token-0123456789abcdef"
 PHONE, EMAIL = "312-555-0147", "jane.doe@example.com"
 PROMPT = "What number do I call? my-secret-question-xyz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout: float, what: str):

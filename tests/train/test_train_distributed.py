@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from tasks.cluster.topology import free_port
 from tasks.config import REPO_ROOT, TrainConfig
 from tasks.train.distributed import torchrun_args
 from tasks.train.recipe import train
@@ -131,20 +132,12 @@ def test_empty_local_poisson_draws_are_kept_not_skipped():
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_node_rendezvous_trains_dp_in_sync_with_single_process_epsilon(tmp_path, base_dir):
     """Two torchrun launchers (`nnodes=2`, one process each) meet at a real c10d rendezvous on 127.0.0.1,
     as two machines would, and train DP LoRA over gloo: equal weights on both, every trainable tensor
     moved, and the ε of one process running the same config."""
     n = 64
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     spec = _spec(tmp_path, base_dir, n, nnodes=2, nproc_per_node=1, rdzv_endpoint=endpoint, epochs=2.0)
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
