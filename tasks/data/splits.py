@@ -3,15 +3,21 @@
 A membership-inference test needs records from the same distribution that the model never
 saw. The split is by a hash of `record_id`, so a record stays on the same side in every
 run and every month (a record trained on last month is never a "non-member" this month).
+
+Under privacy.unit: subject the split is by a hash of the record's subject (the masker's keyed pseudonym):
+a data subject's records are all on one side, so the audit can score a held-out person, not a held-out row
+of a person whose other rows trained. A record with no subject is split by its `record_id`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 from tasks.common.jsonl import read_objects
+from tasks.pii import subject_in_text
 
 SALT = b"privatetune-audit-holdout-v1"
 
@@ -22,10 +28,21 @@ def in_holdout(record_id: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def split_audit_holdout(rows_path: Path, out_dir: Path, share: float) -> dict:
+def audit_unit(row: dict, subject_entity: str | None) -> str:
+    """The key a row is held out by: its subject (field, else the first `subject_entity` placeholder in its
+    text) when `subject_entity` is given, else, and for a row naming no subject, its record_id."""
+    if subject_entity:
+        subject = row.get("subject") or subject_in_text(str(row["text"]), subject_entity)
+        if subject:
+            return str(subject)
+    return str(row["record_id"])
+
+
+def split_audit_holdout(rows_path: Path, out_dir: Path, share: float, *, subject_entity: str | None = None) -> dict:
     """Write out_dir/train.jsonl and out_dir/audit_holdout.jsonl (same rows, partitioned).
 
-    Returns paths and counts only. share = 0 puts every record in train.
+    `subject_entity` (privacy.unit: subject): hold out whole subjects (`audit_unit`). Returns paths and
+    counts only. share = 0 puts every record in train.
     """
     if not 0.0 <= share < 0.5:
         raise ValueError(f"train.audit_holdout_share must be in [0, 0.5), got {share}")
@@ -35,7 +52,7 @@ def split_audit_holdout(rows_path: Path, out_dir: Path, share: float) -> dict:
     counts = {"train": 0, "holdout": 0}
     with train_path.open("w", encoding="utf-8") as train, holdout_path.open("w", encoding="utf-8") as holdout:
         for row in read_objects(Path(rows_path), fields=("record_id", "text"), hint="; re-run the version stage"):
-            side = "holdout" if share and in_holdout(str(row["record_id"]), share) else "train"
+            side = "holdout" if share and in_holdout(audit_unit(row, subject_entity), share) else "train"
             (holdout if side == "holdout" else train).write(json.dumps(row, ensure_ascii=False) + "\n")
             counts[side] += 1
     if counts["train"] == 0:
@@ -46,4 +63,27 @@ def split_audit_holdout(rows_path: Path, out_dir: Path, share: float) -> dict:
         "train_records": counts["train"],
         "holdout_records": counts["holdout"],
         "holdout_share": share,
+        "holdout_unit": "subject" if subject_entity else "record",
     }
+
+
+def sample_audit_units(
+    path: Path, n_units: int, seed: int, *, subject_entity: str | None = None, records_per_unit: int = 8
+) -> tuple[list[str], list[str]]:
+    """Texts of `n_units` random units of a split and, per text, its unit's key (for a per-unit MIA score).
+
+    A unit is a record, or under `subject_entity` a subject with all its records (`audit_unit`); a subject
+    with more than `records_per_unit` records gives a seeded sample of them, so a few prolific members do
+    not dominate the scoring time. The keys stay in memory: pseudonyms and record ids, never raw values."""
+    units: dict[str, list[str]] = {}
+    for row in read_objects(Path(path), fields=("record_id", "text")):
+        units.setdefault(audit_unit(row, subject_entity), []).append(str(row["text"]))
+    rng = random.Random(seed)
+    keys = sorted(units)
+    rng.shuffle(keys)
+    texts, groups = [], []
+    for key in keys[:n_units]:
+        chosen = units[key] if len(units[key]) <= records_per_unit else rng.sample(units[key], records_per_unit)
+        texts += chosen
+        groups += [key] * len(chosen)
+    return texts, groups

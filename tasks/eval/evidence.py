@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from pathlib import Path
 
 from tasks.config import REPO_ROOT, Paths, PipelineConfig
@@ -41,14 +40,6 @@ def _optional_home_file(configured: str | None, default: Path, field: str) -> Pa
             raise FileNotFoundError(f"evaluate.{field}: {path} does not exist")
         return path
     return default if default.is_file() else None
-
-
-def _texts(path: Path, n: int, seed: int) -> list[str]:
-    from tasks.common.jsonl import read_objects
-
-    texts = [row["text"] for row in read_objects(path, fields=("text",))]
-    random.Random(seed).shuffle(texts)
-    return texts[:n]
 
 
 def _quality(
@@ -97,7 +88,6 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
 
     ev = cfg.evaluate
     train_path = Path(trained["split"]["train_path"])
-    holdout_path = Path(trained["split"]["holdout_path"])
     result: dict = {}
 
     raw_values_path = _optional_home_file(ev.pii_values_path, paths.synth / "pii_key.json", "pii_values_path")
@@ -139,22 +129,42 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
     else:
         result["canary_exposure_max"] = None
 
-    holdout_n = trained["split"]["holdout_records"]
-    if holdout_n >= 10:
-        n = min(ev.mia_records, holdout_n)
-        mia = safety.mia_auc(
-            model,
-            tokenizer,
-            members=_texts(train_path, n, ev.perturbation_seed),
-            non_members=_texts(holdout_path, n, ev.perturbation_seed),
-            max_len=cfg.train.max_seq_len,
-            reference=reference,
-        )
-        result.update(mia_fields(mia), mia=mia)
-    else:
-        log.warning("membership inference skipped: %d audit hold-out records (train.audit_holdout_share)", holdout_n)
-        result.update(mia_fields(None))
+    mia = _membership_audit(model, tokenizer, cfg, trained["split"], reference)
+    result.update(mia_fields(mia), mia=mia)
     return result
+
+
+def _membership_audit(model, tokenizer, cfg: PipelineConfig, split: dict, reference: tuple) -> dict | None:
+    """Training vs audit hold-out units (tasks.data.splits): records, or under a subject-level split whole
+    subjects, each scored by the mean over its records. None when the hold-out is too small to audit."""
+    from tasks.data.splits import sample_audit_units
+    from tasks.eval import safety
+
+    if split["holdout_records"] < 10:
+        log.warning(
+            "membership inference skipped: %d audit hold-out records (train.audit_holdout_share)",
+            split["holdout_records"],
+        )
+        return None
+    ev = cfg.evaluate
+    entity = cfg.privacy.subject_entity if split.get("holdout_unit") == "subject" else None
+    members, member_units = sample_audit_units(
+        Path(split["train_path"]), ev.mia_records, ev.perturbation_seed, subject_entity=entity
+    )
+    non_members, non_member_units = sample_audit_units(
+        Path(split["holdout_path"]), ev.mia_records, ev.perturbation_seed, subject_entity=entity
+    )
+    grouped = {"member_groups": member_units, "non_member_groups": non_member_units} if entity else {}
+    mia = safety.mia_auc(
+        model,
+        tokenizer,
+        members=members,
+        non_members=non_members,
+        max_len=cfg.train.max_seq_len,
+        reference=reference,
+        **grouped,
+    )
+    return {**mia, "unit": "subject" if entity else "record"}
 
 
 def mia_fields(mia: dict | None) -> dict:
@@ -162,12 +172,13 @@ def mia_fields(mia: dict | None) -> dict:
     the pre-declared primary score's AUC (what the gate reads), its bootstrap 95 % CI, which score it is, and
     the strongest score's AUC (picked after the fact, so optimistic for the attacker)."""
     if mia is None:
-        return {"mia_auc": None, "mia_auc_ci": None, "mia_score": None, "mia_best_auc": None}
+        return {"mia_auc": None, "mia_auc_ci": None, "mia_score": None, "mia_best_auc": None, "mia_unit": None}
     return {
         "mia_auc": mia["auc"],
         "mia_auc_ci": [mia["auc_ci_low"], mia["auc_ci_high"]],
         "mia_score": mia["score"],
         "mia_best_auc": {"score": mia["best_score"], "auc": mia["best_auc"]},
+        "mia_unit": mia.get("unit"),  # what one member is: a record, or a subject with its records
     }
 
 

@@ -63,7 +63,8 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
     privacy = (
         "non-private (dp: false)"
         if not trained.get("dp")
-        else f"ε = {_num(trained.get('epsilon'))}, δ = {trained.get('delta'):.2e}"
+        else f"ε = {_num(trained.get('epsilon'))} per {trained.get('privacy_unit') or 'record'}, "
+        f"δ = {trained.get('delta'):.2e}"
     )
     ledger = trained.get("privacy_ledger") or {}
     composed = f" ({ledger['composed']}; basic sum {_num(ledger.get('basic_epsilon'))})" if "composed" in ledger else ""
@@ -74,7 +75,7 @@ def approval_body(*, evaluated: dict, gates: dict, registered: dict, trained: di
         *_split_lines(evaluated.get("qa_splits")),
         f"- toxicity rate {_num(evaluated.get('toxicity_rate'))}, identity gap {_num(evaluated.get('identity_gap'))}",
         f"- PII leaks {_num(evaluated.get('pii_leaks'))}, canary exposure {_num(evaluated.get('canary_exposure_max'), 2)} bits, "
-        f"MIA AUC {_num(evaluated.get('mia_auc'))}{_ci(evaluated.get('mia_auc_ci'))}",
+        f"MIA AUC {_num(evaluated.get('mia_auc'))}{_ci(evaluated.get('mia_auc_ci'))} per {evaluated.get('mia_unit') or 'record'}",
         "",
         "| gate | value | threshold | status |",
         "|---|---|---|---|",
@@ -169,7 +170,7 @@ def model_card_facts(run_dir: Path, cfg: PipelineConfig) -> dict:
         "scenarios": evaluated.get("scenarios"),
         "safety": {
             k: evaluated.get(k)
-            for k in ("toxicity_rate", "identity_gap", "pii_leaks", "canary_exposure_max", "mia_auc")
+            for k in ("toxicity_rate", "identity_gap", "pii_leaks", "canary_exposure_max", "mia_auc", "mia_unit")
         },
         "champion_version": evaluated.get("champion_version"),
         "gates": gates.get("gates"),

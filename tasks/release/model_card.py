@@ -89,6 +89,7 @@ _SAFETY_LABELS = {
     "pii_leaks": "PII leaks (raw training values reproduced)",
     "canary_exposure_max": "canary exposure, highest (bits)",
     "mia_auc": "membership-inference AUC (0.5 = no signal)",
+    "mia_unit": "membership-inference unit (one member: a record, or a subject with its records)",
 }
 
 

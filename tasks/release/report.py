@@ -166,7 +166,7 @@ def _mia(evaluated: dict) -> str:
     auc, ci = evaluated.get("mia_auc"), evaluated.get("mia_auc_ci")
     if auc is None:
         return "MIA AUC —"
-    text = f"MIA AUC {round(auc, 3)}"
+    text = f"MIA AUC {round(auc, 3)}" + (f" per {evaluated['mia_unit']}" if evaluated.get("mia_unit") else "")
     if ci:
         text += f" (95% CI {ci[0]:.3f}–{ci[1]:.3f}, {evaluated.get('mia_score') or 'loss'} score)"
     best = evaluated.get("mia_best_auc")

@@ -362,7 +362,10 @@ def stage_train(run_id: str, prepared: dict, versioned: dict, *, warm_start: dic
             registry_dir=paths.datasets, remote_dir=paths.dvc_remote, rev=versioned["dataset_rev"], out_dir=checkout
         )
         # Records kept out of training, so the membership-inference test has true non-members.
-        split = split_audit_holdout(data_path, run_dir / "split", cfg.train.audit_holdout_share)
+        subject_entity = cfg.privacy.subject_entity if cfg.privacy.unit == "subject" else None
+        split = split_audit_holdout(
+            data_path, run_dir / "split", cfg.train.audit_holdout_share, subject_entity=subject_entity
+        )
         spec = {
             "train": train_settings(cfg),  # with the privacy unit's settings under privacy.unit: subject
             "base_model_dir": prepared["base_model_dir"],

@@ -50,7 +50,8 @@ def test_approval_body_holds_figures_gates_and_the_link():
     assert body.startswith("**m v7**") and "(http://x/report)" in body
     assert "| exact match | 0.100 | 0.200 | — |" in body
     assert "| champion_regression | — | 0.050 | not measured |" in body
-    assert "ε = 7.900" in body and "PII leaks 0" in body and "MIA AUC 0.510\n" in body  # no CI measured
+    # every ε and the MIA name their unit; results from before units are per record
+    assert "ε = 7.900 per record" in body and "PII leaks 0" in body and "MIA AUC 0.510 per record\n" in body
     assert "ledger ε spent 7.990 of 80.000" in body  # a ledger summary from before tight composition
 
 
