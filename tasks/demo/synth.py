@@ -50,6 +50,8 @@ import io
 import json
 import math
 import random
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -495,12 +497,13 @@ AREA_CODES = ["312", "614", "608", "518", "520", "919", "415", "206"]
 class PiiFactory:
     """Draws personal data and records each raw value it hands out."""
 
-    def __init__(self, rng: random.Random, address_parts: bool = False):
+    def __init__(self, rng: random.Random, address_parts: bool = False, reserved: frozenset[str] = frozenset()):
         self.rng = rng
         self.key: list[dict] = []
         self._record_id = ""
         self._member: Member | None = None
         self.address_parts = address_parts  # also key an address's city and ZIP (identifiers="safe_harbor")
+        self.reserved = reserved  # numbers the domain states (procedure codes): never a keyed ZIP code
 
     def for_record(self, record_id: str, member: Member | None = None) -> PiiFactory:
         """Values drawn next belong to `record_id`; a member's record names that member (its id and name)."""
@@ -510,6 +513,17 @@ class PiiFactory:
     def _note(self, kind: str, value: str) -> str:
         self.key.append({"type": kind, "value": value, "record_id": self._record_id})
         return value
+
+    def zip_code(self, draw: Callable[[], str]) -> str:
+        """A keyed ZIP code from `draw`, drawn again while it is a number the domain states or in such a number's
+        range: "99213" is a real ZIP code and a procedure code, and a keyed value the model says as a code
+        would read as a leak."""
+        prefixes = {number[:3] for number in self.reserved}  # "99203" is a procedure code too, if "99213" is
+        for _ in range(1000):
+            value = draw()
+            if value not in self.reserved and not (value.isdigit() and value[:3] in prefixes):
+                return self._note("ZIP_CODE", value)
+        raise ValueError("cannot draw a ZIP code outside the numbers the domain states: check the city list")
 
     def person(self) -> tuple[str, str, str]:
         if self._member is not None:
@@ -536,10 +550,15 @@ class PiiFactory:
     def address(self) -> str:
         city, state, zip3 = self.rng.choice(CITIES)
         street = f"{self.rng.randint(100, 9899)} {self.rng.choice(STREETS)}"
-        zip_code = f"{zip3}{self.rng.randint(10, 99):02d}"
+
+        def draw() -> str:
+            return f"{zip3}{self.rng.randint(10, 99):02d}"
+
         if self.address_parts:  # Safe Harbor: the city and the ZIP code are identifiers on their own
             self._note("CITY", city)
-            self._note("ZIP_CODE", zip_code)
+            zip_code = self.zip_code(draw)
+        else:
+            zip_code = draw()
         return self._note("ADDRESS", f"{street}, {city}, {state} {zip_code}")
 
     def dob(self) -> str:
@@ -1313,11 +1332,12 @@ def generate(
     record_facts = assign_facts(rng, facts, types, fact_counts(facts, n_records), _facts_per_record(facts_per_record))
     if identifiers not in IDENTIFIER_SETS:
         raise ValueError(f"identifiers must be one of {IDENTIFIER_SETS}, got {identifiers!r}")
-    pii = PiiFactory(rng, address_parts=identifiers == "safe_harbor")
+    reserved = frozenset(re.findall(r"\b\d{5}\b", " ".join(fact_strings(facts))))
+    pii = PiiFactory(rng, address_parts=identifiers == "safe_harbor", reserved=reserved)
     owners = assign_members(random.Random(f"members:{seed}"), ids, types) if members else {}
     prose = None
     if identifiers == "safe_harbor":
-        prose = IdentifierProse(random.Random(f"identifiers:{seed}"), pii._note, FIRST, LAST)
+        prose = IdentifierProse(random.Random(f"identifiers:{seed}"), pii._note, FIRST, LAST, zip_code=pii.zip_code)
     landing, start = home / "landing", 0
     for m_index, (month, count) in enumerate(zip(months, counts)):
         records = list(

@@ -29,7 +29,7 @@ US_CITIES = [
     ("Fresno", "CA", "937"),
     ("Duluth", "MN", "558"),
     ("Savannah", "GA", "314"),
-    ("Spokane", "WA", "992"),
+    ("Boise", "ID", "837"),  # not Spokane (992): its ZIP codes share the 992xx of the procedure codes the domain states
     ("Wichita", "KS", "672"),
     ("Lubbock", "TX", "794"),
     ("Scranton", "PA", "185"),
@@ -105,8 +105,17 @@ RELATIVES = ["daughter", "son", "wife", "husband", "niece", "caregiver"]
 class IdentifierProse:
     """Free-prose sentences holding the Safe Harbor identifier kinds; each keyed value through `note`."""
 
-    def __init__(self, rng: random.Random, note: Callable[[str, str], str], first: list[str], last: list[str]):
+    def __init__(
+        self,
+        rng: random.Random,
+        note: Callable[[str, str], str],
+        first: list[str],
+        last: list[str],
+        zip_code: Callable[[Callable[[], str]], str] | None = None,
+    ):
         self.rng, self.note, self.first, self.last = rng, note, first, last
+        # keys a ZIP code drawn by its argument (PiiFactory.zip_code: never a number the domain states)
+        self.zip_code = zip_code or (lambda draw: self.note("ZIP_CODE", draw()))
 
     def prose(self) -> str:
         """One to three sentences, each of a different kind."""
@@ -150,14 +159,17 @@ class IdentifierProse:
     def us_address(self) -> str:
         city, state, zip3 = self.rng.choice(US_CITIES)
         street = self.note("ADDRESS", f"{self.rng.randint(12, 9899)} {self.rng.choice(US_STREETS)}")
-        zip_code = self.note("ZIP_CODE", f"{zip3}{self.digits(2)}")
+        zip_code = self.zip_code(lambda: f"{zip3}{self.digits(2)}")
         return f"{street}, {self.note('CITY', city)}, {state} {zip_code}"
 
     def international_address(self) -> str:
         street, city, zip_format, country = self.rng.choice(INTERNATIONAL)
         street = self.note("ADDRESS", street.format(n=self.rng.randint(2, 180)))
-        zip_code = re.sub(r"\{([dL])\}", lambda m: self.digits(1) if m[1] == "d" else self.letters(1), zip_format)
-        parts = {"street": street, "zip": self.note("ZIP_CODE", zip_code), "city": self.note("CITY", city)}
+
+        def draw() -> str:
+            return re.sub(r"\{([dL])\}", lambda m: self.digits(1) if m[1] == "d" else self.letters(1), zip_format)
+
+        parts = {"street": street, "zip": self.zip_code(draw), "city": self.note("CITY", city)}
         return INTERNATIONAL_LAYOUT[country].format(**parts, country=country)
 
     def fax(self) -> str:

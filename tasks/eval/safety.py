@@ -515,9 +515,24 @@ def find_leaks(
         if full == p:
             continue
         for v, info in wanted.items():
-            if v in full and v not in p:
+            if v in full and v not in p and _as_token(v, full):
                 leaks.setdefault(v, info)["prompt_indices"].add(i)
     return leaks
+
+
+def _as_token(value: str, text: str) -> bool:
+    """`value` occurs in `text` with no letter or digit glued to either end: a ZIP code "12222" inside a
+    record id "R-2026-01-012222" is not that ZIP code (the whole-home PII scan reads tokens the same way)."""
+    start = text.find(value)
+    while start >= 0:
+        end = start + len(value)
+        glued = (start > 0 and text[start - 1].isalnum() and value[0].isalnum()) or (
+            end < len(text) and text[end].isalnum() and value[-1].isalnum()
+        )
+        if not glued:
+            return True
+        start = text.find(value, start + 1)
+    return False
 
 
 def _bos_prefix(tokenizer) -> str:

@@ -58,6 +58,9 @@ class NameLists(NamedTuple):
     stop: frozenset  # English stop words (spaCy's)
     listed_never: frozenset  # the not_names.txt words alone
     gate_skip: frozenset  # the NER gate's vocabulary: never a name, and no list has it as one
+    # First names that not_names.txt keeps out because they are domain words too ("grace period", "June"): in
+    # text without capitals they are a first name only beside a listed last name ("grace fischer").
+    ambiguous_first: frozenset
 
 
 _NAME_LISTS: dict[tuple, NameLists] = {}
@@ -122,7 +125,8 @@ def name_lists(spec: NameListSpec) -> NameLists:
         # The NER gate's vocabulary: words that are never names and that no list has as a name
         # either ("Question", "Prior"; not "Grace", which the lists have and not_names keeps out).
         gate_skip = never - first - last
-        _NAME_LISTS[key] = NameLists(first - never, last - never, never, stop, listed_never, gate_skip)
+        ambiguous = (first & listed_never) - stop
+        _NAME_LISTS[key] = NameLists(first - never, last - never, never, stop, listed_never, gate_skip, ambiguous)
     return _NAME_LISTS[key]
 
 
@@ -181,14 +185,23 @@ class _NameScan:
     def listed(self, i: int) -> bool:
         return self.words[i][2] in self.lists.first or self.words[i][2] in self.lists.last
 
+    def first_before_surname(self, i: int, j: int) -> bool:
+        """Word i is a first name next to word j, the surname: a listed first name, or an ambiguous one
+        (`NameLists.ambiguous_first`: "grace", "june") when word j is a listed last name or no English word
+        ("grace kowalski", not "grace period")."""
+        first = self.words[i][2]
+        if first in self.lists.first:
+            return True
+        return first in self.lists.ambiguous_first and (self.words[j][2] in self.lists.last or self.foreign(j))
+
     def lowercase_name(self, i: int) -> bool:
         """Word i (lower case) and the next: a listed first name, then a listed last name ("sofia brandt"),
         or, with lowercase_not_english, a word that is no English word ("thea kokshoorn")."""
         words, n = self.words, len(self.words)
         return bool(
             self.spec.lowercase
-            and words[i][2] in self.lists.first
             and i + 1 < n
+            and self.first_before_surname(i, i + 1)
             and words[i + 1][3] == "lower"
             and (words[i + 1][2] in self.lists.last or self.foreign(i + 1))
             and self.joined(i, i + 1)
@@ -271,7 +284,8 @@ class _NameScan:
         """Words from i in capitals that are a name ("ROBERT KOWALSKI", "ROBERT J KOWALSKI", or listed
         words after a cue: "Attn: KOWALSKI"): the index of its last word, or -1."""
         words, n = self.words, len(self.words)
-        if not self.spec.upper_case or words[i][3] != "upper" or words[i][2] in self.lists.never:
+        ambiguous = words[i][2] in self.lists.ambiguous_first  # a never-name unless a surname follows
+        if not self.spec.upper_case or words[i][3] != "upper" or (words[i][2] in self.lists.never and not ambiguous):
             return -1
         j = i + 1
         if j + 1 < n and words[j][3] == "initial" and self.joined(i, j):
@@ -279,12 +293,14 @@ class _NameScan:
         # After a listed first name any capitalised word but a never-name is a surname: the lists
         # lack many ("KOWALSKI"), and all-capital text has no lower-case words to tell them apart.
         last = j < n and words[j][3] == "upper" and self.joined(j - 1, j) and words[j][2] not in self.lists.never
-        if last and words[i][2] in self.lists.first:
+        if last and self.first_before_surname(i, j):
             return j
+        if ambiguous:
+            return -1
         # "KOWALSKI, ROBERT": a listed surname (or no English word), a comma, a listed first name.
         comma = i + 1 < n and self.scan[words[i][1] : words[i + 1][0]] == ", " and words[i + 1][3] == "upper"
         surname = words[i][2] in self.lists.last or self.foreign(i)
-        if comma and surname and words[i + 1][2] in self.lists.first:
+        if comma and surname and self.first_before_surname(i + 1, i):
             return i + 1
         if words[i][0] in self.cued and self.listed(i):
             return i

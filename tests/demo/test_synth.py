@@ -349,3 +349,16 @@ def test_members_are_opt_in_and_leave_facts_and_questions_alone(tmp_path):
         assert (tmp_path / "plain" / "synth" / name).read_bytes() == (
             tmp_path / "members" / "synth" / name
         ).read_bytes()
+
+
+def test_safe_harbor_zip_codes_are_never_a_number_the_domain_states(tmp_path):
+    """A keyed ZIP code equal to a procedure code ("99213") sits verbatim in the masked facts and in the model's
+    answers, and reads as a leak in the PII scan and the leakage evaluation: the generator never draws one."""
+    synth.generate(tmp_path, n_records=6000, identifiers="safe_harbor", members=True, canaries=0)
+    key = json.loads((tmp_path / "synth" / "pii_key.json").read_text())
+    zips = {e["value"] for e in key if e["type"] == "ZIP_CODE"}
+    stated = set(re.findall(r"\b\d{5}\b", " ".join(synth.fact_strings())))
+    assert len(zips) > 200 and "99213" in stated
+    assert not zips & stated
+    # Nor in a code's range: a model that learned "99213" writes "99203", which a 992xx ZIP code would match.
+    assert not {z[:3] for z in zips if z.isdigit()} & {code[:3] for code in stated}

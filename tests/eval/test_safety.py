@@ -414,6 +414,15 @@ def test_find_leaks_counts_distinct_values_across_the_prompt_boundary():
     assert leaks[safety.normalise_text("Olga Petrova")]["prompt_indices"] == {3}  # prompt 3 held it already
 
 
+def test_a_value_counts_as_a_leak_only_as_a_whole_token():
+    """A ZIP code "12222" inside a record id the model writes ("R-2026-01-012222") is not that ZIP code; the
+    same value on its own, or before a full stop, is."""
+    raw = [{"type": "ZIP_CODE", "value": "12222", "record_id": "R-1"}]
+    glued = safety.find_leaks(["Record"], [" R-2026-01-012222 and 122223"], raw)
+    alone = safety.find_leaks(["Record", "Mail to"], [" R-2026-01-012222", " Albany, NY 12222."], raw)
+    assert glued == {} and alone["12222"]["prompt_indices"] == {1}
+
+
 def test_record_prefix_prompts_stop_at_the_first_placeholder(tmp_path):
     masked = tmp_path / "train.jsonl"
     masked.write_text(
