@@ -77,9 +77,12 @@ def e2e(session_home, airflow_db):
     second (a short training, lenient quality gates) evaluated against that champion and rejected."""
     from airflow.dag_processing.dagbag import DagBag
 
+    from tasks.config import load_config
     from tasks.demo import synth
 
-    synth.generate(session_home, n_records=E2E_RECORDS)
+    demo = load_config(REPO / "include" / "config" / "pipeline.yaml").synth
+    # As `make data` writes it: members with many records each, and every Safe Harbor identifier kind in prose.
+    synth.generate(session_home, n_records=E2E_RECORDS, identifiers=demo.identifiers, members=demo.members)
     _build_base_model(session_home)
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
     conf = {"require_approval": False}  # a triggerer trying to skip the reviewer the config requires
@@ -185,6 +188,10 @@ def test_masked_and_versioned_split_hold_no_raw_pii(e2e):
         leaked = sorted({kind for kind, _ in matcher.find(split.read_text())})
         assert leaked == [], f"{split}: raw PII values of types {leaked} survived masking"
     assert sum(e2e["report"]["mask"]["entities"].values()) >= len(key) * 0.9
+    # The committed profile is Safe Harbor's, and the key holds its kinds: places, dates, ages, vehicle ids, ...
+    assert json.loads((e2e["run_dir"] / "config.resolved.json").read_text())["mask"]["profile"] == "safe_harbor"
+    kinds = {entry["type"] for entry in key}
+    assert {"ADDRESS", "CITY", "ZIP_CODE", "AGE", "URL", "VEHICLE_ID", "DEVICE_ID", "MEMBER_ID"} <= kinds, kinds
 
 
 def test_masking_ran_as_one_mapped_task_per_shard(e2e):
@@ -266,6 +273,12 @@ def test_epsilon_within_target(e2e):
     assert train["dp"] is True
     assert 0 < train["epsilon"] <= train["target_epsilon"]
     assert 0 < train["delta"] < 1 / e2e["report"]["ingest"]["rows_valid"]
+    # The unit is the data subject: members hold many records, each sampled subject is one clipped example.
+    assert train["privacy_unit"] == "subject"
+    subjects = train["subjects"]
+    assert subjects["subjects"] > 1000 and subjects["records_without_subject"] > 0
+    assert max(int(n) for n in subjects["records_per_subject"]) >= 20  # heavy-tailed: some have dozens
+    assert "per subject" in (e2e["run_dir"] / "report.md").read_text()
 
 
 def test_finetuned_learns_the_held_out_answers(e2e):
@@ -458,6 +471,9 @@ def test_helm_style_report_and_privacy_figures(e2e):
     assert evaluation["worse_than_base"] == helm["worse_than_base"]
     assert evaluation["pii_leaks"] == 0
     assert 0.0 <= evaluation["mia_auc"] <= 1.0
+    # Membership inference at the privacy unit: held-out subjects vs trained ones, a subject's records together.
+    assert evaluation["mia_unit"] == "subject" and evaluation["mia"]["unit"] == "subject"
+    assert evaluation["mia"]["n_member_records"] > evaluation["mia"]["n_members"]
     assert evaluation["canary_exposure_max"] is not None and evaluation["canary_exposure_max"] >= 0.0
     assert 0.0 <= evaluation["finetuned"]["relevance"] <= 1.0
 
