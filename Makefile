@@ -49,7 +49,7 @@ help:
 	@echo "make rollback  move the champion back to the previous champion (TO_VERSION=N for a given one)"
 	@echo "make bench-mask  masking recall per entity and throughput (results in bench/results/)"
 	@echo "make bench-train PEFT vs full fine-tuning, DP overhead, privacy-utility (~30 min; results in bench/results/)"
-	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private and memorising controls (~20 min; bench/results/)"
+	@echo "make bench-privacy canary exposure and MIA AUC, DP vs non-private and memorising controls, per record and per subject (~45 min; bench/results/)"
 	@echo "make bench-cluster masking on 1 vs 2 Celery workers of make cluster, one month of 8,000 records (~15 min)"
 	@echo "make bench-utility test EM with CIs vs ε and records: how much data ε = X needs (~60 min; bench/results/)"
 
@@ -189,9 +189,11 @@ bench-mask: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py --out bench/results/train.json
 
-# Privacy attacks: canary exposure, MIA AUC and PII leaks of DP LoRA vs non-private controls (~12 min).
+# Privacy attacks: canary exposure, MIA AUC and PII leaks of DP LoRA vs non-private controls (~20 min); then
+# membership inference per data subject, a memorising control beside the demo recipe at privacy.unit subject.
 bench-privacy: $(STAMP)
 	$(BIN)/python bench/bench_privacy.py --out bench/results/privacy.json
+	$(BIN)/python bench/bench_privacy_subject.py --out bench/results/privacy_subject.json
 
 # Utility: test EM with CIs at ε 1, 2, 4, 8, ∞ × N 1, 4, 16 × the demo's records, same recipe and compute (~60 min).
 bench-utility: $(STAMP)

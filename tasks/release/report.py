@@ -349,7 +349,9 @@ def _subject_lines(subjects: dict | None) -> list[str]:
     a later sampling of their subject draws them)."""
     if not isinstance(subjects, dict):
         return []
-    spread = ", ".join(f"{n}: {count}" for n, count in (subjects.get("records_per_subject") or {}).items())
+    per_subject = subjects.get("records_per_subject") or {}
+    # by record count: the keys are strings after JSON, and "10" would sort before "2"
+    spread = ", ".join(f"{n}: {per_subject[n]}" for n in sorted(per_subject, key=int))
     return [
         f"privacy units       {subjects.get('subjects')} subjects + {subjects.get('records_without_subject')} "
         f"record(s) without a subject (their own unit), from {subjects.get('records')} records",

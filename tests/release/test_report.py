@@ -206,7 +206,7 @@ def test_the_privacy_line_says_its_unit_and_subject_counts_are_shown():
         "records": 60,
         "subjects": 20,
         "records_without_subject": 10,
-        "records_per_subject": {"1": 12, "2": 5, "13": 3},
+        "records_per_subject": {"1": 12, "13": 3, "2": 5},  # as JSON sorts them: shown by count
         "subject_max_records": 2,
         "records_beyond_k": 36,
     }
