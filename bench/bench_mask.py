@@ -562,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sh-seed", type=int, default=20261207, help="their seed (never used for tuning)")
     parser.add_argument("--fact-records", type=int, default=1000, help="generator records for fact retention")
     parser.add_argument("--profiles-only", action="store_true", help="run only the masking-profile section")
+    parser.add_argument(
+        "--throughput-docs", type=int, default=4000, help="external sentences for safe_harbor vs plain loop docs/s"
+    )
     args = parser.parse_args(argv)
     if args.profiles_only:
         return profiles_only(args)
@@ -673,9 +676,11 @@ def profiles_only(args) -> int:
     """The masking-profile section alone (bench/mask_profiles.py), to --out (.json and .md)."""
     import mask_profiles
 
-    section = mask_profiles.profile_section(args.sh_n, args.sh_seed, args.workers, args.fact_records, args.seed)
+    section = mask_profiles.profile_section(
+        args.sh_n, args.sh_seed, args.workers, args.fact_records, args.seed, args.throughput_docs
+    )
     params = f"--profiles-only --sh-n {args.sh_n} --sh-seed {args.sh_seed} --fact-records {args.fact_records} "
-    params += f"--seed {args.seed} --workers {args.workers}"
+    params += f"--seed {args.seed} --workers {args.workers} --throughput-docs {args.throughput_docs}"
     head = f"Run {time.strftime('%Y-%m-%dT%H:%M:%S%z')} on {platform.machine()}, {os.cpu_count()} CPUs; {params}."
     result = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "params": params, "profiles": section}
     args.out.parent.mkdir(parents=True, exist_ok=True)
