@@ -3,7 +3,7 @@
     python bench/bench_privacy_subject.py --work /tmp/pft-bench-privacy-subject --out bench/results/privacy_subject.json
     python bench/bench_privacy_subject.py --quick --out /tmp/privacy-subject.json   # smoke run: tiny model
 
-Data: bench_utility.prepare_data with members (tasks.demo.synth seed 7, --records; claim notes, letters and
+Data: bench_utility.prepare_data with members (tasks.demo.synth seed 7, --records, the demo's 16,000; claim notes, letters and
 tickets belong to members with heavy-tailed record counts), pseudonymised as the masker does, each member record
 keeping its member's keyed pseudonym as `subject`. tasks.data.splits.split_audit_holdout holds out whole subjects
 (--holdout-share), as the pipeline does under privacy.unit: subject.
@@ -18,7 +18,7 @@ Models (each trained in a fresh child process, one torch thread; seeded noise: a
   base                 the base model, which never saw the data: the attack's null
 
 Attack (tasks.eval.safety.mia_auc with groups): a subject's score is the mean of its records' scores, over at most
-8 of its records (tasks.data.splits.sample_audit_units); members are the model's training subjects (the control's
+8 of its records (tasks.data.splits.sample_units); members are the model's training subjects (the control's
 own subjects for the controls), non-members as many held-out subjects. Records without a subject (plan documents)
 are left out: the question is about people. Scores: min-k % (the pipeline's pre-declared primary), reference
 (base-model loss − model loss), zlib and loss; AUC with a stratified bootstrap 95 % CI, TPR at 1 % and 10 % FPR.
@@ -94,16 +94,16 @@ def attack(name: str, base_dir: str, result: dict | None, members: Path, non_mem
     """Every MIA score on one model at subject level: `args.mia_subjects` subjects of each file."""
     import torch
 
-    from tasks.data.splits import sample_audit_units
     from tasks.eval import safety
     from tasks.eval.lm import load_causal_lm
+    from tasks.eval.mia import sample_units
 
     torch.set_num_threads(args.threads)
     adapter = Path(result["adapter_dir"]) if result and result.get("adapter_dir") else None
     model_dir = Path(result["model_dir"]) if result and not adapter and result.get("model_dir") else Path(base_dir)
     model, tok = load_causal_lm(model_dir, adapter)
-    pos, pos_units = sample_audit_units(members, args.mia_subjects, 13, subject_entity=ENTITY)
-    neg, neg_units = sample_audit_units(non_members, args.mia_subjects, 13, subject_entity=ENTITY)
+    pos, pos_units = sample_units(members, args.mia_subjects, 13, subject_entity=ENTITY)
+    neg, neg_units = sample_units(non_members, args.mia_subjects, 13, subject_entity=ENTITY)
     t0 = time.perf_counter()
     mia = safety.mia_auc(
         model,
@@ -195,8 +195,9 @@ def render_md(doc: dict) -> str:
         eps_s = "—" if r["name"] == "base" else ("∞" if eps is None else f"{eps:.2f} per {t.get('privacy_unit')}")
         s = a["scores"]
         ref = _ci(s["reference"]) if "reference" in s else "—"
+        loss = f"{t['final_loss']:.3f}" if t.get("final_loss") is not None else "—"
         lines.append(
-            f"| {r['name']} | {r['what']} | {eps_s} | {t.get('steps', '—')} | {t.get('final_loss') or '—'} | "
+            f"| {r['name']} | {r['what']} | {eps_s} | {t.get('steps', '—')} | {loss} | "
             f"{a['n_members']} vs {a['n_non_members']} | {_ci(s['min_k'])} | {ref} | {_ci(s['zlib'])} | "
             f"{_ci(s['loss'])} | {s['min_k']['tpr_at_fpr']['0.01']:.3f} |"
         )
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "privacy_subject.json")
     parser.add_argument("--work", type=Path, default=REPO / ".local" / "bench-privacy-subject")
     parser.add_argument("--quick", action="store_true", help="tiny model, 600 records, short runs")
-    parser.add_argument("--records", type=int, default=None, help="generated records (default: 4,000)")
+    parser.add_argument("--records", type=int, default=None, help="generated records (default: the demo's 16,000)")
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--holdout-share", type=float, default=0.2)
     parser.add_argument("--mia-subjects", type=int, default=200, help="members and non-members each, in subjects")
@@ -216,9 +217,9 @@ def main() -> None:
     parser.add_argument("--control-epochs", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the attacks (training: one)")
     args = parser.parse_args()
-    args.records = args.records or (600 if args.quick else 4000)
+    args.records = args.records or (600 if args.quick else 16000)
     if args.quick:
-        args.control_subjects, args.control_epochs, args.mia_subjects = 20, 3.0, 20
+        args.control_subjects, args.control_epochs, args.mia_subjects = 40, 3.0, 20
 
     from tasks.common.offline import apply as offline_apply
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 from tasks.common.jsonl import read_objects
-from tasks.pii import subject_in_text
+from tasks.pii.subjects import audit_unit
 
 SALT = b"privatetune-audit-holdout-v1"
 
@@ -26,16 +25,6 @@ def in_holdout(record_id: str, share: float) -> bool:
     """Deterministic: the first 8 bytes of sha256(salt + id) as a fraction in [0, 1)."""
     digest = hashlib.sha256(SALT + record_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
-
-
-def audit_unit(row: dict, subject_entity: str | None) -> str:
-    """The key a row is held out by: its subject (field, else the first `subject_entity` placeholder in its
-    text) when `subject_entity` is given, else, and for a row naming no subject, its record_id."""
-    if subject_entity:
-        subject = row.get("subject") or subject_in_text(str(row["text"]), subject_entity)
-        if subject:
-            return str(subject)
-    return str(row["record_id"])
 
 
 def split_audit_holdout(rows_path: Path, out_dir: Path, share: float, *, subject_entity: str | None = None) -> dict:
@@ -65,25 +54,3 @@ def split_audit_holdout(rows_path: Path, out_dir: Path, share: float, *, subject
         "holdout_share": share,
         "holdout_unit": "subject" if subject_entity else "record",
     }
-
-
-def sample_audit_units(
-    path: Path, n_units: int, seed: int, *, subject_entity: str | None = None, records_per_unit: int = 8
-) -> tuple[list[str], list[str]]:
-    """Texts of `n_units` random units of a split and, per text, its unit's key (for a per-unit MIA score).
-
-    A unit is a record, or under `subject_entity` a subject with all its records (`audit_unit`); a subject
-    with more than `records_per_unit` records gives a seeded sample of them, so a few prolific members do
-    not dominate the scoring time. The keys stay in memory: pseudonyms and record ids, never raw values."""
-    units: dict[str, list[str]] = {}
-    for row in read_objects(Path(path), fields=("record_id", "text")):
-        units.setdefault(audit_unit(row, subject_entity), []).append(str(row["text"]))
-    rng = random.Random(seed)
-    keys = sorted(units)
-    rng.shuffle(keys)
-    texts, groups = [], []
-    for key in keys[:n_units]:
-        chosen = units[key] if len(units[key]) <= records_per_unit else rng.sample(units[key], records_per_unit)
-        texts += chosen
-        groups += [key] * len(chosen)
-    return texts, groups

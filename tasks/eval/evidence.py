@@ -137,8 +137,8 @@ def _privacy(model, tokenizer, out: Path, cfg: PipelineConfig, paths: Paths, tra
 def _membership_audit(model, tokenizer, cfg: PipelineConfig, split: dict, reference: tuple) -> dict | None:
     """Training vs audit hold-out units (tasks.data.splits): records, or under a subject-level split whole
     subjects, each scored by the mean over its records. None when the hold-out is too small to audit."""
-    from tasks.data.splits import sample_audit_units
     from tasks.eval import safety
+    from tasks.eval.mia import sample_units
 
     if split["holdout_records"] < 10:
         log.warning(
@@ -148,10 +148,10 @@ def _membership_audit(model, tokenizer, cfg: PipelineConfig, split: dict, refere
         return None
     ev = cfg.evaluate
     entity = cfg.privacy.subject_entity if split.get("holdout_unit") == "subject" else None
-    members, member_units = sample_audit_units(
+    members, member_units = sample_units(
         Path(split["train_path"]), ev.mia_records, ev.perturbation_seed, subject_entity=entity
     )
-    non_members, non_member_units = sample_audit_units(
+    non_members, non_member_units = sample_units(
         Path(split["holdout_path"]), ev.mia_records, ev.perturbation_seed, subject_entity=entity
     )
     grouped = {"member_groups": member_units, "non_member_groups": non_member_units} if entity else {}

@@ -25,13 +25,17 @@ Only scores and counts leave this module: the texts are scored in memory and nev
 from __future__ import annotations
 
 import math
+import random
 import zlib
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from tasks.common.jsonl import read_objects
 from tasks.common.tokens import tokenize
 from tasks.eval.lm import pad_id, token_nlls
+from tasks.pii.subjects import audit_unit
 
 MIN_K_FRACTION = 0.2  # Shi et al.'s recommended k
 FPR_TARGETS = (0.01, 0.1)
@@ -174,3 +178,25 @@ def audit(
     primary = next(iter(per))
     top = {k: per[primary][k] for k in ("auc", "auc_ci_low", "auc_ci_high", "tpr_at_fpr")}
     return {"score": primary, **top, "unit": unit, "scores": per}
+
+
+def sample_units(
+    path: Path, n_units: int, seed: int, *, subject_entity: str | None = None, records_per_unit: int = 8
+) -> tuple[list[str], list[str]]:
+    """Texts of `n_units` random units of a split and, per text, its unit's key (for a per-unit MIA score).
+
+    A unit is a record, or under `subject_entity` a subject with all its records (`audit_unit`); a subject
+    with more than `records_per_unit` records gives a seeded sample of them, so a few prolific members do
+    not dominate the scoring time. The keys stay in memory: pseudonyms and record ids, never raw values."""
+    units: dict[str, list[str]] = {}
+    for row in read_objects(Path(path), fields=("record_id", "text")):
+        units.setdefault(audit_unit(row, subject_entity), []).append(str(row["text"]))
+    rng = random.Random(seed)
+    keys = sorted(units)
+    rng.shuffle(keys)
+    texts, groups = [], []
+    for key in keys[:n_units]:
+        chosen = units[key] if len(units[key]) <= records_per_unit else rng.sample(units[key], records_per_unit)
+        texts += chosen
+        groups += [key] * len(chosen)
+    return texts, groups

@@ -25,3 +25,13 @@ def subject_in_text(text: str, entity_type: str) -> str | None:
     names several subjects is counted for the first: the unit is a partition of the records."""
     found = re.search(rf"<{re.escape(entity_type)}_[0-9a-f]{{{DIGEST_CHARS}}}>", text)
     return found.group(0) if found else None
+
+
+def audit_unit(row: dict, subject_entity: str | None) -> str:
+    """The key a row is held out by: its subject (field, else the first `subject_entity` placeholder in its
+    text) when `subject_entity` is given, else, and for a row naming no subject, its record_id."""
+    if subject_entity:
+        subject = row.get("subject") or subject_in_text(str(row["text"]), subject_entity)
+        if subject:
+            return str(subject)
+    return str(row["record_id"])

@@ -4,7 +4,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tasks.data.splits import sample_audit_units, split_audit_holdout
+from tasks.data.splits import split_audit_holdout
+from tasks.eval.mia import sample_units
 
 ENTITY = "MEMBER_ID"
 
@@ -59,12 +60,12 @@ def test_a_record_level_split_cuts_subjects_apart(tmp_path):
 
 def test_the_audit_samples_whole_units(tmp_path):
     path = _rows(tmp_path / "m.jsonl", subjects=40, per_subject=12, alone=10)
-    texts, units = sample_audit_units(path, 20, seed=3, subject_entity=ENTITY, records_per_unit=8)
+    texts, units = sample_units(path, 20, seed=3, subject_entity=ENTITY, records_per_unit=8)
     counts = Counter(units)
     assert len(counts) == 20 and len(texts) == len(units)
     assert set(counts.values()) <= {1, 8}  # subjects capped at 8 of their 12 records; plan documents alone
     for text, unit in zip(texts, units):
         assert unit in text or unit.startswith("P-")  # a text is scored under its own subject
-    assert sample_audit_units(path, 20, seed=3, subject_entity=ENTITY) == (texts, units)  # seeded
-    record_texts, record_units = sample_audit_units(path, 20, seed=3)
+    assert sample_units(path, 20, seed=3, subject_entity=ENTITY) == (texts, units)  # seeded
+    record_texts, record_units = sample_units(path, 20, seed=3)
     assert len(set(record_units)) == 20 == len(record_texts)  # record level: one record per unit
