@@ -27,12 +27,26 @@ SKIP_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".png", ".jpg", ".gz", "
 _WORD = re.compile(r"[^\s\"'()\[\]{}<>,;:=|]+")
 
 
-def load_values(path: Path, min_chars: int = 4) -> list[tuple[str, str]]:
+# Dates of events near the present (the generator's and Safe Harbor's): in logs and databases the same strings
+# are timestamps ("2026-12-07"), so a match by value is no evidence of a leak.
+EVENT_DATE_TYPES = frozenset({"DATE", "SERVICE_DATE", "ADMISSION_DATE", "DISCHARGE_DATE", "DATE_OF_DEATH"})
+
+
+def chance_prone(kind: str, value: str) -> bool:
+    """A value that machine text holds by chance: a number of fewer than 6 digits (a 5-digit ZIP code is also a
+    port, a process id, a byte count) or an event date (EVENT_DATE_TYPES). Scans of logs and databases skip
+    them; whether masking removed them is checked on the masked records themselves, with every value."""
+    return (value.isdigit() and len(value) < 6) or kind in EVENT_DATE_TYPES
+
+
+def load_values(path: Path, min_chars: int = 4, *, keep_chance_prone: bool = False) -> list[tuple[str, str]]:
     """(type, value) pairs from a JSON list of {"type", "value"}; values shorter than min_chars are dropped
-    (a 3-character fragment matches by chance)."""
+    (a 3-character fragment matches by chance), and so are `chance_prone` ones unless `keep_chance_prone`
+    (for masked record text, where a surviving ZIP code or date is a masking miss)."""
     from tasks.eval.safety import load_raw_values  # the same reader (and errors) as the leakage evaluation
 
-    return [(r["type"], r["value"]) for r in load_raw_values(Path(path)) if len(r["value"]) >= min_chars]
+    rows = [(r["type"], r["value"]) for r in load_raw_values(Path(path)) if len(r["value"]) >= min_chars]
+    return rows if keep_chance_prone else [(k, v) for k, v in rows if not chance_prone(k, v)]
 
 
 class Matcher:
@@ -90,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None, help="data root (default: $PFT_HOME or .local)")
     parser.add_argument("--values", type=Path, required=True, help="JSON list of {type, value}: the raw PII values")
     args = parser.parse_args(argv)
-    result = scan(Paths(args.home).home, load_values(args.values))
+    values = load_values(args.values)
+    result = scan(Paths(args.home).home, values)
+    result["values_skipped_as_chance_prone"] = len(load_values(args.values, keep_chance_prone=True)) - len(values)
     print(json.dumps(result, indent=2))
     print(
         f"{result['values_found']} raw PII values found outside the raw zone in {len(result['hits'])} files "

@@ -32,3 +32,17 @@ def test_scan_ignores_the_raw_zone_and_names_files(tmp_path, capsys):
     assert main(["--home", str(home), "--values", str(key)]) == 1
     out = capsys.readouterr()
     assert "123-45-6789" not in out.out + out.err  # where and what type, never the value
+
+
+def test_values_that_machine_text_holds_by_chance_are_left_to_the_masked_records_check(tmp_path):
+    """A 5-digit ZIP code is also a port or a process id, a date of service also a log's timestamp: the scan of
+    logs and databases skips them (the e2e found "27639" and "2026-…" there by chance); record text keeps all."""
+    from tasks.eval.pii_scan import chance_prone, load_values
+
+    key = tmp_path / "key.json"
+    rows = [("ZIP_CODE", "27639"), ("SERVICE_DATE", "2026-12-07"), ("ZIP_CODE", "SW1A 1AA"), ("PERSON", "Ana Lima")]
+    rows += [("DATE_OF_BIRTH", "1957-03-14"), ("MEMBER_ID", "MBR-48213377")]
+    key.write_text(json.dumps([{"type": t, "value": v, "record_id": "R-1"} for t, v in rows]))
+    assert [v for _, v in load_values(key)] == ["SW1A 1AA", "Ana Lima", "1957-03-14", "MBR-48213377"]
+    assert len(load_values(key, keep_chance_prone=True)) == 6
+    assert chance_prone("ZIP_CODE", "27639") and not chance_prone("ACCOUNT_NUMBER", "4820113377")
