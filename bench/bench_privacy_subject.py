@@ -43,6 +43,7 @@ import bench_utility as bu  # noqa: E402  (prepare_data, build_base)
 import bench_utility_subject as bus  # noqa: E402  (subject_settings)
 
 ENTITY = "MEMBER_ID"
+RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "max_seq_len", "subject_max_records", "subject_max_tokens")
 NP_FULL = bench_train.NONPRIVATE_OPT["full"]
 
 
@@ -153,6 +154,7 @@ def run(args) -> dict:
         members = control_path if item.get("control") else train_subjects
         keep = ("steps", "epsilon", "delta", "noise_multiplier", "final_loss", "train_seconds", "privacy_unit")
         row = {"name": item["name"], "what": item["what"], "train": {k: result.get(k) for k in keep}}
+        row["recipe"] = {k: item["train"].get(k) for k in RECIPE_KEYS}  # pipeline.yaml changes: say what ran
         row["units"] = result.get("subjects") or {"records": result.get("records")}
         row["attack"] = attack(item["name"], base_dir, result, members, held_subjects, args, reference)
         row["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -201,6 +203,8 @@ def render_md(doc: dict) -> str:
             f"{a['n_members']} vs {a['n_non_members']} | {_ci(s['min_k'])} | {ref} | {_ci(s['zlib'])} | "
             f"{_ci(s['loss'])} | {s['min_k']['tpr_at_fpr']['0.01']:.3f} |"
         )
+    recipes = [f"- {r['name']}: {json.dumps(r['recipe'])}" for r in doc["runs"] if r.get("recipe")]
+    lines += ["", "Recipes as run:", "", *recipes] if recipes else []
     return "\n".join(lines + ["", *doc.get("reading", [])]) + "\n"
 
 
