@@ -75,13 +75,27 @@ def planned_steps_for(t: dict, n: int) -> int:
     return max(1, round(t["epochs"] * max(1, math.ceil(n / t["batch_size"]))))
 
 
+def poisson_sample_rate(batch_size: int, n: int) -> float:
+    """The rate Opacus samples at: 1 / len(loader) = 1 / ceil(N / B), slightly below B / N when B does not divide
+    N. The accountant must be fed this rate, not B / N, or the charged ε and the run's own ε disagree."""
+    return 1.0 / math.ceil(n / batch_size)
+
+
+def check_sample_rate(loader, charged: float) -> None:
+    """The Poisson loader must sample at the rate the ledger was charged for; otherwise the run's ε and the
+    charged ε silently differ (the distributed and subject loaders build their own)."""
+    actual = getattr(loader, "sample_rate", None)
+    if actual is None or not math.isclose(actual, charged, rel_tol=1e-9):
+        raise RuntimeError(f"the DP loader samples at {actual}, the accountant was given {charged}")
+
+
 def dp_mechanism(t: dict, n: int) -> dict:
     """The DP-SGD mechanism a run on `n` privacy units (records, or subjects plus records without one) will use: δ, sample rate, noise (PRV, RDP fallback), steps
     capped at the last one within the target ε, and the ε those steps spend. The recipe runs with it and the
     pipeline charges the privacy ledger with it, so the two can never disagree."""
     delta = t["target_delta"] or 1.0 / (10 * n)
     planned = planned_steps_for(t, n)
-    sample_rate = t["batch_size"] / n
+    sample_rate = poisson_sample_rate(t["batch_size"], n)
     noise, accountant = noise_for_target(
         target_epsilon=t["target_epsilon"], delta=delta, sample_rate=sample_rate, steps=planned
     )
@@ -147,7 +161,7 @@ def resolve_grad_sample_mode(t: dict, model, device, tied: bool) -> str:
 
 
 def make_private(model, optimizer, loader, *, t: dict, noise: float, accountant: str, mode: str, world: int):
-    """Opacus's PrivacyEngine.make_private as the recipe runs it: Poisson sampling at batch_size / N, per-sample
+    """Opacus's PrivacyEngine.make_private as the recipe runs it: Poisson sampling at 1 / ceil(N / batch_size), per-sample
     clipping at max_grad_norm in `mode`, noise × max_grad_norm added once per logical step. With several ranks
     the model must already be DPDDP-wrapped, and empty local draws are kept (`keep_empty_sampler_class`).
     `secure_noise` (default) moves noise and sampling to the OS CSPRNG (tasks.train.noise).

@@ -47,7 +47,14 @@ from tasks.train.distributed import (
     unwrap,
     wrap_for_ranks,
 )
-from tasks.train.dp import make_private, planned_mechanism, planned_steps_for, resolve_grad_sample_mode
+from tasks.train.dp import (
+    check_sample_rate,
+    make_private,
+    planned_mechanism,
+    planned_steps_for,
+    poisson_sample_rate,
+    resolve_grad_sample_mode,
+)
 from tasks.train.methods import (
     apply_method,
     changed_share,
@@ -246,7 +253,7 @@ def setup_privacy(run: Run, engine: Engine) -> None:
             run.units["privacy_unit"],
             accountant,
             noise,
-            t["batch_size"] / engine.records,
+            poisson_sample_rate(t["batch_size"], engine.records),
             engine.records,
             mode,
         )
@@ -260,6 +267,7 @@ def setup_privacy(run: Run, engine: Engine) -> None:
         mode=mode,
         world=run.world,
     )
+    check_sample_rate(engine.loader, poisson_sample_rate(t["batch_size"], engine.records))
     engine.noise, engine.accountant, engine.mode, engine.total_steps = noise, accountant, mode, total_steps
 
 
