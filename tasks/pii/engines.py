@@ -151,6 +151,19 @@ def analyzer(recognizers_path: Path, language: str, spec: MaskSpec):
     return _ANALYZERS[key]
 
 
+GAZETTEERS = ("NameListRecognizer", "PlaceListRecognizer")
+
+
+def gazetteer_finder(recognizers_path: Path, language: str, spec: MaskSpec):
+    """A callable giving the name and place lists' findings for a text (tasks.pii.refine gives back those an
+    NER finding hid), or None when the profile has neither list."""
+    found_by = [r for r in analyzer(recognizers_path, language, spec).registry.recognizers if r.name in GAZETTEERS]
+    if not found_by:
+        return None
+    entities = sorted({e for r in found_by for e in r.supported_entities})
+    return lambda text: [f for r in found_by for f in r.analyze(text, entities)]
+
+
 def anonymizer():
     """Presidio's AnonymizerEngine, once per process."""
     global _ANONYMIZER

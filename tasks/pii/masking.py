@@ -166,8 +166,9 @@ def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
 
     masked: list[tuple[str, Counter, tuple]] = []
     kept: dict[int, list[tuple[int, int]]] = {}  # per text: shifted dates, which are no residual
+    gazetteers = engines.gazetteer_finder(job.recognizers_path, job.language, spec)
     for text, found in zip(texts, found_all, strict=True):
-        found = _resolve(anonymizer, text, refine_results(text, found, terms, not_names, any_case))
+        found = _resolve(anonymizer, text, refine_results(text, found, terms, not_names, any_case, gazetteers))
         if not found:
             masked.append((text, Counter(), ()))
             continue

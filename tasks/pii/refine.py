@@ -37,12 +37,27 @@ def _strip(text: str, s: int, e: int) -> tuple[int, int]:
     return s, e
 
 
+def _hidden_gazetteer_findings(text: str, dropped: list, kept: list, found: list, protected: list) -> list:
+    """The gazetteer findings inside a dropped NER finding of their type, not yet kept, overlapping no
+    domain term and no kept finding."""
+    out = []
+    for g in found:
+        inside = any(g.entity_type == t and s <= g.start and g.end <= e for t, s, e in dropped)
+        clash = any(g.start < e and s < g.end for s, e in protected) or any(
+            g.start < k.end and k.start < g.end for k in kept
+        )
+        if inside and not clash and text[g.start : g.end].strip():
+            out.append(g)
+    return out
+
+
 def refine_results(
     text: str,
     results: list,
     domain_terms: re.Pattern | None = None,
     not_names: frozenset = frozenset(),
     any_case: frozenset = frozenset(),
+    gazetteers=None,
 ) -> list:
     """Make Presidio's raw findings safer to apply; three fixes, in order.
 
@@ -53,7 +68,9 @@ def refine_results(
        would swallow the typed MEMBER_ID (Presidio drops a finding contained in another).
        With `any_case` (mask.ner_any_case: listed names and places, tasks.pii.gate.any_case_words),
        an NER finding no pattern touched also counts with no capitalised word when a word of it
-       is listed ("LAHTI", "maria gonzalez"; not "CPT").
+       is listed ("LAHTI", "maria gonzalez"; not "CPT"). An NER finding dropped so gives back what
+       `gazetteers(text)` (the name and place lists' findings) found inside it: Presidio keeps one of two
+       equal findings, or the longer, so the NER's "GRACE KOWALSKI" had hidden the name list's.
     3. Every other verbatim occurrence of a found value in the same text is masked too: the
        NER finds "Maria Gonzalez" in one sentence and misses her in the next. So is each word
        of a found full name ("Maria" alone later), unless it is in `not_names`.
@@ -63,6 +80,7 @@ def refine_results(
     def from_ner(r) -> bool:
         return (r.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY) == NER_RECOGNIZER
 
+    protected: list[tuple[int, int]] = []
     if domain_terms is not None:
         protected = [m.span() for m in domain_terms.finditer(text)]
         if protected:
@@ -78,6 +96,7 @@ def refine_results(
                 r.end -= 1
     patterns = [r for r in results if not from_ner(r)]
     kept = list(patterns)
+    dropped: list = []  # NER findings (pieces) with no word that counts: a gazetteer's finding may hide there
     for r in results:
         if not from_ner(r):
             continue
@@ -89,6 +108,10 @@ def refine_results(
             s, e = _strip(text, s, e)
             if e > s and (_has_word(text[s:e]) or (whole and _listed_word(text[s:e], any_case))):
                 kept.append(RecognizerResult(r.entity_type, s, e, r.score, recognition_metadata=r.recognition_metadata))
+            elif e > s:
+                dropped.append((r.entity_type, s, e))
+    if dropped and gazetteers is not None:
+        kept += _hidden_gazetteer_findings(text, dropped, kept, gazetteers(text), protected)
 
     covered = [(r.start, r.end) for r in kept]
     extra = []

@@ -286,3 +286,39 @@ def test_first_names_in_a_name_slot_of_uncased_text():
     # Mixed-case text keeps its capitals as the signal: common words that are listed names stay.
     ((masked, _),) = _mask(["The claim was filed with Frank Moore: chase the appeal, mark the form."])
     assert "chase the appeal, mark the form" in masked
+
+
+def test_a_capitals_name_the_ner_also_found_is_masked():
+    """The clean-clone CI's miss: spaCy and the name list both found "GRACE KOWALSKI" (0.85 each), Presidio
+    kept one of the equal findings, the NER's, and the casing filter then dropped it as a word-less NER
+    finding. Masked alone this text left the name; inside a larger batch it did not."""
+    text = (
+        "Contact: Member: Ethan Ivanova, ID MBR-15311169, phone (608) 615-1682, policy POL-XP-127175, claim "
+        "CLM-2026-551832. patient GRACE KOWALSKI was admitted on 3/14/24 and discharged on 08.03.2025."
+    )
+    ((masked, counts),) = _mask([text])
+    assert "GRACE" not in masked and "KOWALSKI" not in masked and counts["PERSON"] == 2, masked
+
+
+def test_a_dropped_ner_finding_gives_back_the_gazetteer_finding_it_hid():
+    from presidio_analyzer import RecognizerResult
+
+    from tasks.pii.engines import NER_RECOGNIZER
+    from tasks.pii.refine import refine_results
+
+    text = "patient GRACE KOWALSKI was admitted. THE COPAY IS $20."
+    ner = {RecognizerResult.RECOGNIZER_NAME_KEY: NER_RECOGNIZER}
+    listed = {RecognizerResult.RECOGNIZER_NAME_KEY: "NameListRecognizer"}
+    name, copay = (8, 22), (text.index("THE COPAY"), text.index(" IS"))
+    results = [
+        RecognizerResult("PERSON", *name, 0.85, recognition_metadata=ner),
+        RecognizerResult("ORGANIZATION", *copay, 0.85, recognition_metadata=ner),
+    ]
+    gazetteer = [
+        RecognizerResult("PERSON", *name, 0.85, recognition_metadata=listed),
+        RecognizerResult("PERSON", 0, 7, 0.6, recognition_metadata=listed),
+    ]
+    assert refine_results(text, results) == []  # neither NER finding has a word that counts in any case
+    kept = refine_results(text, results, gazetteers=lambda _text: gazetteer)
+    # Only what lies inside a dropped NER finding of its own type comes back ("patient" was never an NER PERSON).
+    assert [(r.entity_type, r.start, r.end) for r in kept] == [("PERSON", 8, 22)]
