@@ -69,9 +69,13 @@ def _first_lines(path: Path, home: Path, n: int) -> Path:
 
 
 def erasure_request(home: Path) -> list[dict]:
-    """Two January members and one unknown id, requested in March."""
+    """Two January members and one unknown id, requested in March. The generator's members own several records,
+    over the months (synth.members): erasure must remove every one of them."""
     key = json.loads((home / "synth" / "pii_key.json").read_text())
-    members = [e for e in key if e["type"] == "MEMBER_ID" and e["record_id"].startswith("R-2026-01-")][:2]
+    owners = {m["member_id"]: m["record_ids"] for m in json.loads((home / "synth" / "members.json").read_text())}
+    january = {e["value"] for e in key if e["type"] == "MEMBER_ID" and e["record_id"].startswith("R-2026-01-")}
+    chosen = sorted(january & set(owners), key=lambda m: (-len(owners[m]), m))[:2]  # the most records first
+    members = [{"value": m, "record_ids": owners[m]} for m in chosen]
     folder = home / "landing" / "2026-03" / "erasure"
     folder.mkdir(parents=True)
     rows = [f"{m['value']},ER-{i}" for i, m in enumerate(members)] + ["MBR-00000001,ER-9"]
@@ -244,9 +248,10 @@ def test_erasure_removes_the_subjects_records_and_retires_the_models_trained_on_
     home, state = backfilled["home"], backfilled["state"]
     mar = _report(home, "2026-03")
     erasure = mar["dataset"]["erasure"]
-    erased_ids = {m["record_id"] for m in backfilled["erased"]}
+    erased_ids = {record_id for m in backfilled["erased"] for record_id in m["record_ids"]}
     assert (erasure["requests_this_month"], erasure["subjects"], erasure["subjects_found"]) == (3, 3, 2)
-    assert erasure["records_removed"] == mar["dataset"]["erased_records"] == len(erased_ids) == 2
+    # every record of both members, from January to March, and no other
+    assert erasure["records_removed"] == mar["dataset"]["erased_records"] == len(erased_ids) > 2
     # The March version (what March trained on, checked out from the registry) no longer holds them.
     march_data = (home / "runs" / "monthly-2026-03" / "dataset" / "data" / "train.jsonl").read_text()
     assert not erased_ids & {json.loads(line)["record_id"] for line in march_data.splitlines()}
@@ -271,7 +276,8 @@ def test_each_run_has_the_report_summary_as_its_note(backfilled):
     for month, note in backfilled["notes"].items():
         assert note and note.startswith("PrivateTune: PROMOTED"), (month, note)
         assert f"/privatetune/reports/{DAG}/" in note and "exact match" in note
-    assert "−2 erased" in backfilled["notes"]["2026-03"] and "retired: v1, v2" in backfilled["notes"]["2026-03"]
+    erased = sum(len(m["record_ids"]) for m in backfilled["erased"])
+    assert f"−{erased} erased" in backfilled["notes"]["2026-03"] and "retired: v1, v2" in backfilled["notes"]["2026-03"]
 
 
 def test_rerunning_a_month_replaces_never_duplicates(backfilled):

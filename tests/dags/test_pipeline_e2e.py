@@ -77,9 +77,12 @@ def e2e(session_home, airflow_db):
     second (a short training, lenient quality gates) evaluated against that champion and rejected."""
     from airflow.dag_processing.dagbag import DagBag
 
+    from tasks.config import load_config
     from tasks.demo import synth
 
-    synth.generate(session_home, n_records=E2E_RECORDS)
+    demo = load_config(REPO / "include" / "config" / "pipeline.yaml").synth
+    # As `make data` writes it: members with many records each, and every Safe Harbor identifier kind in prose.
+    synth.generate(session_home, n_records=E2E_RECORDS, identifiers=demo.identifiers, members=demo.members)
     _build_base_model(session_home)
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["privacy_finetune"]
     conf = {"require_approval": False}  # a triggerer trying to skip the reviewer the config requires
@@ -94,14 +97,16 @@ def e2e(session_home, airflow_db):
             choice="Approve",
             comment="e2e: evidence reviewed, approved",
         )
-        lenient = {**E2E_CONFIG, "gates": {**E2E_CONFIG["gates"], "max_regression_vs_champion": None}}
+        # Lenient quality gates: ~16 subject-level steps may land at base on 64 questions; the reviewer decides.
+        quality_off = {"max_regression_vs_champion": None, "min_exact_match_gain": None, "not_worse_than_base": False}
+        lenient = {**E2E_CONFIG, "gates": {**E2E_CONFIG["gates"], **quality_off}}
         second = _run(
             dag,
             session_home,
             _config_file(session_home, "e2e-pipeline-2.yaml", lenient),
             # The second run only has to meet the champion and a reviewer: a short training, and the
             # first SECOND_RUN_QUESTIONS questions for base, challenger and champion alike.
-            {**conf, "epochs": 0.3, "qa_limit": SECOND_RUN_QUESTIONS},
+            {**conf, "epochs": 0.6, "qa_limit": SECOND_RUN_QUESTIONS},
             session_home / "e2e-console-2.log",
             server,
             choice="Reject",
@@ -180,11 +185,16 @@ def test_masked_and_versioned_split_hold_no_raw_pii(e2e):
     assert len(key) > 100
     # The whole-home scan's matcher: ~20,000 values over two 4 MB files in a second, where a substring
     # search per value took over a minute.
-    matcher = Matcher(load_values(e2e["home"] / "synth" / "pii_key.json"))
+    # Every value, ZIP codes and dates of service included: in record text a surviving one is a masking miss.
+    matcher = Matcher(load_values(e2e["home"] / "synth" / "pii_key.json", keep_chance_prone=True))
     for split in (e2e["run_dir"] / "masked" / "train.jsonl", e2e["run_dir"] / "dataset" / "data" / "train.jsonl"):
         leaked = sorted({kind for kind, _ in matcher.find(split.read_text())})
         assert leaked == [], f"{split}: raw PII values of types {leaked} survived masking"
     assert sum(e2e["report"]["mask"]["entities"].values()) >= len(key) * 0.9
+    # The committed profile is Safe Harbor's, and the key holds its kinds: places, dates, ages, vehicle ids, ...
+    assert json.loads((e2e["run_dir"] / "config.resolved.json").read_text())["mask"]["profile"] == "safe_harbor"
+    kinds = {entry["type"] for entry in key}
+    assert {"ADDRESS", "CITY", "ZIP_CODE", "AGE", "URL", "VEHICLE_ID", "DEVICE_ID", "MEMBER_ID"} <= kinds, kinds
 
 
 def test_masking_ran_as_one_mapped_task_per_shard(e2e):
@@ -266,6 +276,14 @@ def test_epsilon_within_target(e2e):
     assert train["dp"] is True
     assert 0 < train["epsilon"] <= train["target_epsilon"]
     assert 0 < train["delta"] < 1 / e2e["report"]["ingest"]["rows_valid"]
+    # The unit is the data subject: members hold many records, each sampled subject is one clipped example.
+    assert train["privacy_unit"] == "subject"
+    subjects = train["subjects"]
+    assert subjects["subjects"] > 1000 and subjects["records_without_subject"] > 0
+    assert max(int(n) for n in subjects["records_per_subject"]) >= 20  # heavy-tailed: some have dozens
+    assert "per subject" in (e2e["run_dir"] / "report.md").read_text()
+    # The ledger was charged the ε the run's own accountant reports (not one at another sample rate).
+    assert train["privacy_ledger"]["run_epsilon"] == pytest.approx(train["epsilon"], abs=1e-4)
 
 
 def test_finetuned_learns_the_held_out_answers(e2e):
@@ -321,9 +339,10 @@ def test_pipeline_plumbing_holds_no_raw_pii(e2e):
     from mlflow import MlflowClient
 
     from tasks.config import Paths
+    from tasks.eval.pii_scan import Matcher, load_values
 
-    key = json.loads((e2e["home"] / "synth" / "pii_key.json").read_text())
-    values = {entry["value"] for entry in key}
+    # Whole tokens, and not the chance-prone values (5-digit numbers, event dates: ports, ids, timestamps).
+    matcher = Matcher(load_values(e2e["home"] / "synth" / "pii_key.json"))
     console = e2e["console"].read_text(errors="replace")
     assert "train done in" in console and "step " in console  # the capture really holds the run's logs
     with sqlite3.connect(e2e["home"] / "airflow" / "airflow.db") as db:
@@ -348,7 +367,7 @@ def test_pipeline_plumbing_holds_no_raw_pii(e2e):
         "model card": (e2e["run_dir"] / "model_card.md").read_text(),
         "approval request": json.dumps(e2e["reviewer"].request),
     }
-    hits = {name: sorted({v for v in values if v in text})[:3] for name, text in sources.items()}
+    hits = {name: sorted({kind for kind, _ in matcher.find(text)}) for name, text in sources.items()}
     assert all(not found for found in hits.values()), hits
 
 
@@ -458,6 +477,8 @@ def test_helm_style_report_and_privacy_figures(e2e):
     assert evaluation["worse_than_base"] == helm["worse_than_base"]
     assert evaluation["pii_leaks"] == 0
     assert 0.0 <= evaluation["mia_auc"] <= 1.0
+    # Membership inference at the privacy unit: held-out subjects vs trained ones, a subject's records together.
+    assert evaluation["mia_unit"] == "subject"
     assert evaluation["canary_exposure_max"] is not None and evaluation["canary_exposure_max"] >= 0.0
     assert 0.0 <= evaluation["finetuned"]["relevance"] <= 1.0
 
