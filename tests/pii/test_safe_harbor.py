@@ -11,7 +11,7 @@ import pytest
 
 from tasks.config import MASK_PROFILES, REPO_ROOT, MaskConfig
 from tasks.demo import synth
-from tasks.pii import fact_retention, load_spec, mask_records, mask_texts
+from tasks.pii import fact_retention, load_spec, mask_records, mask_texts, name_list_spans
 
 SAFE_HARBOR = REPO_ROOT / MASK_PROFILES["safe_harbor"]
 MINIMAL = REPO_ROOT / MASK_PROFILES["minimal"]
@@ -286,3 +286,68 @@ def test_first_names_in_a_name_slot_of_uncased_text():
     # Mixed-case text keeps its capitals as the signal: common words that are listed names stay.
     ((masked, _),) = _mask(["The claim was filed with Frank Moore: chase the appeal, mark the form."])
     assert "chase the appeal, mark the form" in masked
+
+
+# Issue 16's recall work: formats each rule adds (value gone, placeholder typed); each case failed before.
+RECALL_CASES = [
+    # A building or delivery number before the house number; a street name without a number.
+    ("Deliver to 4410 27 Birchwood Avenue today.", ["4410"], {"STREET_ADDRESS"}),
+    ("We met on Wexford Mill Road yesterday.", ["Wexford Mill"], {"STREET_ADDRESS"}),
+    # Hungarian "u." (utca), a street name and number after "on", the town after "<number>, ".
+    ("Post goes to Kossuth Lajos u. 14. now", ["Kossuth Lajos u. 14"], {"STREET_ADDRESS"}),
+    ("He lives on Zelenikova 22 these days.", ["Zelenikova 22"], {"STREET_ADDRESS"}),
+    ("Ship to 3301 Kirkeveien 18, SØRUMSAND", ["3301", "SØRUMSAND"], {"STREET_ADDRESS", "LOCATION"}),
+    # Postal codes in more formats: alone on a line, ending a town line, after "in <place>".
+    ("Billing:\n 12 Lipowa Street\n Kraków\n 31-420\n", ["31-420"], {"ZIP_CODE"}),
+    ("Billing:\n 7 Rua Nove 12\n Campinas\n 13083-970\n", ["13083-970"], {"ZIP_CODE"}),
+    ("Mr. Orr 22 Ekvägen 4\nUtrecht UT 3511 LX", ["3511 LX", "Utrecht"], {"ZIP_CODE", "LOCATION"}),
+    ("Mr. Orr 22 Ekvägen 4\nSKÖVDE O 541 30", ["541 30", "SKÖVDE"], {"ZIP_CODE", "LOCATION", "STREET_ADDRESS"}),
+    ("they opened an office in Vellberg 74541 for years", ["74541"], {"ZIP_CODE"}),
+    # Four capitals with a letter English does not use.
+    ("The clinic in ÅMÅL closed.", ["ÅMÅL"], {"LOCATION"}),
+    # Digit groups before a phone label.
+    ("Contact\n44 819 227 office\n05531882640-Fax", ["44 819 227", "05531882640"], {"PHONE_NUMBER"}),
+    # An unlisted name in a name's place, in any casing.
+    ("Zarkhun began writing as a teenager.", ["Zarkhun"], {"PERSON"}),
+    ("zarkhun began writing as a teenager.", ["zarkhun"], {"PERSON"}),
+    ("ZARKHUN BEGAN WRITING AS A TEENAGER.", ["ZARKHUN"], {"PERSON"}),
+    ("is there a better song? dahl and petersen were engineers.", ["dahl", "petersen"], {"PERSON"}),
+    ("the tennis player aemi nakamoto was detained.", ["aemi", "nakamoto"], {"PERSON"}),
+    ("THE TENNIS PLAYER AEMI NAKAMOTO WAS DETAINED.", ["AEMI", "NAKAMOTO"], {"PERSON"}),
+]
+
+
+@pytest.mark.parametrize("case", RECALL_CASES, ids=[c[0][:40] for c in RECALL_CASES])
+def test_issue16_formats_are_masked_typed(case):
+    text, values, types = case
+    ((masked, _),) = _mask([text])
+    assert not [v for v in values if v in masked], masked
+    found = set(PLACEHOLDER.findall(masked))
+    assert found & types, (found, types)
+
+
+def test_terms_unknown_to_english_stay_in_uncased_text():
+    """Uncased text: a word no list or lexicon knows is a name only in a name's place, never a term."""
+    texts = [
+        "preauthorization is needed; coinsurance applies under hipaa and cobra rules; telehealth copays apply.",
+        "PREAUTHORIZATION IS NEEDED UNDER HIPAA; THE FORMULARY LISTS SEMAGLUTIDE.",
+        "member called about ozempic and metformin refills, tdap vaccine and a covid booster",
+        "We met on Form 1095 day. See Section 4 and CPT 99213 on page 3 in Plan 2025.",
+    ]
+    for text, (masked, counts) in zip(texts, _mask(texts), strict=True):
+        assert masked == text, counts
+
+
+def test_unlisted_capitalised_names_in_a_names_place():
+    """The gazetteer (spaCy's NER aside): a capitalised word no list and no English word list knows, in a
+    name's place; not a term, not an English word, not out of a name's place."""
+    spec = load_spec(SAFE_HARBOR).name_lists
+    for text, value in [
+        ("Zsombrák is very reliable.", "Zsombrák"),
+        ('"the move was right," says Ulvbakkenes.', "Ulvbakkenes"),
+        ("Is it right? Szerdahelyová and Lund were engineers.", "Szerdahelyová"),
+        ("a fine time to leave me Drozhbek, four kids at home", "Drozhbek"),
+    ]:
+        assert value in [text[s:e] for s, e, _ in name_list_spans(text, spec)], text
+    for text in ["Preauthorization is needed.", "Discipline is a virtue.", "The form went to Zsombrák Holdings."]:
+        assert not name_list_spans(text, spec), text
