@@ -18,9 +18,10 @@ from tasks.pii.spec import NameListSpec, PlaceSpec
 _WORD = re.compile(r"[^\W\d_]+(?:['’.-][^\W\d_]+)*")
 _MAX_WORDS = 4
 # A preposition of place, not at a sentence start: the words after it may be a place ("in Sauðarkrókur").
-# After a company's abbreviation a full stop ends no sentence ("DocuSign Inc. in JESSHEIM").
+# After a company's abbreviation a full stop ends no sentence ("Vexa Inc. in Knutbyholm").
 _PREPOSITION = re.compile(
-    r"(?:(?<=[^.!?:\n\s] )|(?<=\bInc\. )|(?<=\bLtd\. )|(?<=\bCo\. )|(?<=\bCorp\. ))(?:in|to|near|from)\s+"
+    r"(?:(?<=[^.!?:\n\s] )|(?<=\bInc\. )|(?<=\bLtd\. )|(?<=\bCo\. )|(?<=\bCorp\. )|(?<=\bN\.V\. )|(?<=\bS\.A\. ))"
+    r"(?:in|to|near|from)\s+"
 )
 _PLACES: dict[tuple, tuple[frozenset, frozenset]] = {}
 

@@ -303,6 +303,12 @@ RECALL_CASES = [
     ("Mr. Orr 22 Ekvägen 4\nUtrecht UT 3511 LX", ["3511 LX", "Utrecht"], {"ZIP_CODE", "LOCATION"}),
     ("Mr. Orr 22 Ekvägen 4\nSKÖVDE O 541 30", ["541 30", "SKÖVDE"], {"ZIP_CODE", "LOCATION", "STREET_ADDRESS"}),
     ("they opened an office in Vellberg 74541 for years", ["74541"], {"ZIP_CODE"}),
+    # An export's town line ("\\n" literal): a town, a region code, a UK or 3-digit postal code.
+    ("Mrs. Ann Lee Apt. 9 12 Kent Rd\\nLITTLEHAMPTON xx BN17 5AB", ["LITTLEHAMPTON"], {"LOCATION"}),
+    ("Ms. Ann Lee 9 Vesturgata 66\\nSelfoss nan 800", ["Selfoss", "800"], {"LOCATION", "ZIP_CODE"}),
+    # The town after a street-first address and a comma; a street suffix of USPS's list ("Parade").
+    ("Ann lives at 5994 64 avenue de Bouvines, CRÉTEILLE", ["5994", "CRÉTEILLE"], {"STREET_ADDRESS", "LOCATION"}),
+    ("Ann lives at 611 43 Farrar Parade, KOOWANUP", ["43 Farrar Parade", "KOOWANUP"], {"STREET_ADDRESS", "LOCATION"}),
     # Four capitals with a letter English does not use.
     ("The clinic in ÅMÅL closed.", ["ÅMÅL"], {"LOCATION"}),
     # Digit groups before a phone label.
