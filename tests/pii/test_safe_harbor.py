@@ -357,3 +357,14 @@ def test_unlisted_capitalised_names_in_a_names_place():
         assert value in [text[s:e] for s, e, _ in name_list_spans(text, spec)], text
     for text in ["Preauthorization is needed.", "Discipline is a virtue.", "The form went to Zsombrák Holdings."]:
         assert not name_list_spans(text, spec), text
+
+
+def test_a_house_number_pattern_never_runs_across_a_sentence_end():
+    """A count ending one sentence and a street suffix starting the next are no address ("36 sessions. On the
+    Harbor Kids plan", "60 visits. A CT scan")."""
+    texts = [
+        "The yearly limit on cardiac rehab sessions is 36 sessions. On the Harbor Kids plan, the ER copay is $50.",
+        "The yearly limit on home health visits is 60 visits. A CT scan (CPT 74176) requires prior authorization.",
+    ]
+    for text, (masked, counts) in zip(texts, _mask(texts), strict=True):
+        assert masked == text, counts
