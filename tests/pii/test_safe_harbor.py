@@ -309,6 +309,8 @@ RECALL_CASES = [
     # The town after a street-first address and a comma; a street suffix of USPS's list ("Parade").
     ("Ann lives at 5994 64 avenue de Bouvines, CRÉTEILLE", ["5994", "CRÉTEILLE"], {"STREET_ADDRESS", "LOCATION"}),
     ("Ann lives at 611 43 Farrar Parade, KOOWANUP", ["43 Farrar Parade", "KOOWANUP"], {"STREET_ADDRESS", "LOCATION"}),
+    # A town with a one-letter part, a region code and a postal code ending an export's line.
+    ("Mrs. Ann Lee 9 Vesturgata 66\\nHOLMSUND N xx 6511", ["HOLMSUND N", "6511"], {"LOCATION", "ZIP_CODE"}),
     # Four capitals with a letter English does not use.
     ("The clinic in ÅMÅL closed.", ["ÅMÅL"], {"LOCATION"}),
     # Digit groups before a phone label.
@@ -368,3 +370,25 @@ def test_a_house_number_pattern_never_runs_across_a_sentence_end():
     ]
     for text, (masked, counts) in zip(texts, _mask(texts), strict=True):
         assert masked == text, counts
+
+
+def test_an_ner_place_in_capitals_that_is_no_english_word_stays_found():
+    """Presidio keeps the NER's finding over a pattern's of the same span (higher score); in capitals it
+    counts when a word of it is five capitals or more and no English word ("grew up in EDMONDSHAM"),
+    never for an acronym or an English word."""
+    from presidio_analyzer import RecognizerResult
+
+    from tasks.pii.masking import _unknown_word
+    from tasks.pii.refine import refine_results
+
+    unknown = _unknown_word(load_spec(SAFE_HARBOR))
+    assert unknown is not None and _unknown_word(load_spec(MINIMAL)) is None
+    meta = {RecognizerResult.RECOGNIZER_NAME_KEY: "SpacyRecognizer"}
+    for text, value, kept in [
+        ("He grew up in EDMONDSHAM.", "EDMONDSHAM", True),
+        ("Send it to CLAIMS today.", "CLAIMS", False),
+    ]:
+        s = text.index(value)
+        found = [RecognizerResult("LOCATION", s, s + len(value), 0.85, recognition_metadata=dict(meta))]
+        assert bool(refine_results(text, found, unknown=unknown)) is kept, text
+        assert not refine_results(text, found), text
