@@ -309,6 +309,22 @@ class _NameScan:
             and not is_english(word[2], self.english)
         )
 
+    def initialled_uncased(self, i: int) -> int:
+        """In a text without capitals to go by, a name with a middle initial: two words, each listed or no
+        English word, around one letter ("KLAUDIJO E KUNDID", "elbek b. eldarkhanov"): the index of the
+        last word, or -1. An article between two English words is none ("PLAN A COVERS")."""
+        words, n = self.words, len(self.words)
+        if not self.uncased_text or self.english is None or i + 2 >= n or words[i][3] not in self.uncased:
+            return -1
+        initial = words[i + 1][2]
+        if len(initial) != 1 or not (
+            self.joined(i, i + 1) and self.scan[words[i + 1][1] : words[i + 2][0]] in (" ", ". ")
+        ):
+            return -1
+        if words[i + 2][3] != words[i][3] or not all(self.listed(k) or self.foreign(k) for k in (i, i + 2)):
+            return -1
+        return i + 2
+
     def unknown_uncased(self, i: int) -> bool:
         """In a text without capitals to go by (all lower case or all capitals), word i is a name unlisted:
         no English word, no never-name, all letters, four letters or more (five in capitals, where an
@@ -494,6 +510,10 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
             continue
         if (last := names.lowercase_cued(i)) >= 0:
             spans.append((words[i][0], words[last][1], spec.full_name_score if last > i else spec.score))
+            i = last + 1
+            continue
+        if (last := names.initialled_uncased(i)) >= 0:
+            spans.append((words[i][0], words[last][1], spec.full_name_score))
             i = last + 1
             continue
         if words[i][3] in names.uncased:
