@@ -18,7 +18,7 @@ from tasks.common.textnorm import kept_offsets
 from tasks.pii import engines
 from tasks.pii.dateshift import DATE_TYPES, DateShift, offset_days, shift_date
 from tasks.pii.gate import any_case_words, ner_gate
-from tasks.pii.names import name_lists
+from tasks.pii.names import english_lexicon, is_english, name_lists
 from tasks.pii.pseudonyms import PLACEHOLDER, pseudonym
 from tasks.pii.refine import refine_results
 from tasks.pii.residual import residual_findings, residual_presidio, residual_recognizers
@@ -146,6 +146,16 @@ def _analyze(texts: list[str], job: MaskJob, spec: MaskSpec) -> list[list]:
     ]
 
 
+def _unknown_word(spec: MaskSpec):
+    """With mask.ner_any_case and the English word list (name_lists.lowercase_not_english): a test for a
+    word (case-folded) that is no English word and no never-name; else None."""
+    names = spec.name_lists
+    if not spec.ner_any_case or names is None or not names.english_model:
+        return None
+    lexicon, never = english_lexicon(names.english_model), name_lists(names).never
+    return lambda word: word not in never and not is_english(word, lexicon)
+
+
 def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
     """Mask a list of texts in this process: invisible characters out, batched analysis, clean-up,
     anonymisation, residual scan."""
@@ -162,13 +172,15 @@ def mask_chunk(texts: list[str], job: MaskJob) -> list[MaskedText]:
     terms = terms_regex(spec.domain_terms)
     not_names = name_lists(spec.name_lists).never if spec.name_lists is not None else frozenset()
     any_case = any_case_words(spec)
+    unknown = _unknown_word(spec)
     anonymizer = engines.anonymizer()
 
     masked: list[tuple[str, Counter, tuple]] = []
     kept: dict[int, list[tuple[int, int]]] = {}  # per text: shifted dates, which are no residual
     gazetteers = engines.gazetteer_finder(job.recognizers_path, job.language, spec)
     for text, found in zip(texts, found_all, strict=True):
-        found = _resolve(anonymizer, text, refine_results(text, found, terms, not_names, any_case, gazetteers))
+        found = refine_results(text, found, terms, not_names, any_case, unknown=unknown, gazetteers=gazetteers)
+        found = _resolve(anonymizer, text, found)
         if not found:
             masked.append((text, Counter(), ()))
             continue

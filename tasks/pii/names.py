@@ -47,6 +47,42 @@ _NAME_PARTICLES = frozenset(
 # At a sentence or line start a capitalised stop word ("My", "Else") is not taken as a name.
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\"(]|\\n)\s*$")
 _HOUSE_NUMBER = re.compile(r"\d[\w/-]*\s+$")
+# Endings of terms, not names, for words no list knows in uncased text ("preauthorization", "telehealth").
+_TERM_ENDINGS = (
+    "tion",
+    "sion",
+    "ment",
+    "ness",
+    "ism",
+    "ogy",
+    "ics",
+    "itis",
+    "osis",
+    "ectomy",
+    "otomy",
+    "plasty",
+    "scopy",
+    "graphy",
+    "gram",
+    "ide",
+    "ase",
+    "health",
+    "care",
+    "pay",
+    "pays",
+    "able",
+    "ible",
+    "ium",
+    "mab",
+    "nib",
+    "pril",
+)
+# After a name at a sentence start: punctuation of a name's place, or a verb people take.
+_NAME_SLOT_AFTER = re.compile(
+    r"(?:\s*[,:]|['’]s\b|\s+(?:is|was|has|had|said|says|told|asked|shouted|began|spent|lives|lived|works|worked|"
+    r"wrote|called|came|went|left|and|were)\b)",
+    re.IGNORECASE,
+)
 
 
 class NameLists(NamedTuple):
@@ -208,24 +244,37 @@ class _NameScan:
         )
 
     def uncased_first_name(self, i: int) -> bool:
-        """In a text without capitals to go by (all lower case or all capitals), a listed first name in a
-        name's place: before ":", "," or "'s" at a line start or in a list ("bryan: remember me",
-        "djevad, can i", "here's david's address", "dawn, tony, tiffany and carol"), or after "to", "at",
-        "by", "with", "me" at a sentence's end ("i'm so jealous! to thomas"). The word lists count
-        many first names as English words (the lexicon holds proper nouns), so position decides."""
-        if (
-            self.english is None
-            or not self.uncased_text
-            or self.words[i][2] not in self.lists.first
-            or len(self.words[i][2]) < 3
-        ):
+        """In a text without capitals to go by (all lower case or all capitals), a listed name (a first
+        name, or a last name in a list or at a sentence start) in a name's place (`name_position`):
+        "bryan: remember me", "djevad, can i", "here's david's address", "dawn, tony, tiffany and carol",
+        "i'm so jealous! to thomas", "dahl and petersen were". The word lists count many names as English
+        words (the lexicon holds proper nouns), so position decides."""
+        word = self.words[i]
+        if self.english is None or not self.uncased_text or len(word[2]) < 3:
             return False
+        if word[2] in self.lists.first:
+            return self.name_position(i)
+        return word[2] in self.lists.last and self.name_position(i, strict=True)
+
+    def name_position(self, i: int, strict: bool = False) -> bool:
+        """Word i stands where a name stands: at a sentence or line start before ",", ":", "'s" or a verb
+        people take ("tokareva began", "chiyuri, can i"); before ":", "," or "'s" after a comma, a colon,
+        "and" or "here's"; in a list ("yue, lindsey and deanna"; "dahl and petersen were"); or after "to",
+        "at", "by", "with", "me", "says" before the end of a clause ("leave me taiji, four", "says wuori.").
+        `strict` (a listed last name, often an English word too): a list or a sentence start only."""
         start, end = self.words[i][0], self.words[i][1]
-        before, after = self.scan[max(0, start - 8) : start], self.scan[end : end + 6]
+        before, after = self.scan[max(0, start - 12) : start], self.scan[end : end + 12]
+        first = _SENTENCE_START.search(before) is not None and _NAME_SLOT_AFTER.match(after) is not None
+        listed = re.search(r"(?:,\s|\band\s)$", before) and re.match(
+            r"(?:,|\s+and\b|\.|\s+(?:were|are)\b)", after, re.IGNORECASE
+        )
+        if strict:
+            return bool(first or listed)
         slot = re.match(r"(?:'s\b|’s\b|:|,)", after) and re.search(r"(?:^|\n\s*|[,:]\s|\band\s|\bhere's\s)$", before)
-        listed = re.search(r"(?:,\s|\band\s)$", before) and re.match(r"(?:,|\s+and\b|\.)", after)
-        tail = re.search(r"\b(?:to|at|by|with|me)\s$", before) and re.match(r"\s*(?:[.!?\"]|$)", after)
-        return bool(slot or listed or tail)
+        tail = re.search(r"\b(?:to|at|by|with|me|says|said)\s$", before, re.IGNORECASE) and re.match(
+            r"\s*(?:[.,:!?\"]|$)", after
+        )
+        return bool(first or slot or listed or tail)
 
     def lowercase_cued(self, i: int) -> int:
         """A lower-case name after a `lowercase_after_words` cue: a listed word or one that is no
@@ -260,6 +309,61 @@ class _NameScan:
             and not is_english(word[2], self.english)
         )
 
+    def initialled_uncased(self, i: int) -> int:
+        """In a text without capitals to go by, a name with a middle initial: two words, each listed or no
+        English word, around one letter ("KLAUDIJO E KUNDID", "elbek b. eldarkhanov"): the index of the
+        last word, or -1. An article between two English words is none ("PLAN A COVERS")."""
+        words, n = self.words, len(self.words)
+        if not self.uncased_text or self.english is None or i + 2 >= n or words[i][3] not in self.uncased:
+            return -1
+        initial = words[i + 1][2]
+        if len(initial) != 1 or not (
+            self.joined(i, i + 1) and self.scan[words[i + 1][1] : words[i + 2][0]] in (" ", ". ")
+        ):
+            return -1
+        if words[i + 2][3] != words[i][3] or not all(self.listed(k) or self.foreign(k) for k in (i, i + 2)):
+            return -1
+        return i + 2
+
+    def unknown_uncased(self, i: int) -> bool:
+        """In a text without capitals to go by (all lower case or all capitals), word i is a name unlisted:
+        no English word, no never-name, all letters, four letters or more (five in capitals, where an
+        acronym is common), no ending of a term ("-tion", "-itis", "-care"), and in a name's place: next to
+        another such word ("aemi nakamoto"), or at a sentence or line start before ",", ":", "'s" or a verb
+        people take ("tokareva began writing", "chiyuri, can i"). Cased text tells such a word by its
+        capital; uncased text does not, and a name or a place is what such a word mostly is (both masked)."""
+        word = self.words[i]
+        if not (
+            self.uncased_text
+            and word[2].isalpha()
+            and len(word[2]) >= (5 if word[3] == "upper" else 4)
+            and word[2] not in self.lists.stop
+            and not word[2].endswith(_TERM_ENDINGS)
+        ):
+            return False
+        n = len(self.words)
+        pair = (i + 1 < n and self.joined(i, i + 1) and self.foreign(i + 1)) or (
+            i > 0 and self.joined(i - 1, i) and self.foreign(i - 1)
+        )
+        return bool(pair or self.name_position(i))
+
+    def unknown_cased(self, i: int) -> bool:
+        """Word i is capitalised, unlisted, no English word, no never-name, all letters, four letters or more,
+        no ending of a term, in a name's place (`name_position`): "Czcibor is very reliable", "says Wuori.",
+        "Hamanová and Olson were". Needs the English word list (lowercase_not_english)."""
+        word = self.words[i]
+        return (
+            self.english is not None
+            and word[3] == "cap"
+            and word[2].isalpha()
+            and len(word[2]) >= 4
+            and not self.listed(i)
+            and word[2] not in self.lists.never
+            and not word[2].endswith(_TERM_ENDINGS)
+            and not is_english(word[2], self.english)
+            and self.name_position(i)
+        )
+
     def lowercase_not_english(self, i: int) -> tuple[int, int]:
         """A lower-case name around word i: a listed name that is no English word ("tamara", "sylwia"),
         with up to two neighbours that are no English words either ("sylwia ostrowska", "tempeste
@@ -272,7 +376,7 @@ class _NameScan:
             and self.joined(i, nxt)
             and not (self.words[i][2] + self.words[nxt][2]).isascii()
         )
-        if not (self.foreign(i) and (self.listed(i) or pair)):
+        if not (self.foreign(i) and (self.listed(i) or pair or self.unknown_uncased(i))):
             return -1, -1
         k = i - 1 if i > 0 and self.foreign(i - 1) and self.joined(i - 1, i) else i
         j = i
@@ -408,6 +512,10 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
             spans.append((words[i][0], words[last][1], spec.full_name_score if last > i else spec.score))
             i = last + 1
             continue
+        if (last := names.initialled_uncased(i)) >= 0:
+            spans.append((words[i][0], words[last][1], spec.full_name_score))
+            i = last + 1
+            continue
         if words[i][3] in names.uncased:
             k, j = names.lowercase_not_english(i)
             if words[i][3] == "lower" and names.lowercase_name(i):
@@ -422,6 +530,10 @@ def name_list_spans(text: str, spec: NameListSpec) -> list[tuple[int, int, float
                 i = j + 1
             else:
                 i += 1
+            continue
+        if names.unknown_cased(i):
+            spans.append((words[i][0], words[i][1], spec.score))
+            i += 1
             continue
         if not (names.name_word(i) and names.starts_name(i)):
             i += 1

@@ -18,7 +18,11 @@ from tasks.pii.spec import NameListSpec, PlaceSpec
 _WORD = re.compile(r"[^\W\d_]+(?:['’.-][^\W\d_]+)*")
 _MAX_WORDS = 4
 # A preposition of place, not at a sentence start: the words after it may be a place ("in Sauðarkrókur").
-_PREPOSITION = re.compile(r"(?<=[^.!?:\n\s] )(?:in|to|near|from)\s+")
+# After a company's abbreviation a full stop ends no sentence ("Vexa Inc. in Knutbyholm").
+_PREPOSITION = re.compile(
+    r"(?:(?<=[^.!?:\n\s] )|(?<=\bInc\. )|(?<=\bLtd\. )|(?<=\bCo\. )|(?<=\bCorp\. )|(?<=\bN\.V\. )|(?<=\bS\.A\. ))"
+    r"(?:in|to|near|from)\s+"
+)
 _PLACES: dict[tuple, tuple[frozenset, frozenset]] = {}
 
 
@@ -81,7 +85,8 @@ def unknown_places(text: str, spec: PlaceSpec, names: NameListSpec | None = None
     """Capitalised words after "in", "to", "near" or "from" (not at a sentence start) that are no
     English word (the spaCy model's word list), no never-place and none of `names` (listed names,
     which the PERSON gazetteer reads), four letters or more, not an acronym of four capitals or
-    fewer: "in Sauðarkrókur", "to GLAUBENDORF"; not "in Medicare", "to CPT", "in Gold Premier"."""
+    fewer unless one is no ASCII letter ("in ÖRBY"): "in Sauðarkrókur", "to GLAUBENDORF"; not "in Medicare",
+    "to CPT", "in Gold Premier"."""
     if spec.english_model is None:
         return []
     lexicon, (_, never) = english_lexicon(spec.english_model), place_lists(spec)
@@ -94,7 +99,7 @@ def unknown_places(text: str, spec: PlaceSpec, names: NameListSpec | None = None
         return (
             w[0].isupper()
             and len(w) >= 4
-            and not (w.isupper() and len(w) <= 4)
+            and not (w.isupper() and len(w) <= 4 and w.isascii())
             and not listed(w.casefold())
             and not is_english(w.casefold(), lexicon)
         )

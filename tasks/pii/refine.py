@@ -22,6 +22,13 @@ def _listed_word(s: str, listed: frozenset) -> bool:
     return any(w.casefold() in listed for w in re.findall(r"[^\W\d_]+", s))
 
 
+def _unknown_capitals(s: str, unknown) -> bool:
+    """A word of five capitals or more that `unknown` calls no English word ("EDMONDSHAM"; not "CPT", "CLAIM")."""
+    return unknown is not None and any(
+        len(w) >= 5 and w.isupper() and unknown(w.casefold()) for w in re.findall(r"[^\W\d_]+", s)
+    )
+
+
 def _subtract(span: tuple[int, int], cut: tuple[int, int]) -> list[tuple[int, int]]:
     (s, e), (cs, ce) = span, cut
     if ce <= s or cs >= e:
@@ -57,6 +64,7 @@ def refine_results(
     domain_terms: re.Pattern | None = None,
     not_names: frozenset = frozenset(),
     any_case: frozenset = frozenset(),
+    unknown=None,
     gazetteers=None,
 ) -> list:
     """Make Presidio's raw findings safer to apply; three fixes, in order.
@@ -68,9 +76,12 @@ def refine_results(
        would swallow the typed MEMBER_ID (Presidio drops a finding contained in another).
        With `any_case` (mask.ner_any_case: listed names and places, tasks.pii.gate.any_case_words),
        an NER finding no pattern touched also counts with no capitalised word when a word of it
-       is listed ("LAHTI", "maria gonzalez"; not "CPT"). An NER finding dropped so gives back what
-       `gazetteers(text)` (the name and place lists' findings) found inside it: Presidio keeps one of two
-       equal findings, or the longer, so the NER's "GRACE KOWALSKI" had hidden the name list's.
+       is listed ("LAHTI", "maria gonzalez"; not "CPT"), or, with `unknown` (a test for words no English word
+       list holds), when a word of it is five capitals or more that is no English word ("grew up in
+       EDMONDSHAM": Presidio keeps the NER's finding over a pattern's of the same span and lower score).
+       An NER finding dropped all the same gives back what `gazetteers(text)` (the name and place lists'
+       findings) found inside it: Presidio keeps one of two equal findings, or the longer, so the NER's
+       "GRACE KOWALSKI" had hidden the name list's.
     3. Every other verbatim occurrence of a found value in the same text is masked too: the
        NER finds "Maria Gonzalez" in one sentence and misses her in the next. So is each word
        of a found full name ("Maria" alone later), unless it is in `not_names`.
@@ -106,7 +117,10 @@ def refine_results(
         whole = pieces == [(r.start, r.end)]
         for s, e in pieces:
             s, e = _strip(text, s, e)
-            if e > s and (_has_word(text[s:e]) or (whole and _listed_word(text[s:e], any_case))):
+            keep = _has_word(text[s:e]) or (
+                whole and (_listed_word(text[s:e], any_case) or _unknown_capitals(text[s:e], unknown))
+            )
+            if e > s and keep:
                 kept.append(RecognizerResult(r.entity_type, s, e, r.score, recognition_metadata=r.recognition_metadata))
             elif e > s:
                 dropped.append((r.entity_type, s, e))

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.config import MASK_PROFILES, REPO_ROOT, MaskConfig
 from tasks.demo import synth
-from tasks.pii import fact_retention, load_spec, mask_records, mask_texts
+from tasks.pii import fact_retention, load_spec, mask_records, mask_texts, name_list_spans
 
 SAFE_HARBOR = REPO_ROOT / MASK_PROFILES["safe_harbor"]
 MINIMAL = REPO_ROOT / MASK_PROFILES["minimal"]
@@ -322,3 +322,114 @@ def test_a_dropped_ner_finding_gives_back_the_gazetteer_finding_it_hid():
     kept = refine_results(text, results, gazetteers=lambda _text: gazetteer)
     # Only what lies inside a dropped NER finding of its own type comes back ("patient" was never an NER PERSON).
     assert [(r.entity_type, r.start, r.end) for r in kept] == [("PERSON", 8, 22)]
+
+
+# Issue 16's recall work: formats each rule adds (value gone, placeholder typed); each case failed before.
+RECALL_CASES = [
+    # A building or delivery number before the house number; a street name without a number.
+    ("Deliver to 4410 27 Birchwood Avenue today.", ["4410"], {"STREET_ADDRESS"}),
+    ("We met on Wexford Mill Road yesterday.", ["Wexford Mill"], {"STREET_ADDRESS"}),
+    # Hungarian "u." (utca), a street name and number after "on", the town after "<number>, ".
+    ("Post goes to Kossuth Lajos u. 14. now", ["Kossuth Lajos u. 14"], {"STREET_ADDRESS"}),
+    ("He lives on Zelenikova 22 these days.", ["Zelenikova 22"], {"STREET_ADDRESS"}),
+    ("Ship to 3301 Kirkeveien 18, SØRUMSAND", ["3301", "SØRUMSAND"], {"STREET_ADDRESS", "LOCATION"}),
+    # Postal codes in more formats: alone on a line, ending a town line, after "in <place>".
+    ("Billing:\n 12 Lipowa Street\n Kraków\n 31-420\n", ["31-420"], {"ZIP_CODE"}),
+    ("Billing:\n 7 Rua Nove 12\n Campinas\n 13083-970\n", ["13083-970"], {"ZIP_CODE"}),
+    ("Mr. Orr 22 Ekvägen 4\nUtrecht UT 3511 LX", ["3511 LX", "Utrecht"], {"ZIP_CODE", "LOCATION"}),
+    ("Mr. Orr 22 Ekvägen 4\nSKÖVDE O 541 30", ["541 30", "SKÖVDE"], {"ZIP_CODE", "LOCATION", "STREET_ADDRESS"}),
+    ("they opened an office in Vellberg 74541 for years", ["74541"], {"ZIP_CODE"}),
+    # An export's town line ("\\n" literal): a town, a region code, a UK or 3-digit postal code.
+    ("Mrs. Ann Lee Apt. 9 12 Kent Rd\\nLITTLEHAMPTON xx BN17 5AB", ["LITTLEHAMPTON"], {"LOCATION"}),
+    ("Ms. Ann Lee 9 Vesturgata 66\\nSelfoss nan 800", ["Selfoss", "800"], {"LOCATION", "ZIP_CODE"}),
+    # The town after a street-first address and a comma; a street suffix of USPS's list ("Parade").
+    ("Ann lives at 5994 64 avenue de Bouvines, CRÉTEILLE", ["5994", "CRÉTEILLE"], {"STREET_ADDRESS", "LOCATION"}),
+    ("Ann lives at 611 43 Farrar Parade, KOOWANUP", ["43 Farrar Parade", "KOOWANUP"], {"STREET_ADDRESS", "LOCATION"}),
+    # A town with a one-letter part, a region code and a postal code ending an export's line.
+    ("Mrs. Ann Lee 9 Vesturgata 66\\nHOLMSUND N xx 6511", ["HOLMSUND N", "6511"], {"LOCATION", "ZIP_CODE"}),
+    # Four capitals with a letter English does not use.
+    ("The clinic in ÅMÅL closed.", ["ÅMÅL"], {"LOCATION"}),
+    # Digit groups before a phone label.
+    ("Contact\n44 819 227 office\n05531882640-Fax", ["44 819 227", "05531882640"], {"PHONE_NUMBER"}),
+    # An unlisted name in a name's place, in any casing.
+    ("Zarkhun began writing as a teenager.", ["Zarkhun"], {"PERSON"}),
+    ("zarkhun began writing as a teenager.", ["zarkhun"], {"PERSON"}),
+    ("ZARKHUN BEGAN WRITING AS A TEENAGER.", ["ZARKHUN"], {"PERSON"}),
+    ("is there a better song? dahl and petersen were engineers.", ["dahl", "petersen"], {"PERSON"}),
+    ("the tennis player aemi nakamoto was detained.", ["aemi", "nakamoto"], {"PERSON"}),
+    ("THE TENNIS PLAYER AEMI NAKAMOTO WAS DETAINED.", ["AEMI", "NAKAMOTO"], {"PERSON"}),
+    # Uncased, a middle initial between two words that are listed or no English word.
+    ("I WANT TO ADD ZORBEK Q. VANTABLOV AS A BENEFICIARY", ["ZORBEK", "VANTABLOV"], {"PERSON"}),
+    ("we need to add zorbek q vantablov as guardian", ["zorbek", "vantablov"], {"PERSON"}),
+]
+
+
+@pytest.mark.parametrize("case", RECALL_CASES, ids=[c[0][:40] for c in RECALL_CASES])
+def test_issue16_formats_are_masked_typed(case):
+    text, values, types = case
+    ((masked, _),) = _mask([text])
+    assert not [v for v in values if v in masked], masked
+    found = set(PLACEHOLDER.findall(masked))
+    assert found & types, (found, types)
+
+
+def test_terms_unknown_to_english_stay_in_uncased_text():
+    """Uncased text: a word no list or lexicon knows is a name only in a name's place, never a term."""
+    texts = [
+        "preauthorization is needed; coinsurance applies under hipaa and cobra rules; telehealth copays apply.",
+        "PREAUTHORIZATION IS NEEDED UNDER HIPAA; THE FORMULARY LISTS SEMAGLUTIDE.",
+        "member called about ozempic and metformin refills, tdap vaccine and a covid booster",
+        "We met on Form 1095 day. See Section 4 and CPT 99213 on page 3 in Plan 2025.",
+        "THE PLAN A COVERS IT. VITAMIN D LEVELS.",
+        "plan a covers it; vitamin d levels; the grace e period",
+    ]
+    for text, (masked, counts) in zip(texts, _mask(texts), strict=True):
+        assert masked == text, counts
+
+
+def test_unlisted_capitalised_names_in_a_names_place():
+    """The gazetteer (spaCy's NER aside): a capitalised word no list and no English word list knows, in a
+    name's place; not a term, not an English word, not out of a name's place."""
+    spec = load_spec(SAFE_HARBOR).name_lists
+    for text, value in [
+        ("Zsombrák is very reliable.", "Zsombrák"),
+        ('"the move was right," says Ulvbakkenes.', "Ulvbakkenes"),
+        ("Is it right? Szerdahelyová and Lund were engineers.", "Szerdahelyová"),
+        ("a fine time to leave me Drozhbek, four kids at home", "Drozhbek"),
+    ]:
+        assert value in [text[s:e] for s, e, _ in name_list_spans(text, spec)], text
+    for text in ["Preauthorization is needed.", "Discipline is a virtue.", "The form went to Zsombrák Holdings."]:
+        assert not name_list_spans(text, spec), text
+
+
+def test_a_house_number_pattern_never_runs_across_a_sentence_end():
+    """A count ending one sentence and a street suffix starting the next are no address ("36 sessions. On the
+    Harbor Kids plan", "60 visits. A CT scan")."""
+    texts = [
+        "The yearly limit on cardiac rehab sessions is 36 sessions. On the Harbor Kids plan, the ER copay is $50.",
+        "The yearly limit on home health visits is 60 visits. A CT scan (CPT 74176) requires prior authorization.",
+    ]
+    for text, (masked, counts) in zip(texts, _mask(texts), strict=True):
+        assert masked == text, counts
+
+
+def test_an_ner_place_in_capitals_that_is_no_english_word_stays_found():
+    """Presidio keeps the NER's finding over a pattern's of the same span (higher score); in capitals it
+    counts when a word of it is five capitals or more and no English word ("grew up in EDMONDSHAM"),
+    never for an acronym or an English word."""
+    from presidio_analyzer import RecognizerResult
+
+    from tasks.pii.masking import _unknown_word
+    from tasks.pii.refine import refine_results
+
+    unknown = _unknown_word(load_spec(SAFE_HARBOR))
+    assert unknown is not None and _unknown_word(load_spec(MINIMAL)) is None
+    meta = {RecognizerResult.RECOGNIZER_NAME_KEY: "SpacyRecognizer"}
+    for text, value, kept in [
+        ("He grew up in EDMONDSHAM.", "EDMONDSHAM", True),
+        ("Send it to CLAIMS today.", "CLAIMS", False),
+    ]:
+        s = text.index(value)
+        found = [RecognizerResult("LOCATION", s, s + len(value), 0.85, recognition_metadata=dict(meta))]
+        assert bool(refine_results(text, found, unknown=unknown)) is kept, text
+        assert not refine_results(text, found), text
