@@ -240,6 +240,11 @@ def _key(home: Path) -> dict[str, list[str]]:
 def test_a_masked_place_keeps_the_full_stop_after_it():
     ((masked, _),) = _mask(["She now lives in Tucson."])
     assert masked.endswith(">.") and "Tucson" not in masked
+    # A town ending an address line is one word or three, never across a sentence end (the demo's records
+    # lost "Agent answered." to a LOCATION).
+    text = "Cards go to 12 Rue de la Paix, 75002 Paris, France. Agent answered.\nQuestion: Is it covered?"
+    ((masked, _),) = _mask([text])
+    assert masked.endswith(". Agent answered.\nQuestion: Is it covered?") and "Paris" not in masked, masked
 
 
 def test_the_residual_scan_knows_the_safe_harbor_kinds():
