@@ -58,6 +58,31 @@ def _hidden_gazetteer_findings(text: str, dropped: list, kept: list, found: list
     return out
 
 
+def _ner_outside_patterns(text: str, ner: list, patterns: list, any_case: frozenset, unknown) -> tuple[list, list]:
+    """Each NER finding cut back to its pieces outside the pattern findings: (pieces kept, as results;
+    (type, start, end) of pieces with no word that counts, where a gazetteer's finding may hide)."""
+    from presidio_analyzer import RecognizerResult
+
+    kept, dropped = [], []
+    for r in ner:
+        pieces = [(r.start, r.end)]
+        for p in patterns:
+            pieces = [piece for span in pieces for piece in _subtract(span, (p.start, p.end))]
+        whole = pieces == [(r.start, r.end)]
+        for s, e in pieces:
+            s, e = _strip(text, s, e)
+            if e <= s:
+                continue
+            keep = _has_word(text[s:e]) or (
+                whole and (_listed_word(text[s:e], any_case) or _unknown_capitals(text[s:e], unknown))
+            )
+            if keep:
+                kept.append(RecognizerResult(r.entity_type, s, e, r.score, recognition_metadata=r.recognition_metadata))
+            else:
+                dropped.append((r.entity_type, s, e))
+    return kept, dropped
+
+
 def refine_results(
     text: str,
     results: list,
@@ -105,25 +130,10 @@ def refine_results(
         if r.entity_type in _TRAILING_PUNCT_TYPES:  # "see https://x.example/a." keeps its full stop
             while r.end > r.start and text[r.end - 1] in ".,;:!?)]'\"":
                 r.end -= 1
+    ner = [r for r in results if from_ner(r)]
     patterns = [r for r in results if not from_ner(r)]
-    kept = list(patterns)
-    dropped: list = []  # NER findings (pieces) with no word that counts: a gazetteer's finding may hide there
-    for r in results:
-        if not from_ner(r):
-            continue
-        pieces = [(r.start, r.end)]
-        for p in patterns:
-            pieces = [piece for span in pieces for piece in _subtract(span, (p.start, p.end))]
-        whole = pieces == [(r.start, r.end)]
-        for s, e in pieces:
-            s, e = _strip(text, s, e)
-            keep = _has_word(text[s:e]) or (
-                whole and (_listed_word(text[s:e], any_case) or _unknown_capitals(text[s:e], unknown))
-            )
-            if e > s and keep:
-                kept.append(RecognizerResult(r.entity_type, s, e, r.score, recognition_metadata=r.recognition_metadata))
-            elif e > s:
-                dropped.append((r.entity_type, s, e))
+    kept, dropped = _ner_outside_patterns(text, ner, patterns, any_case, unknown)
+    kept = patterns + kept
     if dropped and gazetteers is not None:
         kept += _hidden_gazetteer_findings(text, dropped, kept, gazetteers(text), protected)
 

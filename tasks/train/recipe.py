@@ -52,7 +52,6 @@ from tasks.train.dp import (
     make_private,
     planned_mechanism,
     planned_steps_for,
-    poisson_sample_rate,
     resolve_grad_sample_mode,
 )
 from tasks.train.methods import (
@@ -233,12 +232,16 @@ def setup_privacy(run: Run, engine: Engine) -> None:
     """The DP-SGD mechanism (the one the pipeline charged to the ledger; rank 0 computes it, every rank uses
     its exact result), steps capped within target ε, the clipping mode, and Opacus make_private."""
     t = run.t
-    noise, accountant, total_steps = 0.0, None, engine.planned_steps
+    noise, accountant, total_steps, charged_rate = 0.0, None, engine.planned_steps, 0.0
     if run.rank == 0:  # the run stops before exceeding its target: steps capped at the last one within ε
         mech = planned_mechanism(run.spec, engine.records)
-        noise, accountant, total_steps = mech["noise"], mech["accountant"], mech["steps"]
+        noise, accountant, total_steps, charged_rate = (
+            mech[k] for k in ("noise", "accountant", "steps", "sample_rate")
+        )
     # the search costs seconds of CPU: rank 0 runs it, every rank uses its exact result
-    noise, accountant, total_steps = broadcast_from_rank0([noise, accountant, total_steps], run.world)
+    noise, accountant, total_steps, charged_rate = broadcast_from_rank0(
+        [noise, accountant, total_steps, charged_rate], run.world
+    )
     if total_steps < engine.planned_steps and run.rank == 0:
         log.warning(
             "capping training at %d of %d steps: more would exceed ε=%s",
@@ -253,7 +256,7 @@ def setup_privacy(run: Run, engine: Engine) -> None:
             run.units["privacy_unit"],
             accountant,
             noise,
-            poisson_sample_rate(t["batch_size"], engine.records),
+            charged_rate,
             engine.records,
             mode,
         )
@@ -267,7 +270,7 @@ def setup_privacy(run: Run, engine: Engine) -> None:
         mode=mode,
         world=run.world,
     )
-    check_sample_rate(engine.loader, poisson_sample_rate(t["batch_size"], engine.records))
+    check_sample_rate(engine.loader, charged_rate)  # the rate the ledger was charged for, not a recomputed one
     engine.noise, engine.accountant, engine.mode, engine.total_steps = noise, accountant, mode, total_steps
 
 

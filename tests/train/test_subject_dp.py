@@ -203,6 +203,26 @@ def test_a_subject_level_run_reports_epsilon_per_subject(tmp_path, tiny):
     assert result["epsilon"] == round(charged["epsilon"], 4) and 0 < result["epsilon"] <= 4.0
 
 
+def test_a_run_handed_a_mechanism_at_another_sample_rate_refuses_to_train(tmp_path, tiny):
+    """A mechanism charged at B/N (the old rule) while Opacus samples at 1/ceil(N/B): the recipe stops before
+    the first step instead of reporting an ε the ledger was not charged."""
+    from tasks.train.dp import DP_INPUTS
+    from tasks.train.recipe import train
+
+    rows = [{"text": SENTENCES[i % len(SENTENCES)]} for i in range(20)]
+    t = _subject_t(batch_size=3, physical_batch_size=3, epochs=1.0, target_epsilon=4.0, secure_noise=False)
+    stale = {**dp_mechanism(t, 20), "sample_rate": 3 / 20}
+    spec = {
+        "train": t,
+        "base_model_dir": str(tiny[0]),
+        "out_dir": str(tmp_path / "out"),
+        "data_path": str(_write(tmp_path / "train.jsonl", rows)),
+        "dp_mechanism": {"units": 20, "inputs": {k: t.get(k) for k in DP_INPUTS}, "mechanism": stale},
+    }
+    with pytest.raises(RuntimeError, match=r"samples at 0\.1428.*accountant was given 0\.15"):
+        train(spec)
+
+
 class _Stop(Exception):
     """A simulated crash right after a checkpoint."""
 
